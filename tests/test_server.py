@@ -10,6 +10,7 @@ import base64
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import signal
@@ -68,11 +69,12 @@ class Api:
         data: bytes,
         after: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
-        """POST to S3 without the API key: fields, the file, then `after` (which S3 ignores)."""
+        """POST to S3 without the API key: fields, the file, then `after` (S3 would ignore it,
+        this server rejects it)."""
         form = aiohttp.FormData()
         for name, value in fields.items():
             form.add_field(name, value)
-        form.add_field("file", data, filename="a.txt")
+        form.add_field("file", io.BytesIO(data), filename="a.txt")
         for name, value in (after or {}).items():
             form.add_field(name, value)
         async with self.session.post(url, data=form) as response:

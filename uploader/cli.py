@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -14,7 +15,8 @@ from typing import Any, TypeVar
 import aiosqlite
 import click
 
-from . import __version__, client, queue, report, scan, worker
+from . import __version__, client, queue, reconcile, report, scan, worker
+from .scan import display
 
 T = TypeVar("T")
 DEFAULT_BASE_URL = "https://api.maiagent.ai/api/v1/"
@@ -63,6 +65,36 @@ def kb_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., An
     )
 
 
+def service_options(
+    key_required: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--api-key, --base-url, --insecure: how every command that calls the service reaches it
+    (the command gets api_key, base_url, insecure)."""
+    options = [
+        click.option(
+            "--api-key",
+            envvar="MAIAGENT_API_KEY",
+            required=key_required,
+            help="MaiAgent API key (env MAIAGENT_API_KEY); never printed, logged or stored.",
+        ),
+        click.option(
+            "--base-url",
+            envvar="MAIAGENT_BASE_URL",
+            default=DEFAULT_BASE_URL,
+            show_default=True,
+            help="API root (env MAIAGENT_BASE_URL); https only, except loopback.",
+        ),
+        click.option("--insecure", is_flag=True, help="Allow plain http to a non-loopback host."),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
@@ -79,7 +111,6 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     default="uploader.db",
     envvar="UPLOADER_DB",
     show_default=True,
-    type=click.Path(dir_okay=False),
     help="The SQLite file that holds the queue (env UPLOADER_DB).",
 )
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (HTTP calls at -v).")
@@ -123,7 +154,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("directory")
 @kb_option(required=True)
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching (repeatable).")
@@ -312,6 +343,7 @@ async def _status(conn: aiosqlite.Connection) -> dict[str, Any]:
         },
         "failed_by_kind": await queue.error_kind_counts(conn),
         "last_run": last[0] if last else None,
+        "remote": {v["kb_id"]: v for v in await queue.last_verifications(conn)},
     }
 
 
@@ -328,6 +360,8 @@ def _print_status(data: dict[str, Any]) -> None:
         for state in queue.STATES:
             v = states.get(state, {"files": 0, "bytes": 0})
             click.echo(f"  {state:<8} {v['files']:>10,} files {_human(v['bytes']):>10}")
+        if kb in data["remote"]:
+            click.echo(f"  {_remote_line(data['remote'][kb])}")
     if data["failed_by_kind"]:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(data["failed_by_kind"].items()))
         click.echo(f"failed by kind: {kinds}")
@@ -364,10 +398,31 @@ def status(ctx: Context, as_json: bool) -> None:
 @kb_option(required=False)
 @click.option("--kind", multiple=True, help="Only failures of this error kind (repeatable).")
 @click.option("--match", multiple=True, metavar="GLOB", help="Only relative paths matching.")
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Instead: files whose knowledge-base entry failed parsing or is missing (as the last "
+    "`uploader verify` saw); their entries are deleted.",
+)
+@service_options(key_required=False)
 @pass_ctx
-def retry_failed(ctx: Context, kb_id: str | None, kind: tuple[str, ...], match: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    """Put failed files back to pending, attempts reset, for the next `uploader run`."""
+def retry_failed(  # type: ignore[no-untyped-def]
+    ctx: Context,
+    kb_id: str | None,
+    kind: tuple[str, ...],
+    match: tuple[str, ...],
+    remote: bool,
+    **service: Any,
+):
+    """Put failed files back to pending, attempts reset, for the next `uploader run`.
+
+    With --remote: exit 0, or 1 when some entries could not be deleted, 3 when the service
+    refused (bad key, unknown knowledge base).
+    """
     matches = scan.matcher(match) if match else None
+    if remote:
+        _retry_remote(ctx, kb_id, kind, matches, **service)
+        return
 
     async def body(conn: aiosqlite.Connection) -> int:
         return await queue.retry_failed(conn, kb_id, kind, matches)
@@ -405,6 +460,302 @@ def export_report(ctx: Context, output: str | None) -> None:
             f"{summary['failed_uploads']} failed, {summary['pending']} pending, "
             f"{summary['skipped']} skipped"
         )
+
+
+# --- verify, dedupe, retry-failed --remote ---------------------------------------------------
+
+LIST_SHOWN = 10  # lines of each list verify prints; export-report has them all
+
+
+class ServiceError(click.ClickException):
+    """The service refused or kept failing: one line; exit 3 when it refused the key or the
+    knowledge base (as `run` does), else 1."""
+
+    def __init__(self, error: client.ApiError) -> None:
+        super().__init__(str(error))
+        self.exit_code = 3 if error.kind == "fatal" else 1
+
+
+def _check_service(api_key: str | None, base_url: str, insecure: bool, what: str) -> None:
+    if not api_key:
+        raise UserError(f"{what} needs the API key: --api-key or MAIAGENT_API_KEY")
+    try:
+        warning = client.check_base_url(base_url, insecure)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if warning:
+        click.echo(warning, err=True)
+
+
+def _with_service(
+    ctx: Context,
+    api_key: str,
+    base_url: str,
+    body: Callable[[aiosqlite.Connection, client.MaiAgentClient], Awaitable[T]],
+) -> T:
+    async def opened(conn: aiosqlite.Connection) -> T:
+        async with reconcile.open_client(base_url, api_key) as api:
+            return await body(conn, api)
+
+    try:
+        return run_async(with_db(ctx, opened, create=False))
+    except client.ApiError as exc:
+        raise ServiceError(exc) from None
+
+
+async def _kbs(conn: aiosqlite.Connection, kb_id: str | None) -> list[str]:
+    if kb_id:
+        return [kb_id]
+    kbs = sorted(await queue.state_counts(conn))
+    if not kbs:
+        raise UserError("the queue is empty: pass --kb KB_ID")
+    return kbs
+
+
+def _bars(ctx: Context) -> bool:
+    return not ctx.quiet and sys.stderr.isatty()
+
+
+def _pairs(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n:,}" for name, n in counts.items())
+
+
+def _remote_line(verification: dict[str, Any]) -> str:
+    """`status`'s summary of the last verify of one knowledge base."""
+    c = verification["counts"]
+    return (
+        f"remote (verify of {_when(verification['ended_at'])}): {_pairs(c['files'])}; "
+        f"extra {c['extra']:,}, duplicates {c['duplicates']:,}"
+    )
+
+
+def _item_line(kind: str, row: tuple[Any, ...]) -> str:
+    path, file_id, filename, size, status, kept_id = row
+    if kind in ("missing", "failed"):
+        return f"{display(path) if path else filename} (entry {file_id})"
+    shown = f"{filename} ({'?' if size is None else f'{size:,} B'}, {status or '?'})"
+    if kind == "duplicate":
+        return f"{shown}: entry {file_id}, a copy of {kept_id}"
+    return f"{shown}: entry {file_id}"
+
+
+_LISTS = (
+    ("missing", "missing (uploaded, entry gone)"),
+    ("failed", "failed parsing"),
+    ("duplicate", "duplicates (surplus copies)"),
+    ("extra", "extra (not uploaded from this database)"),
+)
+
+
+async def _print_lists(conn: aiosqlite.Connection, v: reconcile.Verification) -> None:
+    for kind, title in _LISTS:
+        c = v.counts
+        total = c["duplicates"] + c["extra_duplicates"] if kind == "duplicate" else c[kind]
+        if not total:
+            continue
+        click.echo(f"  {title}:")
+        async for row in queue.verification_items(conn, v.id, kind, LIST_SHOWN):
+            click.echo(f"    {_item_line(kind, row)}")
+        if total > LIST_SHOWN:
+            click.echo(f"    ... and {total - LIST_SHOWN:,} more (uploader export-report)")
+
+
+def _verdict(c: dict[str, Any]) -> str:
+    if c["ok"]:
+        return "OK: every file is in the knowledge base once, parsed"
+    files = c["files"]
+    problems = {
+        "failed parsing": files["failed"],
+        "missing": files["missing"],
+        "still parsing": files["initial"] + files["processing"],
+        "duplicated": c["duplicates"],
+        "not uploaded": c["not_uploaded"],
+    }
+    found = ", ".join(f"{n:,} {what}" for what, n in problems.items() if n)
+    hints = []
+    if files["failed"] or files["missing"]:
+        hints.append("`uploader retry-failed --remote` then `uploader run` upload them again")
+    if c["duplicates"]:
+        hints.append("`uploader dedupe --yes` deletes the copies")
+    if c["timed_out"]:
+        hints.append("--wait timed out")
+    return f"NOT OK: {found or 'see above'}" + "".join(f"; {h}" for h in hints)
+
+
+async def _print_verification(
+    conn: aiosqlite.Connection, ctx: Context, v: reconcile.Verification
+) -> None:
+    c = v.counts
+    files = c["files"]
+    click.echo(f"knowledge base {v.kb_id}: {c['entries']:,} entries")
+    click.echo(f"  remote      {_pairs(c['remote'])}")
+    click.echo(
+        f"  our files   {sum(files.values()):,} uploaded: {_pairs(files)}; "
+        f"{c['not_uploaded']:,} not uploaded"
+    )
+    click.echo(f"  extra       {c['extra']:,} entries not uploaded from this database")
+    duplicates = f"{c['duplicates']:,} surplus copies in {c['duplicate_groups']:,} groups"
+    if c["extra_duplicates"]:
+        duplicates += f" (and {c['extra_duplicates']:,} among extra entries)"
+    click.echo(f"  duplicates  {duplicates}")
+    if not ctx.quiet:
+        await _print_lists(conn, v)
+    click.echo(f"  {_verdict(c)}")
+
+
+@cli.command()
+@service_options()
+@kb_option(required=False)
+@click.option(
+    "--wait", is_flag=True, help="List again until no file is initial or processing any more."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds --wait waits at most.",
+)
+@pass_ctx
+def verify(
+    ctx: Context,
+    api_key: str,
+    base_url: str,
+    insecure: bool,
+    kb_id: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Check the knowledge base against this database: the parse status of every uploaded
+    file, missing entries (uploaded, then gone), extra entries (not uploaded from here) and
+    duplicates (same filename and size more than once).
+
+    Every knowledge base of the queue unless --kb. The outcome is kept for `status` and
+    `export-report`. Exit codes: 0 every file uploaded and parsed (`done`), none missing or
+    duplicated; 1 otherwise; 2 bad input; 3 the service refused (bad key, unknown KB).
+    """
+    _check_service(api_key, base_url, insecure, "verify")
+    show = _bars(ctx)
+    notify = None if ctx.quiet else functools.partial(click.echo, err=True)
+
+    async def body(conn: aiosqlite.Connection, api: client.MaiAgentClient) -> bool:
+        ok = True
+        for kb in await _kbs(conn, kb_id):
+            result = await reconcile.verify(
+                conn, api, kb, wait=wait, timeout=timeout, show=show, notify=notify
+            )
+            await _print_verification(conn, ctx, result)
+            ok = ok and result.ok
+        return ok
+
+    if not _with_service(ctx, api_key, base_url, body):
+        sys.exit(1)
+
+
+def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) -> None:
+    doomed = {e.id for e in result.doomed}
+    groups = [g for g in result.groups if any(e.id in doomed for e in g.surplus)]
+    click.echo(
+        f"knowledge base {kb}: {len(doomed):,} surplus copies in {len(groups):,} duplicate groups"
+    )
+    verb = "delete" if yes else "would delete"
+    if not ctx.quiet:
+        for g in groups:
+            size = "?" if g.size is None else f"{g.size:,} B"
+            origin = " (extra entries)" if g.extra else ""
+            click.echo(
+                f"  {g.filename} ({size}){origin}: keep {', '.join(e.id for e in g.keep)}; "
+                f"{verb} {', '.join(e.id for e in g.surplus)}"
+            )
+    if result.spared_extra:
+        click.echo(
+            f"  {result.spared_extra:,} copies among extra entries left alone "
+            "(--include-extra deletes them)"
+        )
+    for error in result.errors[:LIST_SHOWN]:
+        click.echo(f"error: {error}", err=True)
+    if yes:
+        click.echo(f"  deleted {result.deleted:,} entries")
+    elif doomed:
+        click.echo("  dry run, nothing deleted: `uploader dedupe --yes` deletes them")
+
+
+@cli.command()
+@service_options()
+@kb_option(required=False)
+@click.option("--yes", is_flag=True, help="Delete; without it, only show what would be deleted.")
+@click.option(
+    "--include-extra",
+    is_flag=True,
+    help="Also dedupe entries that were not uploaded from this database.",
+)
+@pass_ctx
+def dedupe(
+    ctx: Context,
+    api_key: str,
+    base_url: str,
+    insecure: bool,
+    kb_id: str | None,
+    yes: bool,
+    include_extra: bool,
+) -> None:
+    """Delete surplus copies (same filename and size) from the knowledge base, in batches.
+
+    Each group keeps the entries files of this database point to, or, among entries not
+    uploaded from here, the oldest parsed one. Without --yes it is a dry run. Exit codes: 0,
+    1 some could not be deleted, 2 bad input, 3 the service refused (bad key, unknown KB).
+    """
+    _check_service(api_key, base_url, insecure, "dedupe")
+    show = _bars(ctx)
+
+    async def body(conn: aiosqlite.Connection, api: client.MaiAgentClient) -> bool:
+        clean = True
+        for kb in await _kbs(conn, kb_id):
+            result = await reconcile.dedupe(
+                conn, api, kb, apply=yes, include_extra=include_extra, show=show
+            )
+            _print_dedupe(ctx, kb, result, yes)
+            clean = clean and not result.errors
+        return clean
+
+    if not _with_service(ctx, api_key, base_url, body):
+        sys.exit(1)
+
+
+def _retry_remote(
+    ctx: Context,
+    kb_id: str | None,
+    kind: tuple[str, ...],
+    matches: Callable[[str], bool] | None,
+    api_key: str | None,
+    base_url: str,
+    insecure: bool,
+) -> None:
+    """retry-failed --remote: the entries the last verify found failed or missing."""
+    if kind:
+        raise UserError("--kind selects local failures; it does not go with --remote")
+    _check_service(api_key, base_url, insecure, "retry-failed --remote")
+    assert api_key is not None
+
+    async def body(conn: aiosqlite.Connection, api: client.MaiAgentClient) -> Any:
+        return await reconcile.retry_remote(conn, api, kb_id, matches)
+
+    r = _with_service(ctx, api_key, base_url, body)
+    click.echo(
+        f"{r.requeued:,} files back to pending ({r.deleted:,} failed entries deleted); "
+        "run `uploader run` to upload them again"
+    )
+    if not (r.requeued or r.busy or r.recovered or r.errors):
+        click.echo("(`uploader verify` finds the entries that failed or are missing)")
+    if r.busy:
+        click.echo(f"{r.busy:,} entries are being processed again: left as they are")
+    if r.recovered:
+        click.echo(f"{r.recovered:,} entries are no longer failed or missing: left as they are")
+    for error in r.errors[:LIST_SHOWN]:
+        click.echo(f"error: {error}", err=True)
+    if r.errors:
+        click.echo(f"{len(r.errors):,} entries could not be deleted; try again later", err=True)
+        sys.exit(1)
 
 
 def main() -> None:

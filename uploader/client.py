@@ -123,7 +123,7 @@ def check_base_url(url: str, insecure: bool) -> str | None:
             f"refusing to send the API key over plain http to {parts.hostname};"
             " use https, or --insecure if you really mean it"
         )
-    return f"warning: the API key goes over plain http to {parts.hostname}"
+    return f"the API key goes over plain http to {parts.hostname}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -154,14 +154,18 @@ class _FilePart(aiohttp.Payload):
         self._size = size
 
     async def write(self, writer: AbstractStreamWriter) -> None:
+        # pread, not read: when an early answer lets the caller close the file while a read
+        # still runs in its thread, that read cannot move the position of whatever file
+        # reuses the descriptor number.
         loop = asyncio.get_running_loop()
-        left = self._size
-        while left > 0:
-            chunk = await loop.run_in_executor(None, self._value.read, min(left, _CHUNK))
+        fd, offset = self._value.fileno(), 0
+        while offset < self._size:
+            length = min(self._size - offset, _CHUNK)
+            chunk = await loop.run_in_executor(None, os.pread, fd, length, offset)
             if not chunk:
                 raise OSError("file shrank while it was being uploaded")
             await writer.write(chunk)
-            left -= len(chunk)
+            offset += len(chunk)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file part is never decoded")
@@ -197,7 +201,9 @@ class MaiAgentClient:
             "fieldName": "file",
             "fileSize": size,
         }
-        answer = self._json(await self._api("POST", "upload-presigned-url/", "presign", body))
+        answer = self._json(
+            await self._api("POST", "upload-presigned-url/", "presign", body), "presign"
+        )
         if not isinstance(answer, dict):
             raise self._bad_response("presign", "the answer is not an object")
         url, fields = answer.get("url"), answer.get("fields")
@@ -209,11 +215,11 @@ class MaiAgentClient:
         """POST the file to S3, streamed from disk unless it is small."""
         content = await asyncio.get_running_loop().run_in_executor(None, _open_content, path, size)
         try:
-            form = _form(p.fields, content, size, filename)
+            form, headers = await _form(p.fields, content, size, filename)
             timeout = _timeout(self._timeout + size / MIB)
             where = urlsplit(p.url).path
             status, body, retry_after = await self._send(
-                "POST", p.url, where, form, None, timeout, "S3 upload", False
+                "POST", p.url, where, form, headers, timeout, "S3 upload", False
             )
         finally:
             if not isinstance(content, bytes):
@@ -235,7 +241,7 @@ class MaiAgentClient:
 
     async def list_files(self, kb_id: str, page: int, page_size: int) -> dict:
         path = f"{_kb_path(kb_id)}?page={page}&page_size={page_size}"
-        listing = self._json(await self._api("GET", path, "list files", kb_id=kb_id))
+        listing = self._json(await self._api("GET", path, "list files", kb_id=kb_id), "list files")
         if not isinstance(listing, dict) or not isinstance(listing.get("results"), list):
             raise self._bad_response("list files", "no results list in the answer")
         return listing
@@ -281,7 +287,9 @@ class MaiAgentClient:
         `kb_id` makes a 404 mean "no such knowledge base"; `gone_ok` makes it mean "that file
         is gone" (returns None); `unsafe` marks a call that must not be repeated blindly.
         """
-        data = None if payload is None else json.dumps(payload, separators=_JSON_SEPARATORS)
+        data = (
+            None if payload is None else json.dumps(payload, separators=_JSON_SEPARATORS).encode()
+        )
         headers = self._get_headers if data is None else self._post_headers
         url = self._base + path
         for attempt in range(self._throttle_retries + 1):
@@ -327,7 +335,7 @@ class MaiAgentClient:
         retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status == 429 else None
         return resp.status, body, retry_after
 
-    def _json(self, body: bytes | None, op: str = "", unsafe: bool = False) -> Any:
+    def _json(self, body: bytes | None, op: str, unsafe: bool = False) -> Any:
         try:
             return json.loads(body or b"")
         except ValueError:
@@ -376,8 +384,8 @@ class MaiAgentClient:
         connected = not isinstance(exc, never_sent)
         maybe = unsafe and connected
         if isinstance(exc, asyncio.TimeoutError):
-            phase = "after sending" if connected else "while connecting"
-            message = f"{op} timed out {phase} (limit {seconds:g} s)"
+            phase = "" if connected else " while connecting"
+            message = f"{op} timed out{phase} (limit {seconds:g} s)"
             return self._error(message, "transient", "timeout", maybe_applied=maybe)
         reason = _one_line(str(exc)) or type(exc).__name__
         if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
@@ -399,7 +407,7 @@ class MaiAgentClient:
         retry_after: float | None = None,
         maybe_applied: bool = False,
     ) -> ApiError:
-        """Every error leaves through here, so none can carry the API key."""
+        """Every error about a request leaves through here, so none can carry the API key."""
         if self._key:
             message = message.replace(self._key, "[redacted]")
         return ApiError(
@@ -446,30 +454,33 @@ def _open_content(path: str | bytes, size: int) -> bytes | io.FileIO:
         raise _file_error("missing", exc) from exc
     except OSError as exc:
         raise _file_error("unreadable", exc) from exc
-    file = io.FileIO(fd, "rb")
     try:
-        return _checked_content(file, size)
+        _check_file(fd, size)
     except BaseException:
-        file.close()
+        os.close(fd)
         raise
+    file = io.FileIO(fd, "rb")
+    if size > SMALL_FILE:
+        return file
+    with file:
+        try:
+            data = file.readall()
+        except OSError as exc:
+            raise _file_error("unreadable", exc) from exc
+    if len(data) != size:
+        raise _changed(size, len(data))
+    return data
 
 
-def _checked_content(file: io.FileIO, size: int) -> bytes | io.FileIO:
+def _check_file(fd: int, size: int) -> None:
     try:
-        st = os.fstat(file.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise _file_error("unreadable", None, "not a regular file")
-        if st.st_size != size:
-            raise _changed(size, st.st_size)
-        if size > SMALL_FILE:
-            return file
-        data = file.readall()
-        if len(data) != size:
-            raise _changed(size, len(data))
+        st = os.fstat(fd)
     except OSError as exc:
         raise _file_error("unreadable", exc) from exc
-    file.close()
-    return data
+    if not stat.S_ISREG(st.st_mode):
+        raise _file_error("unreadable", None, "not a regular file")
+    if st.st_size != size:
+        raise _changed(size, st.st_size)
 
 
 def _file_error(label: str, exc: OSError | None, why: str = "") -> ApiError:
@@ -483,10 +494,14 @@ def _changed(queued: int, now: int) -> ApiError:
     return ApiError(message, kind="permanent", error_kind="changed")
 
 
-def _form(
+async def _form(
     fields: dict[str, str], content: bytes | io.FileIO, size: int, filename: str
-) -> aiohttp.MultipartWriter:
-    """The policy fields first, the file last: S3 ignores whatever follows the file."""
+) -> tuple[bytes | aiohttp.MultipartWriter, dict[str, str] | None]:
+    """The form body and its headers: the policy fields first, the file last (S3 ignores
+    whatever follows the file).
+
+    A small form goes as one buffer: written part by part it costs a send() per piece.
+    """
     form = aiohttp.MultipartWriter("form-data")
     for name, value in fields.items():
         form.append(value).set_content_disposition("form-data", name=name)
@@ -498,7 +513,9 @@ def _form(
     shown = filename.encode("utf-8", "replace").decode("utf-8")
     part.set_content_disposition("form-data", name="file", filename=shown)
     form.append_payload(part)
-    return form
+    if isinstance(content, bytes):
+        return await form.as_bytes(), {"Content-Type": form.content_type}
+    return form, None
 
 
 def _default_pause(attempt: int) -> float:
@@ -532,7 +549,7 @@ def _detail(body: bytes) -> str:
             html.unescape(_xml_tags(head).get(b"Message", b"").decode("utf-8", "replace"))
         )
     try:
-        parsed = json.loads(head)
+        parsed = json.loads(body)
     except ValueError:
         parsed = None
     if isinstance(parsed, dict) and "detail" in parsed:

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -78,12 +78,13 @@ async def connect(path: str, *, create: bool = True) -> aiosqlite.Connection:
         raise QueueError(f"cannot open database {path}: {exc}") from None
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await _check_version(conn, path)
         mode = await _fetchval(conn, "PRAGMA journal_mode = WAL")
         if mode != "wal":
             log.warning("database %s: journal mode %s, not WAL", path, mode)
         await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.execute("PRAGMA foreign_keys = ON")
-        await _migrate(conn, path)
+        await _migrate(conn)
     except sqlite3.DatabaseError as exc:
         await conn.close()
         raise QueueError(_explain(path, exc)) from None
@@ -105,26 +106,43 @@ def _explain(path: str, exc: sqlite3.DatabaseError) -> str:
     return f"database {path}: {text}"
 
 
-async def _migrate(conn: aiosqlite.Connection, path: str) -> None:
+async def _check_version(conn: aiosqlite.Connection, path: str) -> None:
+    """Refuse, before changing a byte, a database from a newer uploader or another program."""
     current = await _fetchval(conn, "PRAGMA user_version")
-    steps = _migrations()
-    latest = steps[-1][0]
+    latest = schema_version()
     if current > latest:
         raise QueueError(
             f"{path} was made by a newer version of uploader (schema {current}, this version "
             f"knows {latest}); upgrade uploader to use it"
         )
-    for number, sql in steps:
-        if number <= current:
-            continue
-        try:
-            await conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {number};\nCOMMIT;"
-            )
-        except sqlite3.Error:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-            raise
+    if current == 0 and await _fetchval(conn, "SELECT COUNT(*) FROM sqlite_master"):
+        raise QueueError(f"{path} is a SQLite database of another program, not an uploader queue")
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Apply the missing migrations in one transaction; the version is read inside it, so
+    two processes opening a new database at once do not both create the tables."""
+    async with transaction(conn):
+        current = await _fetchval(conn, "PRAGMA user_version")
+        for number, sql in _migrations():
+            if number > current:
+                for statement in _statements(sql):
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer
+            buffer = ""
+    if buffer.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in buffer.splitlines()
+    ):
+        raise sqlite3.DatabaseError(f"incomplete statement in migration: {buffer[:60]!r}")
 
 
 async def _fetchval(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -197,63 +215,59 @@ class EnqueueCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-_SCAN_BATCH_TABLE = """
-CREATE TEMP TABLE IF NOT EXISTS scan_batch (
-    path BLOB PRIMARY KEY, relpath TEXT, size INTEGER, mtime_ns INTEGER, skip TEXT
-)"""
-
-_INSERT_NEW = """
+_INSERT = """
 INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error_kind,
                   enqueued_at)
-SELECT :kb, b.path, b.relpath, b.size, b.mtime_ns,
-       CASE WHEN b.skip IS NULL THEN 'pending' ELSE 'skipped' END,
-       b.skip, CASE WHEN b.skip IS NULL THEN NULL ELSE 'skipped' END, :now
-FROM scan_batch AS b
-WHERE NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.kb_id = :kb AND j.path = b.path)
-RETURNING state"""
+VALUES (:kb, :path, :relpath, :size, :mtime_ns, :state, :skip, :kind, :now)
+ON CONFLICT (kb_id, path) DO NOTHING"""
 
 _REQUEUE_CHANGED = """
-UPDATE jobs SET size = b.size, mtime_ns = b.mtime_ns, relpath = b.relpath, state = 'pending',
+UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, state = 'pending',
        step = NULL, s3_key = NULL, file_id = NULL, remote_status = NULL, attempts = 0,
        last_error = NULL, error_kind = NULL, next_attempt_at = 0, enqueued_at = :now,
        started_at = NULL, finished_at = NULL, duration = NULL
-FROM scan_batch AS b
-WHERE jobs.kb_id = :kb AND jobs.path = b.path AND b.skip IS NULL
-  AND jobs.state != 'running'
-  AND (jobs.size != b.size OR jobs.mtime_ns != b.mtime_ns OR jobs.state = 'skipped')
-RETURNING jobs.id"""
+WHERE kb_id = :kb AND path = :path AND state != 'running'
+  AND (size != :size OR mtime_ns != :mtime_ns OR state = 'skipped')"""
 
 _MARK_SKIPPED = """
-UPDATE jobs SET size = b.size, mtime_ns = b.mtime_ns, state = 'skipped', last_error = b.skip,
+UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, state = 'skipped', last_error = :skip,
        error_kind = 'skipped'
-FROM scan_batch AS b
-WHERE jobs.kb_id = :kb AND jobs.path = b.path AND b.skip IS NOT NULL
-  AND jobs.state IN ('pending', 'failed', 'skipped')"""
+WHERE kb_id = :kb AND path = :path AND state IN ('pending', 'failed', 'skipped')"""
 
 
 async def enqueue_batch(
     conn: aiosqlite.Connection, kb_id: str, rows: Sequence[ScanRow]
 ) -> EnqueueCounts:
-    """Insert new files and re-queue changed ones; one transaction per batch of the scan."""
-    params = {"kb": kb_id, "now": time.time()}
-    await conn.execute(_SCAN_BATCH_TABLE)
+    """Insert new files and re-queue changed ones, one transaction per batch of the scan;
+    every statement is a lookup on the (kb_id, path) index, so a batch costs the same at the
+    millionth file as at the first."""
+    now = time.time()
+    readable, skipped = [], []
+    for r in rows:
+        params = {
+            "kb": kb_id,
+            "path": r.path,
+            "relpath": r.relpath,
+            "size": r.size,
+            "mtime_ns": r.mtime_ns,
+            "skip": r.skip,
+            "now": now,
+            "state": "pending" if r.skip is None else "skipped",
+            "kind": None if r.skip is None else "skipped",
+        }
+        (readable if r.skip is None else skipped).append(params)
     async with transaction(conn):
-        await conn.execute("DELETE FROM scan_batch")
-        await conn.executemany(
-            "INSERT OR REPLACE INTO scan_batch VALUES (?, ?, ?, ?, ?)",
-            [(r.path, r.relpath, r.size, r.mtime_ns, r.skip) for r in rows],
-        )
-        inserted = await conn.execute_fetchall(_INSERT_NEW, params)
-        changed = await conn.execute_fetchall(_REQUEUE_CHANGED, params)
-        await conn.execute(_MARK_SKIPPED, params)
-    skipped = sum(1 for r in rows if r.skip is not None)
-    new = sum(1 for (state,) in inserted if state == "pending")
+        changed = (await conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
+        new = (await conn.executemany(_INSERT, readable)).rowcount
+        if skipped:
+            await conn.executemany(_MARK_SKIPPED, skipped)
+            await conn.executemany(_INSERT, skipped)
     return EnqueueCounts(
         scanned=len(rows),
         new=new,
-        changed=len(changed),
-        unchanged=len(rows) - new - len(changed) - skipped,
-        skipped=skipped,
+        changed=changed,
+        unchanged=len(readable) - new - changed,
+        skipped=len(skipped),
     )
 
 
@@ -671,3 +685,252 @@ async def adoptable(
         _ADOPTABLE, {"kb": kb_id, "filename": filename, "size": size, "since": since}
     )
     return [r[0] for r in rows]
+
+
+# --- verify, dedupe, remote retry ------------------------------------------------------------
+
+_STORE_LISTED = """
+INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
+    status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at"""
+
+# Row layout of `store_listed`: (kb_id, id, filename, size, status, created_at s, seen_at).
+ListedRow = tuple[str, str, str, Any, Any, float, float]
+
+
+async def store_listed(conn: aiosqlite.Connection, rows: Sequence[ListedRow]) -> None:
+    """Store one page of a full listing; tuples, not dicts, since a verify stores every entry."""
+    async with transaction(conn):
+        await conn.executemany(_STORE_LISTED, rows)
+
+
+async def forget_unseen(conn: aiosqlite.Connection, kb_id: str, since: float) -> None:
+    """After a complete listing, entries it did not show are gone from the knowledge base."""
+    async with transaction(conn):
+        await conn.execute(
+            "DELETE FROM remote_files WHERE kb_id = ? AND seen_at < ?", (kb_id, since)
+        )
+
+
+async def forget_remote(conn: aiosqlite.Connection, kb_id: str, ids: Sequence[str]) -> None:
+    async with transaction(conn):
+        await conn.executemany(
+            "DELETE FROM remote_files WHERE kb_id = ? AND id = ?", [(kb_id, i) for i in ids]
+        )
+
+
+async def unseen_job_entries(conn: aiosqlite.Connection, kb_id: str, since: float) -> list[str]:
+    """Entries of done jobs that the listing begun at `since` did not show."""
+    rows = await conn.execute_fetchall(
+        "SELECT j.file_id FROM jobs AS j WHERE j.kb_id = :kb AND j.state = 'done'"
+        " AND j.file_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM remote_files AS r"
+        " WHERE r.kb_id = j.kb_id AND r.id = j.file_id AND r.seen_at >= :since)",
+        {"kb": kb_id, "since": since},
+    )
+    return [r[0] for r in rows]
+
+
+_MATCH_REMOTE = """
+UPDATE jobs SET remote_status = m.status
+FROM (
+    SELECT j.id AS id,
+           CASE WHEN r.id IS NULL THEN 'missing' ELSE COALESCE(r.status, 'unknown') END AS status
+    FROM jobs AS j LEFT JOIN remote_files AS r
+         ON r.kb_id = j.kb_id AND r.id = j.file_id AND r.seen_at >= :since
+    WHERE j.kb_id = :kb AND j.state = 'done' AND j.file_id IS NOT NULL
+) AS m
+WHERE jobs.id = m.id AND jobs.remote_status IS NOT m.status"""
+
+
+async def match_remote(conn: aiosqlite.Connection, kb_id: str, since: float) -> None:
+    """Each done job takes the status of its entry in the listing begun at `since`, or
+    'missing'; one statement, and only rows whose status changed are written."""
+    async with transaction(conn):
+        await conn.execute(_MATCH_REMOTE, {"kb": kb_id, "since": since})
+
+
+async def remote_status_counts(
+    conn: aiosqlite.Connection, kb_id: str, since: float
+) -> dict[str, int]:
+    """Entries per parse status in the listing begun at `since` (the whole knowledge base)."""
+    rows = await conn.execute_fetchall(
+        "SELECT COALESCE(status, 'unknown'), COUNT(*) FROM remote_files"
+        " WHERE kb_id = ? AND seen_at >= ? GROUP BY 1",
+        (kb_id, since),
+    )
+    return {status: n for status, n in rows}
+
+
+async def job_remote_counts(conn: aiosqlite.Connection, kb_id: str) -> dict[str, int]:
+    """This database's uploaded files per remote status ('missing' included)."""
+    rows = await conn.execute_fetchall(
+        "SELECT COALESCE(remote_status, 'unknown'), COUNT(*) FROM jobs"
+        " WHERE kb_id = ? AND state = 'done' GROUP BY 1",
+        (kb_id,),
+    )
+    return {status: n for status, n in rows}
+
+
+async def not_uploaded_count(conn: aiosqlite.Connection, kb_id: str) -> int:
+    return await _fetchval(
+        conn,
+        "SELECT COUNT(*) FROM jobs WHERE kb_id = ? AND state IN ('pending', 'running', 'failed')",
+        (kb_id,),
+    )
+
+
+# Entries sharing a filename with another entry of the listing; a job's entry takes the job's
+# size when the listing gives none. Ordered so that each group is oldest first.
+_DUPLICATE_CANDIDATES = """
+SELECT r.id, r.filename, COALESCE(r.size, j.size), r.status, r.created_at, j.id
+FROM remote_files AS r
+LEFT JOIN jobs AS j ON j.file_id = r.id AND j.kb_id = r.kb_id
+WHERE r.kb_id = :kb AND r.seen_at >= :since AND r.filename IN (
+    SELECT filename FROM remote_files WHERE kb_id = :kb AND seen_at >= :since
+    GROUP BY filename HAVING COUNT(*) > 1)
+ORDER BY r.filename, r.created_at, r.id"""
+
+
+async def duplicate_candidates(
+    conn: aiosqlite.Connection, kb_id: str, since: float
+) -> list[tuple[str, str, int | None, str | None, float, int | None]]:
+    """(id, filename, size, status, created_at, job id) of entries whose name is not unique."""
+    rows = await conn.execute_fetchall(_DUPLICATE_CANDIDATES, {"kb": kb_id, "since": since})
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+_EXTRA_WHERE = """
+FROM remote_files AS r
+WHERE r.kb_id = :kb AND r.seen_at >= :since
+  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
+  AND r.id NOT IN (SELECT value FROM json_each(:ours))"""
+
+
+async def extra_count(
+    conn: aiosqlite.Connection, kb_id: str, since: float, ours: Sequence[str]
+) -> int:
+    """Listed entries no job points to, leaving out `ours` (surplus copies of our files)."""
+    params = {"kb": kb_id, "since": since, "ours": json.dumps(list(ours))}
+    return await _fetchval(conn, f"SELECT COUNT(*) {_EXTRA_WHERE}", params)
+
+
+_ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
+
+_RECORD_EXTRA = f"""
+INSERT INTO verification_items ({_ITEM_COLUMNS})
+SELECT :vid, 'extra', NULL, r.id, r.filename, r.size, r.status, NULL {_EXTRA_WHERE}"""
+
+# The few bad rows straight from their partial index, not every done job of the KB.
+_RECORD_BAD = f"""
+INSERT INTO verification_items ({_ITEM_COLUMNS})
+SELECT :vid, remote_status, id, file_id, filename, size,
+       CASE remote_status WHEN 'failed' THEN 'failed' END, NULL
+FROM jobs INDEXED BY jobs_remote_bad
+WHERE kb_id = :kb AND remote_status IN ('failed', 'missing') AND state = 'done'"""
+
+# Row layout of a duplicate item: (job_id, file_id, filename, size, status, kept_id).
+DuplicateItem = tuple[int | None, str, str, Any, Any, str]
+
+
+async def record_verification(
+    conn: aiosqlite.Connection,
+    kb_id: str,
+    since: float,
+    counts: dict[str, Any],
+    duplicates: Sequence[DuplicateItem],
+    ours: Sequence[str],
+) -> int:
+    """Store a verify's counts and its lists, from the listing begun at `since`; the previous
+    verify of this knowledge base gives up its lists (its counts stay, as history)."""
+    async with transaction(conn):
+        cur = await conn.execute(
+            "INSERT INTO verifications (kb_id, started_at, ended_at, counts) VALUES (?, ?, ?, ?)",
+            (kb_id, since, time.time(), json.dumps(counts)),
+        )
+        vid = int(cur.lastrowid or 0)
+        await conn.execute(
+            "DELETE FROM verification_items WHERE verification_id IN"
+            " (SELECT id FROM verifications WHERE kb_id = ? AND id != ?)",
+            (kb_id, vid),
+        )
+        params = {"vid": vid, "kb": kb_id, "since": since, "ours": json.dumps(list(ours))}
+        await conn.execute(_RECORD_BAD, params)
+        await conn.execute(_RECORD_EXTRA, params)
+        await conn.executemany(
+            f"INSERT INTO verification_items ({_ITEM_COLUMNS})"
+            " VALUES (?, 'duplicate', ?, ?, ?, ?, ?, ?)",
+            [(vid, *item) for item in duplicates],
+        )
+    return vid
+
+
+async def last_verifications(conn: aiosqlite.Connection) -> list[dict[str, Any]]:
+    """The newest verify of each knowledge base, by knowledge base id."""
+    rows = await conn.execute_fetchall(
+        "SELECT id, kb_id, started_at, ended_at, counts FROM verifications"
+        " WHERE id IN (SELECT MAX(id) FROM verifications GROUP BY kb_id) ORDER BY kb_id"
+    )
+    return [
+        {"id": vid, "kb_id": kb, "started_at": s, "ended_at": e, "counts": json.loads(c)}
+        for vid, kb, s, e, c in rows
+    ]
+
+
+async def verification_items(
+    conn: aiosqlite.Connection, verification_id: int, kind: str, limit: int = -1
+) -> AsyncIterator[tuple[Any, ...]]:
+    """(job path or None, file_id, filename, size, status, kept_id), streamed."""
+    async with conn.execute(
+        "SELECT j.path, i.file_id, i.filename, i.size, i.status, i.kept_id"
+        " FROM verification_items AS i LEFT JOIN jobs AS j ON j.id = i.job_id"
+        " WHERE i.verification_id = ? AND i.kind = ? ORDER BY i.rowid LIMIT ?",
+        (verification_id, kind, limit),
+    ) as cur:
+        while rows := await cur.fetchmany(5000):
+            for row in rows:
+                yield tuple(row)
+
+
+async def remote_retry_candidates(
+    conn: aiosqlite.Connection, kb_id: str | None, match: Callable[[str], bool] | None
+) -> list[tuple[int, str, str | None, str]]:
+    """(job id, kb_id, file_id, remote status) of done jobs whose entry failed or is gone."""
+    await conn.create_function("uploader_match", 1, match or (lambda _: True), deterministic=True)
+    rows = await conn.execute_fetchall(
+        "SELECT id, kb_id, file_id, remote_status FROM jobs INDEXED BY jobs_remote_bad"
+        " WHERE remote_status IN ('failed', 'missing') AND state = 'done'"
+        " AND (:kb IS NULL OR kb_id = :kb) AND uploader_match(relpath) ORDER BY id",
+        {"kb": kb_id},
+    )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+_REQUEUE_REMOTE = """
+UPDATE jobs SET state = 'pending', step = NULL, s3_key = NULL, file_id = NULL, filename = NULL,
+       remote_status = NULL, attempts = 0, next_attempt_at = 0, last_error = NULL,
+       error_kind = NULL, unknown_since = NULL, started_at = NULL, finished_at = NULL,
+       duration = NULL
+WHERE id = ? AND state = 'done' AND file_id IS ?"""
+
+
+async def requeue_remote(
+    conn: aiosqlite.Connection, jobs: Sequence[tuple[int, str, str | None]]
+) -> int:
+    """(job id, kb_id, file_id): jobs whose entry is gone go back to pending for a fresh upload;
+    a job whose entry changed meanwhile (another command re-uploaded it) is left alone."""
+    async with transaction(conn):
+        await conn.executemany(
+            "DELETE FROM remote_files WHERE kb_id = ? AND id = ?",
+            [(kb, fid) for _job, kb, fid in jobs if fid is not None],
+        )
+        cur = await conn.executemany(_REQUEUE_REMOTE, [(job, fid) for job, _kb, fid in jobs])
+    return cur.rowcount
+
+
+async def set_remote_status(
+    conn: aiosqlite.Connection, statuses: Sequence[tuple[str | None, int]]
+) -> None:
+    """(status, job id): what reading an entry back showed."""
+    async with transaction(conn):
+        await conn.executemany("UPDATE jobs SET remote_status = ? WHERE id = ?", statuses)

@@ -1,17 +1,26 @@
 """Reading the knowledge base back: the listing kept in the remote_files table, refreshed
-incrementally, and the lookups that decide whether a doubtful register took effect."""
+incrementally, and the lookups that decide whether a doubtful register took effect; then
+verify (full listing, matched to the jobs), dedupe and the remote retry."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import random
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiosqlite
+from tqdm import tqdm
 
 from . import queue
-from .client import MaiAgentClient
+from .client import ApiError, MaiAgentClient, RateLimiter, make_session
+
+T = TypeVar("T")
 
 log = logging.getLogger("uploader.reconcile")
 
@@ -77,3 +86,537 @@ class RemoteIndex:
                 self.taken.add(file_id)
                 return file_id
         return None
+
+
+# --- verify, dedupe, remote retry ------------------------------------------------------------
+
+LIST_CONCURRENCY = 8
+LIST_PAGE_SIZE = 100
+LISTING_TRIES = 3  # a listing that changed while it was read is read again, this many times
+CALL_TRIES = 5
+CALL_BACKOFF = 0.5
+DELETE_TRIES = 4
+BATCH_DELETE = 100
+WAIT_FIRST = 0.25
+WAIT_MAX = 15.0
+STATUSES = ("initial", "processing", "done", "failed")
+UNSETTLED = ("initial", "processing")
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    base_url: str, api_key: str, timeout: float = 60.0
+) -> AsyncIterator[MaiAgentClient]:
+    """A client for the commands that read the knowledge base back, pooled for the listing."""
+    async with make_session(LIST_CONCURRENCY) as session:
+        yield MaiAgentClient(session, base_url, api_key, RateLimiter(None), timeout=timeout)
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    return max(random.uniform(0, CALL_BACKOFF * 2 ** (attempt - 1)), retry_after or 0.0)
+
+
+async def _call(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """A call that is safe to repeat (reads, deletes): transient errors are retried."""
+    for attempt in range(1, CALL_TRIES + 1):
+        try:
+            return await fn(*args)
+        except ApiError as err:
+            if err.kind != "transient" or attempt == CALL_TRIES:
+                raise
+            log.info("retrying: %s", err)
+            await asyncio.sleep(_backoff(attempt, err.retry_after))
+    raise AssertionError("unreachable")
+
+
+async def _each(items: Iterable[T], fn: Callable[[T], Awaitable[None]]) -> None:
+    """`fn` over `items`, LIST_CONCURRENCY at a time; the first error stops the others."""
+    shared = iter(items)
+
+    async def lane() -> None:
+        for item in shared:
+            await fn(item)
+
+    tasks = [asyncio.create_task(lane()) for _ in range(LIST_CONCURRENCY)]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- the full listing ---
+
+
+@dataclass
+class Listing:
+    """A full listing of one knowledge base, stored in remote_files with seen_at = started."""
+
+    kb_id: str
+    started: float
+    entries: int
+    complete: bool  # every page agreed on the count and every entry was seen
+
+
+def _rows(
+    kb_id: str, results: Sequence[Any], seen_at: float, seen: set[str]
+) -> list[queue.ListedRow]:
+    """The per-entry work of a verify: keep it to building one tuple."""
+    rows = []
+    for e in results:
+        if not isinstance(e, dict) or e.get("id") is None:
+            continue
+        file_id = str(e["id"])
+        seen.add(file_id)
+        created = e.get("createdAt")
+        created_s = created / 1000.0 if isinstance(created, (int, float)) else 0.0
+        rows.append(
+            (
+                kb_id,
+                file_id,
+                e.get("filename") or "",
+                e.get("size"),
+                e.get("status"),
+                created_s,
+                seen_at,
+            )
+        )
+    return rows
+
+
+async def _read_listing(
+    conn: aiosqlite.Connection, client: MaiAgentClient, kb_id: str, show: bool
+) -> Listing:
+    """Page 1 gives the count, then the other pages are fetched LIST_CONCURRENCY at a time.
+
+    The page size is what the service actually returned on page 1 (it may cap the one asked
+    for). Pages shift when entries come or go meanwhile; then the counts disagree or entries
+    are not all seen, and the listing is marked incomplete.
+    """
+    started = time.time()
+    seen: set[str] = set()
+    first = await _call(client.list_files, kb_id, 1, LIST_PAGE_SIZE)
+    count, results = first.get("count"), first["results"]
+    if not isinstance(count, int):
+        raise ApiError(
+            "list files: no count in the answer", kind="transient", error_kind="bad_response"
+        )
+    await queue.store_listed(conn, _rows(kb_id, results, started, seen))
+    pages = math.ceil(count / len(results)) if first.get("next") and results else 1
+    counts: set[Any] = {count}
+    with tqdm(
+        total=count,
+        initial=len(results),
+        unit="entry",
+        desc=f"listing {kb_id}",
+        leave=False,
+        disable=not show,
+        dynamic_ncols=True,
+    ) as bar:
+
+        async def page(number: int) -> None:
+            try:
+                data = await _call(client.list_files, kb_id, number, LIST_PAGE_SIZE)
+            except ApiError as err:
+                if err.error_kind != "kb_not_found":
+                    raise
+                counts.add(None)  # a page past the end: the knowledge base shrank meanwhile
+                return
+            counts.add(data.get("count"))
+            rows = _rows(kb_id, data["results"], started, seen)
+            await queue.store_listed(conn, rows)
+            bar.update(len(rows))
+
+        await _each(range(2, pages + 1), page)
+    return Listing(kb_id, started, len(seen), len(counts) == 1 and len(seen) == count)
+
+
+async def _look_up_unseen(
+    conn: aiosqlite.Connection, client: MaiAgentClient, listing: Listing
+) -> None:
+    """After an incomplete listing, the jobs' entries it did not show are read one by one,
+    so that none is called missing because the pages moved under the listing."""
+    found: list[dict[str, Any]] = []
+
+    async def look(file_id: str) -> None:
+        entry = await _call(client.get_file, listing.kb_id, file_id)
+        if entry is not None:
+            found.append(entry)
+
+    await _each(await queue.unseen_job_entries(conn, listing.kb_id, listing.started), look)
+    await queue.store_listed(conn, _rows(listing.kb_id, found, listing.started, set()))
+    listing.entries += len(found)
+
+
+async def list_and_match(
+    conn: aiosqlite.Connection, client: MaiAgentClient, kb_id: str, show: bool = False
+) -> Listing:
+    """Replace the stored listing of `kb_id` with a full one and set every done job's
+    remote status from it ('missing' when its entry is not there)."""
+    for _ in range(LISTING_TRIES):
+        listing = await _read_listing(conn, client, kb_id, show)
+        if listing.complete:
+            await queue.forget_unseen(conn, kb_id, listing.started)
+            break
+        log.info("knowledge base %s changed while it was listed: listing it again", kb_id)
+    else:
+        log.warning(
+            "knowledge base %s kept changing while it was listed: looking up the entries of "
+            "this database's files that the listing did not show",
+            kb_id,
+        )
+        await _look_up_unseen(conn, client, listing)
+    await queue.match_remote(conn, kb_id, listing.started)
+    return listing
+
+
+# --- duplicates ---
+
+
+@dataclass
+class Entry:
+    id: str
+    filename: str
+    size: int | None
+    status: str | None
+    created_at: float
+    job_id: int | None  # the job whose entry this is, if any
+
+
+@dataclass
+class DuplicateGroup:
+    """Entries with one filename and size: `keep` stays, `surplus` is what dedupe deletes."""
+
+    filename: str
+    size: int | None
+    keep: list[Entry]
+    surplus: list[Entry]
+
+    @property
+    def extra(self) -> bool:
+        """No job points into the group: all its entries are of other origin."""
+        return all(e.job_id is None for e in self.keep)
+
+
+def duplicate_groups(rows: Iterable[Sequence[Any]]) -> list[DuplicateGroup]:
+    """Group `queue.duplicate_candidates` rows (ordered by filename, then age)."""
+    by_name: dict[str, list[Entry]] = {}
+    for row in rows:
+        entry = Entry(*row)
+        by_name.setdefault(entry.filename, []).append(entry)
+    groups = []
+    for name, members in by_name.items():
+        for size, same in _by_size(members).items():
+            group = _split(name, size, same)
+            if group is not None:
+                groups.append(group)
+    return groups
+
+
+def _by_size(members: list[Entry]) -> dict[int | None, list[Entry]]:
+    """Entries of unknown size join the group of the one size known under their name; with
+    several sizes known they cannot be placed and form a group of their own."""
+    by_size: dict[int | None, list[Entry]] = {}
+    for entry in members:
+        by_size.setdefault(entry.size, []).append(entry)
+    unsized = by_size.pop(None, [])
+    if unsized and len(by_size) == 1:
+        (only,) = by_size.values()
+        only.extend(unsized)
+        only.sort(key=lambda e: (e.created_at, e.id))
+    elif unsized:
+        by_size[None] = unsized
+    return by_size
+
+
+def _split(name: str, size: int | None, group: list[Entry]) -> DuplicateGroup | None:
+    """Keep every entry a job points to (deleting one would make its file missing); in a group
+    no job points into, keep the oldest `done` entry, else the oldest."""
+    if len(group) < 2:
+        return None
+    keep = [e for e in group if e.job_id is not None]
+    if not keep:
+        keep = [next((e for e in group if e.status == "done"), group[0])]
+    kept = {e.id for e in keep}
+    surplus = [e for e in group if e.id not in kept]
+    return DuplicateGroup(name, size, keep, surplus) if surplus else None
+
+
+# --- verify ---
+
+
+@dataclass
+class Verification:
+    kb_id: str
+    id: int
+    counts: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.counts["ok"])
+
+
+class _ParseProgress:
+    """--wait's progress: a parsed/total bar on a terminal, else one line per poll."""
+
+    # No rate: the count jumps at each poll, files per second would mean nothing.
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+    def __init__(self, kb_id: str, bar: bool, notify: Callable[[str], None] | None) -> None:
+        self._kb_id = kb_id
+        self._notify = notify
+        self._wants_bar = bar
+        self._bar: tqdm | None = None
+
+    def update(self, files: dict[str, int]) -> None:
+        total = sum(n for status, n in files.items() if status != "missing")
+        parsed = files.get("done", 0) + files.get("failed", 0)
+        detail = ", ".join(f"{s} {files.get(s, 0)}" for s in UNSETTLED)
+        if self._wants_bar:
+            if self._bar is None:
+                self._bar = tqdm(
+                    total=total,
+                    initial=parsed,
+                    desc=f"parsed {self._kb_id}",
+                    bar_format=self.FORMAT,
+                )
+            self._bar.total = total
+            self._bar.n = parsed
+            self._bar.set_postfix_str(f"failed {files.get('failed', 0)}, {detail}")
+        elif self._notify is not None:
+            self._notify(f"{self._kb_id}: parsed {parsed}/{total} ({detail})")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+async def verify(
+    conn: aiosqlite.Connection,
+    client: MaiAgentClient,
+    kb_id: str,
+    *,
+    wait: bool = False,
+    timeout: float = 3600.0,
+    show: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> Verification:
+    """List the knowledge base, match it to the jobs and record what is wrong; with `wait`,
+    list again until none of this database's entries is initial/processing or `timeout`."""
+    deadline = time.monotonic() + timeout
+    delay = WAIT_FIRST
+    progress = _ParseProgress(kb_id, show and wait, notify if wait else None)
+    try:
+        while True:
+            listing = await list_and_match(conn, client, kb_id, show)
+            files = await queue.job_remote_counts(conn, kb_id)
+            unsettled = sum(files.get(s, 0) for s in UNSETTLED)
+            if not wait:
+                break
+            progress.update(files)
+            left = deadline - time.monotonic()
+            if not unsettled or left <= 0:
+                break
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 1.5, WAIT_MAX)
+    finally:
+        progress.close()
+    return await _record(conn, listing, files, timed_out=wait and unsettled > 0)
+
+
+async def _record(
+    conn: aiosqlite.Connection, listing: Listing, files: dict[str, int], timed_out: bool
+) -> Verification:
+    kb_id, since = listing.kb_id, listing.started
+    groups = duplicate_groups(await queue.duplicate_candidates(conn, kb_id, since))
+    ours = [e.id for g in groups if not g.extra for e in g.surplus]
+    items = [
+        (g.keep[0].job_id, e.id, e.filename, e.size, e.status, g.keep[0].id)
+        for g in groups
+        for e in g.surplus
+    ]
+    remote = await queue.remote_status_counts(conn, kb_id, since)
+    not_uploaded = await queue.not_uploaded_count(conn, kb_id)
+    counts: dict[str, Any] = {
+        "entries": listing.entries,
+        "remote": _with_statuses(remote),
+        "files": _with_statuses(files, "missing"),
+        "not_uploaded": not_uploaded,
+        "missing": files.get("missing", 0),
+        "failed": files.get("failed", 0),
+        "extra": await queue.extra_count(conn, kb_id, since, ours),
+        "duplicate_groups": sum(1 for g in groups if not g.extra),
+        "duplicates": len(ours),
+        "extra_duplicates": sum(len(g.surplus) for g in groups if g.extra),
+        "complete": listing.complete,
+        "timed_out": timed_out,
+    }
+    counts["ok"] = not_uploaded == 0 and not ours and files.get("done", 0) == sum(files.values())
+    vid = await queue.record_verification(conn, kb_id, since, counts, items, ours)
+    return Verification(kb_id, vid, counts)
+
+
+def _with_statuses(counts: dict[str, int], *more: str) -> dict[str, int]:
+    """Every usual status present (0 when none), then any other the service reported."""
+    shown = {s: counts.get(s, 0) for s in (*STATUSES, *more)}
+    shown.update({s: n for s, n in sorted(counts.items()) if s not in shown})
+    return shown
+
+
+# --- deleting entries ---
+
+
+async def _delete(client: MaiAgentClient, kb_id: str, file_id: str) -> tuple[bool, str | None]:
+    """Delete one entry: (True, None) once it is gone, (False, status) when it is being
+    processed. An error answer is checked by reading the entry back: a 500 may have deleted
+    it anyway, a 409 comes while it is processed (then it is left alone)."""
+    for attempt in range(1, DELETE_TRIES + 1):
+        try:
+            await client.delete_file(kb_id, file_id)
+            return True, None
+        except ApiError as err:
+            if err.kind == "fatal" or attempt == DELETE_TRIES:
+                raise
+            retry_after = err.retry_after
+        entry = await _call(client.get_file, kb_id, file_id)
+        if entry is None:
+            return True, None
+        if entry.get("status") in UNSETTLED:
+            return False, entry.get("status")
+        await asyncio.sleep(_backoff(attempt, retry_after))
+    raise AssertionError("unreachable")
+
+
+async def _delete_many(
+    client: MaiAgentClient, kb_id: str, ids: Sequence[str], errors: list[str]
+) -> list[str]:
+    """Batch-delete in chunks; a chunk whose batch call keeps failing is deleted one by one."""
+    deleted: list[str] = []
+
+    async def one(file_id: str) -> None:
+        try:
+            gone, status = await _delete(client, kb_id, file_id)
+        except ApiError as err:
+            if err.kind == "fatal":
+                raise
+            errors.append(f"{file_id}: {err}")
+            return
+        if gone:
+            deleted.append(file_id)
+        else:
+            errors.append(f"{file_id}: still {status}, not deleted")
+
+    for start in range(0, len(ids), BATCH_DELETE):
+        chunk = list(ids[start : start + BATCH_DELETE])
+        try:
+            await _call(client.batch_delete, kb_id, chunk)
+        except ApiError as err:
+            if err.kind == "fatal":
+                raise
+            log.warning("batch delete failed (%s): deleting these one by one", err)
+            await _each(chunk, one)
+        else:
+            deleted.extend(chunk)
+    return deleted
+
+
+# --- dedupe ---
+
+
+@dataclass
+class Dedupe:
+    groups: list[DuplicateGroup]
+    doomed: list[Entry]  # deleted, or in a dry run what would be
+    spared_extra: int  # surplus of groups no job points into, kept without include_extra
+    deleted: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def dedupe(
+    conn: aiosqlite.Connection,
+    client: MaiAgentClient,
+    kb_id: str,
+    *,
+    apply: bool,
+    include_extra: bool = False,
+    show: bool = False,
+) -> Dedupe:
+    """Delete every duplicate group's surplus (a dry run unless `apply`), from a fresh
+    listing: a stale one could name an entry that is now the only copy."""
+    listing = await list_and_match(conn, client, kb_id, show)
+    groups = duplicate_groups(await queue.duplicate_candidates(conn, kb_id, listing.started))
+    doomed = [e for g in groups if include_extra or not g.extra for e in g.surplus]
+    spared = sum(len(g.surplus) for g in groups if g.extra and not include_extra)
+    result = Dedupe(groups, doomed, spared)
+    if apply and doomed:
+        deleted = await _delete_many(client, kb_id, [e.id for e in doomed], result.errors)
+        await queue.forget_remote(conn, kb_id, deleted)
+        result.deleted = len(deleted)
+    return result
+
+
+# --- retry-failed --remote ---
+
+
+@dataclass
+class RemoteRetry:
+    requeued: int = 0
+    deleted: int = 0
+    busy: int = 0  # entries being processed again (a reparse?): left as they are
+    recovered: int = 0  # entries found no longer failed: left as they are
+    errors: list[str] = field(default_factory=list)
+
+
+async def retry_remote(
+    conn: aiosqlite.Connection,
+    client: MaiAgentClient,
+    kb_id: str | None,
+    match: Callable[[str], bool] | None = None,
+) -> RemoteRetry:
+    """Jobs whose entry failed parsing or is missing (as the last verify saw it): delete the
+    entry if it is there, then back to pending so that the next run uploads the file again."""
+    result = RemoteRetry()
+    requeue: list[tuple[int, str, str | None]] = []
+    statuses: list[tuple[str | None, int]] = []
+
+    async def settle(row: tuple[int, str, str | None, str]) -> None:
+        job_id, kb, file_id, status = row
+        try:
+            outcome, now = await _clear_entry(client, kb, file_id, status)
+        except ApiError as err:
+            if err.kind == "fatal":
+                raise
+            result.errors.append(f"{file_id}: {err}")
+            return
+        if outcome in ("gone", "deleted"):
+            requeue.append((job_id, kb, file_id))
+            result.deleted += outcome == "deleted"
+        else:
+            statuses.append((now, job_id))
+            result.busy += outcome == "busy"
+            result.recovered += outcome == "present"
+
+    try:
+        await _each(await queue.remote_retry_candidates(conn, kb_id, match), settle)
+    finally:
+        await queue.set_remote_status(conn, statuses)
+        result.requeued = await queue.requeue_remote(conn, requeue)
+    return result
+
+
+async def _clear_entry(
+    client: MaiAgentClient, kb_id: str, file_id: str | None, status: str
+) -> tuple[str, str | None]:
+    """'gone' (it already was), 'deleted', 'busy' (being processed) or 'present' (a missing
+    entry that is back and not failed), with the entry's status when it stays."""
+    if file_id is None:
+        return "gone", None
+    if status == "missing":
+        entry = await _call(client.get_file, kb_id, file_id)
+        if entry is None:
+            return "gone", None
+        if entry.get("status") != "failed":
+            return "present", entry.get("status")
+    gone, now = await _delete(client, kb_id, file_id)
+    return ("deleted", None) if gone else ("busy", now)

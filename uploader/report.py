@@ -86,9 +86,64 @@ async def write(conn: aiosqlite.Connection, out: IO[str], db_path: str) -> dict[
         out.write(f"  {json.dumps(key)}: ")
         await _write_list(out, queue.report_rows(conn, state), shape)
         out.write(",\n")
+    out.write('  "integrity": ')
+    await _write_integrity(conn, out)
+    out.write(",\n")
     runs = await queue.runs(conn)
     out.write(f'  "runs": {json.dumps(runs, ensure_ascii=False)}\n}}\n')
     return summary
+
+
+def _job_entry(row: tuple[Any, ...]) -> dict[str, Any]:
+    path, file_id, filename, _size, _status, _kept = row
+    return {
+        "file_path": display(path) if path else None,
+        "knowledge_file_id": file_id,
+        "filename": filename,
+    }
+
+
+def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
+    _path, file_id, filename, size, status, _kept = row
+    return {"knowledge_file_id": file_id, "filename": filename, "size": size, "status": status}
+
+
+def _duplicate(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A surplus copy; `file_path` is the local file of the entry kept, when a job owns it."""
+    path, file_id, filename, size, status, kept = row
+    return {
+        "knowledge_file_id": file_id,
+        "filename": filename,
+        "size": size,
+        "status": status,
+        "copy_of": kept,
+        "file_path": display(path) if path else None,
+    }
+
+
+INTEGRITY_LISTS: list[tuple[str, str, Callable[[tuple[Any, ...]], dict[str, Any]]]] = [
+    ("missing_files", "missing", _job_entry),
+    ("remotely_failed_files", "failed", _job_entry),
+    ("duplicate_entries", "duplicate", _duplicate),
+    ("extra_entries", "extra", _entry),
+]
+
+
+async def _write_integrity(conn: aiosqlite.Connection, out: IO[str]) -> None:
+    """The last verify of each knowledge base, {} when none has run; its lists are streamed
+    from the rows it recorded, so they describe the knowledge base as that verify saw it."""
+    verifications = await queue.last_verifications(conn)
+    out.write("{")
+    for n, v in enumerate(verifications):
+        out.write(f"{',' if n else ''}\n    {json.dumps(v['kb_id'], ensure_ascii=False)}: {{\n")
+        for key in ("started_at", "ended_at", "counts"):
+            out.write(f"      {json.dumps(key)}: {json.dumps(v[key], ensure_ascii=False)},\n")
+        for i, (key, kind, shape) in enumerate(INTEGRITY_LISTS):
+            out.write(f"      {json.dumps(key)}: ")
+            await _write_list(out, queue.verification_items(conn, v["id"], kind), shape)
+            out.write(",\n" if i + 1 < len(INTEGRITY_LISTS) else "\n")
+        out.write("    }")
+    out.write("\n  }" if verifications else "}")
 
 
 async def export(conn: aiosqlite.Connection, db_path: str, target: str) -> dict[str, Any]:

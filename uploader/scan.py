@@ -6,6 +6,7 @@ the user wants uploaded, and bytes are the only lossless form of it.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import os
 import re
@@ -122,7 +123,7 @@ def walk(
     streaming each folder's entries (a folder of a million files is never listed in memory).
     With --follow-symlinks a folder already visited (by device and inode) is never entered
     twice, so link loops end."""
-    root = os.path.abspath(root)
+    root = os.path.realpath(root)
     root_stat = os.stat(root)
     seen = {(root_stat.st_dev, root_stat.st_ino)}
     stack = [root]
@@ -195,10 +196,16 @@ async def enqueue(
     follow_symlinks: bool,
     batch_size: int = 2000,
 ) -> tuple[EnqueueCounts, ScanStats]:
-    """Walk `root` into the queue, one transaction per batch; safe to run again."""
+    """Walk `root` into the queue, one transaction per batch; safe to run again. The walk
+    runs in a thread so the next batch is scanned while the database writes this one."""
     stats = ScanStats()
     counts = EnqueueCounts()
-    rows = walk(os.fsencode(root), filters, follow_symlinks, stats)
-    for batch in batches(rows, batch_size):
-        counts.add(await queue.enqueue_batch(conn, kb_id, batch))
-    return counts, stats
+    chunks = batches(walk(os.fsencode(root), filters, follow_symlinks, stats), batch_size)
+    writing: asyncio.Task[EnqueueCounts] | None = None
+    while True:
+        batch = await asyncio.to_thread(next, chunks, None)
+        if writing is not None:
+            counts.add(await writing)
+        if batch is None:
+            return counts, stats
+        writing = asyncio.create_task(queue.enqueue_batch(conn, kb_id, batch))

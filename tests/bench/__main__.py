@@ -1,0 +1,3 @@
+from .cases import main
+
+main()

@@ -1,0 +1,267 @@
+"""The benchmark's plumbing: the server process, measured subprocesses, generated files.
+
+Every measured program runs as a child of this process and is reaped with `os.wait4`, which
+gives that child's own CPU time and peak RSS: the server, the bare client and the uploader never
+share a figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+API_KEY = "bench-key"
+KB = "kb-bench"
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass
+class Measured:
+    """One finished subprocess: its wall time, its own CPU (user+sys) and peak RSS."""
+
+    argv: list[str]
+    code: int
+    wall_s: float
+    cpu_s: float
+    rss_mb: float
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        """The last stdout line as JSON: how the helper programs report what they did."""
+        lines = [line for line in self.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"{self.argv[:3]} printed no JSON: {self.tail()}")
+        return json.loads(lines[-1])
+
+    def tail(self) -> str:
+        text = (self.stderr or self.stdout).strip().splitlines()
+        return " | ".join(text[-3:])
+
+
+def measure(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float = 3600.0,
+) -> Measured:
+    """Run argv to completion; wall time from spawn to reap, rusage from the reap itself."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env, cwd=cwd or REPO)
+        killer = threading.Timer(timeout, _kill, (proc.pid,))
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Measured(
+            argv=list(argv),
+            code=proc.returncode,
+            wall_s=wall,
+            cpu_s=usage.ru_utime + usage.ru_stime,
+            rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+            stdout=out.read().decode("utf-8", "replace"),
+            stderr=err.read().decode("utf-8", "replace"),
+        )
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def uploader_argv() -> list[str]:
+    """The installed console script beside this interpreter: what a user runs."""
+    script = os.path.join(os.path.dirname(sys.executable), "uploader")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "from uploader.cli import main; main()"]
+
+
+def module_argv(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+class Server:
+    """A running `python -m tests.maiagent_server` process (see `serve`)."""
+
+    def __init__(self, proc: subprocess.Popen[str], base_url: str, latency: float) -> None:
+        self.proc = proc
+        self.base_url = base_url
+        self.origin = base_url.split("/api/", 1)[0]
+        self.latency = latency
+
+    def stats(self) -> dict[str, int]:
+        with urllib.request.urlopen(self.origin + "/_control/stats", timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def cpu_s(self) -> float | None:
+        """The server's CPU so far, from /proc (None elsewhere): is it the bottleneck?"""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def serve(latency: float = 0.0, **knobs: object) -> Iterator[Server]:
+    """The local server in its own process for the length of a case, stopped however it ends."""
+    argv = module_argv("tests.maiagent_server")
+    argv += ["--port", "0", "--api-key", API_KEY, "--kb", KB, "--latency", str(latency)]
+    for name, value in knobs.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    with (
+        tempfile.TemporaryFile() as log,
+        subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True) as proc,
+    ):
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            if not line.startswith("listening on "):
+                log.seek(0)
+                errors = log.read().decode("utf-8", "replace")[-2000:]
+                raise RuntimeError(f"server did not start: {line!r} {errors}")
+            yield Server(proc, line.removeprefix("listening on "), latency)
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Traffic:
+    """What one measured program cost the server: requests, and server CPU while it ran."""
+
+    requests: int
+    server_cpu_s: float | None
+
+
+def measure_against(server: Server, argv: Sequence[str], **kw) -> tuple[Measured, Traffic]:  # type: ignore[no-untyped-def]
+    before, cpu_before = server.stats(), server.cpu_s()
+    result = measure(argv, **kw)
+    after, cpu_after = server.stats(), server.cpu_s()
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return result, Traffic(after["total"] - before["total"], cpu)
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[str]:
+    """A temporary folder for one case's files and database, removed however the case ends."""
+    folder = tempfile.mkdtemp(prefix="uploader-bench-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_files(root: str, count: int, size: int, per_folder: int = 1000) -> str:
+    """`count` files of `size` bytes, `per_folder` to a subfolder; each file's bytes differ."""
+    folder = os.path.join(root, "files")
+    filler = b"x" * size
+    for i in range(count):
+        sub = os.path.join(folder, f"d{i // per_folder:04d}")
+        if i % per_folder == 0:
+            os.makedirs(sub, exist_ok=True)
+        data = (b"%08d" % i + filler)[:size] if size else b""
+        fd = os.open(os.path.join(sub, f"f{i:07d}.txt"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            if data:
+                os.write(fd, data)
+        finally:
+            os.close(fd)
+    return folder
+
+
+def make_sparse(root: str, size: int) -> str:
+    """One big file that costs no disk: its bytes read as zeros."""
+    folder = os.path.join(root, "big")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "big.bin")
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return folder
+
+
+class Uploader:
+    """The `uploader` commands against one database and one server."""
+
+    def __init__(self, root: str, server: Server | None) -> None:
+        self.db = os.path.join(root, "uploader.db")
+        self.root = root
+        self.server = server
+        self.env = {**os.environ, "UPLOADER_DB": self.db, "MAIAGENT_API_KEY": API_KEY}
+        self.env.pop("MAIAGENT_KB_ID", None)
+        self.env.pop("MAIAGENT_BASE_URL", None)
+
+    def command(self, *args: str) -> list[str]:
+        return [*uploader_argv(), *args]
+
+    def measure(self, *args: str, api_key: str | None = None, timeout: float = 3600.0) -> Measured:
+        env = self.env if api_key is None else {**self.env, "MAIAGENT_API_KEY": api_key}
+        return measure(self.command(*args), env=env, cwd=self.root, timeout=timeout)
+
+    def enqueue(self, folder: str) -> Measured:
+        return _checked(self.measure("enqueue", folder, "--kb", KB), "enqueue")
+
+    def run(self, *options: str, api_key: str | None = None) -> tuple[Measured, Traffic]:
+        assert self.server is not None
+        argv = self.command("run", "--base-url", self.server.base_url, *options)
+        env = self.env if api_key is None else {**self.env, "MAIAGENT_API_KEY": api_key}
+        return measure_against(self.server, argv, env=env, cwd=self.root)
+
+    def states(self) -> dict[str, int]:
+        with contextlib.closing(sqlite3.connect(self.db)) as conn:
+            return dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+
+    def finished_times(self) -> list[float]:
+        with contextlib.closing(sqlite3.connect(self.db)) as conn:
+            rows = conn.execute(
+                "SELECT finished_at FROM jobs WHERE state = 'done' ORDER BY finished_at"
+            )
+            return [r[0] for r in rows]
+
+
+def _checked(result: Measured, what: str) -> Measured:
+    if result.code != 0:
+        raise RuntimeError(f"uploader {what} exited {result.code}: {result.tail()}")
+    return result
+
+
+def bare_client(server: Server, *args: str) -> tuple[Measured, Traffic]:
+    """The bare client (tests/bench/bare_client.py) against `server`, measured."""
+    argv = [*module_argv("tests.bench.bare_client"), *args]
+    argv += ["--base-url", server.base_url, "--api-key", API_KEY, "--kb", KB]
+    result, traffic = measure_against(server, argv)
+    if result.code != 0:
+        raise RuntimeError(f"bare client exited {result.code}: {result.tail()}")
+    return result, traffic

@@ -1,0 +1,636 @@
+"""The HTTP client against real sockets: a scripted stand-in server and moto's S3."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import socket
+import time
+import tracemalloc
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from uploader.client import (
+    ApiError,
+    MaiAgentClient,
+    Presigned,
+    RateLimiter,
+    _retry_after,
+    check_base_url,
+    make_session,
+)
+
+KEY = "sk-live-THE-SECRET-KEY-0123456789"
+KB = "kb-x"
+Action = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def async_test(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Action:
+    async def act(request: web.Request) -> web.StreamResponse:
+        if isinstance(body, (dict, list)):
+            return web.json_response(body, status=status, headers=headers)
+        return web.Response(status=status, body=body, headers=headers)
+
+    return act
+
+
+def hang(seconds: float) -> Action:
+    async def act(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.Response(status=500)
+
+    return act
+
+
+async def drop(request: web.Request) -> web.StreamResponse:
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
+def s3_xml(code: str, message: str) -> bytes:
+    return f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    at: float
+    body: bytes = b""
+    parts: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    file_sha256: str = ""
+    trailing: bytes = b""
+
+
+class Fake:
+    """MaiAgent and S3 in one scripted server that records what it received."""
+
+    def __init__(self) -> None:
+        self.scripts: defaultdict[str, deque[Action]] = defaultdict(deque)
+        self.seen: list[Seen] = []
+        self.root = ""
+
+    def on(self, path: str, *actions: Action) -> None:
+        self.scripts[path].extend(actions)
+
+    def requests(self, path: str) -> list[Seen]:
+        return [s for s in self.seen if s.path == path]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["tail"].removeprefix("api/v1/")
+        seen = Seen(request.method, path, request.query_string, dict(request.headers), 0.0)
+        seen.at = time.monotonic()
+        self.seen.append(seen)
+        if path == "s3/":
+            await self._read_form(request, seen)
+        else:
+            seen.body = await request.read()
+        script = self.scripts[path]
+        action = script.popleft() if script else self._default(path)
+        return await action(request)
+
+    def _default(self, path: str) -> Action:
+        if path == "s3/":
+            return reply(204)
+        if path == PRESIGN:
+            return reply(200, {"url": f"{self.root}/s3/", "fields": {"key": "k", "policy": "P"}})
+        return reply(500, b"unscripted")
+
+    @staticmethod
+    async def _read_form(request: web.Request, seen: Seen) -> None:
+        """Stream the multipart body (never whole in memory), recording parts in order."""
+        reader = await request.multipart()
+        async for part in reader:
+            seen.parts.append(part.name or "")
+            if part.name == "file":
+                digest = hashlib.sha256()
+                while chunk := await part.read_chunk(64 * 1024):
+                    digest.update(chunk)
+                seen.file_sha256 = digest.hexdigest()
+            else:
+                seen.fields[part.name or ""] = await part.text()
+        seen.trailing = await request.content.read()
+
+
+@contextlib.asynccontextmanager
+async def harness(
+    timeout: float = 5.0, throttle_retries: int = 8, limiter: RateLimiter | None = None
+) -> AsyncIterator[tuple[Fake, MaiAgentClient]]:
+    fake = Fake()
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    fake.root = f"http://127.0.0.1:{port}"
+    session = make_session(4)
+    # No trailing slash on purpose: the client adds it.
+    base = f"{fake.root}/api/v1"
+    client = MaiAgentClient(session, base, KEY, limiter or RateLimiter(), timeout, throttle_retries)
+    try:
+        yield fake, client
+    finally:
+        await session.close()
+        await runner.cleanup()
+
+
+async def fails(call: Awaitable[Any]) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        await call
+    assert KEY not in str(info.value)
+    return info.value
+
+
+def write_file(tmp_path: Any, name: str | bytes, size: int) -> tuple[str | bytes, bytes]:
+    data = os.urandom(size)
+    path = os.path.join(os.fsencode(tmp_path) if isinstance(name, bytes) else str(tmp_path), name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path, data
+
+
+# --- classification of API answers ---------------------------------------------------------
+
+LISTING = {"count": 3, "next": None, "previous": None, "results": []}
+KB_FILES = f"knowledge-bases/{KB}/files/"
+PRESIGN = "upload-presigned-url/"
+
+API_CASES = [
+    # (call, path, answer, kind, error_kind, maybe_applied)
+    ("presign", PRESIGN, reply(401, {"detail": "bad"}), "fatal", "auth", False),
+    ("presign", PRESIGN, reply(403, {"detail": "no"}), "fatal", "auth", False),
+    ("list", KB_FILES, reply(404, {"detail": "Not found."}), "fatal", "kb_not_found", False),
+    ("presign", PRESIGN, reply(400, {"detail": "x"}), "permanent", "http_4xx", False),
+    ("presign", PRESIGN, reply(503, b"busy"), "transient", "http_5xx", False),
+    ("presign", PRESIGN, reply(408), "transient", "timeout", False),
+    ("presign", PRESIGN, reply(200, b"<html>"), "transient", "bad_response", False),
+    ("presign", PRESIGN, drop, "transient", "network", False),
+    ("register", KB_FILES, reply(503), "transient", "http_5xx", True),
+    ("register", KB_FILES, reply(502, b"<html>oops</html>"), "transient", "http_5xx", True),
+    ("register", KB_FILES, reply(400, {"files": ["bad"]}), "permanent", "http_4xx", False),
+    ("register", KB_FILES, reply(404), "fatal", "kb_not_found", False),
+    ("register", KB_FILES, reply(401), "fatal", "auth", False),
+    ("register", KB_FILES, reply(201, {"id": "1"}), "transient", "bad_response", True),
+    ("register", KB_FILES, reply(201, b"not json"), "transient", "bad_response", True),
+    ("register", KB_FILES, drop, "transient", "network", True),
+    ("batch_delete", KB_FILES + "batch-delete/", reply(404), "fatal", "kb_not_found", False),
+    ("list", KB_FILES, reply(200, {"count": 1}), "transient", "bad_response", False),
+]
+
+
+def call(client: MaiAgentClient, name: str) -> Awaitable[Any]:
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "presign": lambda: client.presign("a.txt", 3),
+        "register": lambda: client.register(KB, [("media/k1", "a.txt")]),
+        "list": lambda: client.list_files(KB, 1, 100),
+        "batch_delete": lambda: client.batch_delete(KB, ["1", "2"]),
+    }
+    return calls[name]()
+
+
+@pytest.mark.parametrize(("name", "path", "answer", "kind", "error_kind", "maybe"), API_CASES)
+@async_test
+async def test_api_outcomes_are_classified(
+    name: str, path: str, answer: Action, kind: str, error_kind: str, maybe: bool
+) -> None:
+    async with harness() as (fake, client):
+        fake.on(path, answer)
+        err = await fails(call(client, name))
+    assert (err.kind, err.error_kind, err.maybe_applied) == (kind, error_kind, maybe)
+    assert "\n" not in str(err)
+
+
+@async_test
+async def test_messages_are_short_and_say_what_happened() -> None:
+    async with harness() as (fake, client):
+        fake.on(KB_FILES, reply(404, {"detail": "Not found."}))
+        fake.on(PRESIGN, reply(401), reply(400, {"detail": "y" * 5000}))
+        assert str(await fails(client.check_kb(KB))) == "knowledge base kb-x not found (HTTP 404)"
+        assert str(await fails(client.presign("a", 1))) == "API key rejected (HTTP 401)"
+        long = await fails(client.presign("a", 1))
+    assert str(long).startswith("presign failed (HTTP 400): yyy")
+    assert len(str(long)) < 250
+    assert long.status == 400
+
+
+@async_test
+async def test_the_key_never_appears_in_an_error_even_when_the_server_echoes_it() -> None:
+    async with harness() as (fake, client):
+        fake.on(PRESIGN, reply(401, {"detail": f"Invalid key {KEY}"}))
+        fake.on(KB_FILES, reply(400, f"you sent Api-Key {KEY}".encode()))
+        auth = await fails(client.presign("a", 1))
+        other = await fails(client.register(KB, [("k", "a")]))
+    assert "[redacted]" in str(auth) and "[redacted]" in str(other)
+
+
+@async_test
+async def test_every_api_call_carries_the_key_and_json() -> None:
+    async with harness() as (fake, client):
+        fake.on(KB_FILES, reply(201, [{"id": "f1", "filename": "a.txt"}]))
+        created = await client.register(KB, [("media/k1", "a.txt"), ("media/k2", "b.txt")])
+        presigned = await client.presign("a.txt", 42)
+    assert created == [{"id": "f1", "filename": "a.txt"}]
+    assert presigned.url.endswith("/s3/")
+    register, presign = fake.seen
+    assert register.headers["Authorization"] == f"Api-Key {KEY}"
+    assert register.headers["Content-Type"] == "application/json"
+    assert register.body == (
+        b'{"files":[{"file":"media/k1","filename":"a.txt"},{"file":"media/k2","filename":"b.txt"}]}'
+    )
+    assert presign.body == (
+        b'{"filename":"a.txt","modelName":"chatbot-file","fieldName":"file","fileSize":42}'
+    )
+
+
+@async_test
+async def test_listing_get_delete_and_check() -> None:
+    async with harness() as (fake, client):
+        fake.on(KB_FILES, reply(200, LISTING), reply(200, LISTING))
+        fake.on(KB_FILES + "f1/", reply(200, {"id": "f1"}), reply(404), reply(204), reply(404))
+        fake.on(KB_FILES + "batch-delete/", reply(204))
+        assert await client.list_files(KB, 2, 50) == LISTING
+        assert await client.check_kb(KB) == 3
+        assert await client.get_file(KB, "f1") == {"id": "f1"}
+        assert await client.get_file(KB, "f1") is None
+        assert await client.delete_file(KB, "f1") is None
+        assert await client.delete_file(KB, "f1") is None  # already gone
+        await client.batch_delete(KB, ["f1", "f2"])
+    assert [s.query for s in fake.requests(KB_FILES)] == [
+        "page=2&page_size=50",
+        "page=1&page_size=1",
+    ]
+    assert [s.method for s in fake.requests(KB_FILES + "f1/")] == ["GET", "GET", "DELETE", "DELETE"]
+    assert fake.requests(KB_FILES + "batch-delete/")[0].body == b'{"ids":["f1","f2"]}'
+
+
+# --- throttling -----------------------------------------------------------------------------
+
+
+@async_test
+async def test_429_is_resent_until_it_succeeds() -> None:
+    async with harness() as (fake, client):
+        throttled = reply(429, {"detail": "slow down"}, {"Retry-After": "0"})
+        fake.on(KB_FILES, throttled, throttled, reply(201, [{"id": "f1"}]))
+        assert await client.register(KB, [("k", "a")]) == [{"id": "f1"}]
+    assert len(fake.requests(KB_FILES)) == 3
+
+
+@async_test
+async def test_429_forever_becomes_transient_throttled() -> None:
+    async with harness(throttle_retries=2) as (fake, client):
+        throttled = reply(429, None, {"Retry-After": "0"})
+        fake.on(KB_FILES, throttled, throttled, throttled, throttled)
+        err = await fails(client.register(KB, [("k", "a")]))
+    assert (err.kind, err.error_kind, err.status, err.retry_after) == (
+        "transient",
+        "throttled",
+        429,
+        0.0,
+    )
+    assert not err.maybe_applied
+    assert len(fake.requests(KB_FILES)) == 3
+
+
+@async_test
+async def test_a_429_holds_back_the_whole_pool() -> None:
+    async with harness() as (fake, client):
+        fake.on(PRESIGN, reply(429, None, {"Retry-After": "0.4"}))
+        fake.on(KB_FILES, reply(200, LISTING))
+
+        async def later_listing() -> None:
+            await asyncio.sleep(0.1)
+            await client.list_files(KB, 1, 10)
+
+        await asyncio.gather(client.presign("a", 1), later_listing())
+    first_429 = fake.requests(PRESIGN)[0].at
+    assert fake.requests(KB_FILES)[0].at - first_429 >= 0.35
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    assert _retry_after("2") == 2.0
+    assert _retry_after("0.5") == 0.5
+    assert _retry_after(formatdate(time.time() - 60, usegmt=True)) == 0.0
+    assert 25 < _retry_after(formatdate(time.time() + 30, usegmt=True)) <= 30  # type: ignore[operator]
+    assert _retry_after("99999") == 300.0
+    assert _retry_after("soon") is None
+    assert _retry_after("nan") is None
+    assert _retry_after(None) is None
+
+
+@async_test
+async def test_rate_limiter_spaces_requests() -> None:
+    limiter = RateLimiter(20)
+    start = time.monotonic()
+    await asyncio.gather(*(limiter.acquire() for _ in range(6)))
+    assert time.monotonic() - start >= 0.24
+
+
+@async_test
+async def test_rate_limiter_off_is_free_and_pause_holds_everyone() -> None:
+    limiter = RateLimiter(None)
+    start = time.monotonic()
+    for _ in range(20000):
+        await limiter.acquire()
+    assert time.monotonic() - start < 0.5
+    limiter.pause(0.2)
+    limiter.pause(0.05)  # a shorter pause does not cut the longer one
+    start = time.monotonic()
+    await asyncio.gather(limiter.acquire(), limiter.acquire())
+    assert time.monotonic() - start >= 0.19
+
+
+def test_rate_limiter_rejects_a_non_positive_rate() -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(0)
+
+
+# --- connection failures and timeouts -------------------------------------------------------
+
+
+@async_test
+async def test_timeouts_are_transient_and_doubtful_only_for_register() -> None:
+    async with harness(timeout=0.2) as (fake, client):
+        fake.on(KB_FILES, hang(1))
+        fake.on(PRESIGN, hang(1))
+        register = await fails(client.register(KB, [("k", "a")]))
+        presign = await fails(client.presign("a", 1))
+    assert (register.kind, register.error_kind, register.maybe_applied) == (
+        "transient",
+        "timeout",
+        True,
+    )
+    assert (presign.error_kind, presign.maybe_applied) == ("timeout", False)
+
+
+@async_test
+async def test_refused_connection_is_known_not_to_have_registered() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    session = make_session(1)
+    async with session:
+        client = MaiAgentClient(session, f"http://127.0.0.1:{port}/", KEY, RateLimiter())
+        err = await fails(client.register(KB, [("k", "a")]))
+    assert (err.kind, err.error_kind, err.maybe_applied) == ("transient", "network", False)
+
+
+# --- upload to the stand-in S3 --------------------------------------------------------------
+
+FIELDS = {
+    "key": "media/abc/a.bin",
+    "x-amz-algorithm": "AWS4-HMAC-SHA256",
+    "x-amz-credential": "AKIA/20240101/us-east-1/s3/aws4_request",
+    "x-amz-date": "20240101T000000Z",
+    "policy": "POLICY-SECRET",
+    "x-amz-signature": "SIGNATURE-SECRET",
+}
+
+
+@pytest.mark.parametrize("size", [0, 10, 256 * 1024, 256 * 1024 + 1, 1024 * 1024 + 123])
+@async_test
+async def test_upload_sends_fields_then_file_with_a_content_length(
+    tmp_path: Any, size: int
+) -> None:
+    path, data = write_file(tmp_path, "a.bin", size)
+    async with harness() as (fake, client):
+        await client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, size, "a.bin")
+    (seen,) = fake.requests("s3/")
+    assert seen.parts == [*FIELDS, "file"]
+    assert seen.fields == FIELDS
+    assert seen.file_sha256 == hashlib.sha256(data).hexdigest()
+    assert "Authorization" not in seen.headers
+    # A declared length, not chunked, and the body ended exactly there.
+    assert int(seen.headers["Content-Length"]) > size
+    assert "Transfer-Encoding" not in seen.headers
+    assert seen.trailing == b""
+
+
+@async_test
+async def test_content_length_is_exactly_the_bytes_on_the_wire(tmp_path: Any) -> None:
+    size = 300 * 1024 + 5  # above the small-file threshold: the streamed path
+    path, data = write_file(tmp_path, "a.bin", size)
+    got: dict[str, Any] = {}
+
+    async def raw_s3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        lines = head.split("\r\n")[1:]
+        headers = {k.lower(): v for k, _, v in (x.partition(": ") for x in lines if x)}
+        body = await reader.readexactly(int(headers["content-length"]))
+        try:
+            extra = await asyncio.wait_for(reader.read(1), 0.1)
+        except asyncio.TimeoutError:
+            extra = b""
+        got.update(headers=headers, body=body, extra=extra)
+        writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(raw_s3, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, harness() as (_, client):
+        await client.upload(Presigned(f"http://127.0.0.1:{port}/", FIELDS), path, size, "a")
+    boundary = got["headers"]["content-type"].split("boundary=")[1].strip('"')
+    assert "transfer-encoding" not in got["headers"]
+    assert got["extra"] == b""  # nothing after the declared length
+    assert got["body"].endswith(data + f"\r\n--{boundary}--\r\n".encode())
+
+
+@async_test
+async def test_a_big_upload_is_streamed_not_read_into_memory(tmp_path: Any) -> None:
+    size = 24 * 1024 * 1024
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        f.truncate(size)
+    async with harness() as (fake, client):
+        tracemalloc.start()
+        try:
+            await client.upload(Presigned(f"{fake.root}/s3/", FIELDS), str(path), size, "big")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert fake.requests("s3/")[0].file_sha256 == hashlib.sha256(bytes(size)).hexdigest()
+    assert peak < 6 * 1024 * 1024
+
+
+@async_test
+async def test_upload_accepts_a_non_utf8_file_name(tmp_path: Any) -> None:
+    path, data = write_file(tmp_path, b"caf\xe9.txt", 5)
+    async with harness() as (fake, client):
+        await client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, 5, os.fsdecode(path))
+    assert fake.requests("s3/")[0].file_sha256 == hashlib.sha256(data).hexdigest()
+
+
+S3_CASES = [
+    (reply(403, s3_xml("AccessDenied", "Policy expired")), "transient", "policy_expired"),
+    (reply(400, s3_xml("EntityTooLarge", "Your proposed upload")), "permanent", "too_large"),
+    (reply(403, s3_xml("SignatureDoesNotMatch", "no")), "permanent", "s3_rejected"),
+    (reply(400, s3_xml("RequestTimeout", "Idle")), "transient", "timeout"),
+    (reply(503, s3_xml("SlowDown", "Reduce your rate")), "transient", "http_5xx"),
+    (reply(429), "transient", "throttled"),
+    (drop, "transient", "network"),
+]
+
+
+@pytest.mark.parametrize(("answer", "kind", "error_kind"), S3_CASES)
+@async_test
+async def test_s3_outcomes_are_classified(
+    tmp_path: Any, answer: Action, kind: str, error_kind: str
+) -> None:
+    path, _ = write_file(tmp_path, "a.bin", 300 * 1024)
+    async with harness() as (fake, client):
+        fake.on("s3/", answer)
+        err = await fails(
+            client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, 300 * 1024, "a")
+        )
+    assert (err.kind, err.error_kind, err.maybe_applied) == (kind, error_kind, False)
+    assert "POLICY-SECRET" not in str(err) and "SIGNATURE-SECRET" not in str(err)
+    assert len(fake.requests("s3/")) == 1
+
+
+@async_test
+async def test_s3_policy_expired_message(tmp_path: Any) -> None:
+    path, _ = write_file(tmp_path, "a", 3)
+    async with harness() as (fake, client):
+        fake.on("s3/", reply(403, s3_xml("AccessDenied", "Policy expired")))
+        err = await fails(client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, 3, "a"))
+    assert str(err) == "S3 upload rejected (HTTP 403): Policy expired"
+
+
+@async_test
+async def test_local_file_problems_are_permanent_and_send_nothing(tmp_path: Any) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    small, _ = write_file(tmp_path, "small", 10)
+    cases = [
+        (str(tmp_path / "nope"), 1, "missing"),
+        (str(tmp_path), 1, "unreadable"),  # a directory
+        (str(fifo), 1, "unreadable"),  # would block a thread forever without O_NONBLOCK
+        (small, 11, "changed"),
+        (os.path.join(small, "x"), 1, "unreadable"),  # a file used as a directory
+    ]
+    async with harness() as (fake, client):
+        for path, size, label in cases:
+            err = await fails(client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, size, "x"))
+            assert (err.kind, err.error_kind) == ("permanent", label), path
+    assert fake.requests("s3/") == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+@async_test
+async def test_a_file_without_read_permission_is_unreadable(tmp_path: Any) -> None:
+    path, _ = write_file(tmp_path, "secret", 10)
+    os.chmod(path, 0)
+    async with harness() as (fake, client):
+        err = await fails(client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, 10, "x"))
+    assert (err.kind, err.error_kind) == ("permanent", "unreadable")
+
+
+@async_test
+async def test_debug_log_has_one_line_per_request_and_no_secrets(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="uploader.http")
+    path, _ = write_file(tmp_path, "a", 3)
+    async with harness() as (fake, client):
+        fake.on(PRESIGN, reply(200, {"url": f"{fake.root}/s3/", "fields": FIELDS}))
+        presigned = await client.presign("a", 3)
+        await client.upload(presigned, path, 3, "a")
+    lines = [r.getMessage() for r in caplog.records if r.name == "uploader.http"]
+    assert len(lines) == 2
+    assert lines[0].startswith("POST upload-presigned-url/ 200 ")
+    assert lines[1].startswith("POST /s3/ 204 ")
+    for secret in (KEY, "POLICY-SECRET", "SIGNATURE-SECRET"):
+        assert all(secret not in line for line in lines)
+
+
+# --- upload to moto's S3 --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Any:
+    # Imported here: moto takes seconds to import, and only these tests need it.
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket="kb-bucket")
+    yield client
+    server.stop()
+
+
+@pytest.mark.parametrize("size", [1000, 1024 * 1024 + 7])
+@async_test
+async def test_upload_is_accepted_by_s3_and_stores_the_exact_bytes(
+    s3: Any, tmp_path: Any, size: int
+) -> None:
+    path, data = write_file(tmp_path, "doc.pdf", size)
+    key = f"media/kb/{size}/doc.pdf"
+    post = s3.generate_presigned_post(
+        "kb-bucket", key, Conditions=[["content-length-range", 1, size]], ExpiresIn=600
+    )
+    async with harness() as (_, client):
+        await client.upload(Presigned(post["url"], post["fields"]), path, size, "doc.pdf")
+    assert s3.get_object(Bucket="kb-bucket", Key=key)["Body"].read() == data
+
+
+# --- base URL -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.maiagent.ai/api/v1/",
+        "http://127.0.0.1:8000/api/v1/",
+        "http://127.9.9.9/",
+        "http://localhost:8000",
+        "http://[::1]:8000/api/",
+    ],
+)
+def test_https_and_loopback_need_no_warning(url: str) -> None:
+    assert check_base_url(url, insecure=False) is None
+
+
+def test_plain_http_elsewhere_is_refused_unless_insecure() -> None:
+    with pytest.raises(ValueError, match="plain http"):
+        check_base_url("http://api.example.com/api/v1/", insecure=False)
+    warning = check_base_url("http://api.example.com/api/v1/", insecure=True)
+    assert warning is not None and "api.example.com" in warning
+
+
+@pytest.mark.parametrize("url", ["ftp://host/", "api.maiagent.ai/api/v1/", "https:///x"])
+def test_a_malformed_base_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        check_base_url(url, insecure=True)

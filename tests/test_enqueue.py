@@ -1,0 +1,369 @@
+"""`uploader enqueue DIR --kb KB`: what a real folder turns into in the queue's SQLite file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from uploader.cli import cli
+
+KB = "kb-test"
+SUMMARY = re.compile(
+    r"^scanned (?P<scanned>\d+): (?P<new>\d+) new, (?P<changed>\d+) changed, "
+    r"(?P<unchanged>\d+) unchanged, (?P<skipped>\d+) skipped",
+    re.MULTILINE,
+)
+
+
+def invoke(db: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, ["--db", str(db), *args], env=env)
+
+
+def enqueue(db: Path, folder: Path, *args: str) -> dict[str, int]:
+    """Run enqueue, insist it succeeded, and return the numbers of its summary line."""
+    result = invoke(db, "enqueue", str(folder), "--kb", KB, *args)
+    assert result.exit_code == 0, result.output
+    return summary_of(result.stdout)
+
+
+def run_cli(db: Path, *args: str, privileged: bool = True) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process, for what must be bounded in time or run with fewer rights.
+
+    With `privileged=False` a root caller loses the capabilities that let it ignore file modes,
+    so chmod 000 and read-only folders bite as they would for a user (no switch to `nobody`:
+    the interpreter may live where that user cannot execute it)."""
+    command = [sys.executable, "-c", "from uploader.cli import main; main()", "--db", str(db)]
+    if not privileged and os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: file modes cannot be enforced")
+        caps = "-dac_override,-dac_read_search"
+        command = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def summary_of(stdout: str) -> dict[str, int]:
+    """The numbers of enqueue's one summary line."""
+    found = SUMMARY.search(stdout)
+    assert found, stdout
+    return {name: int(value) for name, value in found.groupdict().items()}
+
+
+def counts(
+    scanned: int, new: int = 0, changed: int = 0, unchanged: int = 0, skipped: int = 0
+) -> dict[str, int]:
+    """What a summary line should say; unnamed counts are zero."""
+    return {
+        "scanned": scanned,
+        "new": new,
+        "changed": changed,
+        "unchanged": unchanged,
+        "skipped": skipped,
+    }
+
+
+def jobs(db: Path) -> dict[str, dict[str, Any]]:
+    """The jobs table keyed by relative path, read with nothing but the stdlib."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.row_factory = sqlite3.Row
+        return {row["relpath"]: dict(row) for row in conn.execute("SELECT * FROM jobs")}
+
+
+def execute(db: Path, sql: str, params: tuple[Any, ...] = ()) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(sql, params)
+
+
+def make_tree(root: Path, files: dict[str, int]) -> Path:
+    """Files of the given sizes under `root` (parents created)."""
+    for rel, size in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+    return root
+
+
+def one_line_error(result: Result) -> str:
+    """Bad input must end in exit 2 and a single `Error: ...` line, never a traceback."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+def test_hidden_files_folders_and_clutter_are_left_out(tmp_path: Path) -> None:
+    tree = make_tree(
+        tmp_path / "docs",
+        {
+            "a.txt": 3,
+            "sub/b.txt": 4,
+            ".hidden.txt": 1,
+            ".git/config": 1,
+            "sub/.cache/c.txt": 1,
+            "Thumbs.db": 1,
+            "sub/thumbs.db": 1,
+            "desktop.ini": 1,
+            "~$lock.docx": 1,
+            "sub/~$report.xlsx": 1,
+        },
+    )
+    db = tmp_path / "q.db"
+
+    assert enqueue(db, tree) == counts(2, new=2)
+    rows = jobs(db)
+    assert set(rows) == {"a.txt", "sub/b.txt"}
+    assert {r["state"] for r in rows.values()} == {"pending"}
+    assert rows["sub/b.txt"]["size"] == 4
+    assert rows["sub/b.txt"]["kb_id"] == KB
+    assert rows["sub/b.txt"]["path"] == os.fsencode(tree / "sub" / "b.txt")
+
+
+FILTER_TREE = {
+    "top.txt": 1,
+    "doc.pdf": 1,
+    "sub/top.txt": 1,
+    "sub/y.txt": 1,
+    "sub/deep/x.pdf": 1,
+    "other/z.pdf": 1,
+    "other/notes.txt": 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--include", "*.pdf"], {"doc.pdf", "sub/deep/x.pdf", "other/z.pdf"}),
+        (["--exclude", "sub/**"], {"top.txt", "doc.pdf", "other/z.pdf", "other/notes.txt"}),
+        (["--include", "/top.txt"], {"top.txt"}),
+        (["--include", "top.txt"], {"top.txt", "sub/top.txt"}),
+        (["--exclude", "/top.txt"], set(FILTER_TREE) - {"top.txt"}),
+        (
+            ["--include", "*.pdf", "--include", "/top.txt"],
+            {"top.txt", "doc.pdf", "sub/deep/x.pdf", "other/z.pdf"},
+        ),
+        (["--include", "*.pdf", "--exclude", "sub/**"], {"doc.pdf", "other/z.pdf"}),
+        (["--exclude", "*.pdf", "--exclude", "other/**"], {"top.txt", "sub/top.txt", "sub/y.txt"}),
+        (["--include", "sub/*"], {"sub/top.txt", "sub/y.txt"}),
+    ],
+)
+def test_include_and_exclude_match_the_relative_path_like_rclone(
+    tmp_path: Path, options: list[str], expected: set[str]
+) -> None:
+    tree = make_tree(tmp_path / "docs", FILTER_TREE)
+    db = tmp_path / "q.db"
+
+    assert enqueue(db, tree, *options) == counts(len(expected), new=len(expected))
+    assert set(jobs(db)) == expected
+
+
+def test_max_size_makes_a_larger_file_skipped_with_its_reason(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "docs", {"small.txt": 10, "exact.txt": 1024, "big.txt": 2000})
+    db = tmp_path / "q.db"
+
+    assert enqueue(db, tree, "--max-size", "1k") == counts(3, new=2, skipped=1)
+    rows = jobs(db)
+    assert rows["small.txt"]["state"] == rows["exact.txt"]["state"] == "pending"
+    assert rows["big.txt"]["state"] == "skipped"
+    assert rows["big.txt"]["size"] == 2000
+    assert "max-size" in rows["big.txt"]["last_error"]
+    assert "2000" in rows["big.txt"]["last_error"]
+
+
+def test_an_invalid_max_size_is_bad_input(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "docs", {"a.txt": 1})
+    result = invoke(tmp_path / "q.db", "enqueue", str(tree), "--kb", KB, "--max-size", "lots")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "lots" in result.stderr
+
+
+def test_the_knowledge_base_comes_from_the_environment(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "docs", {"a.txt": 1})
+    db = tmp_path / "q.db"
+    result = invoke(db, "enqueue", str(tree), env={"MAIAGENT_KB_ID": "kb-env"})
+    assert result.exit_code == 0, result.output
+    assert jobs(db)["a.txt"]["kb_id"] == "kb-env"
+
+
+def test_fifos_and_other_non_regular_files_are_ignored(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "docs", {"a.txt": 1})
+    os.mkfifo(tree / "pipe")
+    db = tmp_path / "q.db"
+
+    assert enqueue(db, tree) == counts(1, new=1)
+    assert set(jobs(db)) == {"a.txt"}
+
+
+def test_symlinks_are_not_followed_unless_asked(tmp_path: Path) -> None:
+    outside = make_tree(tmp_path / "outside", {"linked.txt": 5, "dir/inner.txt": 6})
+    tree = make_tree(tmp_path / "docs", {"real.txt": 1})
+    (tree / "file-link.txt").symlink_to(outside / "linked.txt")
+    (tree / "dir-link").symlink_to(outside / "dir")
+    (tree / "dangling").symlink_to(tmp_path / "nowhere")
+
+    plain = tmp_path / "plain.db"
+    assert enqueue(plain, tree) == counts(1, new=1)
+    assert set(jobs(plain)) == {"real.txt"}
+
+    followed = tmp_path / "followed.db"
+    assert enqueue(followed, tree, "--follow-symlinks") == counts(3, new=3)
+    rows = jobs(followed)
+    assert set(rows) == {"real.txt", "file-link.txt", "dir-link/inner.txt"}
+    assert rows["file-link.txt"]["size"] == 5
+
+
+def test_a_symlink_loop_with_follow_symlinks_ends_and_finds_each_file_once(
+    tmp_path: Path,
+) -> None:
+    """In a child process with a time limit: a walk that loops fails instead of hanging."""
+    tree = make_tree(tmp_path / "docs", {"a/f.txt": 1, "a/b/g.txt": 2})
+    (tree / "a" / "to-root").symlink_to(tree)
+    (tree / "a" / "b" / "up").symlink_to("..")
+    (tree / "self").symlink_to(".")
+    db = tmp_path / "q.db"
+
+    done = run_cli(db, "enqueue", str(tree), "--kb", KB, "--follow-symlinks")
+    assert done.returncode == 0, done.stderr
+    assert summary_of(done.stdout) == counts(2, new=2)
+    names = sorted(os.path.basename(rel) for rel in jobs(db))
+    assert names == ["f.txt", "g.txt"]
+
+
+def test_enqueue_again_is_idempotent_and_adds_only_new_files(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "docs", {"a.txt": 1, "sub/b.txt": 2, "big.bin": 5000})
+    db = tmp_path / "q.db"
+
+    assert enqueue(db, tree, "--max-size", "1k") == counts(3, new=2, skipped=1)
+    before = jobs(db)
+    assert enqueue(db, tree, "--max-size", "1k") == counts(3, unchanged=2, skipped=1)
+    assert jobs(db) == before
+
+    make_tree(tree, {"sub/c.txt": 3})
+    assert enqueue(db, tree, "--max-size", "1k") == counts(4, new=1, unchanged=2, skipped=1)
+    after = jobs(db)
+    assert set(after) == {"a.txt", "sub/b.txt", "sub/c.txt", "big.bin"}
+    assert {rel: after[rel] for rel in before} == before
+
+
+def test_the_same_folder_for_two_knowledge_bases_is_two_sets_of_rows(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "docs", {"a.txt": 1, "b.txt": 1})
+    db = tmp_path / "q.db"
+    assert invoke(db, "enqueue", str(tree), "--kb", "kb-one").exit_code == 0
+    assert invoke(db, "enqueue", str(tree), "--kb", "kb-two").exit_code == 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        found = conn.execute("SELECT kb_id, relpath FROM jobs ORDER BY kb_id, relpath").fetchall()
+    assert found == [
+        ("kb-one", "a.txt"),
+        ("kb-one", "b.txt"),
+        ("kb-two", "a.txt"),
+        ("kb-two", "b.txt"),
+    ]
+
+
+def _grow(path: Path) -> None:
+    stat = path.stat()
+    path.write_bytes(path.read_bytes() + b"more")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def _touch(path: Path) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+
+
+@pytest.mark.parametrize("change", [_grow, _touch], ids=["size", "mtime"])
+def test_a_changed_file_that_was_uploaded_goes_back_to_pending(
+    tmp_path: Path, change: Callable[[Path], None]
+) -> None:
+    tree = make_tree(tmp_path / "docs", {"same.txt": 10, "edited.txt": 10})
+    db = tmp_path / "q.db"
+    enqueue(db, tree)
+    execute(
+        db,
+        "UPDATE jobs SET state = 'done', step = 'registered', attempts = 1, file_id = 'f-' || id,"
+        " s3_key = 'k-' || id, started_at = 1, finished_at = 2, duration = 1",
+    )
+
+    change(tree / "edited.txt")
+    assert enqueue(db, tree) == counts(2, changed=1, unchanged=1)
+    rows = jobs(db)
+    edited = rows["edited.txt"]
+    assert edited["state"] == "pending"
+    assert edited["attempts"] == 0
+    assert edited["file_id"] is None and edited["s3_key"] is None
+    assert edited["size"] == (tree / "edited.txt").stat().st_size
+    assert edited["mtime_ns"] == (tree / "edited.txt").stat().st_mtime_ns
+    assert rows["same.txt"]["state"] == "done"
+    assert rows["same.txt"]["file_id"] is not None
+
+    assert enqueue(db, tree) == counts(2, unchanged=2)
+
+
+def test_a_name_that_is_not_utf8_is_kept_as_bytes_and_shown_escaped(tmp_path: Path) -> None:
+    tree = tmp_path / "docs"
+    tree.mkdir()
+    raw = os.path.join(os.fsencode(tree), b"caf\xe9 \xff.txt")
+    try:
+        os.close(os.open(raw, os.O_CREAT | os.O_WRONLY, 0o644))
+    except OSError as exc:
+        pytest.skip(f"this file system refuses non-UTF-8 names: {exc}")
+    db = tmp_path / "q.db"
+
+    assert enqueue(db, tree) == counts(1, new=1)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        path, relpath, kind = conn.execute(
+            "SELECT path, relpath, typeof(path) FROM jobs"
+        ).fetchone()
+    assert kind == "blob"
+    assert path == raw
+    assert relpath == "caf\\xe9 \\xff.txt"
+    assert enqueue(db, tree) == counts(1, unchanged=1)
+
+
+def test_an_unreadable_file_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "docs", {"ok.txt": 2, "secret.txt": 3})
+    (tree / "secret.txt").chmod(0)
+    db = tmp_path / "q.db"
+
+    done = run_cli(db, "enqueue", str(tree), "--kb", KB, privileged=False)
+    assert done.returncode == 0, done.stderr
+    assert summary_of(done.stdout) == counts(2, new=1, skipped=1)
+    rows = jobs(db)
+    assert rows["ok.txt"]["state"] == "pending"
+    assert rows["secret.txt"]["state"] == "skipped"
+    assert "permission denied" in rows["secret.txt"]["last_error"].lower()
+
+    (tree / "secret.txt").chmod(0o644)
+    assert enqueue(db, tree) == counts(2, changed=1, unchanged=1)
+    assert jobs(db)["secret.txt"]["state"] == "pending"
+
+
+def test_a_missing_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    line = one_line_error(invoke(db, "enqueue", str(tmp_path / "nope"), "--kb", KB))
+    assert "nope" in line
+    assert not db.exists()
+
+
+def test_a_file_instead_of_a_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    db = tmp_path / "q.db"
+    line = one_line_error(invoke(db, "enqueue", str(tmp_path / "file.txt"), "--kb", KB))
+    assert "file.txt" in line
+    assert not db.exists()

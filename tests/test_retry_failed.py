@@ -1,0 +1,139 @@
+"""`uploader retry-failed [--kind] [--match] [--kb]`: failed rows back to pending, a clean slate."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_enqueue import execute, invoke, make_tree, one_line_error
+
+FAILURES = {
+    ("kb-one", "a.txt"): "transient",
+    ("kb-one", "b.pdf"): "permanent",
+    ("kb-one", "sub/c.pdf"): "transient",
+    ("kb-one", "sub/d.txt"): "timeout",
+    ("kb-two", "e.pdf"): "transient",
+    ("kb-two", "f.txt"): "permanent",
+}
+ALL_FAILED = set(FAILURES)
+
+
+def failed_queue(tmp_path: Path) -> Path:
+    """Six failed rows (three attempts each, with history) across two knowledge bases, plus a
+    done and a pending row that retry-failed must not touch."""
+    db = tmp_path / "q.db"
+    one = make_tree(
+        tmp_path / "one",
+        {"a.txt": 1, "b.pdf": 1, "sub/c.pdf": 1, "sub/d.txt": 1, "done.txt": 1, "todo.txt": 1},
+    )
+    two = make_tree(tmp_path / "two", {"e.pdf": 1, "f.txt": 1})
+    assert invoke(db, "enqueue", str(one), "--kb", "kb-one").exit_code == 0
+    assert invoke(db, "enqueue", str(two), "--kb", "kb-two").exit_code == 0
+    execute(
+        db,
+        "UPDATE jobs SET state = 'done', attempts = 1, file_id = 'file-1', duration = 2"
+        " WHERE relpath = 'done.txt'",
+    )
+    for (kb, rel), kind in FAILURES.items():
+        execute(
+            db,
+            "UPDATE jobs SET state = 'failed', attempts = 3, last_error = 'HTTP 500',"
+            " error_kind = ?, next_attempt_at = 99, finished_at = 5, duration = 4"
+            " WHERE kb_id = ? AND relpath = ?",
+            (kind, kb, rel),
+        )
+    execute(
+        db,
+        "INSERT INTO attempts (job_id, attempt, started_at, ended_at, outcome, error_kind, error)"
+        " SELECT jobs.id, n.value, 1, 2, 'failed', error_kind, last_error"
+        " FROM jobs, json_each('[1, 2, 3]') AS n WHERE state = 'failed'",
+    )
+    return db
+
+
+def rows(db: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.row_factory = sqlite3.Row
+        return {(r["kb_id"], r["relpath"]): dict(r) for r in conn.execute("SELECT * FROM jobs")}
+
+
+def retry(db: Path, *options: str) -> int:
+    """Run retry-failed and return the count it printed."""
+    result = invoke(db, "retry-failed", *options)
+    assert result.exit_code == 0, result.output
+    found = re.search(r"^(\d+) failed files? back to pending", result.stdout, re.MULTILINE)
+    assert found, result.stdout
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ([], ALL_FAILED),
+        (["--kind", "transient"], {k for k, v in FAILURES.items() if v == "transient"}),
+        (
+            ["--kind", "transient", "--kind", "timeout"],
+            {k for k, v in FAILURES.items() if v in ("transient", "timeout")},
+        ),
+        (["--match", "*.pdf"], {k for k in FAILURES if k[1].endswith(".pdf")}),
+        (["--match", "sub/**"], {("kb-one", "sub/c.pdf"), ("kb-one", "sub/d.txt")}),
+        (["--match", "/a.txt", "--match", "f.txt"], {("kb-one", "a.txt"), ("kb-two", "f.txt")}),
+        (["--kb", "kb-two"], {("kb-two", "e.pdf"), ("kb-two", "f.txt")}),
+        (["--kb", "kb-one", "--kind", "transient", "--match", "*.pdf"], {("kb-one", "sub/c.pdf")}),
+        (["--kind", "no-such-kind"], set()),
+    ],
+    ids=[
+        "all",
+        "kind",
+        "two-kinds",
+        "match-any-depth",
+        "match-folder",
+        "match-anchored-or-name",
+        "kb",
+        "kb-kind-and-match",
+        "unknown-kind",
+    ],
+)
+def test_failed_rows_go_back_to_pending_with_attempts_reset(
+    tmp_path: Path, options: list[str], expected: set[tuple[str, str]]
+) -> None:
+    db = failed_queue(tmp_path)
+    before = rows(db)
+
+    assert retry(db, *options) == len(expected)
+
+    after = rows(db)
+    for key in expected:
+        row = after[key]
+        assert row["state"] == "pending", key
+        assert row["attempts"] == 0, key
+        assert row["last_error"] is None and row["error_kind"] is None, key
+        assert row["next_attempt_at"] == 0, key
+        assert row["finished_at"] is None and row["duration"] is None, key
+    for key in set(after) - expected:
+        assert after[key] == before[key], key
+
+
+def test_the_history_of_attempts_is_kept(tmp_path: Path) -> None:
+    db = failed_queue(tmp_path)
+    assert retry(db) == len(FAILURES)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 3 * len(FAILURES)
+
+
+def test_a_second_retry_finds_nothing_left(tmp_path: Path) -> None:
+    db = failed_queue(tmp_path)
+    assert retry(db, "--kind", "permanent") == 2
+    assert retry(db, "--kind", "permanent") == 0
+    assert retry(db) == len(FAILURES) - 2
+
+
+def test_retry_failed_without_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "missing.db"
+    assert "no database" in one_line_error(invoke(db, "retry-failed"))
+    assert not db.exists()

@@ -1,0 +1,227 @@
+"""`uploader verify`: the knowledge base read back and matched to the database, against the
+local server with parse delays, parse failures, deletions and foreign entries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.maiagent_server import MaiAgentServer
+from uploader import reconcile
+from uploader.cli import cli
+from uploader.client import MaiAgentClient
+
+API_KEY = "test-key"
+KB = "kb-test"
+FAST = ["--retry-delay", "0.01"]
+
+
+def make_files(root: Path, count: int) -> list[str]:
+    """Files with distinct names and a few different sizes; their names."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        name = f"f{i:04d}.txt"
+        (root / name).write_bytes(f"file {i}\n".encode() * (1 + i % 3))
+        names.append(name)
+    return names
+
+
+def invoke(db: Path, *args: str, env: dict[str, str | None] | None = None) -> Result:
+    """One CLI command in-process, the way a user types it."""
+    return CliRunner().invoke(
+        cli, ["--db", str(db), *args], env={"MAIAGENT_API_KEY": API_KEY, **(env or {})}
+    )
+
+
+def service(server: MaiAgentServer) -> list[str]:
+    return ["--base-url", server.base_url]
+
+
+def upload(tmp_path: Path, server: MaiAgentServer, count: int) -> tuple[Path, list[str]]:
+    """Files enqueued and uploaded with the real `run`: the database and the file names."""
+    names = make_files(tmp_path / "data", count)
+    db = tmp_path / "queue.db"
+    enqueued = invoke(db, "enqueue", str(tmp_path / "data"), "--kb", KB)
+    assert enqueued.exit_code == 0, enqueued.output
+    ran = invoke(db, "-q", "run", "--api-key", API_KEY, *service(server), "--kb", KB, *FAST)
+    assert ran.exit_code == 0, ran.output
+    return db, names
+
+
+def rows(db: Path, sql: str = "SELECT * FROM jobs ORDER BY id") -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+def last_counts(db: Path) -> dict[str, Any]:
+    (row,) = rows(db, "SELECT counts FROM verifications ORDER BY id DESC LIMIT 1")
+    return json.loads(row["counts"])
+
+
+def integrity(db: Path, tmp_path: Path) -> dict[str, Any]:
+    target = tmp_path / "report.json"
+    result = invoke(db, "export-report", "-o", str(target))
+    assert result.exit_code == 0, result.output
+    return json.loads(target.read_text())["integrity"]
+
+
+def test_verify_wait_reports_the_counts_the_server_holds(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(parse_delay=0.3, parse_failure_rate=0.2, seed=11)
+    db, names = upload(tmp_path, server, 150)
+
+    result = invoke(db, "verify", *service(server), "--wait", "--timeout", "30")
+
+    entries = server.entries(KB)
+    held = Counter(e["status"] for e in entries)
+    assert held["failed"] > 0 and held["done"] > 0 and len(entries) == 150
+    assert result.exit_code == 1, result.output
+    counts = last_counts(db)
+    assert counts["remote"] == {
+        "initial": 0,
+        "processing": 0,
+        "done": held["done"],
+        "failed": held["failed"],
+    }
+    assert counts["files"] == {**counts["remote"], "missing": 0}
+    assert counts["extra"] == counts["duplicates"] == counts["not_uploaded"] == 0
+    assert f"done {held['done']}, failed {held['failed']}" in result.output
+    assert {j["file_id"]: j["remote_status"] for j in rows(db)} == {
+        e["id"]: e["status"] for e in entries
+    }
+    failed = {e["id"] for e in entries if e["status"] == "failed"}
+    report = integrity(db, tmp_path)[KB]
+    assert {f["knowledge_file_id"] for f in report["remotely_failed_files"]} == failed
+    assert report["counts"] == counts
+    assert report["missing_files"] == report["extra_entries"] == report["duplicate_entries"] == []
+    status = invoke(db, "status", "--json")
+    assert json.loads(status.output)["remote"][KB]["counts"] == counts
+    assert f"failed {held['failed']}, missing 0" in invoke(db, "status").output
+
+
+def test_deleted_entries_are_missing_and_foreign_ones_extra(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db, names = upload(tmp_path, maiagent, 40)
+    by_name = {j["filename"]: j for j in rows(db)}
+    gone = ["f0003.txt", "f0017.txt", "f0032.txt"]
+    for name in gone:
+        assert maiagent.delete_entry(by_name[name]["file_id"])
+    foreign = {
+        maiagent.add_entry(KB, "notes.txt", 12)["id"],
+        maiagent.add_entry(KB, "a.pdf", 9)["id"],
+    }
+
+    result = invoke(db, "verify", *service(maiagent))
+
+    assert result.exit_code == 1, result.output
+    counts = last_counts(db)
+    assert (counts["entries"], counts["missing"], counts["extra"]) == (39, 3, 2)
+    assert sorted(j["filename"] for j in rows(db) if j["remote_status"] == "missing") == gone
+    report = integrity(db, tmp_path)[KB]
+    assert sorted(Path(f["file_path"]).name for f in report["missing_files"]) == gone
+    assert {e["knowledge_file_id"] for e in report["extra_entries"]} == foreign
+    assert "f0017.txt" in result.output and "notes.txt" in result.output
+
+    requeued = invoke(db, "retry-failed", "--remote", *service(maiagent))
+    assert requeued.exit_code == 0, requeued.output
+    assert "3 files back to pending" in requeued.output
+    rerun = invoke(db, "-q", "run", *service(maiagent), *FAST)
+    assert rerun.exit_code == 0, rerun.output
+    final = invoke(db, "verify", *service(maiagent))
+    assert final.exit_code == 0, final.output  # entries of other origin do not fail it
+    assert (last_counts(db)["missing"], last_counts(db)["extra"]) == (0, 2)
+    assert sorted(e["filename"] for e in maiagent.entries(KB)) == sorted(
+        [*names, "notes.txt", "a.pdf"]
+    )
+
+
+def test_a_listing_that_moves_while_read_calls_nothing_missing(
+    tmp_path: Path, maiagent: MaiAgentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven new entries after every first page push the seven oldest (this database's first
+    files) past the last page the count announced: each listing misses them."""
+    db, names = upload(tmp_path, maiagent, 63)
+    monkeypatch.setattr(reconcile, "LIST_PAGE_SIZE", 7)
+    real = MaiAgentClient.list_files
+    added = []
+
+    async def busy(self: MaiAgentClient, kb_id: str, page: int, page_size: int) -> dict:
+        answer = await real(self, kb_id, page, page_size)
+        if page == 1:
+            added.extend(maiagent.add_entry(KB, f"late{len(added)}.txt", 1) for _ in range(7))
+        return answer
+
+    monkeypatch.setattr(MaiAgentClient, "list_files", busy)
+
+    result = invoke(db, "verify", *service(maiagent))
+
+    assert result.exit_code == 0, result.output
+    counts = last_counts(db)
+    assert counts["complete"] is False
+    assert counts["files"]["done"] == 63 and counts["missing"] == 0
+    assert {j["remote_status"] for j in rows(db)} == {"done"}
+    assert "kept changing" in result.output
+
+
+def test_wait_gives_up_at_the_timeout(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(parse_delay=120)
+    db, _ = upload(tmp_path, server, 10)
+    started = time.monotonic()
+
+    result = invoke(db, "verify", *service(server), "--wait", "--timeout", "0.5")
+
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 20
+    counts = last_counts(db)
+    assert counts["timed_out"] is True
+    assert counts["files"]["initial"] == 10
+    assert "10 still parsing" in result.output and "timed out" in result.output
+
+
+def test_refused_key_or_unknown_knowledge_base_is_one_line_and_exit_3(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db, _ = upload(tmp_path, maiagent, 3)
+
+    bad_key = invoke(db, "verify", *service(maiagent), "--api-key", "sk-wrong-key")
+    unknown = invoke(db, "verify", *service(maiagent), "--kb", "kb-nope")
+
+    assert bad_key.exit_code == 3, bad_key.output
+    assert "API key rejected" in bad_key.output and "sk-wrong-key" not in bad_key.output
+    assert unknown.exit_code == 3, unknown.output
+    assert "kb-nope not found" in unknown.output
+    for result in (bad_key, unknown):
+        assert "Traceback" not in result.output and len(result.output.splitlines()) == 1
+    assert rows(db, "SELECT * FROM verifications") == []
+
+
+def test_bad_input_exits_2(tmp_path: Path, maiagent: MaiAgentServer) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    db = tmp_path / "queue.db"
+    assert invoke(db, "enqueue", str(empty), "--kb", KB).exit_code == 0
+
+    nothing = invoke(db, "verify", *service(maiagent))
+    no_key = invoke(db, "verify", *service(maiagent), env={"MAIAGENT_API_KEY": None})
+    no_db = invoke(tmp_path / "none.db", "verify", *service(maiagent))
+
+    assert nothing.exit_code == 2 and "queue is empty" in nothing.output
+    assert no_key.exit_code == 2 and "--api-key" in no_key.output
+    assert no_db.exit_code == 2 and "no database" in no_db.output
