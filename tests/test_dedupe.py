@@ -3,6 +3,7 @@ entries of other origin left alone unless asked."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,9 @@ def test_dry_run_deletes_nothing_and_yes_leaves_exactly_one_of_each(
         for name in ("f0001.txt", "f0010.txt", "f0020.txt", "f0020.txt")
     }
     other_size = maiagent.add_entry(KB, "f0030.txt", jobs["f0030.txt"]["size"] + 1)["id"]
-    foreign = [maiagent.add_entry(KB, "foreign.txt", 99)["id"] for _ in range(2)]
+    foreign = [maiagent.add_entry(KB, "foreign.txt", 99)["id"]]
+    time.sleep(0.01)  # one clearly older than the other (createdAt is in milliseconds)
+    foreign.append(maiagent.add_entry(KB, "foreign.txt", 99)["id"])
     before = {e["id"] for e in maiagent.entries(KB)}
 
     found = invoke(db, "verify", *service(maiagent))

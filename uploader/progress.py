@@ -20,6 +20,7 @@ class Progress:
         self.started = time.monotonic()
         self._interval = interval
         self._last_line = self.started
+        self._last_printed = -1
         self._bar: tqdm | None = None
         self._plain = not quiet and not sys.stdout.isatty()
         if not quiet and not self._plain:
@@ -50,6 +51,7 @@ class Progress:
         """The reference script's line, so existing log readers keep working."""
         self._last_line = time.monotonic()
         finished = self.done + self.failed
+        self._last_printed = finished
         pct = 100.0 * finished / self.total if self.total else 100.0
         rate = self.rate()
         eta = (self.total - finished) / rate if rate > 0 else 0.0
@@ -62,5 +64,5 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self._plain:
+        elif self._plain and self.total and self._last_printed != self.done + self.failed:
             self.print_line()

@@ -560,7 +560,8 @@ async def retry_failed(
     async with transaction(conn):
         cur = await conn.execute(
             "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = 0,"
-            " last_error = NULL, error_kind = NULL, finished_at = NULL, duration = NULL"
+            " last_error = NULL, error_kind = NULL, finished_at = NULL, duration = NULL,"
+            " step = NULL, s3_key = NULL"
             " WHERE state = 'failed' AND (? IS NULL OR kb_id = ?)"
             f"{kind_filter} AND uploader_match(relpath)",
             params,
@@ -666,6 +667,17 @@ async def upsert_remote(
     ]
     async with transaction(conn):
         await conn.executemany(_UPSERT_REMOTE, params)
+
+
+async def any_remote_known(conn: aiosqlite.Connection, kb_id: str, ids: Sequence[str]) -> bool:
+    """Whether an earlier listing already stored one of these entries."""
+    marks = ",".join("?" * len(ids))
+    found = await _fetchval(
+        conn,
+        f"SELECT 1 FROM remote_files WHERE kb_id = ? AND id IN ({marks}) LIMIT 1",
+        [kb_id, *ids],
+    )
+    return found is not None
 
 
 _ADOPTABLE = """

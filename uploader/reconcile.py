@@ -56,22 +56,28 @@ class RemoteIndex:
                 return
             started = time.time()
             stop_at = floor - CLOCK_SKEW
+            # Below an entry the last refresh stored, everything down to its floor is known.
             contiguous = cov is not None and cov.floor <= stop_at
-            if cov is not None and contiguous:
-                stop_at = max(stop_at, cov.started - CLOCK_SKEW)
-            await self._read_newest(kb_id, stop_at, started)
+            await self._read_newest(kb_id, stop_at, started, stop_at_known=contiguous)
             new_floor = min(cov.floor, stop_at) if cov is not None and contiguous else stop_at
             self._coverage[kb_id] = _Coverage(started, new_floor)
 
-    async def _read_newest(self, kb_id: str, stop_at: float, seen_at: float) -> None:
+    async def _read_newest(
+        self, kb_id: str, stop_at: float, seen_at: float, stop_at_known: bool
+    ) -> None:
         page = 1
         while True:
             data = await self._client.list_files(kb_id, page, PAGE_SIZE)
             results = data.get("results") or []
+            known = False
             if results:
+                if stop_at_known:
+                    known = await queue.any_remote_known(
+                        self._conn, kb_id, [str(e["id"]) for e in results]
+                    )
                 await queue.upsert_remote(self._conn, kb_id, results, seen_at)
             oldest = (results[-1].get("createdAt") or 0) / 1000.0 if results else 0.0
-            if not data.get("next") or not results or oldest < stop_at:
+            if known or not data.get("next") or not results or oldest < stop_at:
                 return
             page += 1
 

@@ -446,8 +446,6 @@ class Pool:
 
     def _after_error(self, job: Job, err: ApiError, state: _Attempt) -> Outcome:
         unknown = state.registering_since if err.maybe_applied else None
-        if err.kind == "permanent" and err.error_kind == "http_4xx" and state.registering_since:
-            job.step, job.s3_key = None, None  # a stale key: upload again next time
         last_try = job.attempts >= 1 + self.s.max_retries
         if err.kind == "permanent" or last_try:
             log.info("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)

@@ -1,0 +1,534 @@
+"""`uploader run` end to end: a real folder, a real SQLite file, the local MaiAgent server over
+real sockets. Each test reads like a user's session and then checks the two places that must
+agree afterwards: the queue database and the knowledge base on the server."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.maiagent_server import MaiAgentServer
+from uploader.cli import cli
+
+KB = "kb-test"
+KEY = "test-key"
+FAST = ("--retry-delay", "0.01")
+UPLOADER = (sys.executable, "-c", "from uploader.cli import main; main()")
+# A launcher that execs the rest of its arguments without the capabilities that let root read
+# any file, so a chmod 000 file is unreadable even in a root container.
+WITHOUT_DAC_OVERRIDE = (
+    sys.executable,
+    "-c",
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH\n"
+    "    if libc.prctl(24, cap, 0, 0, 0):  # PR_CAPBSET_DROP\n"
+    "        sys.exit(77)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n",
+)
+PROGRESS = re.compile(
+    r"^Progress: (\d+)/(\d+) \(\d+\.\d%\) \| Success: (\d+) \| Failed: (\d+) \| "
+    r"Rate: \d+\.\d files/s \| ETA: \d+s$",
+    re.M,
+)
+SUMMARY = re.compile(
+    r"^uploaded (\d+), failed (\d+), skipped (\d+) in [\d.]+s \([\d.]+ files/s, [\d.]+ MB/s\)$",
+    re.M,
+)
+
+
+@dataclass
+class Workspace:
+    """A user's folder of files and the queue database beside it."""
+
+    root: Path
+    data: Path
+    db: Path
+
+    def env(self, server: MaiAgentServer, key: str) -> dict[str, str | None]:
+        return {
+            "MAIAGENT_API_KEY": key,
+            "MAIAGENT_BASE_URL": server.base_url,
+            "MAIAGENT_KB_ID": None,
+            "UPLOADER_DB": None,
+        }
+
+    def uploader(self, server: MaiAgentServer, *args: str, key: str = KEY) -> Result:
+        return CliRunner().invoke(
+            cli, ["--db", str(self.db), *args], env=self.env(server, key), catch_exceptions=False
+        )
+
+    def enqueue(self, server: MaiAgentServer, kb: str = KB) -> None:
+        result = self.uploader(server, "enqueue", str(self.data), "--kb", kb)
+        assert result.exit_code == 0, result.output
+
+    def run(self, server: MaiAgentServer, *args: str, key: str = KEY) -> Result:
+        return self.uploader(server, "run", *args, key=key)
+
+    def spawn(
+        self,
+        server: MaiAgentServer,
+        *args: str,
+        key: str = KEY,
+        launcher: tuple[str, ...] = (),
+    ) -> subprocess.Popen[str]:
+        """`uploader run` as a process of its own: for signals, memory, and dropped privileges."""
+        env = {**os.environ, **self.env(server, key)}
+        command = [*launcher, *UPLOADER, "--db", str(self.db), "run", *args]
+        with (self.root / "stdout.txt").open("w") as out, (self.root / "stderr.txt").open("w") as err:
+            return subprocess.Popen(
+                command,
+                env={k: v for k, v in env.items() if v is not None},
+                cwd=self.root,
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+
+    def output(self) -> tuple[str, str]:
+        return (self.root / "stdout.txt").read_text(), (self.root / "stderr.txt").read_text()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.query("SELECT * FROM jobs ORDER BY id")]
+
+    def query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        with contextlib.closing(sqlite3.connect(self.db)) as conn:
+            conn.row_factory = sqlite3.Row
+            return conn.execute(sql, params).fetchall()
+
+    def logs(self) -> str:
+        return "".join(p.read_text() for p in sorted((self.root / "logs").glob("upload_log_*.log")))
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    data = tmp_path / "data"
+    data.mkdir()
+    return Workspace(tmp_path, data, tmp_path / "queue.db")
+
+
+def make_files(data: Path, n: int, folders: int = 10) -> dict[str, bytes]:
+    """n small files whose basenames repeat in every folder (`--name relpath` keeps the names
+    in the knowledge base unique); returns relpath -> content."""
+    files = {}
+    for i in range(n):
+        rel = f"dir{i % folders}/doc{i // folders}.txt"
+        content = f"file number {i}\n".encode() * (1 + i % 5)
+        path = data / rel
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+        files[rel] = content
+    return files
+
+
+def states(ws: Workspace) -> dict[str, int]:
+    return {row[0]: row[1] for row in ws.query("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+
+
+def assert_exactly_once(ws: Workspace, server: MaiAgentServer, files: dict[str, bytes]) -> None:
+    """Every file done, one entry per file, each job pointing at the entry with its bytes."""
+    jobs = ws.jobs()
+    assert {job["state"] for job in jobs} == {"done"}
+    entries = {entry["id"]: entry for entry in server.entries(KB)}
+    assert len(entries) == len(files) == len(jobs)
+    assert {job["file_id"] for job in jobs} == set(entries)
+    for job in jobs:
+        entry = entries[job["file_id"]]
+        assert entry["filename"] == job["filename"] == job["relpath"]
+        assert entry["size"] == job["size"] == len(files[job["relpath"]])
+        stored = server.object(entry["file"])
+        assert stored is not None and stored["data"] == files[job["relpath"]]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def wait_exit(process: subprocess.Popen[str], timeout: float) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"uploader still running after {timeout}s") from None
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts; any still alive when it fails are killed."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# --- the happy path under faults -------------------------------------------------------------
+
+
+def test_a_thousand_files_under_5xx_and_dropped_connections_all_land_exactly_once(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(error_rate=0.1, drop_rate=0.05, seed=1)
+    files = make_files(ws.data, 1000, folders=20)
+    ws.enqueue(server)
+
+    result = ws.run(server, "--name", "relpath", "--max-retries", "10", *FAST)
+
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(ws, server, files)
+    retried = ws.query("SELECT COUNT(*) FROM attempts WHERE outcome = 'retry'")[0][0]
+    assert retried > 50, "the faults should have made many attempts fail"
+
+
+def test_register_batch_registers_several_files_per_call(
+    ws: Workspace, maiagent: MaiAgentServer
+) -> None:
+    files = make_files(ws.data, 100)
+    ws.enqueue(maiagent)
+
+    result = ws.run(maiagent, "--name", "relpath", "--register-batch", "5", *FAST)
+
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(ws, maiagent, files)
+    assert maiagent.stats()["register"] <= len(files) // 2
+
+
+# --- the service refuses the run -------------------------------------------------------------
+
+
+def assert_untouched(ws: Workspace) -> None:
+    assert all(job["state"] == "pending" and job["attempts"] == 0 for job in ws.jobs())
+    assert ws.query("SELECT COUNT(*) FROM attempts")[0][0] == 0
+
+
+def assert_key_nowhere(ws: Workspace, key: str, *texts: str) -> None:
+    for text in (*texts, ws.logs()):
+        assert key not in text
+    for path in ws.root.glob("queue.db*"):
+        assert key.encode() not in path.read_bytes()
+
+
+def test_a_wrong_key_stops_the_run_at_once_with_every_row_untouched(
+    ws: Workspace, maiagent: MaiAgentServer
+) -> None:
+    make_files(ws.data, 50)
+    ws.enqueue(maiagent)
+    wrong = "sk-WRONG-KEY-0123456789"
+
+    started = time.monotonic()
+    result = ws.run(maiagent, *FAST, key=wrong)
+
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "API key rejected (HTTP 401)" in result.stderr
+    assert_key_nowhere(ws, wrong, result.output)
+    assert_untouched(ws)
+    assert maiagent.stats()["total"] <= 10
+    assert maiagent.entries(KB) == []
+    assert [tuple(row) for row in ws.query("SELECT exit_code FROM runs")] == [(3,)]
+
+
+def test_an_unknown_knowledge_base_stops_the_run_with_every_row_untouched(
+    ws: Workspace, maiagent: MaiAgentServer
+) -> None:
+    make_files(ws.data, 20)
+    ws.enqueue(maiagent, kb="kb-nope")
+
+    started = time.monotonic()
+    result = ws.run(maiagent, *FAST)
+
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "kb-nope" in result.stderr and "404" in result.stderr
+    assert_untouched(ws)
+    assert maiagent.stats()["total"] <= 10
+
+
+def test_a_key_revoked_mid_run_puts_in_flight_rows_back_untouched(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer], processes: list[Any]
+) -> None:
+    server = maiagent_factory(latency=0.02)
+    make_files(ws.data, 200)
+    ws.enqueue(server)
+    process = ws.spawn(server, "--name", "relpath", "--workers", "4", *FAST)
+    processes.append(process)
+    wait_for(lambda: len(server.entries(KB)) >= 10, 20, "the first uploads")
+
+    server._auth = "Api-Key revoked"  # the key is revoked while the run goes on
+    requests_before = server.stats()["total"]
+    revoked = time.monotonic()
+
+    assert wait_exit(process, 10) == 3
+    assert time.monotonic() - revoked < 5
+    _, stderr = ws.output()
+    assert "API key rejected (HTTP 401)" in stderr and KEY not in stderr
+    assert server.stats()["total"] - requests_before <= 20
+    by_state = states(ws)
+    assert set(by_state) == {"done", "pending"}
+    done = [job for job in ws.jobs() if job["state"] == "done"]
+    assert {job["file_id"] for job in done} == {entry["id"] for entry in server.entries(KB)}
+    assert all(job["attempts"] == 0 for job in ws.jobs() if job["state"] == "pending")
+
+
+# --- throttling ------------------------------------------------------------------------------
+
+
+def api_requests(server: MaiAgentServer) -> int:
+    stats = server.stats()
+    return stats["total"] - stats["s3"]
+
+
+def test_a_429_storm_slows_the_pool_and_the_run_still_finishes(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(rps_limit=50)
+    files = make_files(ws.data, 100)
+    ws.enqueue(server)
+
+    result = ws.run(server, "--name", "relpath", "--workers", "10", *FAST)
+
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(ws, server, files)
+    needed = 2 * len(files) + 1  # presign and register per file, one preflight listing
+    throttled = api_requests(server) - needed
+    assert 0 < throttled < len(files), "throttled, but the pool backed off together"
+
+
+def test_a_rate_limit_below_the_service_limit_avoids_429s(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(rps_limit=50)
+    files = make_files(ws.data, 40)
+    ws.enqueue(server)
+
+    result = ws.run(server, "--name", "relpath", "--rate-limit", "35", *FAST)
+
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(ws, server, files)
+    assert api_requests(server) == 2 * len(files) + 1
+
+
+# --- files that changed under the queue ------------------------------------------------------
+
+
+def test_a_file_deleted_after_enqueue_fails_as_missing_without_retries(
+    ws: Workspace, maiagent: MaiAgentServer
+) -> None:
+    files = make_files(ws.data, 10)
+    ws.enqueue(maiagent)
+    (ws.data / "dir3/doc0.txt").unlink()
+
+    result = ws.run(maiagent, "--name", "relpath", "--max-retries", "5", *FAST)
+
+    assert result.exit_code == 1
+    [gone] = [job for job in ws.jobs() if job["relpath"] == "dir3/doc0.txt"]
+    assert (gone["state"], gone["error_kind"], gone["attempts"]) == ("failed", "missing", 1)
+    assert len(ws.query("SELECT * FROM attempts WHERE job_id = ?", gone["id"])) == 1
+    assert states(ws) == {"done": 9, "failed": 1}
+    assert sorted(e["filename"] for e in maiagent.entries(KB)) == sorted(set(files) - {gone["relpath"]})
+
+
+def test_a_file_replaced_by_a_folder_fails_as_unreadable(
+    ws: Workspace, maiagent: MaiAgentServer
+) -> None:
+    make_files(ws.data, 5, folders=1)
+    ws.enqueue(maiagent)
+    (ws.data / "dir0/doc2.txt").unlink()
+    (ws.data / "dir0/doc2.txt").mkdir()
+
+    result = ws.run(maiagent, "--name", "relpath", *FAST)
+
+    assert result.exit_code == 1
+    [bad] = [job for job in ws.jobs() if job["relpath"] == "dir0/doc2.txt"]
+    assert (bad["state"], bad["error_kind"], bad["attempts"]) == ("failed", "unreadable", 1)
+    assert len(maiagent.entries(KB)) == 4
+
+
+def test_a_file_without_read_permission_fails_as_unreadable(
+    ws: Workspace, maiagent: MaiAgentServer, processes: list[Any]
+) -> None:
+    make_files(ws.data, 5, folders=1)
+    ws.enqueue(maiagent)
+    (ws.data / "dir0/doc1.txt").chmod(0)
+    launcher = WITHOUT_DAC_OVERRIDE if os.geteuid() == 0 else ()
+
+    process = ws.spawn(maiagent, "--name", "relpath", *FAST, launcher=launcher)
+    processes.append(process)
+    code = wait_exit(process, 30)
+
+    if code == 77:
+        pytest.skip("cannot drop root's permission to read every file here")
+    assert code == 1, ws.output()
+    [bad] = [job for job in ws.jobs() if job["relpath"] == "dir0/doc1.txt"]
+    assert (bad["state"], bad["error_kind"], bad["attempts"]) == ("failed", "unreadable", 1)
+    assert len(maiagent.entries(KB)) == 4
+
+
+# --- Ctrl+C ----------------------------------------------------------------------------------
+
+
+def start_slow_run(
+    ws: Workspace, server: MaiAgentServer, processes: list[Any]
+) -> tuple[subprocess.Popen[str], dict[str, bytes]]:
+    files = make_files(ws.data, 300)
+    ws.enqueue(server)
+    process = ws.spawn(server, "--name", "relpath", "--workers", "4", "--grace", "5", *FAST)
+    processes.append(process)
+    wait_for(lambda: len(server.entries(KB)) >= 5, 20, "the first uploads")
+    return process, files
+
+
+def test_ctrl_c_finishes_in_flight_files_and_a_second_run_completes_exactly_once(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer], processes: list[Any]
+) -> None:
+    server = maiagent_factory(latency=0.05)
+    process, files = start_slow_run(ws, server, processes)
+    time.sleep(0.5)
+
+    process.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    assert wait_exit(process, 15) == 130
+    assert time.monotonic() - interrupted < 5 + 2
+
+    stdout, stderr = ws.output()
+    assert "Traceback" not in stderr
+    assert SUMMARY.search(stdout) and "export-report" in stdout
+    by_state = states(ws)
+    assert "running" not in by_state and by_state.get("pending", 0) > 0
+    done_ids = {job["file_id"] for job in ws.jobs() if job["state"] == "done"}
+    assert done_ids == {entry["id"] for entry in server.entries(KB)}
+
+    server.faults.latency = 0
+    result = ws.run(server, "--name", "relpath", *FAST)
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(ws, server, files)
+
+
+def test_a_second_ctrl_c_quits_at_once_and_the_next_run_still_uploads_exactly_once(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer], processes: list[Any]
+) -> None:
+    server = maiagent_factory(latency=0.05)
+    process, files = start_slow_run(ws, server, processes)
+
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    assert wait_exit(process, 10) == 130
+    assert time.monotonic() - interrupted < 2
+    assert states(ws).get("pending", 0) > 0
+
+    server.faults.latency = 0
+    result = ws.run(server, "--name", "relpath", *FAST)
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(ws, server, files)
+
+
+# --- what the user sees ----------------------------------------------------------------------
+
+
+def test_log_progress_line_summary_and_exit_code_tell_what_happened(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(error_rate=0.2, seed=7)
+    make_files(ws.data, 30)
+    ws.enqueue(server)
+    (ws.data / "dir4/doc1.txt").unlink()
+
+    result = ws.run(server, "--name", "relpath", "--max-retries", "10", *FAST)
+
+    assert result.exit_code == 1
+    lines = PROGRESS.findall(result.stdout)
+    assert lines and lines[-1] == ("30", "30", "29", "1")
+    summary = SUMMARY.search(result.stdout)
+    assert summary is not None and summary.groups() == ("29", "1", "0")
+    assert f"uploader --db {ws.db} export-report" in result.stdout
+    log = ws.logs()
+    assert "run started" in log and "'workers': 10" in log and "'max_retries': 10" in log
+    assert re.search(r"retry \d+/10 of dir\d/doc\d+\.txt", log)
+    assert re.search(r"failed dir4/doc1\.txt after 1 attempt\(s\): .*no longer exists", log)
+    assert_key_nowhere(ws, KEY, result.output)
+
+    (ws.data / "dir4/doc1.txt").write_text("back again")
+    assert ws.uploader(server, "retry-failed").exit_code == 0
+    assert ws.uploader(server, "enqueue", str(ws.data), "--kb", KB).exit_code == 0
+    again = ws.run(server, "--name", "relpath", "--max-retries", "10", *FAST)
+    assert again.exit_code == 0, again.output
+    assert states(ws) == {"done": 30}
+
+
+def test_plain_http_to_another_host_is_refused_before_anything_is_sent(
+    ws: Workspace, maiagent: MaiAgentServer
+) -> None:
+    make_files(ws.data, 3)
+    ws.enqueue(maiagent)
+
+    result = ws.run(maiagent, "--base-url", "http://example.com/api/v1/")
+
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "plain http" in result.stderr and "example.com" in result.stderr
+    assert KEY not in result.output
+    assert ws.query("SELECT COUNT(*) FROM runs")[0][0] == 0
+    assert not (ws.root / "logs").exists()
+    assert_untouched(ws)
+
+
+# --- big files -------------------------------------------------------------------------------
+
+
+def sha256_of_zeros(size: int) -> str:
+    digest, block = hashlib.sha256(), bytes(1 << 20)
+    for _ in range(size // len(block)):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+def test_a_1gb_file_uploads_with_little_memory(
+    ws: Workspace, maiagent: MaiAgentServer, processes: list[Any]
+) -> None:
+    size = 1 << 30
+    with (ws.data / "big.bin").open("wb") as sparse:
+        sparse.truncate(size)
+    ws.enqueue(maiagent)
+
+    process = ws.spawn(maiagent, *FAST)
+    processes.append(process)
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        watchdog.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+
+    assert process.returncode == 0, ws.output()
+    assert usage.ru_maxrss * 1024 < 150 * 10**6
+    [entry] = maiagent.entries(KB)
+    assert entry["size"] == size
+    stored = maiagent.object(entry["file"])
+    assert stored is not None and stored["sha256"] == sha256_of_zeros(size)
+    assert ws.jobs()[0]["file_id"] == entry["id"]
