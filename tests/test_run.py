@@ -414,6 +414,7 @@ def test_ctrl_c_finishes_in_flight_files_and_a_second_run_completes_exactly_once
 
     stdout, stderr = ws.output()
     assert "Traceback" not in stderr
+    assert "stopping: finishing in-flight uploads" in stdout
     assert SUMMARY.search(stdout) and "export-report" in stdout
     by_state = states(ws)
     assert "running" not in by_state and by_state.get("pending", 0) > 0
@@ -431,15 +432,19 @@ def test_a_second_ctrl_c_quits_at_once_and_the_next_run_still_uploads_exactly_on
 ) -> None:
     server = maiagent_factory(latency=0.05)
     process, files = start_slow_run(ws, server, processes)
+    slow = 2.0  # from now on every request takes this long: the first Ctrl+C alone would wait
+    server.faults.latency = slow
 
     process.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     interrupted = time.monotonic()
     assert wait_exit(process, 10) == 130
-    assert time.monotonic() - interrupted < 2
+    assert time.monotonic() - interrupted < slow / 2
+    assert "quitting now" in ws.output()[0]
     assert states(ws).get("pending", 0) > 0
 
+    time.sleep(slow + 0.5)  # requests the dead process left behind reach the server first
     server.faults.latency = 0
     result = ws.run(server, "--name", "relpath", *FAST)
     assert result.exit_code == 0, result.output

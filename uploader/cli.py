@@ -226,20 +226,7 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
 
 
 @cli.command()
-@click.option(
-    "--api-key",
-    envvar="MAIAGENT_API_KEY",
-    required=True,
-    help="MaiAgent API key (env MAIAGENT_API_KEY); never printed, logged or stored.",
-)
-@click.option(
-    "--base-url",
-    envvar="MAIAGENT_BASE_URL",
-    default=DEFAULT_BASE_URL,
-    show_default=True,
-    help="API root (env MAIAGENT_BASE_URL); https only, except loopback.",
-)
-@click.option("--insecure", is_flag=True, help="Allow plain http to a non-loopback host.")
+@service_options()
 @click.option("--workers", type=click.IntRange(1, 512), default=10, show_default=True)
 @click.option("--max-retries", type=click.IntRange(0), default=3, show_default=True)
 @click.option(
@@ -286,12 +273,7 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
     Exit codes: 0 all done, 1 some files failed, 2 bad input, 3 the service refused the run
     (bad key, unknown knowledge base), 130 interrupted. Running it again resumes.
     """
-    try:
-        warning = client.check_base_url(base_url, insecure)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
+    _check_service(api_key, base_url, insecure, "run")
     settings = worker.Settings(
         workers=opts["workers"],
         max_retries=opts["max_retries"],

@@ -216,6 +216,7 @@ class Uploader:
     """The `uploader` commands against one database and one server."""
 
     def __init__(self, root: str, server: Server | None) -> None:
+        os.makedirs(root, exist_ok=True)
         self.db = os.path.join(root, "uploader.db")
         self.root = root
         self.server = server
