@@ -167,4 +167,3 @@ def test_two_concurrent_runs_on_one_database(
     uploaded = [json.loads(r["counts"])["uploaded"] for r in runs]
     assert sum(uploaded) == 2000
     assert min(uploaded) > 0, "one run did everything: they never overlapped"
-
