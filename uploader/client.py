@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import stat
 import time
@@ -573,3 +574,12 @@ def _log_request(method: str, where: str, outcome: int | str, start: float) -> N
     if _log.isEnabledFor(logging.DEBUG):
         elapsed = (time.perf_counter() - start) * 1000
         _log.debug("%s %s %s %.0f ms", method, where, outcome, elapsed)
+
+
+BACKOFF_CAP = 60.0
+
+
+def backoff(attempt: int, base: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
+    delay = random.uniform(0, min(BACKOFF_CAP, base * 2 ** max(attempt - 1, 0)))
+    return max(delay, retry_after or 0.0)

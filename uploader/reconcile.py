@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import aiosqlite
 from tqdm import tqdm
 
 from . import queue
-from .client import ApiError, MaiAgentClient, RateLimiter, make_session
+from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 
 T = TypeVar("T")
 
@@ -118,10 +117,6 @@ async def open_client(
         yield MaiAgentClient(session, base_url, api_key, RateLimiter(None), timeout=timeout)
 
 
-def _backoff(attempt: int, retry_after: float | None) -> float:
-    return max(random.uniform(0, CALL_BACKOFF * 2 ** (attempt - 1)), retry_after or 0.0)
-
-
 async def _call(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """A call that is safe to repeat (reads, deletes): transient errors are retried."""
     for attempt in range(1, CALL_TRIES + 1):
@@ -131,7 +126,7 @@ async def _call(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
             if err.kind != "transient" or attempt == CALL_TRIES:
                 raise
             log.info("retrying: %s", err)
-            await asyncio.sleep(_backoff(attempt, err.retry_after))
+            await asyncio.sleep(backoff(attempt, CALL_BACKOFF, err.retry_after))
     raise AssertionError("unreachable")
 
 
@@ -490,7 +485,7 @@ async def _delete(client: MaiAgentClient, kb_id: str, file_id: str) -> tuple[boo
             return True, None
         if entry.get("status") in UNSETTLED:
             return False, entry.get("status")
-        await asyncio.sleep(_backoff(attempt, retry_after))
+        await asyncio.sleep(backoff(attempt, CALL_BACKOFF, retry_after))
     raise AssertionError("unreachable")
 
 

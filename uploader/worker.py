@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import socket
 import time
@@ -22,14 +21,13 @@ from dataclasses import dataclass, field
 import aiosqlite
 
 from . import queue
-from .client import ApiError, MaiAgentClient, RateLimiter, make_session
+from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 from .progress import Progress
 from .queue import Job, Outcome
 from .reconcile import RemoteIndex
 
 log = logging.getLogger("uploader.run")
 
-BACKOFF_CAP = 60.0
 FLUSH_INTERVAL = 0.02
 
 
@@ -87,12 +85,6 @@ def dead_owners(owners: list[tuple[str, float]]) -> list[str]:
         except PermissionError:
             pass
     return dead
-
-
-def backoff(attempt: int, base: float, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
-    delay = random.uniform(0, min(BACKOFF_CAP, base * 2 ** max(attempt - 1, 0)))
-    return max(delay, retry_after or 0.0)
 
 
 class Writer:
