@@ -90,7 +90,10 @@ class Workspace:
         """`uploader run` as a process of its own: for signals, memory, and dropped privileges."""
         env = {**os.environ, **self.env(server, key)}
         command = [*launcher, *UPLOADER, "--db", str(self.db), "run", *args]
-        with (self.root / "stdout.txt").open("w") as out, (self.root / "stderr.txt").open("w") as err:
+        with (
+            (self.root / "stdout.txt").open("w") as out,
+            (self.root / "stderr.txt").open("w") as err,
+        ):
             return subprocess.Popen(
                 command,
                 env={k: v for k, v in env.items() if v is not None},
@@ -347,7 +350,8 @@ def test_a_file_deleted_after_enqueue_fails_as_missing_without_retries(
     assert (gone["state"], gone["error_kind"], gone["attempts"]) == ("failed", "missing", 1)
     assert len(ws.query("SELECT * FROM attempts WHERE job_id = ?", gone["id"])) == 1
     assert states(ws) == {"done": 9, "failed": 1}
-    assert sorted(e["filename"] for e in maiagent.entries(KB)) == sorted(set(files) - {gone["relpath"]})
+    uploaded = sorted(entry["filename"] for entry in maiagent.entries(KB))
+    assert uploaded == sorted(set(files) - {gone["relpath"]})
 
 
 def test_a_file_replaced_by_a_folder_fails_as_unreadable(

@@ -88,7 +88,7 @@ async def connect(path: str, *, create: bool = True) -> aiosqlite.Connection:
     except sqlite3.DatabaseError as exc:
         await conn.close()
         raise QueueError(_explain(path, exc)) from None
-    except QueueError:
+    except BaseException:
         await conn.close()
         raise
     return conn
@@ -168,7 +168,7 @@ async def _begin_immediate(conn: aiosqlite.Connection) -> AsyncIterator[aiosqlit
     """Wait out another process's lock (busy timeout, then a few retries), then say so."""
     for attempt in range(LOCK_RETRIES + 1):
         try:
-            await conn.execute("BEGIN IMMEDIATE")
+            await _to_completion(conn, "BEGIN IMMEDIATE")
             break
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
@@ -184,10 +184,28 @@ async def _begin_immediate(conn: aiosqlite.Connection) -> AsyncIterator[aiosqlit
         yield conn
     except BaseException:
         if conn.in_transaction:
-            await conn.execute("ROLLBACK")
+            await _to_completion(conn, "ROLLBACK")
         raise
     else:
-        await conn.execute("COMMIT")
+        await _to_completion(conn, "COMMIT")
+
+
+async def _to_completion(conn: aiosqlite.Connection, sql: str) -> None:
+    """BEGIN, COMMIT and ROLLBACK run in the database thread whatever happens to our task;
+    a cancel is let through only once the statement is over (rolling back a BEGIN it
+    interrupted), so the connection is never left inside a transaction nobody owns."""
+    statement = asyncio.ensure_future(conn.execute(sql))
+    cancelled = False
+    while not statement.done():
+        try:
+            await asyncio.shield(statement)
+        except asyncio.CancelledError:
+            cancelled = True
+    statement.result()
+    if cancelled:
+        if sql.startswith("BEGIN") and conn.in_transaction:
+            await _to_completion(conn, "ROLLBACK")
+        raise asyncio.CancelledError
 
 
 # --- enqueue ---------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class RemoteIndex:
     ) -> None:
         page = 1
         while True:
-            data = await self._client.list_files(kb_id, page, PAGE_SIZE)
+            data = await _call(self._client.list_files, kb_id, page, PAGE_SIZE)
             results = data.get("results") or []
             known = False
             if results:

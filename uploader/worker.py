@@ -246,7 +246,7 @@ class Pool:
     def _fatal(self, error: ApiError) -> None:
         if self.result.fatal is None:
             self.result.fatal = error
-            log.error("stopping: %s", error)
+            log.info("stopping: %s", error)
         self._stopping = True
         current = asyncio.current_task()
         for task in self._tasks:
