@@ -461,7 +461,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_next_run_still_uploads_exactly_on
 def test_log_progress_line_summary_and_exit_code_tell_what_happened(
     ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:
-    server = maiagent_factory(error_rate=0.2, seed=7)
+    server = maiagent_factory(error_rate=0.1, seed=7)
     make_files(ws.data, 30)
     ws.enqueue(server)
     (ws.data / "dir4/doc1.txt").unlink()
