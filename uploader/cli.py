@@ -48,11 +48,8 @@ def run_async(coro: Awaitable[T]) -> T:
 
 
 async def with_db(ctx: Context, body: Callable[[aiosqlite.Connection], Awaitable[T]], **kw) -> T:  # type: ignore[no-untyped-def]
-    conn = await queue.connect(ctx.db, **kw)
-    try:
+    async with queue.opened(ctx.db, **kw) as conn:
         return await body(conn)
-    finally:
-        await conn.close()
 
 
 def kb_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -94,6 +94,19 @@ async def connect(path: str, *, create: bool = True) -> aiosqlite.Connection:
     return conn
 
 
+@contextlib.asynccontextmanager
+async def opened(path: str, *, create: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+    """The database for one command; damage found later than the opening (a page corrupted
+    mid-file) is the same one-line QueueError as at the opening, never a traceback."""
+    conn = await connect(path, create=create)
+    try:
+        yield conn
+    except sqlite3.DatabaseError as exc:
+        raise QueueError(_explain(path, exc)) from None
+    finally:
+        await conn.close()
+
+
 def _explain(path: str, exc: sqlite3.DatabaseError) -> str:
     text = str(exc)
     if "not a database" in text or "malformed" in text:

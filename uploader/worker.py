@@ -234,6 +234,7 @@ class Pool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._renewed_at = 0.0
 
     # --- control ---------------------------------------------------------------------------
 
@@ -335,7 +336,9 @@ class Pool:
         """Renew our leases while long uploads run; give back rows of dead processes."""
         while True:
             await asyncio.sleep(self.s.lease_seconds / 3)
+            renewing = time.time()
             await queue.renew_leases(self.conn, self.owner, self.s.lease_seconds)
+            self._renewed_at = renewing
             await self._reclaim()
 
     async def _reclaim(self) -> None:
@@ -406,6 +409,10 @@ class Pool:
         return None
 
     async def _register(self, job: Job, state: _Attempt) -> Outcome:
+        if time.time() > max(job.started_at, self._renewed_at) + self.s.lease_seconds - 5.0:
+            # Stalled (suspended, starved) past our lease: another run may own the row now,
+            # and registering could make a second entry. Leave it to whoever holds it.
+            raise ApiError("lease expired before registering", kind="transient", error_kind="lease")
         state.registering_since = time.time()
         assert job.s3_key is not None and job.filename is not None
         file_id = await self.registrar.register(job.kb_id, job.s3_key, job.filename)

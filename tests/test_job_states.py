@@ -1,0 +1,311 @@
+"""The life of one job as a state machine, against the real queue functions and a real SQLite
+file: claims by processes that may crash or be stopped at any step, registers whose answer may
+be lost after the server acted, leases that expire, retries and `retry-failed`. Whatever the
+path, the knowledge base never gets the file twice, and a final run always finishes it.
+
+The worker's rule is modelled, not imported: register only when the row's `unknown_since` is
+NULL; otherwise list the knowledge base into remote_files and adopt what `queue.adoptable`
+finds, registering again only when it finds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from uploader import queue
+from uploader.queue import Job, Outcome, ScanRow
+
+KB = "kb-test"
+NAME = "report.pdf"
+SIZE = 1234
+LEASE = 60.0
+CLOCK_SKEW = 5.0  # as the worker subtracts from `since`
+FATES = ("answered", "lost_after_apply", "unknown_not_applied", "refused")
+# where a SIGKILL or Ctrl+C cuts an attempt; half of the attempts run to their end
+STOPS = st.one_of(
+    st.none(),
+    st.sampled_from(
+        ["check_doubtful_register", "upload", "registering_applied", "registering_not_applied"]
+    ),
+)
+
+
+@dataclass
+class Process:
+    """One `uploader run`: its lease owner id, the job it holds, results not yet flushed."""
+
+    owner: str
+    job: Job | None = None
+    registering_since: float | None = None
+    buffer: list[Outcome] = field(default_factory=list)
+
+
+@dataclass
+class Entry:
+    id: str
+    created_ms: int
+
+
+class JobLife(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = tempfile.mkdtemp(prefix="job-states-")
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.run(queue.connect(os.path.join(self.folder, "queue.db")))
+        self.pids = itertools.count(1000)
+        self.alive: list[Process] = []
+        self.dead: list[str] = []  # owners whose process died, their rows not yet reclaimed
+        self.server: list[Entry] = []  # the knowledge base's entries for this file
+        self.registers = 0
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        try:
+            self._finish()
+        finally:
+            self.run(self.conn.close())
+            self.loop.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def row(self) -> dict[str, Any]:
+        async def fetch() -> dict[str, Any]:
+            async with self.conn.execute(
+                "SELECT state, step, s3_key, unknown_since, file_id, lease_owner FROM jobs"
+            ) as cur:
+                names = [d[0] for d in cur.description]
+                return dict(zip(names, await cur.fetchone(), strict=True))
+
+        return self.run(fetch())
+
+    def outcome(self, p: Process, kind: str, **kw: Any) -> None:
+        assert p.job is not None
+        p.buffer.append(Outcome(job=p.job, outcome=kind, ended_at=time.time(), **kw))
+        if kind != "uploaded":
+            p.job = None  # the attempt is over for this process
+
+    # --- the scenario --------------------------------------------------------------------
+
+    @initialize()
+    def enqueue(self) -> None:
+        row = ScanRow(b"/data/" + NAME.encode(), NAME, SIZE, 1)
+        self.run(queue.enqueue_batch(self.conn, KB, [row]))
+        self.start_process()
+
+    @precondition(lambda self: len(self.alive) < 2)
+    @rule()
+    def start_process(self) -> None:
+        self.alive.append(Process(owner=f"model-host:{next(self.pids)}:{uuid.uuid4().hex[:8]}"))
+
+    @precondition(lambda self: any(p.job is None and not p.buffer for p in self.alive))
+    @rule(
+        data=st.data(),
+        stop_at=STOPS,
+        how=st.sampled_from(["crash", "stop"]),
+        fate=st.sampled_from(FATES),
+        last_try=st.booleans(),
+        flushed=st.booleans(),
+    )
+    def attempt(
+        self,
+        data: st.DataObject,
+        stop_at: str | None,
+        how: str,
+        fate: str,
+        last_try: bool,
+        flushed: bool,
+    ) -> None:
+        """One process takes the job through the worker's steps: claim, the doubtful-register
+        check, upload, register; SIGKILL (`crash`) or Ctrl+C (`stop`) may cut in at `stop_at`.
+        Its results are written at once (`flushed`) or stay in memory until a `flush`."""
+        p = data.draw(st.sampled_from([p for p in self.alive if p.job is None and not p.buffer]))
+        if not self.claim(p):
+            return
+        self.steps(p, stop_at, how, fate, last_try)
+        if flushed and p in self.alive:
+            self.write(p)
+
+    def steps(self, p: Process, stop_at: str | None, how: str, fate: str, last_try: bool) -> None:
+        for step in (self.check_doubtful_register, self.upload):
+            if stop_at == step.__name__:
+                self.interrupt(p, how)
+                return
+            step(p)
+            if p.job is None:
+                return  # adopted: done without registering
+        if stop_at in ("registering_applied", "registering_not_applied"):
+            self._register(p, applied=stop_at == "registering_applied")
+            self.interrupt(p, how)
+        else:
+            self.register(p, fate, last_try)
+
+    def claim(self, p: Process) -> bool:
+        jobs = self.run(queue.claim(self.conn, p.owner, 1, LEASE, KB))
+        if not jobs:
+            return False
+        assert not any(q.job for q in self.alive), "two live processes hold the same job"
+        (p.job,) = jobs
+        p.job.filename = p.job.filename or NAME
+        p.registering_since = None
+        return True
+
+    def check_doubtful_register(self, p: Process) -> None:
+        """A row whose last register may have happened is looked up in the listing first."""
+        assert p.job is not None
+        if p.job.unknown_since is None:
+            return
+        listed = [
+            {"id": e.id, "filename": NAME, "size": SIZE, "createdAt": e.created_ms}
+            for e in self.server
+        ]
+        self.run(queue.upsert_remote(self.conn, KB, listed, time.time()))
+        since = p.job.unknown_since or p.job.started_at
+        found = self.run(queue.adoptable(self.conn, KB, NAME, SIZE, since - CLOCK_SKEW))
+        if found:
+            self.outcome(p, "done", file_id=found[0])
+        else:
+            p.job.unknown_since = None
+
+    def upload(self, p: Process) -> None:
+        assert p.job is not None
+        if p.job.step == "uploaded":
+            return
+        p.job.s3_key = f"media/chatbot-file/{uuid.uuid4()}/{NAME}"
+        p.job.step = "uploaded"
+        self.outcome(p, "uploaded")
+
+    def _register(self, p: Process, applied: bool) -> None:
+        assert p.job is not None and p.job.unknown_since is None, "the worker's rule"
+        p.registering_since = time.time()
+        self.registers += 1
+        if applied:
+            self.server.append(Entry(str(uuid.uuid4()), int(time.time() * 1000)))
+
+    def register(self, p: Process, fate: str, last_try: bool) -> None:
+        self._register(p, applied=fate in ("answered", "lost_after_apply"))
+        if fate == "answered":
+            self.outcome(p, "done", file_id=self.server[-1].id)
+            return
+        unknown = p.registering_since if fate != "refused" else None
+        self.outcome(
+            p, "failed" if last_try else "retry", error_kind="network", unknown_since=unknown
+        )
+
+    def interrupt(self, p: Process, how: str) -> None:
+        """SIGKILL leaves the row leased to a dead owner; Ctrl+C releases it, its register
+        (if one was under way) marked doubtful."""
+        if how == "crash":
+            self._die(p)
+        else:
+            self.outcome(p, "released", unknown_since=p.registering_since)
+
+    @precondition(lambda self: any(p.buffer for p in self.alive))
+    @rule(data=st.data())
+    def flush(self, data: st.DataObject) -> None:
+        self.write(data.draw(st.sampled_from([p for p in self.alive if p.buffer])))
+
+    def write(self, p: Process) -> None:
+        self.run(queue.record_outcomes(self.conn, p.owner, p.buffer))
+        p.buffer = []
+        if p.job is None:
+            p.registering_since = None
+
+    @precondition(lambda self: bool(self.alive))
+    @rule(data=st.data())
+    def crash(self, data: st.DataObject) -> None:
+        """Power cut: whatever was not flushed is lost."""
+        self._die(data.draw(st.sampled_from(self.alive)))
+
+    def _die(self, p: Process) -> None:
+        self.alive.remove(p)
+        self.dead.append(p.owner)
+
+    @precondition(lambda self: bool(self.dead))
+    @rule(by=st.sampled_from(["pid", "lease"]))
+    def reclaim(self, by: str) -> None:
+        """A later run gives back rows of dead owners: at once when it can tell the process
+        is gone, else when the lease has expired."""
+        if by == "lease":
+            self.run(self._expire(self.dead))
+            self.run(queue.reclaim(self.conn, []))
+        else:
+            self.run(queue.reclaim(self.conn, list(self.dead)))
+        self.dead = []
+
+    async def _expire(self, owners: list[str]) -> None:
+        async with queue.transaction(self.conn):
+            await self.conn.executemany(
+                "UPDATE jobs SET lease_expires = ? WHERE lease_owner = ?",
+                [(time.time() - 1, owner) for owner in owners],
+            )
+
+    @precondition(lambda self: self.row()["state"] == "failed")
+    @rule()
+    def retry_failed(self) -> None:
+        self.run(queue.retry_failed(self.conn, KB, (), None))
+
+    # --- what must hold ------------------------------------------------------------------
+
+    @invariant()
+    def never_registered_twice(self) -> None:
+        assert len(self.server) <= 1, f"{len(self.server)} entries after {self.registers} calls"
+
+    @invariant()
+    def done_means_the_entry(self) -> None:
+        row = self.row()
+        if row["state"] == "done":
+            assert [e.id for e in self.server] == [row["file_id"]]
+
+    def _finish(self) -> None:
+        """Everyone stops; a final run (after `retry-failed`) finishes the job exactly once."""
+        for p in list(self.alive):
+            if p.job is None and p.buffer:
+                self.run(queue.record_outcomes(self.conn, p.owner, p.buffer))
+                self.alive.remove(p)
+            else:
+                self._die(p)
+        self.run(queue.reclaim(self.conn, self.dead))
+        self.run(queue.retry_failed(self.conn, KB, (), None))
+        last = Process(owner="model-host:1:final")
+        for _ in range(2):
+            if self.row()["state"] != "done":
+                assert self.claim(last)
+                self.check_doubtful_register(last)
+                if last.job is not None:
+                    self.upload(last)
+                    self.register(last, "answered", last_try=False)
+                self.run(queue.record_outcomes(self.conn, last.owner, last.buffer))
+                last.buffer = []
+        row = self.row()
+        assert row["state"] == "done", row
+        assert [e.id for e in self.server] == [row["file_id"]]
+
+
+JobLife.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_job_life = JobLife.TestCase
