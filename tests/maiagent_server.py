@@ -72,6 +72,9 @@ class Faults:
     delete_500_rate: float = 0.0
     policy_ttl: float = 300.0
     max_file_size: int = 10 << 30
+    # a service that registers only the first file of a list (the real one's batch support
+    # is not documented): the uploader must notice and fall back to one file per call
+    register_first_only: bool = False
     seed: int | None = None
 
     def update(self, changes: Mapping[str, Any]) -> None:
@@ -619,6 +622,8 @@ class MaiAgentServer:
         missing = next((f["file"] for f in files if f["file"] not in self._objects), None)
         if missing is not None:
             return _detail(400, f"File {missing!r} has not been uploaded.")
+        if self.faults.register_first_only:
+            files = files[:1]
         created = [
             self._create(kb, f["filename"], f["file"], self._objects[f["file"]].size) for f in files
         ]

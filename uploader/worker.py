@@ -145,7 +145,10 @@ class Registrar:
     async def register(self, kb_id: str, key: str, filename: str) -> str:
         if self.size <= 1:
             entries = await self._client.register(kb_id, [(key, filename)])
-            return self._ids(entries, [filename])[0]
+            [file_id] = self._match(entries, [filename])
+            if file_id is None:
+                raise _unlisted(filename)
+            return file_id
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         batch = self._batches.setdefault(kb_id, _Batch())
         batch.items.append((key, filename, fut))
@@ -171,37 +174,42 @@ class Registrar:
         names = [name for _key, name, _fut in items]
         try:
             entries = await self._client.register(kb_id, [(key, name) for key, name, _ in items])
-            ids = self._ids(entries, names)
         except ApiError as exc:
             for _key, _name, fut in items:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (_key, _name, fut), file_id in zip(items, ids, strict=True):
-            if not fut.done():
+        ids = self._match(entries, names)
+        for (_key, name, fut), file_id in zip(items, ids, strict=True):
+            if fut.done():
+                continue
+            if file_id is None:
+                fut.set_exception(_unlisted(name))
+            else:
                 fut.set_result(file_id)
 
-    def _ids(self, entries: list[dict], names: list[str]) -> list[str]:
-        """One entry per file sent, matched by filename, or the answer cannot be trusted."""
+    def _match(self, entries: list[dict], names: list[str]) -> list[str | None]:
+        """The entry of each file sent, by filename; a file the answer does not name may or
+        may not be registered (its job looks in the listing before trying again), and from
+        then on one file goes per call."""
         by_name: dict[str, list[str]] = {}
         for entry in entries:
             by_name.setdefault(str(entry.get("filename")), []).append(str(entry["id"]))
-        ids = []
-        for name in names:
-            found = by_name.get(name)
-            if not found:
-                if self.size > 1:
-                    log.warning("register answer did not list every file: batching turned off")
-                    self.size = 1
-                raise ApiError(
-                    f"register answer has no entry for {name!r}",
-                    kind="transient",
-                    error_kind="bad_response",
-                    maybe_applied=True,
-                )
-            ids.append(found.pop(0))
-        self._index.taken.update(ids)
+        ids = [by_name[n].pop(0) if by_name.get(n) else None for n in names]
+        self._index.taken.update(i for i in ids if i is not None)
+        if None in ids and self.size > 1:
+            log.warning("the register answer did not list every file: one file per call now")
+            self.size = 1
         return ids
+
+
+def _unlisted(filename: str) -> ApiError:
+    return ApiError(
+        f"register answer has no entry for {filename!r}",
+        kind="transient",
+        error_kind="bad_response",
+        maybe_applied=True,
+    )
 
 
 class Pool:
