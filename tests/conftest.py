@@ -1,4 +1,4 @@
-"""Shared fixtures: an in-process MaiAgent-compatible server on a real socket."""
+"""Shared fixtures: an in-process MaiAgent-compatible server on a real socket, and moto's S3."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import S3_BUCKET
 from tests.maiagent_server import Faults, MaiAgentServer
 
 _KNOBS = {field.name for field in dataclasses.fields(Faults)}
@@ -38,3 +39,30 @@ def maiagent_factory() -> Iterator[Callable[..., MaiAgentServer]]:
             return stack.enter_context(MaiAgentServer(**kwargs).run_in_thread())
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[Any]:
+    """moto's S3 server on a free port of 127.0.0.1: a boto3 client for it (SigV4, as the
+    service's presigned posts are), with the bucket `S3_BUCKET` made."""
+    # Imported here: moto takes seconds to import, and only the S3 tests need it.
+    import boto3
+    from botocore.config import Config
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://{host}:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(signature_version="s3v4"),
+        )
+        client.create_bucket(Bucket=S3_BUCKET)
+        yield client
+    finally:
+        server.stop()

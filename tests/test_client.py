@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections import defaultdict, deque
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.helpers import ROOT, S3_BUCKET, async_test, without_dac_override
 from uploader.client import (
     ApiError,
     MaiAgentClient,
@@ -33,14 +35,6 @@ from uploader.client import (
 KEY = "sk-live-THE-SECRET-KEY-0123456789"
 KB = "kb-x"
 Action = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def async_test(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
 
 
 def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Action:
@@ -539,14 +533,30 @@ async def test_local_file_problems_are_permanent_and_send_nothing(tmp_path: Any)
     assert fake.requests("s3/") == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-@async_test
-async def test_a_file_without_read_permission_is_unreadable(tmp_path: Any) -> None:
-    path, _ = write_file(tmp_path, "secret", 10)
-    os.chmod(path, 0)
+async def upload_unreadable(path: str) -> None:
+    """The test below, run in a child process that cannot read past file modes."""
     async with harness() as (fake, client):
         err = await fails(client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, 10, "x"))
     assert (err.kind, err.error_kind) == ("permanent", "unreadable")
+
+
+def test_a_file_without_read_permission_is_unreadable(tmp_path: Any) -> None:
+    """In a child process without root's right to read any file, so the mode bites."""
+    path, _ = write_file(tmp_path, "secret", 10)
+    os.chmod(path, 0)
+    script = (
+        "import asyncio, sys; from tests.test_client import upload_unreadable;"
+        " asyncio.run(upload_unreadable(sys.argv[1]))"
+    )
+    done = subprocess.run(
+        [*without_dac_override(), sys.executable, "-c", script, os.fsdecode(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @async_test
@@ -570,27 +580,6 @@ async def test_debug_log_has_one_line_per_request_and_no_secrets(
 # --- upload to moto's S3 --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3() -> Any:
-    # Imported here: moto takes seconds to import, and only these tests need it.
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket="kb-bucket")
-    yield client
-    server.stop()
-
-
 @pytest.mark.parametrize("size", [1000, 1024 * 1024 + 7])
 @async_test
 async def test_upload_is_accepted_by_s3_and_stores_the_exact_bytes(
@@ -599,11 +588,11 @@ async def test_upload_is_accepted_by_s3_and_stores_the_exact_bytes(
     path, data = write_file(tmp_path, "doc.pdf", size)
     key = f"media/kb/{size}/doc.pdf"
     post = s3.generate_presigned_post(
-        "kb-bucket", key, Conditions=[["content-length-range", 1, size]], ExpiresIn=600
+        S3_BUCKET, key, Conditions=[["content-length-range", 1, size]], ExpiresIn=600
     )
     async with harness() as (_, client):
         await client.upload(Presigned(post["url"], post["fields"]), path, size, "doc.pdf")
-    assert s3.get_object(Bucket="kb-bucket", Key=key)["Body"].read() == data
+    assert s3.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read() == data
 
 
 # --- base URL -------------------------------------------------------------------------------

@@ -20,11 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 import uploader
-from tests.test_enqueue import KB, invoke, make_tree, one_line_error
+from tests.helpers import KB, ROOT, invoke, make_tree, one_line_error
 from uploader import queue
 from uploader.cli import cli
 
-ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
 LATEST = int(MIGRATIONS[-1][:4])
 

@@ -8,8 +8,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.helpers import KB, invoke, last_counts, rows, service, upload
 from tests.maiagent_server import MaiAgentServer
-from tests.test_verify import KB, invoke, last_counts, rows, service, upload
 
 
 def test_dry_run_deletes_nothing_and_yes_leaves_exactly_one_of_each(

@@ -4,62 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from uploader.cli import cli
-
-KB = "kb-test"
-SUMMARY = re.compile(
-    r"^scanned (?P<scanned>\d+): (?P<new>\d+) new, (?P<changed>\d+) changed, "
-    r"(?P<unchanged>\d+) unchanged, (?P<skipped>\d+) skipped",
-    re.MULTILINE,
+from tests.helpers import (
+    KB,
+    enqueue,
+    execute,
+    invoke,
+    make_tree,
+    one_line_error,
+    rows,
+    run_cli,
+    summary_of,
 )
-
-
-def invoke(db: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, ["--db", str(db), *args], env=env)
-
-
-def enqueue(db: Path, folder: Path, *args: str) -> dict[str, int]:
-    """Run enqueue, insist it succeeded, and return the numbers of its summary line."""
-    result = invoke(db, "enqueue", str(folder), "--kb", KB, *args)
-    assert result.exit_code == 0, result.output
-    return summary_of(result.stdout)
-
-
-def run_cli(db: Path, *args: str, privileged: bool = True) -> subprocess.CompletedProcess[str]:
-    """The CLI in a child process, for what must be bounded in time or run with fewer rights.
-
-    With `privileged=False` a root caller loses the capabilities that let it ignore file modes,
-    so chmod 000 and read-only folders bite as they would for a user (no switch to `nobody`:
-    the interpreter may live where that user cannot execute it)."""
-    command = [sys.executable, "-c", "from uploader.cli import main; main()", "--db", str(db)]
-    if not privileged and os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv: file modes cannot be enforced")
-        caps = "-dac_override,-dac_read_search"
-        command = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
-    return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=30, check=False
-    )
-
-
-def summary_of(stdout: str) -> dict[str, int]:
-    """The numbers of enqueue's one summary line."""
-    found = SUMMARY.search(stdout)
-    assert found, stdout
-    return {name: int(value) for name, value in found.groupdict().items()}
 
 
 def counts(
@@ -77,34 +39,7 @@ def counts(
 
 def jobs(db: Path) -> dict[str, dict[str, Any]]:
     """The jobs table keyed by relative path, read with nothing but the stdlib."""
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.row_factory = sqlite3.Row
-        return {row["relpath"]: dict(row) for row in conn.execute("SELECT * FROM jobs")}
-
-
-def execute(db: Path, sql: str, params: tuple[Any, ...] = ()) -> None:
-    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute(sql, params)
-
-
-def make_tree(root: Path, files: dict[str, int]) -> Path:
-    """Files of the given sizes under `root` (parents created)."""
-    for rel, size in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x" * size)
-    return root
-
-
-def one_line_error(result: Result) -> str:
-    """Bad input must end in exit 2 and a single `Error: ...` line, never a traceback."""
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
+    return {row["relpath"]: row for row in rows(db)}
 
 
 def test_hidden_files_folders_and_clutter_are_left_out(tmp_path: Path) -> None:

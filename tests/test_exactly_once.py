@@ -5,76 +5,17 @@ the SQLite file."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import sqlite3
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
+from tests.helpers import KB, enqueue, invoke, make_files, rows, run_args, spawn
 from tests.maiagent_server import MaiAgentServer
-from uploader.cli import cli
-
-API_KEY = "test-key"
-KB = "kb-test"
-FAST = ["--retry-delay", "0.01", "--max-retries", "10", "--name", "relpath"]
-UPLOADER = [sys.executable, "-c", "from uploader.cli import main; main()"]
-
-
-def make_files(root: Path, count: int, per_folder: int = 100) -> list[str]:
-    """Tiny files with distinct contents, spread over subfolders; their relative paths."""
-    relpaths = []
-    for i in range(count):
-        rel = f"d{i // per_folder:03d}/f{i:05d}.txt"
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f"file {i}\n".encode())
-        relpaths.append(rel)
-    return relpaths
-
-
-def invoke(db: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    """One CLI command in-process, the way a user types it."""
-    return CliRunner().invoke(
-        cli, ["--db", str(db), *args], env={"MAIAGENT_API_KEY": API_KEY, **(env or {})}
-    )
-
-
-def enqueue(db: Path, folder: Path) -> None:
-    result = invoke(db, "enqueue", str(folder), "--kb", KB)
-    assert result.exit_code == 0, result.output
-
-
-def run_args(server: MaiAgentServer, *extra: str) -> list[str]:
-    return ["-q", "run", "--base-url", server.base_url, *FAST, *extra]
-
-
-def spawn(db: Path, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """`uploader ...` as a real process (signals and crashes need one)."""
-    env = {**os.environ, "MAIAGENT_API_KEY": API_KEY}
-    return subprocess.Popen(
-        [*UPLOADER, "--db", str(db), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
-
-
-def rows(db: Path, sql: str = "SELECT * FROM jobs") -> list[dict[str, Any]]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql)]
-    finally:
-        conn.close()
 
 
 def assert_exactly_once(server: MaiAgentServer, db: Path, relpaths: Sequence[str]) -> None:
@@ -116,7 +57,7 @@ def test_lost_register_answers_never_make_a_second_entry(
 
 def _kill_at_random(db: Path, server: MaiAgentServer, rng: random.Random) -> int:
     """Start a run and SIGKILL it after 0.2-1.5 s; its return code (-9 when the kill hit)."""
-    proc = spawn(db, run_args(server))
+    proc = spawn(db, *run_args(server))
     try:
         proc.wait(timeout=rng.uniform(0.2, 1.5))
     except subprocess.TimeoutExpired:
@@ -140,7 +81,7 @@ def test_sigkill_at_random_moments_then_resume(
     assert codes.count(-signal.SIGKILL) >= 3, codes
     done_before = len(rows(db, "SELECT id FROM jobs WHERE state = 'done'"))
     assert 0 < done_before < 3000
-    final = spawn(db, run_args(server))
+    final = spawn(db, *run_args(server))
     out, err = final.communicate(timeout=120)
     assert final.returncode == 0, err.decode()
     assert_exactly_once(server, db, relpaths)
@@ -158,7 +99,7 @@ def test_two_concurrent_runs_on_one_database(
     db = tmp_path / "queue.db"
     enqueue(db, tmp_path / "data")
 
-    procs = [spawn(db, run_args(server)) for _ in range(2)]
+    procs = [spawn(db, *run_args(server)) for _ in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
 
     assert [p.returncode for p in procs] == [0, 0], [err.decode() for _out, err in outputs]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_enqueue import KB, execute, invoke, make_tree, one_line_error, run_cli
+from tests.helpers import KB, execute, invoke, make_tree, one_line_error, run_cli
 
 FILES = {
     "ok1.txt": 10,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import KB, enqueue, invoke, rows, run_args, run_cli
 from tests.maiagent_server import MaiAgentServer
-from tests.test_exactly_once import KB, UPLOADER, enqueue, invoke, rows, run_args
 from uploader import queue
 
 
@@ -82,27 +82,9 @@ def test_file_modified_after_enqueue_uploads_its_current_content(
     assert (entry["id"], entry["size"]) == (job["file_id"], len(now))
 
 
-def _without_read_override() -> list[str]:
-    """As root every file is readable; a child without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH
-    sees permissions like any user (the venv under /root stays usable, unlike as nobody)."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: chmod cannot make a file unreadable")
-    probe = subprocess.run(
-        [setpriv, "--bounding-set=-dac_override,-dac_read_search", "cat", "/proc/self/status"],
-        capture_output=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.decode().strip()}")
-    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
-
-
 def test_file_made_unreadable_after_enqueue_fails_as_unreadable(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
-    prefix = _without_read_override()
     (tmp_path / "data").mkdir()
     secret = tmp_path / "data" / "locked.txt"
     secret.write_text("no peeking")
@@ -111,14 +93,9 @@ def test_file_made_unreadable_after_enqueue_fails_as_unreadable(
     enqueue(db, tmp_path / "data")
     secret.chmod(0)
 
-    proc = subprocess.run(
-        [*prefix, *UPLOADER, "--db", str(db), *run_args(maiagent)],
-        env={**os.environ, "MAIAGENT_API_KEY": "test-key"},
-        capture_output=True,
-        timeout=60,
-    )
+    proc = run_cli(db, *run_args(maiagent), privileged=False, timeout=60)
 
-    assert proc.returncode == 1, proc.stderr.decode()
+    assert proc.returncode == 1, proc.stderr
     by_name = {j["relpath"]: j for j in rows(db)}
     locked = by_name["locked.txt"]
     assert (locked["state"], locked["error_kind"], locked["attempts"]) == (

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_enqueue import execute, invoke, make_tree, one_line_error
+from tests.helpers import execute, invoke, make_tree, one_line_error
 
 FAILURES = {
     ("kb-one", "a.txt"): "transient",

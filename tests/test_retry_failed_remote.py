@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import API_KEY, FAST, KB, invoke, rows, service, upload
 from tests.maiagent_server import MaiAgentServer
-from tests.test_verify import API_KEY, FAST, KB, invoke, rows, service, upload
 
 
 def reparse(server: MaiAgentServer, ids: list[str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import signal
 import sqlite3
@@ -19,27 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from tests.maiagent_server import MaiAgentServer
-from uploader.cli import cli
-
-KB = "kb-test"
-KEY = "test-key"
-FAST = ("--retry-delay", "0.01")
-UPLOADER = (sys.executable, "-c", "from uploader.cli import main; main()")
-# A launcher that execs the rest of its arguments without the capabilities that let root read
-# any file, so a chmod 000 file is unreadable even in a root container.
-WITHOUT_DAC_OVERRIDE = (
-    sys.executable,
-    "-c",
-    "import ctypes, os, sys\n"
-    "libc = ctypes.CDLL(None, use_errno=True)\n"
-    "for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH\n"
-    "    if libc.prctl(24, cap, 0, 0, 0):  # PR_CAPBSET_DROP\n"
-    "        sys.exit(77)\n"
-    "os.execv(sys.argv[1], sys.argv[1:])\n",
+from tests.helpers import (
+    API_KEY,
+    FAST,
+    KB,
+    invoke,
+    rows,
+    spawn,
+    without_dac_override,
 )
+from tests.maiagent_server import MaiAgentServer
+
 PROGRESS = re.compile(
     r"^Progress: (\d+)/(\d+) \(\d+\.\d%\) \| Success: (\d+) \| Failed: (\d+) \| "
     r"Rate: \d+\.\d files/s \| ETA: \d+s$",
@@ -67,35 +58,34 @@ class Workspace:
             "UPLOADER_DB": None,
         }
 
-    def uploader(self, server: MaiAgentServer, *args: str, key: str = KEY) -> Result:
-        return CliRunner().invoke(
-            cli, ["--db", str(self.db), *args], env=self.env(server, key), catch_exceptions=False
-        )
+    def uploader(self, server: MaiAgentServer, *args: str, key: str = API_KEY) -> Result:
+        return invoke(self.db, *args, env=self.env(server, key), catch_exceptions=False)
 
     def enqueue(self, server: MaiAgentServer, kb: str = KB) -> None:
         result = self.uploader(server, "enqueue", str(self.data), "--kb", kb)
         assert result.exit_code == 0, result.output
 
-    def run(self, server: MaiAgentServer, *args: str, key: str = KEY) -> Result:
+    def run(self, server: MaiAgentServer, *args: str, key: str = API_KEY) -> Result:
         return self.uploader(server, "run", *args, key=key)
 
     def spawn(
         self,
         server: MaiAgentServer,
         *args: str,
-        key: str = KEY,
+        key: str = API_KEY,
         launcher: tuple[str, ...] = (),
     ) -> subprocess.Popen[str]:
         """`uploader run` as a process of its own: for signals, memory, and dropped privileges."""
-        env = {**os.environ, **self.env(server, key)}
-        command = [*launcher, *UPLOADER, "--db", str(self.db), "run", *args]
         with (
             (self.root / "stdout.txt").open("w") as out,
             (self.root / "stderr.txt").open("w") as err,
         ):
-            return subprocess.Popen(
-                command,
-                env={k: v for k, v in env.items() if v is not None},
+            return spawn(
+                self.db,
+                "run",
+                *args,
+                env=self.env(server, key),
+                launcher=launcher,
                 cwd=self.root,
                 stdout=out,
                 stderr=err,
@@ -106,7 +96,7 @@ class Workspace:
         return (self.root / "stdout.txt").read_text(), (self.root / "stderr.txt").read_text()
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.query("SELECT * FROM jobs ORDER BY id")]
+        return rows(self.db)
 
     def query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
         with contextlib.closing(sqlite3.connect(self.db)) as conn:
@@ -285,7 +275,7 @@ def test_a_key_revoked_mid_run_puts_in_flight_rows_back_untouched(
     assert wait_exit(process, 10) == 3
     assert time.monotonic() - revoked < 5
     _, stderr = ws.output()
-    assert "API key rejected (HTTP 401)" in stderr and KEY not in stderr
+    assert "API key rejected (HTTP 401)" in stderr and API_KEY not in stderr
     assert server.stats()["total"] - requests_before <= 20
     by_state = states(ws)
     assert set(by_state) == {"done", "pending"}
@@ -375,14 +365,11 @@ def test_a_file_without_read_permission_fails_as_unreadable(
     make_files(ws.data, 5, folders=1)
     ws.enqueue(maiagent)
     (ws.data / "dir0/doc1.txt").chmod(0)
-    launcher = WITHOUT_DAC_OVERRIDE if os.geteuid() == 0 else ()
 
-    process = ws.spawn(maiagent, "--name", "relpath", *FAST, launcher=launcher)
+    process = ws.spawn(maiagent, "--name", "relpath", *FAST, launcher=without_dac_override())
     processes.append(process)
     code = wait_exit(process, 30)
 
-    if code == 77:
-        pytest.skip("cannot drop root's permission to read every file here")
     assert code == 1, ws.output()
     [bad] = [job for job in ws.jobs() if job["relpath"] == "dir0/doc1.txt"]
     assert (bad["state"], bad["error_kind"], bad["attempts"]) == ("failed", "unreadable", 1)
@@ -477,7 +464,7 @@ def test_log_progress_line_summary_and_exit_code_tell_what_happened(
     assert "run started" in log and "'workers': 10" in log and "'max_retries': 10" in log
     assert re.search(r"retry \d+/10 of dir\d/doc\d+\.txt", log)
     assert re.search(r"failed dir4/doc1\.txt after 1 attempt\(s\): .*no longer exists", log)
-    assert_key_nowhere(ws, KEY, result.output)
+    assert_key_nowhere(ws, API_KEY, result.output)
 
     (ws.data / "dir4/doc1.txt").write_text("back again")
     assert ws.uploader(server, "retry-failed").exit_code == 0
@@ -498,7 +485,7 @@ def test_plain_http_to_another_host_is_refused_before_anything_is_sent(
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "plain http" in result.stderr and "example.com" in result.stderr
-    assert KEY not in result.output
+    assert API_KEY not in result.output
     assert ws.query("SELECT COUNT(*) FROM runs")[0][0] == 0
     assert not (ws.root / "logs").exists()
     assert_untouched(ws)

@@ -7,38 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
-from moto.server import ThreadedMotoServer
 
+from tests.helpers import S3_BUCKET
 from uploader.client import MaiAgentClient, Presigned, RateLimiter, make_session
-
-BUCKET = "maiagent-kb-files"
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[Any]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        client = boto3.client(
-            "s3",
-            endpoint_url=f"http://{host}:{port}",
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=Config(signature_version="s3v4"),
-        )
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-    finally:
-        server.stop()
 
 
 async def upload(presigned: Presigned, path: Path, filename: str) -> None:
@@ -60,12 +35,12 @@ def test_a_presigned_post_upload_is_stored_byte_for_byte(
     path.write_bytes(content)
     key = f"media/chatbot-file/{uuid.uuid4()}/{filename}"
     post = s3.generate_presigned_post(
-        BUCKET, key, Conditions=[["content-length-range", 0, 10 * 1024 * 1024]], ExpiresIn=300
+        S3_BUCKET, key, Conditions=[["content-length-range", 0, 10 * 1024 * 1024]], ExpiresIn=300
     )
     assert "x-amz-signature" in post["fields"]
 
     asyncio.run(upload(Presigned(post["url"], post["fields"]), path, filename))
 
-    stored = s3.get_object(Bucket=BUCKET, Key=key)
+    stored = s3.get_object(Bucket=S3_BUCKET, Key=key)
     assert stored["ContentLength"] == size
     assert stored["Body"].read() == content

@@ -4,7 +4,6 @@ the key is only ever sent over https or to this machine."""
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import stat
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import KB, child_env, command, enqueue, invoke, make_files, rows
 from tests.maiagent_server import Faults, MaiAgentServer
-from tests.test_exactly_once import KB, UPLOADER, enqueue, invoke, make_files
 
 SECRET = "sk-SECRET-1234567890"
 WRONG = "sk-WRONG-0987654321"
@@ -27,8 +26,8 @@ SIGNATURE = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 def uploader(db: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, bytes]:
     """A real process, so stdout, stderr and the log file are exactly what a user gets."""
     proc = subprocess.run(
-        [*UPLOADER, "--db", str(db), *args],
-        env={**{k: v for k, v in os.environ.items() if k != "MAIAGENT_API_KEY"}, **(env or {})},
+        command(db, *args),
+        env=child_env({"MAIAGENT_API_KEY": None, **(env or {})}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         timeout=120,
@@ -181,8 +180,4 @@ def test_loopback_by_name_reaches_the_local_server(
 
 
 def _runs(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-    finally:
-        conn.close()
+    return len(rows(db, "SELECT id FROM runs"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import hashlib
 import io
 import json
@@ -17,27 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.helpers import KB, ROOT, async_test
 from tests.maiagent_server import MaiAgentServer
-
-KB = "kb-test"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def async_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run a coroutine test on a fresh loop; pytest still sees the fixture arguments."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
 
 
 class Api:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.test_enqueue import execute, invoke, make_tree, one_line_error
+from tests.helpers import execute, invoke, make_tree, one_line_error
 
 EMPTY = {"files": 0, "bytes": 0}
 STATES = ("pending", "running", "done", "failed", "skipped")

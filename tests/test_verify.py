@@ -4,7 +4,6 @@ local server with parse delays, parse failures, deletions and foreign entries.""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -12,63 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
+from tests.helpers import FAST, KB, invoke, last_counts, rows, service, upload
 from tests.maiagent_server import MaiAgentServer
 from uploader import reconcile
-from uploader.cli import cli
 from uploader.client import MaiAgentClient
-
-API_KEY = "test-key"
-KB = "kb-test"
-FAST = ["--retry-delay", "0.01"]
-
-
-def make_files(root: Path, count: int) -> list[str]:
-    """Files with distinct names and a few different sizes; their names."""
-    root.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(count):
-        name = f"f{i:04d}.txt"
-        (root / name).write_bytes(f"file {i}\n".encode() * (1 + i % 3))
-        names.append(name)
-    return names
-
-
-def invoke(db: Path, *args: str, env: dict[str, str | None] | None = None) -> Result:
-    """One CLI command in-process, the way a user types it."""
-    return CliRunner().invoke(
-        cli, ["--db", str(db), *args], env={"MAIAGENT_API_KEY": API_KEY, **(env or {})}
-    )
-
-
-def service(server: MaiAgentServer) -> list[str]:
-    return ["--base-url", server.base_url]
-
-
-def upload(tmp_path: Path, server: MaiAgentServer, count: int) -> tuple[Path, list[str]]:
-    """Files enqueued and uploaded with the real `run`: the database and the file names."""
-    names = make_files(tmp_path / "data", count)
-    db = tmp_path / "queue.db"
-    enqueued = invoke(db, "enqueue", str(tmp_path / "data"), "--kb", KB)
-    assert enqueued.exit_code == 0, enqueued.output
-    ran = invoke(db, "-q", "run", "--api-key", API_KEY, *service(server), "--kb", KB, *FAST)
-    assert ran.exit_code == 0, ran.output
-    return db, names
-
-
-def rows(db: Path, sql: str = "SELECT * FROM jobs ORDER BY id") -> list[dict[str, Any]]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql)]
-    finally:
-        conn.close()
-
-
-def last_counts(db: Path) -> dict[str, Any]:
-    (row,) = rows(db, "SELECT counts FROM verifications ORDER BY id DESC LIMIT 1")
-    return json.loads(row["counts"])
 
 
 def integrity(db: Path, tmp_path: Path) -> dict[str, Any]:
