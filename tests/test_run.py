@@ -205,6 +205,21 @@ def test_register_batch_registers_several_files_per_call(
     assert maiagent.stats()["register"] <= len(files) // 2
 
 
+def test_a_service_that_registers_one_file_per_call_turns_batching_off(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(register_first_only=True)
+    files = make_files(ws.data, 60)
+    ws.enqueue(server)
+
+    result = ws.run(server, "--name", "relpath", "--register-batch", "5", *FAST)
+
+    assert result.exit_code == 0, result.output
+    assert "one file per call now" in result.stderr
+    assert_exactly_once(ws, server, files)
+    assert server.stats()["register"] <= len(files) + 1
+
+
 # --- the service refuses the run -------------------------------------------------------------
 
 
