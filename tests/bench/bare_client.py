@@ -81,6 +81,8 @@ async def upload(args: argparse.Namespace) -> dict:
     paths = list(walk(args.folder))[: args.limit or None]
     pending = iter(paths)
     counts = {"files": 0, "bytes": 0, "errors": 0}
+    tenth = max(len(paths) // 10, 1)
+    marks: list[float] = []  # seconds at every tenth of the files: is it flat?
     async with aiohttp.ClientSession() as session:
         bare = Bare(session, args.base_url, args.api_key, args.kb)
 
@@ -91,10 +93,12 @@ async def upload(args: argparse.Namespace) -> dict:
                     counts["files"] += 1
                 except (aiohttp.ClientError, asyncio.TimeoutError, KeyError):
                     counts["errors"] += 1
+                if (counts["files"] + counts["errors"]) % tenth == 0:
+                    marks.append(round(time.perf_counter() - start, 3))
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args.workers)))
-        return {**counts, "seconds": time.perf_counter() - start}
+        return {**counts, "seconds": time.perf_counter() - start, "marks": marks}
 
 
 async def stream(args: argparse.Namespace) -> dict:

@@ -59,6 +59,7 @@ def measure(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     timeout: float = 3600.0,
+    sampler: DoneSampler | None = None,
 ) -> Measured:
     """Run argv to completion; wall time from spawn to reap, rusage from the reap itself."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -66,10 +67,14 @@ def measure(
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env, cwd=cwd or REPO)
         killer = threading.Timer(timeout, _kill, (proc.pid,))
         killer.start()
+        if sampler is not None:
+            sampler.start(proc.pid)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             killer.cancel()
+        if sampler is not None:
+            sampler.stop(usage.ru_utime + usage.ru_stime)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -83,6 +88,66 @@ def measure(
             stdout=out.read().decode("utf-8", "replace"),
             stderr=err.read().decode("utf-8", "replace"),
         )
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """A live process's CPU so far (user+sys, all threads), from /proc; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class DoneSampler:
+    """While `uploader run` works: its CPU so far and the number of done rows, every
+    `interval` seconds. CPU per file over a stretch of the run hardly depends on what else
+    the machine is doing, unlike wall time, so it shows a slope that noise would hide."""
+
+    def __init__(self, db: str, interval: float = 0.2) -> None:
+        self.db = db
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, pid: int) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def stop(self, final_cpu: float) -> None:
+        """The process has ended: its total CPU closes the series."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.closing(sqlite3.connect(self.db, timeout=5.0)) as conn:
+            self.samples.append((final_cpu, _done_count(conn)))
+
+    def _loop(self, pid: int) -> None:
+        with contextlib.closing(sqlite3.connect(self.db, timeout=1.0)) as conn:
+            while not self._stop.wait(self.interval):
+                cpu = proc_cpu_s(pid)
+                try:
+                    done = _done_count(conn)
+                except sqlite3.Error:
+                    continue
+                if cpu is not None:
+                    self.samples.append((cpu, done))
+
+    def cpu_per_1000(self, start: int, end: int) -> float | None:
+        """CPU seconds per 1,000 files while the done count went from `start` to `end`,
+        over the samples that enclose that stretch (None if the run was too short)."""
+        lo = [s for s in self.samples if s[1] <= start]
+        hi = [s for s in self.samples if s[1] >= end]
+        if not lo or not hi or hi[0][1] == lo[-1][1]:
+            return None
+        (cpu_lo, count_lo), (cpu_hi, count_hi) = lo[-1], hi[0]
+        return (cpu_hi - cpu_lo) / (count_hi - count_lo) * 1000
+
+
+def _done_count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0]
 
 
 def _kill(pid: int) -> None:
@@ -116,13 +181,8 @@ class Server:
             return json.loads(resp.read())
 
     def cpu_s(self) -> float | None:
-        """The server's CPU so far, from /proc (None elsewhere): is it the bottleneck?"""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """The server's CPU so far: is it the bottleneck?"""
+        return proc_cpu_s(self.proc.pid)
 
 
 @contextlib.contextmanager
@@ -234,11 +294,13 @@ class Uploader:
     def enqueue(self, folder: str) -> Measured:
         return _checked(self.measure("enqueue", folder, "--kb", KB), "enqueue")
 
-    def run(self, *options: str, api_key: str | None = None) -> tuple[Measured, Traffic]:
+    def run(
+        self, *options: str, api_key: str | None = None, sampler: DoneSampler | None = None
+    ) -> tuple[Measured, Traffic]:
         assert self.server is not None
         argv = self.command("run", "--base-url", self.server.base_url, *options)
         env = self.env if api_key is None else {**self.env, "MAIAGENT_API_KEY": api_key}
-        return measure_against(self.server, argv, env=env, cwd=self.root)
+        return measure_against(self.server, argv, env=env, cwd=self.root, sampler=sampler)
 
     def states(self) -> dict[str, int]:
         with contextlib.closing(sqlite3.connect(self.db)) as conn:
