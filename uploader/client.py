@@ -214,7 +214,12 @@ class MaiAgentClient:
 
     async def upload(self, p: Presigned, path: str | bytes, size: int, filename: str) -> None:
         """POST the file to S3, streamed from disk unless it is small."""
-        content = await asyncio.get_running_loop().run_in_executor(None, _open_content, path, size)
+        if size <= SMALL_FILE:
+            content = _open_content(path, size)  # a local read costs less than a thread hop
+        else:
+            content = await asyncio.get_running_loop().run_in_executor(
+                None, _open_content, path, size
+            )
         try:
             form, headers = await _form(p.fields, content, size, filename)
             timeout = _timeout(self._timeout + size / MIB)
@@ -445,7 +450,7 @@ def _file_path(kb_id: str, file_id: str) -> str:
 
 
 def _open_content(path: str | bytes, size: int) -> bytes | io.FileIO:
-    """Open the file (in a worker thread): its bytes if small, else the open file.
+    """Open the file (a big one in a worker thread): its bytes if small, else the open file.
 
     O_NONBLOCK keeps a FIFO that slipped into the queue from hanging the thread.
     """

@@ -237,8 +237,10 @@ class Pool:
             client, self.index, settings.register_batch, settings.register_delay
         )
         self._slots = asyncio.Semaphore(settings.workers)
-        self._capacity = settings.workers + max(settings.register_batch, 1) * 2
-        self._claim_min = max(1, self._capacity // 4)
+        # Claimed rows waiting for a slot keep every worker busy between claims; claims come
+        # in batches of at least half the workers so the database is not asked per file.
+        self._capacity = 2 * settings.workers + 2 * settings.register_batch
+        self._claim_min = max(1, settings.workers // 2)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -271,6 +273,8 @@ class Pool:
         self.result.failed += failed
         self.result.bytes += nbytes
         self.result.released += sum(1 for o in outcomes if o.outcome == "released")
+        # committed ids are excluded from adoption by the database itself
+        self.index.taken.difference_update(o.file_id for o in done)
         if done or failed:
             self.progress.add(len(done), failed, nbytes)
         self._wake.set()
