@@ -95,6 +95,7 @@ def service_options(
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("uploader")
     root.handlers[:] = [handler]
@@ -207,9 +208,6 @@ def _open_log(db_path: str) -> str:
     root = logging.getLogger("uploader")
     root.addHandler(handler)
     root.setLevel(min(root.level, logging.INFO))
-    for other in root.handlers:
-        if other is not handler and other.level == logging.NOTSET:
-            other.setLevel(logging.WARNING if root.level >= logging.INFO else logging.DEBUG)
     return path
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .harness import (
+    KB,
     KIB,
     MIB,
     DoneSampler,
@@ -466,6 +467,39 @@ def case_7(opts: Options) -> Figures:
     }
     ok = run.code == 3 and run.wall_s <= 5 and traffic.requests <= 10
     return verdict(figures, "exit 3 within 5 s after <= 10 requests", ok, problem)
+
+
+# --- 8: verify a large listing (issue 5) -----------------------------------------------------
+
+
+@case("8", "verify: a listing of 20,000 entries matched against the database")
+def case_8(opts: Options) -> Figures:
+    files = 2000 if opts.quick else 20_000
+    with serve(0.0) as server, workspace() as root:
+        folder = make_files(root, files, 16)
+        up = Uploader(root, server)
+        up.enqueue(folder)
+        run, _ = up.run("--workers", "10")
+        problem = run_ok(run, up.states(), files)
+        before = server.stats()
+        verify = up.measure("verify", "--kb", KB, "--base-url", server.base_url)
+        requests = server.stats()["total"] - before["total"]
+    if problem is None and verify.code != 0:
+        problem = f"verify exited {verify.code}: {verify.tail()}"
+    per_10k = verify.cpu_s / files * 10_000
+    figures: Figures = {
+        "files": files,
+        "wall_s": rnd(verify.wall_s),
+        "files_per_s": rnd(files / verify.wall_s, 1),
+        "requests_per_file": rnd(requests / files, 4),
+        "cpu_s_per_1000": rnd(per_1000(verify.cpu_s, files)),
+        "peak_rss_mb": rnd(verify.rss_mb, 1),
+        "cpu_s": rnd(verify.cpu_s),
+        "cpu_s_per_10000_entries": rnd(per_10k),
+        "list_requests": requests,
+    }
+    target = "verify CPU < 1 s per 10,000 entries (process total, start-up included)"
+    return verdict(figures, target, per_10k < 1.0, problem)
 
 
 # --- the command -----------------------------------------------------------------------------
