@@ -55,6 +55,34 @@ def test_lost_register_answers_never_make_a_second_entry(
     assert json.loads(run["counts"])["adopted"] >= 100  # the knob did lose answers
 
 
+def test_files_of_the_same_name_and_size_each_adopt_their_own_entry(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """With basenames as names, 300 files are all `same.txt` of 8 bytes: a lost answer must
+    be settled by the entry of that very upload (its S3 key), not a look-alike."""
+    server = maiagent_factory(lost_register_rate=0.3, seed=11)
+    data = tmp_path / "data"
+    for i in range(300):
+        (data / f"f{i:03d}").mkdir(parents=True)
+        (data / f"f{i:03d}" / "same.txt").write_bytes(f"file{i:04d}".encode())
+    db = tmp_path / "queue.db"
+    enqueue(db, data)
+
+    args = run_args(server)
+    result = invoke(db, *args[: args.index("--name")])
+
+    assert result.exit_code == 0, result.output
+    entries = {e["id"]: e for e in server.entries(KB)}
+    assert len(entries) == 300
+    jobs = rows(db)
+    assert len({j["file_id"] for j in jobs}) == 300
+    for job in jobs:
+        entry = entries[job["file_id"]]
+        assert entry["file"] == job["s3_key"]
+        stored = server.object(entry["file"])
+        assert stored is not None and stored["data"] == Path(job["path"].decode()).read_bytes()
+
+
 def _kill_at_random(db: Path, server: MaiAgentServer, rng: random.Random) -> int:
     """Start a run and SIGKILL it after 0.2-1.5 s; its return code (-9 when the kill hit)."""
     proc = spawn(db, *run_args(server))

@@ -32,6 +32,7 @@ from hypothesis.stateful import (
 
 from uploader import queue
 from uploader.queue import Job, Outcome, ScanRow
+from uploader.reconcile import listed_rows
 
 KB = "kb-test"
 NAME = "report.pdf"
@@ -179,9 +180,11 @@ class JobLife(RuleBasedStateMachine):
             {"id": e.id, "filename": NAME, "size": SIZE, "createdAt": e.created_ms}
             for e in self.server
         ]
-        self.run(queue.upsert_remote(self.conn, KB, listed, time.time()))
+        self.run(queue.store_listed(self.conn, listed_rows(KB, listed, time.time(), set())))
         since = p.job.unknown_since or p.job.started_at
-        found = self.run(queue.adoptable(self.conn, KB, NAME, SIZE, since - CLOCK_SKEW))
+        found = self.run(
+            queue.adoptable(self.conn, KB, NAME, SIZE, since - CLOCK_SKEW, p.job.s3_key)
+        )
         if found:
             self.outcome(p, "done", file_id=found[0])
         else:

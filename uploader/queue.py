@@ -255,6 +255,7 @@ ON CONFLICT (kb_id, path) DO NOTHING"""
 _REQUEUE_CHANGED = """
 UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, state = 'pending',
        step = NULL, s3_key = NULL, file_id = NULL, remote_status = NULL, attempts = 0,
+       filename = NULL, unknown_since = NULL,
        last_error = NULL, error_kind = NULL, next_attempt_at = 0, enqueued_at = :now,
        started_at = NULL, finished_at = NULL, duration = NULL
 WHERE kb_id = :kb AND path = :path AND state != 'running'
@@ -391,20 +392,20 @@ WHERE id = :id AND lease_owner = :owner"""
 _RETRY = """
 UPDATE jobs SET state = 'pending', next_attempt_at = :next, last_error = :error,
        error_kind = :kind, step = :step, s3_key = :s3_key, filename = :filename,
-       unknown_since = COALESCE(unknown_since, :unknown), lease_owner = NULL,
+       unknown_since = :unknown, lease_owner = NULL,
        lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
 WHERE id = :id AND lease_owner = :owner"""
 
 _FAILED = """
 UPDATE jobs SET state = 'failed', last_error = :error, error_kind = :kind, finished_at = :ended,
        duration = :ended - started_at, step = :step, s3_key = :s3_key, filename = :filename,
-       unknown_since = COALESCE(unknown_since, :unknown), lease_owner = NULL,
+       unknown_since = :unknown, lease_owner = NULL,
        lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
 WHERE id = :id AND lease_owner = :owner"""
 
 _RELEASED = """
 UPDATE jobs SET state = 'pending', attempts = attempts - 1, step = :step, s3_key = :s3_key,
-       filename = :filename, unknown_since = COALESCE(unknown_since, :unknown),
+       filename = :filename, unknown_since = :unknown,
        lease_owner = NULL, lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
 WHERE id = :id AND lease_owner = :owner"""
 
@@ -468,13 +469,16 @@ async def record_outcomes(
             await conn.executemany(_ATTEMPT, attempts)
 
 
-async def renew_leases(conn: aiosqlite.Connection, owner: str, lease_seconds: float) -> None:
+async def renew_leases(conn: aiosqlite.Connection, owner: str, lease_seconds: float) -> list[int]:
+    """Extend our leases; the ids returned are the rows still ours (a row missing from it was
+    reclaimed by another run while we were stalled)."""
     async with transaction(conn):
-        await conn.execute(
+        rows = await conn.execute_fetchall(
             "UPDATE jobs SET lease_expires = :expires WHERE state = 'running'"
-            " AND lease_owner = :owner",
+            " AND lease_owner = :owner RETURNING id",
             {"expires": time.time() + lease_seconds, "owner": owner},
         )
+    return [r[0] for r in rows]
 
 
 async def lease_owners(conn: aiosqlite.Connection) -> list[tuple[str, float]]:
@@ -673,32 +677,6 @@ async def failed_count(conn: aiosqlite.Connection, kb_id: str | None) -> int:
 
 # --- remote files (the knowledge base's listing) ---------------------------------------------
 
-_UPSERT_REMOTE = """
-INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at)
-VALUES (:kb, :id, :filename, :size, :status, :created_at, :seen_at)
-ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
-    status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at"""
-
-
-async def upsert_remote(
-    conn: aiosqlite.Connection, kb_id: str, entries: Sequence[dict[str, Any]], seen_at: float
-) -> None:
-    """Store listed entries; `created_at` is in seconds (the API gives milliseconds)."""
-    params = [
-        {
-            "kb": kb_id,
-            "id": str(e["id"]),
-            "filename": e.get("filename") or "",
-            "size": e.get("size"),
-            "status": e.get("status"),
-            "created_at": (e.get("createdAt") or 0) / 1000.0,
-            "seen_at": seen_at,
-        }
-        for e in entries
-    ]
-    async with transaction(conn):
-        await conn.executemany(_UPSERT_REMOTE, params)
-
 
 async def any_remote_known(conn: aiosqlite.Connection, kb_id: str, ids: Sequence[str]) -> bool:
     """Whether an earlier listing already stored one of these entries."""
@@ -715,17 +693,25 @@ _ADOPTABLE = """
 SELECT r.id FROM remote_files AS r
 WHERE r.kb_id = :kb AND r.filename = :filename AND r.created_at >= :since
   AND (r.size IS NULL OR r.size = :size)
+  AND (r.file_key IS NULL OR :s3_key IS NULL OR r.file_key = :s3_key)
   AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id)
-ORDER BY r.created_at, r.id"""
+ORDER BY r.file_key IS NULL, r.created_at, r.id"""
 
 
 async def adoptable(
-    conn: aiosqlite.Connection, kb_id: str, filename: str, size: int, since: float
+    conn: aiosqlite.Connection,
+    kb_id: str,
+    filename: str,
+    size: int,
+    since: float,
+    s3_key: str | None,
 ) -> list[str]:
-    """Listed entries that a doubtful register of this file may have created: same name, same
-    size when listed, created after the attempt began, and not already some job's entry."""
+    """Listed entries that a doubtful register of this file may have created: its S3 key when
+    the listing shows keys, else the same name, same size when listed, created after the
+    attempt began, and not already some job's entry."""
     rows = await conn.execute_fetchall(
-        _ADOPTABLE, {"kb": kb_id, "filename": filename, "size": size, "since": since}
+        _ADOPTABLE,
+        {"kb": kb_id, "filename": filename, "size": size, "since": since, "s3_key": s3_key},
     )
     return [r[0] for r in rows]
 
@@ -733,13 +719,15 @@ async def adoptable(
 # --- verify, dedupe, remote retry ------------------------------------------------------------
 
 _STORE_LISTED = """
-INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
-    status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at"""
+    status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at,
+    file_key = excluded.file_key"""
 
-# Row layout of `store_listed`: (kb_id, id, filename, size, status, created_at s, seen_at).
-ListedRow = tuple[str, str, str, Any, Any, float, float]
+# Row layout of `store_listed`:
+# (kb_id, id, filename, size, status, created_at s, seen_at, file_key).
+ListedRow = tuple[str, str, str, Any, Any, float, float, Any]
 
 
 async def store_listed(conn: aiosqlite.Connection, rows: Sequence[ListedRow]) -> None:

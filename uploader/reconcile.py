@@ -74,7 +74,7 @@ class RemoteIndex:
                     known = await queue.any_remote_known(
                         self._conn, kb_id, [str(e["id"]) for e in results]
                     )
-                await queue.upsert_remote(self._conn, kb_id, results, seen_at)
+                await queue.store_listed(self._conn, listed_rows(kb_id, results, seen_at, set()))
             oldest = (results[-1].get("createdAt") or 0) / 1000.0 if results else 0.0
             if known or not data.get("next") or not results or oldest < stop_at:
                 return
@@ -85,7 +85,7 @@ class RemoteIndex:
         since = job.unknown_since or job.started_at
         await self.refresh(job.kb_id, since, job.started_at)
         for file_id in await queue.adoptable(
-            self._conn, job.kb_id, filename, job.size, since - CLOCK_SKEW
+            self._conn, job.kb_id, filename, job.size, since - CLOCK_SKEW, job.s3_key
         ):
             if file_id not in self.taken:
                 self.taken.add(file_id)
@@ -160,7 +160,7 @@ class Listing:
     complete: bool  # every page agreed on the count and every entry was seen
 
 
-def _rows(
+def listed_rows(
     kb_id: str, results: Sequence[Any], seen_at: float, seen: set[str]
 ) -> list[queue.ListedRow]:
     """The per-entry work of a verify: keep it to building one tuple."""
@@ -181,6 +181,7 @@ def _rows(
                 e.get("status"),
                 created_s,
                 seen_at,
+                e.get("file"),
             )
         )
     return rows
@@ -203,7 +204,7 @@ async def _read_listing(
         raise ApiError(
             "list files: no count in the answer", kind="transient", error_kind="bad_response"
         )
-    await queue.store_listed(conn, _rows(kb_id, results, started, seen))
+    await queue.store_listed(conn, listed_rows(kb_id, results, started, seen))
     pages = math.ceil(count / len(results)) if first.get("next") and results else 1
     counts: set[Any] = {count}
     with tqdm(
@@ -225,7 +226,7 @@ async def _read_listing(
                 counts.add(None)  # a page past the end: the knowledge base shrank meanwhile
                 return
             counts.add(data.get("count"))
-            rows = _rows(kb_id, data["results"], started, seen)
+            rows = listed_rows(kb_id, data["results"], started, seen)
             await queue.store_listed(conn, rows)
             bar.update(len(rows))
 
@@ -246,7 +247,7 @@ async def _look_up_unseen(
             found.append(entry)
 
     await _each(await queue.unseen_job_entries(conn, listing.kb_id, listing.started), look)
-    await queue.store_listed(conn, _rows(listing.kb_id, found, listing.started, set()))
+    await queue.store_listed(conn, listed_rows(listing.kb_id, found, listing.started, set()))
     listing.entries += len(found)
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -78,8 +80,12 @@ def dead_owners(owners: list[tuple[str, float]]) -> list[str]:
         parts = owner.rsplit(":", 2)
         if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
+        pid = int(parts[1])
+        if pid == os.getpid():  # an earlier process that had our pid (containers reuse them)
+            dead.append(owner)
+            continue
         try:
-            os.kill(int(parts[1]), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             dead.append(owner)
         except PermissionError:
@@ -97,6 +103,7 @@ class Writer:
         self._pool = pool
         self._items: list[Outcome] = []
         self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
 
     def put(self, outcome: Outcome) -> None:
         self._items.append(outcome)
@@ -114,14 +121,19 @@ class Writer:
             self._pool.committed(items)
 
     async def loop(self) -> None:
-        """Flush every few milliseconds; a lock held too long by another process only delays
-        the results (they stay in memory and the rows stay leased to us)."""
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
+        """Flush every few milliseconds until stopped. It is stopped, not cancelled: a cancel
+        arriving just after a COMMIT would put committed results back for a second write. A
+        database error only delays the results (they stay in memory, the rows leased to us)."""
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)
             try:
                 await self.flush()
-            except queue.QueueError as exc:
+            except (queue.QueueError, sqlite3.Error) as exc:
                 log.warning("results not written yet: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 @dataclass
@@ -145,9 +157,10 @@ class Registrar:
     async def register(self, kb_id: str, key: str, filename: str) -> str:
         if self.size <= 1:
             entries = await self._client.register(kb_id, [(key, filename)])
-            [file_id] = self._match(entries, [filename])
+            [file_id] = self._match(entries, [(key, filename)])
             if file_id is None:
                 raise _unlisted(filename)
+            self._index.taken.add(file_id)
             return file_id
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         batch = self._batches.setdefault(kb_id, _Batch())
@@ -171,7 +184,6 @@ class Registrar:
             task.add_done_callback(self._tasks.discard)
 
     async def _call(self, kb_id: str, items: list[tuple[str, str, asyncio.Future[str]]]) -> None:
-        names = [name for _key, name, _fut in items]
         try:
             entries = await self._client.register(kb_id, [(key, name) for key, name, _ in items])
         except ApiError as exc:
@@ -179,28 +191,41 @@ class Registrar:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        ids = self._match(entries, names)
+        ids = self._match(entries, [(key, name) for key, name, _fut in items])
         for (_key, name, fut), file_id in zip(items, ids, strict=True):
             if fut.done():
                 continue
             if file_id is None:
                 fut.set_exception(_unlisted(name))
             else:
+                self._index.taken.add(file_id)
                 fut.set_result(file_id)
 
-    def _match(self, entries: list[dict], names: list[str]) -> list[str | None]:
-        """The entry of each file sent, by filename; a file the answer does not name may or
-        may not be registered (its job looks in the listing before trying again), and from
-        then on one file goes per call."""
+    def _match(self, entries: list[dict], sent: list[tuple[str, str]]) -> list[str | None]:
+        """The entry of each (key, filename) sent: by S3 key when the answer shows keys, else
+        by filename. A file the answer does not name may or may not be registered (its job
+        looks in the listing before trying again), and from then on one file goes per call."""
+        by_key = {str(e["file"]): str(e["id"]) for e in entries if e.get("file")}
         by_name: dict[str, list[str]] = {}
         for entry in entries:
             by_name.setdefault(str(entry.get("filename")), []).append(str(entry["id"]))
-        ids = [by_name[n].pop(0) if by_name.get(n) else None for n in names]
-        self._index.taken.update(i for i in ids if i is not None)
+        ids: list[str | None] = []
+        for key, name in sent:
+            if by_key:
+                ids.append(by_key.get(key))
+            else:
+                ids.append(by_name[name].pop(0) if by_name.get(name) else None)
         if None in ids and self.size > 1:
             log.warning("the register answer did not list every file: one file per call now")
             self.size = 1
         return ids
+
+    async def close(self) -> None:
+        """Batch calls still in flight at the end of the run: let them go, their jobs were
+        released as doubtful."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _unlisted(filename: str) -> ApiError:
@@ -244,7 +269,8 @@ class Pool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._renewed_at = 0.0
+        self._lease_until: dict[int, float] = {}
+        self._claim_after = 0.0
 
     # --- control ---------------------------------------------------------------------------
 
@@ -273,6 +299,9 @@ class Pool:
         self.result.failed += failed
         self.result.bytes += nbytes
         self.result.released += sum(1 for o in outcomes if o.outcome == "released")
+        retries = [o.next_attempt_at for o in outcomes if o.outcome in ("retry", "released")]
+        if retries:
+            self._claim_after = min(self._claim_after, *retries)
         # committed ids are excluded from adoption by the database itself
         self.index.taken.difference_update(o.file_id for o in done)
         if done or failed:
@@ -291,10 +320,9 @@ class Pool:
             await self._drain()
         finally:
             keeper.cancel()
-            writer.cancel()
-            for task in (keeper, writer):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            self.writer.stop()
+            await asyncio.gather(keeper, writer, return_exceptions=True)
+            await self.registrar.close()
             await self.writer.flush()
         self.result.elapsed = time.monotonic() - started
         self.result.failed_in_queue = await queue.failed_count(self.conn, self.s.kb_id)
@@ -303,7 +331,8 @@ class Pool:
     async def _feed(self) -> None:
         while not self._stopping:
             free = self._capacity - len(self._tasks)
-            if free >= self._claim_min or (free > 0 and not self._tasks):
+            wanted = free >= self._claim_min or (free > 0 and not self._tasks)
+            if wanted and time.time() >= self._claim_after:
                 jobs = await queue.claim(
                     self.conn, self.owner, free, self.s.lease_seconds, self.s.kb_id
                 )
@@ -311,6 +340,9 @@ class Pool:
                     for job in jobs:
                         self._spawn(job)
                     continue
+                # Nothing due: no write transaction per wake-up until a row can be due.
+                due = await queue.next_due(self.conn, self.s.kb_id)
+                self._claim_after = min(due or math.inf, time.time() + 1.0)
             if not self._tasks:
                 await self.writer.flush()
                 due = await queue.next_due(self.conn, self.s.kb_id)
@@ -336,12 +368,14 @@ class Pool:
             await asyncio.wait(set(self._tasks))
 
     def _spawn(self, job: Job) -> None:
+        self._lease_until[job.id] = job.started_at + self.s.lease_seconds
         task = asyncio.create_task(self._guarded(job))
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda t: self._task_done(t, job.id))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], job_id: int) -> None:
         self._tasks.discard(task)
+        self._lease_until.pop(job_id, None)
         self._wake.set()
 
     async def _keep_leases(self) -> None:
@@ -349,9 +383,15 @@ class Pool:
         while True:
             await asyncio.sleep(self.s.lease_seconds / 3)
             renewing = time.time()
-            await queue.renew_leases(self.conn, self.owner, self.s.lease_seconds)
-            self._renewed_at = renewing
-            await self._reclaim()
+            try:
+                renewed = await queue.renew_leases(self.conn, self.owner, self.s.lease_seconds)
+                await self._reclaim()
+            except (queue.QueueError, sqlite3.Error) as exc:
+                log.warning("leases not renewed this time: %s", exc)
+                continue
+            for job_id in renewed:
+                if job_id in self._lease_until:
+                    self._lease_until[job_id] = renewing + self.s.lease_seconds
 
     async def _reclaim(self) -> None:
         owners = await queue.lease_owners(self.conn)
@@ -374,6 +414,15 @@ class Pool:
         except asyncio.CancelledError:
             self.writer.put(self._outcome(job, "released", state))
             raise
+        except Exception as exc:
+            log.exception("unexpected error on %s", job.relpath)
+            error = ApiError(
+                f"internal error: {type(exc).__name__}: {exc}",
+                kind="transient",
+                error_kind="internal",
+                maybe_applied=True,
+            )
+            self.writer.put(self._after_error(job, error, state))
 
     async def _attempt(self, job: Job, state: _Attempt) -> Outcome:
         try:
@@ -403,7 +452,8 @@ class Pool:
     async def _upload(self, job: Job, state: _Attempt) -> Outcome | None:
         """Presign and upload unless a previous attempt did; adopt a doubtful register's
         entry if the knowledge base shows one (then that outcome is returned)."""
-        self._check_file(job)
+        if self._check_file(job):
+            job.unknown_since = None  # what may have been registered is the old content
         job.filename = job.filename or self._name(job)
         if job.unknown_since is not None:
             file_id = await self.index.adopt(job, job.filename)
@@ -421,7 +471,7 @@ class Pool:
         return None
 
     async def _register(self, job: Job, state: _Attempt) -> Outcome:
-        if time.time() > max(job.started_at, self._renewed_at) + self.s.lease_seconds - 5.0:
+        if time.time() > self._lease_until.get(job.id, 0.0) - 5.0:
             # Stalled (suspended, starved) past our lease: another run may own the row now,
             # and registering could make a second entry. Leave it to whoever holds it.
             raise ApiError("lease expired before registering", kind="transient", error_kind="lease")
@@ -431,8 +481,9 @@ class Pool:
         state.registering_since = None
         return self._outcome(job, "done", state, file_id=file_id)
 
-    def _check_file(self, job: Job) -> None:
-        """The file may have changed since enqueue: upload what is there now."""
+    def _check_file(self, job: Job) -> bool:
+        """The file may have changed since enqueue: upload what is there now (True if it
+        changed). Unreadable files are reported by the upload's open."""
         try:
             st = os.stat(job.path)
         except FileNotFoundError:
@@ -443,24 +494,21 @@ class Pool:
             raise ApiError(
                 f"cannot read file: {exc.strerror}", kind="permanent", error_kind="unreadable"
             ) from None
-        if st.st_size != job.size or st.st_mtime_ns != job.mtime_ns:
-            log.info("%s changed since enqueue: uploading its current content", job.relpath)
-            job.size, job.mtime_ns = st.st_size, st.st_mtime_ns
-            job.step, job.s3_key = None, None
-        if not os.access(job.path, os.R_OK):
-            raise ApiError(
-                "cannot read file: permission denied", kind="permanent", error_kind="unreadable"
-            )
+        if st.st_size == job.size and st.st_mtime_ns == job.mtime_ns:
+            return False
+        log.info("%s changed since enqueue: uploading its current content", job.relpath)
+        job.size, job.mtime_ns = st.st_size, st.st_mtime_ns
+        job.step, job.s3_key = None, None
+        return True
 
     def _name(self, job: Job) -> str:
         return job.relpath if self.s.name == "relpath" else job.relpath.rsplit("/", 1)[-1]
 
     def _after_error(self, job: Job, err: ApiError, state: _Attempt) -> Outcome:
-        unknown = state.registering_since if err.maybe_applied else None
         last_try = job.attempts >= 1 + self.s.max_retries
         if err.kind == "permanent" or last_try:
             log.info("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
-            return self._outcome(job, "failed", state, err, unknown=unknown)
+            return self._outcome(job, "failed", state, err)
         delay = backoff(job.attempts, self.s.retry_delay, err.retry_after)
         log.info(
             "retry %d/%d of %s in %.1fs: %s",
@@ -470,9 +518,7 @@ class Pool:
             delay,
             err,
         )
-        return self._outcome(
-            job, "retry", state, err, unknown=unknown, next_attempt_at=time.time() + delay
-        )
+        return self._outcome(job, "retry", state, err, next_attempt_at=time.time() + delay)
 
     def _outcome(
         self,
@@ -482,10 +528,14 @@ class Pool:
         err: ApiError | None = None,
         *,
         file_id: str | None = None,
-        unknown: float | None = None,
         next_attempt_at: float = 0.0,
     ) -> Outcome:
-        if outcome == "released":
+        """The one rule for doubt: a register cut short (a cancel, or an error that may have
+        reached the service) makes the row doubtful from when it began; otherwise the row
+        keeps whatever doubt it had that this attempt did not settle."""
+        cut_short = outcome == "released" or (err is not None and err.maybe_applied)
+        unknown = job.unknown_since
+        if state.registering_since is not None and cut_short:
             unknown = state.registering_since
         return Outcome(
             job=job,
