@@ -8,13 +8,14 @@ import json
 import random
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import KB, enqueue, invoke, make_files, rows, run_args, spawn
+from tests.helpers import KB, enqueue, execute, invoke, make_files, rows, run_args, spawn
 from tests.maiagent_server import MaiAgentServer
 
 
@@ -81,6 +82,29 @@ def test_files_of_the_same_name_and_size_each_adopt_their_own_entry(
         assert entry["file"] == job["s3_key"]
         stored = server.object(entry["file"])
         assert stored is not None and stored["data"] == Path(job["path"].decode()).read_bytes()
+
+
+def test_rows_held_by_a_live_run_elsewhere_are_left_to_it_and_said(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    relpaths = make_files(tmp_path / "data", 5)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+    held = "otherhost:1:abcd1234"
+    execute(
+        db,
+        "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?,"
+        " started_at = ? WHERE id = 1",
+        (held, time.time() + 60, time.time()),
+    )
+
+    result = invoke(db, *run_args(maiagent)[1:])
+
+    assert result.exit_code == 0, result.output
+    assert "1 files are held by another uploader run" in result.stdout
+    assert len(maiagent.entries(KB)) == len(relpaths) - 1
+    (row,) = rows(db, "SELECT state, lease_owner FROM jobs WHERE id = 1")
+    assert row == {"state": "running", "lease_owner": held}
 
 
 def _kill_at_random(db: Path, server: MaiAgentServer, rng: random.Random) -> int:
