@@ -223,7 +223,10 @@ async def test_messages_are_short_and_say_what_happened() -> None:
     async with harness() as (fake, client):
         fake.on(KB_FILES, reply(404, {"detail": "Not found."}))
         fake.on(PRESIGN, reply(401), reply(400, {"detail": "y" * 5000}))
-        assert str(await fails(client.check_kb(KB))) == "knowledge base kb-x not found (HTTP 404)"
+        assert str(await fails(client.check_kb(KB))) == (
+            "knowledge base kb-x not found (HTTP 404): check --kb and that --base-url ends in"
+            " /api/v1/"
+        )
         assert str(await fails(client.presign("a", 1))) == "API key rejected (HTTP 401)"
         long = await fails(client.presign("a", 1))
     assert str(long).startswith("presign failed (HTTP 400): yyy")

@@ -217,3 +217,29 @@ def test_export_report_without_a_database_is_a_clear_error(tmp_path: Path) -> No
     assert "no database" in one_line_error(invoke(db, "export-report"))
     assert not db.exists()
     assert not (tmp_path / "reports").exists()
+
+
+def test_an_explicit_path_in_a_missing_folder_fails_without_creating_it(tmp_path: Path) -> None:
+    db, _ = prepared(tmp_path)
+    missing = tmp_path / "no" / "such" / "dir"
+
+    line = one_line_error(invoke(db, "export-report", "-o", str(missing / "r.json")))
+
+    assert line == (
+        f"Error: cannot write report {missing / 'r.json'}: folder {missing} does not exist"
+    )
+    assert not (tmp_path / "no").exists()
+    assert not (db.parent / "reports").exists()
+    assert_nothing_partial(tmp_path)
+
+
+def test_the_default_reports_folder_is_made_owner_only(tmp_path: Path) -> None:
+    db, _ = prepared(tmp_path)
+
+    result = invoke(db, "export-report")
+
+    assert result.exit_code == 0, result.output
+    reports = db.parent / "reports"
+    assert stat.S_IMODE(reports.stat().st_mode) == 0o700
+    (written,) = reports.iterdir()
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600

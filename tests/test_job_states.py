@@ -221,7 +221,10 @@ class JobLife(RuleBasedStateMachine):
         if how == "crash":
             self._die(p)
         else:
-            self.outcome(p, "released", unknown_since=p.registering_since)
+            # the worker's one rule for doubt: a register cut short makes it, otherwise the
+            # row keeps what it had (a doubt not yet looked up stays)
+            doubt = p.registering_since
+            self.outcome(p, "released", unknown_since=doubt or p.job.unknown_since)
 
     @precondition(lambda self: any(p.buffer for p in self.alive))
     @rule(data=st.data())

@@ -551,3 +551,65 @@ def test_a_1gb_file_uploads_with_little_memory(
     stored = maiagent.object(entry["file"])
     assert stored is not None and stored["sha256"] == sha256_of_zeros(size)
     assert ws.jobs()[0]["file_id"] == entry["id"]
+
+
+# --- keys and URLs that cannot work --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["test\nkey", "test-key\r", "test\tkey", "test\x00key", "test-key\u200b", "test-key\u4e2d"],
+    ids=["newline", "windows-env-cr", "tab", "nul", "zero-width-space", "beyond-latin-1"],
+)
+@pytest.mark.parametrize("command", [("run",), ("verify", "--kb", KB)])
+def test_a_key_with_a_character_no_header_can_carry_is_refused_in_one_line(
+    ws: Workspace, maiagent: MaiAgentServer, key: str, command: tuple[str, ...]
+) -> None:
+    make_files(ws.data, 3)
+    ws.enqueue(maiagent)
+
+    result = ws.uploader(maiagent, *command, "--api-key", key)
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: the API key contains"), result.stderr
+    assert "--api-key or MAIAGENT_API_KEY" in lines[0]
+    assert key not in result.output and key.strip() not in result.output
+    assert maiagent.stats()["total"] == 0
+    assert ws.query("SELECT COUNT(*) FROM runs")[0][0] == 0
+    assert not (ws.root / "logs").exists()
+    assert_untouched(ws)
+
+
+def test_a_base_url_without_api_v1_says_what_to_check(
+    ws: Workspace, maiagent: MaiAgentServer
+) -> None:
+    make_files(ws.data, 3)
+    ws.enqueue(maiagent)
+    root = maiagent.base_url.removesuffix("api/v1/")
+
+    result = ws.run(maiagent, "--base-url", root, *FAST)
+
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [
+        f"Error: knowledge base {KB} not found (HTTP 404):"
+        " check --kb and that --base-url ends in /api/v1/"
+    ]
+    assert_untouched(ws)
+
+
+def test_a_short_key_does_not_mangle_error_messages(
+    ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(api_key="k")
+    make_files(ws.data, 3)
+    ws.enqueue(server, kb="kb1")
+
+    result = ws.run(server, *FAST, key="k")
+
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [
+        "Error: knowledge base kb1 not found (HTTP 404):"
+        " check --kb and that --base-url ends in /api/v1/"
+    ]
+    assert "[redacted]" not in result.output

@@ -281,26 +281,30 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
     recorded = {**opts, "base_url": base_url}
 
-    async def body(conn: aiosqlite.Connection) -> tuple[worker.RunResult, int]:
+    async def body(conn: aiosqlite.Connection) -> tuple[worker.RunResult, dict[str, int]]:
         log_path = _open_log(ctx.db)
         logging.getLogger("uploader.run").info("run started: %s, log %s", recorded, log_path)
         result = await worker.execute(conn, settings, service, recorded, ctx.quiet)
-        counts = await queue.state_counts(conn)
-        skipped = sum(
-            states.get("skipped", (0, 0))[0]
-            for kb, states in counts.items()
-            if settings.kb_id in (None, kb)
-        )
-        logging.getLogger("uploader.run").info("run ended: %s", _summary(result, skipped))
-        return result, skipped
+        left = {"skipped": 0, "running": 0}
+        for kb, states in (await queue.state_counts(conn)).items():
+            if settings.kb_id in (None, kb):
+                for state in left:
+                    left[state] += states.get(state, (0, 0))[0]
+        logging.getLogger("uploader.run").info("run ended: %s", _summary(result, left["skipped"]))
+        return result, left
 
-    result, skipped = run_async(with_db(ctx, body, create=False))
+    result, left = run_async(with_db(ctx, body, create=False))
     if result.fatal is not None:
         click.echo(f"Error: {result.fatal}", err=True)
     else:
-        click.echo(_summary(result, skipped))
+        click.echo(_summary(result, left["skipped"]))
         if result.failed_in_queue:
             click.echo(f"{result.failed_in_queue} files failed: see `uploader status`")
+        if left["running"] and not result.interrupted:
+            click.echo(
+                f"{left['running']} files are held by another uploader run (or one that died "
+                "on another host, until its lease expires): run again later to finish them"
+            )
         click.echo(f"report: uploader --db {ctx.db} export-report")
     code = worker.exit_code(result)
     if code:
@@ -456,6 +460,13 @@ class ServiceError(click.ClickException):
 def _check_service(api_key: str | None, base_url: str, insecure: bool, what: str) -> None:
     if not api_key:
         raise UserError(f"{what} needs the API key: --api-key or MAIAGENT_API_KEY")
+    # Such a key cannot go into a header (aiohttp raises mid-run); name the character only.
+    bad = next((c for c in api_key if not c.isprintable() or ord(c) > 0xFF), None)
+    if bad is not None:
+        raise UserError(
+            f"the API key contains character U+{ord(bad):04X}, which cannot be sent (a stray line"
+            " end from a .env file?): check --api-key or MAIAGENT_API_KEY"
+        )
     try:
         warning = client.check_base_url(base_url, insecure)
     except ValueError as exc:

@@ -37,6 +37,7 @@ _CHUNK = 256 * 1024  # large chunks: fewer executor hops per streamed file
 _CONNECT_TIMEOUT = 10.0  # separate from the total so a failed connect is known not to have sent
 _MAX_PAUSE = 300.0  # a silly Retry-After must not freeze the pool for hours
 _DETAIL_CHARS = 200
+_REDACT_MIN = 8  # shortest API key that error messages are scrubbed of
 _JSON_SEPARATORS = (",", ":")
 _S3_OK = frozenset((200, 201, 204))
 _XML_TAG = re.compile(rb"<(Code|Message)>(.*?)</\1>", re.S)
@@ -355,7 +356,10 @@ class MaiAgentClient:
         if status in (401, 403):
             return self._error(f"API key rejected (HTTP {status}){suffix}", "fatal", "auth", status)
         if status == 404 and kb_id is not None:
-            message = f"knowledge base {kb_id} not found (HTTP 404)"
+            message = (
+                f"knowledge base {kb_id} not found (HTTP 404):"
+                " check --kb and that --base-url ends in /api/v1/"
+            )
             return self._error(message, "fatal", "kb_not_found", status)
         message = f"{op} failed (HTTP {status}){suffix}"
         if status == 408:
@@ -413,8 +417,12 @@ class MaiAgentClient:
         retry_after: float | None = None,
         maybe_applied: bool = False,
     ) -> ApiError:
-        """Every error about a request leaves through here, so none can carry the API key."""
-        if self._key:
+        """Every error about a request leaves through here, so none can carry the API key.
+
+        A key too short to tell from ordinary text is left alone: replacing it would mangle
+        the message (key "k" in ".../knowledge-bases/") and hide nothing worth hiding.
+        """
+        if len(self._key) >= _REDACT_MIN:
             message = message.replace(self._key, "[redacted]")
         return ApiError(
             message,

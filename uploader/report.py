@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import sys
@@ -20,10 +21,13 @@ from . import queue
 from .scan import display
 
 
+def _default_folder(db_path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(db_path)), "reports")
+
+
 def default_path(db_path: str) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    folder = os.path.join(os.path.dirname(os.path.abspath(db_path)), "reports")
-    return os.path.join(folder, f"upload_report_{stamp}.json")
+    return os.path.join(_default_folder(db_path), f"upload_report_{stamp}.json")
 
 
 def _success(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -150,8 +154,7 @@ async def export(conn: aiosqlite.Connection, db_path: str, target: str) -> dict[
     """Write the report to `target` ('-' is stdout) atomically, readable by the owner only."""
     if target == "-":
         return await write(conn, sys.stdout, db_path)
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    _ensure_folder(os.path.dirname(os.path.abspath(target)), db_path)
     partial = f"{target}.partial"
     fd = os.open(partial, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
     try:
@@ -163,3 +166,12 @@ async def export(conn: aiosqlite.Connection, db_path: str, target: str) -> dict[
             os.unlink(partial)
         raise
     return summary
+
+
+def _ensure_folder(folder: str, db_path: str) -> None:
+    """Create only the default reports folder: a missing folder in an explicit path is more
+    likely a typo than a wish for a new tree of folders."""
+    if folder == _default_folder(db_path):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    elif not os.path.lexists(folder):
+        raise FileNotFoundError(errno.ENOENT, f"folder {folder} does not exist")
