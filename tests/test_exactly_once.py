@@ -84,6 +84,23 @@ def test_files_of_the_same_name_and_size_each_adopt_their_own_entry(
         assert stored is not None and stored["data"] == Path(job["path"].decode()).read_bytes()
 
 
+def test_a_run_longer_than_its_lease_renews_it_and_never_reclaims_its_own_rows(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """With a 2 s lease, renewed every 2/3 s, a run of several seconds goes through many
+    renewals and reclaim sweeps: its in-flight rows must stay its own, each file once."""
+    server = maiagent_factory(latency=0.01)
+    relpaths = make_files(tmp_path / "data", 600)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+
+    result = invoke(db, *run_args(server, "--lease", "2", "--workers", "4"))
+
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(server, db, relpaths)
+    assert rows(db, "SELECT COUNT(*) AS n FROM attempts WHERE outcome != 'done'") == [{"n": 0}]
+
+
 def test_rows_held_by_a_live_run_elsewhere_are_left_to_it_and_said(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:

@@ -255,6 +255,13 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     help="Files per register call.",
 )
 @click.option(
+    "--lease",
+    type=click.FloatRange(2.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a claimed file stays this run's without renewal (renewed every third).",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(0),
     default=5.0,
@@ -277,6 +284,7 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
         name=opts["name"],
         register_batch=opts["register_batch"],
         grace=opts["grace"],
+        lease_seconds=opts["lease"],
     )
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
     recorded = {**opts, "base_url": base_url}

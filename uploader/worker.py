@@ -72,11 +72,13 @@ def make_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def dead_owners(owners: list[tuple[str, float]]) -> list[str]:
+def dead_owners(owners: list[tuple[str, float]], me: str) -> list[str]:
     """Owners on this host whose process is gone: their rows need not wait for the lease."""
     host = socket.gethostname()
     dead = []
     for owner, _expires in owners:
+        if owner == me:
+            continue
         parts = owner.rsplit(":", 2)
         if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
@@ -396,7 +398,7 @@ class Pool:
     async def _reclaim(self) -> None:
         owners = await queue.lease_owners(self.conn)
         if owners:
-            n = await queue.reclaim(self.conn, dead_owners(owners))
+            n = await queue.reclaim(self.conn, dead_owners(owners, self.owner))
             if n:
                 log.info("reclaimed %d rows left running by a dead or expired run", n)
                 self._wake.set()
@@ -471,7 +473,8 @@ class Pool:
         return None
 
     async def _register(self, job: Job, state: _Attempt) -> Outcome:
-        if time.time() > self._lease_until.get(job.id, 0.0) - 5.0:
+        margin = min(5.0, self.s.lease_seconds / 4)
+        if time.time() > self._lease_until.get(job.id, 0.0) - margin:
             # Stalled (suspended, starved) past our lease: another run may own the row now,
             # and registering could make a second entry. Leave it to whoever holds it.
             raise ApiError("lease expired before registering", kind="transient", error_kind="lease")
