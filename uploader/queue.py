@@ -256,12 +256,17 @@ INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error
 VALUES (:kb, :path, :relpath, :size, :mtime_ns, :state, :skip, :kind, :now)
 ON CONFLICT (kb_id, path) DO NOTHING"""
 
-_REQUEUE_CHANGED = """
-UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, state = 'pending',
-       step = NULL, s3_key = NULL, file_id = NULL, remote_status = NULL, attempts = 0,
-       filename = NULL, unknown_since = NULL,
-       last_error = NULL, error_kind = NULL, next_attempt_at = 0, enqueued_at = :now,
-       started_at = NULL, finished_at = NULL, duration = NULL
+# A row going back to pending starts its attempts afresh (the attempts table keeps the past);
+# when its earlier upload no longer counts (the file changed, the entry failed remotely), the
+# upload is forgotten too. A doubt about an earlier register (unknown_since) is kept otherwise.
+_BACK_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0, step = NULL,
+       s3_key = NULL, last_error = NULL, error_kind = NULL, started_at = NULL,
+       finished_at = NULL, duration = NULL"""
+_FORGET_UPLOAD = "file_id = NULL, filename = NULL, remote_status = NULL, unknown_since = NULL"
+
+_REQUEUE_CHANGED = f"""
+UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, enqueued_at = :now,
+       {_BACK_TO_PENDING}, {_FORGET_UPLOAD}
 WHERE kb_id = :kb AND path = :path AND state != 'running'
   AND (size != :size OR mtime_ns != :mtime_ns OR state = 'skipped')"""
 
@@ -598,9 +603,7 @@ async def retry_failed(
         params.extend(kinds)
     async with transaction(conn):
         cur = await conn.execute(
-            "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = 0,"
-            " last_error = NULL, error_kind = NULL, finished_at = NULL, duration = NULL,"
-            " step = NULL, s3_key = NULL"
+            f"UPDATE jobs SET {_BACK_TO_PENDING}"
             " WHERE state = 'failed' AND (? IS NULL OR kb_id = ?)"
             f"{kind_filter} AND uploader_match(relpath)",
             params,
@@ -941,11 +944,8 @@ async def remote_retry_candidates(
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
-_REQUEUE_REMOTE = """
-UPDATE jobs SET state = 'pending', step = NULL, s3_key = NULL, file_id = NULL, filename = NULL,
-       remote_status = NULL, attempts = 0, next_attempt_at = 0, last_error = NULL,
-       error_kind = NULL, unknown_since = NULL, started_at = NULL, finished_at = NULL,
-       duration = NULL
+_REQUEUE_REMOTE = f"""
+UPDATE jobs SET {_BACK_TO_PENDING}, {_FORGET_UPLOAD}
 WHERE id = ? AND state = 'done' AND file_id IS ?"""
 
 
