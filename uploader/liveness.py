@@ -1,0 +1,236 @@
+"""Is the run that holds these rows still alive? Proved by a lock the kernel drops on death.
+
+A host name and a pid cannot answer that question: containers sharing a hostname do not share
+a pid namespace (the other run's pid is "not running" here, and both may be PID 1). Instead,
+each run takes an exclusive `flock` on its own file, `<db>.runs/<token>.lock`, and holds it
+for its lifetime. The kernel releases it when the process dies however it dies (`kill -9`
+included), and, because the lock belongs to the open file description on a shared inode, a
+process in any pid namespace that sees the same volume can try to take it:
+
+- taken at once → the owner is dead (the taker removes the stale file);
+- refused → the owner is alive;
+- no file → unknown (a row written by an older version, another machine, a file system
+  without locks): the caller falls back to lease expiry, as before.
+
+Owner ids stay `host:pid:token`, so old rows and log lines read the same, but only the token
+(a uuid4, 32 hex digits) identifies a run; host and pid are for people reading them.
+
+Limits, on purpose: on NFS Linux emulates `flock` with byte-range locks kept by the server,
+which frees a dead client's lock only when its NFS lease runs out (the answer errs toward
+"alive", i.e. lease-expiry semantics); a mount without locking (ENOLCK, EOPNOTSUPP) makes
+every answer "unknown". Correctness never depends on this module: it only lets a dead run's
+rows be taken back before their lease expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import socket
+import stat
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger("uploader.liveness")
+
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_SUFFIX = ".lock"
+# Locking is not available on this file system: the answer is "unknown", not an error.
+_NO_LOCKS = frozenset((errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS))
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class LockError(Exception):
+    """The run's own lock file cannot be made (read-only or foreign folder): one line."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """An owner id taken apart; `token` alone identifies the run."""
+
+    host: str
+    pid: str
+    token: str
+
+
+def make_owner(host: str | None = None, pid: int | None = None) -> str:
+    """A new owner id `host:pid:token`; host and pid may be given (tests fake containers)."""
+    host = socket.gethostname() if host is None else host
+    pid = os.getpid() if pid is None else pid
+    return f"{host}:{pid}:{uuid.uuid4().hex}"
+
+
+def parse_owner(owner: str) -> Owner | None:
+    """The parts of an owner id made by `make_owner`, or None for any other string (an older
+    version's 8-digit token, garbage from the database): such owners are never judged here."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[2]):
+        return None
+    return Owner(host=parts[0], pid=parts[1], token=parts[2])
+
+
+def runs_dir(db_path: str | os.PathLike[str]) -> Path:
+    """The folder of run locks beside a database file: `<db>.runs` (one per database, so two
+    databases in one folder do not judge each other's runs)."""
+    return Path(os.fspath(db_path) + ".runs")
+
+
+class RunLock:
+    """This run's lock, held from `take` to `release`, and the judge of other owners."""
+
+    def __init__(self, folder: Path, owner: Owner, fd: int | None) -> None:
+        """Use `take`: it makes the file and the lock this object stands for."""
+        self.folder = folder
+        self.owner = f"{owner.host}:{owner.pid}:{owner.token}"
+        self._token = owner.token
+        self._fd = fd
+
+    @property
+    def supported(self) -> bool:
+        """False when the folder's file system has no locks: every `is_dead` is then None."""
+        return self._fd is not None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"{self._token}{_SUFFIX}"
+
+    @classmethod
+    def take(cls, folder: str | os.PathLike[str], owner: str | None = None) -> RunLock:
+        """Create `folder` (0700) if needed and lock `<token>.lock` (0600) in it for this run.
+
+        The file is made and locked under a temporary name, then renamed: nobody can ever
+        find the final name unlocked while its owner lives. Raises LockError when the folder
+        cannot be written.
+        """
+        folder = Path(folder)
+        owner = owner or make_owner()
+        parsed = parse_owner(owner)
+        if parsed is None:
+            raise ValueError(f"not an owner id made by make_owner: {owner!r}")
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            fd = _create_locked(folder, parsed.token, owner)
+        except OSError as exc:
+            raise LockError(f"cannot create the run lock in {folder}: {_reason(exc)}") from None
+        if fd is None:
+            log.warning(
+                "no file locks in %s (a network file system?): a dead run's rows are taken "
+                "back only when their lease expires",
+                folder,
+            )
+        return cls(folder, parsed, fd)
+
+    def release(self) -> None:
+        """Remove the file, then drop the lock (on a clean exit; a crash leaves a stale file
+        that the next `is_dead` recognises and removes)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def is_dead(self, owner: str) -> bool | None:
+        """True: that run is gone (its stale lock file is removed); False: it is alive;
+        None: unknown — fall back to its lease.
+
+        Our own owner is never dead, decided by token equality: the kernel would also refuse
+        our own lock to a second open file in this process, but that is not a rule to lean on.
+        """
+        parsed = parse_owner(owner)
+        if parsed is None:
+            return None
+        if parsed.token == self._token:
+            return False
+        if self._fd is None:
+            return None
+        return _judge(self.folder / f"{parsed.token}{_SUFFIX}")
+
+    def dead_owners(self, owners: Iterable[str]) -> list[str]:
+        """The owners, of those given, proved dead (each asked once)."""
+        return [owner for owner in dict.fromkeys(owners) if self.is_dead(owner) is True]
+
+    def sweep(self, keep: Iterable[str] = ()) -> int:
+        """Remove the stale lock files of dead runs, except those of the owners in `keep`
+        (owners that still hold rows: their files are the proof `is_dead` needs until the rows
+        are taken back). Returns how many were removed."""
+        if self._fd is None:
+            return 0
+        spared = {p.token for owner in keep if (p := parse_owner(owner)) is not None}
+        spared.add(self._token)
+        removed = 0
+        for path in self.folder.glob(f"*{_SUFFIX}"):
+            token = path.name[: -len(_SUFFIX)]
+            if _TOKEN.fullmatch(token) and token not in spared and _judge(path) is True:
+                removed += 1
+        return removed
+
+
+def _create_locked(folder: Path, token: str, owner: str) -> int | None:
+    """The locked fd of the new `<token>.lock`, or None when the file system has no locks."""
+    temporary = folder / f".{token}.tmp"
+    fd = os.open(temporary, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            os.close(fd)
+            temporary.unlink()
+            return None
+        os.write(fd, f"{owner}\n".encode())
+        os.rename(temporary, folder / f"{token}{_SUFFIX}")
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    return fd
+
+
+def _judge(path: Path) -> bool | None:
+    """Try the lock of one run's file: True (dead, file removed), False (held), None (no file,
+    not ours to open, or no locks here)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return None
+        # Ours now: the owner is gone. Removing while we hold it means whoever opened the
+        # same file meanwhile also finds it free, and says "dead" too — which is true.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return True
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
