@@ -1,0 +1,300 @@
+"""A pool-wide outage gate: a service that is down is not a property of the files.
+
+Whoever sends requests calls `await gate.wait_open()` first (like `RateLimiter.acquire`) and
+reports each outcome with `record_success()` or `record_failure(error, job)`.
+
+**When the gate closes.** After `failures_to_close` outage-like failures (connection errors,
+timeouts, 5xx) in a row, from at least `jobs_to_close` different jobs, with no answer from the
+service between them. "In a row with no answer between" is what "all in-flight requests are
+failing" looks like from the outside, without having to bracket every request to know what is
+in flight: while any request still gets an answer, the streak keeps being reset. "Different
+jobs" is what tells a down service from one bad file: a file that makes the service fail
+(a 5xx on that one register) retries alone and never closes the gate, however often it fails.
+A false alarm is cheap — one probe later the gate is open again and no attempt was charged —
+so the threshold can be low. Any answer counts as "the service is there": a 4xx or a 429 is
+a verdict on the request, not an outage; a local file error says nothing either way.
+
+**While closed.** Nobody sends. `record_failure` returns True for an outage-like failure (the
+request was in flight when the service went away): the caller hands its job back without
+charging an attempt. One prober task re-tries the cheap read the caller supplied, with capped
+exponential backoff (one prober, so no jitter is needed); the first answer opens the gate.
+Inside the probe `wait_open` does not wait and `record_*` are ignored, so a probe may go
+through the same client code as every request.
+
+**Giving up.** Closed for longer than `outage_timeout`: the gate gives up; `gave_up` holds the
+outage (when it began, the latest reason) and every `wait_open` raises `ServiceUnreachable`,
+so the run can put its rows back to pending and stop with its own exit code.
+
+State changes reach `on_change(state, outage)`: the CLI draws "paused: service unreachable".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import errno
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+
+import aiohttp
+
+from uploader.client import ApiError
+
+log = logging.getLogger("uploader.outage")
+
+_OUTAGE_KINDS = frozenset(("network", "timeout", "http_5xx"))
+_REASON_CHARS = 200
+# Set in the prober's own task (a task runs in a copy of its creator's context, so nothing
+# else sees it): requests made by the probe pass the gate.
+_PROBING: contextvars.ContextVar[bool] = contextvars.ContextVar("probing", default=False)
+
+
+class GateState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+    GAVE_UP = "gave_up"
+
+
+class Evidence(enum.Enum):
+    """What one failed request says about the service."""
+
+    OUTAGE = "outage"  # no answer: connection failed, timed out, or 5xx
+    ANSWER = "answer"  # the service answered (4xx, 429): it is there
+    NEUTRAL = "neutral"  # nothing about the service (a local file error, a bad answer body)
+
+
+@dataclass(frozen=True)
+class Outage:
+    """One outage: `since` (epoch seconds) is the first failure of the streak that closed the
+    gate; `reason` the latest failure seen, one line."""
+
+    since: float
+    reason: str
+
+    @property
+    def message(self) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(self.since))
+        return f"service unreachable since {clock}: {self.reason}"
+
+
+class ServiceUnreachable(Exception):
+    """Raised by `wait_open` once the gate has given up: stop the run (exit code 4)."""
+
+    def __init__(self, outage: Outage) -> None:
+        super().__init__(outage.message)
+        self.outage = outage
+
+
+Probe = Callable[[], Awaitable[object]]
+OnChange = Callable[[GateState, Outage], None]
+
+
+def classify(error: BaseException) -> Evidence:
+    """The uploader's own errors by their kind; raw aiohttp and socket errors by their type."""
+    if isinstance(error, ApiError):
+        if error.error_kind in _OUTAGE_KINDS:
+            return Evidence.OUTAGE
+        return Evidence.ANSWER if error.status is not None else Evidence.NEUTRAL
+    if isinstance(error, aiohttp.ClientResponseError):
+        return Evidence.OUTAGE if error.status >= 500 else Evidence.ANSWER
+    if isinstance(error, (aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)):
+        return Evidence.OUTAGE
+    return Evidence.NEUTRAL
+
+
+def describe(error: BaseException) -> str:
+    """One line for the outage message: "cannot reach 127.0.0.1:8080 (connection refused)"
+    rather than aiohttp's "Cannot connect to host … ssl:default [Connect call failed …]"."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        os_error = error.os_error
+        code = os_error.errno if isinstance(os_error, OSError) else None
+        why = os.strerror(code).lower() if code else "connection failed"
+        if code == errno.ECONNREFUSED:
+            why = "connection refused"
+        return f"cannot reach {error.host}:{error.port} ({why})"
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:_REASON_CHARS]
+
+
+class OutageGate:
+    """See the module docstring. Create and use it inside the running event loop."""
+
+    def __init__(
+        self,
+        probe: Probe,
+        *,
+        outage_timeout: float = 600.0,
+        failures_to_close: int = 3,
+        jobs_to_close: int = 2,
+        probe_delay: float = 0.5,
+        probe_delay_cap: float = 30.0,
+        probe_timeout: float = 30.0,
+        on_change: OnChange | None = None,
+    ) -> None:
+        if failures_to_close < 1 or jobs_to_close < 1:
+            raise ValueError("failures_to_close and jobs_to_close must be at least 1")
+        if outage_timeout <= 0 or probe_delay <= 0 or probe_timeout <= 0:
+            raise ValueError("outage_timeout, probe_delay and probe_timeout must be positive")
+        self._probe = probe
+        self._outage_timeout = outage_timeout
+        self._failures_to_close = failures_to_close
+        self._jobs_to_close = jobs_to_close
+        self._probe_delay = probe_delay
+        self._probe_delay_cap = max(probe_delay_cap, probe_delay)
+        self._probe_timeout = probe_timeout
+        self._on_change = on_change
+        self._state = GateState.OPEN
+        self._opened = asyncio.Event()
+        self._opened.set()
+        self._streak = 0
+        self._streak_jobs: set[Hashable] = set()
+        self._streak_since = 0.0
+        self._outage: Outage | None = None
+        self._closed_at = 0.0  # monotonic, for the timeout and the "after 42 s" line
+        self.closed_since: float | None = None
+        """Epoch seconds the gate closed, None while open (kept after giving up)."""
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> GateState:
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        return self._state is GateState.OPEN
+
+    @property
+    def outage(self) -> Outage | None:
+        """The outage in progress, or the last one."""
+        return self._outage
+
+    @property
+    def gave_up(self) -> Outage | None:
+        """The outage the gate gave up on (the run must stop), else None."""
+        return self._outage if self._state is GateState.GAVE_UP else None
+
+    async def wait_open(self) -> None:
+        """Return when requests may be sent; raise ServiceUnreachable once the gate gave up.
+        Open, it returns without waiting; inside the probe it never waits."""
+        while self._state is not GateState.OPEN and not _PROBING.get():
+            if self._state is GateState.GAVE_UP:
+                assert self._outage is not None
+                raise ServiceUnreachable(self._outage)
+            await self._opened.wait()
+
+    def record_success(self) -> None:
+        """A request was answered. Only the prober opens a closed gate: a late answer to a
+        request sent before the outage says little about the service now."""
+        if self._state is GateState.OPEN and not _PROBING.get():
+            self._streak = 0
+            self._streak_jobs.clear()
+
+    def record_failure(self, error: BaseException, job: Hashable) -> bool:
+        """Count a failed request of `job`. True means an outage covers it (the gate is
+        closed, maybe by this very failure): hand the job back without charging an attempt.
+        False: an ordinary failure of that file, to be handled as usual."""
+        if _PROBING.get():
+            return True
+        evidence = classify(error)
+        if self._state is not GateState.OPEN:
+            if evidence is Evidence.OUTAGE and self._outage is not None:
+                self._outage = Outage(self._outage.since, describe(error))
+            return evidence is Evidence.OUTAGE
+        if evidence is Evidence.ANSWER:
+            self.record_success()
+            return False
+        if evidence is Evidence.NEUTRAL:
+            return False
+        if self._streak == 0:
+            self._streak_since = time.time()
+        self._streak += 1
+        self._streak_jobs.add(job)
+        if (
+            self._streak >= self._failures_to_close
+            and len(self._streak_jobs) >= self._jobs_to_close
+        ):
+            self._close(describe(error))
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        """Stop the prober (at the end of the run)."""
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+            self._prober = None
+
+    # --- transitions -----------------------------------------------------------------------
+
+    def _close(self, reason: str) -> None:
+        self._state = GateState.CLOSED
+        self._opened.clear()
+        self._closed_at = time.monotonic()
+        self.closed_since = time.time()
+        self._outage = Outage(self._streak_since, reason)
+        log.warning("%s: pausing every request and probing the service", self._outage.message)
+        self._prober = asyncio.get_running_loop().create_task(self._probe_until_answered())
+        self._notify()
+
+    def _open(self) -> None:
+        seconds = time.monotonic() - self._closed_at
+        self._state = GateState.OPEN
+        self._streak = 0
+        self._streak_jobs.clear()
+        self.closed_since = None
+        self._opened.set()
+        log.info("service answered again after %.0f s", seconds)
+        self._notify()
+
+    def _give_up(self) -> None:
+        self._state = GateState.GAVE_UP
+        self._opened.set()  # wake every waiter: each raises ServiceUnreachable
+        assert self._outage is not None
+        log.error("%s: gave up after %.0f s", self._outage.message, self._outage_timeout)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._on_change is not None and self._outage is not None:
+            self._on_change(self._state, self._outage)
+
+    # --- the prober ------------------------------------------------------------------------
+
+    async def _probe_until_answered(self) -> None:
+        _PROBING.set(True)
+        deadline = self._closed_at + self._outage_timeout
+        delay = self._probe_delay
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(delay, left))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if await self._probe_once(min(self._probe_timeout, left)):
+                self._open()
+                return
+            delay = min(delay * 2, self._probe_delay_cap)
+        self._give_up()
+
+    async def _probe_once(self, timeout: float) -> bool:
+        """True when the service answered (success, or a refusal that is an answer)."""
+        try:
+            await asyncio.wait_for(self._probe(), timeout)
+        except asyncio.TimeoutError:
+            self._probe_failed(f"the probe had no answer within {timeout:.3g} s")
+            return False
+        except Exception as exc:
+            evidence = classify(exc)
+            if evidence is Evidence.ANSWER:
+                return True
+            if evidence is Evidence.NEUTRAL:
+                log.warning("outage probe failed oddly: %s", describe(exc))
+            self._probe_failed(describe(exc))
+            return False
+        return True
+
+    def _probe_failed(self, reason: str) -> None:
+        assert self._outage is not None
+        self._outage = Outage(self._outage.since, reason)
