@@ -1,0 +1,385 @@
+"""`--manifest FILE`: per-file labels, metadata and display name from a document-management
+export, plus the `--metadata KEY=VALUE` and `--labels-from-path N` helpers.
+
+Two formats, chosen by the extension (`.csv`; `.jsonl` or `.ndjson`), else by the first
+non-blank character (`{` → JSON Lines, anything else → CSV):
+
+CSV, UTF-8 (a BOM is fine), a header row naming the columns:
+    path,labels,meta.source,meta.year,filename
+    hr/leave.pdf,hr;policies,nas,2024,Leave policy.pdf
+- `path` (required): relative to DIR, `/`-separated.
+- `labels`: names separated by `;` (what people type in a spreadsheet; a JSON array in a cell
+  needs every quote doubled). A label containing `;` needs JSON Lines.
+- `meta.KEY` columns: one metadata key each, the cell its value, always a string (no type
+  guessing: `007` stays `007`); an empty cell leaves the key out for that row.
+- `filename` (optional): the name shown in the knowledge base; an empty cell means none.
+
+JSON Lines, one object per line (blank lines skipped):
+    {"path": "hr/leave.pdf", "labels": ["hr"], "metadata": {"year": 2024}, "filename": "x.pdf"}
+- `labels`: a list of strings; `metadata`: an object of string → string, number or boolean.
+
+Both: labels are stripped of surrounding blanks, must not be empty, and repeats are dropped;
+a path must not be absolute, contain `..`, or be listed twice (`a/./b` and `a/b` are the same).
+Any other column or key is an error, so a typo is never silently ignored.
+
+Paths are bytes elsewhere in the uploader: CSV is decoded with `surrogateescape` and JSON may
+carry `\\udcXX` escapes, so a file name that is not UTF-8 can still be named; `resolve` turns
+it back into the exact bytes.
+
+The file is streamed: rows come one at a time, and the duplicate check keeps an 8-byte digest
+per path, not the rows. Every error is one `ManifestError` line naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+MetadataValue = str | int | float | bool
+
+_COLUMNS = frozenset(("path", "labels", "filename"))
+_META = "meta."
+_JSON_KEYS = frozenset(("path", "labels", "metadata", "filename"))
+_CSV_EXTENSIONS = frozenset((".csv",))
+_JSONL_EXTENSIONS = frozenset((".jsonl", ".ndjson"))
+_SNIFF_CHARS = 4096
+_MAX_SHOWN = 80
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be used, in one line: `FILE line N: what is wrong`."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One file of the manifest. `path` is normalised (no `.` or empty parts), relative to DIR."""
+
+    file: str
+    line: int
+    path: str
+    labels: tuple[str, ...] = ()
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+    filename: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file} line {self.line}"
+
+
+def read_manifest(
+    manifest: str | os.PathLike[str], check_duplicates: bool = True
+) -> Iterator[ManifestRow]:
+    """The rows of a manifest, streamed, checked as they are read (see the module docstring).
+    Raises ManifestError at the first bad row, naming the file and line.
+
+    The duplicate check costs about 60 bytes per row (an 8-byte digest in a set); a caller
+    whose database already refuses a path twice in one transaction may turn it off.
+    """
+    name = os.fspath(manifest)
+    with _open(name) as handle:
+        rows = _jsonl_rows(name, handle) if _is_jsonl(name, handle) else _csv_rows(name, handle)
+        seen: set[int] = set()
+        for row in rows:
+            if check_duplicates:
+                digest = _digest(row.path)
+                if digest in seen:
+                    _duplicate(name, row)
+                seen.add(digest)
+            yield row
+
+
+def resolve(folder: str | bytes, row: ManifestRow, follow_symlinks: bool = False) -> bytes:
+    """The file of `folder` that `row` names, as bytes. It must be a regular file inside
+    `folder`; without `follow_symlinks` neither the file nor a folder on the way may be a
+    symbolic link (as for a walk of the folder)."""
+    root = os.path.realpath(os.fsencode(folder))
+    path = os.path.join(root, os.fsencode(row.path))
+    try:
+        st = os.stat(path) if follow_symlinks else os.lstat(path)
+    except OSError:
+        raise ManifestError(
+            f"{row.where}: {_shown(row.path)} names no file in {_dir(root)}"
+        ) from None
+    if not follow_symlinks and os.path.realpath(path) != path:
+        raise ManifestError(f"{row.where}: {_shown(row.path)} goes through a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise ManifestError(f"{row.where}: {_shown(row.path)} is not a regular file")
+    return path
+
+
+def parse_metadata_option(text: str) -> tuple[str, str]:
+    """`--metadata KEY=VALUE` → (KEY, VALUE). Split at the first `=`, so the value may hold
+    more; the key is stripped and must not be empty; the value is kept as typed (it may be
+    empty). Raises ValueError with a one-line message."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"invalid metadata {text!r}: use KEY=VALUE, e.g. source=nas")
+    return key, value
+
+
+def labels_from_path(relpath: str, depth: int) -> tuple[str, ...]:
+    """`--labels-from-path N`: the first N folder names of a relative path.
+
+    `hr/policies/2024/leave.pdf` with 2 → (`hr`, `policies`). A file at the top level has
+    no folders, so no labels; N larger than the depth gives every folder (not an error); 0
+    gives none. Empty and `.` parts are skipped. Raises ValueError for a negative N.
+    """
+    if depth < 0:
+        raise ValueError("--labels-from-path must be 0 or more")
+    folders = [part for part in relpath.split("/")[:-1] if part not in ("", ".")]
+    return tuple(dict.fromkeys(folders[:depth]))
+
+
+def _open(name: str) -> IO[str]:
+    try:
+        return open(name, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {name}: {exc.strerror or exc}") from None
+
+
+# --- format detection ------------------------------------------------------------------------
+
+
+def _is_jsonl(name: str, handle: IO[str]) -> bool:
+    extension = os.path.splitext(name)[1].lower()
+    if extension in _CSV_EXTENSIONS:
+        return False
+    start = handle.read(_SNIFF_CHARS).lstrip()
+    handle.seek(0)
+    if extension not in _JSONL_EXTENSIONS and start.startswith("["):
+        raise ManifestError(f"{name}: a JSON array is not JSON Lines (one object per line)")
+    return extension in _JSONL_EXTENSIONS or start.startswith("{")
+
+
+# --- CSV -------------------------------------------------------------------------------------
+
+
+def _csv_rows(name: str, handle: IO[str]) -> Iterator[ManifestRow]:
+    reader = csv.reader(handle, strict=True)
+    header_line, header = _next_record(name, reader)
+    if header is None:
+        raise ManifestError(f"{name}: empty manifest (a CSV manifest needs a header row)")
+    columns = _header(name, header_line, header)
+    while True:
+        line, record = _next_record(name, reader)
+        if record is None:
+            return
+        if len(record) != len(columns):
+            raise ManifestError(
+                f"{name} line {line}: {len(record)} fields, the header has {len(columns)}"
+            )
+        yield _csv_row(name, line, dict(zip(columns, record, strict=True)))
+
+
+def _next_record(name: str, reader: csv.Reader) -> tuple[int, list[str] | None]:
+    """The next non-blank record and the line it starts on; None at the end."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return line, None
+        except csv.Error as exc:
+            raise ManifestError(f"{name} line {line}: malformed CSV ({exc})") from None
+        if any(cell.strip() for cell in record):
+            return line, record
+
+
+def _header(name: str, line: int, header: list[str]) -> list[str]:
+    columns = [cell.strip() for cell in header]
+    for column in columns:
+        if column.startswith(_META):
+            if not column[len(_META) :].strip():
+                raise ManifestError(f"{name} line {line}: column {column!r} names no key")
+        elif column not in _COLUMNS:
+            hint = " (use one meta.KEY column per key)" if column == "metadata" else ""
+            raise ManifestError(
+                f"{name} line {line}: unknown column {column!r}{hint};"
+                " known: path, labels, filename, meta.KEY"
+            )
+    repeated = {c for c in columns if columns.count(c) > 1}
+    if repeated:
+        raise ManifestError(f"{name} line {line}: column {sorted(repeated)[0]!r} appears twice")
+    if "path" not in columns:
+        raise ManifestError(f"{name} line {line}: no 'path' column in the header")
+    return columns
+
+
+def _csv_row(name: str, line: int, cells: dict[str, str]) -> ManifestRow:
+    where = f"{name} line {line}"
+    labels = cells.get("labels", "")
+    metadata = {
+        column[len(_META) :].strip(): _text(where, f"metadata {column[len(_META) :]!r}", value)
+        for column, value in cells.items()
+        if column.startswith(_META) and value != ""
+    }
+    return ManifestRow(
+        file=name,
+        line=line,
+        path=_path(where, cells["path"].strip()),
+        labels=_labels(where, labels.split(";")) if labels.strip() else (),
+        metadata=metadata,
+        filename=_filename(where, cells.get("filename", "").strip() or None),
+    )
+
+
+# --- JSON Lines ------------------------------------------------------------------------------
+
+
+def _jsonl_rows(name: str, handle: IO[str]) -> Iterator[ManifestRow]:
+    for line, text in enumerate(handle, start=1):
+        if text.strip():
+            yield _jsonl_row(name, line, text)
+
+
+def _jsonl_row(name: str, line: int, text: str) -> ManifestRow:
+    where = f"{name} line {line}"
+    try:
+        obj = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise ManifestError(f"{where}: bad JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {_json_type(obj)}")
+    unknown = sorted(set(obj) - _JSON_KEYS)
+    if unknown:
+        raise ManifestError(
+            f"{where}: unknown key {unknown[0]!r}; known: path, labels, metadata, filename"
+        )
+    path = obj.get("path")
+    if not isinstance(path, str):
+        raise ManifestError(f"{where}: 'path' must be a string, got {_json_type(path)}")
+    labels = obj.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ManifestError(f"{where}: 'labels' must be a list of strings")
+    filename = obj.get("filename")
+    if filename is not None and not isinstance(filename, str):
+        raise ManifestError(f"{where}: 'filename' must be a string, got {_json_type(filename)}")
+    if filename is not None and not filename.strip():
+        raise ManifestError(f"{where}: 'filename' is empty")
+    return ManifestRow(
+        file=name,
+        line=line,
+        path=_path(where, path),
+        labels=_labels(where, labels),
+        metadata=_json_metadata(where, obj.get("metadata", {})),
+        filename=_filename(where, filename),
+    )
+
+
+def _json_metadata(where: str, metadata: object) -> dict[str, MetadataValue]:
+    if not isinstance(metadata, dict):
+        raise ManifestError(f"{where}: 'metadata' must be an object, got {_json_type(metadata)}")
+    out: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        if not key.strip():
+            raise ManifestError(f"{where}: a metadata key is empty")
+        _text(where, "a metadata key", key)
+        if isinstance(value, str):
+            out[key] = _text(where, f"metadata {key!r}", value)
+        elif isinstance(value, (bool, int, float)):
+            out[key] = value
+        else:
+            raise ManifestError(
+                f"{where}: metadata {key!r} must be a string, number or boolean,"
+                f" got {_json_type(value)}"
+            )
+    return out
+
+
+def _no_constant(name: str) -> float:
+    # NaN and Infinity are not JSON: the register request could not carry them.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+# --- fields ----------------------------------------------------------------------------------
+
+
+def _path(where: str, text: str) -> str:
+    """A relative path, `.` and empty parts dropped; absolute, `..` or empty → error."""
+    if not text:
+        raise ManifestError(f"{where}: 'path' is empty")
+    if "\0" in text:
+        raise ManifestError(f"{where}: 'path' contains a NUL character")
+    if text.startswith("/"):
+        raise ManifestError(f"{where}: path {_shown(text)} is absolute; give it relative to DIR")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ManifestError(f"{where}: path {_shown(text)} leaves DIR ('..' is not allowed)")
+    if not parts:
+        raise ManifestError(f"{where}: path {_shown(text)} names DIR itself, not a file")
+    return "/".join(parts)
+
+
+def _labels(where: str, names: list[str]) -> tuple[str, ...]:
+    labels = []
+    for raw in names:
+        label = raw.strip()
+        if not label:
+            raise ManifestError(f"{where}: a label is empty")
+        labels.append(_text(where, "a label", label))
+    return tuple(dict.fromkeys(labels))
+
+
+def _filename(where: str, filename: str | None) -> str | None:
+    return None if filename is None else _text(where, "'filename'", filename)
+
+
+def _text(where: str, what: str, value: str) -> str:
+    """Text that will travel as JSON: undecodable bytes (kept as surrogates) cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"{where}: {what} is not valid UTF-8") from None
+    return value
+
+
+def _digest(path: str) -> int:
+    data = path.encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def _duplicate(name: str, row: ManifestRow) -> None:
+    """Raise for a path listed twice, naming the first line (found by reading the file again:
+    this is the error path, and it keeps the happy path to one digest per row). A digest
+    collision between two different paths is not a duplicate: then nothing is raised."""
+    for earlier in _rows_before(name, row.line):
+        if earlier.path == row.path:
+            raise ManifestError(
+                f"{row.where}: path {_shown(row.path)} is listed twice (first on line"
+                f" {earlier.line})"
+            )
+
+
+def _rows_before(name: str, line: int) -> Iterator[ManifestRow]:
+    """The rows that start before `line`, without the duplicate check."""
+    with _open(name) as handle:
+        rows = _jsonl_rows(name, handle) if _is_jsonl(name, handle) else _csv_rows(name, handle)
+        for row in rows:
+            if row.line >= line:
+                return
+            yield row
+
+
+def _shown(path: str) -> str:
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return repr(text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…")
+
+
+def _dir(root: bytes) -> str:
+    return os.fsdecode(root).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
