@@ -144,7 +144,7 @@ def test_two_real_pid_namespaces_both_pid_1_see_each_other_alive(folder: Path) -
 def test_our_own_lock_is_never_dead(folder: Path, me: RunLock) -> None:
     # The kernel fact the module does not rely on, checked: a second open file of the same
     # process cannot take our flock either.
-    assert _judge(me.path) is False
+    assert _judge(me.path, remove=True) is False
     assert me.path.exists()
     assert me.is_dead(me.owner) is False
     assert me.dead_owners([me.owner, me.owner]) == []
@@ -202,3 +202,17 @@ def test_a_read_only_folder_is_one_clear_line(tmp_path: Path) -> None:
 def test_take_refuses_an_owner_it_did_not_make(folder: Path) -> None:
     with pytest.raises(ValueError):
         RunLock.take(folder, "box:1:deadbeef")
+
+
+def test_without_remove_the_proof_stays_until_forget(folder: Path, me: RunLock) -> None:
+    dead, alive = Child(folder), Child(folder)
+    dead.kill()
+    assert me.dead_owners([dead.owner, alive.owner], remove=False) == [dead.owner]
+    assert me.is_dead(dead.owner, remove=False) is True, "still provable: the reclaim may retry"
+    me.forget(alive.owner)
+    me.forget(me.owner)
+    assert _lock_file(folder, alive.owner).exists() and me.path.exists()
+    me.forget(dead.owner)
+    assert not _lock_file(folder, dead.owner).exists()
+    assert me.is_dead(dead.owner) is None
+    assert alive.finish() == 0

@@ -20,6 +20,10 @@ which frees a dead client's lock only when its NFS lease runs out (the answer er
 "alive", i.e. lease-expiry semantics); a mount without locking (ENOLCK, EOPNOTSUPP) makes
 every answer "unknown". Correctness never depends on this module: it only lets a dead run's
 rows be taken back before their lease expires.
+
+The lock file is opened with O_CLOEXEC, so a program the run executes does not keep it; a
+child made by a bare `fork` (no exec) would share it and keep a dead parent "alive" — the
+uploader forks none.
 """
 
 from __future__ import annotations
@@ -148,25 +152,41 @@ class RunLock:
     ) -> None:
         self.release()
 
-    def is_dead(self, owner: str) -> bool | None:
-        """True: that run is gone (its stale lock file is removed); False: it is alive;
-        None: unknown — fall back to its lease.
+    def is_dead(self, owner: str, *, remove: bool = True) -> bool | None:
+        """True: that run is gone; False: it is alive; None: unknown — fall back to its lease.
+
+        With `remove` (the default) the stale file goes at once, so True is said once per
+        dead run: take its rows back right away, or they wait for their lease. With
+        `remove=False` the file stays as the proof until `forget(owner)`, called once the
+        rows are back (the safer order when the take-back may fail, e.g. a busy database).
 
         Our own owner is never dead, decided by token equality: the kernel would also refuse
         our own lock to a second open file in this process, but that is not a rule to lean on.
         """
         parsed = parse_owner(owner)
-        if parsed is None:
-            return None
-        if parsed.token == self._token:
+        if parsed is not None and parsed.token == self._token:
             return False
-        if self._fd is None:
-            return None
-        return _judge(self.folder / f"{parsed.token}{_SUFFIX}")
+        path = self._path_of(owner)
+        return None if path is None else _judge(path, remove)
 
-    def dead_owners(self, owners: Iterable[str]) -> list[str]:
+    def dead_owners(self, owners: Iterable[str], *, remove: bool = True) -> list[str]:
         """The owners, of those given, proved dead (each asked once)."""
-        return [owner for owner in dict.fromkeys(owners) if self.is_dead(owner) is True]
+        unique = dict.fromkeys(owners)
+        return [owner for owner in unique if self.is_dead(owner, remove=remove) is True]
+
+    def forget(self, owner: str) -> None:
+        """Remove a dead run's lock file (after its rows were taken back); a live run's file,
+        and our own, are left alone."""
+        path = self._path_of(owner)
+        if path is not None:
+            _judge(path, remove=True)
+
+    def _path_of(self, owner: str) -> Path | None:
+        """The lock file to try for `owner`; None for ours, a foreign id, or no locks here."""
+        parsed = parse_owner(owner)
+        if parsed is None or parsed.token == self._token or self._fd is None:
+            return None
+        return self.folder / f"{parsed.token}{_SUFFIX}"
 
     def sweep(self, keep: Iterable[str] = ()) -> int:
         """Remove the stale lock files of dead runs, except those of the owners in `keep`
@@ -179,7 +199,7 @@ class RunLock:
         removed = 0
         for path in self.folder.glob(f"*{_SUFFIX}"):
             token = path.name[: -len(_SUFFIX)]
-            if _TOKEN.fullmatch(token) and token not in spared and _judge(path) is True:
+            if _TOKEN.fullmatch(token) and token not in spared and _judge(path, True):
                 removed += 1
         return removed
 
@@ -207,11 +227,12 @@ def _create_locked(folder: Path, token: str, owner: str) -> int | None:
     return fd
 
 
-def _judge(path: Path) -> bool | None:
-    """Try the lock of one run's file: True (dead, file removed), False (held), None (no file,
-    not ours to open, or no locks here)."""
+def _judge(path: Path, remove: bool) -> bool | None:
+    """Try the lock of one run's file: True (dead; the file removed if asked), False (held),
+    None (no file, not ours to open, or no locks here). A shared lock would do to test, but
+    an exclusive one keeps two judges from both removing while a third is looking."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -225,8 +246,9 @@ def _judge(path: Path) -> bool | None:
             return None
         # Ours now: the owner is gone. Removing while we hold it means whoever opened the
         # same file meanwhile also finds it free, and says "dead" too — which is true.
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         return True
     finally:
         os.close(fd)
