@@ -69,6 +69,9 @@ def test_a_csv_manifest_gives_typed_rows(tmp_path: Path) -> None:
 def test_a_csv_with_a_byte_order_mark_and_only_a_path_column(tmp_path: Path) -> None:
     manifest = _write(tmp_path, "export.txt", "\ufeffpath\na.pdf\n")
     assert [row.path for row in read_manifest(manifest)] == ["a.pdf"]
+    exported = _write(tmp_path, "export.csv", " Path ,Labels, META. Year \na.pdf,x,2024\n")
+    [row] = read_manifest(exported)
+    assert (row.path, row.labels, row.metadata) == ("a.pdf", ("x",), {"Year": "2024"})
 
 
 @pytest.mark.parametrize(

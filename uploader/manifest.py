@@ -18,6 +18,9 @@ JSON Lines, one object per line (blank lines skipped):
     {"path": "hr/leave.pdf", "labels": ["hr"], "metadata": {"year": 2024}, "filename": "x.pdf"}
 - `labels`: a list of strings; `metadata`: an object of string → string, number or boolean.
 
+CSV cells are stripped of surrounding blanks (spreadsheets pad them) and column names match
+without case; JSON strings are taken as they are, but labels are stripped in both.
+
 Both: labels are stripped of surrounding blanks, must not be empty, and repeats are dropped;
 a path must not be absolute, contain `..`, or be listed twice (`a/./b` and `a/b` are the same).
 Any other column or key is an error, so a typo is never silently ignored.
@@ -193,7 +196,7 @@ def _next_record(name: str, reader: csv.Reader) -> tuple[int, list[str] | None]:
 
 
 def _header(name: str, line: int, header: list[str]) -> list[str]:
-    columns = [cell.strip() for cell in header]
+    columns = [_column(cell) for cell in header]
     for column in columns:
         if column.startswith(_META):
             if not column[len(_META) :].strip():
@@ -212,11 +215,20 @@ def _header(name: str, line: int, header: list[str]) -> list[str]:
     return columns
 
 
+def _column(cell: str) -> str:
+    """Column names are matched without case (an export may say `Path`); a metadata key keeps
+    its case (`meta.Year` is the key `Year`)."""
+    name = cell.strip()
+    if name.lower().startswith(_META):
+        return _META + name[len(_META) :].strip()
+    return name.lower() if name.lower() in _COLUMNS else name
+
+
 def _csv_row(name: str, line: int, cells: dict[str, str]) -> ManifestRow:
     where = f"{name} line {line}"
     labels = cells.get("labels", "")
     metadata = {
-        column[len(_META) :].strip(): _text(where, f"metadata {column[len(_META) :]!r}", value)
+        column[len(_META) :]: _text(where, f"metadata {column[len(_META) :]!r}", value)
         for column, value in cells.items()
         if column.startswith(_META) and value != ""
     }
