@@ -25,7 +25,9 @@ through the same client code as every request.
 outage (when it began, the latest reason) and every `wait_open` raises `ServiceUnreachable`,
 so the run can put its rows back to pending and stop with its own exit code.
 
-State changes reach `on_change(state, outage)`: the CLI draws "paused: service unreachable".
+State changes reach `on_change(state, outage)` (it must not raise): the CLI draws "paused:
+service unreachable". The gate is as good as its probe: one gate per service, each probed by
+a read of that service (an API gate probed by an S3 read would reopen at once).
 """
 
 from __future__ import annotations
@@ -222,7 +224,8 @@ class OutageGate:
         return False
 
     async def aclose(self) -> None:
-        """Stop the prober (at the end of the run)."""
+        """Stop the prober, at the end of the run once the senders have stopped (a sender still
+        in `wait_open` of a closed gate would wait on)."""
         if self._prober is not None:
             self._prober.cancel()
             await asyncio.gather(self._prober, return_exceptions=True)
