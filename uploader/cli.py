@@ -171,14 +171,18 @@ def enqueue(
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
     Hidden files and folders, Thumbs.db, desktop.ini and Office lock files (~$*) are left
-    out; GLOBs match the path relative to DIRECTORY (`*` within a folder, `**` across, a
-    leading `/` anchors at DIRECTORY). Running it again adds new files and re-queues changed
-    ones; files already queued or uploaded are left alone.
+    out; GLOBs match the path relative to DIRECTORY (`*` within a folder, `**` across,
+    `{a,b}` alternatives, `\\` escapes, a leading `/` anchors at DIRECTORY; an excluded
+    folder is not entered). Running it again adds new files and re-queues changed ones; files
+    already queued or uploaded are left alone.
     """
     if not os.path.isdir(directory):
         what = "does not exist" if not os.path.exists(directory) else "is not a folder"
         raise UserError(f"{directory} {what}")
-    filters = scan.Filters(include, exclude, max_size)
+    try:
+        filters = scan.Filters(include, exclude, max_size)
+    except scan.PatternError as exc:
+        raise UserError(str(exc)) from None
 
     async def body(conn: aiosqlite.Connection) -> tuple[queue.EnqueueCounts, scan.ScanStats]:
         return await scan.enqueue(conn, directory, kb_id, filters, follow_symlinks)
