@@ -414,3 +414,19 @@ def test_an_invalid_pattern_is_a_one_line_error_and_nothing_is_queued(
     assert option in line
     assert says in line
     assert not db.exists()
+
+
+def test_max_size_zero_is_refused_and_off_means_no_limit(tmp_path: Path) -> None:
+    """rclone's --max-size 0 keeps only empty files: here a clear refusal instead of a run
+    that skips everything; `off` is rclone's word for no limit."""
+    tree = make_tree(tmp_path / "docs", {"empty.txt": 0, "big.txt": 5000})
+    db = tmp_path / "q.db"
+    for zero in ("0", "0k", "0.0M"):
+        result = invoke(db, "enqueue", str(tree), "--kb", KB, "--max-size", zero)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert "zero bytes" in result.stderr and "'off'" in result.stderr
+    assert not db.exists()
+
+    assert enqueue(db, tree, "--max-size", "off") == counts(2, new=2)
+    assert {r["state"] for r in jobs(db).values()} == {"pending"}

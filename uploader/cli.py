@@ -146,7 +146,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
     if value is None:
         return None
     try:
-        return scan.parse_size(value)
+        return scan.parse_max_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -156,7 +156,12 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
 @kb_option(required=True)
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching (repeatable).")
-@click.option("--max-size", callback=_size, metavar="SIZE", help="Skip files larger (e.g. 500M).")
+@click.option(
+    "--max-size",
+    callback=_size,
+    metavar="SIZE",
+    help="Skip files larger (e.g. 500M; 'off' for no limit, the default).",
+)
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are cut).")
 @pass_ctx
 def enqueue(

@@ -33,6 +33,21 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_max_size(text: str) -> int | None:
+    """--max-size: a size, or `off` for no limit (rclone's word). Zero is refused: as in
+    rclone it would mean "zero bytes", skipping every file that is not empty, which is never
+    what someone uploading a folder wants and is most often a guess at "no limit"."""
+    if text.strip().lower() == "off":
+        return None
+    size = parse_size(text)
+    if size == 0:
+        raise ValueError(
+            f"{text!r} would skip every file that is not empty (0 means zero bytes, as in"
+            " rclone, not no limit): leave --max-size out, or give 'off', for no limit"
+        )
+    return size
+
+
 def display(path: bytes) -> str:
     """A path as text: undecodable bytes shown as \\xNN escapes, never an exception."""
     return path.decode("utf-8", "backslashreplace")
