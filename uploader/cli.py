@@ -176,10 +176,11 @@ def enqueue(
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
     Hidden files and folders, Thumbs.db, desktop.ini and Office lock files (~$*) are left
-    out; GLOBs match the path relative to DIRECTORY (`*` within a folder, `**` across,
-    `{a,b}` alternatives, `\\` escapes, a leading `/` anchors at DIRECTORY; an excluded
-    folder is not entered). Running it again adds new files and re-queues changed ones; files
-    already queued or uploaded are left alone.
+    out, and so are the uploader's own database, logs/ and reports/; GLOBs match the path
+    relative to DIRECTORY (`*` within a folder, `**` across, `{a,b}` alternatives, `\\`
+    escapes, a leading `/` anchors at DIRECTORY; an excluded folder is not entered). Running
+    it again adds new files and re-queues changed ones; files already queued or uploaded are
+    left alone.
     """
     if not os.path.isdir(directory):
         what = "does not exist" if not os.path.exists(directory) else "is not a folder"
@@ -190,11 +191,14 @@ def enqueue(
         raise UserError(str(exc)) from None
 
     async def body(conn: aiosqlite.Connection) -> tuple[queue.EnqueueCounts, scan.ScanStats]:
-        return await scan.enqueue(conn, directory, kb_id, filters, follow_symlinks)
+        own = scan.OwnState.of(ctx.db)
+        return await scan.enqueue(conn, directory, kb_id, filters, follow_symlinks, own)
 
     counts, stats = run_async(with_db(ctx, body))
     for problem in stats.unreadable_folders:
         click.echo(f"warning: cannot read folder {problem}", err=True)
+    if stats.own:
+        ctx.echo(f"left out the uploader's own files: {', '.join(sorted(set(stats.own)))}")
     click.echo(
         f"scanned {counts.scanned}: {counts.new} new, {counts.changed} changed, "
         f"{counts.unchanged} unchanged, {counts.skipped} skipped"

@@ -188,10 +188,60 @@ def is_ignored_name(name: bytes) -> bool:
     return name.startswith(b".") or name.startswith(b"~$") or name.lower() in CLUTTER
 
 
+# Where the uploader writes beside its database: cli._open_log (logs/) and
+# report._default_folder (reports/); test_enqueue_own_files runs both, then checks neither is
+# queued.
+OWN_FOLDERS = (b"logs", b"reports")
+_SIDE_FILES = (b"", b"-wal", b"-shm", b"-journal")
+
+FileId = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class OwnState:
+    """The database, its side files and the folders the tool writes, never to be queued: the
+    database holds the full path of every file, and uploading it would re-queue it as
+    "changed" on every enqueue. Held by identity, never by path text, so `enqueue .` from
+    beside the database, a relative --db, a link to a parent folder and --follow-symlinks
+    all find them."""
+
+    names: dict[FileId, frozenset[bytes]]  # per folder (by identity): its own names
+    ids: frozenset[FileId]  # each of them that exists now, by identity
+
+    @classmethod
+    def of(cls, db_path: str) -> OwnState:
+        """Both the path as given and its real target: SQLite may put the side files
+        beside either when the database is a link."""
+        given = os.path.abspath(os.fsencode(db_path))
+        places: dict[bytes, set[bytes]] = {}
+        for path in {given, os.path.realpath(given)}:
+            folder, base = os.path.split(path)
+            places.setdefault(folder, set()).update(base + s for s in _SIDE_FILES)
+        places.setdefault(os.path.dirname(given), set()).update(OWN_FOLDERS)
+        names: dict[FileId, frozenset[bytes]] = {}
+        ids: set[FileId] = set()
+        for folder, found in places.items():
+            folder_id = _identity(folder)
+            if folder_id is None:
+                continue
+            names[folder_id] = names.get(folder_id, frozenset()) | found
+            ids.update(i for i in map(_identity, (os.path.join(folder, n) for n in found)) if i)
+        return cls(names, frozenset(ids))
+
+
+def _identity(path: bytes) -> FileId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 @dataclass
 class ScanStats:
     ignored: int = 0
     unreadable_folders: list[str] = field(default_factory=list)
+    own: list[str] = field(default_factory=list)  # the uploader's own files met, left out
 
 
 def walk(
@@ -199,19 +249,25 @@ def walk(
     filters: Filters,
     follow_symlinks: bool,
     stats: ScanStats,
+    own: OwnState | None = None,
 ) -> Iterator[ScanRow]:
     """Depth-first walk with an explicit stack (a tree 200 levels deep needs no recursion),
     streaming each folder's entries (a folder of a million files is never listed in memory).
     With --follow-symlinks a folder already visited (by device and inode) is never entered
     twice, so link loops end. A folder an exclude matches whole is not entered at all."""
+    own = own or OwnState({}, frozenset())
     root = os.path.realpath(root)
     root_stat = os.stat(root)
     root_id = (root_stat.st_dev, root_stat.st_ino)
+    if root_id in own.ids:
+        stats.own.append(display(root) + "/")
+        return
     seen = {root_id}
     stack = [(root, root_id)]
     prefix = len(root.rstrip(b"/")) + 1
     while stack:
         folder, folder_id = stack.pop()
+        own_here = own.names.get(folder_id, frozenset())
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -219,6 +275,12 @@ def walk(
                         stats.ignored += 1
                         continue
                     st = _stat(entry, follow_symlinks)
+                    if entry.name in own_here or (
+                        st is not None and (st.st_dev, st.st_ino) in own.ids
+                    ):
+                        is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+                        stats.own.append(display(entry.path[prefix:]) + ("/" if is_dir else ""))
+                        continue
                     if st is not None and stat.S_ISDIR(st.st_mode):
                         entry_id = (st.st_dev, st.st_ino)
                         if filters.pruned(os.fsdecode(entry.path[prefix:])):
@@ -279,13 +341,14 @@ async def enqueue(
     kb_id: str,
     filters: Filters,
     follow_symlinks: bool,
+    own: OwnState | None = None,
     batch_size: int = 2000,
 ) -> tuple[EnqueueCounts, ScanStats]:
     """Walk `root` into the queue, one transaction per batch; safe to run again. The walk
     runs in a thread so the next batch is scanned while the database writes this one."""
     stats = ScanStats()
     counts = EnqueueCounts()
-    rows = walk(os.fsencode(root), filters, follow_symlinks, stats)
+    rows = walk(os.fsencode(root), filters, follow_symlinks, stats, own)
     chunks = batches(rows, batch_size)
     writing: asyncio.Task[EnqueueCounts] | None = None
     while True:
