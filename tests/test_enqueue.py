@@ -302,3 +302,131 @@ def test_a_file_instead_of_a_folder_is_a_one_line_error(tmp_path: Path) -> None:
     line = one_line_error(invoke(db, "enqueue", str(tmp_path / "file.txt"), "--kb", KB))
     assert "file.txt" in line
     assert not db.exists()
+
+
+RCLONE_TREE = {
+    "a*b.txt": 1,
+    "axb.txt": 1,
+    "notes.md": 1,
+    "doc.pdf": 1,
+    "sub/deep/x.pdf": 1,
+    "sub/y.txt": 1,
+    "build/out.txt": 1,
+    "src/build/gen.txt": 1,
+    "src/main.txt": 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--include", "a\\*b.txt"], {"a*b.txt"}),
+        (["--exclude", "a\\*b.txt", "--include", "a*b.txt"], {"axb.txt"}),
+        (["--include", "*.{pdf,{md,nothing}}"], {"notes.md", "doc.pdf", "sub/deep/x.pdf"}),
+        (
+            ["--include", "{notes.md,{sub,src}/**}"],
+            {"notes.md", "sub/deep/x.pdf", "sub/y.txt"} | {"src/build/gen.txt", "src/main.txt"},
+        ),
+        (["--exclude", "build/"], set(RCLONE_TREE) - {"build/out.txt", "src/build/gen.txt"}),
+        (["--exclude", "/build/"], set(RCLONE_TREE) - {"build/out.txt"}),
+        (["--exclude", "sub/*"], set(RCLONE_TREE) - {"sub/y.txt"}),
+    ],
+)
+def test_escapes_nested_braces_and_folder_excludes_work_as_in_rclone(
+    tmp_path: Path, options: list[str], expected: set[str]
+) -> None:
+    tree = make_tree(tmp_path / "docs", RCLONE_TREE)
+    db = tmp_path / "q.db"
+
+    assert enqueue(db, tree, *options) == counts(len(expected), new=len(expected))
+    assert set(jobs(db)) == expected
+
+
+def test_an_excluded_folder_is_not_entered(tmp_path: Path) -> None:
+    """An unreadable folder inside an excluded one: entering it would warn that it cannot be
+    read, so the absence of the warning shows the walk never went in."""
+    tree = make_tree(
+        tmp_path / "docs",
+        {
+            "keep.txt": 1,
+            "node_modules/pkg/index.js": 1,
+            "node_modules/locked/x.js": 1,
+            "app/node_modules/locked/y.js": 1,
+            "build/locked/z.txt": 1,
+        },
+    )
+    for locked in ("node_modules/locked", "app/node_modules/locked", "build/locked"):
+        (tree / locked).chmod(0)
+    db = tmp_path / "q.db"
+    try:
+        done = run_cli(
+            db,
+            "enqueue",
+            str(tree),
+            "--kb",
+            KB,
+            "--exclude",
+            "node_modules/**",
+            "--exclude",
+            "/build/",
+            privileged=False,
+        )
+    finally:
+        for locked in ("node_modules/locked", "app/node_modules/locked", "build/locked"):
+            (tree / locked).chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert "cannot read" not in done.stderr
+    assert summary_of(done.stdout) == counts(1, new=1)
+    assert set(jobs(db)) == {"keep.txt"}
+
+
+def test_a_folder_matched_only_in_part_is_still_entered(tmp_path: Path) -> None:
+    """`sub/*.pdf` excludes some files of sub, `sub/*` only its own files: neither may keep
+    the walk out of sub or its subfolders."""
+    tree = make_tree(tmp_path / "docs", {"sub/a.pdf": 1, "sub/b.txt": 1, "sub/deep/c.pdf": 1})
+    db = tmp_path / "q.db"
+    assert enqueue(db, tree, "--exclude", "sub/*.pdf") == counts(2, new=2)
+    assert set(jobs(db)) == {"sub/b.txt", "sub/deep/c.pdf"}
+
+
+@pytest.mark.parametrize(
+    ("option", "pattern", "says"),
+    [
+        ("--include", "", "empty pattern"),
+        ("--exclude", "", "empty pattern"),
+        ("--include", "*.{pdf,txt", "unbalanced"),
+        ("--exclude", "*.pdf}", "unbalanced"),
+        ("--include", "*.{pdf}", "without a comma"),
+        ("--include", "*.{{jpe?g}}", "regexp"),
+        ("--include", "docs/", "docs/**"),
+        ("--include", ".git/**", "hidden"),
+        ("--exclude", "./build/**", "can match nothing"),
+        ("--exclude", "a//b", "can match nothing"),
+        ("--include", "{1..2000}", "alternatives"),
+    ],
+)
+def test_an_invalid_pattern_is_a_one_line_error_and_nothing_is_queued(
+    tmp_path: Path, option: str, pattern: str, says: str
+) -> None:
+    tree = make_tree(tmp_path / "docs", {"a.txt": 1, "docs/b.txt": 1, "build/c.txt": 1})
+    db = tmp_path / "q.db"
+    line = one_line_error(invoke(db, "enqueue", str(tree), "--kb", KB, option, pattern))
+    assert option in line
+    assert says in line
+    assert not db.exists()
+
+
+def test_max_size_zero_is_refused_and_off_means_no_limit(tmp_path: Path) -> None:
+    """rclone's --max-size 0 keeps only empty files: here a clear refusal instead of a run
+    that skips everything; `off` is rclone's word for no limit."""
+    tree = make_tree(tmp_path / "docs", {"empty.txt": 0, "big.txt": 5000})
+    db = tmp_path / "q.db"
+    for zero in ("0", "0k", "0.0M"):
+        result = invoke(db, "enqueue", str(tree), "--kb", KB, "--max-size", zero)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert "zero bytes" in result.stderr and "'off'" in result.stderr
+    assert not db.exists()
+
+    assert enqueue(db, tree, "--max-size", "off") == counts(2, new=2)
+    assert {r["state"] for r in jobs(db).values()} == {"pending"}

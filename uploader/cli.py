@@ -146,7 +146,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
     if value is None:
         return None
     try:
-        return scan.parse_size(value)
+        return scan.parse_max_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -156,7 +156,12 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
 @kb_option(required=True)
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching (repeatable).")
-@click.option("--max-size", callback=_size, metavar="SIZE", help="Skip files larger (e.g. 500M).")
+@click.option(
+    "--max-size",
+    callback=_size,
+    metavar="SIZE",
+    help="Skip files larger (e.g. 500M; 'off' for no limit, the default).",
+)
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are cut).")
 @pass_ctx
 def enqueue(
@@ -171,21 +176,29 @@ def enqueue(
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
     Hidden files and folders, Thumbs.db, desktop.ini and Office lock files (~$*) are left
-    out; GLOBs match the path relative to DIRECTORY (`*` within a folder, `**` across, a
-    leading `/` anchors at DIRECTORY). Running it again adds new files and re-queues changed
-    ones; files already queued or uploaded are left alone.
+    out, and so are the uploader's own database, logs/ and reports/; GLOBs match the path
+    relative to DIRECTORY (`*` within a folder, `**` across, `{a,b}` alternatives, `\\`
+    escapes, a leading `/` anchors at DIRECTORY; an excluded folder is not entered). Running
+    it again adds new files and re-queues changed ones; files already queued or uploaded are
+    left alone.
     """
     if not os.path.isdir(directory):
         what = "does not exist" if not os.path.exists(directory) else "is not a folder"
         raise UserError(f"{directory} {what}")
-    filters = scan.Filters(include, exclude, max_size)
+    try:
+        filters = scan.Filters(include, exclude, max_size)
+    except scan.PatternError as exc:
+        raise UserError(str(exc)) from None
 
     async def body(conn: aiosqlite.Connection) -> tuple[queue.EnqueueCounts, scan.ScanStats]:
-        return await scan.enqueue(conn, directory, kb_id, filters, follow_symlinks)
+        own = scan.OwnState.of(ctx.db)
+        return await scan.enqueue(conn, directory, kb_id, filters, follow_symlinks, own)
 
     counts, stats = run_async(with_db(ctx, body))
     for problem in stats.unreadable_folders:
         click.echo(f"warning: cannot read folder {problem}", err=True)
+    if stats.own:
+        ctx.echo(f"left out the uploader's own files: {', '.join(sorted(set(stats.own)))}")
     click.echo(
         f"scanned {counts.scanned}: {counts.new} new, {counts.changed} changed, "
         f"{counts.unchanged} unchanged, {counts.skipped} skipped"

@@ -7,14 +7,15 @@ the user wants uploaded, and bytes are the only lossless form of it.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import aiosqlite
+import bracex
+from wcmatch import glob
 
 from . import queue
 from .queue import EnqueueCounts, ScanRow
@@ -32,77 +33,154 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_max_size(text: str) -> int | None:
+    """--max-size: a size, or `off` for no limit (rclone's word). Zero is refused: as in
+    rclone it would mean "zero bytes", skipping every file that is not empty, which is never
+    what someone uploading a folder wants and is most often a guess at "no limit"."""
+    if text.strip().lower() == "off":
+        return None
+    size = parse_size(text)
+    if size == 0:
+        raise ValueError(
+            f"{text!r} would skip every file that is not empty (0 means zero bytes, as in"
+            " rclone, not no limit): leave --max-size out, or give 'off', for no limit"
+        )
+    return size
+
+
 def display(path: bytes) -> str:
     """A path as text: undecodable bytes shown as \\xNN escapes, never an exception."""
     return path.decode("utf-8", "backslashreplace")
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """rclone-style glob: `*` stays in one folder, `**` crosses folders, `{a,b}` alternates;
-    a pattern with a leading `/` is anchored at the enqueued folder, otherwise it may match
-    at any depth."""
-    anchored = pattern.startswith("/")
-    body = pattern.lstrip("/")
-    out: list[str] = []
-    i = 0
-    while i < len(body):
-        c = body[i]
-        if body.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "{":
-            end = body.find("}", i)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                alts = body[i + 1 : end].split(",")
-                out.append("(?:" + "|".join(_glob_regex("/" + a).pattern[1:-2] for a in alts) + ")")
-                i = end + 1
-                continue
-        elif c == "[":
-            end = body.find("]", i + 1)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                out.append(fnmatch.translate(body[i : end + 1])[4:-3])
-                i = end + 1
-                continue
-        else:
-            out.append(re.escape(c))
-        i += 1
-    prefix = "^" if anchored else "^(?:.*/)?"
-    return re.compile(prefix + "".join(out) + r"\Z", re.DOTALL)
+class PatternError(ValueError):
+    """A --include/--exclude/--match pattern that is invalid or can match nothing: said at
+    once, because a typo that silently matches nothing reads as "scanned 0" (or, for an
+    exclude, uploads what the user meant to keep out)."""
+
+
+# rclone's rules: `*` and `?` stop at `/`, `**` crosses folders, `{a,b}` alternates (nested
+# too), `\` escapes, and `*` matches names starting with a dot. FORCEUNIX: `/` is the only
+# separator and `\` always an escape, whatever the platform.
+_FLAGS = glob.GLOBSTAR | glob.BRACE | glob.DOTGLOB | glob.FORCEUNIX
+_LIMIT = 1000  # brace alternatives per pattern, wcmatch's own default
+_LEFTOVER_BRACE = re.compile(r"(?<!\\)[{}]")
+
+
+def _unmatchable(segments: list[str], hidden_too: bool) -> bool:
+    """A relative path never has an empty, `.` or `..` element, and (for an include) never a
+    hidden one: enqueue leaves hidden entries out before any filter."""
+    return any(s in ("", ".", "..") or (hidden_too and s.startswith(".")) for s in segments)
+
+
+def _check(pattern: str, role: str) -> str:
+    """The pattern to compile (an exclude `dir/` as rclone's `dir/**`), or a PatternError
+    saying what is wrong with it."""
+    shown = f"--{role} {pattern!r}"
+    if pattern in ("", "/"):
+        raise PatternError(f"{shown}: an empty pattern matches nothing")
+    if pattern.endswith("/"):
+        if role != "exclude":
+            raise PatternError(
+                f"{shown} names a folder and matches no file: use {pattern + '**'!r}"
+            )
+        pattern += "**"  # rclone: excluding `dir/` excludes everything below it
+    try:
+        expanded = bracex.expand(pattern, keep_escapes=True, limit=_LIMIT)
+    except bracex.ExpansionLimitException:
+        raise PatternError(f"{shown}: more than {_LIMIT} alternatives") from None
+    if any(_LEFTOVER_BRACE.search(e) for e in expanded):
+        if "{{" in pattern:
+            raise PatternError(f"{shown}: rclone's {{{{regexp}}}} syntax is not supported")
+        raise PatternError(
+            f"{shown}: unbalanced {{ }} or a {{group}} without a comma (\\{{ for a literal brace)"
+        )
+    hidden_too = role != "exclude"
+    if all(_unmatchable(e.lstrip("/").split("/"), hidden_too) for e in expanded):
+        why = "paths relative to the folder have no empty, '.' or '..' element"
+        if hidden_too:
+            why += ", and hidden names are always left out"
+        raise PatternError(f"{shown} can match nothing: {why}")
+    return pattern
+
+
+def _regex(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One compiled regex for many wcmatch patterns: a path costs one `match`, not a wcmatch
+    call per pattern."""
+    if not patterns:
+        return None
+    positive, _negative = glob.translate(patterns, flags=_FLAGS, limit=_LIMIT)
+    return re.compile("|".join(f"(?:{p})" for p in positive))
+
+
+@dataclass(frozen=True)
+class _Union:
+    """Checked patterns with rclone's anchoring: a leading `/` anchors at the enqueued folder;
+    any other pattern matches whole trailing path elements at any depth (`b.txt` matches
+    `a/b.txt`, not `ab.txt`), which is `**/` in front. A pattern without `/` (most, e.g.
+    `*.pdf`) can then only match the last element, and is matched against the name alone:
+    three times faster than a `**/` regex."""
+
+    names: re.Pattern[str] | None
+    paths: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, patterns: Sequence[str]) -> _Union | None:
+        if not patterns:
+            return None
+        names = [p for p in patterns if "/" not in p]
+        paths = [p[1:] if p.startswith("/") else "**/" + p for p in patterns if "/" in p]
+        return cls(_regex(names), _regex(paths))
+
+    def match(self, relpath: str) -> bool:
+        if self.names is not None and self.names.match(relpath.rpartition("/")[2]):
+            return True
+        return self.paths is not None and self.paths.match(relpath) is not None
+
+
+def _prune_rule(pattern: str) -> str | None:
+    """The folder pattern F of an exclude `F/**`: a folder F matches holds only excluded
+    files, so the walk need not enter it (rclone's directory filter rules do the same)."""
+    if pattern in ("**", "/**"):
+        return "**"
+    return pattern[: -len("/**")] if pattern.endswith("/**") else None
 
 
 @dataclass
 class Filters:
-    """--include / --exclude on the relative path: excludes win, includes (if any) must match."""
+    """--include / --exclude on the relative path: excludes win, includes (if any) must match.
+    An invalid pattern raises PatternError here, before any file is looked at."""
 
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     max_size: int | None = None
-    _inc: list[re.Pattern[str]] = field(init=False, repr=False)
-    _exc: list[re.Pattern[str]] = field(init=False, repr=False)
+    _inc: _Union | None = field(init=False, repr=False)
+    _exc: _Union | None = field(init=False, repr=False)
+    _prune: _Union | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._inc = [_glob_regex(p) for p in self.include]
-        self._exc = [_glob_regex(p) for p in self.exclude]
+        excludes = [_check(p, "exclude") for p in self.exclude]
+        self._inc = _Union.of([_check(p, "include") for p in self.include])
+        self._exc = _Union.of(excludes)
+        self._prune = _Union.of([f for f in map(_prune_rule, excludes) if f is not None])
 
     def wanted(self, relpath: str) -> bool:
-        if any(p.match(relpath) for p in self._exc):
+        if self._exc is not None and self._exc.match(relpath):
             return False
-        return not self._inc or any(p.match(relpath) for p in self._inc)
+        return self._inc is None or self._inc.match(relpath)
+
+    def pruned(self, relpath: str) -> bool:
+        """True for a folder every file below which an exclude matches."""
+        return self._prune is not None and self._prune.match(relpath)
 
 
-def matcher(patterns: Sequence[str]):  # type: ignore[no-untyped-def]
-    """A predicate on relative paths for `retry-failed --match`, same glob rules as enqueue."""
-    regexes = [_glob_regex(p) for p in patterns]
-    return lambda relpath: any(r.match(relpath) for r in regexes)
+def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
+    """A predicate on relative paths for `retry-failed --match`, same glob rules as enqueue;
+    PatternError for an invalid or empty list."""
+    union = _Union.of([_check(p, "match") for p in patterns])
+    if union is None:
+        raise PatternError("--match needs a pattern")
+    return union.match
 
 
 def is_ignored_name(name: bytes) -> bool:
@@ -110,26 +188,86 @@ def is_ignored_name(name: bytes) -> bool:
     return name.startswith(b".") or name.startswith(b"~$") or name.lower() in CLUTTER
 
 
+# Where the uploader writes beside its database: cli._open_log (logs/) and
+# report._default_folder (reports/); test_enqueue_own_files runs both, then checks neither is
+# queued.
+OWN_FOLDERS = (b"logs", b"reports")
+_SIDE_FILES = (b"", b"-wal", b"-shm", b"-journal")
+
+FileId = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class OwnState:
+    """The database, its side files and the folders the tool writes, never to be queued: the
+    database holds the full path of every file, and uploading it would re-queue it as
+    "changed" on every enqueue. Held by identity, never by path text, so `enqueue .` from
+    beside the database, a relative --db, a link to a parent folder and --follow-symlinks
+    all find them."""
+
+    names: dict[FileId, frozenset[bytes]]  # per folder (by identity): its own names
+    ids: frozenset[FileId]  # each of them that exists now, by identity
+
+    @classmethod
+    def of(cls, db_path: str) -> OwnState:
+        """Both the path as given and its real target: SQLite may put the side files
+        beside either when the database is a link."""
+        given = os.path.abspath(os.fsencode(db_path))
+        places: dict[bytes, set[bytes]] = {}
+        for path in {given, os.path.realpath(given)}:
+            folder, base = os.path.split(path)
+            places.setdefault(folder, set()).update(base + s for s in _SIDE_FILES)
+        places.setdefault(os.path.dirname(given), set()).update(OWN_FOLDERS)
+        names: dict[FileId, frozenset[bytes]] = {}
+        ids: set[FileId] = set()
+        for folder, found in places.items():
+            folder_id = _identity(folder)
+            if folder_id is None:
+                continue
+            names[folder_id] = names.get(folder_id, frozenset()) | found
+            ids.update(i for i in map(_identity, (os.path.join(folder, n) for n in found)) if i)
+        return cls(names, frozenset(ids))
+
+
+def _identity(path: bytes) -> FileId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 @dataclass
 class ScanStats:
     ignored: int = 0
     unreadable_folders: list[str] = field(default_factory=list)
+    own: list[str] = field(default_factory=list)  # the uploader's own files met, left out
 
 
 def walk(
-    root: bytes, filters: Filters, follow_symlinks: bool, stats: ScanStats
+    root: bytes,
+    filters: Filters,
+    follow_symlinks: bool,
+    stats: ScanStats,
+    own: OwnState | None = None,
 ) -> Iterator[ScanRow]:
     """Depth-first walk with an explicit stack (a tree 200 levels deep needs no recursion),
     streaming each folder's entries (a folder of a million files is never listed in memory).
     With --follow-symlinks a folder already visited (by device and inode) is never entered
-    twice, so link loops end."""
+    twice, so link loops end. A folder an exclude matches whole is not entered at all."""
+    own = own or OwnState({}, frozenset())
     root = os.path.realpath(root)
     root_stat = os.stat(root)
-    seen = {(root_stat.st_dev, root_stat.st_ino)}
-    stack = [root]
+    root_id = (root_stat.st_dev, root_stat.st_ino)
+    if root_id in own.ids:
+        stats.own.append(display(root) + "/")
+        return
+    seen = {root_id}
+    stack = [(root, root_id)]
     prefix = len(root.rstrip(b"/")) + 1
     while stack:
-        folder = stack.pop()
+        folder, folder_id = stack.pop()
+        own_here = own.names.get(folder_id, frozenset())
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -137,10 +275,19 @@ def walk(
                         stats.ignored += 1
                         continue
                     st = _stat(entry, follow_symlinks)
+                    if entry.name in own_here or (
+                        st is not None and (st.st_dev, st.st_ino) in own.ids
+                    ):
+                        is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+                        stats.own.append(display(entry.path[prefix:]) + ("/" if is_dir else ""))
+                        continue
                     if st is not None and stat.S_ISDIR(st.st_mode):
-                        if (st.st_dev, st.st_ino) not in seen:
-                            seen.add((st.st_dev, st.st_ino))
-                            stack.append(entry.path)
+                        entry_id = (st.st_dev, st.st_ino)
+                        if filters.pruned(os.fsdecode(entry.path[prefix:])):
+                            stats.ignored += 1
+                        elif entry_id not in seen:
+                            seen.add(entry_id)
+                            stack.append((entry.path, entry_id))
                         continue
                     row = _row(entry, st, prefix, filters)
                     if row is None:
@@ -194,13 +341,15 @@ async def enqueue(
     kb_id: str,
     filters: Filters,
     follow_symlinks: bool,
+    own: OwnState | None = None,
     batch_size: int = 2000,
 ) -> tuple[EnqueueCounts, ScanStats]:
     """Walk `root` into the queue, one transaction per batch; safe to run again. The walk
     runs in a thread so the next batch is scanned while the database writes this one."""
     stats = ScanStats()
     counts = EnqueueCounts()
-    chunks = batches(walk(os.fsencode(root), filters, follow_symlinks, stats), batch_size)
+    rows = walk(os.fsencode(root), filters, follow_symlinks, stats, own)
+    chunks = batches(rows, batch_size)
     writing: asyncio.Task[EnqueueCounts] | None = None
     while True:
         batch = await asyncio.to_thread(next, chunks, None)
