@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import KB, ROOT, async_test
-from tests.maiagent_server import MaiAgentServer
+from tests.maiagent_server import COUNTERS, MaiAgentServer
 
 
 class Api:
@@ -116,7 +116,7 @@ async def test_three_call_upload_stores_object_and_registers(maiagent: MaiAgentS
     assert isinstance(entry["createdAt"], int)
     assert maiagent.entries(KB) == [entry]
     assert maiagent.stats() == {
-        **dict.fromkeys(("list", "get", "delete", "batch_delete", "reparse"), 0),
+        **dict.fromkeys(COUNTERS, 0),
         **{"presign": 1, "s3": 1, "register": 1, "total": 3},
     }
 
