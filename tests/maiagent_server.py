@@ -769,8 +769,8 @@ class MaiAgentServer:
 
     def _insert(self, entry: _Entry) -> None:
         """Make an entry visible. createdAt never goes backwards, so append order is newest-last
-        and listing can slice."""
-        self._last_ms = max(int(time.time() * 1000), entry.created_at, self._last_ms)
+        and listing can slice. A late commit keeps the time its early answer announced."""
+        self._last_ms = max(entry.created_at or int(time.time() * 1000), self._last_ms)
         entry.created_at = self._last_ms
         entry.parse_start = time.monotonic()
         self._lists[entry.kb].append(entry)
