@@ -16,19 +16,35 @@ _KNOBS = {field.name for field in dataclasses.fields(Faults)}
 
 
 @pytest.fixture
-def maiagent() -> Iterator[MaiAgentServer]:
-    """A server with defaults: api key "test-key", one knowledge base "kb-test", no faults."""
-    with MaiAgentServer().run_in_thread() as server:
+def dialect(request: pytest.FixtureRequest) -> str:
+    """The API dialect `maiagent` and `maiagent_factory` speak: "examples" unless a test asks
+    for another with `@pytest.mark.parametrize("dialect", DIALECTS, indirect=True)` (or a plain
+    parametrize of `dialect`). "examples" until the client reads the documented shapes."""
+    return getattr(request, "param", "examples")
+
+
+@pytest.fixture
+def maiagent(dialect: str) -> Iterator[MaiAgentServer]:
+    """A server with defaults: api key "test-key", one knowledge base "kb-test", no faults,
+    speaking `dialect`."""
+    with MaiAgentServer(dialect=dialect).run_in_thread() as server:
         yield server
 
 
 @pytest.fixture
-def maiagent_factory() -> Iterator[Callable[..., MaiAgentServer]]:
+def docs_server() -> Iterator[MaiAgentServer]:
+    """Like `maiagent`, always speaking the docs dialect."""
+    with MaiAgentServer(dialect="docs").run_in_thread() as server:
+        yield server
+
+
+@pytest.fixture
+def maiagent_factory(dialect: str) -> Iterator[Callable[..., MaiAgentServer]]:
     """Start servers with knobs set from the first request, e.g. `maiagent_factory(rps_limit=5)`.
 
     Keyword arguments named after a Faults knob go into a new Faults (so do not also pass
-    faults=); the rest (api_key, kbs, faults) go to MaiAgentServer. Every server started is
-    stopped at teardown.
+    faults=); the rest (api_key, kbs, faults, dialect — `dialect` by default) go to
+    MaiAgentServer. Every server started is stopped at teardown.
     """
     with contextlib.ExitStack() as stack:
 
@@ -36,6 +52,7 @@ def maiagent_factory() -> Iterator[Callable[..., MaiAgentServer]]:
             knobs = {name: kwargs.pop(name) for name in list(kwargs) if name in _KNOBS}
             if knobs:
                 kwargs["faults"] = Faults(**knobs)
+            kwargs.setdefault("dialect", dialect)
             return stack.enter_context(MaiAgentServer(**kwargs).run_in_thread())
 
         yield start

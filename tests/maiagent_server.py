@@ -1,13 +1,89 @@
 """A MaiAgent-compatible server for tests, `make demo` and `make bench`.
 
 It speaks the subset of the MaiAgent API the uploader uses (presign, S3 POST, register,
-list/get/delete/reparse knowledge-base files) and adds fault knobs, so the uploader can be
-exercised against the things that go wrong at scale: lost answers, throttling, dropped
-connections, slow or failed parsing. Everything lives in memory; uploaded files are only hashed
-unless they are small, so a benchmark can push gigabytes through it.
+list/get/delete/reparse knowledge-base files, knowledge bases, labels, update-metadata) and adds
+fault knobs, so the uploader can be exercised against the things that go wrong at scale: lost
+answers, throttling, dropped connections, slow or failed parsing, late commits, garbage answers,
+outages. Everything lives in memory; uploaded files are only hashed unless they are small, so a
+benchmark can push gigabytes through it.
 
 Run in-process with `MaiAgentServer().run_in_thread()`, or as a process with
 `python -m tests.maiagent_server --port 0` (prints `listening on <base url>`).
+
+Dialects (`dialect=` / `--dialect`): the two sources of what MaiAgent answers disagree, so the
+server speaks either. `docs` (the default) answers as MaiAgent's public documentation shows:
+
+    register  201 {"count": n, "next": null, "previous": null, "results": [entry, ...]}
+    entry     {"id", "filename", "file": "http://127.0.0.1:PORT/<key, percent-encoded as
+              Django's filepath_to_uri does>", "fileType": "txt", "knowledgeBase": kb,
+              "size": 5, "status": {"code": "done", "message": "..."},
+              "createdAt": "1728104372000", "labels": [{"id", "name"}],
+              "rawUserDefineMetadata": {...}, "parser": uuid | null}
+    keys      media/chatbots/chatbot-file/<uuid>.<ext>   (no filename in the key)
+    listing   page size 20 by default, 100 at most, whatever is asked (`page_size`; `pageSize`
+              is ignored); a key registered twice in one knowledge base is refused with
+              400 {"detail": "Duplicate File Upload"}
+
+`examples` keeps the shapes of MaiAgent's example code (what this server always spoke):
+
+    register  201 [entry, ...]
+    entry     {"id", "filename", "file": "<key>", "size": 5, "status": "done",
+              "createdAt": 1728104372000, "labels": [{"id", "name"}], "rawUserDefineMetadata"}
+    keys      media/chatbot-file/<uuid>/<filename>
+    listing   page size 10 by default, 1000 at most; duplicate keys are registered again
+
+The size field is `size` in both (the api notes say one example reads `file_size`: knob
+`size_field`). Every shape can also be overridden alone by a knob ("" = the dialect's choice).
+
+Knobs (fields of `Faults`; each is a keyword of `maiagent_factory`, a `--flag-name` on the
+command line, and settable while running via `server.faults.x = ...` or POST /_control/faults):
+  latency: seconds every API/S3 request waits before it is served
+  error_rate: share of requests answered 503 (S3: XML SlowDown)
+  drop_rate: share of requests whose connection is closed before anything happens
+  lost_register_rate: share of register calls that take effect but whose answer is lost
+  rps_limit: API requests per second (sliding window, 429 with Retry-After: 1); 0 = unlimited
+  parse_delay: seconds an entry spends initial (first half) then processing
+  parse_failure_rate: share of entries whose parsing ends failed
+  list_size: False leaves the size field out of every entry
+  delete_conflict_while_processing: DELETE of an initial/processing entry answers 409
+  delete_500_rate: share of DELETEs that delete and then answer 500
+  delete_conflict_first: the first N DELETEs of each entry answer 409 (nothing deleted)
+  policy_ttl: seconds a presigned policy stays valid
+  max_file_size: the presigned policy's content-length-range maximum (S3: EntityTooLarge)
+  keep_bytes: uploads up to this size keep their bytes (content checks); bigger, only a hash
+  register_first_only: a register of several files creates (and answers) only the first
+  register_effect_delay: seconds after the request a register takes effect (entries appear)
+  register_answer_early: with a delay, answer at once (listing lags) instead of at the effect
+  file_types: comma list of extensions register accepts (e.g. "txt,pdf"); "" = any; else 400
+  list_order: listing order: newest (docs' promise), oldest, random (a fixed arbitrary order)
+  null_id_rate: share of register answers whose entries carry "id": null
+  bad_presign_url_rate: share of presign answers whose url is "http://[::1" (unparseable)
+  huge_answer_bytes: pad answers of huge_answer_on endpoints with this many bytes of
+    leading JSON whitespace (streamed, chunked); 0 = off
+  huge_answer_on: comma list of endpoint names (see ENDPOINTS) that huge_answer_bytes pads
+  filename_list_rate: share of listed/got entries whose "filename" is a list
+  drop_fields: comma list of entry fields left out of every answer (e.g. "file" or "id")
+  unavailable: every API and S3 request answers 503 while True (see also `outage()`)
+  update_metadata_methods: comma list of methods update-metadata accepts; others get 405
+  update_metadata_label_forms: accepted update-metadata label forms, "objects" ([{"id"}])
+    and/or "ids" (["<id>"]); the other answers 400
+  register_answer: "list" | "page" — shape of the register answer
+  file_field: "key" | "url" — what an entry's "file" holds
+  status_form: "string" | "object" — an entry's "status"
+  created_at_form: "int" | "string" | "float" | "iso" — an entry's "createdAt"
+  size_field: "size" | "file_size" | "fileSize" — the name of an entry's size
+  key_form: "filename" | "uuid" — presigned keys with or without the filename
+  duplicate_keys: "allow" | "refuse" — a key already in the knowledge base at register
+  duplicate_error: "detail" | "files" | "non_field" — body of the duplicate 400:
+    {"detail": M}, {"files": [{"file": [M]} or {}, ...]}, {"non_field_errors": [M]}
+  page_size_default / page_size_max: the listing's page sizes; 0 = the dialect's
+  page_size_params: comma list of query parameters read as the page size ("" = page_size)
+  seed: seeds every random choice (reseeded when changed)
+
+Beyond knobs: `outage(seconds, mode)` ("refuse": the port is closed, connections refused;
+"503": every request answers 503), `shutdown()`/`restart()` (same port, same state), request
+counters per endpoint (`stats()`, `reset_stats()`, GET/DELETE /_control/stats), what is stored
+(`records`, `entries_by_key`, `content`, `entry_content`, GET /media/<key>, /_control/...).
 """
 
 from __future__ import annotations
@@ -22,14 +98,16 @@ import functools
 import hashlib
 import hmac
 import json
+import os
 import random
 import secrets
 import signal
 import threading
 import time
+import urllib.parse
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 
@@ -42,15 +120,80 @@ API_PREFIX = "/api/v1/"
 BUCKET = "maiagent-test"
 ACCESS_KEY = "AKIAMAIAGENTTEST"
 ALGORITHM = "AWS4-HMAC-SHA256"
-ENDPOINTS = ("presign", "s3", "register", "list", "get", "delete", "batch_delete", "reparse")
+DIALECTS = ("docs", "examples")
+ENDPOINTS = (
+    "presign",
+    "s3",
+    "register",
+    "list",
+    "get",
+    "delete",
+    "batch_delete",
+    "reparse",
+    "kbs",
+    "kb",
+    "labels",
+    "label_create",
+    "update_metadata",
+)
+# update_metadata counted once more by method; media (GET of a stored file) is not API traffic
+COUNTERS = (*ENDPOINTS, "update_metadata_patch", "update_metadata_post", "media", "total")
 STATUSES = ("initial", "processing", "done", "failed")
+STATUS_MESSAGES = {
+    "initial": "File uploaded, waiting to be processed.",
+    "processing": "File is being processed.",
+    "done": "File processed successfully.",
+    "failed": "File processing failed.",
+}
+DUPLICATE = "Duplicate File Upload"
+BAD_URL = "http://[::1"
 POLICY_FIELDS = ("key", "x-amz-algorithm", "x-amz-credential", "x-amz-date", "policy")
 SIGNED_FIELDS = (*POLICY_FIELDS, "x-amz-signature")
-SMALL_OBJECT = 1 << 20  # objects up to this size keep their bytes, bigger ones only a hash
+SMALL_OBJECT = 1 << 20  # objects up to this size keep their bytes by default
 MAX_FIELD = 64 << 10  # a non-file form part bigger than this is a client bug, not a field
 CHUNK = 256 << 10
-DEFAULT_PAGE_SIZE = 10
-MAX_PAGE_SIZE = 1000
+_PADDING = b" " * CHUNK
+_URI_SAFE = "/~!*()'"  # django.utils.encoding.filepath_to_uri
+
+# The shape knobs and what each dialect picks when a knob is "" (or 0).
+SHAPES: dict[str, dict[str, Any]] = {
+    "docs": {
+        "register_answer": "page",
+        "file_field": "url",
+        "status_form": "object",
+        "created_at_form": "string",
+        "size_field": "size",
+        "key_form": "uuid",
+        "duplicate_keys": "refuse",
+        "page_size_default": 20,
+        "page_size_max": 100,
+        "page_size_params": "page_size",
+    },
+    "examples": {
+        "register_answer": "list",
+        "file_field": "key",
+        "status_form": "string",
+        "created_at_form": "int",
+        "size_field": "size",
+        "key_form": "filename",
+        "duplicate_keys": "allow",
+        "page_size_default": 10,
+        "page_size_max": 1000,
+        "page_size_params": "page_size",
+    },
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "register_answer": ("list", "page"),
+    "file_field": ("key", "url"),
+    "status_form": ("string", "object"),
+    "created_at_form": ("int", "string", "float", "iso"),
+    "size_field": ("size", "file_size", "fileSize"),
+    "key_form": ("filename", "uuid"),
+    "duplicate_keys": ("allow", "refuse"),
+    "duplicate_error": ("detail", "files", "non_field"),
+    "list_order": ("newest", "oldest", "random"),
+}
+OUTAGE_MODES = ("refuse", "503")
 
 _dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 T = TypeVar("T")
@@ -58,7 +201,8 @@ T = TypeVar("T")
 
 @dataclasses.dataclass
 class Faults:
-    """Knobs that make the server misbehave; mutable while it runs (rates are 0..1)."""
+    """Knobs that make the server misbehave; mutable while it runs (rates are 0..1).
+    One line each in the module docstring."""
 
     latency: float = 0.0
     error_rate: float = 0.0
@@ -70,20 +214,57 @@ class Faults:
     list_size: bool = True
     delete_conflict_while_processing: bool = False
     delete_500_rate: float = 0.0
+    delete_conflict_first: int = 0
     policy_ttl: float = 300.0
     max_file_size: int = 10 << 30
+    keep_bytes: int = SMALL_OBJECT
     # a service that registers only the first file of a list (the real one's batch support
     # is not documented): the uploader must notice and fall back to one file per call
     register_first_only: bool = False
+    register_effect_delay: float = 0.0
+    register_answer_early: bool = False
+    file_types: str = ""
+    list_order: str = "newest"
+    null_id_rate: float = 0.0
+    bad_presign_url_rate: float = 0.0
+    huge_answer_bytes: int = 0
+    huge_answer_on: str = "register"
+    filename_list_rate: float = 0.0
+    drop_fields: str = ""
+    unavailable: bool = False
+    update_metadata_methods: str = "PATCH,POST"
+    update_metadata_label_forms: str = "objects,ids"
+    register_answer: str = ""
+    file_field: str = ""
+    status_form: str = ""
+    created_at_form: str = ""
+    size_field: str = ""
+    key_form: str = ""
+    duplicate_keys: str = ""
+    duplicate_error: str = "detail"
+    page_size_default: int = 0
+    page_size_max: int = 0
+    page_size_params: str = ""
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self._check(dataclasses.asdict(self))
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Apply knob changes all-or-nothing, so a typo in a test fails instead of being ignored."""
         unknown = set(changes) - {field.name for field in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown fault knobs: {sorted(unknown)}")
+        self._check(changes)
         for name, value in changes.items():
             setattr(self, name, value)
+
+    @staticmethod
+    def _check(values: Mapping[str, Any]) -> None:
+        for name, allowed in CHOICES.items():
+            value = values.get(name, "")
+            if value and value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,12 +274,18 @@ class _Entry:
     id: str
     kb: str
     filename: str
-    file: str
+    key: str
+    url_path: str  # "/" + the key percent-encoded: the entry's media URL without the origin
+    file_type: str
     size: int
-    created_at: int
+    created_at: int  # epoch ms
     parse_start: float
     parse_fails: bool
     forced_status: str | None = None
+    labels: list[str] = dataclasses.field(default_factory=list)  # label ids
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    parser: str | None = None
+    delete_attempts: int = 0
 
 
 @dataclasses.dataclass
@@ -106,6 +293,18 @@ class _Object:
     size: int
     sha256: str
     data: bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Render:
+    """How entries look in one answer, resolved once per request from dialect and knobs."""
+
+    docs: bool
+    url: bool
+    status_object: bool
+    created: str
+    size_field: str | None
+    drop: frozenset[str]
 
 
 class _S3Error(Exception):
@@ -118,8 +317,18 @@ class _S3Error(Exception):
         self.message = message
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=_dumps(data), status=status, content_type="application/json")
+class _BadRequest(Exception):
+    """A register/update-metadata body the service refuses; the payload is the 400 body."""
+
+    def __init__(self, body: Any) -> None:
+        super().__init__(str(body))
+        self.body = body
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=_dumps(data), status=status, content_type="application/json", headers=headers
+    )
 
 
 def _detail(status: int, detail: str) -> web.Response:
@@ -154,15 +363,6 @@ def _drop(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _page_size(raw: str | None) -> int:
-    """Mirror DRF: an invalid size falls back to the default, a big one is clamped."""
-    try:
-        size = int(raw) if raw is not None else DEFAULT_PAGE_SIZE
-    except ValueError:
-        return DEFAULT_PAGE_SIZE
-    return min(size, MAX_PAGE_SIZE) if size > 0 else DEFAULT_PAGE_SIZE
-
-
 def _page_url(url: URL, page: int) -> str:
     """DRF drops the page parameter for the first page."""
     return str(url.without_query_params("page") if page == 1 else url.update_query(page=page))
@@ -170,6 +370,35 @@ def _page_url(url: URL, page: int) -> str:
 
 def _iso_to_datetime(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _created(ms: int, form: str) -> Any:
+    if form == "int":
+        return ms
+    if form == "string":
+        return str(ms)
+    if form == "float":
+        return ms / 1
+    moment = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _csv(text: str) -> set[str]:
+    return {item.strip() for item in text.split(",") if item.strip()}
+
+
+def _extension(name: str) -> str:
+    return os.path.splitext(name)[1].lstrip(".")
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=256)
@@ -203,42 +432,83 @@ async def _read_field(part: BodyPartReader) -> str:
     return data.decode()
 
 
-async def _consume_file(part: BodyPartReader) -> tuple[int, str, bytes | None]:
-    """Hash the file part while streaming it; keep the bytes only for small files."""
+async def _consume_file(part: BodyPartReader, keep: int) -> tuple[int, str, bytes | None]:
+    """Hash the file part while streaming it; keep the bytes only up to `keep` bytes."""
     digest = hashlib.sha256()
     size = 0
     kept: bytearray | None = bytearray()
     while chunk := await part.read_chunk(CHUNK):
         digest.update(chunk)
         size += len(chunk)
-        if kept is not None and size <= SMALL_OBJECT:
+        if kept is not None and size <= keep:
             kept += chunk
         else:
             kept = None
     return size, digest.hexdigest(), None if kept is None else bytes(kept)
 
 
+def _label_ids(labels: Any, forms: set[str]) -> list[str]:
+    """The label ids of a `labels` value, in either form the sources show, as DRF refuses them."""
+    if not isinstance(labels, list):
+        kind = type(labels).__name__
+        raise _BadRequest({"labels": [f'Expected a list of items but got type "{kind}".']})
+    ids: list[str] = []
+    for item in labels:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            if "objects" not in forms:
+                raise _BadRequest({"labels": ["Incorrect type. Expected pk value, received dict."]})
+            ids.append(item["id"])
+        elif isinstance(item, str):
+            if "ids" not in forms:
+                msg = "Invalid data. Expected a dictionary, but got str."
+                raise _BadRequest({"labels": [{"non_field_errors": [msg]}]})
+            ids.append(item)
+        else:
+            raise _BadRequest({"labels": ['Expected a label id or {"id": ...}.']})
+    return ids
+
+
 class MaiAgentServer:
-    """In-memory MaiAgent knowledge-base API plus an S3 POST endpoint, with fault knobs."""
+    """In-memory MaiAgent knowledge-base API plus an S3 POST endpoint, with fault knobs.
+
+    `kbs`: knowledge-base ids (named after themselves) or a mapping id -> name.
+    `dialect`: "docs" or "examples" (see the module docstring); may be changed while running.
+    """
 
     def __init__(
         self,
         api_key: str = "test-key",
-        kbs: Iterable[str] = ("kb-test",),
+        kbs: Iterable[str] | Mapping[str, str] = ("kb-test",),
         faults: Faults | None = None,
+        dialect: str = "docs",
     ) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS}, not {dialect!r}")
+        self.dialect = dialect
         self.faults = faults if faults is not None else Faults()
         self.base_url = ""
+        self._origin = ""
+        self._host = "127.0.0.1"
+        self._port = 0
         self._auth = f"Api-Key {api_key}"
         self._secret = secrets.token_bytes(32)
-        self._lists: dict[str, list[_Entry]] = {kb: [] for kb in kbs}
+        names = dict(kbs) if isinstance(kbs, Mapping) else {kb: kb for kb in kbs}
+        self._kb_names: dict[str, str] = names
+        self._lists: dict[str, list[_Entry]] = {kb: [] for kb in names}
         self._by_id: dict[str, _Entry] = {}
+        self._by_key: dict[tuple[str, str], list[_Entry]] = {}
+        self._pending: Counter[tuple[str, str]] = Counter()
+        self._labels: dict[str, dict[str, str]] = {kb: {} for kb in names}  # kb: id -> name
+        self._versions: Counter[str] = Counter()
+        self._shuffled: dict[str, tuple[int, int | None, list[_Entry]]] = {}
         self._objects: dict[str, _Object] = {}
-        self._stats = dict.fromkeys((*ENDPOINTS, "total"), 0)
+        self._stats = dict.fromkeys(COUNTERS, 0)
         self._window: deque[float] = deque()
         self._seed = self.faults.seed
         self._rng = random.Random(self._seed)
         self._last_ms = 0
+        self._unavailable_until = 0.0
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -247,22 +517,39 @@ class MaiAgentServer:
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
-        files = API_PREFIX + "knowledge-bases/{kb}/files/"
+        kbs = API_PREFIX + "knowledge-bases/"
+        files = kbs + "{kb}/files/"
         app.add_routes(
             [
                 web.post(API_PREFIX + "upload-presigned-url/", self._presign, name="presign"),
                 web.post("/s3/{bucket}/", self._s3_post, name="s3"),
+                web.get(kbs, self._kbs, name="kbs"),
+                web.get(kbs + "{kb}/", self._kb, name="kb"),
+                web.get(kbs + "{kb}/labels/", self._list_labels, name="labels"),
+                web.post(kbs + "{kb}/labels/", self._create_label, name="label_create"),
                 web.post(files, self._register, name="register"),
                 web.get(files, self._list, name="list"),
                 web.post(files + "batch-delete/", self._batch_delete, name="batch_delete"),
                 web.patch(files + "batch-reparse/", self._reparse, name="reparse"),
                 web.get(files + "{id}/", self._get, name="get"),
                 web.delete(files + "{id}/", self._delete, name="delete"),
+                web.route(
+                    "*",
+                    files + "{id}/update-metadata/",
+                    self._update_metadata,
+                    name="update_metadata",
+                ),
+                web.get("/{key:media/.+}", self._media, name="media"),
                 web.get("/_control/stats", self._control_stats),
+                web.delete("/_control/stats", self._control_reset_stats),
                 web.get("/_control/entries", self._control_entries),
                 web.post("/_control/entries", self._control_add_entry),
                 web.delete("/_control/entries/{id}", self._control_delete_entry),
+                web.get("/_control/entries/{id}/content", self._control_entry_content),
+                web.get("/_control/records", self._control_records),
+                web.get("/_control/keys", self._control_keys),
                 web.post("/_control/faults", self._control_faults),
+                web.post("/_control/outage", self._control_outage),
                 web.get("/_control/objects/{key:.+}", self._control_object),
             ]
         )
@@ -270,18 +557,61 @@ class MaiAgentServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on the running loop; `base_url` is valid afterwards."""
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port, backlog=1024).start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://{host}:{port}{API_PREFIX}"
+        self._host, self._port = host, port
         self._loop = asyncio.get_running_loop()
+        await self._listen()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        self._runner = None
+        await self._unlisten()
+        for task in list(self._tasks):
+            task.cancel()
         self._loop = None
+
+    async def _listen(self) -> None:
+        """Open the port (the same one after a restart: `_port` is fixed by the first start)."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, self._host, self._port, backlog=1024).start()
+        self._runner = runner
+        self._port = runner.addresses[0][1]
+        self._origin = f"http://{self._host}:{self._port}"
+        self.base_url = self._origin + API_PREFIX
+
+    async def _unlisten(self) -> None:
+        """Close the port and every connection: clients see connection refused until _listen."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def shutdown(self) -> None:
+        """Stop listening, keeping port and state: every request is refused until `restart()`."""
+        self._await_on_loop(self._unlisten())
+
+    def restart(self) -> None:
+        """Listen again on the same port, with everything stored before `shutdown()`."""
+        self._await_on_loop(self._listen())
+
+    def outage(self, seconds: float, mode: str = "refuse") -> None:
+        """For `seconds` from now: "refuse" closes the port (connection refused), "503" answers
+        every API and S3 request 503. Returns at once; the service comes back by itself."""
+        if mode not in OUTAGE_MODES:
+            raise ValueError(f"mode must be one of {OUTAGE_MODES}")
+        self._await_on_loop(self._outage(seconds, mode))
+
+    async def _outage(self, seconds: float, mode: str) -> None:
+        if mode == "503":
+            self._unavailable_until = time.monotonic() + seconds
+            return
+        await self._unlisten()
+        loop = asyncio.get_running_loop()
+        loop.call_later(seconds, lambda: self._spawn(self._listen()))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @contextlib.contextmanager
     def run_in_thread(self) -> Iterator[MaiAgentServer]:
@@ -325,24 +655,60 @@ class MaiAgentServer:
     # ----- thread-safe inspection for tests -----
 
     def entries(self, kb: str) -> list[dict[str, Any]]:
-        """All entries of `kb`, oldest first, with their current status and size."""
+        """All entries of `kb`, oldest first, as the dialect shows them (always with size)."""
         return self._on_loop(self._entries_view, kb)
 
+    def records(self, kb: str) -> list[dict[str, Any]]:
+        """All entries of `kb`, oldest first, the same in every dialect: id, kb, filename, key,
+        size, status (the code), createdAt (int ms), labels, rawUserDefineMetadata, parser."""
+        return self._on_loop(lambda: [self._record(e) for e in self._lists[kb]])
+
+    def entries_by_key(self, kb: str) -> dict[str, list[dict[str, Any]]]:
+        """The records of `kb` grouped by S3 key (more than one: a duplicate by key)."""
+        return self._on_loop(self._records_by_key, kb)
+
     def stats(self) -> dict[str, int]:
+        """Requests per endpoint (COUNTERS); `total` counts every API and S3 request."""
         return self._on_loop(dict, self._stats)
 
+    def reset_stats(self) -> None:
+        self._on_loop(self._stats.update, dict.fromkeys(COUNTERS, 0))
+
     def add_entry(
-        self, kb: str, filename: str, size: int, status: str | None = None
+        self,
+        kb: str,
+        filename: str,
+        size: int,
+        status: str | None = None,
+        key: str | None = None,
     ) -> dict[str, Any]:
-        """Create an entry as if registered by someone else; `status` pins it (e.g. "failed")."""
-        return self._on_loop(self._inject, kb, filename, size, status)
+        """Create an entry as if registered by someone else; `status` pins it (e.g. "failed",
+        or any code the service might invent); `key` makes it point at that S3 key."""
+        return self._on_loop(self._inject, kb, filename, size, status, key)
 
     def delete_entry(self, entry_id: str) -> bool:
         return self._on_loop(self._remove_id, entry_id)
 
+    def add_label(self, kb: str, name: str) -> dict[str, str]:
+        """A label made as if in the web interface (not counted as a request)."""
+        return self._on_loop(self._new_label, kb, name)
+
+    def labels(self, kb: str) -> list[dict[str, str]]:
+        return self._on_loop(lambda: [{"id": i, "name": n} for i, n in self._labels[kb].items()])
+
     def object(self, key: str) -> dict[str, Any] | None:
-        """An uploaded object: size, sha256 and, for files up to 1 MiB, data."""
+        """An uploaded object: size, sha256 and, up to `keep_bytes`, data."""
         return self._on_loop(self._object_view, key, True)
+
+    def content(self, key: str) -> bytes | None:
+        """The bytes stored under `key` (None: never uploaded, or too big to keep)."""
+        obj = self._on_loop(self._objects.get, key)
+        return None if obj is None else obj.data
+
+    def entry_content(self, entry_id: str) -> bytes | None:
+        """The bytes behind an entry: what was uploaded to the key it was registered with."""
+        entry = self._on_loop(self._by_id.get, entry_id)
+        return None if entry is None else self.content(entry.key)
 
     def _on_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Run on the server loop so tests never see state in the middle of a request."""
@@ -354,6 +720,16 @@ class MaiAgentServer:
             return fn(*args)
 
         return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=10)
+
+    def _await_on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError("the server is not running")
+        if _running_loop() is loop:
+            self._spawn(coro)
+            return
+        asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)
 
     # ----- state -----
 
@@ -367,25 +743,40 @@ class MaiAgentServer:
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self._random() < rate
 
-    def _create(
-        self, kb: str, filename: str, key: str, size: int, status: str | None = None
-    ) -> _Entry:
-        # createdAt never goes backwards, so append order is newest-last and listing can slice.
-        self._last_ms = max(int(time.time() * 1000), self._last_ms)
-        entry = _Entry(
+    def _shape(self, name: str) -> Any:
+        return getattr(self.faults, name) or SHAPES[self.dialect][name]
+
+    def _new_key(self, filename: str) -> str:
+        if self._shape("key_form") == "uuid":
+            ext = _extension(filename)
+            return f"media/chatbots/chatbot-file/{uuid.uuid4()}" + (f".{ext}" if ext else "")
+        return f"media/chatbot-file/{uuid.uuid4()}/{filename}"
+
+    def _new_entry(self, kb: str, filename: str, key: str, size: int, **extra: Any) -> _Entry:
+        return _Entry(
             id=str(uuid.uuid4()),
             kb=kb,
             filename=filename,
-            file=key,
+            key=key,
+            url_path="/" + urllib.parse.quote(key, safe=_URI_SAFE),
+            file_type=_extension(filename).lower(),
             size=size,
-            created_at=self._last_ms,
-            parse_start=time.monotonic(),
+            created_at=0,
+            parse_start=0.0,
             parse_fails=self._chance(self.faults.parse_failure_rate),
-            forced_status=status,
+            **extra,
         )
-        self._lists[kb].append(entry)
+
+    def _insert(self, entry: _Entry) -> None:
+        """Make an entry visible. createdAt never goes backwards, so append order is newest-last
+        and listing can slice. A late commit keeps the time its early answer announced."""
+        self._last_ms = max(entry.created_at or int(time.time() * 1000), self._last_ms)
+        entry.created_at = self._last_ms
+        entry.parse_start = time.monotonic()
+        self._lists[entry.kb].append(entry)
         self._by_id[entry.id] = entry
-        return entry
+        self._by_key.setdefault((entry.kb, entry.key), []).append(entry)
+        self._versions[entry.kb] += 1
 
     def _status(self, entry: _Entry, now: float) -> str:
         if entry.forced_status is not None:
@@ -397,13 +788,67 @@ class MaiAgentServer:
             return "processing"
         return "failed" if entry.parse_fails else "done"
 
-    def _public(self, entry: _Entry, now: float, with_size: bool) -> dict[str, Any]:
-        view: dict[str, Any] = {"id": entry.id, "filename": entry.filename, "file": entry.file}
-        if with_size:
-            view["size"] = entry.size
-        view["status"] = self._status(entry, now)
-        view["createdAt"] = entry.created_at
+    def _render(self, with_size: bool | None = None, garbage: bool = True) -> _Render:
+        faults = self.faults
+        if with_size is None:
+            with_size = faults.list_size
+        return _Render(
+            docs=self.dialect == "docs",
+            url=self._shape("file_field") == "url",
+            status_object=self._shape("status_form") == "object",
+            created=self._shape("created_at_form"),
+            size_field=self._shape("size_field") if with_size else None,
+            drop=frozenset(_csv(faults.drop_fields)) if garbage else frozenset(),
+        )
+
+    def _public(self, entry: _Entry, now: float, render: _Render) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "id": entry.id,
+            "filename": entry.filename,
+            "file": self._origin + entry.url_path if render.url else entry.key,
+        }
+        if render.docs:
+            view["fileType"] = entry.file_type
+            view["knowledgeBase"] = entry.kb
+        if render.size_field is not None:
+            view[render.size_field] = entry.size
+        code = self._status(entry, now)
+        if render.status_object:
+            view["status"] = {"code": code, "message": STATUS_MESSAGES.get(code, code)}
+        else:
+            view["status"] = code
+        view["createdAt"] = _created(entry.created_at, render.created)
+        view["labels"] = self._label_views(entry)
+        view["rawUserDefineMetadata"] = dict(entry.metadata)
+        if render.docs:
+            view["parser"] = entry.parser
+        for name in render.drop:
+            view.pop(name, None)
         return view
+
+    def _label_views(self, entry: _Entry) -> list[dict[str, str]]:
+        names = self._labels[entry.kb]
+        return [{"id": i, "name": names.get(i, "")} for i in entry.labels]
+
+    def _record(self, entry: _Entry) -> dict[str, Any]:
+        return {
+            "id": entry.id,
+            "kb": entry.kb,
+            "filename": entry.filename,
+            "key": entry.key,
+            "size": entry.size,
+            "status": self._status(entry, time.monotonic()),
+            "createdAt": entry.created_at,
+            "labels": self._label_views(entry),
+            "rawUserDefineMetadata": dict(entry.metadata),
+            "parser": entry.parser,
+        }
+
+    def _records_by_key(self, kb: str) -> dict[str, list[dict[str, Any]]]:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for entry in self._lists[kb]:
+            grouped.setdefault(entry.key, []).append(self._record(entry))
+        return grouped
 
     def _lookup(self, kb: str, entry_id: str) -> _Entry | None:
         entry = self._by_id.get(entry_id)
@@ -412,6 +857,14 @@ class MaiAgentServer:
     def _remove(self, entry: _Entry) -> None:
         del self._by_id[entry.id]
         self._lists[entry.kb].remove(entry)
+        self._forget_key(entry)
+
+    def _forget_key(self, entry: _Entry) -> None:
+        same = self._by_key[(entry.kb, entry.key)]
+        same.remove(entry)
+        if not same:
+            del self._by_key[(entry.kb, entry.key)]
+        self._versions[entry.kb] += 1
 
     def _remove_id(self, entry_id: str) -> bool:
         entry = self._by_id.get(entry_id)
@@ -420,15 +873,25 @@ class MaiAgentServer:
         return entry is not None
 
     def _entries_view(self, kb: str) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        return [self._public(entry, now, True) for entry in self._lists[kb]]
+        now, render = time.monotonic(), self._render(with_size=True, garbage=False)
+        return [self._public(entry, now, render) for entry in self._lists[kb]]
 
-    def _inject(self, kb: str, filename: str, size: int, status: str | None) -> dict[str, Any]:
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}")
-        key = f"media/chatbot-file/{uuid.uuid4()}/{filename}"
-        entry = self._create(kb, filename, key, size, status)
-        return self._public(entry, time.monotonic(), True)
+    def _inject(
+        self, kb: str, filename: str, size: int, status: str | None, key: str | None
+    ) -> dict[str, Any]:
+        if status is not None and (not isinstance(status, str) or not status):
+            raise ValueError("status must be a non-empty string")
+        entry = self._new_entry(kb, filename, key or self._new_key(filename), size)
+        entry.forced_status = status
+        self._insert(entry)
+        return self._public(entry, time.monotonic(), self._render(with_size=True, garbage=False))
+
+    def _new_label(self, kb: str, name: str) -> dict[str, str]:
+        if name in self._labels[kb].values():
+            raise ValueError(f"label {name!r} exists")
+        label_id = str(uuid.uuid4())
+        self._labels[kb][label_id] = name
+        return {"id": label_id, "name": name}
 
     def _object_view(self, key: str, with_data: bool) -> dict[str, Any] | None:
         obj = self._objects.get(key)
@@ -439,6 +902,17 @@ class MaiAgentServer:
             view["data"] = obj.data
         return view
 
+    def _ordered(self, kb: str) -> list[_Entry]:
+        """The entries of `kb` in a fixed arbitrary order, stable until the next change."""
+        version, seed = self._versions[kb], self.faults.seed
+        cached = self._shuffled.get(kb)
+        if cached is None or cached[:2] != (version, seed):
+            order = list(self._lists[kb])
+            random.Random(seed).shuffle(order)
+            cached = (version, seed, order)
+            self._shuffled[kb] = cached
+        return cached[2]
+
     # ----- faults, auth, throttling -----
 
     @web.middleware
@@ -447,17 +921,25 @@ class MaiAgentServer:
     ) -> web.StreamResponse:
         if request.path.startswith("/_control/"):
             return await handler(request)
-        self._stats["total"] += 1
+        stats = self._stats
         name = request.match_info.route.name
-        if name in self._stats:
-            self._stats[name] += 1
+        if name == "media":
+            stats["media"] += 1
+            return await handler(request)
+        stats["total"] += 1
+        if name in stats:
+            stats[name] += 1
         faults = self.faults
         if faults.latency > 0:
             await asyncio.sleep(faults.latency)
         is_api = request.path.startswith(API_PREFIX)
         if self._chance(faults.drop_rate):
             return _drop(request)
-        if self._chance(faults.error_rate):
+        if (
+            faults.unavailable
+            or (self._unavailable_until and time.monotonic() < self._unavailable_until)
+            or self._chance(faults.error_rate)
+        ):
             if is_api:
                 return _detail(503, "Service temporarily unavailable, try again later.")
             return _s3_error(503, "SlowDown", "Please reduce your request rate.")
@@ -466,13 +948,37 @@ class MaiAgentServer:
             if request.headers.get("Authorization") != self._auth:
                 return _detail(401, "Invalid API key")
             if self._throttled():
-                return web.Response(
-                    text=_dumps({"detail": "Request was throttled."}),
-                    status=429,
-                    content_type="application/json",
-                    headers={"Retry-After": "1"},
+                return _json(
+                    {"detail": "Request was throttled."}, 429, headers={"Retry-After": "1"}
                 )
-        return await handler(request)
+        response = await handler(request)
+        if faults.huge_answer_bytes > 0 and name in _csv(faults.huge_answer_on):
+            return await self._padded(request, response)
+        return response
+
+    async def _padded(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """The same answer behind `huge_answer_bytes` of leading whitespace (still valid JSON),
+        streamed chunk by chunk so the server never holds it."""
+        transport = request.transport
+        if not isinstance(response, web.Response) or transport is None or transport.is_closing():
+            return response
+        stream = web.StreamResponse(status=response.status)
+        stream.content_type = response.content_type
+        stream.enable_chunked_encoding()
+        try:
+            await stream.prepare(request)
+            left = self.faults.huge_answer_bytes
+            while left > 0:
+                await stream.write(_PADDING[: min(left, CHUNK)])
+                left -= CHUNK
+            if isinstance(response.body, bytes):
+                await stream.write(response.body)
+            await stream.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            pass  # the client stopped reading: what a body cap should do
+        return stream
 
     def _throttled(self) -> bool:
         """Sliding one-second window; like DRF, refused requests do not use up the budget."""
@@ -487,6 +993,50 @@ class MaiAgentServer:
             return True
         window.append(now)
         return False
+
+    # ----- pagination -----
+
+    def _page_request(self, request: web.Request) -> tuple[int, int]:
+        """Page number (0 when invalid) and size, DRF-style: an invalid size falls back to the
+        default, a big one is clamped to the maximum, unknown spellings are ignored."""
+        try:
+            page = int(request.query.get("page", "1"))
+        except ValueError:
+            page = 0
+        default, maximum = self._shape("page_size_default"), self._shape("page_size_max")
+        size = default
+        for param in _csv(self._shape("page_size_params")):
+            raw = request.query.get(param)
+            if raw is None:
+                continue
+            try:
+                asked = int(raw)
+            except ValueError:
+                continue
+            if asked > 0:
+                size = min(asked, maximum)
+        return page, size
+
+    def _page(
+        self,
+        request: web.Request,
+        count: int,
+        rows: Callable[[int, int], list[Any]],
+    ) -> web.Response:
+        """A paginated answer; `rows(start, stop)` gives the results of that slice."""
+        page, size = self._page_request(request)
+        start = (page - 1) * size
+        if page < 1 or (start >= count and page > 1):
+            return _detail(404, "Invalid page.")
+        stop = min(start + size, count)
+        return _json(
+            {
+                "count": count,
+                "next": _page_url(request.url, page + 1) if stop < count else None,
+                "previous": _page_url(request.url, page - 1) if page > 1 else None,
+                "results": rows(start, stop),
+            }
+        )
 
     # ----- presign and S3 -----
 
@@ -524,9 +1074,10 @@ class MaiAgentServer:
         size = body.get("fileSize")
         if type(size) is not int or size < 0:
             return _detail(400, "fileSize must be a non-negative integer.")
-        key = f"media/chatbot-file/{uuid.uuid4()}/{filename}"
         url = f"{request.url.origin()}/s3/{BUCKET}/"
-        return _json({"url": url, "fields": self._presigned_fields(key)})
+        if self._chance(self.faults.bad_presign_url_rate):
+            url = BAD_URL
+        return _json({"url": url, "fields": self._presigned_fields(self._new_key(filename))})
 
     def _check_policy(self, fields: dict[str, str]) -> tuple[int, int]:
         """Validate the signed fields like S3 does; returns the allowed size range."""
@@ -592,7 +1143,7 @@ class MaiAgentServer:
         self, reader: MultipartReader, part: BodyPartReader, fields: dict[str, str]
     ) -> web.Response:
         low, high = self._check_policy(fields)
-        size, sha256, data = await _consume_file(part)
+        size, sha256, data = await _consume_file(part, self.faults.keep_bytes)
         if await reader.next() is not None:
             # S3 would silently ignore such parts; failing loudly catches client bugs.
             raise _S3Error(400, "InvalidArgument", "The file must be the last part of the form.")
@@ -609,7 +1160,98 @@ class MaiAgentServer:
         self._objects[fields["key"]] = _Object(size, sha256, data)
         return web.Response(status=204)
 
+    async def _media(self, request: web.Request) -> web.Response:
+        """The stored bytes behind an entry's `file` URL (when small enough to be kept)."""
+        obj = self._objects.get(request.match_info["key"])
+        if obj is None or obj.data is None:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        return web.Response(body=obj.data, content_type="application/octet-stream")
+
+    # ----- knowledge bases and labels -----
+
+    def _kb_view(self, kb: str) -> dict[str, Any]:
+        return {"id": kb, "name": self._kb_names[kb], "filesCount": len(self._lists[kb])}
+
+    async def _kbs(self, request: web.Request) -> web.Response:
+        kbs = list(self._kb_names)
+        return self._page(request, len(kbs), lambda a, b: [self._kb_view(k) for k in kbs[a:b]])
+
+    async def _kb(self, request: web.Request) -> web.Response:
+        kb = request.match_info["kb"]
+        if kb not in self._lists:
+            return _detail(404, "Not found.")
+        return _json(self._kb_view(kb))
+
+    async def _list_labels(self, request: web.Request) -> web.Response:
+        kb = request.match_info["kb"]
+        if kb not in self._lists:
+            return _detail(404, "Not found.")
+        labels = list(self._labels[kb].items())
+        return self._page(
+            request, len(labels), lambda a, b: [{"id": i, "name": n} for i, n in labels[a:b]]
+        )
+
+    async def _create_label(self, request: web.Request) -> web.Response:
+        kb = request.match_info["kb"]
+        if kb not in self._lists:
+            return _detail(404, "Not found.")
+        body = await _read_json(request)
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            return _json({"name": ["This field is required."]}, 400)
+        try:
+            label = self._new_label(kb, name)
+        except ValueError:
+            return _json({"name": ["A label with this name already exists."]}, 400)
+        return _json(label, 201)
+
     # ----- knowledge-base files -----
+
+    def _check_register(self, kb: str, files: list[Any]) -> list[dict[str, Any]]:
+        """The files of a register body, validated as the docs list (400 on the first fault)."""
+        if not files or not all(_is_file_ref(f) for f in files):
+            raise _BadRequest({"detail": 'Expected {"files": [{"file": key, "filename": name}]}.'})
+        types = {t.lower().lstrip(".") for t in _csv(self.faults.file_types)}
+        labels = self._labels[kb]
+        for f in files:
+            key = f["file"]
+            if key not in self._objects:
+                raise _BadRequest({"detail": f"File {key!r} has not been uploaded."})
+            if types and _extension(f["filename"]).lower() not in types:
+                raise _BadRequest({"detail": f"Unsupported file type: {f['filename']!r}."})
+            if "labels" in f:
+                unknown = [i for i in _label_ids(f["labels"], {"objects"}) if i not in labels]
+                if unknown:
+                    msg = f'Invalid pk "{unknown[0]}" - object does not exist.'
+                    raise _BadRequest({"labels": [msg]})
+            meta = f.get("rawUserDefineMetadata")
+            if meta is not None and not isinstance(meta, dict):
+                raise _BadRequest({"rawUserDefineMetadata": ["Expected a dictionary of items."]})
+            parser = f.get("parser")
+            if parser is not None and not _is_uuid(parser):
+                raise _BadRequest({"parser": ["Must be a valid UUID."]})
+            if f.get("knowledgeBase", kb) != kb:
+                raise _BadRequest({"knowledgeBase": ["Does not match the knowledge base."]})
+        if self._shape("duplicate_keys") == "refuse":
+            self._refuse_duplicates(kb, files)
+        return files
+
+    def _refuse_duplicates(self, kb: str, files: list[dict[str, Any]]) -> None:
+        seen: set[str] = set()
+        errors: list[dict[str, Any]] = []
+        for f in files:
+            key = f["file"]
+            taken = key in seen or (kb, key) in self._by_key or self._pending[(kb, key)] > 0
+            seen.add(key)
+            errors.append({"file": [DUPLICATE]} if taken else {})
+        if not any(errors):
+            return
+        style = self.faults.duplicate_error
+        if style == "files":
+            raise _BadRequest({"files": errors})
+        if style == "non_field":
+            raise _BadRequest({"non_field_errors": [DUPLICATE]})
+        raise _BadRequest({"detail": DUPLICATE})
 
     async def _register(self, request: web.Request) -> web.Response:
         kb = request.match_info["kb"]
@@ -617,61 +1259,111 @@ class MaiAgentServer:
             return _detail(404, "Not found.")
         body = await _read_json(request)
         files = body.get("files") if isinstance(body, dict) else None
-        if not isinstance(files, list) or not files or not all(_is_file_ref(f) for f in files):
-            return _detail(400, 'Expected {"files": [{"file": key, "filename": name}, ...]}.')
-        missing = next((f["file"] for f in files if f["file"] not in self._objects), None)
-        if missing is not None:
-            return _detail(400, f"File {missing!r} has not been uploaded.")
-        if self.faults.register_first_only:
+        try:
+            files = self._check_register(kb, files if isinstance(files, list) else [])
+        except _BadRequest as exc:
+            return _json(exc.body, 400)
+        faults = self.faults
+        if faults.register_first_only:
             files = files[:1]
         created = [
-            self._create(kb, f["filename"], f["file"], self._objects[f["file"]].size) for f in files
+            self._new_entry(
+                kb,
+                f["filename"],
+                f["file"],
+                self._objects[f["file"]].size,
+                labels=_label_ids(f.get("labels", []), {"objects"}),
+                metadata=dict(f.get("rawUserDefineMetadata") or {}),
+                parser=f.get("parser"),
+            )
+            for f in files
         ]
-        if self._chance(self.faults.lost_register_rate):
+        delay = faults.register_effect_delay
+        lost = self._chance(faults.lost_register_rate)
+        if delay <= 0:
+            for entry in created:
+                self._insert(entry)
+        else:
+            await self._register_later(created, delay, faults.register_answer_early)
+        if lost:
             return _drop(request)
-        now, with_size = time.monotonic(), self.faults.list_size
-        return _json([self._public(entry, now, with_size) for entry in created], 201)
+        render = self._render()
+        now = time.monotonic()
+        views = [self._public(entry, now, render) for entry in created]
+        if self._chance(faults.null_id_rate):
+            for view in views:
+                view["id"] = None
+        if self._shape("register_answer") == "page":
+            page = {"count": len(views), "next": None, "previous": None, "results": views}
+            return _json(page, 201)
+        return _json(views, 201)
+
+    async def _register_later(self, created: list[_Entry], delay: float, early: bool) -> None:
+        """A slow commit: the entries appear `delay` seconds from now whatever happens to the
+        request (a client that gave up does not undo it). Returns then, or at once if `early`."""
+        loop = asyncio.get_running_loop()
+        committed = loop.create_future()
+        predicted = int((time.time() + delay) * 1000)
+        for entry in created:
+            entry.created_at = predicted
+            self._pending[(entry.kb, entry.key)] += 1
+
+        def commit() -> None:
+            for entry in created:
+                self._pending[(entry.kb, entry.key)] -= 1
+                self._insert(entry)
+            if not committed.done():
+                committed.set_result(None)
+
+        loop.call_later(delay, commit)
+        if not early:
+            await asyncio.shield(committed)
 
     async def _list(self, request: web.Request) -> web.Response:
         kb = request.match_info["kb"]
         if kb not in self._lists:
             return _detail(404, "Not found.")
         entries = self._lists[kb]
-        try:
-            page = int(request.query.get("page", "1"))
-        except ValueError:
-            page = 0
-        size = _page_size(request.query.get("page_size"))
+        order = self.faults.list_order
         count = len(entries)
-        end = count - (page - 1) * size  # newest first: page 1 is the tail of the list
-        if page < 1 or (end <= 0 and page > 1):
-            return _detail(404, "Invalid page.")
-        chunk = entries[max(0, end - size) : end]
-        chunk.reverse()
-        now, with_size = time.monotonic(), self.faults.list_size
-        return _json(
-            {
-                "count": count,
-                "next": _page_url(request.url, page + 1) if end > size else None,
-                "previous": _page_url(request.url, page - 1) if page > 1 else None,
-                "results": [self._public(entry, now, with_size) for entry in chunk],
-            }
-        )
+        render, now = self._render(), time.monotonic()
+        rate = self.faults.filename_list_rate
+
+        def rows(start: int, stop: int) -> list[dict[str, Any]]:
+            if order == "newest":  # page 1 is the tail of the list
+                chunk = entries[count - stop : count - start]
+                chunk.reverse()
+            elif order == "oldest":
+                chunk = entries[start:stop]
+            else:
+                chunk = self._ordered(kb)[start:stop]
+            views = [self._public(entry, now, render) for entry in chunk]
+            if rate > 0:
+                for view in views:
+                    if self._chance(rate) and "filename" in view:
+                        view["filename"] = [view["filename"]]
+            return views
+
+        return self._page(request, count, rows)
 
     async def _get(self, request: web.Request) -> web.Response:
         entry = self._lookup(request.match_info["kb"], request.match_info["id"])
         if entry is None:
             return _detail(404, "Not found.")
-        return _json(self._public(entry, time.monotonic(), self.faults.list_size))
+        view = self._public(entry, time.monotonic(), self._render())
+        if self._chance(self.faults.filename_list_rate) and "filename" in view:
+            view["filename"] = [view["filename"]]
+        return _json(view)
 
     async def _delete(self, request: web.Request) -> web.Response:
         entry = self._lookup(request.match_info["kb"], request.match_info["id"])
         if entry is None:
             return _detail(404, "Not found.")
         faults = self.faults
-        if faults.delete_conflict_while_processing and self._status(entry, time.monotonic()) in (
-            "initial",
-            "processing",
+        entry.delete_attempts += 1
+        if entry.delete_attempts <= faults.delete_conflict_first or (
+            faults.delete_conflict_while_processing
+            and self._status(entry, time.monotonic()) in ("initial", "processing")
         ):
             return _detail(409, "File is being processed and cannot be deleted yet.")
         self._remove(entry)
@@ -687,10 +1379,12 @@ class MaiAgentServer:
         ids = body.get("ids") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             return _detail(400, 'Expected {"ids": [id, ...]}.')
+        if not ids:
+            return _json({"ids": ["This list may not be empty."]}, 400)
         doomed = {i for i in ids if self._lookup(kb, i) is not None}
         if doomed:
             for entry_id in doomed:
-                del self._by_id[entry_id]
+                self._forget_key(self._by_id.pop(entry_id))
             self._lists[kb][:] = [e for e in self._lists[kb] if e.id not in doomed]
         return web.Response(status=204)
 
@@ -703,26 +1397,78 @@ class MaiAgentServer:
             isinstance(item, dict) and isinstance(item.get("id"), str) for item in body
         ):
             return _detail(400, 'Expected [{"id": id, "parser": ...}, ...].')
-        now, reparsed = time.monotonic(), []
+        now, render, reparsed = time.monotonic(), self._render(), []
         for item in body:
             entry = self._lookup(kb, item["id"])
             if entry is not None:
                 entry.parse_start = now
                 entry.parse_fails = self._chance(self.faults.parse_failure_rate)
                 entry.forced_status = None
-                reparsed.append(self._public(entry, now, self.faults.list_size))
+                reparsed.append(self._public(entry, now, render))
         return _json(reparsed)
+
+    async def _update_metadata(self, request: web.Request) -> web.Response:
+        method = request.method
+        allowed = {m.upper() for m in _csv(self.faults.update_metadata_methods)}
+        if method in ("PATCH", "POST"):
+            self._stats[f"update_metadata_{method.lower()}"] += 1
+        if method not in allowed or method not in ("PATCH", "POST"):
+            headers = {"Allow": ", ".join(sorted(allowed & {"PATCH", "POST"}))}
+            return _json({"detail": f'Method "{method}" not allowed.'}, 405, headers)
+        kb = request.match_info["kb"]
+        entry = self._lookup(kb, request.match_info["id"])
+        if entry is None:
+            return _detail(404, "Not found.")
+        body = await _read_json(request)
+        if not isinstance(body, dict) or not ({"labels", "rawUserDefineMetadata"} & set(body)):
+            return _detail(400, 'Expected {"labels": [...], "rawUserDefineMetadata": {...}}.')
+        try:
+            labels = None
+            if "labels" in body:
+                forms = _csv(self.faults.update_metadata_label_forms)
+                labels = _label_ids(body["labels"], forms)
+                unknown = [i for i in labels if i not in self._labels[kb]]
+                if unknown:
+                    msg = f'Invalid pk "{unknown[0]}" - object does not exist.'
+                    raise _BadRequest({"labels": [msg]})
+            meta = body.get("rawUserDefineMetadata", entry.metadata)
+            if not isinstance(meta, dict):
+                raise _BadRequest({"rawUserDefineMetadata": ["Expected a dictionary of items."]})
+        except _BadRequest as exc:
+            return _json(exc.body, 400)
+        if labels is not None:
+            entry.labels = labels
+        entry.metadata = dict(meta)
+        return _json(self._public(entry, time.monotonic(), self._render()))
 
     # ----- control (no auth, no faults) -----
 
     async def _control_stats(self, request: web.Request) -> web.Response:
         return _json(self._stats)
 
+    async def _control_reset_stats(self, request: web.Request) -> web.Response:
+        self._stats.update(dict.fromkeys(COUNTERS, 0))
+        return web.Response(status=204)
+
     async def _control_entries(self, request: web.Request) -> web.Response:
         kb = request.query.get("kb", "")
         if kb not in self._lists:
             return _detail(404, "Not found.")
         return _json(self._entries_view(kb))
+
+    async def _control_records(self, request: web.Request) -> web.Response:
+        kb = request.query.get("kb", "")
+        if kb not in self._lists:
+            return _detail(404, "Not found.")
+        return _json([self._record(e) for e in self._lists[kb]])
+
+    async def _control_keys(self, request: web.Request) -> web.Response:
+        """Entry ids per S3 key: {key: [id, ...]}."""
+        kb = request.query.get("kb", "")
+        if kb not in self._lists:
+            return _detail(404, "Not found.")
+        grouped = self._records_by_key(kb)
+        return _json({key: [r["id"] for r in records] for key, records in grouped.items()})
 
     async def _control_add_entry(self, request: web.Request) -> web.Response:
         body = await _read_json(request)
@@ -734,6 +1480,7 @@ class MaiAgentServer:
                 str(body.get("filename", "")),
                 int(body.get("size", 0)),
                 body.get("status"),
+                body.get("key"),
             )
         except (TypeError, ValueError) as exc:
             return _detail(400, str(exc))
@@ -744,6 +1491,13 @@ class MaiAgentServer:
             return _detail(404, "Not found.")
         return web.Response(status=204)
 
+    async def _control_entry_content(self, request: web.Request) -> web.Response:
+        entry = self._by_id.get(request.match_info["id"])
+        obj = None if entry is None else self._objects.get(entry.key)
+        if obj is None or obj.data is None:
+            return _detail(404, "Not found.")
+        return web.Response(body=obj.data, content_type="application/octet-stream")
+
     async def _control_faults(self, request: web.Request) -> web.Response:
         body = await _read_json(request)
         if not isinstance(body, dict):
@@ -753,6 +1507,17 @@ class MaiAgentServer:
         except ValueError as exc:
             return _detail(400, str(exc))
         return _json(dataclasses.asdict(self.faults))
+
+    async def _control_outage(self, request: web.Request) -> web.Response:
+        """{"seconds": s, "mode": "refuse"|"503"}; a refusal starts just after this answer."""
+        body = await _read_json(request)
+        seconds = body.get("seconds") if isinstance(body, dict) else None
+        mode = body.get("mode", "refuse") if isinstance(body, dict) else None
+        if not isinstance(seconds, (int, float)) or mode not in OUTAGE_MODES:
+            return _detail(400, f'Expected {{"seconds": s, "mode": one of {OUTAGE_MODES}}}.')
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, lambda: self._spawn(self._outage(seconds, mode)))
+        return web.Response(status=204)
 
     async def _control_object(self, request: web.Request) -> web.Response:
         view = self._object_view(request.match_info["key"], False)
@@ -779,10 +1544,15 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Every Faults knob becomes a flag (--parse-delay, --no-list-size, ...)."""
-    parser = argparse.ArgumentParser(prog="python -m tests.maiagent_server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.maiagent_server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="test-key")
-    parser.add_argument("--kb", action="append", help="knowledge base id (repeatable)")
+    parser.add_argument("--kb", action="append", help="knowledge base ID or ID=NAME (repeatable)")
+    parser.add_argument("--dialect", choices=DIALECTS, default="docs")
     for field in dataclasses.fields(Faults):
         flag = "--" + field.name.replace("_", "-")
         if isinstance(field.default, bool):
@@ -808,8 +1578,13 @@ async def _serve_forever(server: MaiAgentServer, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    faults = Faults(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Faults)})
-    server = MaiAgentServer(api_key=args.api_key, kbs=args.kb or ["kb-test"], faults=faults)
+    try:
+        faults = Faults(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Faults)})
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    kbs = dict(kb.partition("=")[::2] for kb in args.kb or ["kb-test"])
+    kbs = {kb: name or kb for kb, name in kbs.items()}
+    server = MaiAgentServer(api_key=args.api_key, kbs=kbs, faults=faults, dialect=args.dialect)
     try:
         import uvloop
     except ImportError:

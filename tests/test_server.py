@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -23,7 +27,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import KB, ROOT, async_test
-from tests.maiagent_server import MaiAgentServer
+from tests.maiagent_server import COUNTERS, DIALECTS, Faults, MaiAgentServer
 
 
 class Api:
@@ -73,9 +77,19 @@ class Api:
         assert response.status == 204
         return presigned["fields"]["key"]
 
-    async def register(self, *keys: str, kb: str = KB) -> aiohttp.ClientResponse:
-        files = [{"file": key, "filename": key.rsplit("/", 1)[-1]} for key in keys]
-        return await self.call("POST", f"knowledge-bases/{kb}/files/", json={"files": files})
+    async def register(
+        self,
+        *keys: str,
+        kb: str = KB,
+        timeout: aiohttp.ClientTimeout | None = None,
+        **fields: Any,
+    ) -> aiohttp.ClientResponse:
+        """Register `keys`, each named after the last part of its key, with `fields` added to
+        every file (labels, rawUserDefineMetadata, parser, knowledgeBase)."""
+        files = [{"file": key, "filename": key.rsplit("/", 1)[-1], **fields} for key in keys]
+        path = f"knowledge-bases/{kb}/files/"
+        extra = {} if timeout is None else {"timeout": timeout}
+        return await self.call("POST", path, json={"files": files}, **extra)
 
 
 @contextlib.asynccontextmanager
@@ -116,7 +130,7 @@ async def test_three_call_upload_stores_object_and_registers(maiagent: MaiAgentS
     assert isinstance(entry["createdAt"], int)
     assert maiagent.entries(KB) == [entry]
     assert maiagent.stats() == {
-        **dict.fromkeys(("list", "get", "delete", "batch_delete", "reparse"), 0),
+        **dict.fromkeys(COUNTERS, 0),
         **{"presign": 1, "s3": 1, "register": 1, "total": 3},
     }
 
@@ -408,3 +422,638 @@ def test_runs_as_a_process() -> None:
             assert time.monotonic() - started < 3
         finally:
             process.kill()
+
+
+# ----- dialects ----------------------------------------------------------------------------
+
+
+def page_of(body: Any) -> list[dict[str, Any]]:
+    """The entries of a register answer in either dialect."""
+    return body["results"] if isinstance(body, dict) else body
+
+
+def test_the_server_speaks_the_docs_unless_told_otherwise() -> None:
+    assert MaiAgentServer().dialect == "docs"
+    with pytest.raises(ValueError, match="dialect"):
+        MaiAgentServer(dialect="guess")
+
+
+@async_test
+async def test_docs_dialect_answers_as_the_documentation_shows(
+    docs_server: MaiAgentServer,
+) -> None:
+    data = "學習資料\n".encode()
+    async with api(docs_server) as client:
+        key = await client.upload(data, filename="季報 final.資料")
+        response = await client.register(key)
+        assert response.status == 201
+        answer = await response.json()
+        got = await (
+            await client.call("GET", f"knowledge-bases/{KB}/files/{answer['results'][0]['id']}/")
+        ).json()
+        async with client.session.get(answer["results"][0]["file"]) as media:
+            stored = await media.read()
+    assert re.fullmatch(r"media/chatbots/chatbot-file/[0-9a-f-]{36}\.資料", key)
+    assert answer["count"] == 1 and answer["next"] is None and answer["previous"] is None
+    [entry] = answer["results"]
+    origin = docs_server.base_url.removesuffix("/api/v1/")
+    assert entry["file"] == origin + "/" + urllib.parse.quote(key)
+    assert "%E8%B3%87" in entry["file"]  # percent-encoded, as Django's filepath_to_uri does
+    assert urllib.parse.unquote(urllib.parse.urlsplit(entry["file"]).path) == "/" + key
+    assert stored == data
+    assert entry["status"] == {"code": "done", "message": "File processed successfully."}
+    assert isinstance(entry["createdAt"], str) and entry["createdAt"].isdigit()
+    assert entry["size"] == len(data)
+    assert (entry["fileType"], entry["knowledgeBase"]) == ("資料", KB)
+    assert (entry["labels"], entry["rawUserDefineMetadata"], entry["parser"]) == ([], {}, None)
+    assert got == entry
+    assert docs_server.entries(KB) == [entry]
+    [record] = docs_server.records(KB)
+    assert record["key"] == key and record["createdAt"] == int(entry["createdAt"])
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
+@async_test
+async def test_the_dialect_fixture_parameter(maiagent: MaiAgentServer, dialect: str) -> None:
+    async with api(maiagent) as client:
+        key = await client.upload(b"hello")
+        body = await (await client.register(key)).json()
+    assert maiagent.dialect == dialect
+    assert isinstance(body, dict if dialect == "docs" else list)
+    [entry] = page_of(body)
+    assert (entry["file"] == key) is (dialect == "examples")
+    assert isinstance(entry["status"], dict if dialect == "docs" else str)
+    assert isinstance(entry["createdAt"], str if dialect == "docs" else int)
+
+
+def test_the_fixtures_speak_examples_by_default(
+    maiagent: MaiAgentServer, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    assert maiagent.dialect == "examples"
+    assert maiagent_factory().dialect == "examples"
+    assert maiagent_factory(dialect="docs").dialect == "docs"
+
+
+@pytest.mark.parametrize("style", ["detail", "files", "non_field"])
+@async_test
+async def test_docs_refuse_a_key_already_in_the_knowledge_base(
+    maiagent_factory: Callable[..., MaiAgentServer], style: str
+) -> None:
+    server = maiagent_factory(dialect="docs", duplicate_error=style)
+    async with api(server) as client:
+        key, other = await client.upload(b"a"), await client.upload(b"b")
+        assert (await client.register(key)).status == 201
+        again = await client.register(other, key)
+        twice = await client.register(other, other)
+    assert again.status == twice.status == 400
+    expected = {
+        "detail": {"detail": "Duplicate File Upload"},
+        "files": {"files": [{}, {"file": ["Duplicate File Upload"]}]},
+        "non_field": {"non_field_errors": ["Duplicate File Upload"]},
+    }[style]
+    assert await again.json() == expected
+    assert [r["key"] for r in server.records(KB)] == [key]  # the refused call made nothing
+
+
+@async_test
+async def test_examples_register_a_key_twice(maiagent: MaiAgentServer) -> None:
+    async with api(maiagent) as client:
+        key = await client.upload(b"a")
+        assert (await client.register(key)).status == 201
+        assert (await client.register(key)).status == 201
+    assert [len(group) for group in maiagent.entries_by_key(KB).values()] == [2]
+
+
+@async_test
+async def test_docs_page_sizes_small_by_default_capped_whatever_is_asked(
+    docs_server: MaiAgentServer,
+) -> None:
+    for n in range(130):
+        docs_server.add_entry(KB, f"f{n}.txt", n)
+    path = f"knowledge-bases/{KB}/files/"
+    async with api(docs_server) as client:
+
+        async def served(query: str) -> int:
+            response = await client.call("GET", path + query)
+            return len((await response.json())["results"])
+
+        assert await served("") == 20
+        assert await served("?page_size=1000") == 100
+        assert await served("?page_size=7") == 7
+        assert await served("?pageSize=7") == 20
+        assert await served("?page_size=abc") == 20
+        assert await served("?page=2&page_size=100") == 30
+
+
+@async_test
+async def test_each_shape_can_be_chosen_alone(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(
+        dialect="examples",
+        register_answer="page",
+        file_field="url",
+        status_form="object",
+        created_at_form="iso",
+        size_field="file_size",
+        key_form="uuid",
+        page_size_params="pageSize",
+    )
+    async with api(server) as client:
+        key = await client.upload(b"hello")
+        [entry] = (await (await client.register(key)).json())["results"]
+        server.faults.created_at_form = "float"
+        listed = await (await client.call("GET", f"knowledge-bases/{KB}/files/?pageSize=1")).json()
+    assert key.startswith("media/chatbots/chatbot-file/") and key.endswith(".txt")
+    assert entry["file"].endswith("/" + key) and entry["file"].startswith("http://127.0.0.1:")
+    assert entry["status"]["code"] == "done"
+    assert entry["file_size"] == 5 and "size" not in entry
+    moment = dt.datetime.fromisoformat(entry["createdAt"].replace("Z", "+00:00"))
+    assert isinstance(listed["results"][0]["createdAt"], float)
+    assert int(moment.timestamp() * 1000) == int(listed["results"][0]["createdAt"])
+
+
+def test_shape_knobs_refuse_unknown_values(maiagent: MaiAgentServer) -> None:
+    with pytest.raises(ValueError, match="list_order"):
+        Faults(list_order="sideways")
+    with pytest.raises(ValueError, match="file_field"):
+        maiagent.faults.update({"file_field": "path"})
+
+
+# ----- listing order -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["newest", "oldest", "random"])
+@async_test
+async def test_listing_order_knob(
+    maiagent_factory: Callable[..., MaiAgentServer], order: str
+) -> None:
+    server = maiagent_factory(list_order=order, seed=3)
+    created = [server.add_entry(KB, f"f{n}.txt", n)["id"] for n in range(40)]
+    truth = {r["id"]: r["createdAt"] for r in server.records(KB)}
+
+    async def read_all(client: Api) -> list[dict[str, Any]]:
+        seen, url = [], f"{server.base_url}knowledge-bases/{KB}/files/?page_size=7"
+        while url:
+            async with client.session.get(url, headers=client.headers) as response:
+                page = await response.json()
+            seen += page["results"]
+            url = page["next"]
+        return seen
+
+    async with api(server) as client:
+        first, second = await read_all(client), await read_all(client)
+    ids = [e["id"] for e in first]
+    assert ids == [e["id"] for e in second]  # stable while nothing changes
+    assert sorted(ids) == sorted(created)
+    assert all(e["createdAt"] == truth[e["id"]] for e in first)
+    if order == "newest":
+        assert ids == created[::-1]
+    elif order == "oldest":
+        assert ids == created
+    else:
+        assert ids not in (created, created[::-1])
+
+
+# ----- registers that take effect late ------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait for what the server does by itself later (a late commit, the end of an outage)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the server never got there"
+        await asyncio.sleep(0.05)
+
+
+async def until_served(client: Api, path: str) -> None:
+    """Wait until `path` answers 200 again."""
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(aiohttp.ClientConnectorError):
+            if (await client.call("GET", path)).status == 200:
+                return
+        assert time.monotonic() < deadline, "the service never came back"
+        await asyncio.sleep(0.05)
+
+
+@async_test
+async def test_a_register_can_take_effect_after_the_client_gave_up(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(register_effect_delay=1.0)
+    async with api(server) as client:
+        key = await client.upload(b"hello")
+        with pytest.raises(asyncio.TimeoutError):
+            await client.register(key, timeout=aiohttp.ClientTimeout(total=0.2))
+        assert server.records(KB) == []
+        await until(lambda: len(server.records(KB)) == 1)
+        assert [r["key"] for r in server.records(KB)] == [key]
+        started = time.monotonic()
+        body = await (await client.register(key)).json()
+        assert time.monotonic() - started >= 0.9  # the answer comes with the effect
+    assert len(body) == 1 and len(server.records(KB)) == 2
+
+
+@async_test
+async def test_an_early_answer_before_the_entry_is_listed(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(dialect="docs", register_effect_delay=1.0, register_answer_early=True)
+    async with api(server) as client:
+        key = await client.upload(b"hello")
+        [entry] = (await (await client.register(key)).json())["results"]
+        missing = await client.call("GET", f"knowledge-bases/{KB}/files/{entry['id']}/")
+        assert missing.status == 404
+        again = await client.register(key)  # the pending commit holds the key already
+        assert (again.status, await again.json()) == (400, {"detail": "Duplicate File Upload"})
+        await until(lambda: len(server.records(KB)) == 1)
+        got = await (await client.call("GET", f"knowledge-bases/{KB}/files/{entry['id']}/")).json()
+    assert got["createdAt"] == entry["createdAt"]
+    assert [r["id"] for r in server.records(KB)] == [entry["id"]]
+
+
+@async_test
+async def test_a_late_register_whose_answer_is_lost(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(register_effect_delay=0.3, lost_register_rate=1.0)
+    async with api(server) as client:
+        key = await client.upload(b"hello")
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await client.register(key)
+    assert [r["key"] for r in server.records(KB)] == [key]
+
+
+# ----- garbage answers ---------------------------------------------------------------------
+
+
+@async_test
+async def test_garbage_ids_urls_and_filenames(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(null_id_rate=1.0, bad_presign_url_rate=1.0)
+    async with api(server) as client:
+        presigned = await client.presign()
+        assert presigned["url"] == "http://[::1"
+        server.faults.bad_presign_url_rate = 0
+        key = await client.upload(b"hello")
+        [entry] = await (await client.register(key)).json()
+        server.faults.filename_list_rate = 1.0
+        listed = (await (await client.call("GET", f"knowledge-bases/{KB}/files/")).json())[
+            "results"
+        ]
+        [record] = server.records(KB)
+        got = await (await client.call("GET", f"knowledge-bases/{KB}/files/{record['id']}/")).json()
+    assert entry["id"] is None and record["id"]
+    assert listed[0]["filename"] == got["filename"] == ["a.txt"]
+
+
+@async_test
+async def test_drop_fields_leaves_fields_out_of_every_entry(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(drop_fields="file,id")
+    async with api(server) as client:
+        key = await client.upload(b"hello")
+        [entry] = await (await client.register(key)).json()
+        listed = (await (await client.call("GET", f"knowledge-bases/{KB}/files/")).json())[
+            "results"
+        ]
+    assert not {"file", "id"} & (set(entry) | set(listed[0]))
+    assert "filename" in entry
+    assert server.records(KB)[0]["key"] == key
+
+
+@async_test
+async def test_a_huge_answer_is_streamed_and_still_json(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(huge_answer_bytes=6 << 20, huge_answer_on="list,register")
+    server.add_entry(KB, "a.txt", 1)
+    path = f"knowledge-bases/{KB}/files/"
+    async with api(server) as client:
+        async with client.session.get(server.base_url + path, headers=client.headers) as response:
+            assert response.headers.get("Transfer-Encoding") == "chunked"
+            assert "Content-Length" not in response.headers
+            body = await response.read()
+        # a client that stops reading early must not hurt the server
+        async with client.session.get(server.base_url + path, headers=client.headers) as response:
+            await response.content.read(1 << 16)
+            response.close()
+        key = await client.upload(b"x")
+        registered = await client.register(key)
+        server.faults.huge_answer_bytes = 0
+        small = await client.call("GET", path)
+    assert len(body) > 6 << 20
+    assert json.loads(body)["count"] == 1
+    assert registered.status == 201
+    assert len(await registered.text()) > 6 << 20
+    assert len(await small.text()) < 10_000
+
+
+# ----- content -----------------------------------------------------------------------------
+
+
+@async_test
+async def test_content_behind_each_entry_and_entries_per_key(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(keep_bytes=8)
+    root = ""
+    async with api(server) as client:
+        small, big = await client.upload(b"small"), await client.upload(b"too big to keep")
+        for key in (small, small, big):
+            await client.register(key)
+        root = server.base_url.removesuffix("/api/v1/")
+        ids = [r["id"] for r in server.records(KB)]
+        async with client.session.get(f"{root}/_control/keys", params={"kb": KB}) as r:
+            keys = await r.json()
+        async with client.session.get(f"{root}/_control/entries/{ids[0]}/content") as r:
+            assert await r.read() == b"small"
+        async with client.session.get(f"{root}/_control/entries/{ids[2]}/content") as r:
+            assert r.status == 404
+        async with client.session.get(f"{root}/{big}") as r:
+            assert r.status == 404
+    assert server.content(small) == server.entry_content(ids[1]) == b"small"
+    assert server.content(big) is None and server.entry_content("nope") is None
+    assert server.object(big)["sha256"] == hashlib.sha256(b"too big to keep").hexdigest()
+    by_key = server.entries_by_key(KB)
+    assert {k: [r["id"] for r in v] for k, v in by_key.items()} == keys
+    assert {k: len(v) for k, v in by_key.items()} == {small: 2, big: 1}
+    assert server.stats()["media"] == 1
+
+
+# ----- knowledge bases and labels ----------------------------------------------------------
+
+
+@async_test
+async def test_knowledge_bases_are_listed_and_found(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(kbs={"kb-a": "Alpha", "kb-b": "Beta"})
+    server.add_entry("kb-b", "x.txt", 1)
+    async with api(server) as client:
+        listed = await (await client.call("GET", "knowledge-bases/")).json()
+        one = await (await client.call("GET", "knowledge-bases/kb-b/")).json()
+        missing = await client.call("GET", "knowledge-bases/kb-c/")
+    assert listed == {
+        "count": 2,
+        "next": None,
+        "previous": None,
+        "results": [
+            {"id": "kb-a", "name": "Alpha", "filesCount": 0},
+            {"id": "kb-b", "name": "Beta", "filesCount": 1},
+        ],
+    }
+    assert one == {"id": "kb-b", "name": "Beta", "filesCount": 1}
+    assert missing.status == 404
+    assert (server.stats()["kbs"], server.stats()["kb"]) == (1, 2)
+
+
+@async_test
+async def test_labels_are_created_once_per_name_and_listed(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(kbs=[KB, "kb-other"])
+    path = f"knowledge-bases/{KB}/labels/"
+    async with api(server) as client:
+        empty = await (await client.call("GET", path)).json()
+        made = await client.call("POST", path, json={"name": "hr"})
+        label = await made.json()
+        again = await client.call("POST", path, json={"name": "hr"})
+        elsewhere = await client.call(
+            "POST", "knowledge-bases/kb-other/labels/", json={"name": "hr"}
+        )
+        nameless = await client.call("POST", path, json={})
+        listed = await (await client.call("GET", path)).json()
+        unknown_kb = await client.call("GET", "knowledge-bases/kb-none/labels/")
+    assert empty == {"count": 0, "next": None, "previous": None, "results": []}
+    assert made.status == 201 and label["name"] == "hr" and uuid.UUID(label["id"])
+    assert again.status == 400 and "name" in await again.json()
+    assert elsewhere.status == 201 and (await elsewhere.json())["id"] != label["id"]
+    assert nameless.status == 400
+    assert listed["results"] == [label] == server.labels(KB)
+    assert unknown_kb.status == 404
+    assert (server.stats()["label_create"], server.stats()["labels"]) == (4, 3)
+
+
+@async_test
+async def test_register_takes_labels_metadata_and_parser(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(dialect="docs")
+    hr = server.add_label(KB, "hr")
+    parser = str(uuid.uuid4())
+    good = {
+        "labels": [{"id": hr["id"], "name": "hr"}],
+        "rawUserDefineMetadata": {"source": "nas"},
+        "parser": parser,
+        "knowledgeBase": KB,
+    }
+    async with api(server) as client:
+        key = await client.upload(b"hello")
+        refused = []
+        for bad in (
+            {"labels": [{"id": str(uuid.uuid4())}]},
+            {"labels": "hr"},
+            {"rawUserDefineMetadata": ["source"]},
+            {"parser": "default"},
+            {"knowledgeBase": "kb-elsewhere"},
+        ):
+            refused.append((await client.register(key, **{**good, **bad})).status)
+        answer = await (await client.register(key, **good)).json()
+        [entry] = answer["results"]
+        listed = (await (await client.call("GET", f"knowledge-bases/{KB}/files/")).json())[
+            "results"
+        ]
+        got = await (await client.call("GET", f"knowledge-bases/{KB}/files/{entry['id']}/")).json()
+    assert refused == [400] * 5
+    assert entry["labels"] == [hr] and entry["rawUserDefineMetadata"] == {"source": "nas"}
+    assert entry["parser"] == parser
+    assert listed == [entry] and got == entry
+    assert server.records(KB)[0]["labels"] == [hr]
+
+
+@async_test
+async def test_file_types_knob_refuses_unsupported_types(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(file_types="txt,pdf")
+    async with api(server) as client:
+        exe = await client.upload(b"MZ", filename="setup.exe")
+        txt = await client.upload(b"hello", filename="notes.TXT")
+        refused, accepted = await client.register(exe), await client.register(txt)
+    assert refused.status == 400 and "Unsupported file type" in (await refused.json())["detail"]
+    assert accepted.status == 201
+
+
+# ----- update-metadata ---------------------------------------------------------------------
+
+
+async def registered_entry(client: Api, server: MaiAgentServer) -> str:
+    key = await client.upload(b"hello")
+    await client.register(key)
+    return server.records(KB)[-1]["id"]
+
+
+@async_test
+async def test_update_metadata_in_both_methods_and_label_forms(
+    maiagent: MaiAgentServer,
+) -> None:
+    hr, legal = maiagent.add_label(KB, "hr"), maiagent.add_label(KB, "legal")
+    async with api(maiagent) as client:
+        file_id = await registered_entry(client, maiagent)
+        path = f"knowledge-bases/{KB}/files/{file_id}/update-metadata/"
+        body = {"labels": [{"id": hr["id"]}], "rawUserDefineMetadata": {"a": "1"}}
+        patched = await client.call("PATCH", path, json=body)
+        assert patched.status == 200
+        assert (await patched.json())["labels"] == [hr]
+        posted = await client.call("POST", path, json={"labels": [legal["id"], hr["id"]]})
+        assert posted.status == 200
+        unknown = await client.call("PATCH", path, json={"labels": [str(uuid.uuid4())]})
+        bad_meta = await client.call("PATCH", path, json={"rawUserDefineMetadata": "a=1"})
+        empty = await client.call("PATCH", path, json={})
+        wrong_method = await client.call("GET", path)
+        listed = (await (await client.call("GET", f"knowledge-bases/{KB}/files/")).json())[
+            "results"
+        ]
+    assert (unknown.status, bad_meta.status, empty.status) == (400, 400, 400)
+    assert wrong_method.status == 405
+    assert listed[0]["labels"] == [legal, hr]
+    assert listed[0]["rawUserDefineMetadata"] == {"a": "1"}  # kept when only labels change
+    stats = maiagent.stats()
+    assert (stats["update_metadata"], stats["update_metadata_patch"]) == (6, 4)
+    assert stats["update_metadata_post"] == 1
+
+
+@async_test
+async def test_update_metadata_knobs_refuse_a_method_or_a_label_form(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(update_metadata_methods="POST", update_metadata_label_forms="ids")
+    hr = server.add_label(KB, "hr")
+    async with api(server) as client:
+        file_id = await registered_entry(client, server)
+        path = f"knowledge-bases/{KB}/files/{file_id}/update-metadata/"
+        patch = await client.call("PATCH", path, json={"labels": [hr["id"]]})
+        objects = await client.call("POST", path, json={"labels": [{"id": hr["id"]}]})
+        ids = await client.call("POST", path, json={"labels": [hr["id"]]})
+        server.faults.update(
+            {"update_metadata_methods": "PATCH", "update_metadata_label_forms": "objects"}
+        )
+        post = await client.call("POST", path, json={"labels": [{"id": hr["id"]}]})
+        bare = await client.call("PATCH", path, json={"labels": [hr["id"]]})
+    assert (patch.status, patch.headers["Allow"]) == (405, "POST")
+    assert objects.status == 400 and "labels" in await objects.json()
+    assert ids.status == 200
+    assert post.status == 405 and bare.status == 400
+    assert server.records(KB)[0]["labels"] == [hr]
+
+
+@async_test
+async def test_only_update_metadata_calls_show_in_the_counters(maiagent: MaiAgentServer) -> None:
+    hr = maiagent.add_label(KB, "hr")
+    root = maiagent.base_url.removesuffix("/api/v1/")
+    async with api(maiagent) as client:
+        file_id = await registered_entry(client, maiagent)
+        async with client.session.delete(f"{root}/_control/stats") as r:
+            assert r.status == 204
+        assert set(maiagent.stats().values()) == {0}
+        path = f"knowledge-bases/{KB}/files/{file_id}/update-metadata/"
+        await client.call("PATCH", path, json={"labels": [{"id": hr["id"]}]})
+        async with client.session.get(f"{root}/_control/stats") as r:
+            stats = await r.json()
+    assert {name: n for name, n in stats.items() if n} == {
+        "update_metadata": 1,
+        "update_metadata_patch": 1,
+        "total": 1,
+    }
+    maiagent.reset_stats()
+    assert maiagent.stats()["total"] == 0
+
+
+# ----- deletes -----------------------------------------------------------------------------
+
+
+@async_test
+async def test_the_first_deletes_of_an_entry_conflict(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(delete_conflict_first=2)
+    entry, other = server.add_entry(KB, "a.txt", 1), server.add_entry(KB, "b.txt", 1)
+    async with api(server) as client:
+        statuses = [
+            (await client.call("DELETE", f"knowledge-bases/{KB}/files/{entry['id']}/")).status
+            for _ in range(4)
+        ]
+        first_of_other = await client.call("DELETE", f"knowledge-bases/{KB}/files/{other['id']}/")
+    assert statuses == [409, 409, 204, 404]
+    assert first_of_other.status == 409
+    assert [r["id"] for r in server.records(KB)] == [other["id"]]
+
+
+@async_test
+async def test_delete_500_still_deletes_and_batch_delete_refuses_an_empty_list(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(delete_500_rate=1.0)
+    entry = server.add_entry(KB, "a.txt", 1)
+    async with api(server) as client:
+        failed = await client.call("DELETE", f"knowledge-bases/{KB}/files/{entry['id']}/")
+        empty = await client.call(
+            "POST", f"knowledge-bases/{KB}/files/batch-delete/", json={"ids": []}
+        )
+    assert failed.status == 500 and server.records(KB) == []
+    assert empty.status == 400
+
+
+# ----- outages -----------------------------------------------------------------------------
+
+
+@async_test
+async def test_stop_and_restart_on_the_same_port_keeps_state(maiagent: MaiAgentServer) -> None:
+    base = maiagent.base_url
+    async with api(maiagent) as client:
+        key = await client.upload(b"hello")
+        await client.register(key)
+        maiagent.shutdown()
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await client.call("GET", f"knowledge-bases/{KB}/files/")
+        maiagent.restart()
+        listed = await (await client.call("GET", f"knowledge-bases/{KB}/files/")).json()
+    assert maiagent.base_url == base
+    assert [e["file"] for e in listed["results"]] == [key]
+    assert maiagent.content(key) == b"hello"
+
+
+@pytest.mark.parametrize("mode", ["refuse", "503"])
+@async_test
+async def test_an_outage_for_a_while(maiagent: MaiAgentServer, mode: str) -> None:
+    path = f"knowledge-bases/{KB}/files/"
+    async with api(maiagent) as client:
+        maiagent.outage(1.0, mode)
+        if mode == "refuse":
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await client.call("GET", path)
+        else:
+            assert (await client.call("GET", path)).status == 503
+        await until_served(client, path)
+
+
+@async_test
+async def test_unavailable_knob_and_outage_control_endpoint(maiagent: MaiAgentServer) -> None:
+    root = maiagent.base_url.removesuffix("/api/v1/")
+    async with api(maiagent) as client:
+        presigned = await client.presign()
+        maiagent.faults.unavailable = True
+        s3 = await client.post_form(presigned["url"], presigned["fields"], b"hello")
+        api_call = await client.call("GET", f"knowledge-bases/{KB}/files/")
+        maiagent.faults.unavailable = False
+        async with client.session.post(f"{root}/_control/outage", json={"seconds": 1.0}) as r:
+            assert r.status == 204
+        await asyncio.sleep(0.3)
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await client.call("GET", f"knowledge-bases/{KB}/files/")
+        await until_served(client, f"knowledge-bases/{KB}/files/")
+    assert (s3.status, api_call.status) == (503, 503)
