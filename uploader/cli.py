@@ -16,6 +16,7 @@ import aiosqlite
 import click
 
 from . import __version__, client, queue, reconcile, report, scan, worker
+from .model import FAILURE_KINDS, EnqueueCounts, JobState, VerificationItem
 from .scan import display
 
 T = TypeVar("T")
@@ -180,7 +181,7 @@ def enqueue(
         raise UserError(f"{directory} {what}")
     filters = scan.Filters(include, exclude, max_size)
 
-    async def body(conn: aiosqlite.Connection) -> tuple[queue.EnqueueCounts, scan.ScanStats]:
+    async def body(conn: aiosqlite.Connection) -> tuple[EnqueueCounts, scan.ScanStats]:
         return await scan.enqueue(conn, directory, kb_id, filters, follow_symlinks)
 
     counts, stats = run_async(with_db(ctx, body))
@@ -346,9 +347,9 @@ def _print_status(data: dict[str, Any]) -> None:
     for kb, states in data["knowledge_bases"].items():
         total = sum(v["files"] for v in states.values())
         click.echo(f"knowledge base {kb}: {total} files")
-        for state in queue.STATES:
+        for state in JobState:
             v = states.get(state, {"files": 0, "bytes": 0})
-            click.echo(f"  {state:<8} {v['files']:>10,} files {_human(v['bytes']):>10}")
+            click.echo(f"  {state.value:<8} {v['files']:>10,} files {_human(v['bytes']):>10}")
         if kb in data["remote"]:
             click.echo(f"  {_remote_line(data['remote'][kb])}")
     if data["failed_by_kind"]:
@@ -385,7 +386,12 @@ def status(ctx: Context, as_json: bool) -> None:
 
 @cli.command("retry-failed")
 @kb_option(required=False)
-@click.option("--kind", multiple=True, help="Only failures of this error kind (repeatable).")
+@click.option(
+    "--kind",
+    multiple=True,
+    type=click.Choice(FAILURE_KINDS),
+    help="Only failures of this error kind (repeatable); `uploader status` counts them.",
+)
 @click.option("--match", multiple=True, metavar="GLOB", help="Only relative paths matching.")
 @click.option(
     "--remote",
@@ -525,8 +531,8 @@ def _remote_line(verification: dict[str, Any]) -> str:
     )
 
 
-def _item_line(kind: str, row: tuple[Any, ...]) -> str:
-    path, file_id, filename, size, status, kept_id = row
+def _item_line(kind: str, item: VerificationItem) -> str:
+    path, file_id, filename, size, status, kept_id = item
     if kind in ("missing", "failed"):
         return f"{display(path) if path else filename} (entry {file_id})"
     shown = f"{filename} ({'?' if size is None else f'{size:,} B'}, {status or '?'})"

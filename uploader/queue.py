@@ -16,18 +16,38 @@ import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import aiosqlite
+
+from .model import (
+    DoneRow,
+    DuplicateItem,
+    EnqueueCounts,
+    Entry,
+    FailedRow,
+    Job,
+    JobState,
+    LeaseOwner,
+    ListedRow,
+    Outcome,
+    OutcomeKind,
+    RemoteRetryCandidate,
+    RemoteStatus,
+    ReportRow,
+    RequeueItem,
+    ScanRow,
+    SkippedRow,
+    VerificationItem,
+)
 
 log = logging.getLogger("uploader.queue")
 
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 32 * 1024
 LOCK_RETRIES = 6
-STATES = ("pending", "running", "done", "failed", "skipped")
+STATES = tuple(JobState)
 
 
 class QueueError(Exception):
@@ -228,28 +248,6 @@ async def _to_completion(conn: aiosqlite.Connection, sql: str) -> None:
 # --- enqueue ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScanRow:
-    path: bytes
-    relpath: str
-    size: int
-    mtime_ns: int
-    skip: str | None = None
-
-
-@dataclass
-class EnqueueCounts:
-    scanned: int = 0
-    new: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    skipped: int = 0
-
-    def add(self, other: EnqueueCounts) -> None:
-        for name in ("scanned", "new", "changed", "unchanged", "skipped"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
 _INSERT = """
 INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error_kind,
                   enqueued_at)
@@ -315,22 +313,6 @@ async def enqueue_batch(
 # --- claiming and completing (the workers) ---------------------------------------------------
 
 
-@dataclass
-class Job:
-    id: int
-    kb_id: str
-    path: bytes
-    relpath: str
-    size: int
-    mtime_ns: int
-    attempts: int
-    step: str | None
-    s3_key: str | None
-    unknown_since: float | None
-    filename: str | None
-    started_at: float
-
-
 _JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
     "filename, started_at"
@@ -374,23 +356,6 @@ async def next_due(conn: aiosqlite.Connection, kb_id: str | None = None) -> floa
     )
 
 
-@dataclass
-class Outcome:
-    """What one attempt at one job came to; the worker hands these to `record_outcomes`."""
-
-    job: Job
-    outcome: str  # 'done', 'retry', 'failed', 'released', 'uploaded', 'changed'
-    ended_at: float
-    run_id: int | None = None
-    error_kind: str | None = None
-    error: str | None = None
-    file_id: str | None = None
-    s3_key: str | None = None
-    filename: str | None = None
-    next_attempt_at: float = 0.0
-    unknown_since: float | None = None
-
-
 _DONE = """
 UPDATE jobs SET state = 'done', step = 'registered', file_id = :file_id, s3_key = :s3_key,
        filename = :filename, finished_at = :ended, duration = :ended - started_at,
@@ -423,13 +388,15 @@ UPDATE jobs SET step = 'uploaded', s3_key = :s3_key, filename = :filename, size 
        mtime_ns = :mtime_ns
 WHERE id = :id AND lease_owner = :owner"""
 
+# One statement per outcome kind (a kind without one fails at import, not mid-run).
 _STATEMENTS = {
-    "done": _DONE,
-    "retry": _RETRY,
-    "failed": _FAILED,
-    "released": _RELEASED,
-    "uploaded": _UPLOADED,
+    OutcomeKind.DONE: _DONE,
+    OutcomeKind.RETRY: _RETRY,
+    OutcomeKind.FAILED: _FAILED,
+    OutcomeKind.RELEASED: _RELEASED,
+    OutcomeKind.UPLOADED: _UPLOADED,
 }
+assert set(_STATEMENTS) == set(OutcomeKind), "every outcome kind needs its statement"
 
 _ATTEMPT = """
 INSERT INTO attempts (job_id, run_id, attempt, started_at, ended_at, outcome, step,
@@ -446,7 +413,7 @@ def _outcome_params(o: Outcome, owner: str) -> dict[str, Any]:
         "attempt": j.attempts,
         "started": j.started_at,
         "ended": o.ended_at,
-        "outcome": o.outcome,
+        "outcome": str(o.outcome),
         "step": j.step,
         "kind": o.error_kind,
         "error": o.error,
@@ -468,8 +435,8 @@ async def record_outcomes(
     attempts = []
     for o in outcomes:
         params = _outcome_params(o, owner)
-        by_kind.setdefault(o.outcome, []).append(params)
-        if o.outcome != "uploaded":
+        by_kind.setdefault(OutcomeKind(o.outcome), []).append(params)
+        if o.outcome != OutcomeKind.UPLOADED:
             attempts.append(params)
     async with transaction(conn):
         for kind, params in by_kind.items():
@@ -490,13 +457,13 @@ async def renew_leases(conn: aiosqlite.Connection, owner: str, lease_seconds: fl
     return [r[0] for r in rows]
 
 
-async def lease_owners(conn: aiosqlite.Connection) -> list[tuple[str, float]]:
+async def lease_owners(conn: aiosqlite.Connection) -> list[LeaseOwner]:
     """Owners of running rows, with their earliest lease expiry."""
     rows = await conn.execute_fetchall(
         "SELECT lease_owner, MIN(lease_expires) FROM jobs WHERE state = 'running'"
         " GROUP BY lease_owner"
     )
-    return [(owner or "", expires or 0.0) for owner, expires in rows]
+    return [LeaseOwner(owner or "", expires or 0.0) for owner, expires in rows]
 
 
 _LOST_ATTEMPTS = """
@@ -634,23 +601,33 @@ async def report_totals(conn: aiosqlite.Connection) -> dict[str, Any]:
     }
 
 
-_REPORT_ROWS = {
-    "done": "SELECT kb_id, path, size, duration, file_id, filename FROM jobs"
-    " WHERE state = 'done' ORDER BY id",
-    "failed": "SELECT kb_id, path, last_error, attempts, error_kind FROM jobs"
-    " WHERE state = 'failed' ORDER BY id",
-    "skipped": "SELECT kb_id, path, last_error FROM jobs WHERE state = 'skipped' ORDER BY id",
+_REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
+    "done": (
+        "SELECT kb_id, path, size, duration, file_id, filename FROM jobs"
+        " WHERE state = 'done' ORDER BY id",
+        DoneRow,
+    ),
+    "failed": (
+        "SELECT kb_id, path, last_error, attempts, error_kind FROM jobs"
+        " WHERE state = 'failed' ORDER BY id",
+        FailedRow,
+    ),
+    "skipped": (
+        "SELECT kb_id, path, last_error FROM jobs WHERE state = 'skipped' ORDER BY id",
+        SkippedRow,
+    ),
 }
 
 
 async def report_rows(
     conn: aiosqlite.Connection, state: str, chunk: int = 5000
-) -> AsyncIterator[tuple[Any, ...]]:
+) -> AsyncIterator[ReportRow]:
     """Stream the rows of one report section without holding them all."""
-    async with conn.execute(_REPORT_ROWS[state]) as cur:
+    sql, shape = _REPORT_ROWS[state]
+    async with conn.execute(sql) as cur:
         while rows := await cur.fetchmany(chunk):
             for row in rows:
-                yield tuple(row)
+                yield shape(*row)
 
 
 async def kbs_with_work(conn: aiosqlite.Connection, kb_id: str | None) -> list[str]:
@@ -731,10 +708,6 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
     status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at,
     file_key = excluded.file_key"""
-
-# Row layout of `store_listed`:
-# (kb_id, id, filename, size, status, created_at s, seen_at, file_key).
-ListedRow = tuple[str, str, str, Any, Any, float, float, Any]
 
 
 async def store_listed(conn: aiosqlite.Connection, rows: Sequence[ListedRow]) -> None:
@@ -830,12 +803,10 @@ WHERE r.kb_id = :kb AND r.seen_at >= :since AND r.filename IN (
 ORDER BY r.filename, r.created_at, r.id"""
 
 
-async def duplicate_candidates(
-    conn: aiosqlite.Connection, kb_id: str, since: float
-) -> list[tuple[str, str, int | None, str | None, float, int | None]]:
-    """(id, filename, size, status, created_at, job id) of entries whose name is not unique."""
+async def duplicate_candidates(conn: aiosqlite.Connection, kb_id: str, since: float) -> list[Entry]:
+    """Entries whose name is not unique, each name's group oldest first."""
     rows = await conn.execute_fetchall(_DUPLICATE_CANDIDATES, {"kb": kb_id, "since": since})
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    return [Entry(*r) for r in rows]
 
 
 _EXTRA_WHERE = """
@@ -866,9 +837,6 @@ SELECT :vid, remote_status, id, file_id, filename, size,
        CASE remote_status WHEN 'failed' THEN 'failed' END, NULL
 FROM jobs INDEXED BY jobs_remote_bad
 WHERE kb_id = :kb AND remote_status IN ('failed', 'missing') AND state = 'done'"""
-
-# Row layout of a duplicate item: (job_id, file_id, filename, size, status, kept_id).
-DuplicateItem = tuple[int | None, str, str, Any, Any, str]
 
 
 async def record_verification(
@@ -917,8 +885,8 @@ async def last_verifications(conn: aiosqlite.Connection) -> list[dict[str, Any]]
 
 async def verification_items(
     conn: aiosqlite.Connection, verification_id: int, kind: str, limit: int = -1
-) -> AsyncIterator[tuple[Any, ...]]:
-    """(job path or None, file_id, filename, size, status, kept_id), streamed."""
+) -> AsyncIterator[VerificationItem]:
+    """The items of one list of a verify, streamed."""
     async with conn.execute(
         "SELECT j.path, i.file_id, i.filename, i.size, i.status, i.kept_id"
         " FROM verification_items AS i LEFT JOIN jobs AS j ON j.id = i.job_id"
@@ -927,13 +895,13 @@ async def verification_items(
     ) as cur:
         while rows := await cur.fetchmany(5000):
             for row in rows:
-                yield tuple(row)
+                yield VerificationItem(*row)
 
 
 async def remote_retry_candidates(
     conn: aiosqlite.Connection, kb_id: str | None, match: Callable[[str], bool] | None
-) -> list[tuple[int, str, str | None, str]]:
-    """(job id, kb_id, file_id, remote status) of done jobs whose entry failed or is gone."""
+) -> list[RemoteRetryCandidate]:
+    """Done jobs whose entry failed or is gone."""
     await conn.create_function("uploader_match", 1, match or (lambda _: True), deterministic=True)
     rows = await conn.execute_fetchall(
         "SELECT id, kb_id, file_id, remote_status FROM jobs INDEXED BY jobs_remote_bad"
@@ -941,7 +909,7 @@ async def remote_retry_candidates(
         " AND (:kb IS NULL OR kb_id = :kb) AND uploader_match(relpath) ORDER BY id",
         {"kb": kb_id},
     )
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    return [RemoteRetryCandidate(*r) for r in rows]
 
 
 _REQUEUE_REMOTE = f"""
@@ -949,10 +917,8 @@ UPDATE jobs SET {_BACK_TO_PENDING}, {_FORGET_UPLOAD}
 WHERE id = ? AND state = 'done' AND file_id IS ?"""
 
 
-async def requeue_remote(
-    conn: aiosqlite.Connection, jobs: Sequence[tuple[int, str, str | None]]
-) -> int:
-    """(job id, kb_id, file_id): jobs whose entry is gone go back to pending for a fresh upload;
+async def requeue_remote(conn: aiosqlite.Connection, jobs: Sequence[RequeueItem]) -> int:
+    """Jobs whose entry is gone go back to pending for a fresh upload;
     a job whose entry changed meanwhile (another command re-uploaded it) is left alone."""
     async with transaction(conn):
         await conn.executemany(
@@ -963,9 +929,7 @@ async def requeue_remote(
     return cur.rowcount
 
 
-async def set_remote_status(
-    conn: aiosqlite.Connection, statuses: Sequence[tuple[str | None, int]]
-) -> None:
-    """(status, job id): what reading an entry back showed."""
+async def set_remote_status(conn: aiosqlite.Connection, statuses: Sequence[RemoteStatus]) -> None:
+    """What reading each entry back showed."""
     async with transaction(conn):
         await conn.executemany("UPDATE jobs SET remote_status = ? WHERE id = ?", statuses)

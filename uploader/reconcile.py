@@ -18,6 +18,15 @@ from tqdm import tqdm
 
 from . import queue
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
+from .model import (
+    DuplicateItem,
+    Entry,
+    Job,
+    ListedRow,
+    RemoteRetryCandidate,
+    RemoteStatus,
+    RequeueItem,
+)
 
 T = TypeVar("T")
 
@@ -80,7 +89,7 @@ class RemoteIndex:
                 return
             page += 1
 
-    async def adopt(self, job: queue.Job, filename: str) -> str | None:
+    async def adopt(self, job: Job, filename: str) -> str | None:
         """The entry a doubtful register of `job` created, if the listing shows one."""
         since = job.unknown_since or job.started_at
         await self.refresh(job.kb_id, since, job.started_at)
@@ -162,7 +171,7 @@ class Listing:
 
 def listed_rows(
     kb_id: str, results: Sequence[Any], seen_at: float, seen: set[str]
-) -> list[queue.ListedRow]:
+) -> list[ListedRow]:
     """The per-entry work of a verify: keep it to building one tuple."""
     rows = []
     for e in results:
@@ -173,7 +182,7 @@ def listed_rows(
         created = e.get("createdAt")
         created_s = created / 1000.0 if isinstance(created, (int, float)) else 0.0
         rows.append(
-            (
+            ListedRow(
                 kb_id,
                 file_id,
                 e.get("filename") or "",
@@ -277,16 +286,6 @@ async def list_and_match(
 
 
 @dataclass
-class Entry:
-    id: str
-    filename: str
-    size: int | None
-    status: str | None
-    created_at: float
-    job_id: int | None  # the job whose entry this is, if any
-
-
-@dataclass
 class DuplicateGroup:
     """Entries with one filename and size: `keep` stays, `surplus` is what dedupe deletes."""
 
@@ -301,11 +300,10 @@ class DuplicateGroup:
         return all(e.job_id is None for e in self.keep)
 
 
-def duplicate_groups(rows: Iterable[Sequence[Any]]) -> list[DuplicateGroup]:
-    """Group `queue.duplicate_candidates` rows (ordered by filename, then age)."""
+def duplicate_groups(entries: Iterable[Entry]) -> list[DuplicateGroup]:
+    """Group `queue.duplicate_candidates` entries (ordered by filename, then age)."""
     by_name: dict[str, list[Entry]] = {}
-    for row in rows:
-        entry = Entry(*row)
+    for entry in entries:
         by_name.setdefault(entry.filename, []).append(entry)
     groups = []
     for name, members in by_name.items():
@@ -434,7 +432,7 @@ async def _record(
     groups = duplicate_groups(await queue.duplicate_candidates(conn, kb_id, since))
     ours = [e.id for g in groups if not g.extra for e in g.surplus]
     items = [
-        (g.keep[0].job_id, e.id, e.filename, e.size, e.status, g.keep[0].id)
+        DuplicateItem(g.keep[0].job_id, e.id, e.filename, e.size, e.status, g.keep[0].id)
         for g in groups
         for e in g.surplus
     ]
@@ -579,10 +577,10 @@ async def retry_remote(
     """Jobs whose entry failed parsing or is missing (as the last verify saw it): delete the
     entry if it is there, then back to pending so that the next run uploads the file again."""
     result = RemoteRetry()
-    requeue: list[tuple[int, str, str | None]] = []
-    statuses: list[tuple[str | None, int]] = []
+    requeue: list[RequeueItem] = []
+    statuses: list[RemoteStatus] = []
 
-    async def settle(row: tuple[int, str, str | None, str]) -> None:
+    async def settle(row: RemoteRetryCandidate) -> None:
         job_id, kb, file_id, status = row
         try:
             outcome, now = await _clear_entry(client, kb, file_id, status)
@@ -592,10 +590,10 @@ async def retry_remote(
             result.errors.append(f"{file_id}: {err}")
             return
         if outcome in ("gone", "deleted"):
-            requeue.append((job_id, kb, file_id))
+            requeue.append(RequeueItem(job_id, kb, file_id))
             result.deleted += outcome == "deleted"
         else:
-            statuses.append((now, job_id))
+            statuses.append(RemoteStatus(now, job_id))
             result.busy += outcome == "busy"
             result.recovered += outcome == "present"
 

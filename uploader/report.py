@@ -18,6 +18,7 @@ from typing import IO, Any
 import aiosqlite
 
 from . import queue
+from .model import DoneRow, FailedRow, SkippedRow, VerificationItem
 from .scan import display
 
 
@@ -30,7 +31,7 @@ def default_path(db_path: str) -> str:
     return os.path.join(_default_folder(db_path), f"upload_report_{stamp}.json")
 
 
-def _success(row: tuple[Any, ...]) -> dict[str, Any]:
+def _success(row: DoneRow) -> dict[str, Any]:
     kb, path, size, duration, file_id, filename = row
     return {
         "file_path": display(path),
@@ -42,7 +43,7 @@ def _success(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _failure(row: tuple[Any, ...]) -> dict[str, Any]:
+def _failure(row: FailedRow) -> dict[str, Any]:
     kb, path, error, attempts, kind = row
     return {
         "file_path": display(path),
@@ -53,19 +54,21 @@ def _failure(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _skipped(row: tuple[Any, ...]) -> dict[str, Any]:
+def _skipped(row: SkippedRow) -> dict[str, Any]:
     kb, path, reason = row
     return {"file_path": display(path), "reason": reason, "knowledge_base_id": kb}
 
 
-SECTIONS: list[tuple[str, str, Callable[[tuple[Any, ...]], dict[str, Any]]]] = [
+SECTIONS: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
     ("successful_files", "done", _success),
     ("failed_files", "failed", _failure),
     ("skipped_files", "skipped", _skipped),
 ]
 
 
-async def _write_list(out: IO[str], rows: AsyncIterator[tuple[Any, ...]], shape) -> None:  # type: ignore[no-untyped-def]
+async def _write_list(
+    out: IO[str], rows: AsyncIterator[Any], shape: Callable[[Any], dict[str, Any]]
+) -> None:
     first = True
     out.write("[")
     async for row in rows:
@@ -98,7 +101,7 @@ async def write(conn: aiosqlite.Connection, out: IO[str], db_path: str) -> dict[
     return summary
 
 
-def _job_entry(row: tuple[Any, ...]) -> dict[str, Any]:
+def _job_entry(row: VerificationItem) -> dict[str, Any]:
     path, file_id, filename, _size, _status, _kept = row
     return {
         "file_path": display(path) if path else None,
@@ -107,12 +110,12 @@ def _job_entry(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
+def _entry(row: VerificationItem) -> dict[str, Any]:
     _path, file_id, filename, size, status, _kept = row
     return {"knowledge_file_id": file_id, "filename": filename, "size": size, "status": status}
 
 
-def _duplicate(row: tuple[Any, ...]) -> dict[str, Any]:
+def _duplicate(row: VerificationItem) -> dict[str, Any]:
     """A surplus copy; `file_path` is the local file of the entry kept, when a job owns it."""
     path, file_id, filename, size, status, kept = row
     return {
@@ -125,7 +128,7 @@ def _duplicate(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-INTEGRITY_LISTS: list[tuple[str, str, Callable[[tuple[Any, ...]], dict[str, Any]]]] = [
+INTEGRITY_LISTS: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
     ("missing_files", "missing", _job_entry),
     ("remotely_failed_files", "failed", _job_entry),
     ("duplicate_entries", "duplicate", _duplicate),

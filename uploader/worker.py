@@ -24,8 +24,8 @@ import aiosqlite
 
 from . import queue
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
+from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
 from .progress import Progress
-from .queue import Job, Outcome
 from .reconcile import RemoteIndex
 
 log = logging.getLogger("uploader.run")
@@ -234,7 +234,7 @@ def _unlisted(filename: str) -> ApiError:
     return ApiError(
         f"register answer has no entry for {filename!r}",
         kind="transient",
-        error_kind="bad_response",
+        error_kind=ErrorKind.BAD_RESPONSE,
         maybe_applied=True,
     )
 
@@ -294,14 +294,18 @@ class Pool:
         self._wake.set()
 
     def committed(self, outcomes: list[Outcome]) -> None:
-        done = [o for o in outcomes if o.outcome == "done"]
-        failed = sum(1 for o in outcomes if o.outcome == "failed")
+        done = [o for o in outcomes if o.outcome == OutcomeKind.DONE]
+        failed = sum(1 for o in outcomes if o.outcome == OutcomeKind.FAILED)
         nbytes = sum(o.job.size for o in done)
         self.result.uploaded += len(done)
         self.result.failed += failed
         self.result.bytes += nbytes
-        self.result.released += sum(1 for o in outcomes if o.outcome == "released")
-        retries = [o.next_attempt_at for o in outcomes if o.outcome in ("retry", "released")]
+        self.result.released += sum(1 for o in outcomes if o.outcome == OutcomeKind.RELEASED)
+        retries = [
+            o.next_attempt_at
+            for o in outcomes
+            if o.outcome in (OutcomeKind.RETRY, OutcomeKind.RELEASED)
+        ]
         if retries:
             self._claim_after = min(self._claim_after, *retries)
         # committed ids are excluded from adoption by the database itself
@@ -411,17 +415,17 @@ class Pool:
         try:
             self.writer.put(await self._attempt(job, state))
         except Fatal as exc:
-            self.writer.put(self._outcome(job, "released", state))
+            self.writer.put(self._outcome(job, OutcomeKind.RELEASED, state))
             self._fatal(exc.error)
         except asyncio.CancelledError:
-            self.writer.put(self._outcome(job, "released", state))
+            self.writer.put(self._outcome(job, OutcomeKind.RELEASED, state))
             raise
         except Exception as exc:
             log.exception("unexpected error on %s", job.relpath)
             error = ApiError(
                 f"internal error: {type(exc).__name__}: {exc}",
                 kind="transient",
-                error_kind="internal",
+                error_kind=ErrorKind.INTERNAL,
                 maybe_applied=True,
             )
             self.writer.put(self._after_error(job, error, state))
@@ -462,14 +466,14 @@ class Pool:
             if file_id is not None:
                 log.info("adopted %s for %s after a doubtful register", file_id, job.relpath)
                 self.result.adopted += 1
-                return self._outcome(job, "done", state, file_id=file_id)
+                return self._outcome(job, OutcomeKind.DONE, state, file_id=file_id)
             job.unknown_since = None
-        if job.step != "uploaded" or not job.s3_key:
+        if job.step != Step.UPLOADED or not job.s3_key:
             presigned = await self.client.presign(job.filename, job.size)
             await self.client.upload(presigned, job.path, job.size, job.filename)
             job.s3_key = presigned.fields["key"]
-            job.step = "uploaded"
-            self.writer.put(self._outcome(job, "uploaded", state))
+            job.step = Step.UPLOADED
+            self.writer.put(self._outcome(job, OutcomeKind.UPLOADED, state))
         return None
 
     async def _register(self, job: Job, state: _Attempt) -> Outcome:
@@ -477,12 +481,14 @@ class Pool:
         if time.time() > self._lease_until.get(job.id, 0.0) - margin:
             # Stalled (suspended, starved) past our lease: another run may own the row now,
             # and registering could make a second entry. Leave it to whoever holds it.
-            raise ApiError("lease expired before registering", kind="transient", error_kind="lease")
+            raise ApiError(
+                "lease expired before registering", kind="transient", error_kind=ErrorKind.LEASE
+            )
         state.registering_since = time.time()
         assert job.s3_key is not None and job.filename is not None
         file_id = await self.registrar.register(job.kb_id, job.s3_key, job.filename)
         state.registering_since = None
-        return self._outcome(job, "done", state, file_id=file_id)
+        return self._outcome(job, OutcomeKind.DONE, state, file_id=file_id)
 
     def _check_file(self, job: Job) -> bool:
         """The file may have changed since enqueue: upload what is there now (True if it
@@ -491,11 +497,13 @@ class Pool:
             st = os.stat(job.path)
         except FileNotFoundError:
             raise ApiError(
-                "file no longer exists", kind="permanent", error_kind="missing"
+                "file no longer exists", kind="permanent", error_kind=ErrorKind.MISSING
             ) from None
         except OSError as exc:
             raise ApiError(
-                f"cannot read file: {exc.strerror}", kind="permanent", error_kind="unreadable"
+                f"cannot read file: {exc.strerror}",
+                kind="permanent",
+                error_kind=ErrorKind.UNREADABLE,
             ) from None
         if st.st_size == job.size and st.st_mtime_ns == job.mtime_ns:
             return False
@@ -511,7 +519,7 @@ class Pool:
         last_try = job.attempts >= 1 + self.s.max_retries
         if err.kind == "permanent" or last_try:
             log.info("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
-            return self._outcome(job, "failed", state, err)
+            return self._outcome(job, OutcomeKind.FAILED, state, err)
         delay = backoff(job.attempts, self.s.retry_delay, err.retry_after)
         log.info(
             "retry %d/%d of %s in %.1fs: %s",
@@ -521,12 +529,14 @@ class Pool:
             delay,
             err,
         )
-        return self._outcome(job, "retry", state, err, next_attempt_at=time.time() + delay)
+        return self._outcome(
+            job, OutcomeKind.RETRY, state, err, next_attempt_at=time.time() + delay
+        )
 
     def _outcome(
         self,
         job: Job,
-        outcome: str,
+        outcome: OutcomeKind,
         state: _Attempt,
         err: ApiError | None = None,
         *,
@@ -536,7 +546,7 @@ class Pool:
         """The one rule for doubt: a register cut short (a cancel, or an error that may have
         reached the service) makes the row doubtful from when it began; otherwise the row
         keeps whatever doubt it had that this attempt did not settle."""
-        cut_short = outcome == "released" or (err is not None and err.maybe_applied)
+        cut_short = outcome == OutcomeKind.RELEASED or (err is not None and err.maybe_applied)
         unknown = job.unknown_since
         if state.registering_since is not None and cut_short:
             unknown = state.registering_since
