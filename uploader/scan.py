@@ -14,8 +14,6 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from . import queue
 from .queue import EnqueueCounts, ScanRow
 
@@ -189,7 +187,7 @@ def batches(rows: Iterator[ScanRow], size: int) -> Iterator[list[ScanRow]]:
 
 
 async def enqueue(
-    conn: aiosqlite.Connection,
+    q: queue.Queue,
     root: str,
     kb_id: str,
     filters: Filters,
@@ -208,4 +206,4 @@ async def enqueue(
             counts.add(await writing)
         if batch is None:
             return counts, stats
-        writing = asyncio.create_task(queue.enqueue_batch(conn, kb_id, batch))
+        writing = asyncio.create_task(q.enqueue_batch(kb_id, batch))

@@ -15,17 +15,14 @@ import math
 import os
 import signal
 import socket
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
 
-import aiosqlite
-
-from . import queue
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
 from .progress import Progress
+from .queue import Queue
 from .reconcile import RemoteIndex
 
 log = logging.getLogger("uploader.run")
@@ -99,8 +96,8 @@ class Writer:
     """Every result goes through here and is committed in batches: one transaction per
     flush instead of one per file."""
 
-    def __init__(self, conn: aiosqlite.Connection, owner: str, pool: Pool) -> None:
-        self._conn = conn
+    def __init__(self, queue: Queue, owner: str, pool: Pool) -> None:
+        self._queue = queue
         self._owner = owner
         self._pool = pool
         self._items: list[Outcome] = []
@@ -116,7 +113,7 @@ class Writer:
             if not items:
                 return
             try:
-                await queue.record_outcomes(self._conn, self._owner, items)
+                await self._queue.record_outcomes(self._owner, items)
             except BaseException:
                 self._items[:0] = items
                 raise
@@ -131,7 +128,7 @@ class Writer:
                 await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)
             try:
                 await self.flush()
-            except (queue.QueueError, sqlite3.Error) as exc:
+            except self._queue.errors as exc:
                 log.warning("results not written yet: %s", exc)
 
     def stop(self) -> None:
@@ -244,22 +241,22 @@ class Pool:
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        queue: Queue,
         client: MaiAgentClient,
         settings: Settings,
         owner: str,
         run_id: int,
         progress: Progress,
     ) -> None:
-        self.conn = conn
+        self.queue = queue
         self.client = client
         self.s = settings
         self.owner = owner
         self.run_id = run_id
         self.progress = progress
         self.result = RunResult()
-        self.writer = Writer(conn, owner, self)
-        self.index = RemoteIndex(conn, client)
+        self.writer = Writer(queue, owner, self)
+        self.index = RemoteIndex(queue, client)
         self.registrar = Registrar(
             client, self.index, settings.register_batch, settings.register_delay
         )
@@ -331,7 +328,7 @@ class Pool:
             await self.registrar.close()
             await self.writer.flush()
         self.result.elapsed = time.monotonic() - started
-        self.result.failed_in_queue = await queue.failed_count(self.conn, self.s.kb_id)
+        self.result.failed_in_queue = await self.queue.failed_count(self.s.kb_id)
         return self.result
 
     async def _feed(self) -> None:
@@ -339,19 +336,17 @@ class Pool:
             free = self._capacity - len(self._tasks)
             wanted = free >= self._claim_min or (free > 0 and not self._tasks)
             if wanted and time.time() >= self._claim_after:
-                jobs = await queue.claim(
-                    self.conn, self.owner, free, self.s.lease_seconds, self.s.kb_id
-                )
+                jobs = await self.queue.claim(self.owner, free, self.s.lease_seconds, self.s.kb_id)
                 if jobs:
                     for job in jobs:
                         self._spawn(job)
                     continue
                 # Nothing due: no write transaction per wake-up until a row can be due.
-                due = await queue.next_due(self.conn, self.s.kb_id)
+                due = await self.queue.next_due(self.s.kb_id)
                 self._claim_after = min(due or math.inf, time.time() + 1.0)
             if not self._tasks:
                 await self.writer.flush()
-                due = await queue.next_due(self.conn, self.s.kb_id)
+                due = await self.queue.next_due(self.s.kb_id)
                 if due is None:
                     return
                 await self._sleep(due - time.time())
@@ -390,9 +385,9 @@ class Pool:
             await asyncio.sleep(self.s.lease_seconds / 3)
             renewing = time.time()
             try:
-                renewed = await queue.renew_leases(self.conn, self.owner, self.s.lease_seconds)
+                renewed = await self.queue.renew_leases(self.owner, self.s.lease_seconds)
                 await self._reclaim()
-            except (queue.QueueError, sqlite3.Error) as exc:
+            except self.queue.errors as exc:
                 log.warning("leases not renewed this time: %s", exc)
                 continue
             for job_id in renewed:
@@ -400,9 +395,9 @@ class Pool:
                     self._lease_until[job_id] = renewing + self.s.lease_seconds
 
     async def _reclaim(self) -> None:
-        owners = await queue.lease_owners(self.conn)
+        owners = await self.queue.lease_owners()
         if owners:
-            n = await queue.reclaim(self.conn, dead_owners(owners, self.owner))
+            n = await self.queue.reclaim(dead_owners(owners, self.owner))
             if n:
                 log.info("reclaimed %d rows left running by a dead or expired run", n)
                 self._wake.set()
@@ -626,7 +621,7 @@ def _install_signals(pool: Pool) -> None:
 
 
 async def execute(
-    conn: aiosqlite.Connection,
+    queue: Queue,
     settings: Settings,
     service: Connection,
     options: dict[str, object],
@@ -634,7 +629,7 @@ async def execute(
 ) -> RunResult:
     """One `uploader run`: preflight, the pool until the queue is empty, the run's record."""
     owner = make_owner()
-    run_id = await queue.start_run(conn, owner, options)
+    run_id = await queue.start_run(owner, options)
     result = RunResult()
     async with make_session(settings.workers) as session:
         client = MaiAgentClient(
@@ -645,13 +640,13 @@ async def execute(
             timeout=service.timeout,
         )
         try:
-            await preflight(client, await queue.kbs_with_work(conn, settings.kb_id))
+            await preflight(client, await queue.kbs_with_work(settings.kb_id))
         except Fatal as exc:
             result.fatal = exc.error
         else:
-            total, total_bytes = await queue.pending_totals(conn, settings.kb_id)
+            total, total_bytes = await queue.pending_totals(settings.kb_id)
             progress = Progress(total, total_bytes, quiet)
-            pool = Pool(conn, client, settings, owner, run_id, progress)
+            pool = Pool(queue, client, settings, owner, run_id, progress)
             _install_signals(pool)
             try:
                 result = await pool.run()
@@ -664,5 +659,5 @@ async def execute(
         "released": result.released,
         "seconds": round(result.elapsed, 3),
     }
-    await queue.end_run(conn, run_id, counts, exit_code(result))
+    await queue.end_run(run_id, counts, exit_code(result))
     return result

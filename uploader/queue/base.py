@@ -54,6 +54,11 @@ class Queue(abc.ABC):
     """The operations of the uploader's queue: jobs, runs and attempts, the remote listing,
     verifications. Safe to share between the tasks of one event loop (writes take turns)."""
 
+    # What a failed operation may raise while the queue stays usable (a lock held too long,
+    # a disk full for a moment): a caller that can wait (the pool's writer, its lease
+    # keeper) catches these and tries again later. A backend adds its driver's errors.
+    errors: tuple[type[Exception], ...] = (QueueError,)
+
     # --- life ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Queue:
