@@ -40,7 +40,8 @@ ON CONFLICT (kb_id, path) DO NOTHING"""
 
 # A row going back to pending starts its attempts afresh (the attempts table keeps the past);
 # when its earlier upload no longer counts (the file changed, the entry failed remotely), the
-# upload is forgotten too. A doubt about an earlier register (unknown_since) is kept otherwise.
+# upload is forgotten too (FORGET_UPLOAD drops the doubt with it: see the rule for doubt in
+# attempt.py). A doubt about an earlier register (unknown_since) is kept otherwise.
 BACK_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0, step = NULL,
        s3_key = NULL, last_error = NULL, error_kind = NULL, started_at = NULL,
        finished_at = NULL, duration = NULL"""
@@ -152,6 +153,8 @@ SELECT id, attempts, COALESCE(started_at, :now), :now, 'lost', step, 'lost',
 FROM jobs WHERE state = 'running' AND (lease_expires < :now
       OR lease_owner IN (SELECT value FROM json_each(:owners)))"""
 
+# A dead attempt may have registered at any time since it started: the row comes back in
+# doubt (the rule for doubt, attempt.py).
 _RECLAIM = """
 UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), lease_owner = NULL,
        lease_expires = NULL, unknown_since = COALESCE(unknown_since, started_at, :now)
