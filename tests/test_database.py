@@ -3,7 +3,6 @@ options, and the migrations reaching an installed copy of the package."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.metadata
 import os
@@ -21,7 +20,6 @@ from click.testing import CliRunner
 
 import uploader
 from tests.helpers import KB, ROOT, invoke, make_tree, one_line_error
-from uploader import queue
 from uploader.cli import cli
 
 MIGRATIONS = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
@@ -269,43 +267,3 @@ def test_migrations_ship_with_a_built_copy_used_from_elsewhere(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     assert scalar(db, "PRAGMA user_version") == LATEST
-
-
-ADD_RUN = "INSERT INTO runs (started_at, owner, options) VALUES (?, ?, '{}')"
-
-
-def test_a_write_cancelled_at_any_point_leaves_the_connection_usable(tmp_path: Path) -> None:
-    """Ctrl+C or a fatal error cancels tasks mid-transaction; the next write must still work."""
-
-    async def scenario() -> list[int]:
-        conn = await queue.connect(str(tmp_path / "q.db"))
-        written = []
-        try:
-            for steps in range(8):
-
-                async def write(n: int = steps) -> None:
-                    async with queue.transaction(conn):
-                        await conn.execute("PRAGMA user_version")
-                        await conn.execute(
-                            "INSERT INTO runs (started_at, owner, options) VALUES (?, 'x', '{}')",
-                            (n,),
-                        )
-
-                task = asyncio.create_task(write())
-                for _ in range(steps):
-                    await asyncio.sleep(0)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                assert not conn.in_transaction
-                async with queue.transaction(conn):
-                    await conn.execute(
-                        "INSERT INTO runs (started_at, owner, options) VALUES (-1, 'y', '{}')"
-                    )
-            rows = await conn.execute_fetchall("SELECT COUNT(*) FROM runs WHERE owner = 'y'")
-            written.append(list(rows)[0][0])
-        finally:
-            await conn.close()
-        return written
-
-    assert asyncio.run(scenario()) == [8]

@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import KB, enqueue, invoke, rows, run_args, run_cli
 from tests.maiagent_server import MaiAgentServer
-from uploader import queue
+from uploader.queue import sqlite as queue_sqlite
 
 
 def assert_one_line_error(output: str, *needles: str) -> None:
@@ -295,8 +295,8 @@ def test_a_lock_held_beyond_the_busy_timeout_is_a_clear_message(
     (tmp_path / "data" / "a.txt").write_text("a")
     db = tmp_path / "queue.db"
     enqueue(db, tmp_path / "data")
-    monkeypatch.setattr(queue, "BUSY_TIMEOUT_MS", 100)
-    monkeypatch.setattr(queue, "LOCK_RETRIES", 2)
+    monkeypatch.setattr(queue_sqlite, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(queue_sqlite, "LOCK_RETRIES", 2)
 
     with write_locked(db):
         result = invoke(db, *run_args(maiagent))

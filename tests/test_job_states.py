@@ -30,8 +30,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from uploader import queue
-from uploader.queue import Job, Outcome, ScanRow
+from uploader.model import Job, Outcome, ScanRow
+from uploader.queue import open_queue
 from uploader.reconcile import listed_rows
 
 KB = "kb-test"
@@ -70,7 +70,7 @@ class JobLife(RuleBasedStateMachine):
         super().__init__()
         self.folder = tempfile.mkdtemp(prefix="job-states-")
         self.loop = asyncio.new_event_loop()
-        self.conn = self.run(queue.connect(os.path.join(self.folder, "queue.db")))
+        self.queue = self.run(open_queue(os.path.join(self.folder, "queue.db")))
         self.pids = itertools.count(1000)
         self.alive: list[Process] = []
         self.dead: list[str] = []  # owners whose process died, their rows not yet reclaimed
@@ -84,7 +84,7 @@ class JobLife(RuleBasedStateMachine):
         try:
             self._finish()
         finally:
-            self.run(self.conn.close())
+            self.run(self.queue.close())
             self.loop.close()
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -92,7 +92,7 @@ class JobLife(RuleBasedStateMachine):
 
     def row(self) -> dict[str, Any]:
         async def fetch() -> dict[str, Any]:
-            async with self.conn.execute(
+            async with self.queue.connection.execute(
                 "SELECT state, step, s3_key, unknown_since, file_id, lease_owner FROM jobs"
             ) as cur:
                 names = [d[0] for d in cur.description]
@@ -111,7 +111,7 @@ class JobLife(RuleBasedStateMachine):
     @initialize()
     def enqueue(self) -> None:
         row = ScanRow(b"/data/" + NAME.encode(), NAME, SIZE, 1)
-        self.run(queue.enqueue_batch(self.conn, KB, [row]))
+        self.run(self.queue.enqueue_batch(KB, [row]))
         self.start_process()
 
     @precondition(lambda self: len(self.alive) < 2)
@@ -162,7 +162,7 @@ class JobLife(RuleBasedStateMachine):
             self.register(p, fate, last_try)
 
     def claim(self, p: Process) -> bool:
-        jobs = self.run(queue.claim(self.conn, p.owner, 1, LEASE, KB))
+        jobs = self.run(self.queue.claim(p.owner, 1, LEASE, KB))
         if not jobs:
             return False
         assert not any(q.job for q in self.alive), "two live processes hold the same job"
@@ -180,11 +180,9 @@ class JobLife(RuleBasedStateMachine):
             {"id": e.id, "filename": NAME, "size": SIZE, "createdAt": e.created_ms}
             for e in self.server
         ]
-        self.run(queue.store_listed(self.conn, listed_rows(KB, listed, time.time(), set())))
+        self.run(self.queue.store_listed(listed_rows(KB, listed, time.time(), set())))
         since = p.job.unknown_since or p.job.started_at
-        found = self.run(
-            queue.adoptable(self.conn, KB, NAME, SIZE, since - CLOCK_SKEW, p.job.s3_key)
-        )
+        found = self.run(self.queue.adoptable(KB, NAME, SIZE, since - CLOCK_SKEW, p.job.s3_key))
         if found:
             self.outcome(p, "done", file_id=found[0])
         else:
@@ -232,7 +230,7 @@ class JobLife(RuleBasedStateMachine):
         self.write(data.draw(st.sampled_from([p for p in self.alive if p.buffer])))
 
     def write(self, p: Process) -> None:
-        self.run(queue.record_outcomes(self.conn, p.owner, p.buffer))
+        self.run(self.queue.record_outcomes(p.owner, p.buffer))
         p.buffer = []
         if p.job is None:
             p.registering_since = None
@@ -254,14 +252,14 @@ class JobLife(RuleBasedStateMachine):
         is gone, else when the lease has expired."""
         if by == "lease":
             self.run(self._expire(self.dead))
-            self.run(queue.reclaim(self.conn, []))
+            self.run(self.queue.reclaim([]))
         else:
-            self.run(queue.reclaim(self.conn, list(self.dead)))
+            self.run(self.queue.reclaim(list(self.dead)))
         self.dead = []
 
     async def _expire(self, owners: list[str]) -> None:
-        async with queue.transaction(self.conn):
-            await self.conn.executemany(
+        async with self.queue.transaction() as conn:
+            await conn.executemany(
                 "UPDATE jobs SET lease_expires = ? WHERE lease_owner = ?",
                 [(time.time() - 1, owner) for owner in owners],
             )
@@ -269,7 +267,7 @@ class JobLife(RuleBasedStateMachine):
     @precondition(lambda self: self.row()["state"] == "failed")
     @rule()
     def retry_failed(self) -> None:
-        self.run(queue.retry_failed(self.conn, KB, (), None))
+        self.run(self.queue.retry_failed(KB, (), None))
 
     # --- what must hold ------------------------------------------------------------------
 
@@ -287,12 +285,12 @@ class JobLife(RuleBasedStateMachine):
         """Everyone stops; a final run (after `retry-failed`) finishes the job exactly once."""
         for p in list(self.alive):
             if p.job is None and p.buffer:
-                self.run(queue.record_outcomes(self.conn, p.owner, p.buffer))
+                self.run(self.queue.record_outcomes(p.owner, p.buffer))
                 self.alive.remove(p)
             else:
                 self._die(p)
-        self.run(queue.reclaim(self.conn, self.dead))
-        self.run(queue.retry_failed(self.conn, KB, (), None))
+        self.run(self.queue.reclaim(self.dead))
+        self.run(self.queue.retry_failed(KB, (), None))
         last = Process(owner="model-host:1:final")
         for _ in range(2):
             if self.row()["state"] != "done":
@@ -301,7 +299,7 @@ class JobLife(RuleBasedStateMachine):
                 if last.job is not None:
                     self.upload(last)
                     self.register(last, "answered", last_try=False)
-                self.run(queue.record_outcomes(self.conn, last.owner, last.buffer))
+                self.run(self.queue.record_outcomes(last.owner, last.buffer))
                 last.buffer = []
         row = self.row()
         assert row["state"] == "done", row

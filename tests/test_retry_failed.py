@@ -13,12 +13,12 @@ import pytest
 from tests.helpers import execute, invoke, make_tree, one_line_error
 
 FAILURES = {
-    ("kb-one", "a.txt"): "transient",
-    ("kb-one", "b.pdf"): "permanent",
-    ("kb-one", "sub/c.pdf"): "transient",
+    ("kb-one", "a.txt"): "http_5xx",
+    ("kb-one", "b.pdf"): "http_4xx",
+    ("kb-one", "sub/c.pdf"): "http_5xx",
     ("kb-one", "sub/d.txt"): "timeout",
-    ("kb-two", "e.pdf"): "transient",
-    ("kb-two", "f.txt"): "permanent",
+    ("kb-two", "e.pdf"): "http_5xx",
+    ("kb-two", "f.txt"): "http_4xx",
 }
 ALL_FAILED = set(FAILURES)
 
@@ -75,17 +75,17 @@ def retry(db: Path, *options: str) -> int:
     ("options", "expected"),
     [
         ([], ALL_FAILED),
-        (["--kind", "transient"], {k for k, v in FAILURES.items() if v == "transient"}),
+        (["--kind", "http_5xx"], {k for k, v in FAILURES.items() if v == "http_5xx"}),
         (
-            ["--kind", "transient", "--kind", "timeout"],
-            {k for k, v in FAILURES.items() if v in ("transient", "timeout")},
+            ["--kind", "http_5xx", "--kind", "timeout"],
+            {k for k, v in FAILURES.items() if v in ("http_5xx", "timeout")},
         ),
         (["--match", "*.pdf"], {k for k in FAILURES if k[1].endswith(".pdf")}),
         (["--match", "sub/**"], {("kb-one", "sub/c.pdf"), ("kb-one", "sub/d.txt")}),
         (["--match", "/a.txt", "--match", "f.txt"], {("kb-one", "a.txt"), ("kb-two", "f.txt")}),
         (["--kb", "kb-two"], {("kb-two", "e.pdf"), ("kb-two", "f.txt")}),
-        (["--kb", "kb-one", "--kind", "transient", "--match", "*.pdf"], {("kb-one", "sub/c.pdf")}),
-        (["--kind", "no-such-kind"], set()),
+        (["--kb", "kb-one", "--kind", "http_5xx", "--match", "*.pdf"], {("kb-one", "sub/c.pdf")}),
+        (["--kind", "tls"], set()),
     ],
     ids=[
         "all",
@@ -96,7 +96,7 @@ def retry(db: Path, *options: str) -> int:
         "match-anchored-or-name",
         "kb",
         "kb-kind-and-match",
-        "unknown-kind",
+        "kind-with-no-failures",
     ],
 )
 def test_failed_rows_go_back_to_pending_with_attempts_reset(
@@ -128,8 +128,8 @@ def test_the_history_of_attempts_is_kept(tmp_path: Path) -> None:
 
 def test_a_second_retry_finds_nothing_left(tmp_path: Path) -> None:
     db = failed_queue(tmp_path)
-    assert retry(db, "--kind", "permanent") == 2
-    assert retry(db, "--kind", "permanent") == 0
+    assert retry(db, "--kind", "http_4xx") == 2
+    assert retry(db, "--kind", "http_4xx") == 0
     assert retry(db) == len(FAILURES) - 2
 
 
@@ -137,3 +137,14 @@ def test_retry_failed_without_a_database_is_a_clear_error(tmp_path: Path) -> Non
     db = tmp_path / "missing.db"
     assert "no database" in one_line_error(invoke(db, "retry-failed"))
     assert not db.exists()
+
+
+def test_kind_offers_the_real_error_kinds(tmp_path: Path) -> None:
+    db = failed_queue(tmp_path)
+    wrong = invoke(db, "retry-failed", "--kind", "transient")
+    assert wrong.exit_code == 2
+    assert "'transient' is not one of" in wrong.stderr
+    assert rows(db)[("kb-one", "a.txt")]["state"] == "failed"
+    shown = invoke(db, "retry-failed", "--help").stdout
+    for kind in ("http_5xx", "timeout", "missing", "unreadable", "changed"):
+        assert kind in shown, kind

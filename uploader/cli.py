@@ -12,10 +12,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import aiosqlite
 import click
 
 from . import __version__, client, queue, reconcile, report, scan, worker
+from .model import FAILURE_KINDS, EnqueueCounts, JobState, VerificationItem
+from .queue import Queue
 from .scan import display
 
 T = TypeVar("T")
@@ -47,9 +48,9 @@ def run_async(coro: Awaitable[T]) -> T:
         raise UserError(str(exc)) from None
 
 
-async def with_db(ctx: Context, body: Callable[[aiosqlite.Connection], Awaitable[T]], **kw) -> T:  # type: ignore[no-untyped-def]
-    async with queue.opened(ctx.db, **kw) as conn:
-        return await body(conn)
+async def with_db(ctx: Context, body: Callable[[Queue], Awaitable[T]], **kw) -> T:  # type: ignore[no-untyped-def]
+    async with queue.opened(ctx.db, **kw) as q:
+        return await body(q)
 
 
 def kb_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -190,9 +191,9 @@ def enqueue(
     except scan.PatternError as exc:
         raise UserError(str(exc)) from None
 
-    async def body(conn: aiosqlite.Connection) -> tuple[queue.EnqueueCounts, scan.ScanStats]:
+    async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
         own = scan.OwnState.of(ctx.db)
-        return await scan.enqueue(conn, directory, kb_id, filters, follow_symlinks, own)
+        return await scan.enqueue(q, directory, kb_id, filters, follow_symlinks, own)
 
     counts, stats = run_async(with_db(ctx, body))
     for problem in stats.unreadable_folders:
@@ -302,12 +303,12 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
     recorded = {**opts, "base_url": base_url}
 
-    async def body(conn: aiosqlite.Connection) -> tuple[worker.RunResult, dict[str, int]]:
+    async def body(q: Queue) -> tuple[worker.RunResult, dict[str, int]]:
         log_path = _open_log(ctx.db)
         logging.getLogger("uploader.run").info("run started: %s, log %s", recorded, log_path)
-        result = await worker.execute(conn, settings, service, recorded, ctx.quiet)
+        result = await worker.execute(q, settings, service, recorded, ctx.quiet)
         left = {"skipped": 0, "running": 0}
-        for kb, states in (await queue.state_counts(conn)).items():
+        for kb, states in (await q.state_counts()).items():
             if settings.kb_id in (None, kb):
                 for state in left:
                     left[state] += states.get(state, (0, 0))[0]
@@ -335,17 +336,17 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
 # --- status ----------------------------------------------------------------------------------
 
 
-async def _status(conn: aiosqlite.Connection) -> dict[str, Any]:
-    counts = await queue.state_counts(conn)
-    last = await queue.runs(conn, last=1)
+async def _status(q: Queue) -> dict[str, Any]:
+    counts = await q.state_counts()
+    last = await q.runs(last=1)
     return {
         "knowledge_bases": {
             kb: {s: {"files": n, "bytes": b} for s, (n, b) in states.items()}
             for kb, states in counts.items()
         },
-        "failed_by_kind": await queue.error_kind_counts(conn),
+        "failed_by_kind": await q.error_kind_counts(),
         "last_run": last[0] if last else None,
-        "remote": {v["kb_id"]: v for v in await queue.last_verifications(conn)},
+        "remote": {v["kb_id"]: v for v in await q.last_verifications()},
     }
 
 
@@ -359,9 +360,9 @@ def _print_status(data: dict[str, Any]) -> None:
     for kb, states in data["knowledge_bases"].items():
         total = sum(v["files"] for v in states.values())
         click.echo(f"knowledge base {kb}: {total} files")
-        for state in queue.STATES:
+        for state in JobState:
             v = states.get(state, {"files": 0, "bytes": 0})
-            click.echo(f"  {state:<8} {v['files']:>10,} files {_human(v['bytes']):>10}")
+            click.echo(f"  {state.value:<8} {v['files']:>10,} files {_human(v['bytes']):>10}")
         if kb in data["remote"]:
             click.echo(f"  {_remote_line(data['remote'][kb])}")
     if data["failed_by_kind"]:
@@ -398,7 +399,12 @@ def status(ctx: Context, as_json: bool) -> None:
 
 @cli.command("retry-failed")
 @kb_option(required=False)
-@click.option("--kind", multiple=True, help="Only failures of this error kind (repeatable).")
+@click.option(
+    "--kind",
+    multiple=True,
+    type=click.Choice(FAILURE_KINDS),
+    help="Only failures of this error kind (repeatable); `uploader status` counts them.",
+)
 @click.option("--match", multiple=True, metavar="GLOB", help="Only relative paths matching.")
 @click.option(
     "--remote",
@@ -426,8 +432,8 @@ def retry_failed(  # type: ignore[no-untyped-def]
         _retry_remote(ctx, kb_id, kind, matches, **service)
         return
 
-    async def body(conn: aiosqlite.Connection) -> int:
-        return await queue.retry_failed(conn, kb_id, kind, matches)
+    async def body(q: Queue) -> int:
+        return await q.retry_failed(kb_id, kind, matches)
 
     n = run_async(with_db(ctx, body, create=False))
     click.echo(f"{n} failed files back to pending; run `uploader run` to upload them")
@@ -449,9 +455,9 @@ def export_report(ctx: Context, output: str | None) -> None:
     """Write the JSON report: summary, successful, failed and skipped files, runs."""
     target = output or report.default_path(ctx.db)
 
-    async def body(conn: aiosqlite.Connection) -> dict[str, Any]:
+    async def body(q: Queue) -> dict[str, Any]:
         try:
-            return await report.export(conn, ctx.db, target)
+            return await report.export(q, ctx.db, target)
         except OSError as exc:
             raise UserError(f"cannot write report {target}: {exc.strerror}") from None
 
@@ -500,11 +506,11 @@ def _with_service(
     ctx: Context,
     api_key: str,
     base_url: str,
-    body: Callable[[aiosqlite.Connection, client.MaiAgentClient], Awaitable[T]],
+    body: Callable[[Queue, client.MaiAgentClient], Awaitable[T]],
 ) -> T:
-    async def opened(conn: aiosqlite.Connection) -> T:
+    async def opened(q: Queue) -> T:
         async with reconcile.open_client(base_url, api_key) as api:
-            return await body(conn, api)
+            return await body(q, api)
 
     try:
         return run_async(with_db(ctx, opened, create=False))
@@ -512,10 +518,10 @@ def _with_service(
         raise ServiceError(exc) from None
 
 
-async def _kbs(conn: aiosqlite.Connection, kb_id: str | None) -> list[str]:
+async def _kbs(q: Queue, kb_id: str | None) -> list[str]:
     if kb_id:
         return [kb_id]
-    kbs = sorted(await queue.state_counts(conn))
+    kbs = sorted(await q.state_counts())
     if not kbs:
         raise UserError("the queue is empty: pass --kb KB_ID")
     return kbs
@@ -538,8 +544,8 @@ def _remote_line(verification: dict[str, Any]) -> str:
     )
 
 
-def _item_line(kind: str, row: tuple[Any, ...]) -> str:
-    path, file_id, filename, size, status, kept_id = row
+def _item_line(kind: str, item: VerificationItem) -> str:
+    path, file_id, filename, size, status, kept_id = item
     if kind in ("missing", "failed"):
         return f"{display(path) if path else filename} (entry {file_id})"
     shown = f"{filename} ({'?' if size is None else f'{size:,} B'}, {status or '?'})"
@@ -556,14 +562,14 @@ _LISTS = (
 )
 
 
-async def _print_lists(conn: aiosqlite.Connection, v: reconcile.Verification) -> None:
+async def _print_lists(q: Queue, v: reconcile.Verification) -> None:
     for kind, title in _LISTS:
         c = v.counts
         total = c["duplicates"] + c["extra_duplicates"] if kind == "duplicate" else c[kind]
         if not total:
             continue
         click.echo(f"  {title}:")
-        async for row in queue.verification_items(conn, v.id, kind, LIST_SHOWN):
+        async for row in q.verification_items(v.id, kind, LIST_SHOWN):
             click.echo(f"    {_item_line(kind, row)}")
         if total > LIST_SHOWN:
             click.echo(f"    ... and {total - LIST_SHOWN:,} more (uploader export-report)")
@@ -591,9 +597,7 @@ def _verdict(c: dict[str, Any]) -> str:
     return f"NOT OK: {found or 'see above'}" + "".join(f"; {h}" for h in hints)
 
 
-async def _print_verification(
-    conn: aiosqlite.Connection, ctx: Context, v: reconcile.Verification
-) -> None:
+async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification) -> None:
     c = v.counts
     files = c["files"]
     click.echo(f"knowledge base {v.kb_id}: {c['entries']:,} entries")
@@ -608,7 +612,7 @@ async def _print_verification(
         duplicates += f" (and {c['extra_duplicates']:,} among extra entries)"
     click.echo(f"  duplicates  {duplicates}")
     if not ctx.quiet:
-        await _print_lists(conn, v)
+        await _print_lists(q, v)
     click.echo(f"  {_verdict(c)}")
 
 
@@ -647,13 +651,13 @@ def verify(
     show = _bars(ctx)
     notify = None if ctx.quiet else functools.partial(click.echo, err=True)
 
-    async def body(conn: aiosqlite.Connection, api: client.MaiAgentClient) -> bool:
+    async def body(q: Queue, api: client.MaiAgentClient) -> bool:
         ok = True
-        for kb in await _kbs(conn, kb_id):
+        for kb in await _kbs(q, kb_id):
             result = await reconcile.verify(
-                conn, api, kb, wait=wait, timeout=timeout, show=show, notify=notify
+                q, api, kb, wait=wait, timeout=timeout, show=show, notify=notify
             )
-            await _print_verification(conn, ctx, result)
+            await _print_verification(q, ctx, result)
             ok = ok and result.ok
         return ok
 
@@ -717,11 +721,11 @@ def dedupe(
     _check_service(api_key, base_url, insecure, "dedupe")
     show = _bars(ctx)
 
-    async def body(conn: aiosqlite.Connection, api: client.MaiAgentClient) -> bool:
+    async def body(q: Queue, api: client.MaiAgentClient) -> bool:
         clean = True
-        for kb in await _kbs(conn, kb_id):
+        for kb in await _kbs(q, kb_id):
             result = await reconcile.dedupe(
-                conn, api, kb, apply=yes, include_extra=include_extra, show=show
+                q, api, kb, apply=yes, include_extra=include_extra, show=show
             )
             _print_dedupe(ctx, kb, result, yes)
             clean = clean and not result.errors
@@ -746,8 +750,8 @@ def _retry_remote(
     _check_service(api_key, base_url, insecure, "retry-failed --remote")
     assert api_key is not None
 
-    async def body(conn: aiosqlite.Connection, api: client.MaiAgentClient) -> Any:
-        return await reconcile.retry_remote(conn, api, kb_id, matches)
+    async def body(q: Queue, api: client.MaiAgentClient) -> Any:
+        return await reconcile.retry_remote(q, api, kb_id, matches)
 
     r = _with_service(ctx, api_key, base_url, body)
     click.echo(

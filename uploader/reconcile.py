@@ -13,11 +13,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiosqlite
 from tqdm import tqdm
 
-from . import queue
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
+from .model import (
+    DuplicateItem,
+    Entry,
+    Job,
+    ListedRow,
+    RemoteRetryCandidate,
+    RemoteStatus,
+    RequeueItem,
+)
+from .queue import Queue
 
 T = TypeVar("T")
 
@@ -39,8 +47,8 @@ class RemoteIndex:
     """The listing is newest first, so a refresh reads only the pages created since the
     oldest doubt it must settle, and stops where the previous refresh began."""
 
-    def __init__(self, conn: aiosqlite.Connection, client: MaiAgentClient) -> None:
-        self._conn = conn
+    def __init__(self, q: Queue, client: MaiAgentClient) -> None:
+        self._queue = q
         self._client = client
         self._lock = asyncio.Lock()
         self._coverage: dict[str, _Coverage] = {}
@@ -71,21 +79,21 @@ class RemoteIndex:
             known = False
             if results:
                 if stop_at_known:
-                    known = await queue.any_remote_known(
-                        self._conn, kb_id, [str(e["id"]) for e in results]
+                    known = await self._queue.any_remote_known(
+                        kb_id, [str(e["id"]) for e in results]
                     )
-                await queue.store_listed(self._conn, listed_rows(kb_id, results, seen_at, set()))
+                await self._queue.store_listed(listed_rows(kb_id, results, seen_at, set()))
             oldest = (results[-1].get("createdAt") or 0) / 1000.0 if results else 0.0
             if known or not data.get("next") or not results or oldest < stop_at:
                 return
             page += 1
 
-    async def adopt(self, job: queue.Job, filename: str) -> str | None:
+    async def adopt(self, job: Job, filename: str) -> str | None:
         """The entry a doubtful register of `job` created, if the listing shows one."""
         since = job.unknown_since or job.started_at
         await self.refresh(job.kb_id, since, job.started_at)
-        for file_id in await queue.adoptable(
-            self._conn, job.kb_id, filename, job.size, since - CLOCK_SKEW, job.s3_key
+        for file_id in await self._queue.adoptable(
+            job.kb_id, filename, job.size, since - CLOCK_SKEW, job.s3_key
         ):
             if file_id not in self.taken:
                 self.taken.add(file_id)
@@ -162,7 +170,7 @@ class Listing:
 
 def listed_rows(
     kb_id: str, results: Sequence[Any], seen_at: float, seen: set[str]
-) -> list[queue.ListedRow]:
+) -> list[ListedRow]:
     """The per-entry work of a verify: keep it to building one tuple."""
     rows = []
     for e in results:
@@ -173,7 +181,7 @@ def listed_rows(
         created = e.get("createdAt")
         created_s = created / 1000.0 if isinstance(created, (int, float)) else 0.0
         rows.append(
-            (
+            ListedRow(
                 kb_id,
                 file_id,
                 e.get("filename") or "",
@@ -187,9 +195,7 @@ def listed_rows(
     return rows
 
 
-async def _read_listing(
-    conn: aiosqlite.Connection, client: MaiAgentClient, kb_id: str, show: bool
-) -> Listing:
+async def _read_listing(q: Queue, client: MaiAgentClient, kb_id: str, show: bool) -> Listing:
     """Page 1 gives the count, then the other pages are fetched LIST_CONCURRENCY at a time.
 
     The page size is what the service actually returned on page 1 (it may cap the one asked
@@ -204,7 +210,7 @@ async def _read_listing(
         raise ApiError(
             "list files: no count in the answer", kind="transient", error_kind="bad_response"
         )
-    await queue.store_listed(conn, listed_rows(kb_id, results, started, seen))
+    await q.store_listed(listed_rows(kb_id, results, started, seen))
     pages = math.ceil(count / len(results)) if first.get("next") and results else 1
     counts: set[Any] = {count}
     with tqdm(
@@ -227,16 +233,14 @@ async def _read_listing(
                 return
             counts.add(data.get("count"))
             rows = listed_rows(kb_id, data["results"], started, seen)
-            await queue.store_listed(conn, rows)
+            await q.store_listed(rows)
             bar.update(len(rows))
 
         await _each(range(2, pages + 1), page)
     return Listing(kb_id, started, len(seen), len(counts) == 1 and len(seen) == count)
 
 
-async def _look_up_unseen(
-    conn: aiosqlite.Connection, client: MaiAgentClient, listing: Listing
-) -> None:
+async def _look_up_unseen(q: Queue, client: MaiAgentClient, listing: Listing) -> None:
     """After an incomplete listing, the jobs' entries it did not show are read one by one,
     so that none is called missing because the pages moved under the listing."""
     found: list[dict[str, Any]] = []
@@ -246,20 +250,20 @@ async def _look_up_unseen(
         if entry is not None:
             found.append(entry)
 
-    await _each(await queue.unseen_job_entries(conn, listing.kb_id, listing.started), look)
-    await queue.store_listed(conn, listed_rows(listing.kb_id, found, listing.started, set()))
+    await _each(await q.unseen_job_entries(listing.kb_id, listing.started), look)
+    await q.store_listed(listed_rows(listing.kb_id, found, listing.started, set()))
     listing.entries += len(found)
 
 
 async def list_and_match(
-    conn: aiosqlite.Connection, client: MaiAgentClient, kb_id: str, show: bool = False
+    q: Queue, client: MaiAgentClient, kb_id: str, show: bool = False
 ) -> Listing:
     """Replace the stored listing of `kb_id` with a full one and set every done job's
     remote status from it ('missing' when its entry is not there)."""
     for _ in range(LISTING_TRIES):
-        listing = await _read_listing(conn, client, kb_id, show)
+        listing = await _read_listing(q, client, kb_id, show)
         if listing.complete:
-            await queue.forget_unseen(conn, kb_id, listing.started)
+            await q.forget_unseen(kb_id, listing.started)
             break
         log.info("knowledge base %s changed while it was listed: listing it again", kb_id)
     else:
@@ -268,22 +272,12 @@ async def list_and_match(
             "this database's files that the listing did not show",
             kb_id,
         )
-        await _look_up_unseen(conn, client, listing)
-    await queue.match_remote(conn, kb_id, listing.started)
+        await _look_up_unseen(q, client, listing)
+    await q.match_remote(kb_id, listing.started)
     return listing
 
 
 # --- duplicates ---
-
-
-@dataclass
-class Entry:
-    id: str
-    filename: str
-    size: int | None
-    status: str | None
-    created_at: float
-    job_id: int | None  # the job whose entry this is, if any
 
 
 @dataclass
@@ -301,11 +295,10 @@ class DuplicateGroup:
         return all(e.job_id is None for e in self.keep)
 
 
-def duplicate_groups(rows: Iterable[Sequence[Any]]) -> list[DuplicateGroup]:
-    """Group `queue.duplicate_candidates` rows (ordered by filename, then age)."""
+def duplicate_groups(entries: Iterable[Entry]) -> list[DuplicateGroup]:
+    """Group `queue.duplicate_candidates` entries (ordered by filename, then age)."""
     by_name: dict[str, list[Entry]] = {}
-    for row in rows:
-        entry = Entry(*row)
+    for entry in entries:
         by_name.setdefault(entry.filename, []).append(entry)
     groups = []
     for name, members in by_name.items():
@@ -395,7 +388,7 @@ class _ParseProgress:
 
 
 async def verify(
-    conn: aiosqlite.Connection,
+    q: Queue,
     client: MaiAgentClient,
     kb_id: str,
     *,
@@ -411,8 +404,8 @@ async def verify(
     progress = _ParseProgress(kb_id, show and wait, notify if wait else None)
     try:
         while True:
-            listing = await list_and_match(conn, client, kb_id, show)
-            files = await queue.job_remote_counts(conn, kb_id)
+            listing = await list_and_match(q, client, kb_id, show)
+            files = await q.job_remote_counts(kb_id)
             unsettled = sum(files.get(s, 0) for s in UNSETTLED)
             if not wait:
                 break
@@ -424,22 +417,22 @@ async def verify(
             delay = min(delay * 1.5, WAIT_MAX)
     finally:
         progress.close()
-    return await _record(conn, listing, files, timed_out=wait and unsettled > 0)
+    return await _record(q, listing, files, timed_out=wait and unsettled > 0)
 
 
 async def _record(
-    conn: aiosqlite.Connection, listing: Listing, files: dict[str, int], timed_out: bool
+    q: Queue, listing: Listing, files: dict[str, int], timed_out: bool
 ) -> Verification:
     kb_id, since = listing.kb_id, listing.started
-    groups = duplicate_groups(await queue.duplicate_candidates(conn, kb_id, since))
+    groups = duplicate_groups(await q.duplicate_candidates(kb_id, since))
     ours = [e.id for g in groups if not g.extra for e in g.surplus]
     items = [
-        (g.keep[0].job_id, e.id, e.filename, e.size, e.status, g.keep[0].id)
+        DuplicateItem(g.keep[0].job_id, e.id, e.filename, e.size, e.status, g.keep[0].id)
         for g in groups
         for e in g.surplus
     ]
-    remote = await queue.remote_status_counts(conn, kb_id, since)
-    not_uploaded = await queue.not_uploaded_count(conn, kb_id)
+    remote = await q.remote_status_counts(kb_id, since)
+    not_uploaded = await q.not_uploaded_count(kb_id)
     counts: dict[str, Any] = {
         "entries": listing.entries,
         "remote": _with_statuses(remote),
@@ -447,7 +440,7 @@ async def _record(
         "not_uploaded": not_uploaded,
         "missing": files.get("missing", 0),
         "failed": files.get("failed", 0),
-        "extra": await queue.extra_count(conn, kb_id, since, ours),
+        "extra": await q.extra_count(kb_id, since, ours),
         "duplicate_groups": sum(1 for g in groups if not g.extra),
         "duplicates": len(ours),
         "extra_duplicates": sum(len(g.surplus) for g in groups if g.extra),
@@ -455,7 +448,7 @@ async def _record(
         "timed_out": timed_out,
     }
     counts["ok"] = not_uploaded == 0 and not ours and files.get("done", 0) == sum(files.values())
-    vid = await queue.record_verification(conn, kb_id, since, counts, items, ours)
+    vid = await q.record_verification(kb_id, since, counts, items, ours)
     return Verification(kb_id, vid, counts)
 
 
@@ -536,7 +529,7 @@ class Dedupe:
 
 
 async def dedupe(
-    conn: aiosqlite.Connection,
+    q: Queue,
     client: MaiAgentClient,
     kb_id: str,
     *,
@@ -546,14 +539,14 @@ async def dedupe(
 ) -> Dedupe:
     """Delete every duplicate group's surplus (a dry run unless `apply`), from a fresh
     listing: a stale one could name an entry that is now the only copy."""
-    listing = await list_and_match(conn, client, kb_id, show)
-    groups = duplicate_groups(await queue.duplicate_candidates(conn, kb_id, listing.started))
+    listing = await list_and_match(q, client, kb_id, show)
+    groups = duplicate_groups(await q.duplicate_candidates(kb_id, listing.started))
     doomed = [e for g in groups if include_extra or not g.extra for e in g.surplus]
     spared = sum(len(g.surplus) for g in groups if g.extra and not include_extra)
     result = Dedupe(groups, doomed, spared)
     if apply and doomed:
         deleted = await _delete_many(client, kb_id, [e.id for e in doomed], result.errors)
-        await queue.forget_remote(conn, kb_id, deleted)
+        await q.forget_remote(kb_id, deleted)
         result.deleted = len(deleted)
     return result
 
@@ -571,7 +564,7 @@ class RemoteRetry:
 
 
 async def retry_remote(
-    conn: aiosqlite.Connection,
+    q: Queue,
     client: MaiAgentClient,
     kb_id: str | None,
     match: Callable[[str], bool] | None = None,
@@ -579,10 +572,10 @@ async def retry_remote(
     """Jobs whose entry failed parsing or is missing (as the last verify saw it): delete the
     entry if it is there, then back to pending so that the next run uploads the file again."""
     result = RemoteRetry()
-    requeue: list[tuple[int, str, str | None]] = []
-    statuses: list[tuple[str | None, int]] = []
+    requeue: list[RequeueItem] = []
+    statuses: list[RemoteStatus] = []
 
-    async def settle(row: tuple[int, str, str | None, str]) -> None:
+    async def settle(row: RemoteRetryCandidate) -> None:
         job_id, kb, file_id, status = row
         try:
             outcome, now = await _clear_entry(client, kb, file_id, status)
@@ -592,18 +585,18 @@ async def retry_remote(
             result.errors.append(f"{file_id}: {err}")
             return
         if outcome in ("gone", "deleted"):
-            requeue.append((job_id, kb, file_id))
+            requeue.append(RequeueItem(job_id, kb, file_id))
             result.deleted += outcome == "deleted"
         else:
-            statuses.append((now, job_id))
+            statuses.append(RemoteStatus(now, job_id))
             result.busy += outcome == "busy"
             result.recovered += outcome == "present"
 
     try:
-        await _each(await queue.remote_retry_candidates(conn, kb_id, match), settle)
+        await _each(await q.remote_retry_candidates(kb_id, match), settle)
     finally:
-        await queue.set_remote_status(conn, statuses)
-        result.requeued = await queue.requeue_remote(conn, requeue)
+        await q.set_remote_status(statuses)
+        result.requeued = await q.requeue_remote(requeue)
     return result
 
 

@@ -15,9 +15,8 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
-import aiosqlite
-
-from . import queue
+from .model import DoneRow, FailedRow, SkippedRow, VerificationItem
+from .queue import Queue
 from .scan import display
 
 
@@ -30,7 +29,7 @@ def default_path(db_path: str) -> str:
     return os.path.join(_default_folder(db_path), f"upload_report_{stamp}.json")
 
 
-def _success(row: tuple[Any, ...]) -> dict[str, Any]:
+def _success(row: DoneRow) -> dict[str, Any]:
     kb, path, size, duration, file_id, filename = row
     return {
         "file_path": display(path),
@@ -42,7 +41,7 @@ def _success(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _failure(row: tuple[Any, ...]) -> dict[str, Any]:
+def _failure(row: FailedRow) -> dict[str, Any]:
     kb, path, error, attempts, kind = row
     return {
         "file_path": display(path),
@@ -53,19 +52,21 @@ def _failure(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _skipped(row: tuple[Any, ...]) -> dict[str, Any]:
+def _skipped(row: SkippedRow) -> dict[str, Any]:
     kb, path, reason = row
     return {"file_path": display(path), "reason": reason, "knowledge_base_id": kb}
 
 
-SECTIONS: list[tuple[str, str, Callable[[tuple[Any, ...]], dict[str, Any]]]] = [
+SECTIONS: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
     ("successful_files", "done", _success),
     ("failed_files", "failed", _failure),
     ("skipped_files", "skipped", _skipped),
 ]
 
 
-async def _write_list(out: IO[str], rows: AsyncIterator[tuple[Any, ...]], shape) -> None:  # type: ignore[no-untyped-def]
+async def _write_list(
+    out: IO[str], rows: AsyncIterator[Any], shape: Callable[[Any], dict[str, Any]]
+) -> None:
     first = True
     out.write("[")
     async for row in rows:
@@ -75,9 +76,9 @@ async def _write_list(out: IO[str], rows: AsyncIterator[tuple[Any, ...]], shape)
     out.write("]" if first else "\n  ]")
 
 
-async def write(conn: aiosqlite.Connection, out: IO[str], db_path: str) -> dict[str, Any]:
+async def write(q: Queue, out: IO[str], db_path: str) -> dict[str, Any]:
     """Write the whole report to `out`; returns its summary for the command's one-line answer."""
-    summary = await queue.report_totals(conn)
+    summary = await q.report_totals()
     head = {
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "database": os.path.abspath(db_path),
@@ -88,17 +89,17 @@ async def write(conn: aiosqlite.Connection, out: IO[str], db_path: str) -> dict[
         out.write(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)},\n")
     for key, state, shape in SECTIONS:
         out.write(f"  {json.dumps(key)}: ")
-        await _write_list(out, queue.report_rows(conn, state), shape)
+        await _write_list(out, q.report_rows(state), shape)
         out.write(",\n")
     out.write('  "integrity": ')
-    await _write_integrity(conn, out)
+    await _write_integrity(q, out)
     out.write(",\n")
-    runs = await queue.runs(conn)
+    runs = await q.runs()
     out.write(f'  "runs": {json.dumps(runs, ensure_ascii=False)}\n}}\n')
     return summary
 
 
-def _job_entry(row: tuple[Any, ...]) -> dict[str, Any]:
+def _job_entry(row: VerificationItem) -> dict[str, Any]:
     path, file_id, filename, _size, _status, _kept = row
     return {
         "file_path": display(path) if path else None,
@@ -107,12 +108,12 @@ def _job_entry(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
+def _entry(row: VerificationItem) -> dict[str, Any]:
     _path, file_id, filename, size, status, _kept = row
     return {"knowledge_file_id": file_id, "filename": filename, "size": size, "status": status}
 
 
-def _duplicate(row: tuple[Any, ...]) -> dict[str, Any]:
+def _duplicate(row: VerificationItem) -> dict[str, Any]:
     """A surplus copy; `file_path` is the local file of the entry kept, when a job owns it."""
     path, file_id, filename, size, status, kept = row
     return {
@@ -125,7 +126,7 @@ def _duplicate(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-INTEGRITY_LISTS: list[tuple[str, str, Callable[[tuple[Any, ...]], dict[str, Any]]]] = [
+INTEGRITY_LISTS: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
     ("missing_files", "missing", _job_entry),
     ("remotely_failed_files", "failed", _job_entry),
     ("duplicate_entries", "duplicate", _duplicate),
@@ -133,10 +134,10 @@ INTEGRITY_LISTS: list[tuple[str, str, Callable[[tuple[Any, ...]], dict[str, Any]
 ]
 
 
-async def _write_integrity(conn: aiosqlite.Connection, out: IO[str]) -> None:
+async def _write_integrity(q: Queue, out: IO[str]) -> None:
     """The last verify of each knowledge base, {} when none has run; its lists are streamed
     from the rows it recorded, so they describe the knowledge base as that verify saw it."""
-    verifications = await queue.last_verifications(conn)
+    verifications = await q.last_verifications()
     out.write("{")
     for n, v in enumerate(verifications):
         out.write(f"{',' if n else ''}\n    {json.dumps(v['kb_id'], ensure_ascii=False)}: {{\n")
@@ -144,22 +145,22 @@ async def _write_integrity(conn: aiosqlite.Connection, out: IO[str]) -> None:
             out.write(f"      {json.dumps(key)}: {json.dumps(v[key], ensure_ascii=False)},\n")
         for i, (key, kind, shape) in enumerate(INTEGRITY_LISTS):
             out.write(f"      {json.dumps(key)}: ")
-            await _write_list(out, queue.verification_items(conn, v["id"], kind), shape)
+            await _write_list(out, q.verification_items(v["id"], kind), shape)
             out.write(",\n" if i + 1 < len(INTEGRITY_LISTS) else "\n")
         out.write("    }")
     out.write("\n  }" if verifications else "}")
 
 
-async def export(conn: aiosqlite.Connection, db_path: str, target: str) -> dict[str, Any]:
+async def export(q: Queue, db_path: str, target: str) -> dict[str, Any]:
     """Write the report to `target` ('-' is stdout) atomically, readable by the owner only."""
     if target == "-":
-        return await write(conn, sys.stdout, db_path)
+        return await write(q, sys.stdout, db_path)
     _ensure_folder(os.path.dirname(os.path.abspath(target)), db_path)
     partial = f"{target}.partial"
     fd = os.open(partial, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20) as out:
-            summary = await write(conn, out, db_path)
+            summary = await write(q, out, db_path)
         os.replace(partial, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -13,7 +13,6 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import aiosqlite
 import bracex
 from wcmatch import glob
 
@@ -336,7 +335,7 @@ def batches(rows: Iterator[ScanRow], size: int) -> Iterator[list[ScanRow]]:
 
 
 async def enqueue(
-    conn: aiosqlite.Connection,
+    q: queue.Queue,
     root: str,
     kb_id: str,
     filters: Filters,
@@ -357,4 +356,4 @@ async def enqueue(
             counts.add(await writing)
         if batch is None:
             return counts, stats
-        writing = asyncio.create_task(queue.enqueue_batch(conn, kb_id, batch))
+        writing = asyncio.create_task(q.enqueue_batch(kb_id, batch))

@@ -1,9 +1,6 @@
-"""The pool: claim rows, push each file through presign -> S3 POST -> register, write results.
-
-Exactly once rests on one rule: register again only when the previous register certainly did
-not happen. A register that timed out, lost its connection, got a 5xx, or whose process died
-leaves the row's `unknown_since` set; before registering that row again the knowledge base's
-listing is read and a matching entry is adopted instead.
+"""The pool: claims rows, runs one `Attempt` per row in a slot, writes their outcomes in
+batches, keeps its leases and gives back rows of dead runs. What one attempt does (and the
+rule for doubt that exactly once rests on) is in `attempt.py`.
 """
 
 from __future__ import annotations
@@ -15,18 +12,18 @@ import math
 import os
 import signal
 import socket
-import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiosqlite
-
-from . import queue
+from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
+from .model import Job, Outcome, OutcomeKind
 from .progress import Progress
-from .queue import Job, Outcome
+from .queue import Queue
 from .reconcile import RemoteIndex
+from .registrar import Registrar
 
 log = logging.getLogger("uploader.run")
 
@@ -99,10 +96,12 @@ class Writer:
     """Every result goes through here and is committed in batches: one transaction per
     flush instead of one per file."""
 
-    def __init__(self, conn: aiosqlite.Connection, owner: str, pool: Pool) -> None:
-        self._conn = conn
+    def __init__(
+        self, queue: Queue, owner: str, on_commit: Callable[[list[Outcome]], None]
+    ) -> None:
+        self._queue = queue
         self._owner = owner
-        self._pool = pool
+        self._on_commit = on_commit
         self._items: list[Outcome] = []
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -116,11 +115,11 @@ class Writer:
             if not items:
                 return
             try:
-                await queue.record_outcomes(self._conn, self._owner, items)
+                await self._queue.record_outcomes(self._owner, items)
             except BaseException:
                 self._items[:0] = items
                 raise
-            self._pool.committed(items)
+            self._on_commit(items)
 
     async def loop(self) -> None:
         """Flush every few milliseconds until stopped. It is stopped, not cancelled: a cancel
@@ -131,112 +130,11 @@ class Writer:
                 await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)
             try:
                 await self.flush()
-            except (queue.QueueError, sqlite3.Error) as exc:
+            except self._queue.errors as exc:
                 log.warning("results not written yet: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()
-
-
-@dataclass
-class _Batch:
-    items: list[tuple[str, str, asyncio.Future[str]]] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
-
-
-class Registrar:
-    """Registers uploaded keys, N per call when --register-batch N > 1, each file waiting at
-    most `delay`. An answer that does not name every file sent turns batching off."""
-
-    def __init__(self, client: MaiAgentClient, index: RemoteIndex, size: int, delay: float):
-        self._client = client
-        self._index = index
-        self.size = size
-        self._delay = delay
-        self._batches: dict[str, _Batch] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def register(self, kb_id: str, key: str, filename: str) -> str:
-        if self.size <= 1:
-            entries = await self._client.register(kb_id, [(key, filename)])
-            [file_id] = self._match(entries, [(key, filename)])
-            if file_id is None:
-                raise _unlisted(filename)
-            self._index.taken.add(file_id)
-            return file_id
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        batch = self._batches.setdefault(kb_id, _Batch())
-        batch.items.append((key, filename, fut))
-        if len(batch.items) >= self.size:
-            self._send(kb_id)
-        elif batch.timer is None:
-            batch.timer = asyncio.get_running_loop().call_later(self._delay, self._send, kb_id)
-        return await fut
-
-    def _send(self, kb_id: str) -> None:
-        batch = self._batches.pop(kb_id, None)
-        if batch is None:
-            return
-        if batch.timer is not None:
-            batch.timer.cancel()
-        items = [item for item in batch.items if not item[2].done()]
-        if items:
-            task = asyncio.create_task(self._call(kb_id, items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _call(self, kb_id: str, items: list[tuple[str, str, asyncio.Future[str]]]) -> None:
-        try:
-            entries = await self._client.register(kb_id, [(key, name) for key, name, _ in items])
-        except ApiError as exc:
-            for _key, _name, fut in items:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        ids = self._match(entries, [(key, name) for key, name, _fut in items])
-        for (_key, name, fut), file_id in zip(items, ids, strict=True):
-            if fut.done():
-                continue
-            if file_id is None:
-                fut.set_exception(_unlisted(name))
-            else:
-                self._index.taken.add(file_id)
-                fut.set_result(file_id)
-
-    def _match(self, entries: list[dict], sent: list[tuple[str, str]]) -> list[str | None]:
-        """The entry of each (key, filename) sent: by S3 key when the answer shows keys, else
-        by filename. A file the answer does not name may or may not be registered (its job
-        looks in the listing before trying again), and from then on one file goes per call."""
-        by_key = {str(e["file"]): str(e["id"]) for e in entries if e.get("file")}
-        by_name: dict[str, list[str]] = {}
-        for entry in entries:
-            by_name.setdefault(str(entry.get("filename")), []).append(str(entry["id"]))
-        ids: list[str | None] = []
-        for key, name in sent:
-            if by_key:
-                ids.append(by_key.get(key))
-            else:
-                ids.append(by_name[name].pop(0) if by_name.get(name) else None)
-        if None in ids and self.size > 1:
-            log.warning("the register answer did not list every file: one file per call now")
-            self.size = 1
-        return ids
-
-    async def close(self) -> None:
-        """Batch calls still in flight at the end of the run: let them go, their jobs were
-        released as doubtful."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _unlisted(filename: str) -> ApiError:
-    return ApiError(
-        f"register answer has no entry for {filename!r}",
-        kind="transient",
-        error_kind="bad_response",
-        maybe_applied=True,
-    )
 
 
 class Pool:
@@ -244,26 +142,38 @@ class Pool:
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        queue: Queue,
         client: MaiAgentClient,
         settings: Settings,
         owner: str,
         run_id: int,
-        progress: Progress,
+        on_progress: Callable[[int, int, int], None],
     ) -> None:
-        self.conn = conn
+        """`on_progress(done, failed, bytes)` hears of every batch of results committed."""
+        self.queue = queue
         self.client = client
         self.s = settings
         self.owner = owner
         self.run_id = run_id
-        self.progress = progress
+        self._on_progress = on_progress
         self.result = RunResult()
-        self.writer = Writer(conn, owner, self)
-        self.index = RemoteIndex(conn, client)
+        self.writer = Writer(queue, owner, self._committed)
+        self.index = RemoteIndex(queue, client)
         self.registrar = Registrar(
             client, self.index, settings.register_batch, settings.register_delay
         )
-        self._slots = asyncio.Semaphore(settings.workers)
+        self._shared = Shared(
+            client=client,
+            registrar=self.registrar,
+            index=self.index,
+            policy=Policy(
+                settings.max_retries, settings.retry_delay, settings.name, settings.lease_seconds
+            ),
+            run_id=run_id,
+            slots=asyncio.Semaphore(settings.workers),
+            record=self.writer.put,
+            lease_until=lambda job_id: self._lease_until.get(job_id, 0.0),
+        )
         # Claimed rows waiting for a slot keep every worker busy between claims; claims come
         # in batches of at least half the workers so the database is not asked per file.
         self._capacity = 2 * settings.workers + 2 * settings.register_batch
@@ -293,21 +203,25 @@ class Pool:
                 task.cancel()
         self._wake.set()
 
-    def committed(self, outcomes: list[Outcome]) -> None:
-        done = [o for o in outcomes if o.outcome == "done"]
-        failed = sum(1 for o in outcomes if o.outcome == "failed")
+    def _committed(self, outcomes: list[Outcome]) -> None:
+        done = [o for o in outcomes if o.outcome == OutcomeKind.DONE]
+        failed = sum(1 for o in outcomes if o.outcome == OutcomeKind.FAILED)
         nbytes = sum(o.job.size for o in done)
         self.result.uploaded += len(done)
         self.result.failed += failed
         self.result.bytes += nbytes
-        self.result.released += sum(1 for o in outcomes if o.outcome == "released")
-        retries = [o.next_attempt_at for o in outcomes if o.outcome in ("retry", "released")]
+        self.result.released += sum(1 for o in outcomes if o.outcome == OutcomeKind.RELEASED)
+        retries = [
+            o.next_attempt_at
+            for o in outcomes
+            if o.outcome in (OutcomeKind.RETRY, OutcomeKind.RELEASED)
+        ]
         if retries:
             self._claim_after = min(self._claim_after, *retries)
         # committed ids are excluded from adoption by the database itself
         self.index.taken.difference_update(o.file_id for o in done)
         if done or failed:
-            self.progress.add(len(done), failed, nbytes)
+            self._on_progress(len(done), failed, nbytes)
         self._wake.set()
 
     # --- the main loop ---------------------------------------------------------------------
@@ -327,7 +241,7 @@ class Pool:
             await self.registrar.close()
             await self.writer.flush()
         self.result.elapsed = time.monotonic() - started
-        self.result.failed_in_queue = await queue.failed_count(self.conn, self.s.kb_id)
+        self.result.failed_in_queue = await self.queue.failed_count(self.s.kb_id)
         return self.result
 
     async def _feed(self) -> None:
@@ -335,19 +249,17 @@ class Pool:
             free = self._capacity - len(self._tasks)
             wanted = free >= self._claim_min or (free > 0 and not self._tasks)
             if wanted and time.time() >= self._claim_after:
-                jobs = await queue.claim(
-                    self.conn, self.owner, free, self.s.lease_seconds, self.s.kb_id
-                )
+                jobs = await self.queue.claim(self.owner, free, self.s.lease_seconds, self.s.kb_id)
                 if jobs:
                     for job in jobs:
                         self._spawn(job)
                     continue
                 # Nothing due: no write transaction per wake-up until a row can be due.
-                due = await queue.next_due(self.conn, self.s.kb_id)
+                due = await self.queue.next_due(self.s.kb_id)
                 self._claim_after = min(due or math.inf, time.time() + 1.0)
             if not self._tasks:
                 await self.writer.flush()
-                due = await queue.next_due(self.conn, self.s.kb_id)
+                due = await self.queue.next_due(self.s.kb_id)
                 if due is None:
                     return
                 await self._sleep(due - time.time())
@@ -371,7 +283,7 @@ class Pool:
 
     def _spawn(self, job: Job) -> None:
         self._lease_until[job.id] = job.started_at + self.s.lease_seconds
-        task = asyncio.create_task(self._guarded(job))
+        task = asyncio.create_task(self._attempt(Attempt(job, self._shared)))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(t, job.id))
 
@@ -380,15 +292,27 @@ class Pool:
         self._lease_until.pop(job_id, None)
         self._wake.set()
 
+    async def _attempt(self, attempt: Attempt) -> None:
+        """Whatever happens, exactly one outcome of the attempt reaches the writer."""
+        try:
+            outcome = await attempt.run()
+        except asyncio.CancelledError:
+            self.writer.put(attempt.released())
+            raise
+        self.writer.put(outcome)
+        self.result.adopted += attempt.adopted
+        if attempt.fatal is not None:
+            self._fatal(attempt.fatal)
+
     async def _keep_leases(self) -> None:
         """Renew our leases while long uploads run; give back rows of dead processes."""
         while True:
             await asyncio.sleep(self.s.lease_seconds / 3)
             renewing = time.time()
             try:
-                renewed = await queue.renew_leases(self.conn, self.owner, self.s.lease_seconds)
+                renewed = await self.queue.renew_leases(self.owner, self.s.lease_seconds)
                 await self._reclaim()
-            except (queue.QueueError, sqlite3.Error) as exc:
+            except self.queue.errors as exc:
                 log.warning("leases not renewed this time: %s", exc)
                 continue
             for job_id in renewed:
@@ -396,168 +320,12 @@ class Pool:
                     self._lease_until[job_id] = renewing + self.s.lease_seconds
 
     async def _reclaim(self) -> None:
-        owners = await queue.lease_owners(self.conn)
+        owners = await self.queue.lease_owners()
         if owners:
-            n = await queue.reclaim(self.conn, dead_owners(owners, self.owner))
+            n = await self.queue.reclaim(dead_owners(owners, self.owner))
             if n:
                 log.info("reclaimed %d rows left running by a dead or expired run", n)
                 self._wake.set()
-
-    # --- one job ---------------------------------------------------------------------------
-
-    async def _guarded(self, job: Job) -> None:
-        """Run one attempt; whatever happens, exactly one outcome reaches the writer."""
-        state = _Attempt()
-        try:
-            self.writer.put(await self._attempt(job, state))
-        except Fatal as exc:
-            self.writer.put(self._outcome(job, "released", state))
-            self._fatal(exc.error)
-        except asyncio.CancelledError:
-            self.writer.put(self._outcome(job, "released", state))
-            raise
-        except Exception as exc:
-            log.exception("unexpected error on %s", job.relpath)
-            error = ApiError(
-                f"internal error: {type(exc).__name__}: {exc}",
-                kind="transient",
-                error_kind="internal",
-                maybe_applied=True,
-            )
-            self.writer.put(self._after_error(job, error, state))
-
-    async def _attempt(self, job: Job, state: _Attempt) -> Outcome:
-        try:
-            return await self._steps(job, state)
-        except ApiError as err:
-            if err.kind == "fatal":
-                raise Fatal(err) from None
-            return self._after_error(job, err, state)
-
-    async def _steps(self, job: Job, state: _Attempt) -> Outcome:
-        """Upload holding one of the --workers slots; with batched registration the slot is
-        given back while the file waits for its batch."""
-        await self._slots.acquire()
-        held = True
-        try:
-            adopted = await self._upload(job, state)
-            if adopted is not None:
-                return adopted
-            if self.registrar.size > 1:
-                self._slots.release()
-                held = False
-            return await self._register(job, state)
-        finally:
-            if held:
-                self._slots.release()
-
-    async def _upload(self, job: Job, state: _Attempt) -> Outcome | None:
-        """Presign and upload unless a previous attempt did; adopt a doubtful register's
-        entry if the knowledge base shows one (then that outcome is returned)."""
-        if self._check_file(job):
-            job.unknown_since = None  # what may have been registered is the old content
-        job.filename = job.filename or self._name(job)
-        if job.unknown_since is not None:
-            file_id = await self.index.adopt(job, job.filename)
-            if file_id is not None:
-                log.info("adopted %s for %s after a doubtful register", file_id, job.relpath)
-                self.result.adopted += 1
-                return self._outcome(job, "done", state, file_id=file_id)
-            job.unknown_since = None
-        if job.step != "uploaded" or not job.s3_key:
-            presigned = await self.client.presign(job.filename, job.size)
-            await self.client.upload(presigned, job.path, job.size, job.filename)
-            job.s3_key = presigned.fields["key"]
-            job.step = "uploaded"
-            self.writer.put(self._outcome(job, "uploaded", state))
-        return None
-
-    async def _register(self, job: Job, state: _Attempt) -> Outcome:
-        margin = min(5.0, self.s.lease_seconds / 4)
-        if time.time() > self._lease_until.get(job.id, 0.0) - margin:
-            # Stalled (suspended, starved) past our lease: another run may own the row now,
-            # and registering could make a second entry. Leave it to whoever holds it.
-            raise ApiError("lease expired before registering", kind="transient", error_kind="lease")
-        state.registering_since = time.time()
-        assert job.s3_key is not None and job.filename is not None
-        file_id = await self.registrar.register(job.kb_id, job.s3_key, job.filename)
-        state.registering_since = None
-        return self._outcome(job, "done", state, file_id=file_id)
-
-    def _check_file(self, job: Job) -> bool:
-        """The file may have changed since enqueue: upload what is there now (True if it
-        changed). Unreadable files are reported by the upload's open."""
-        try:
-            st = os.stat(job.path)
-        except FileNotFoundError:
-            raise ApiError(
-                "file no longer exists", kind="permanent", error_kind="missing"
-            ) from None
-        except OSError as exc:
-            raise ApiError(
-                f"cannot read file: {exc.strerror}", kind="permanent", error_kind="unreadable"
-            ) from None
-        if st.st_size == job.size and st.st_mtime_ns == job.mtime_ns:
-            return False
-        log.info("%s changed since enqueue: uploading its current content", job.relpath)
-        job.size, job.mtime_ns = st.st_size, st.st_mtime_ns
-        job.step, job.s3_key = None, None
-        return True
-
-    def _name(self, job: Job) -> str:
-        return job.relpath if self.s.name == "relpath" else job.relpath.rsplit("/", 1)[-1]
-
-    def _after_error(self, job: Job, err: ApiError, state: _Attempt) -> Outcome:
-        last_try = job.attempts >= 1 + self.s.max_retries
-        if err.kind == "permanent" or last_try:
-            log.info("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
-            return self._outcome(job, "failed", state, err)
-        delay = backoff(job.attempts, self.s.retry_delay, err.retry_after)
-        log.info(
-            "retry %d/%d of %s in %.1fs: %s",
-            job.attempts,
-            self.s.max_retries,
-            job.relpath,
-            delay,
-            err,
-        )
-        return self._outcome(job, "retry", state, err, next_attempt_at=time.time() + delay)
-
-    def _outcome(
-        self,
-        job: Job,
-        outcome: str,
-        state: _Attempt,
-        err: ApiError | None = None,
-        *,
-        file_id: str | None = None,
-        next_attempt_at: float = 0.0,
-    ) -> Outcome:
-        """The one rule for doubt: a register cut short (a cancel, or an error that may have
-        reached the service) makes the row doubtful from when it began; otherwise the row
-        keeps whatever doubt it had that this attempt did not settle."""
-        cut_short = outcome == "released" or (err is not None and err.maybe_applied)
-        unknown = job.unknown_since
-        if state.registering_since is not None and cut_short:
-            unknown = state.registering_since
-        return Outcome(
-            job=job,
-            outcome=outcome,
-            ended_at=time.time(),
-            run_id=self.run_id,
-            error_kind=err.error_kind if err else None,
-            error=str(err) if err else None,
-            file_id=file_id,
-            next_attempt_at=next_attempt_at,
-            unknown_since=unknown,
-        )
-
-
-@dataclass
-class _Attempt:
-    """What an attempt in progress has done so far that a crash or cancel must not forget."""
-
-    registering_since: float | None = None
 
 
 @dataclass
@@ -616,7 +384,7 @@ def _install_signals(pool: Pool) -> None:
 
 
 async def execute(
-    conn: aiosqlite.Connection,
+    queue: Queue,
     settings: Settings,
     service: Connection,
     options: dict[str, object],
@@ -624,7 +392,7 @@ async def execute(
 ) -> RunResult:
     """One `uploader run`: preflight, the pool until the queue is empty, the run's record."""
     owner = make_owner()
-    run_id = await queue.start_run(conn, owner, options)
+    run_id = await queue.start_run(owner, options)
     result = RunResult()
     async with make_session(settings.workers) as session:
         client = MaiAgentClient(
@@ -635,13 +403,13 @@ async def execute(
             timeout=service.timeout,
         )
         try:
-            await preflight(client, await queue.kbs_with_work(conn, settings.kb_id))
+            await preflight(client, await queue.kbs_with_work(settings.kb_id))
         except Fatal as exc:
             result.fatal = exc.error
         else:
-            total, total_bytes = await queue.pending_totals(conn, settings.kb_id)
+            total, total_bytes = await queue.pending_totals(settings.kb_id)
             progress = Progress(total, total_bytes, quiet)
-            pool = Pool(conn, client, settings, owner, run_id, progress)
+            pool = Pool(queue, client, settings, owner, run_id, progress.add)
             _install_signals(pool)
             try:
                 result = await pool.run()
@@ -654,5 +422,5 @@ async def execute(
         "released": result.released,
         "seconds": round(result.elapsed, 3),
     }
-    await queue.end_run(conn, run_id, counts, exit_code(result))
+    await queue.end_run(run_id, counts, exit_code(result))
     return result

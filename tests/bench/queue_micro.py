@@ -1,6 +1,6 @@
 """Case 6: how many jobs per second the queue itself turns over, with no HTTP at all.
 
-A database of `--jobs` pending rows is drained by `uploader.queue` exactly as the pool uses it:
+A database of `--jobs` pending rows is drained by `SqliteQueue` exactly as the pool uses it:
 claim a batch (one UPDATE .. RETURNING in BEGIN IMMEDIATE), then record each job's outcome in
 one `record_outcomes` transaction. `--uploaded` also records the intermediate 'uploaded' step
 first, as the pool does for every file between the S3 POST and the register call. Prints one
@@ -16,21 +16,21 @@ import os
 import tempfile
 import time
 
-from uploader import queue
-from uploader.queue import Outcome
+from uploader.model import Job, Outcome, OutcomeKind
+from uploader.queue import Queue, open_queue
 
 KB = "kb-micro"
 OWNER = "bench:0:micro"
 
 
-async def fill(conn, jobs: int) -> None:  # type: ignore[no-untyped-def]
+async def fill(q: Queue, jobs: int) -> None:
     """Pending rows written directly: the fill is not what is measured, and enqueue_batch
     has its own case (4)."""
     rows = [
         (KB, b"/bench/d%04d/f%07d.txt" % (i // 1000, i), f"f{i:07d}.txt", 1024, 0, 0.0)
         for i in range(jobs)
     ]
-    async with queue.transaction(conn):
+    async with q.transaction() as conn:
         await conn.executemany(
             "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, enqueued_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -38,7 +38,7 @@ async def fill(conn, jobs: int) -> None:  # type: ignore[no-untyped-def]
         )
 
 
-def outcomes(jobs: list[queue.Job], kind: str, run_id: int) -> list[Outcome]:
+def outcomes(jobs: list[Job], kind: OutcomeKind, run_id: int) -> list[Outcome]:
     now = time.time()
     return [
         Outcome(
@@ -46,7 +46,7 @@ def outcomes(jobs: list[queue.Job], kind: str, run_id: int) -> list[Outcome]:
             outcome=kind,
             ended_at=now,
             run_id=run_id,
-            file_id=f"file-{job.id}" if kind == "done" else None,
+            file_id=f"file-{job.id}" if kind == OutcomeKind.DONE else None,
             s3_key=f"media/chatbot-file/{job.id}/{job.relpath}",
             filename=job.relpath,
         )
@@ -55,22 +55,22 @@ def outcomes(jobs: list[queue.Job], kind: str, run_id: int) -> list[Outcome]:
 
 
 async def drain(path: str, jobs: int, batch: int, uploaded: bool) -> dict:
-    conn = await queue.connect(path)
+    q = await open_queue(path)
     try:
-        await fill(conn, jobs)
-        run_id = await queue.start_run(conn, OWNER, {})
+        await fill(q, jobs)
+        run_id = await q.start_run(OWNER, {})
         done = 0
         cpu, start = time.process_time(), time.perf_counter()
-        while claimed := await queue.claim(conn, OWNER, batch, 60.0, None):
+        while claimed := await q.claim(OWNER, batch, 60.0, None):
             if uploaded:
-                await queue.record_outcomes(conn, OWNER, outcomes(claimed, "uploaded", run_id))
-            await queue.record_outcomes(conn, OWNER, outcomes(claimed, "done", run_id))
+                await q.record_outcomes(OWNER, outcomes(claimed, OutcomeKind.UPLOADED, run_id))
+            await q.record_outcomes(OWNER, outcomes(claimed, OutcomeKind.DONE, run_id))
             done += len(claimed)
         seconds = time.perf_counter() - start
         cpu = time.process_time() - cpu
-        left = await queue.state_counts(conn)
+        left = await q.state_counts()
     finally:
-        await conn.close()
+        await q.close()
     if left.get(KB, {}).get("done", (0, 0))[0] != jobs:
         raise RuntimeError(f"expected {jobs} done rows, the queue says {left}")
     return {

@@ -1,0 +1,300 @@
+"""The queue contract (`uploader.queue.base.Queue`), backend by backend: every test opens a
+fresh queue through `open_queue` and uses nothing but the contract's methods, so the same
+tests hold any backend to the same guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from tests.helpers import async_test
+from tests.queue_backends import queue_target
+from uploader.model import (
+    DuplicateItem,
+    ErrorKind,
+    Job,
+    ListedRow,
+    Outcome,
+    OutcomeKind,
+    RemoteStatus,
+    RequeueItem,
+    ScanRow,
+    Step,
+)
+from uploader.queue import Queue, open_queue
+
+__all__ = ["queue_target"]  # the fixture, imported for pytest
+
+KB = "kb-contract"
+OWNER = "host:1:contract"
+LEASE = 60.0
+
+
+def rows(*names: str, size: int = 10) -> list[ScanRow]:
+    return [ScanRow(f"/data/{n}".encode(), n, size, 1000) for n in names]
+
+
+def outcome(job: Job, kind: OutcomeKind, **kw: object) -> Outcome:
+    return Outcome(job=job, outcome=kind, ended_at=time.time(), **kw)  # type: ignore[arg-type]
+
+
+async def states(q: Queue, kb: str = KB) -> dict[str, int]:
+    return {s: n for s, (n, _b) in (await q.state_counts()).get(kb, {}).items()}
+
+
+@async_test
+async def test_enqueue_inserts_new_requeues_changed_and_leaves_the_rest(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        first = await q.enqueue_batch(KB, [*rows("a", "b"), ScanRow(b"/data/c", "c", 5, 1, "big")])
+        assert (first.scanned, first.new, first.changed, first.skipped) == (3, 2, 0, 1)
+        again = await q.enqueue_batch(KB, [*rows("a"), *rows("b", size=11)])
+        assert (again.new, again.changed, again.unchanged) == (0, 1, 1)
+        assert await states(q) == {"pending": 2, "skipped": 1}
+        assert await q.pending_totals(KB) == (2, 21)
+        assert await q.kbs_with_work(None) == [KB]
+
+
+@async_test
+async def test_a_claim_leases_due_rows_once_in_id_order(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows(*"abcde"))
+        first, second = await asyncio.gather(
+            q.claim("host:1:one", 3, LEASE, KB), q.claim("host:2:two", 3, LEASE, KB)
+        )
+        ids = [j.id for j in first + second]
+        assert len(ids) == len(set(ids)) == 5
+        assert [j.id for j in first] == sorted(j.id for j in first)
+        assert all(j.attempts == 1 and j.step is None for j in first + second)
+        assert await q.claim(OWNER, 10, LEASE, KB) == []
+        assert await q.next_due(KB) is None
+        owners = {o.owner for o in await q.lease_owners()}
+        assert owners == {"host:1:one", "host:2:two"}
+
+
+@async_test
+async def test_outcomes_are_written_only_by_the_lease_owner(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a", "b", "c", "d"))
+        a, b, c, d = await q.claim(OWNER, 4, LEASE, KB)
+        a.step, a.s3_key, a.filename = Step.UPLOADED, "key-a", "a"
+        await q.record_outcomes(OWNER, [outcome(a, OutcomeKind.UPLOADED)])
+        await q.record_outcomes(
+            OWNER,
+            [
+                outcome(a, OutcomeKind.DONE, file_id="file-a"),
+                outcome(b, OutcomeKind.RETRY, error_kind="timeout", next_attempt_at=1.0),
+                outcome(c, OutcomeKind.FAILED, error_kind=ErrorKind.HTTP_4XX, error="HTTP 400"),
+            ],
+        )
+        await q.record_outcomes("host:9:intruder", [outcome(d, OutcomeKind.DONE, file_id="x")])
+        assert await states(q) == {"done": 1, "pending": 1, "failed": 1, "running": 1}
+        assert await q.error_kind_counts() == {"http_4xx": 1}
+        assert await q.failed_count(KB) == 1
+        assert await q.next_due(KB) == 1.0
+        await q.record_outcomes(OWNER, [outcome(d, OutcomeKind.RELEASED)])
+        again = await q.claim(OWNER, 10, LEASE, KB)
+        assert {j.id: j.attempts for j in again} == {b.id: 2, d.id: 1}
+
+
+@async_test
+async def test_reclaim_returns_dead_owners_rows_in_doubt(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a", "b"))
+        [a] = await q.claim("host:1:dead", 1, LEASE, KB)
+        [b] = await q.claim(OWNER, 1, LEASE, KB)
+        assert await q.renew_leases(OWNER, LEASE) == [b.id]
+        assert await q.reclaim(["host:1:dead"]) == 1
+        [again] = await q.claim(OWNER, 1, LEASE, KB)
+        assert again.id == a.id and again.attempts == 1
+        assert again.unknown_since == pytest.approx(a.started_at)
+
+
+@async_test
+async def test_runs_are_recorded_oldest_first(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        first = await q.start_run(OWNER, {"workers": 2})
+        second = await q.start_run(OWNER, {})
+        await q.end_run(first, {"uploaded": 3}, 0)
+        runs = await q.runs()
+        assert [r["id"] for r in runs] == [first, second]
+        assert runs[0]["options"] == {"workers": 2} and runs[0]["counts"] == {"uploaded": 3}
+        assert runs[1]["ended_at"] is None and runs[1]["counts"] is None
+        assert [r["id"] for r in await q.runs(last=1)] == [second]
+
+
+@async_test
+async def test_retry_failed_selects_by_kind_and_relpath(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a.pdf", "b.pdf", "c.txt"))
+        jobs = await q.claim(OWNER, 3, LEASE, KB)
+        kinds = {"a.pdf": "timeout", "b.pdf": "http_4xx", "c.txt": "timeout"}
+        await q.record_outcomes(
+            OWNER, [outcome(j, OutcomeKind.FAILED, error_kind=kinds[j.relpath]) for j in jobs]
+        )
+        assert await q.retry_failed(KB, ["timeout"], lambda rel: rel.endswith(".pdf")) == 1
+        assert await q.retry_failed(None, [], None) == 2
+        assert await states(q) == {"pending": 3}
+        assert all(j.attempts == 1 for j in await q.claim(OWNER, 3, LEASE, KB))
+
+
+@async_test
+async def test_the_report_is_streamed_per_state(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, [*rows("a", "b"), ScanRow(b"/data/s", "s", 1, 1, "too big")])
+        a, b = await q.claim(OWNER, 2, LEASE, KB)
+        await q.record_outcomes(
+            OWNER,
+            [
+                outcome(a, OutcomeKind.DONE, file_id="file-a", filename="a"),
+                outcome(b, OutcomeKind.FAILED, error_kind="timeout", error="slow"),
+            ],
+        )
+        totals = await q.report_totals()
+        assert (totals["total_files"], totals["successful_uploads"]) == (3, 1)
+        assert (totals["failed_uploads"], totals["skipped"]) == (1, 1)
+        assert totals["knowledge_bases"] == [KB]
+        [done] = [r async for r in q.report_rows("done", chunk=1)]
+        assert (done.path, done.file_id, done.filename) == (b"/data/a", "file-a", "a")
+        [failed] = [r async for r in q.report_rows("failed")]
+        assert (failed.error, failed.attempts, failed.error_kind) == ("slow", 1, "timeout")
+        [skipped] = [r async for r in q.report_rows("skipped")]
+        assert skipped.reason == "too big"
+
+
+async def _done(q: Queue, *names: str) -> list[Job]:
+    await q.enqueue_batch(KB, rows(*names))
+    jobs = await q.claim(OWNER, len(names), LEASE, KB)
+    await q.record_outcomes(
+        OWNER,
+        [
+            outcome(j, OutcomeKind.DONE, file_id=f"file-{j.relpath}", filename=j.relpath)
+            for j in jobs
+        ],
+    )
+    return jobs
+
+
+def listed(file_id: str, name: str, seen: float, created: float = 0.0) -> ListedRow:
+    return ListedRow(KB, file_id, name, 10, "done", created, seen, None)
+
+
+@async_test
+async def test_a_doubtful_register_adopts_only_a_new_unowned_entry(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await _done(q, "owned")
+        now = time.time()
+        await q.store_listed(
+            [
+                listed("file-owned", "x", now, now),
+                listed("old", "x", now, now - 100),
+                listed("new", "x", now, now),
+            ]
+        )
+        assert await q.any_remote_known(KB, ["nope", "new"])
+        assert not await q.any_remote_known(KB, ["nope"])
+        assert await q.adoptable(KB, "x", 10, now - 10, None) == ["new"]
+        assert await q.adoptable(KB, "x", 11, now - 10, None) == []
+
+
+@async_test
+async def test_a_listing_is_matched_to_the_done_jobs(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await _done(q, "a", "b")
+        old, now = time.time() - 50, time.time()
+        await q.store_listed([listed("stale", "s", old)])
+        await q.store_listed([listed("file-a", "a", now), listed("extra", "e", now)])
+        assert await q.unseen_job_entries(KB, now) == ["file-b"]
+        await q.forget_unseen(KB, now)
+        assert not await q.any_remote_known(KB, ["stale"])
+        await q.match_remote(KB, now)
+        assert await q.job_remote_counts(KB) == {"done": 1, "missing": 1}
+        assert await q.remote_status_counts(KB, now) == {"done": 2}
+        assert await q.not_uploaded_count(KB) == 0
+        assert await q.extra_count(KB, now, []) == 1
+        assert await q.extra_count(KB, now, ["extra"]) == 0
+        await q.forget_remote(KB, ["extra"])
+        assert await q.extra_count(KB, now, []) == 0
+
+
+@async_test
+async def test_a_verification_keeps_its_lists_until_the_next(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        [a, _b] = await _done(q, "a", "b")
+        now = time.time()
+        await q.store_listed(
+            [listed("file-a", "a", now, 1), listed("copy", "a", now, 2), listed("e", "e", now)]
+        )
+        await q.match_remote(KB, now)
+        candidates = await q.duplicate_candidates(KB, now)
+        assert [(c.id, c.job_id) for c in candidates] == [("file-a", a.id), ("copy", None)]
+        dup = DuplicateItem(a.id, "copy", "a", 10, "done", "file-a")
+        vid = await q.record_verification(KB, now, {"ok": False}, [dup], ["copy"])
+        missing = [i async for i in q.verification_items(vid, "missing")]
+        assert [(i.file_id, i.path) for i in missing] == [("file-b", b"/data/b")]
+        assert [i.file_id async for i in q.verification_items(vid, "extra")] == ["e"]
+        [copy] = [i async for i in q.verification_items(vid, "duplicate", 5)]
+        assert (copy.file_id, copy.kept_id, copy.path) == ("copy", "file-a", b"/data/a")
+        [last] = await q.last_verifications()
+        assert (last["id"], last["counts"]) == (vid, {"ok": False})
+        newer = await q.record_verification(KB, now, {"ok": True}, [], [])
+        assert [i async for i in q.verification_items(vid, "missing")] == []
+        assert [v["id"] for v in await q.last_verifications()] == [newer]
+
+
+@async_test
+async def test_remote_retry_requeues_jobs_still_pointing_at_their_entry(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        [a, b] = await _done(q, "a.pdf", "b.txt")
+        now = time.time()
+        await q.store_listed([listed("file-a.pdf", "a.pdf", now)])
+        await q.match_remote(KB, now)
+        await q.set_remote_status([RemoteStatus("failed", a.id)])
+        found = await q.remote_retry_candidates(None, None)
+        assert [(c.job_id, c.remote_status) for c in found] == [(a.id, "failed"), (b.id, "missing")]
+        only_pdf = await q.remote_retry_candidates(KB, lambda rel: rel.endswith(".pdf"))
+        assert [c.job_id for c in only_pdf] == [a.id]
+        moved = RequeueItem(b.id, KB, "another-entry")
+        assert await q.requeue_remote([RequeueItem(a.id, KB, "file-a.pdf"), moved]) == 1
+        assert not await q.any_remote_known(KB, ["file-a.pdf"])
+        assert await states(q) == {"pending": 1, "done": 1}
+
+
+@async_test
+async def test_a_nested_transaction_is_a_savepoint_not_a_deadlock(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+
+        async def nested() -> None:
+            async with q.transaction():
+                await q.start_run(OWNER, {"n": 1})
+                with contextlib.suppress(KeyError):
+                    async with q.transaction():
+                        await q.start_run(OWNER, {"n": 2})
+                        raise KeyError("the inner one rolls back alone")
+                await q.start_run(OWNER, {"n": 3})
+
+        await asyncio.wait_for(nested(), timeout=10)
+        assert [r["options"] for r in await q.runs()] == [{"n": 1}, {"n": 3}]
+        with pytest.raises(KeyError):
+            async with q.transaction():
+                await q.start_run(OWNER, {"n": 4})
+                raise KeyError("the outer one rolls everything back")
+        assert len(await q.runs()) == 2
+
+
+@async_test
+async def test_a_write_cancelled_at_any_point_leaves_the_queue_usable(queue_target: str) -> None:
+    """Ctrl+C or a fatal error cancels tasks mid-transaction; the next write must still work."""
+    async with await open_queue(queue_target) as q:
+        for steps in range(8):
+            task = asyncio.create_task(q.start_run("cancelled", {}))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await q.start_run(OWNER, {"after": steps})
+        after = [r for r in await q.runs() if r["options"].get("after") is not None]
+        assert len(after) == 8

@@ -1,0 +1,229 @@
+"""One attempt at one job: check the file, settle a doubtful register, presign and upload,
+register, and come to exactly one `Outcome`. The pool (`worker.py`) only schedules attempts.
+
+The one rule for doubt
+----------------------
+Exactly once rests on one rule: **register again only when the previous register certainly
+did not happen.** A row's `unknown_since` holds the doubt: "a register of this row may have
+taken effect, at or after this time".
+
+- It is set when a register is cut short: the register call failed in a way that may have
+  reached the service (a timeout, a lost connection, a 5xx, an answer that does not name the
+  file: `ApiError.maybe_applied`), or the attempt was cancelled while registering. It then
+  dates from when that register began.
+- It is set when a process dies holding the row: `Queue.reclaim` gives the row back with
+  `unknown_since = COALESCE(unknown_since, started_at, now)`, since the dead attempt may have
+  registered at any time after it started.
+- It is kept by every attempt that does not settle it (a retry or a release before the
+  register step carries the row's doubt unchanged).
+- It is settled here, before any register: the knowledge base's listing since the doubt is
+  read (`RemoteIndex.adopt`). An entry that matches is adopted (the job is done, no second
+  register); none means the earlier register did not happen, and the doubt is cleared.
+- It is dropped when what may have been registered no longer counts: the file changed since
+  it was queued (the new content is uploaded), or the row went back to pending as a new
+  upload (`enqueue` of a changed file, `retry-failed --remote`: the queue's FORGET_UPLOAD).
+- A `done` outcome clears it (the entry is recorded).
+
+`Attempt._outcome` applies the rule to every outcome; the queue's SQL only stores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .client import ApiError, MaiAgentClient, backoff
+from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
+from .reconcile import RemoteIndex
+from .registrar import Registrar
+
+log = logging.getLogger("uploader.run")
+
+
+@dataclass
+class Policy:
+    """The run's options that decide an attempt's course."""
+
+    max_retries: int = 3
+    retry_delay: float = 2.0
+    name: str = "basename"  # or "relpath": the filename shown in the knowledge base
+    lease_seconds: float = 60.0
+
+
+@dataclass
+class Shared:
+    """What every attempt of one run shares with the pool."""
+
+    client: MaiAgentClient
+    registrar: Registrar
+    index: RemoteIndex
+    policy: Policy
+    run_id: int | None
+    slots: asyncio.Semaphore  # the --workers uploads at once
+    record: Callable[[Outcome], None]  # for the intermediate `uploaded` outcome
+    lease_until: Callable[[int], float]  # when our lease on a job id ends, as last renewed
+
+
+class Attempt:
+    """`await Attempt(job, shared).run()` is the job's final outcome of this attempt; `fatal`
+    is then set when the service refused the whole run (bad key, unknown knowledge base).
+    If the task is cancelled instead, `released()` is the outcome to write."""
+
+    def __init__(self, job: Job, shared: Shared) -> None:
+        self.job = job
+        self._s = shared
+        self._registering_since: float | None = None
+        self.fatal: ApiError | None = None
+        self.adopted = False
+
+    async def run(self) -> Outcome:
+        try:
+            return await self._steps()
+        except ApiError as err:
+            if err.kind == "fatal":
+                self.fatal = err
+                return self.released()
+            return self._after_error(err)
+        except Exception as exc:
+            log.exception("unexpected error on %s", self.job.relpath)
+            error = ApiError(
+                f"internal error: {type(exc).__name__}: {exc}",
+                kind="transient",
+                error_kind=ErrorKind.INTERNAL,
+                maybe_applied=True,
+            )
+            return self._after_error(error)
+
+    def released(self) -> Outcome:
+        """The outcome of an attempt stopped before its end (Ctrl+C, a fatal error)."""
+        return self._outcome(OutcomeKind.RELEASED)
+
+    async def _steps(self) -> Outcome:
+        """Upload holding one of the --workers slots; with batched registration the slot is
+        given back while the file waits for its batch."""
+        slots = self._s.slots
+        await slots.acquire()
+        held = True
+        try:
+            adopted = await self._upload()
+            if adopted is not None:
+                return adopted
+            if self._s.registrar.size > 1:
+                slots.release()
+                held = False
+            return await self._register()
+        finally:
+            if held:
+                slots.release()
+
+    async def _upload(self) -> Outcome | None:
+        """Presign and upload unless a previous attempt did; adopt a doubtful register's
+        entry if the knowledge base shows one (then that outcome is returned)."""
+        job = self.job
+        if self._check_file():
+            job.unknown_since = None  # what may have been registered is the old content
+        job.filename = job.filename or self._name()
+        if job.unknown_since is not None:
+            file_id = await self._s.index.adopt(job, job.filename)
+            if file_id is not None:
+                log.info("adopted %s for %s after a doubtful register", file_id, job.relpath)
+                self.adopted = True
+                return self._outcome(OutcomeKind.DONE, file_id=file_id)
+            job.unknown_since = None  # the listing shows no entry: it did not happen
+        if job.step != Step.UPLOADED or not job.s3_key:
+            client = self._s.client
+            presigned = await client.presign(job.filename, job.size)
+            await client.upload(presigned, job.path, job.size, job.filename)
+            job.s3_key = presigned.fields["key"]
+            job.step = Step.UPLOADED
+            self._s.record(self._outcome(OutcomeKind.UPLOADED))
+        return None
+
+    async def _register(self) -> Outcome:
+        job = self.job
+        margin = min(5.0, self._s.policy.lease_seconds / 4)
+        if time.time() > self._s.lease_until(job.id) - margin:
+            # Stalled (suspended, starved) past our lease: another run may own the row now,
+            # and registering could make a second entry. Leave it to whoever holds it.
+            raise ApiError(
+                "lease expired before registering", kind="transient", error_kind=ErrorKind.LEASE
+            )
+        self._registering_since = time.time()
+        assert job.s3_key is not None and job.filename is not None
+        file_id = await self._s.registrar.register(job.kb_id, job.s3_key, job.filename)
+        self._registering_since = None
+        return self._outcome(OutcomeKind.DONE, file_id=file_id)
+
+    def _check_file(self) -> bool:
+        """The file may have changed since enqueue: upload what is there now (True if it
+        changed). Unreadable files are reported by the upload's open."""
+        job = self.job
+        try:
+            st = os.stat(job.path)
+        except FileNotFoundError:
+            raise ApiError(
+                "file no longer exists", kind="permanent", error_kind=ErrorKind.MISSING
+            ) from None
+        except OSError as exc:
+            raise ApiError(
+                f"cannot read file: {exc.strerror}",
+                kind="permanent",
+                error_kind=ErrorKind.UNREADABLE,
+            ) from None
+        if st.st_size == job.size and st.st_mtime_ns == job.mtime_ns:
+            return False
+        log.info("%s changed since enqueue: uploading its current content", job.relpath)
+        job.size, job.mtime_ns = st.st_size, st.st_mtime_ns
+        job.step, job.s3_key = None, None
+        return True
+
+    def _name(self) -> str:
+        relpath = self.job.relpath
+        return relpath if self._s.policy.name == "relpath" else relpath.rsplit("/", 1)[-1]
+
+    def _after_error(self, err: ApiError) -> Outcome:
+        job, policy = self.job, self._s.policy
+        if err.kind == "permanent" or job.attempts >= 1 + policy.max_retries:
+            log.info("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
+            return self._outcome(OutcomeKind.FAILED, err)
+        delay = backoff(job.attempts, policy.retry_delay, err.retry_after)
+        log.info(
+            "retry %d/%d of %s in %.1fs: %s",
+            job.attempts,
+            policy.max_retries,
+            job.relpath,
+            delay,
+            err,
+        )
+        return self._outcome(OutcomeKind.RETRY, err, next_attempt_at=time.time() + delay)
+
+    def _outcome(
+        self,
+        kind: OutcomeKind,
+        err: ApiError | None = None,
+        *,
+        file_id: str | None = None,
+        next_attempt_at: float = 0.0,
+    ) -> Outcome:
+        """Every outcome passes here, so the rule for doubt (module docstring) is applied in
+        one place: a register cut short makes the row doubtful from when it began; otherwise
+        the row keeps whatever doubt this attempt did not settle."""
+        cut_short = kind == OutcomeKind.RELEASED or (err is not None and err.maybe_applied)
+        unknown = self.job.unknown_since
+        if self._registering_since is not None and cut_short:
+            unknown = self._registering_since
+        return Outcome(
+            job=self.job,
+            outcome=kind,
+            ended_at=time.time(),
+            run_id=self._s.run_id,
+            error_kind=err.error_kind if err else None,
+            error=str(err) if err else None,
+            file_id=file_id,
+            next_attempt_at=next_attempt_at,
+            unknown_since=unknown,
+        )

@@ -1,0 +1,245 @@
+"""The plain types every layer shares: job states, outcomes, error kinds, steps, the job and
+the rows that cross modules. No I/O here, so the queue, the attempt, reconcile and the CLI
+can all import it without importing each other.
+
+The enums mix in `str` (`enum.StrEnum` is 3.11+, the project targets 3.10): a member is
+stored in SQLite, written to JSON and compared with a row's text as its plain value.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+class _Text(str, enum.Enum):
+    """A str enum whose str() and format() are its value (as StrEnum's are)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class JobState(_Text):
+    """A row of `jobs` (the CHECK constraint of migration 0001 lists the same)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class OutcomeKind(_Text):
+    """What one attempt came to; each has one statement in the queue's `record_outcomes`.
+
+    `uploaded` is not an end: it records the S3 key between the upload and the register, so a
+    crash after the upload does not upload the file again.
+    """
+
+    DONE = "done"
+    RETRY = "retry"
+    FAILED = "failed"
+    RELEASED = "released"
+    UPLOADED = "uploaded"
+
+
+class Step(_Text):
+    """How far a job got: its S3 upload is kept across attempts until it is registered."""
+
+    UPLOADED = "uploaded"
+    REGISTERED = "registered"
+
+
+class ErrorKind(_Text):
+    """The short stable labels stored in `jobs.error_kind` and `attempts.error_kind`; the
+    client classifies service errors into them, the attempt adds its own."""
+
+    AUTH = "auth"
+    KB_NOT_FOUND = "kb_not_found"
+    TLS = "tls"
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    BAD_RESPONSE = "bad_response"
+    THROTTLED = "throttled"
+    HTTP_3XX = "http_3xx"
+    HTTP_4XX = "http_4xx"
+    HTTP_5XX = "http_5xx"
+    POLICY_EXPIRED = "policy_expired"
+    TOO_LARGE = "too_large"
+    S3_REJECTED = "s3_rejected"
+    MISSING = "missing"
+    UNREADABLE = "unreadable"
+    CHANGED = "changed"
+    LEASE = "lease"
+    INTERNAL = "internal"
+    SKIPPED = "skipped"  # a file enqueue did not queue for upload (too large, unreadable)
+    LOST = "lost"  # attempts only: its process died or its lease expired
+
+
+# What `retry-failed --kind` can select: every kind a failed row may carry.
+FAILURE_KINDS = tuple(k.value for k in ErrorKind if k not in (ErrorKind.SKIPPED, ErrorKind.LOST))
+
+
+@dataclass(frozen=True)
+class ScanRow:
+    """One file the scan found; `skip` says why it is recorded but not uploaded."""
+
+    path: bytes
+    relpath: str
+    size: int
+    mtime_ns: int
+    skip: str | None = None
+
+
+@dataclass
+class EnqueueCounts:
+    scanned: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+
+    def add(self, other: EnqueueCounts) -> None:
+        for name in ("scanned", "new", "changed", "unchanged", "skipped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Job:
+    """A claimed row; the attempt updates `size`, `step`, `s3_key`, `filename` and
+    `unknown_since` as it goes, and the queue writes them back with its outcome."""
+
+    id: int
+    kb_id: str
+    path: bytes
+    relpath: str
+    size: int
+    mtime_ns: int
+    attempts: int
+    step: Step | None
+    s3_key: str | None
+    unknown_since: float | None
+    filename: str | None
+    started_at: float
+
+    def __post_init__(self) -> None:
+        if self.step is not None:
+            self.step = Step(self.step)
+
+
+@dataclass
+class Outcome:
+    """What one attempt at one job came to; the pool hands these to `record_outcomes`."""
+
+    job: Job
+    outcome: OutcomeKind
+    ended_at: float
+    run_id: int | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    file_id: str | None = None
+    s3_key: str | None = None
+    filename: str | None = None
+    next_attempt_at: float = 0.0
+    unknown_since: float | None = None
+
+
+class LeaseOwner(NamedTuple):
+    owner: str
+    expires: float  # the earliest lease expiry of its running rows
+
+
+class ListedRow(NamedTuple):
+    """One entry of a knowledge-base listing, as `store_listed` stores it."""
+
+    kb_id: str
+    id: str
+    filename: str
+    size: Any
+    status: Any
+    created_at: float  # seconds
+    seen_at: float
+    file_key: Any
+
+
+class Entry(NamedTuple):
+    """A listed entry whose filename is not unique (`duplicate_candidates`)."""
+
+    id: str
+    filename: str
+    size: int | None
+    status: str | None
+    created_at: float
+    job_id: int | None  # the job whose entry this is, if any
+
+
+class DuplicateItem(NamedTuple):
+    """A surplus copy a verify records."""
+
+    job_id: int | None  # the job of the entry kept
+    file_id: str
+    filename: str
+    size: Any
+    status: Any
+    kept_id: str
+
+
+class VerificationItem(NamedTuple):
+    """One entry of a verify's lists (missing, failed, duplicate, extra)."""
+
+    path: bytes | None  # the job's local path, when a job owns the entry
+    file_id: str | None
+    filename: str | None
+    size: int | None
+    status: str | None
+    kept_id: str | None
+
+
+class DoneRow(NamedTuple):
+    kb_id: str
+    path: bytes
+    size: int
+    duration: float | None
+    file_id: str | None
+    filename: str | None
+
+
+class FailedRow(NamedTuple):
+    kb_id: str
+    path: bytes
+    error: str | None
+    attempts: int
+    error_kind: str | None
+
+
+class SkippedRow(NamedTuple):
+    kb_id: str
+    path: bytes
+    reason: str | None
+
+
+ReportRow = DoneRow | FailedRow | SkippedRow
+
+
+class RemoteRetryCandidate(NamedTuple):
+    """A done job whose entry failed parsing or is missing."""
+
+    job_id: int
+    kb_id: str
+    file_id: str | None
+    remote_status: str
+
+
+class RequeueItem(NamedTuple):
+    job_id: int
+    kb_id: str
+    file_id: str | None  # the entry it pointed to when chosen
+
+
+class RemoteStatus(NamedTuple):
+    status: str | None
+    job_id: int

@@ -1,0 +1,289 @@
+"""The queue contract: what every backend (SQLite today, PostgreSQL next) guarantees.
+
+A `Queue` owns its connection(s), its transactions and its locking; callers (the pool, the
+attempt, reconcile, report, scan, the CLI) never see a connection or a line of SQL. Each
+method is one operation and, where it writes, one transaction: it either happens whole or
+not at all.
+
+Opening: `open_queue(target)` returns an opened queue, which is an async context manager that
+closes it (and turns late database damage into QueueError):
+
+    async with await open_queue(path, create=False) as q:
+        await q.state_counts()
+
+`opened(target)` is the same as one `async with`. Times are epoch-second floats (the Python
+clock, or the database's clock where the backend says so, consistently). `match` is a predicate
+over a job's relpath; "rows whose relpath satisfies match" is all the contract says (SQLite
+runs it inside SQL, another backend may filter in Python). A None `kb_id` means every
+knowledge base.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from ..model import (
+    DuplicateItem,
+    EnqueueCounts,
+    Entry,
+    Job,
+    LeaseOwner,
+    ListedRow,
+    Outcome,
+    RemoteRetryCandidate,
+    RemoteStatus,
+    ReportRow,
+    RequeueItem,
+    ScanRow,
+    VerificationItem,
+)
+
+Match = Callable[[str], bool]
+
+
+class QueueError(Exception):
+    """A database problem the user can act on; the message is one line that says what to do
+    (and never holds a password)."""
+
+
+class Queue(abc.ABC):
+    """The operations of the uploader's queue: jobs, runs and attempts, the remote listing,
+    verifications. Safe to share between the tasks of one event loop (writes take turns)."""
+
+    # What a failed operation may raise while the queue stays usable (a lock held too long,
+    # a disk full for a moment): a caller that can wait (the pool's writer, its lease
+    # keeper) catches these and tries again later. A backend adds its driver's errors.
+    errors: tuple[type[Exception], ...] = (QueueError,)
+
+    # --- life ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Queue:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the connection(s); idempotent."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One write transaction for several operations (tests, benchmarks, migrations). A
+        transaction opened inside another by the same task is a savepoint: it rolls back
+        alone on error, never deadlocks."""
+
+    # --- enqueue -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue_batch(self, kb_id: str, rows: Sequence[ScanRow]) -> EnqueueCounts:
+        """One transaction: insert new (kb_id, path) rows as pending (or skipped when the row
+        has `skip`), re-queue rows whose size or mtime changed (or that were skipped) unless
+        running, forgetting their upload; leave the others alone. Cost per row is an index
+        lookup, independent of the table's size."""
+
+    # --- the pool ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, kb_id: str | None = None
+    ) -> list[Job]:
+        """Atomically mark up to `limit` due pending rows (next_attempt_at <= now, earliest
+        due first, then id) running under `owner`'s lease; attempts += 1, started_at = now.
+        Two claimers never get the same row. Returned in id order."""
+
+    @abc.abstractmethod
+    async def next_due(self, kb_id: str | None = None) -> float | None:
+        """When the earliest pending row becomes claimable; None when no row is pending."""
+
+    @abc.abstractmethod
+    async def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """One transaction for the batch. Each outcome is written only if `owner` still holds
+        the row's lease (a reclaimed row is left to its new owner); every outcome but
+        `uploaded` also appends an attempts row. Per kind: done (file_id, clears the doubt),
+        retry (pending at next_attempt_at), failed, released (pending, the attempt not
+        counted), uploaded (step and S3 key only, the row stays running)."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
+        """Extend `owner`'s running rows to now + lease_seconds; the ids still ours."""
+
+    @abc.abstractmethod
+    async def lease_owners(self) -> list[LeaseOwner]:
+        """Owners of running rows with their earliest lease expiry."""
+
+    @abc.abstractmethod
+    async def reclaim(self, dead_owners: Iterable[str]) -> int:
+        """One transaction: running rows whose lease expired or whose owner is in
+        `dead_owners` go back to pending (the attempt not counted, an attempts row 'lost'
+        written), their register now in doubt: unknown_since = COALESCE(unknown_since,
+        started_at, now). Returns how many."""
+
+    # --- runs ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start_run(self, owner: str, options: dict[str, Any]) -> int:
+        """Record a run's start and options (never a secret); its id."""
+
+    @abc.abstractmethod
+    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int) -> None:
+        """Record a run's end, its counts and exit code."""
+
+    @abc.abstractmethod
+    async def runs(self, last: int | None = None) -> list[dict[str, Any]]:
+        """Runs oldest first (or the `last` N, oldest first): id, started_at, ended_at,
+        options, counts (None until ended), exit_code."""
+
+    # --- status, retry-failed, report ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def state_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """{kb_id: {state: (files, bytes)}}; states without rows are absent."""
+
+    @abc.abstractmethod
+    async def error_kind_counts(self) -> dict[str, int]:
+        """Failed rows per error kind ('unknown' for none)."""
+
+    @abc.abstractmethod
+    async def retry_failed(
+        self, kb_id: str | None, kinds: Sequence[str], match: Match | None
+    ) -> int:
+        """One transaction: failed rows (of `kb_id`, of one of `kinds` if any, whose relpath
+        satisfies `match` if given) back to pending with attempts reset; the attempts table
+        keeps their past. Returns how many."""
+
+    @abc.abstractmethod
+    async def report_totals(self) -> dict[str, Any]:
+        """total_files, successful_uploads, failed_uploads, pending, running, skipped,
+        average_upload_time (of done rows, 3 decimals), knowledge_bases (sorted)."""
+
+    @abc.abstractmethod
+    def report_rows(self, state: str, chunk: int = 5000) -> AsyncIterator[ReportRow]:
+        """The rows of one report section ('done', 'failed', 'skipped') in id order,
+        streamed `chunk` at a time (memory independent of the table's size)."""
+
+    @abc.abstractmethod
+    async def kbs_with_work(self, kb_id: str | None) -> list[str]:
+        """Knowledge bases with pending or running rows."""
+
+    @abc.abstractmethod
+    async def pending_totals(self, kb_id: str | None) -> tuple[int, int]:
+        """Files and bytes pending or running."""
+
+    @abc.abstractmethod
+    async def failed_count(self, kb_id: str | None) -> int:
+        """Rows in state failed."""
+
+    # --- the remote listing --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def any_remote_known(self, kb_id: str, ids: Sequence[str]) -> bool:
+        """Whether an earlier listing stored one of these entry ids."""
+
+    @abc.abstractmethod
+    async def adoptable(
+        self, kb_id: str, filename: str, size: int, since: float, s3_key: str | None
+    ) -> list[str]:
+        """Listed entries a doubtful register of this file may have created: same filename,
+        created at or after `since`, size equal when listed, file key equal when both are
+        known, and no job's file_id already. Entries with a key first, then oldest first."""
+
+    @abc.abstractmethod
+    async def store_listed(self, rows: Sequence[ListedRow]) -> None:
+        """One transaction: upsert listed entries by (kb_id, id)."""
+
+    @abc.abstractmethod
+    async def forget_unseen(self, kb_id: str, since: float) -> None:
+        """Delete stored entries of `kb_id` not seen by the listing begun at `since`."""
+
+    @abc.abstractmethod
+    async def forget_remote(self, kb_id: str, ids: Sequence[str]) -> None:
+        """Delete these stored entries (they were deleted from the knowledge base)."""
+
+    @abc.abstractmethod
+    async def unseen_job_entries(self, kb_id: str, since: float) -> list[str]:
+        """file_ids of done jobs the listing begun at `since` did not show."""
+
+    @abc.abstractmethod
+    async def match_remote(self, kb_id: str, since: float) -> None:
+        """One transaction: each done job with a file_id takes its entry's status in the
+        listing begun at `since` ('unknown' when none given), or 'missing'; rows whose
+        status does not change are not written."""
+
+    @abc.abstractmethod
+    async def remote_status_counts(self, kb_id: str, since: float) -> dict[str, int]:
+        """Entries of the listing begun at `since` per status ('unknown' for none)."""
+
+    @abc.abstractmethod
+    async def job_remote_counts(self, kb_id: str) -> dict[str, int]:
+        """Done jobs per remote status ('unknown' for none)."""
+
+    @abc.abstractmethod
+    async def not_uploaded_count(self, kb_id: str) -> int:
+        """Jobs pending, running or failed."""
+
+    @abc.abstractmethod
+    async def duplicate_candidates(self, kb_id: str, since: float) -> list[Entry]:
+        """Entries of the listing begun at `since` whose filename is not unique, with the job
+        pointing to each (its size when the listing gives none), ordered by filename, then
+        created_at, then id."""
+
+    @abc.abstractmethod
+    async def extra_count(self, kb_id: str, since: float, ours: Sequence[str]) -> int:
+        """Entries of that listing no job points to, `ours` left out."""
+
+    # --- verifications -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_verification(
+        self,
+        kb_id: str,
+        since: float,
+        counts: dict[str, Any],
+        duplicates: Sequence[DuplicateItem],
+        ours: Sequence[str],
+    ) -> int:
+        """One transaction: a verification row (counts kept as history) and its items:
+        the done jobs whose remote status is failed or missing, the extra entries (as
+        `extra_count`), and `duplicates`; the previous verify of `kb_id` loses its items.
+        Returns the verification id."""
+
+    @abc.abstractmethod
+    async def last_verifications(self) -> list[dict[str, Any]]:
+        """The newest verification per knowledge base, by kb_id: id, kb_id, started_at,
+        ended_at, counts."""
+
+    @abc.abstractmethod
+    def verification_items(
+        self, verification_id: int, kind: str, limit: int = -1
+    ) -> AsyncIterator[VerificationItem]:
+        """Items of one kind in insertion order (`limit` < 0: all), with the local path of
+        their job, streamed."""
+
+    # --- retry-failed --remote -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def remote_retry_candidates(
+        self, kb_id: str | None, match: Match | None
+    ) -> list[RemoteRetryCandidate]:
+        """Done jobs whose remote status is failed or missing (relpath satisfying `match`),
+        in id order."""
+
+    @abc.abstractmethod
+    async def requeue_remote(self, jobs: Sequence[RequeueItem]) -> int:
+        """One transaction: forget each job's stored entry; back to pending, upload forgotten,
+        each job still done and still pointing at `file_id` (a job re-uploaded meanwhile is
+        left alone). Returns how many went back."""
+
+    @abc.abstractmethod
+    async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
+        """One transaction: the remote status reading an entry back showed."""

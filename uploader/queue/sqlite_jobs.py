@@ -1,0 +1,415 @@
+"""The SQLite statements of the jobs, runs and attempts tables: enqueue, claim, outcomes,
+leases, reclaim, runs, and the counts behind status, retry-failed and the report.
+
+A mixin of `SqliteQueue`, which owns `_conn`, `transaction()` and `_fetchval()`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..model import (
+    DoneRow,
+    EnqueueCounts,
+    FailedRow,
+    Job,
+    LeaseOwner,
+    Outcome,
+    OutcomeKind,
+    ReportRow,
+    ScanRow,
+    SkippedRow,
+)
+
+if TYPE_CHECKING:
+    from .sqlite import SqliteBase
+else:
+    SqliteBase = object
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+
+_INSERT = """
+INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error_kind,
+                  enqueued_at)
+VALUES (:kb, :path, :relpath, :size, :mtime_ns, :state, :skip, :kind, :now)
+ON CONFLICT (kb_id, path) DO NOTHING"""
+
+# A row going back to pending starts its attempts afresh (the attempts table keeps the past);
+# when its earlier upload no longer counts (the file changed, the entry failed remotely), the
+# upload is forgotten too (FORGET_UPLOAD drops the doubt with it: see the rule for doubt in
+# attempt.py). A doubt about an earlier register (unknown_since) is kept otherwise.
+BACK_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0, step = NULL,
+       s3_key = NULL, last_error = NULL, error_kind = NULL, started_at = NULL,
+       finished_at = NULL, duration = NULL"""
+FORGET_UPLOAD = "file_id = NULL, filename = NULL, remote_status = NULL, unknown_since = NULL"
+
+_REQUEUE_CHANGED = f"""
+UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, enqueued_at = :now,
+       {BACK_TO_PENDING}, {FORGET_UPLOAD}
+WHERE kb_id = :kb AND path = :path AND state != 'running'
+  AND (size != :size OR mtime_ns != :mtime_ns OR state = 'skipped')"""
+
+_MARK_SKIPPED = """
+UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, state = 'skipped', last_error = :skip,
+       error_kind = 'skipped'
+WHERE kb_id = :kb AND path = :path AND state IN ('pending', 'failed', 'skipped')"""
+
+
+JOB_COLUMNS = (
+    "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
+    "filename, started_at"
+)
+
+CLAIM = f"""
+UPDATE jobs SET state = 'running', lease_owner = :owner, lease_expires = :expires,
+       attempts = attempts + 1, started_at = :now
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state = 'pending' AND next_attempt_at <= :now AND (:kb IS NULL OR kb_id = :kb)
+    ORDER BY next_attempt_at, id LIMIT :limit
+)
+RETURNING {JOB_COLUMNS}"""
+
+
+_DONE = """
+UPDATE jobs SET state = 'done', step = 'registered', file_id = :file_id, s3_key = :s3_key,
+       filename = :filename, finished_at = :ended, duration = :ended - started_at,
+       lease_owner = NULL, lease_expires = NULL, last_error = NULL, error_kind = NULL,
+       unknown_since = NULL, size = :size, mtime_ns = :mtime_ns
+WHERE id = :id AND lease_owner = :owner"""
+
+_RETRY = """
+UPDATE jobs SET state = 'pending', next_attempt_at = :next, last_error = :error,
+       error_kind = :kind, step = :step, s3_key = :s3_key, filename = :filename,
+       unknown_since = :unknown, lease_owner = NULL,
+       lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
+WHERE id = :id AND lease_owner = :owner"""
+
+_FAILED = """
+UPDATE jobs SET state = 'failed', last_error = :error, error_kind = :kind, finished_at = :ended,
+       duration = :ended - started_at, step = :step, s3_key = :s3_key, filename = :filename,
+       unknown_since = :unknown, lease_owner = NULL,
+       lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
+WHERE id = :id AND lease_owner = :owner"""
+
+_RELEASED = """
+UPDATE jobs SET state = 'pending', attempts = attempts - 1, step = :step, s3_key = :s3_key,
+       filename = :filename, unknown_since = :unknown,
+       lease_owner = NULL, lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
+WHERE id = :id AND lease_owner = :owner"""
+
+_UPLOADED = """
+UPDATE jobs SET step = 'uploaded', s3_key = :s3_key, filename = :filename, size = :size,
+       mtime_ns = :mtime_ns
+WHERE id = :id AND lease_owner = :owner"""
+
+# One statement per outcome kind (a kind without one fails at import, not mid-run).
+_STATEMENTS = {
+    OutcomeKind.DONE: _DONE,
+    OutcomeKind.RETRY: _RETRY,
+    OutcomeKind.FAILED: _FAILED,
+    OutcomeKind.RELEASED: _RELEASED,
+    OutcomeKind.UPLOADED: _UPLOADED,
+}
+assert set(_STATEMENTS) == set(OutcomeKind), "every outcome kind needs its statement"
+
+_ATTEMPT = """
+INSERT INTO attempts (job_id, run_id, attempt, started_at, ended_at, outcome, step,
+                      error_kind, error)
+VALUES (:id, :run_id, :attempt, :started, :ended, :outcome, :step, :kind, :error)"""
+
+
+def _outcome_params(o: Outcome, owner: str) -> dict[str, Any]:
+    j = o.job
+    return {
+        "id": j.id,
+        "owner": owner,
+        "run_id": o.run_id,
+        "attempt": j.attempts,
+        "started": j.started_at,
+        "ended": o.ended_at,
+        "outcome": str(o.outcome),
+        "step": j.step,
+        "kind": o.error_kind,
+        "error": o.error,
+        "file_id": o.file_id,
+        "s3_key": o.s3_key if o.s3_key is not None else j.s3_key,
+        "filename": o.filename if o.filename is not None else j.filename,
+        "next": o.next_attempt_at,
+        "unknown": o.unknown_since,
+        "size": j.size,
+        "mtime_ns": j.mtime_ns,
+    }
+
+
+_LOST_ATTEMPTS = """
+INSERT INTO attempts (job_id, attempt, started_at, ended_at, outcome, step, error_kind, error)
+SELECT id, attempts, COALESCE(started_at, :now), :now, 'lost', step, 'lost',
+       'the process running it died or its lease expired'
+FROM jobs WHERE state = 'running' AND (lease_expires < :now
+      OR lease_owner IN (SELECT value FROM json_each(:owners)))"""
+
+# A dead attempt may have registered at any time since it started: the row comes back in
+# doubt (the rule for doubt, attempt.py).
+_RECLAIM = """
+UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), lease_owner = NULL,
+       lease_expires = NULL, unknown_since = COALESCE(unknown_since, started_at, :now)
+WHERE state = 'running' AND (lease_expires < :now
+      OR lease_owner IN (SELECT value FROM json_each(:owners)))"""
+
+
+def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
+    run_id, started, ended, owner, options, counts, code = row
+    return {
+        "id": run_id,
+        "started_at": started,
+        "ended_at": ended,
+        "options": json.loads(options),
+        "counts": json.loads(counts) if counts else None,
+        "exit_code": code,
+    }
+
+
+_REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
+    "done": (
+        "SELECT kb_id, path, size, duration, file_id, filename FROM jobs"
+        " WHERE state = 'done' ORDER BY id",
+        DoneRow,
+    ),
+    "failed": (
+        "SELECT kb_id, path, last_error, attempts, error_kind FROM jobs"
+        " WHERE state = 'failed' ORDER BY id",
+        FailedRow,
+    ),
+    "skipped": (
+        "SELECT kb_id, path, last_error FROM jobs WHERE state = 'skipped' ORDER BY id",
+        SkippedRow,
+    ),
+}
+
+
+class JobsMixin(SqliteBase):
+    """Jobs, runs and attempts."""
+
+    async def enqueue_batch(self, kb_id: str, rows: Sequence[ScanRow]) -> EnqueueCounts:
+        """Insert new files and re-queue changed ones, one transaction per batch of the scan;
+        every statement is a lookup on the (kb_id, path) index, so a batch costs the same at the
+        millionth file as at the first."""
+        now = time.time()
+        readable, skipped = [], []
+        for r in rows:
+            params = {
+                "kb": kb_id,
+                "path": r.path,
+                "relpath": r.relpath,
+                "size": r.size,
+                "mtime_ns": r.mtime_ns,
+                "skip": r.skip,
+                "now": now,
+                "state": "pending" if r.skip is None else "skipped",
+                "kind": None if r.skip is None else "skipped",
+            }
+            (readable if r.skip is None else skipped).append(params)
+        async with self.transaction():
+            changed = (await self._conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
+            new = (await self._conn.executemany(_INSERT, readable)).rowcount
+            if skipped:
+                await self._conn.executemany(_MARK_SKIPPED, skipped)
+                await self._conn.executemany(_INSERT, skipped)
+        return EnqueueCounts(
+            scanned=len(rows),
+            new=new,
+            changed=changed,
+            unchanged=len(readable) - new - changed,
+            skipped=len(skipped),
+        )
+
+    async def claim(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        kb_id: str | None = None,
+    ) -> list[Job]:
+        """Mark up to `limit` due rows `running` under our lease, in one statement."""
+        now = time.time()
+        params = {"owner": owner, "expires": now + lease_seconds, "now": now, "kb": kb_id}
+        async with self.transaction():
+            rows = await self._conn.execute_fetchall(CLAIM, {**params, "limit": limit})
+        jobs = [Job(*row) for row in rows]
+        jobs.sort(key=lambda j: j.id)
+        return jobs
+
+    async def next_due(self, kb_id: str | None = None) -> float | None:
+        """When the earliest pending row becomes claimable (None: no pending row at all)."""
+        return await self._fetchval(
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending'"
+            " AND (:kb IS NULL OR kb_id = :kb)",
+            {"kb": kb_id},
+        )
+
+    async def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """Write a batch of results in one transaction; a row is only written by its lease owner."""
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        attempts = []
+        for o in outcomes:
+            params = _outcome_params(o, owner)
+            by_kind.setdefault(OutcomeKind(o.outcome), []).append(params)
+            if o.outcome != OutcomeKind.UPLOADED:
+                attempts.append(params)
+        async with self.transaction():
+            for kind, params in by_kind.items():
+                await self._conn.executemany(_STATEMENTS[kind], params)
+            if attempts:
+                await self._conn.executemany(_ATTEMPT, attempts)
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
+        """Extend our leases; the ids returned are the rows still ours (a row missing from it was
+        reclaimed by another run while we were stalled)."""
+        async with self.transaction():
+            rows = await self._conn.execute_fetchall(
+                "UPDATE jobs SET lease_expires = :expires WHERE state = 'running'"
+                " AND lease_owner = :owner RETURNING id",
+                {"expires": time.time() + lease_seconds, "owner": owner},
+            )
+        return [r[0] for r in rows]
+
+    async def lease_owners(self) -> list[LeaseOwner]:
+        """Owners of running rows, with their earliest lease expiry."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT lease_owner, MIN(lease_expires) FROM jobs WHERE state = 'running'"
+            " GROUP BY lease_owner"
+        )
+        return [LeaseOwner(owner or "", expires or 0.0) for owner, expires in rows]
+
+    async def reclaim(self, dead_owners: Iterable[str]) -> int:
+        """Give back rows of dead or expired owners; whether they registered is now unknown."""
+        params = {"owners": json.dumps(list(dead_owners)), "now": time.time()}
+        async with self.transaction():
+            await self._conn.execute(_LOST_ATTEMPTS, params)
+            cur = await self._conn.execute(_RECLAIM, params)
+        return cur.rowcount
+
+    async def start_run(self, owner: str, options: dict[str, Any]) -> int:
+        async with self.transaction():
+            cur = await self._conn.execute(
+                "INSERT INTO runs (started_at, owner, options) VALUES (?, ?, ?)",
+                (time.time(), owner, json.dumps(options, sort_keys=True)),
+            )
+        return int(cur.lastrowid or 0)
+
+    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int) -> None:
+        async with self.transaction():
+            await self._conn.execute(
+                "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ? WHERE id = ?",
+                (time.time(), json.dumps(counts, sort_keys=True), exit_code, run_id),
+            )
+
+    async def runs(self, last: int | None = None) -> list[dict[str, Any]]:
+        """Runs, oldest first (or the `last` N)."""
+        sql = "SELECT id, started_at, ended_at, owner, options, counts, exit_code FROM runs"
+        if last is None:
+            rows = await self._conn.execute_fetchall(sql + " ORDER BY id")
+        else:
+            rows = await self._conn.execute_fetchall(sql + " ORDER BY id DESC LIMIT ?", (last,))
+            rows = list(reversed(list(rows)))
+        return [_run_dict(r) for r in rows]
+
+    async def state_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """{kb_id: {state: (files, bytes)}}, from the (kb_id, state, size) index alone."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT kb_id, state, COUNT(*), COALESCE(SUM(size), 0) FROM jobs GROUP BY kb_id, state"
+        )
+        result: dict[str, dict[str, tuple[int, int]]] = {}
+        for kb, state, count, size in rows:
+            result.setdefault(kb, {})[state] = (count, size)
+        return result
+
+    async def error_kind_counts(self) -> dict[str, int]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT error_kind, COUNT(*) FROM jobs WHERE state = 'failed' GROUP BY error_kind"
+        )
+        return {kind or "unknown": count for kind, count in rows}
+
+    async def retry_failed(
+        self,
+        kb_id: str | None,
+        kinds: Sequence[str],
+        match: Callable[[str], bool] | None,
+    ) -> int:
+        """Failed rows back to pending with a clean slate; the attempts table keeps their past."""
+        await self._conn.create_function(
+            "uploader_match", 1, match or (lambda _: True), deterministic=True
+        )
+        kind_filter = ""
+        params: list[Any] = [kb_id, kb_id]
+        if kinds:
+            kind_filter = f" AND error_kind IN ({','.join('?' * len(kinds))})"
+            params.extend(kinds)
+        async with self.transaction():
+            cur = await self._conn.execute(
+                f"UPDATE jobs SET {BACK_TO_PENDING}"
+                " WHERE state = 'failed' AND (? IS NULL OR kb_id = ?)"
+                f"{kind_filter} AND uploader_match(relpath)",
+                params,
+            )
+        return cur.rowcount
+
+    async def report_totals(self) -> dict[str, Any]:
+        row = await self._conn.execute_fetchall(
+            "SELECT COUNT(*),"
+            " COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(state = 'failed'), 0),"
+            " COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'running'), 0),"
+            " COALESCE(SUM(state = 'skipped'), 0),"
+            " AVG(CASE WHEN state = 'done' THEN duration END),"
+            " GROUP_CONCAT(DISTINCT kb_id)"
+            " FROM jobs"
+        )
+        total, done, failed, pending, running, skipped, avg, kbs = list(row)[0]
+        return {
+            "total_files": total,
+            "successful_uploads": done,
+            "failed_uploads": failed,
+            "pending": pending,
+            "running": running,
+            "skipped": skipped,
+            "average_upload_time": round(avg or 0.0, 3),
+            "knowledge_bases": sorted(kbs.split(",")) if kbs else [],
+        }
+
+    async def report_rows(self, state: str, chunk: int = 5000) -> AsyncIterator[ReportRow]:
+        """Stream the rows of one report section without holding them all."""
+        sql, shape = _REPORT_ROWS[state]
+        async with self._conn.execute(sql) as cur:
+            while rows := await cur.fetchmany(chunk):
+                for row in rows:
+                    yield shape(*row)
+
+    async def kbs_with_work(self, kb_id: str | None) -> list[str]:
+        """Knowledge bases that have rows left to upload: the run checks each before claiming."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT DISTINCT kb_id FROM jobs WHERE state IN ('pending', 'running')"
+            " AND (:kb IS NULL OR kb_id = :kb)",
+            {"kb": kb_id},
+        )
+        return [r[0] for r in rows]
+
+    async def pending_totals(self, kb_id: str | None) -> tuple[int, int]:
+        """Files and bytes still to upload (pending or running): the progress bar's total."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM jobs"
+            " WHERE state IN ('pending', 'running') AND (:kb IS NULL OR kb_id = :kb)",
+            {"kb": kb_id},
+        )
+        count, size = list(rows)[0]
+        return count, size
+
+    async def failed_count(self, kb_id: str | None) -> int:
+        return await self._fetchval(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND (:kb IS NULL OR kb_id = :kb)",
+            {"kb": kb_id},
+        )

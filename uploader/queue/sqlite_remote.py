@@ -1,0 +1,289 @@
+"""The SQLite statements of the remote listing (remote_files) and of verifications: the
+lookups a doubtful register is settled by, and verify, dedupe and retry-failed --remote.
+
+A mixin of `SqliteQueue`, which owns `_conn`, `transaction()` and `_fetchval()`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..model import (
+    DuplicateItem,
+    Entry,
+    ListedRow,
+    RemoteRetryCandidate,
+    RemoteStatus,
+    RequeueItem,
+    VerificationItem,
+)
+from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD
+
+if TYPE_CHECKING:
+    from .sqlite import SqliteBase
+else:
+    SqliteBase = object
+
+# --- remote files (the knowledge base's listing) ---------------------------------------------
+
+
+_ADOPTABLE = """
+SELECT r.id FROM remote_files AS r
+WHERE r.kb_id = :kb AND r.filename = :filename AND r.created_at >= :since
+  AND (r.size IS NULL OR r.size = :size)
+  AND (r.file_key IS NULL OR :s3_key IS NULL OR r.file_key = :s3_key)
+  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id)
+ORDER BY r.file_key IS NULL, r.created_at, r.id"""
+
+
+_STORE_LISTED = """
+INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
+    status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at,
+    file_key = excluded.file_key"""
+
+
+_MATCH_REMOTE = """
+UPDATE jobs SET remote_status = m.status
+FROM (
+    SELECT j.id AS id,
+           CASE WHEN r.id IS NULL THEN 'missing' ELSE COALESCE(r.status, 'unknown') END AS status
+    FROM jobs AS j LEFT JOIN remote_files AS r
+         ON r.kb_id = j.kb_id AND r.id = j.file_id AND r.seen_at >= :since
+    WHERE j.kb_id = :kb AND j.state = 'done' AND j.file_id IS NOT NULL
+) AS m
+WHERE jobs.id = m.id AND jobs.remote_status IS NOT m.status"""
+
+
+_DUPLICATE_CANDIDATES = """
+SELECT r.id, r.filename, COALESCE(r.size, j.size), r.status, r.created_at, j.id
+FROM remote_files AS r
+LEFT JOIN jobs AS j ON j.file_id = r.id AND j.kb_id = r.kb_id
+WHERE r.kb_id = :kb AND r.seen_at >= :since AND r.filename IN (
+    SELECT filename FROM remote_files WHERE kb_id = :kb AND seen_at >= :since
+    GROUP BY filename HAVING COUNT(*) > 1)
+ORDER BY r.filename, r.created_at, r.id"""
+
+
+_EXTRA_WHERE = """
+FROM remote_files AS r
+WHERE r.kb_id = :kb AND r.seen_at >= :since
+  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
+  AND r.id NOT IN (SELECT value FROM json_each(:ours))"""
+
+
+_ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
+
+_RECORD_EXTRA = f"""
+INSERT INTO verification_items ({_ITEM_COLUMNS})
+SELECT :vid, 'extra', NULL, r.id, r.filename, r.size, r.status, NULL {_EXTRA_WHERE}"""
+
+# The few bad rows straight from their partial index, not every done job of the KB.
+_RECORD_BAD = f"""
+INSERT INTO verification_items ({_ITEM_COLUMNS})
+SELECT :vid, remote_status, id, file_id, filename, size,
+       CASE remote_status WHEN 'failed' THEN 'failed' END, NULL
+FROM jobs INDEXED BY jobs_remote_bad
+WHERE kb_id = :kb AND remote_status IN ('failed', 'missing') AND state = 'done'"""
+
+
+_REQUEUE_REMOTE = f"""
+UPDATE jobs SET {BACK_TO_PENDING}, {FORGET_UPLOAD}
+WHERE id = ? AND state = 'done' AND file_id IS ?"""
+
+
+class RemoteMixin(SqliteBase):
+    """The remote listing and verifications."""
+
+    async def any_remote_known(self, kb_id: str, ids: Sequence[str]) -> bool:
+        """Whether an earlier listing already stored one of these entries."""
+        marks = ",".join("?" * len(ids))
+        found = await self._fetchval(
+            f"SELECT 1 FROM remote_files WHERE kb_id = ? AND id IN ({marks}) LIMIT 1",
+            [kb_id, *ids],
+        )
+        return found is not None
+
+    async def adoptable(
+        self,
+        kb_id: str,
+        filename: str,
+        size: int,
+        since: float,
+        s3_key: str | None,
+    ) -> list[str]:
+        """Listed entries that a doubtful register of this file may have created: its S3 key when
+        the listing shows keys, else the same name, same size when listed, created after the
+        attempt began, and not already some job's entry."""
+        rows = await self._conn.execute_fetchall(
+            _ADOPTABLE,
+            {"kb": kb_id, "filename": filename, "size": size, "since": since, "s3_key": s3_key},
+        )
+        return [r[0] for r in rows]
+
+    async def store_listed(self, rows: Sequence[ListedRow]) -> None:
+        """Store one page of a full listing; tuples, not dicts: a verify stores every entry."""
+        async with self.transaction():
+            await self._conn.executemany(_STORE_LISTED, rows)
+
+    async def forget_unseen(self, kb_id: str, since: float) -> None:
+        """After a complete listing, entries it did not show are gone from the knowledge base."""
+        async with self.transaction():
+            await self._conn.execute(
+                "DELETE FROM remote_files WHERE kb_id = ? AND seen_at < ?", (kb_id, since)
+            )
+
+    async def forget_remote(self, kb_id: str, ids: Sequence[str]) -> None:
+        async with self.transaction():
+            await self._conn.executemany(
+                "DELETE FROM remote_files WHERE kb_id = ? AND id = ?", [(kb_id, i) for i in ids]
+            )
+
+    async def unseen_job_entries(self, kb_id: str, since: float) -> list[str]:
+        """Entries of done jobs that the listing begun at `since` did not show."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT j.file_id FROM jobs AS j WHERE j.kb_id = :kb AND j.state = 'done'"
+            " AND j.file_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM remote_files AS r"
+            " WHERE r.kb_id = j.kb_id AND r.id = j.file_id AND r.seen_at >= :since)",
+            {"kb": kb_id, "since": since},
+        )
+        return [r[0] for r in rows]
+
+    async def match_remote(self, kb_id: str, since: float) -> None:
+        """Each done job takes the status of its entry in the listing begun at `since`, or
+        'missing'; one statement, and only rows whose status changed are written."""
+        async with self.transaction():
+            await self._conn.execute(_MATCH_REMOTE, {"kb": kb_id, "since": since})
+
+    async def remote_status_counts(self, kb_id: str, since: float) -> dict[str, int]:
+        """Entries per parse status in the listing begun at `since` (the whole knowledge base)."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT COALESCE(status, 'unknown'), COUNT(*) FROM remote_files"
+            " WHERE kb_id = ? AND seen_at >= ? GROUP BY 1",
+            (kb_id, since),
+        )
+        return {status: n for status, n in rows}
+
+    async def job_remote_counts(self, kb_id: str) -> dict[str, int]:
+        """This database's uploaded files per remote status ('missing' included)."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT COALESCE(remote_status, 'unknown'), COUNT(*) FROM jobs"
+            " WHERE kb_id = ? AND state = 'done' GROUP BY 1",
+            (kb_id,),
+        )
+        return {status: n for status, n in rows}
+
+    async def not_uploaded_count(self, kb_id: str) -> int:
+        return await self._fetchval(
+            "SELECT COUNT(*) FROM jobs WHERE kb_id = ?"
+            " AND state IN ('pending', 'running', 'failed')",
+            (kb_id,),
+        )
+
+    # Entries sharing a filename with another entry of the listing; a job's entry takes the job's
+    # size when the listing gives none. Ordered so that each group is oldest first.
+    async def duplicate_candidates(self, kb_id: str, since: float) -> list[Entry]:
+        """Entries whose name is not unique, each name's group oldest first."""
+        rows = await self._conn.execute_fetchall(
+            _DUPLICATE_CANDIDATES, {"kb": kb_id, "since": since}
+        )
+        return [Entry(*r) for r in rows]
+
+    async def extra_count(self, kb_id: str, since: float, ours: Sequence[str]) -> int:
+        """Listed entries no job points to, leaving out `ours` (surplus copies of our files)."""
+        params = {"kb": kb_id, "since": since, "ours": json.dumps(list(ours))}
+        return await self._fetchval(f"SELECT COUNT(*) {_EXTRA_WHERE}", params)
+
+    async def record_verification(
+        self,
+        kb_id: str,
+        since: float,
+        counts: dict[str, Any],
+        duplicates: Sequence[DuplicateItem],
+        ours: Sequence[str],
+    ) -> int:
+        """Store a verify's counts and its lists, from the listing begun at `since`; the previous
+        verify of this knowledge base gives up its lists (its counts stay, as history)."""
+        async with self.transaction():
+            cur = await self._conn.execute(
+                "INSERT INTO verifications (kb_id, started_at, ended_at, counts)"
+                " VALUES (?, ?, ?, ?)",
+                (kb_id, since, time.time(), json.dumps(counts)),
+            )
+            vid = int(cur.lastrowid or 0)
+            await self._conn.execute(
+                "DELETE FROM verification_items WHERE verification_id IN"
+                " (SELECT id FROM verifications WHERE kb_id = ? AND id != ?)",
+                (kb_id, vid),
+            )
+            params = {"vid": vid, "kb": kb_id, "since": since, "ours": json.dumps(list(ours))}
+            await self._conn.execute(_RECORD_BAD, params)
+            await self._conn.execute(_RECORD_EXTRA, params)
+            await self._conn.executemany(
+                f"INSERT INTO verification_items ({_ITEM_COLUMNS})"
+                " VALUES (?, 'duplicate', ?, ?, ?, ?, ?, ?)",
+                [(vid, *item) for item in duplicates],
+            )
+        return vid
+
+    async def last_verifications(self) -> list[dict[str, Any]]:
+        """The newest verify of each knowledge base, by knowledge base id."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT id, kb_id, started_at, ended_at, counts FROM verifications"
+            " WHERE id IN (SELECT MAX(id) FROM verifications GROUP BY kb_id) ORDER BY kb_id"
+        )
+        return [
+            {"id": vid, "kb_id": kb, "started_at": s, "ended_at": e, "counts": json.loads(c)}
+            for vid, kb, s, e, c in rows
+        ]
+
+    async def verification_items(
+        self, verification_id: int, kind: str, limit: int = -1
+    ) -> AsyncIterator[VerificationItem]:
+        """The items of one list of a verify, streamed."""
+        async with self._conn.execute(
+            "SELECT j.path, i.file_id, i.filename, i.size, i.status, i.kept_id"
+            " FROM verification_items AS i LEFT JOIN jobs AS j ON j.id = i.job_id"
+            " WHERE i.verification_id = ? AND i.kind = ? ORDER BY i.rowid LIMIT ?",
+            (verification_id, kind, limit),
+        ) as cur:
+            while rows := await cur.fetchmany(5000):
+                for row in rows:
+                    yield VerificationItem(*row)
+
+    async def remote_retry_candidates(
+        self, kb_id: str | None, match: Callable[[str], bool] | None
+    ) -> list[RemoteRetryCandidate]:
+        """Done jobs whose entry failed or is gone."""
+        await self._conn.create_function(
+            "uploader_match", 1, match or (lambda _: True), deterministic=True
+        )
+        rows = await self._conn.execute_fetchall(
+            "SELECT id, kb_id, file_id, remote_status FROM jobs INDEXED BY jobs_remote_bad"
+            " WHERE remote_status IN ('failed', 'missing') AND state = 'done'"
+            " AND (:kb IS NULL OR kb_id = :kb) AND uploader_match(relpath) ORDER BY id",
+            {"kb": kb_id},
+        )
+        return [RemoteRetryCandidate(*r) for r in rows]
+
+    async def requeue_remote(self, jobs: Sequence[RequeueItem]) -> int:
+        """Jobs whose entry is gone go back to pending for a fresh upload;
+        a job whose entry changed meanwhile (another command re-uploaded it) is left alone."""
+        async with self.transaction():
+            await self._conn.executemany(
+                "DELETE FROM remote_files WHERE kb_id = ? AND id = ?",
+                [(kb, fid) for _job, kb, fid in jobs if fid is not None],
+            )
+            cur = await self._conn.executemany(
+                _REQUEUE_REMOTE, [(job, fid) for job, _kb, fid in jobs]
+            )
+        return cur.rowcount
+
+    async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
+        """What reading each entry back showed."""
+        async with self.transaction():
+            await self._conn.executemany("UPDATE jobs SET remote_status = ? WHERE id = ?", statuses)
