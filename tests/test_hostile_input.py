@@ -338,9 +338,9 @@ def test_disk_full_while_writing_the_report(tmp_path: Path, tiny_disk: Path) -> 
     data = tmp_path / "data"
     data.mkdir()
     for i in range(600):
-        (data / f"some-longish-file-name-{i:04d}.txt").write_text("too big for --max-size 0")
+        (data / f"some-longish-file-name-{i:04d}.txt").write_text("too big for --max-size 1")
     built = tmp_path / "queue.db"
-    result = invoke(built, "enqueue", str(data), "--kb", KB, "--max-size", "0")
+    result = invoke(built, "enqueue", str(data), "--kb", KB, "--max-size", "1")
     assert result.exit_code == 0, result.output
     db = tiny_disk / "queue.db"
     shutil.copyfile(built, db)

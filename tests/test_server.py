@@ -400,28 +400,43 @@ async def test_control_endpoints(maiagent: MaiAgentServer) -> None:
 
 def test_runs_as_a_process() -> None:
     command = [sys.executable, "-m", "tests.maiagent_server", "--port", "0", "--kb", "kb-x"]
-    command += ["--api-key", "k", "--parse-delay", "5"]
+    command += ["--kb", "kb-y=Contracts", "--api-key", "k", "--parse-delay", "5"]
+    command += ["--dialect", "examples", "--list-order", "oldest"]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
         try:
             line = process.stdout.readline() if process.stdout else ""
             assert line.startswith("listening on http://127.0.0.1:")
             base_url = line.split()[-1]
 
-            async def list_files() -> int:
+            async def get(path: str) -> tuple[int, Any]:
                 headers = {"Authorization": "Api-Key k"}
                 async with (
                     aiohttp.ClientSession(headers=headers) as session,
-                    session.get(f"{base_url}knowledge-bases/kb-x/files/") as response,
+                    session.get(base_url + path) as response,
                 ):
-                    return response.status
+                    return response.status, await response.json()
 
-            assert asyncio.run(list_files()) == 200
+            assert asyncio.run(get("knowledge-bases/kb-x/files/"))[0] == 200
+            status, kbs = asyncio.run(get("knowledge-bases/"))
+            assert [(kb["id"], kb["name"]) for kb in kbs["results"]] == [
+                ("kb-x", "kb-x"),
+                ("kb-y", "Contracts"),
+            ]
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0
             assert time.monotonic() - started < 3
         finally:
             process.kill()
+
+
+def test_a_bad_knob_value_on_the_command_line_is_one_line() -> None:
+    command = [sys.executable, "-m", "tests.maiagent_server", "--list-order", "sideways"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "error: list_order must be one of ('newest', 'oldest', 'random'), not 'sideways'"
+    ]
 
 
 # ----- dialects ----------------------------------------------------------------------------
