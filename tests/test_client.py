@@ -23,6 +23,7 @@ from aiohttp import web
 
 from tests.helpers import ROOT, S3_BUCKET, async_test, without_dac_override
 from uploader.client import (
+    MAX_BODY,
     ApiError,
     FilePage,
     MaiAgentClient,
@@ -133,7 +134,10 @@ class Fake:
 
 @contextlib.asynccontextmanager
 async def harness(
-    timeout: float = 5.0, throttle_retries: int = 8, limiter: RateLimiter | None = None
+    timeout: float = 5.0,
+    throttle_retries: int = 8,
+    limiter: RateLimiter | None = None,
+    max_body: int = MAX_BODY,
 ) -> AsyncIterator[tuple[Fake, MaiAgentClient]]:
     fake = Fake()
     app = web.Application(client_max_size=1024**3)
@@ -147,7 +151,9 @@ async def harness(
     session = make_session(4)
     # No trailing slash on purpose: the client adds it.
     base = f"{fake.root}/api/v1"
-    client = MaiAgentClient(session, base, KEY, limiter or RateLimiter(), timeout, throttle_retries)
+    client = MaiAgentClient(
+        session, base, KEY, limiter or RateLimiter(), timeout, throttle_retries, max_body
+    )
     try:
         yield fake, client
     finally:

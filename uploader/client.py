@@ -418,8 +418,17 @@ def _paginated(answer: Any, url: str) -> tuple[list[Any], int | None, str | None
         raise _Bad("results is missing" if results is None else f"results is {_what(results)}")
     following = answer.get("next")
     if following is not None:
-        following = urljoin(url, _str(following, "next")) if following else None
+        following = _resolve(url, _str(following, "next")) if following else None
     return results, _count(answer.get("count"), "count"), following
+
+
+def _resolve(base: str, link: str) -> str:
+    """`link` made absolute against the page it came from; one that does not parse is kept
+    as it is, for `MaiAgentClient._follow` to refuse when somebody asks for it."""
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return link
 
 
 def _presigned(answer: Any) -> Presigned:
@@ -899,7 +908,7 @@ class MaiAgentClient:
             return self._error(message, "transient", "timeout", status)
         if status >= 500:
             return self._error(message, "transient", "http_5xx", status, maybe_applied=unsafe)
-        if status == 400 and _DUPLICATE.search(body[:4096].decode("utf-8", "replace")):
+        if status == 400 and _DUPLICATE.search(_body_text(body)):
             if op == "register":
                 # The key is in the knowledge base already: a lost answer's register landed.
                 return self._error(
@@ -1139,6 +1148,15 @@ def _detail(body: bytes) -> str:
     if isinstance(parsed, dict) and "detail" in parsed:
         return _one_line(str(parsed["detail"]))
     return _one_line(head.decode("utf-8", "replace"))
+
+
+def _body_text(body: bytes) -> str:
+    """The head of an error body as text, JSON escapes undone (a `\\u91cd` is a 重)."""
+    head = body[:4096]
+    try:
+        return json.dumps(json.loads(head), ensure_ascii=False)
+    except ValueError:
+        return head.decode("utf-8", "replace")
 
 
 def _s3_code(body: bytes) -> str:
