@@ -168,6 +168,10 @@ async def test_a_percent_encoded_media_url_matches_the_key_it_was_registered_wit
         (f"https://cdn.example/bucket/{KEY_SENT}?X-Amz-Signature=abc", KEY_SENT, True),
         (ODD_URL, ODD_KEY, True),
         (f"/{KEY_SENT}", KEY_SENT, True),
+        ("/media/chatbot-file/0b1e/Q3%20report%20%28final%29%232.pdf", ODD_KEY, True),
+        ("s3://bucket/media/a/b.txt", "media/a/b.txt", True),
+        ("media/100%25.txt", "media/100%25.txt", True),  # a bare key is never decoded
+        ("media/100%25.txt", "media/100%.txt", False),
         # A key that is only the tail of another path segment is another file.
         ("https://m/media/xa/b.txt", "a/b.txt", False),
         ("https://m/media/a/b.txt?k=media/other.txt", "media/other.txt", False),

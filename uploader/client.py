@@ -52,6 +52,7 @@ MAX_BODY = 16 * MIB  # an API answer larger than this is garbage, not something 
 _ERROR_BODY = 64 * 1024  # of an error answer only the explanation at its head is used
 _READ_CHUNK = 64 * 1024
 # The docs' "Duplicate File Upload" 400; MaiAgent is a Taiwanese service, so its own words too.
+_NUMBER = re.compile(r"\d+(\.\d*)?")
 _DUPLICATE = re.compile(r"duplicat|already exist|重複|已存在", re.I)
 
 
@@ -254,17 +255,18 @@ def key_matches(file_or_key: str | None, key: str) -> bool:
 
 
 def _file_path_of(value: str) -> str | None:
-    """The decoded path of a `file` value without its leading slash (the value itself when
-    it is not a URL); None for a URL that does not parse."""
+    """The key part of a `file` value: a URL's percent-decoded path (Django encodes it), a
+    decoded absolute path ("/media/..." under a relative MEDIA_URL), or else the value itself
+    (the examples' bare key, which nobody encoded); None for a URL that does not parse."""
     try:
         parts = urlsplit(value)
     except ValueError:
         return None
-    if parts.scheme in ("http", "https") and parts.netloc:
+    if parts.scheme and parts.netloc:
         return unquote(parts.path).lstrip("/")
-    if parts.scheme:
-        return None
-    return unquote(value).lstrip("/")
+    if value.startswith("/"):
+        return unquote(value).lstrip("/")
+    return value
 
 
 class _Bad(Exception):
@@ -327,8 +329,8 @@ def _created(value: Any, where: str) -> float | None:
     UTC when it has no offset); returns epoch seconds."""
     if value is None:
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value) / 1000.0
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value) / 1000.0
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if math.isfinite(value):
             return value / 1000.0
