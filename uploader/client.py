@@ -51,8 +51,8 @@ _XML_TAG = re.compile(rb"<(Code|Message)>(.*?)</\1>", re.S)
 MAX_BODY = 16 * MIB  # an API answer larger than this is garbage, not something to hold in memory
 _ERROR_BODY = 64 * 1024  # of an error answer only the explanation at its head is used
 _READ_CHUNK = 64 * 1024
-# The docs' "Duplicate File Upload" 400; MaiAgent is a Taiwanese service, so its own words too.
 _NUMBER = re.compile(r"\d+(\.\d*)?")
+# The docs' "Duplicate File Upload" 400; MaiAgent is a Taiwanese service, so its own words too.
 _DUPLICATE = re.compile(r"duplicat|already exist|重複|已存在", re.I)
 
 
@@ -63,6 +63,11 @@ class ApiError(Exception):
     `error_kind`: a short stable label stored in the database and used by `retry-failed --kind`.
     `maybe_applied`: the register call may have taken effect although it did not answer success,
     so the caller must look in the knowledge-base listing before registering again.
+
+    Kinds a caller may want to single out: `duplicate_key` (register refused a key already in
+    the knowledge base: find the entry by key), `bad_response` (an answer of the wrong shape,
+    or larger than MAX_BODY), `changed` (transient: the local file moved while it was read),
+    `label_exists`, `method_not_allowed` (405), `kb_not_found`, `auth`, `throttled`.
     """
 
     def __init__(
