@@ -30,6 +30,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from uploader.client import parse_entry
 from uploader.model import Job, Outcome, ScanRow
 from uploader.queue import open_queue
 from uploader.reconcile import listed_rows
@@ -177,7 +178,7 @@ class JobLife(RuleBasedStateMachine):
         if p.job.unknown_since is None:
             return
         listed = [
-            {"id": e.id, "filename": NAME, "size": SIZE, "createdAt": e.created_ms}
+            parse_entry({"id": e.id, "filename": NAME, "size": SIZE, "createdAt": e.created_ms})
             for e in self.server
         ]
         self.run(self.queue.store_listed(listed_rows(KB, listed, time.time(), set())))

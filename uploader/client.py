@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
+import functools
 import html
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -19,15 +22,19 @@ import random
 import re
 import stat
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from typing import Any, Literal, NamedTuple, TypeVar
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 Kind = Literal["transient", "permanent", "fatal"]
+Method = Literal["PATCH", "POST"]
+LabelForm = Literal["objects", "ids"]
+T = TypeVar("T")
 
 _log = logging.getLogger("uploader.http")
 
@@ -41,6 +48,12 @@ _REDACT_MIN = 8  # shortest API key that error messages are scrubbed of
 _JSON_SEPARATORS = (",", ":")
 _S3_OK = frozenset((200, 201, 204))
 _XML_TAG = re.compile(rb"<(Code|Message)>(.*?)</\1>", re.S)
+MAX_BODY = 16 * MIB  # an API answer larger than this is garbage, not something to hold in memory
+_ERROR_BODY = 64 * 1024  # of an error answer only the explanation at its head is used
+_READ_CHUNK = 64 * 1024
+_NUMBER = re.compile(r"\d+(\.\d*)?")
+# The docs' "Duplicate File Upload" 400; MaiAgent is a Taiwanese service, so its own words too.
+_DUPLICATE = re.compile(r"duplicat|already exist|重複|已存在", re.I)
 
 
 class ApiError(Exception):
@@ -50,6 +63,11 @@ class ApiError(Exception):
     `error_kind`: a short stable label stored in the database and used by `retry-failed --kind`.
     `maybe_applied`: the register call may have taken effect although it did not answer success,
     so the caller must look in the knowledge-base listing before registering again.
+
+    Kinds a caller may want to single out: `duplicate_key` (register refused a key already in
+    the knowledge base: find the entry by key), `bad_response` (an answer of the wrong shape,
+    or larger than MAX_BODY), `changed` (transient: the local file moved while it was read),
+    `label_exists`, `method_not_allowed` (405), `kb_not_found`, `auth`, `throttled`.
     """
 
     def __init__(
@@ -142,6 +160,369 @@ class Presigned:
     url: str
     fields: dict[str, str]
 
+    @property
+    def key(self) -> str:
+        return self.fields["key"]
+
+
+class Uploaded(NamedTuple):
+    """What was actually sent to S3: the open file's size and mtime, identical before and
+    after streaming, so the caller records the content that is behind the key."""
+
+    size: int
+    mtime_ns: int
+
+
+class Label(NamedTuple):
+    id: str
+    name: str | None = None
+
+
+class RemoteEntry(NamedTuple):
+    """A knowledge-base file entry, read from any shape either source shows.
+
+    `file` is the entry's `file` as served (the S3 key, or a media URL whose path ends with
+    it); `key` is the path part of it, percent-decoded, without a leading slash: equal to the
+    registered key when the media host serves keys at its root, ending with it otherwise. Match
+    keys with `has_key`, never with `==`. `created_at` is epoch seconds; `status` the code.
+    """
+
+    id: str
+    filename: str
+    key: str | None
+    size: int | None
+    status: str | None
+    created_at: float | None
+    labels: tuple[Label, ...] = ()
+    metadata: dict[str, Any] | None = None
+    file: str | None = None
+
+    def has_key(self, key: str) -> bool:
+        return key_matches(self.file, key)
+
+
+class FilePage(NamedTuple):
+    """One page of a listing as served: however many entries the service chose to send.
+
+    `next` is absolute (a relative one is resolved against the page's URL) but not yet
+    checked: `MaiAgentClient.next_files` refuses one that leaves the API's host.
+    """
+
+    entries: list[RemoteEntry]
+    count: int | None
+    next: str | None
+
+    def newest_first(self) -> bool:
+        """createdAt never increases down the page (entries without one are not evidence)."""
+        times = [e.created_at for e in self.entries if e.created_at is not None]
+        return all(a >= b for a, b in itertools.pairwise(times))
+
+
+class KnowledgeBase(NamedTuple):
+    id: str
+    name: str
+    files_count: int | None
+
+
+@dataclass(frozen=True)
+class RegisterItem:
+    """One file of a register call: the S3 key, the name shown, and the optional extras the
+    docs list per file (label ids, user-defined metadata, a parser id)."""
+
+    key: str
+    filename: str
+    labels: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] | None = field(default=None, hash=False)
+    parser: str | None = None
+
+    def body(self, label_form: LabelForm) -> dict[str, Any]:
+        item: dict[str, Any] = {"file": self.key, "filename": self.filename}
+        if self.labels:
+            item["labels"] = _label_body(self.labels, label_form)
+        if self.metadata is not None:
+            item["rawUserDefineMetadata"] = dict(self.metadata)
+        if self.parser is not None:
+            item["parser"] = self.parser
+        return item
+
+
+def key_matches(file_or_key: str | None, key: str) -> bool:
+    """Whether an entry's `file` names `key`: equal to it, or a URL (or path) whose
+    percent-decoded path is the key or ends with "/" + key. Only the path counts: a signed
+    media URL's query string never makes a match."""
+    if not file_or_key or not key:
+        return False
+    if file_or_key == key:
+        return True
+    path = _file_path_of(file_or_key)
+    want = key.lstrip("/")
+    return path is not None and (path == want or path.endswith("/" + want))
+
+
+def _file_path_of(value: str) -> str | None:
+    """The key part of a `file` value: a URL's percent-decoded path (Django encodes it), a
+    decoded absolute path ("/media/..." under a relative MEDIA_URL), or else the value itself
+    (the examples' bare key, which nobody encoded); None for a URL that does not parse."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
+    if parts.scheme and parts.netloc:
+        return unquote(parts.path).lstrip("/")
+    if value.startswith("/"):
+        return unquote(value).lstrip("/")
+    return value
+
+
+class _Bad(Exception):
+    """A field of an answer that is not what the code relies on; becomes a bad_response
+    naming the call and the field."""
+
+
+def _label_body(ids: Sequence[str], form: LabelForm) -> list[Any]:
+    return [{"id": i} for i in ids] if form == "objects" else list(ids)
+
+
+def _id(value: Any, where: str) -> str:
+    """Ids are non-empty strings (integers are taken as their digits): `"id": null` must
+    never become a file id "None"."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Bad(f"{where} is {_what(value)}, not an id")
+    text = str(value)
+    if not text.strip():
+        raise _Bad(f"{where} is an empty id")
+    return text
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"{where} is {_what(value)}, not a string")
+    return value
+
+
+def _what(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", dict: "an object", list: "a list", str: "a string"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
+def _count(value: Any, where: str) -> int | None:
+    """A count or size: a non-negative integer (or its digits), absent allowed."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Bad(f"{where} is {_what(value)}, not a count")
+    return value
+
+
+def _status(value: Any, where: str) -> str | None:
+    """A string (examples) or an object with a `code` (docs); unknown codes kept as they are."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("code")
+        where += ".code"
+    return _str(value, where)
+
+
+def _created(value: Any, where: str) -> float | None:
+    """Epoch milliseconds as a number or a string of digits, or an ISO 8601 string (taken as
+    UTC when it has no offset); returns epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value) / 1000.0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return value / 1000.0
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            return when.timestamp()
+    raise _Bad(f"{where} is {_what(value)} that is not epoch ms or ISO 8601: {value!r:.40}")
+
+
+def _labels(value: Any, where: str) -> tuple[Label, ...]:
+    """`[{"id", "name"}]` objects (docs) or bare ids (one example)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Bad(f"{where} is {_what(value)}, not a list")
+    labels = []
+    for n, item in enumerate(value):
+        if isinstance(item, dict):
+            name = item.get("name")
+            labels.append(
+                Label(
+                    _id(item.get("id"), f"{where}[{n}].id"),
+                    None if name is None else _str(name, f"{where}[{n}].name"),
+                )
+            )
+        else:
+            labels.append(Label(_id(item, f"{where}[{n}]")))
+    return tuple(labels)
+
+
+def parse_entry(raw: Any, where: str = "entry") -> RemoteEntry:
+    """One entry in either source's shape; `_Bad` names the first field that is not usable."""
+    if not isinstance(raw, dict):
+        raise _Bad(f"{where} is {_what(raw)}, not an object")
+    file = raw.get("file")
+    if file is not None:
+        file = _str(file, f"{where}.file")
+    size = next((raw[k] for k in ("size", "fileSize", "file_size") if raw.get(k) is not None), None)
+    metadata = raw.get("rawUserDefineMetadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _Bad(f"{where}.rawUserDefineMetadata is {_what(metadata)}, not an object")
+    return RemoteEntry(
+        id=_id(raw.get("id"), f"{where}.id"),
+        filename=_str(raw.get("filename"), f"{where}.filename"),
+        key=_file_path_of(file) if file else None,
+        size=_count(size, f"{where}.size"),
+        status=_status(raw.get("status"), f"{where}.status"),
+        created_at=_created(raw.get("createdAt"), f"{where}.createdAt"),
+        labels=_labels(raw.get("labels"), f"{where}.labels"),
+        metadata=metadata,
+        file=file,
+    )
+
+
+def _parse_kb(raw: Any, where: str) -> KnowledgeBase:
+    if not isinstance(raw, dict):
+        raise _Bad(f"{where} is {_what(raw)}, not an object")
+    files = raw.get("filesCount", raw.get("files_count"))
+    return KnowledgeBase(
+        _id(raw.get("id"), f"{where}.id"),
+        _str(raw.get("name"), f"{where}.name"),
+        _count(files, f"{where}.filesCount"),
+    )
+
+
+def _parse_label(raw: Any, where: str) -> Label:
+    if not isinstance(raw, dict):
+        raise _Bad(f"{where} is {_what(raw)}, not an object")
+    return Label(_id(raw.get("id"), f"{where}.id"), _str(raw.get("name"), f"{where}.name"))
+
+
+def _paginated(answer: Any, url: str) -> tuple[list[Any], int | None, str | None]:
+    """(items, count, next) of a bare list or a `{"count", "next", "results"}` object; a
+    relative `next` is resolved against the URL the page came from."""
+    if isinstance(answer, list):
+        return answer, len(answer), None
+    if not isinstance(answer, dict):
+        raise _Bad(f"the answer is {_what(answer)}, not a list or a page")
+    results = answer.get("results")
+    if not isinstance(results, list):
+        raise _Bad("results is missing" if results is None else f"results is {_what(results)}")
+    following = answer.get("next")
+    if following is not None:
+        following = _resolve(url, _str(following, "next")) if following else None
+    return results, _count(answer.get("count"), "count"), following
+
+
+def _resolve(base: str, link: str) -> str:
+    """`link` made absolute against the page it came from; one that does not parse is kept
+    as it is, for `MaiAgentClient._follow` to refuse when somebody asks for it."""
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return link
+
+
+def _presigned(answer: Any) -> Presigned:
+    if not isinstance(answer, dict):
+        raise _Bad(f"the answer is {_what(answer)}, not an object")
+    url = _str(answer.get("url"), "url")
+    if not _is_http_url(url):
+        raise _Bad(f"url is not an http(s) URL with a host: {url!r:.80}")
+    fields = answer.get("fields")
+    if not isinstance(fields, dict):
+        raise _Bad(f"fields is {_what(fields)}, not an object")
+    for name, value in fields.items():
+        _str(value, f"fields.{name}")
+    if not fields.get("key"):
+        raise _Bad("fields.key is missing")
+    return Presigned(url, dict(fields))
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _field(answer: Any, name: str) -> Any:
+    if not isinstance(answer, dict):
+        raise _Bad(f"the answer is {_what(answer)}, not an object")
+    return answer.get(name)
+
+
+def _entries(answer: Any) -> list[RemoteEntry]:
+    results, _, _ = _paginated(answer, "")
+    return [parse_entry(raw, f"entry {n}") for n, raw in enumerate(results)]
+
+
+def _items_page(
+    answer: Any, url: str, parse: Callable[[Any, str], T]
+) -> tuple[list[T], str | None]:
+    results, _, following = _paginated(answer, url)
+    return [parse(raw, f"results[{n}]") for n, raw in enumerate(results)], following
+
+
+def _file_page(answer: Any, url: str) -> FilePage:
+    results, count, following = _paginated(answer, url)
+    entries = [parse_entry(raw, f"results[{n}]") for n, raw in enumerate(results)]
+    return FilePage(entries, count, following)
+
+
+class _Gone:
+    """The answer of a 404 that means "that entry is gone"."""
+
+
+_GONE = _Gone()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, strict: bool) -> bytes:
+    """The body, read chunk by chunk and never beyond `cap`: past it, `strict` raises
+    `_TooLarge` and otherwise the head is kept (the connection is not reused either way)."""
+    declared = resp.content_length
+    if strict and declared is not None and declared > cap:
+        resp.close()
+        raise _TooLarge
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await resp.content.read(_READ_CHUNK):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > cap:
+            resp.close()
+            if strict:
+                raise _TooLarge
+            break
+    return b"".join(chunks)[:cap]
+
 
 class _FilePart(aiohttp.Payload):
     """A file streamed from disk whose length is fixed when it is opened.
@@ -165,7 +546,7 @@ class _FilePart(aiohttp.Payload):
             length = min(self._size - offset, _CHUNK)
             chunk = await loop.run_in_executor(None, os.pread, fd, length, offset)
             if not chunk:
-                raise OSError("file shrank while it was being uploaded")
+                raise _Shrank("file shrank while it was being uploaded")
             await writer.write(chunk)
             offset += len(chunk)
 
@@ -174,7 +555,11 @@ class _FilePart(aiohttp.Payload):
 
 
 class MaiAgentClient:
-    """The MaiAgent API and the S3 POST, over one shared session."""
+    """The MaiAgent API and the S3 POST, over one shared session.
+
+    Every answer is read in whichever shape either source shows (see maiagent-api.md) and
+    validated field by field: a caller gets typed values or an `ApiError`, never a dict.
+    """
 
     def __init__(
         self,
@@ -184,17 +569,22 @@ class MaiAgentClient:
         limiter: RateLimiter,
         timeout: float = 60.0,
         throttle_retries: int = 8,
+        max_body: int = MAX_BODY,
     ) -> None:
         self._session = session
         self._base = base_url if base_url.endswith("/") else base_url + "/"
+        self._origin = _origin(self._base)
         self._key = api_key
         self._limiter = limiter
         self._timeout = timeout
         self._throttle_retries = throttle_retries
+        self._max_body = max_body
         self._api_timeout = _timeout(timeout)
         # Built once: aiohttp copies them per request anyway.
         self._get_headers = {"Authorization": f"Api-Key {api_key}", "Accept": "application/json"}
         self._post_headers = {**self._get_headers, "Content-Type": "application/json"}
+
+    # --- uploading ---
 
     async def presign(self, filename: str, size: int) -> Presigned:
         body = {
@@ -203,85 +593,229 @@ class MaiAgentClient:
             "fieldName": "file",
             "fileSize": size,
         }
-        answer = self._json(
-            await self._api("POST", "upload-presigned-url/", "presign", body), "presign"
-        )
-        if not isinstance(answer, dict):
-            raise self._bad_response("presign", "the answer is not an object")
-        url, fields = answer.get("url"), answer.get("fields")
-        if not isinstance(url, str) or not isinstance(fields, dict):
-            raise self._bad_response("presign", "no url and fields in the answer")
-        return Presigned(url, {str(k): str(v) for k, v in fields.items()})
+        answer = await self._api_json("POST", "upload-presigned-url/", "presign", body)
+        return self._parse("presign", _presigned, answer)
 
-    async def upload(self, p: Presigned, path: str | bytes, size: int, filename: str) -> None:
-        """POST the file to S3, streamed from disk unless it is small."""
+    async def upload(
+        self,
+        p: Presigned,
+        path: str | bytes,
+        size: int,
+        filename: str,
+        *,
+        follow_symlinks: bool = False,
+    ) -> Uploaded:
+        """POST the file to S3, streamed from disk unless it is small; returns what was sent.
+
+        The file is opened without following a symbolic link in its last component (a link
+        swapped in after enqueue would upload its target); `follow_symlinks` is for files
+        enqueued with --follow-symlinks. Its size must still be `size` (the presign carried
+        it) and its size, mtime and ctime must not move while it is read: otherwise the
+        upload is not one version of the file, and a transient `changed` tells the caller
+        to stat again and upload what is there now, never to register this key.
+        """
         if size <= SMALL_FILE:
-            content = _open_content(path, size)  # a local read costs less than a thread hop
+            opened = _open_content(path, size, follow_symlinks)  # cheaper than a thread hop
         else:
-            content = await asyncio.get_running_loop().run_in_executor(
-                None, _open_content, path, size
+            opened = await asyncio.get_running_loop().run_in_executor(
+                None, _open_content, path, size, follow_symlinks
             )
+        content, before = opened
         try:
-            form, headers = await _form(p.fields, content, size, filename)
-            timeout = _timeout(self._timeout + size / MIB)
-            where = urlsplit(p.url).path
-            status, body, retry_after = await self._send(
-                "POST", p.url, where, form, headers, timeout, "S3 upload", False
-            )
+            try:
+                form, headers = await _form(p.fields, content, size, filename)
+                timeout = _timeout(self._timeout + size / MIB)
+                where = urlsplit(p.url).path
+                status, body, retry_after = await self._send(
+                    "POST", p.url, where, form, headers, timeout, "S3 upload", False
+                )
+            except (ApiError, _Shrank) as exc:
+                # A file cut short mid-stream shows up as a failed request: say what it was.
+                if not isinstance(content, bytes):
+                    _same_file(content.fileno(), before)
+                if isinstance(exc, _Shrank):
+                    raise _changed(size, "it shrank while it was read") from None
+                raise
+            if not isinstance(content, bytes):
+                _same_file(content.fileno(), before)
         finally:
             if not isinstance(content, bytes):
                 content.close()
         if status not in _S3_OK:
             raise self._s3_error(status, body, retry_after)
+        return Uploaded(before.st_size, before.st_mtime_ns)
 
-    async def register(self, kb_id: str, items: list[tuple[str, str]]) -> list[dict]:
-        files = [{"file": key, "filename": name} for key, name in items]
-        body = await self._api(
+    async def register(
+        self, kb_id: str, items: Sequence[RegisterItem], label_form: LabelForm = "objects"
+    ) -> list[RemoteEntry]:
+        """Register uploaded keys; returns the entries the answer shows (a bare list in the
+        examples, a page's `results` in the docs), which need not be all or in order: match
+        them with `RemoteEntry.has_key`.
+
+        A 400 saying the key is already in the knowledge base is `duplicate_key`: transient
+        and maybe applied, since it means an earlier register of ours took effect.
+        """
+        files = [item.body(label_form) for item in items]
+        answer = await self._api_json(
             "POST", _kb_path(kb_id), "register", {"files": files}, kb_id=kb_id, unsafe=True
         )
-        created = self._json(body, "register", unsafe=True)
-        if not isinstance(created, list) or not all(
-            isinstance(entry, dict) and "id" in entry for entry in created
-        ):
-            raise self._bad_response("register", "not a list of entries with ids", unsafe=True)
-        return created
+        return self._parse("register", _entries, answer, unsafe=True)
 
-    async def list_files(self, kb_id: str, page: int, page_size: int) -> dict:
+    # --- knowledge-base files ---
+
+    async def list_files(self, kb_id: str, page: int, page_size: int) -> FilePage:
+        """One page by number.
+
+        Only `page_size` is sent: it is what the examples send for this endpoint, while
+        `pageSize` belongs to older endpoints, and whether a server that does not know a
+        parameter ignores it or refuses the request cannot be tried from here. The page size
+        served is whatever comes back.
+        """
         path = f"{_kb_path(kb_id)}?page={page}&page_size={page_size}"
-        listing = self._json(await self._api("GET", path, "list files", kb_id=kb_id), "list files")
-        if not isinstance(listing, dict) or not isinstance(listing.get("results"), list):
-            raise self._bad_response("list files", "no results list in the answer")
-        return listing
+        return await self._file_page(path, kb_id)
 
-    async def get_file(self, kb_id: str, file_id: str) -> dict | None:
-        path = _file_path(kb_id, file_id)
-        body = await self._api("GET", path, "get file", gone_ok=True)
-        if body is None:
+    async def next_files(self, kb_id: str, next_url: str) -> FilePage:
+        """The page a listing's `next` names; refused (bad_response) when it is not on the
+        API's own scheme, host and port, since the request carries the API key."""
+        return await self._file_page(self._follow(next_url, "list files"), kb_id)
+
+    async def get_file(self, kb_id: str, file_id: str) -> RemoteEntry | None:
+        """One entry, or None when it is gone."""
+        answer = await self._api_json("GET", _file_path(kb_id, file_id), "get file", gone_ok=True)
+        if answer is _GONE:
             return None
-        entry = self._json(body, "get file")
-        if not isinstance(entry, dict):
-            raise self._bad_response("get file", "not an object")
-        return entry
+        return self._parse("get file", parse_entry, answer)
 
     async def delete_file(self, kb_id: str, file_id: str) -> None:
         """Delete one file; one already gone counts as deleted."""
         await self._api("DELETE", _file_path(kb_id, file_id), "delete file", gone_ok=True)
 
     async def batch_delete(self, kb_id: str, ids: list[str]) -> None:
+        if not ids:
+            return  # an empty list may mean "delete all" to the service
         path = _kb_path(kb_id) + "batch-delete/"
         await self._api("POST", path, "batch delete", {"ids": ids}, kb_id=kb_id)
 
     async def check_kb(self, kb_id: str) -> int:
         """One cheap listing, so a bad key or unknown knowledge base fails the run at once."""
-        count = (await self.list_files(kb_id, 1, 1)).get("count")
-        if not isinstance(count, int):
-            raise self._bad_response("list files", "no count in the answer")
-        return count
+        page = await self.list_files(kb_id, 1, 1)
+        return page.count if page.count is not None else len(page.entries)
+
+    async def update_metadata(
+        self,
+        kb_id: str,
+        file_id: str,
+        labels: Sequence[str] | None,
+        metadata: Mapping[str, Any] | None,
+        method: Method = "PATCH",
+        label_form: LabelForm = "objects",
+    ) -> RemoteEntry | None:
+        """Set an entry's labels and/or metadata (None leaves that part out of the request).
+
+        The sources disagree on the method (PATCH in the examples, POST in the docs' index)
+        and on the label form (`[{"id"}]` objects, or bare ids in one example): the caller
+        picks, and on a refusal tries the other. A 405 is `method_not_allowed`; a 400 keeps
+        `http_4xx` with status 400 and the service's message. Returns the entry when the
+        answer is one (no field of it is needed), else None.
+        """
+        body: dict[str, Any] = {}
+        if labels is not None:
+            body["labels"] = _label_body(labels, label_form)
+        if metadata is not None:
+            body["rawUserDefineMetadata"] = dict(metadata)
+        path = _file_path(kb_id, file_id) + "update-metadata/"
+        raw = await self._api(method, path, "update metadata", body)
+        try:
+            answer = json.loads(raw or b"")
+        except ValueError:
+            return None
+        if isinstance(answer, dict) and "id" in answer:
+            return self._parse("update metadata", parse_entry, answer)
+        return None
+
+    # --- knowledge bases and labels ---
+
+    async def list_knowledge_bases(self) -> list[KnowledgeBase]:
+        """Every knowledge base the key can see, following `next` (same host only)."""
+        return await self._all("knowledge-bases/", "list knowledge bases", _parse_kb)
+
+    async def get_knowledge_base(self, kb_id: str) -> KnowledgeBase:
+        path = f"knowledge-bases/{quote(str(kb_id), safe='')}/"
+        answer = await self._api_json("GET", path, "get knowledge base", kb_id=kb_id)
+        return self._parse("get knowledge base", lambda a: _parse_kb(a, "knowledge base"), answer)
+
+    async def list_labels(self, kb_id: str) -> list[Label]:
+        path = f"knowledge-bases/{quote(str(kb_id), safe='')}/labels/"
+        return await self._all(path, "list labels", _parse_label, kb_id)
+
+    async def create_label(self, kb_id: str, name: str) -> Label:
+        """Create a label; a 400 saying the name exists is `label_exists` (another worker or
+        run made it first: list the labels again)."""
+        path = f"knowledge-bases/{quote(str(kb_id), safe='')}/labels/"
+        answer = await self._api_json("POST", path, "create label", {"name": name}, kb_id=kb_id)
+        label = self._parse("create label", lambda a: _id(_field(a, "id"), "id"), answer)
+        return Label(label, name)
+
+    # --- the machinery ---
+
+    async def _file_page(self, target: str, kb_id: str) -> FilePage:
+        answer = await self._api_json("GET", target, "list files", kb_id=kb_id)
+        url = target if "://" in target else self._base + target
+        return self._parse("list files", lambda a: _file_page(a, url), answer)
+
+    async def _all(
+        self, path: str, op: str, parse: Callable[[Any, str], T], kb_id: str | None = None
+    ) -> list[T]:
+        """Every item of a paginated (or bare list) answer, page after page by `next`."""
+        items: list[T] = []
+        target: str | None = path
+        seen: set[str] = set()
+        while target is not None:
+            url = target if "://" in target else self._base + target
+            if url in seen:
+                raise self._bad_response(op, "next points back to a page already read")
+            seen.add(url)
+            answer = await self._api_json("GET", target, op, kb_id=kb_id)
+            parse_page = functools.partial(_items_page, url=url, parse=parse)
+            page, following = self._parse(op, parse_page, answer)
+            items.extend(page)
+            target = self._follow(following, op) if following and page else None
+        return items
+
+    def _follow(self, next_url: str, op: str) -> str:
+        if not _is_http_url(next_url) or _origin(next_url) != self._origin:
+            shown = urlsplit(next_url).hostname if _is_http_url(next_url) else next_url[:80]
+            raise self._bad_response(op, f"next points away from the API host ({shown})")
+        return next_url
+
+    def _parse(self, op: str, parse: Callable[[Any], T], answer: Any, unsafe: bool = False) -> T:
+        try:
+            return parse(answer)
+        except _Bad as bad:
+            raise self._bad_response(op, f"bad answer: {bad}", unsafe) from None
+
+    async def _api_json(
+        self,
+        method: str,
+        target: str,
+        op: str,
+        payload: object = None,
+        *,
+        kb_id: str | None = None,
+        gone_ok: bool = False,
+        unsafe: bool = False,
+    ) -> Any:
+        body = await self._api(
+            method, target, op, payload, kb_id=kb_id, gone_ok=gone_ok, unsafe=unsafe
+        )
+        if body is None:
+            return _GONE
+        return self._json(body, op, unsafe)
 
     async def _api(
         self,
         method: str,
-        path: str,
+        target: str,
         op: str,
         payload: object = None,
         *,
@@ -291,18 +825,24 @@ class MaiAgentClient:
     ) -> bytes | None:
         """Send one API request, re-sending it through 429s; returns the 2xx body.
 
-        `kb_id` makes a 404 mean "no such knowledge base"; `gone_ok` makes it mean "that file
-        is gone" (returns None); `unsafe` marks a call that must not be repeated blindly.
+        `target` is a path under the base URL, or an absolute URL already checked to be on
+        the API's host. `kb_id` makes a 404 mean "no such knowledge base"; `gone_ok` makes it
+        mean "that file is gone" (returns None); `unsafe` marks a call that must not be
+        repeated blindly.
         """
         data = (
             None if payload is None else json.dumps(payload, separators=_JSON_SEPARATORS).encode()
         )
         headers = self._get_headers if data is None else self._post_headers
-        url = self._base + path
+        if "://" in target:
+            url, parts = target, urlsplit(target)
+            where = parts.path + (f"?{parts.query}" if parts.query else "")
+        else:
+            url, where = self._base + target, target
         for attempt in range(self._throttle_retries + 1):
             await self._limiter.acquire()
             status, body, retry_after = await self._send(
-                method, url, path, data, headers, self._api_timeout, op, unsafe
+                method, url, where, data, headers, self._api_timeout, op, unsafe
             )
             if status != 429:
                 break
@@ -328,13 +868,22 @@ class MaiAgentClient:
         op: str,
         unsafe: bool,
     ) -> tuple[int, bytes, float | None]:
-        """One request on the wire; returns (status, body, Retry-After seconds of a 429)."""
+        """One request on the wire; returns (status, body, Retry-After seconds of a 429).
+
+        A success body is read up to `max_body` and an error body up to 64 KiB, chunk by
+        chunk: a proxy's 400 MB answer costs a closed connection, not the memory.
+        """
         start = time.perf_counter()
         try:
             async with self._session.request(
                 method, url, data=data, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                body = await resp.read()
+                ok = 200 <= resp.status < 300
+                body = await _read_capped(resp, self._max_body if ok else _ERROR_BODY, ok)
+        except _TooLarge:
+            _log_request(method, where, "too large", start)
+            message = f"{op}: bad answer: larger than {self._max_body // MIB or 1} MiB"
+            raise self._error(message, "transient", "bad_response", maybe_applied=unsafe) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             _log_request(method, where, type(exc).__name__, start)
             raise self._network_error(op, exc, timeout.total, unsafe) from exc
@@ -366,6 +915,16 @@ class MaiAgentClient:
             return self._error(message, "transient", "timeout", status)
         if status >= 500:
             return self._error(message, "transient", "http_5xx", status, maybe_applied=unsafe)
+        if status == 400 and _DUPLICATE.search(_body_text(body)):
+            if op == "register":
+                # The key is in the knowledge base already: a lost answer's register landed.
+                return self._error(
+                    message, "transient", "duplicate_key", status, maybe_applied=True
+                )
+            if op == "create label":
+                return self._error(message, "permanent", "label_exists", status)
+        if status == 405:
+            return self._error(message, "permanent", "method_not_allowed", status)
         return self._error(message, "permanent", f"http_{status // 100}xx", status)
 
     def _s3_error(self, status: int, body: bytes, retry_after: float | None) -> ApiError:
@@ -457,44 +1016,70 @@ def _file_path(kb_id: str, file_id: str) -> str:
     return f"{_kb_path(kb_id)}{quote(str(file_id), safe='')}/"
 
 
-def _open_content(path: str | bytes, size: int) -> bytes | io.FileIO:
-    """Open the file (a big one in a worker thread): its bytes if small, else the open file.
+class _Shrank(OSError):
+    """The file ended before the length the request declared."""
 
-    O_NONBLOCK keeps a FIFO that slipped into the queue from hanging the thread.
+
+def _open_content(
+    path: str | bytes, size: int, follow: bool
+) -> tuple[bytes | io.FileIO, os.stat_result]:
+    """Open the file (a big one in a worker thread): its bytes if small, else the open file;
+    with the fstat that every later look at it is compared with.
+
+    O_NONBLOCK keeps a FIFO that slipped into the queue from hanging the thread; O_NOFOLLOW
+    refuses a symbolic link in the last component, which the scan did not queue.
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except FileNotFoundError as exc:
         raise _file_error("missing", exc) from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise _file_error("unreadable", exc, "a symbolic link, not followed") from exc
         raise _file_error("unreadable", exc) from exc
     try:
-        _check_file(fd, size)
+        before = _check_file(fd, size)
     except BaseException:
         os.close(fd)
         raise
     file = io.FileIO(fd, "rb")
     if size > SMALL_FILE:
-        return file
+        return file, before
     with file:
         try:
             data = file.readall()
         except OSError as exc:
             raise _file_error("unreadable", exc) from exc
-    if len(data) != size:
-        raise _changed(size, len(data))
-    return data
+        if len(data) != size:
+            raise _changed(size, f"{len(data)} bytes read")
+        _same_file(fd, before)
+    return data, before
 
 
-def _check_file(fd: int, size: int) -> None:
-    try:
-        st = os.fstat(fd)
-    except OSError as exc:
-        raise _file_error("unreadable", exc) from exc
+def _check_file(fd: int, size: int) -> os.stat_result:
+    st = _fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise _file_error("unreadable", None, "not a regular file")
     if st.st_size != size:
-        raise _changed(size, st.st_size)
+        raise _changed(size, f"{st.st_size} bytes now")
+    return st
+
+
+def _fstat(fd: int) -> os.stat_result:
+    try:
+        return os.fstat(fd)
+    except OSError as exc:
+        raise _file_error("unreadable", exc) from exc
+
+
+def _same_file(fd: int, before: os.stat_result) -> None:
+    """Size, mtime and ctime as they were at the open: else what was read may mix versions
+    (ctime too, since a rewrite that restores the mtime still moves it)."""
+    after = _fstat(fd)
+    then = (before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != then:
+        raise _changed(before.st_size, "it was written to while it was read")
 
 
 def _file_error(label: str, exc: OSError | None, why: str = "") -> ApiError:
@@ -502,10 +1087,11 @@ def _file_error(label: str, exc: OSError | None, why: str = "") -> ApiError:
     return ApiError(f"local file {label} ({reason})", kind="permanent", error_kind=label)
 
 
-def _changed(queued: int, now: int) -> ApiError:
-    # Sending other bytes than were queued would break the size the KB entry is matched by.
-    message = f"local file changed since it was queued ({queued} bytes then, {now} now)"
-    return ApiError(message, kind="permanent", error_kind="changed")
+def _changed(queued: int, now: str) -> ApiError:
+    """Transient: the next attempt stats the file again and uploads its current content;
+    these bytes, whatever reached S3, are never registered."""
+    message = f"local file changed while being uploaded ({queued} bytes expected, {now})"
+    return ApiError(message, kind="transient", error_kind="changed")
 
 
 async def _form(
@@ -569,6 +1155,15 @@ def _detail(body: bytes) -> str:
     if isinstance(parsed, dict) and "detail" in parsed:
         return _one_line(str(parsed["detail"]))
     return _one_line(head.decode("utf-8", "replace"))
+
+
+def _body_text(body: bytes) -> str:
+    """The head of an error body as text, JSON escapes undone (a `\\u91cd` is a 重)."""
+    head = body[:4096]
+    try:
+        return json.dumps(json.loads(head), ensure_ascii=False)
+    except ValueError:
+        return head.decode("utf-8", "replace")
 
 
 def _s3_code(body: bytes) -> str:

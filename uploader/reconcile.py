@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
+from .client import ApiError, MaiAgentClient, RateLimiter, RemoteEntry, backoff, make_session
 from .model import (
     DuplicateItem,
     Entry,
@@ -75,16 +75,14 @@ class RemoteIndex:
         page = 1
         while True:
             data = await _call(self._client.list_files, kb_id, page, PAGE_SIZE)
-            results = data.get("results") or []
+            results = data.entries
             known = False
             if results:
                 if stop_at_known:
-                    known = await self._queue.any_remote_known(
-                        kb_id, [str(e["id"]) for e in results]
-                    )
+                    known = await self._queue.any_remote_known(kb_id, [e.id for e in results])
                 await self._queue.store_listed(listed_rows(kb_id, results, seen_at, set()))
-            oldest = (results[-1].get("createdAt") or 0) / 1000.0 if results else 0.0
-            if known or not data.get("next") or not results or oldest < stop_at:
+            oldest = (results[-1].created_at or 0.0) if results else 0.0
+            if known or not data.next or not results or oldest < stop_at:
                 return
             page += 1
 
@@ -169,29 +167,14 @@ class Listing:
 
 
 def listed_rows(
-    kb_id: str, results: Sequence[Any], seen_at: float, seen: set[str]
+    kb_id: str, results: Sequence[RemoteEntry], seen_at: float, seen: set[str]
 ) -> list[ListedRow]:
     """The per-entry work of a verify: keep it to building one tuple."""
     rows = []
     for e in results:
-        if not isinstance(e, dict) or e.get("id") is None:
-            continue
-        file_id = str(e["id"])
-        seen.add(file_id)
-        created = e.get("createdAt")
-        created_s = created / 1000.0 if isinstance(created, (int, float)) else 0.0
-        rows.append(
-            ListedRow(
-                kb_id,
-                file_id,
-                e.get("filename") or "",
-                e.get("size"),
-                e.get("status"),
-                created_s,
-                seen_at,
-                e.get("file"),
-            )
-        )
+        seen.add(e.id)
+        created = e.created_at if e.created_at is not None else 0.0
+        rows.append(ListedRow(kb_id, e.id, e.filename, e.size, e.status, created, seen_at, e.key))
     return rows
 
 
@@ -205,13 +188,13 @@ async def _read_listing(q: Queue, client: MaiAgentClient, kb_id: str, show: bool
     started = time.time()
     seen: set[str] = set()
     first = await _call(client.list_files, kb_id, 1, LIST_PAGE_SIZE)
-    count, results = first.get("count"), first["results"]
-    if not isinstance(count, int):
+    count, results = first.count, first.entries
+    if count is None:
         raise ApiError(
             "list files: no count in the answer", kind="transient", error_kind="bad_response"
         )
     await q.store_listed(listed_rows(kb_id, results, started, seen))
-    pages = math.ceil(count / len(results)) if first.get("next") and results else 1
+    pages = math.ceil(count / len(results)) if first.next and results else 1
     counts: set[Any] = {count}
     with tqdm(
         total=count,
@@ -231,8 +214,8 @@ async def _read_listing(q: Queue, client: MaiAgentClient, kb_id: str, show: bool
                     raise
                 counts.add(None)  # a page past the end: the knowledge base shrank meanwhile
                 return
-            counts.add(data.get("count"))
-            rows = listed_rows(kb_id, data["results"], started, seen)
+            counts.add(data.count)
+            rows = listed_rows(kb_id, data.entries, started, seen)
             await q.store_listed(rows)
             bar.update(len(rows))
 
@@ -243,7 +226,7 @@ async def _read_listing(q: Queue, client: MaiAgentClient, kb_id: str, show: bool
 async def _look_up_unseen(q: Queue, client: MaiAgentClient, listing: Listing) -> None:
     """After an incomplete listing, the jobs' entries it did not show are read one by one,
     so that none is called missing because the pages moved under the listing."""
-    found: list[dict[str, Any]] = []
+    found: list[RemoteEntry] = []
 
     async def look(file_id: str) -> None:
         entry = await _call(client.get_file, listing.kb_id, file_id)
@@ -477,8 +460,8 @@ async def _delete(client: MaiAgentClient, kb_id: str, file_id: str) -> tuple[boo
         entry = await _call(client.get_file, kb_id, file_id)
         if entry is None:
             return True, None
-        if entry.get("status") in UNSETTLED:
-            return False, entry.get("status")
+        if entry.status in UNSETTLED:
+            return False, entry.status
         await asyncio.sleep(backoff(attempt, CALL_BACKOFF, retry_after))
     raise AssertionError("unreachable")
 
@@ -611,7 +594,7 @@ async def _clear_entry(
         entry = await _call(client.get_file, kb_id, file_id)
         if entry is None:
             return "gone", None
-        if entry.get("status") != "failed":
-            return "present", entry.get("status")
+        if entry.status != "failed":
+            return "present", entry.status
     gone, now = await _delete(client, kb_id, file_id)
     return ("deleted", None) if gone else ("busy", now)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from .client import ApiError, MaiAgentClient
+from .client import ApiError, MaiAgentClient, RegisterItem, RemoteEntry
 from .model import ErrorKind
 from .reconcile import RemoteIndex
 
@@ -34,7 +34,7 @@ class Registrar:
 
     async def register(self, kb_id: str, key: str, filename: str) -> str:
         if self.size <= 1:
-            entries = await self._client.register(kb_id, [(key, filename)])
+            entries = await self._client.register(kb_id, [RegisterItem(key, filename)])
             [file_id] = self._match(entries, [(key, filename)])
             if file_id is None:
                 raise _unlisted(filename)
@@ -63,7 +63,9 @@ class Registrar:
 
     async def _call(self, kb_id: str, items: list[tuple[str, str, asyncio.Future[str]]]) -> None:
         try:
-            entries = await self._client.register(kb_id, [(key, name) for key, name, _ in items])
+            entries = await self._client.register(
+                kb_id, [RegisterItem(key, name) for key, name, _ in items]
+            )
         except ApiError as exc:
             for _key, _name, fut in items:
                 if not fut.done():
@@ -79,18 +81,18 @@ class Registrar:
                 self._index.taken.add(file_id)
                 fut.set_result(file_id)
 
-    def _match(self, entries: list[dict], sent: list[tuple[str, str]]) -> list[str | None]:
+    def _match(self, entries: list[RemoteEntry], sent: list[tuple[str, str]]) -> list[str | None]:
         """The entry of each (key, filename) sent: by S3 key when the answer shows keys, else
         by filename. A file the answer does not name may or may not be registered (its job
         looks in the listing before trying again), and from then on one file goes per call."""
-        by_key = {str(e["file"]): str(e["id"]) for e in entries if e.get("file")}
+        keyed = [e for e in entries if e.file]
         by_name: dict[str, list[str]] = {}
         for entry in entries:
-            by_name.setdefault(str(entry.get("filename")), []).append(str(entry["id"]))
+            by_name.setdefault(entry.filename, []).append(entry.id)
         ids: list[str | None] = []
         for key, name in sent:
-            if by_key:
-                ids.append(by_key.get(key))
+            if keyed:
+                ids.append(next((e.id for e in keyed if e.has_key(key)), None))
             else:
                 ids.append(by_name[name].pop(0) if by_name.get(name) else None)
         if None in ids and self.size > 1:

@@ -320,7 +320,10 @@ def _row(
         skip = f"larger than --max-size ({st.st_size} > {filters.max_size} bytes)"
     elif not os.access(entry.path, os.R_OK):
         skip = "unreadable: permission denied"
-    return ScanRow(entry.path, display(rel), st.st_size, st.st_mtime_ns, skip)
+    # The upload opens with O_NOFOLLOW (a link swapped in later is refused), so a link that
+    # --follow-symlinks followed is queued as the file it leads to.
+    path = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+    return ScanRow(path, display(rel), st.st_size, st.st_mtime_ns, skip)
 
 
 def batches(rows: Iterator[ScanRow], size: int) -> Iterator[list[ScanRow]]:
