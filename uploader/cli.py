@@ -427,7 +427,10 @@ def retry_failed(  # type: ignore[no-untyped-def]
     With --remote: exit 0, or 1 when some entries could not be deleted, 3 when the service
     refused (bad key, unknown knowledge base).
     """
-    matches = scan.matcher(match) if match else None
+    try:
+        matches = scan.matcher(match) if match else None
+    except scan.PatternError as exc:
+        raise UserError(str(exc)) from None
     if remote:
         _retry_remote(ctx, kb_id, kind, matches, **service)
         return
