@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -359,3 +360,49 @@ def test_what_counts_as_an_outage() -> None:
     assert classify(_local()) is Evidence.NEUTRAL
     assert classify(ConnectionResetError()) is Evidence.OUTAGE
     assert classify(ValueError("bug")) is Evidence.NEUTRAL
+
+
+@async_test
+async def test_an_answer_to_a_request_sent_before_the_failures_does_not_break_the_streak() -> None:
+    gate = OutageGate(_Blocked(), **_FAST)
+    sent_before = time.monotonic()
+    gate.record_failure(_down(), "a")
+    gate.record_failure(_down(), "b")
+    gate.record_success(sent_before)  # a server going down finishes what it holds
+    assert gate.record_failure(_down(), "c") is True
+    assert gate.state is GateState.CLOSED
+    await gate.aclose()
+
+
+@async_test
+async def test_an_answer_sent_after_the_failures_began_breaks_the_streak() -> None:
+    gate = OutageGate(_Blocked(), **_FAST)
+    gate.record_failure(_down(), "a")
+    gate.record_failure(_down(), "b")
+    gate.record_success(time.monotonic())
+    assert gate.record_failure(_down(), "c") is False
+    assert gate.is_open
+
+
+@async_test
+async def test_covers_uncharges_every_failure_of_the_streak_that_closes_the_gate() -> None:
+    gate = OutageGate(_Blocked(), **_FAST)
+    first = asyncio.create_task(gate.covers(_down(), "a", _LIMIT))
+    second = asyncio.create_task(gate.covers(_5xx(), "b", _LIMIT))
+    await asyncio.sleep(0)
+    assert not first.done() and not second.done(), "they wait for the verdict"
+    assert await gate.covers(_down(), "c", _LIMIT) is True
+    assert await first is True and await second is True
+    await gate.aclose()
+
+
+@async_test
+async def test_covers_charges_failures_that_an_answer_proves_to_be_the_files_own() -> None:
+    gate = OutageGate(_Blocked(), **_FAST)
+    waiting = asyncio.create_task(gate.covers(_5xx(), "a", _LIMIT))
+    await asyncio.sleep(0)
+    gate.record_success(time.monotonic())
+    assert await waiting is False
+    assert await gate.covers(_refused_file(), "b", _LIMIT) is False, "an answer never waits"
+    assert await gate.covers(_down(), "c", 0.01) is False, "no verdict in time: charged"
+    assert gate.is_open

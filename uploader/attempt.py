@@ -78,6 +78,7 @@ class Attempt:
         self._s = shared
         self._registering_since: float | None = None
         self.fatal: ApiError | None = None
+        self.error: ApiError | None = None  # what ended it, for the pool's outage gate
         self.adopted = False
 
     async def run(self) -> Outcome:
@@ -186,6 +187,7 @@ class Attempt:
         return relpath if self._s.policy.name == "relpath" else relpath.rsplit("/", 1)[-1]
 
     def _after_error(self, err: ApiError) -> Outcome:
+        self.error = err
         job, policy = self.job, self._s.policy
         if err.kind == "permanent" or job.attempts >= 1 + policy.max_retries:
             log.info("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, client, queue, reconcile, report, scan, worker
+from . import __version__, client, outage, queue, reconcile, report, scan, worker
 from .model import FAILURE_KINDS, EnqueueCounts, JobState, VerificationItem
 from .queue import Queue
 from .scan import display
@@ -225,6 +225,14 @@ def _open_log(db_path: str) -> str:
     return path
 
 
+def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
+    """The pool paused for an outage, or resumed."""
+    if state is outage.GateState.CLOSED:
+        click.echo(f"paused: {what.message}; probing until it answers", err=True)
+    elif state is outage.GateState.OPEN:
+        click.echo("resumed: the service answers again", err=True)
+
+
 def _summary(result: worker.RunResult, skipped: int) -> str:
     rate = (result.uploaded + result.failed) / result.elapsed if result.elapsed else 0.0
     mb = result.bytes / 1e6 / result.elapsed if result.elapsed else 0.0
@@ -282,12 +290,20 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     show_default=True,
     help="Seconds in-flight uploads get after Ctrl+C.",
 )
+@click.option(
+    "--outage-timeout",
+    type=click.FloatRange(0.1),
+    default=600.0,
+    show_default=True,
+    help="Seconds the run waits, paused, for a service that stopped answering (then exit 4).",
+)
 @pass_ctx
 def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) -> None:
     """Upload every pending file: presign, S3 POST, register, with retries and resume.
 
     Exit codes: 0 all done, 1 some files failed, 2 bad input, 3 the service refused the run
-    (bad key, unknown knowledge base), 130 interrupted. Running it again resumes.
+    (bad key, unknown knowledge base), 4 the service was unreachable (at the start, or past
+    --outage-timeout), 130 interrupted. Running it again resumes.
     """
     _check_service(api_key, base_url, insecure, "run")
     settings = worker.Settings(
@@ -299,6 +315,7 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
         register_batch=opts["register_batch"],
         grace=opts["grace"],
         lease_seconds=opts["lease"],
+        outage_timeout=opts["outage_timeout"],
     )
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
     recorded = {**opts, "base_url": base_url}
@@ -306,7 +323,9 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
     async def body(q: Queue) -> tuple[worker.RunResult, dict[str, int]]:
         log_path = _open_log(ctx.db)
         logging.getLogger("uploader.run").info("run started: %s, log %s", recorded, log_path)
-        result = await worker.execute(q, settings, service, recorded, ctx.quiet)
+        result = await worker.execute(
+            q, settings, service, recorded, ctx.quiet, None if ctx.quiet else _show_outage
+        )
         left = {"skipped": 0, "running": 0}
         for kb, states in (await q.state_counts()).items():
             if settings.kb_id in (None, kb):

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
@@ -86,6 +86,15 @@ class ApiError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.maybe_applied = maybe_applied
+
+
+class Gate(Protocol):
+    """What the client asks of a pool-wide outage gate (`outage.OutageGate`): wait before
+    every request while the service is down, and hear of every answer."""
+
+    async def wait_open(self) -> None: ...
+
+    def record_success(self, sent_at: float | None = None) -> None: ...
 
 
 class RateLimiter:
@@ -583,6 +592,9 @@ class MaiAgentClient:
         # Built once: aiohttp copies them per request anyway.
         self._get_headers = {"Authorization": f"Api-Key {api_key}", "Accept": "application/json"}
         self._post_headers = {**self._get_headers, "Content-Type": "application/json"}
+        self.gate: Gate | None = None
+        """Set by the pool: every request waits on it, every answer below 500 is reported."""
+        self._upload_url: str | None = None  # the S3 endpoint last posted to, for `probe`
 
     # --- uploading ---
 
@@ -621,6 +633,7 @@ class MaiAgentClient:
                 None, _open_content, path, size, follow_symlinks
             )
         content, before = opened
+        self._upload_url = p.url
         try:
             try:
                 form, headers = await _form(p.fields, content, size, filename)
@@ -695,6 +708,19 @@ class MaiAgentClient:
             return  # an empty list may mean "delete all" to the service
         path = _kb_path(kb_id) + "batch-delete/"
         await self._api("POST", path, "batch delete", {"ids": ids}, kb_id=kb_id)
+
+    async def probe(self, kb_id: str) -> None:
+        """Is the service there? A one-entry listing and, once an upload was made, a GET of
+        the S3 endpoint; any answer but a 5xx counts (the outage gate's probe: an API that
+        answers while S3 is down must not reopen the gate)."""
+        await self.check_kb(kb_id)
+        if self._upload_url is not None:
+            where = urlsplit(self._upload_url).path
+            status, body, _ = await self._send(
+                "GET", self._upload_url, where, None, None, self._api_timeout, "S3 probe", False
+            )
+            if status >= 500:
+                raise self._s3_error(status, body, None)
 
     async def check_kb(self, kb_id: str) -> int:
         """One cheap listing, so a bad key or unknown knowledge base fails the run at once."""
@@ -873,6 +899,10 @@ class MaiAgentClient:
         A success body is read up to `max_body` and an error body up to 64 KiB, chunk by
         chunk: a proxy's 400 MB answer costs a closed connection, not the memory.
         """
+        gate = self.gate
+        if gate is not None:
+            await gate.wait_open()
+        sent_at = time.monotonic()
         start = time.perf_counter()
         try:
             async with self._session.request(
@@ -888,6 +918,8 @@ class MaiAgentClient:
             _log_request(method, where, type(exc).__name__, start)
             raise self._network_error(op, exc, timeout.total, unsafe) from exc
         _log_request(method, where, resp.status, start)
+        if gate is not None and resp.status < 500:
+            gate.record_success(sent_at)
         retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status == 429 else None
         return resp.status, body, retry_after
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from uploader.client import ApiError
+from uploader.model import ErrorKind
 
 log = logging.getLogger("uploader.outage")
 
@@ -83,12 +84,22 @@ class Outage:
         return f"service unreachable since {clock}: {self.reason}"
 
 
-class ServiceUnreachable(Exception):
-    """Raised by `wait_open` once the gate has given up: stop the run (exit code 4)."""
+class ServiceUnreachable(ApiError):
+    """Raised by `wait_open` once the gate has given up: stop the run (exit code 4). A fatal
+    `ApiError`, so an attempt that meets it stops the run with its rows released, as a
+    refused key does; `message` replaces the outage's own line (a run that never reached
+    the service says "cannot reach HOST:PORT (…)", not "unreachable since")."""
 
-    def __init__(self, outage: Outage) -> None:
-        super().__init__(outage.message)
+    def __init__(self, outage: Outage, message: str | None = None) -> None:
+        super().__init__(message or outage.message, kind="fatal", error_kind=ErrorKind.NETWORK)
         self.outage = outage
+
+    @classmethod
+    def at_start(cls, error: BaseException) -> ServiceUnreachable:
+        """A service the run could not reach at all: "cannot reach HOST:PORT (why)"."""
+        reason = describe(error)
+        message = reason if reason.startswith("cannot reach") else f"service unreachable: {reason}"
+        return cls(Outage(time.time(), reason), message)
 
 
 Probe = Callable[[], Awaitable[object]]
@@ -110,7 +121,11 @@ def classify(error: BaseException) -> Evidence:
 
 def describe(error: BaseException) -> str:
     """One line for the outage message: "cannot reach 127.0.0.1:8080 (connection refused)"
-    rather than aiohttp's "Cannot connect to host … ssl:default [Connect call failed …]"."""
+    rather than aiohttp's "Cannot connect to host … ssl:default [Connect call failed …]"
+    (also when the client's `ApiError` wraps that error: it is the error's cause)."""
+    cause = error.__cause__
+    if isinstance(error, ApiError) and isinstance(cause, aiohttp.ClientConnectorError):
+        error = cause
     if isinstance(error, aiohttp.ClientConnectorError):
         os_error = error.os_error
         code = os_error.errno if isinstance(os_error, OSError) else None
@@ -155,11 +170,15 @@ class OutageGate:
         self._streak = 0
         self._streak_jobs: set[Hashable] = set()
         self._streak_since = 0.0
+        self._streak_began = 0.0  # the same moment, monotonic
         self._outage: Outage | None = None
         self._closed_at = 0.0  # monotonic, for the timeout and the "after 42 s" line
         self.closed_since: float | None = None
         """Epoch seconds the gate closed, None while open (kept after giving up)."""
         self._prober: asyncio.Task[None] | None = None
+        # Resolved when the current streak ends: True if it closed the gate, False if an
+        # answer broke it (made by the first `covers` that waits for it).
+        self._verdict: asyncio.Future[bool] | None = None
 
     @property
     def state(self) -> GateState:
@@ -188,10 +207,17 @@ class OutageGate:
                 raise ServiceUnreachable(self._outage)
             await self._opened.wait()
 
-    def record_success(self) -> None:
+    def record_success(self, sent_at: float | None = None) -> None:
         """A request was answered. Only the prober opens a closed gate: a late answer to a
-        request sent before the outage says little about the service now."""
+        request sent before the outage says little about the service now. For the same
+        reason, given when the request was sent (`time.monotonic()`), an answer to one sent
+        before the current streak of failures began does not break the streak (a server
+        going down finishes the requests it holds while refusing new ones)."""
+        if self._streak and sent_at is not None and sent_at < self._streak_began:
+            return
         if self._state is GateState.OPEN and not _PROBING.get():
+            if self._streak:
+                self._resolve(False)
             self._streak = 0
             self._streak_jobs.clear()
 
@@ -213,6 +239,7 @@ class OutageGate:
             return False
         if self._streak == 0:
             self._streak_since = time.time()
+            self._streak_began = time.monotonic()
         self._streak += 1
         self._streak_jobs.add(job)
         if (
@@ -222,6 +249,26 @@ class OutageGate:
             self._close(describe(error))
             return True
         return False
+
+    async def covers(self, error: BaseException, job: Hashable, wait: float) -> bool:
+        """`record_failure`, except that an outage-like failure which does not close the gate
+        yet waits up to `wait` seconds for the streak's verdict: the failures that close the
+        gate are then all uncharged, not just the last (the service went down for every
+        request in flight, not for the first ones to notice). True: hand the job back."""
+        if self.record_failure(error, job):
+            return True
+        if classify(error) is not Evidence.OUTAGE or self._state is not GateState.OPEN:
+            return False
+        if self._verdict is None or self._verdict.done():
+            self._verdict = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._verdict), wait)
+        except asyncio.TimeoutError:
+            return False
+
+    def _resolve(self, closed: bool) -> None:
+        if self._verdict is not None and not self._verdict.done():
+            self._verdict.set_result(closed)
 
     async def aclose(self) -> None:
         """Stop the prober, at the end of the run once the senders have stopped (a sender still
@@ -239,6 +286,7 @@ class OutageGate:
         self._closed_at = time.monotonic()
         self.closed_since = time.time()
         self._outage = Outage(self._streak_since, reason)
+        self._resolve(True)
         log.warning("%s: pausing every request and probing the service", self._outage.message)
         self._prober = asyncio.get_running_loop().create_task(self._probe_until_answered())
         self._notify()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 from .model import Job, Outcome, OutcomeKind
+from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .progress import Progress
 from .queue import Queue
 from .reconcile import RemoteIndex
@@ -28,6 +30,12 @@ from .registrar import Registrar
 log = logging.getLogger("uploader.run")
 
 FLUSH_INTERVAL = 0.02
+# How long an outage-like failure waits to learn whether the gate closes over it (the other
+# requests in flight fail within moments when the service is down) before it is charged.
+VERDICT_WAIT = 2.0
+# An outage fails every request in flight, about one per worker: that many failures in a row
+# (and at least 3) close the gate, while a service failing one request in six does not.
+MAX_FAILURES_TO_CLOSE = 20
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Settings:
     register_delay: float = 0.1
     lease_seconds: float = 60.0
     grace: float = 5.0
+    outage_timeout: float = 600.0
 
 
 @dataclass
@@ -148,8 +157,12 @@ class Pool:
         owner: str,
         run_id: int,
         on_progress: Callable[[int, int, int], None],
+        probe_kb: str,
+        on_outage: OnChange | None = None,
     ) -> None:
-        """`on_progress(done, failed, bytes)` hears of every batch of results committed."""
+        """`on_progress(done, failed, bytes)` hears of every batch of results committed;
+        `on_outage(state, outage)` of every pause and resume (the gate probes by listing
+        `probe_kb`)."""
         self.queue = queue
         self.client = client
         self.s = settings
@@ -183,6 +196,14 @@ class Pool:
         self._stopping = False
         self._lease_until: dict[int, float] = {}
         self._claim_after = 0.0
+        self._on_outage = on_outage
+        self.gate = OutageGate(
+            lambda: client.probe(probe_kb),
+            outage_timeout=settings.outage_timeout,
+            failures_to_close=min(max(3, settings.workers), MAX_FAILURES_TO_CLOSE),
+            on_change=self._gate_changed,
+        )
+        client.gate = self.gate
 
     # --- control ---------------------------------------------------------------------------
 
@@ -202,6 +223,15 @@ class Pool:
             if task is not current:
                 task.cancel()
         self._wake.set()
+
+    def _gate_changed(self, state: GateState, outage: Outage) -> None:
+        """Paused, resumed or given up: the feeder looks again; past the outage timeout the
+        run stops with every row released (exit code 4)."""
+        self._wake.set()
+        if state is GateState.GAVE_UP:
+            self._fatal(ServiceUnreachable(outage))
+        if self._on_outage is not None:
+            self._on_outage(state, outage)
 
     def _committed(self, outcomes: list[Outcome]) -> None:
         done = [o for o in outcomes if o.outcome == OutcomeKind.DONE]
@@ -235,6 +265,7 @@ class Pool:
             await self._feed()
             await self._drain()
         finally:
+            await self.gate.aclose()
             keeper.cancel()
             self.writer.stop()
             await asyncio.gather(keeper, writer, return_exceptions=True)
@@ -246,6 +277,9 @@ class Pool:
 
     async def _feed(self) -> None:
         while not self._stopping:
+            if not self.gate.is_open:
+                await self._sleep(1.0)  # paused: the rows stay pending, unclaimed
+                continue
             free = self._capacity - len(self._tasks)
             wanted = free >= self._claim_min or (free > 0 and not self._tasks)
             if wanted and time.time() >= self._claim_after:
@@ -296,6 +330,10 @@ class Pool:
         """Whatever happens, exactly one outcome of the attempt reaches the writer."""
         try:
             outcome = await attempt.run()
+            if await self._outage_covers(attempt, outcome):
+                outcome = dataclasses.replace(
+                    outcome, outcome=OutcomeKind.RELEASED, next_attempt_at=0.0
+                )
         except asyncio.CancelledError:
             self.writer.put(attempt.released())
             raise
@@ -303,6 +341,14 @@ class Pool:
         self.result.adopted += attempt.adopted
         if attempt.fatal is not None:
             self._fatal(attempt.fatal)
+
+    async def _outage_covers(self, attempt: Attempt, outcome: Outcome) -> bool:
+        """A failure the service's outage explains is not the file's: its attempt is not
+        counted (the row goes back to pending, keeping any doubt about its register)."""
+        error = attempt.error
+        if error is None or outcome.outcome not in (OutcomeKind.RETRY, OutcomeKind.FAILED):
+            return False
+        return await self.gate.covers(error, attempt.job.id, VERDICT_WAIT)
 
     async def _keep_leases(self) -> None:
         """Renew our leases while long uploads run; give back rows of dead processes."""
@@ -343,19 +389,27 @@ PREFLIGHT_TRIES = 3
 
 async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> None:
     """One cheap call per knowledge base before claiming anything, so a wrong key or an
-    unknown knowledge base stops the run after a single request, every row untouched."""
+    unknown knowledge base stops the run after a single request, every row untouched. A
+    service never reached stops it after a few tries (exit 4), not after the outage timeout:
+    at the start that is more likely a wrong --base-url than an outage."""
     for kb_id in kb_ids:
         for attempt in range(1, PREFLIGHT_TRIES + 1):
             try:
                 await client.check_kb(kb_id)
                 break
             except ApiError as err:
-                if err.kind == "fatal" or attempt == PREFLIGHT_TRIES:
+                if err.kind == "fatal":
+                    raise Fatal(err) from None
+                if attempt == PREFLIGHT_TRIES:
+                    if classify(err) is Evidence.OUTAGE:
+                        raise Fatal(ServiceUnreachable.at_start(err)) from None
                     raise Fatal(err) from None
                 await asyncio.sleep(backoff(attempt + 1, 1.0, err.retry_after))
 
 
 def exit_code(result: RunResult) -> int:
+    if isinstance(result.fatal, ServiceUnreachable):
+        return 4
     if result.fatal is not None:
         return 3
     if result.interrupted:
@@ -389,6 +443,7 @@ async def execute(
     service: Connection,
     options: dict[str, object],
     quiet: bool,
+    on_outage: OnChange | None = None,
 ) -> RunResult:
     """One `uploader run`: preflight, the pool until the queue is empty, the run's record."""
     owner = make_owner()
@@ -402,14 +457,16 @@ async def execute(
             RateLimiter(service.rate_limit),
             timeout=service.timeout,
         )
+        kbs = await queue.kbs_with_work(settings.kb_id)
         try:
-            await preflight(client, await queue.kbs_with_work(settings.kb_id))
+            await preflight(client, kbs)
         except Fatal as exc:
             result.fatal = exc.error
         else:
             total, total_bytes = await queue.pending_totals(settings.kb_id)
             progress = Progress(total, total_bytes, quiet)
-            pool = Pool(queue, client, settings, owner, run_id, progress.add)
+            probe_kb = kbs[0] if kbs else settings.kb_id or ""
+            pool = Pool(queue, client, settings, owner, run_id, progress.add, probe_kb, on_outage)
             _install_signals(pool)
             try:
                 result = await pool.run()
