@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, client, queue, reconcile, report, scan, worker
+from . import __version__, checkup, client, queue, reconcile, report, scan, worker
 from .model import FAILURE_KINDS, EnqueueCounts, JobState, VerificationItem
 from .queue import Queue
 from .scan import display
@@ -119,6 +119,8 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool) -> None:
     """Upload a folder of files into a MaiAgent knowledge base, exactly once.
 
     \b
+    uploader kbs                        the knowledge bases the API key can see
+    uploader check --kb KB_ID           prove the set-up with a probe file, first
     uploader enqueue DIR --kb KB_ID     scan DIR into the queue (safe to repeat)
     uploader run --workers 10           upload everything pending
     uploader status                     counts per state
@@ -210,6 +212,26 @@ def enqueue(
 # --- run -------------------------------------------------------------------------------------
 
 
+class BatchSize(click.ParamType):
+    """--register-batch: "auto" (None) or a number of files from 1 to 100."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or value == "auto":
+            return None
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is neither auto nor a number", param, ctx)
+        if not 1 <= number <= 100:
+            self.fail(f"{number} is not in the range 1<=x<=100", param, ctx)
+        return number
+
+
 def _open_log(db_path: str) -> str:
     """logs/upload_log_<time>.log beside the database, owner-only, INFO and up."""
     folder = os.path.join(os.path.dirname(os.path.abspath(db_path)), "logs")
@@ -263,10 +285,11 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
 )
 @click.option(
     "--register-batch",
-    type=click.IntRange(1, 100),
-    default=1,
+    type=BatchSize(),
+    default="auto",
     show_default=True,
-    help="Files per register call.",
+    help="Files per register call (1-100); auto: 20 where `uploader check` or an earlier "
+    "run proved the service takes several, else 1.",
 )
 @click.option(
     "--lease",
@@ -296,7 +319,6 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
         retry_delay=opts["retry_delay"],
         kb_id=opts["kb_id"],
         name=opts["name"],
-        register_batch=opts["register_batch"],
         grace=opts["grace"],
         lease_seconds=opts["lease"],
     )
@@ -306,7 +328,11 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
     async def body(q: Queue) -> tuple[worker.RunResult, dict[str, int]]:
         log_path = _open_log(ctx.db)
         logging.getLogger("uploader.run").info("run started: %s, log %s", recorded, log_path)
+        settings.register_batch = await checkup.register_batch(
+            q, base_url, await q.kbs_with_work(settings.kb_id), opts["register_batch"]
+        )
         result = await worker.execute(q, settings, service, recorded, ctx.quiet)
+        await checkup.learned_from_run(q, base_url, result.batch_proved)
         left = {"skipped": 0, "running": 0}
         for kb, states in (await q.state_counts()).items():
             if settings.kb_id in (None, kb):
@@ -772,6 +798,123 @@ def _retry_remote(
     if r.errors:
         click.echo(f"{len(r.errors):,} entries could not be deleted; try again later", err=True)
         sys.exit(1)
+
+
+# --- kbs, check ------------------------------------------------------------------------------
+
+
+@cli.command()
+@service_options()
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+def kbs(api_key: str, base_url: str, insecure: bool, as_json: bool) -> None:
+    """List the knowledge bases the API key can see: the ids to pass as --kb.
+
+    Exit codes: 0, 1 the service kept failing, 2 bad input, 3 the key was refused.
+    """
+    _check_service(api_key, base_url, insecure, "kbs")
+
+    async def body() -> list[client.KnowledgeBase]:
+        async with reconcile.open_client(base_url, api_key) as api:
+            return await api.list_knowledge_bases()
+
+    try:
+        found = asyncio.run(body())
+    except client.ApiError as exc:
+        raise ServiceError(exc) from None
+    if as_json:
+        shown = [{"id": k.id, "name": k.name, "files_count": k.files_count} for k in found]
+        click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+        return
+    if not found:
+        click.echo("no knowledge base is visible to this API key")
+        return
+    width = max(len("ID"), *(len(k.id) for k in found))
+    name_width = max(len("NAME"), *(len(k.name) for k in found))
+    click.echo(f"{'ID':<{width}}  {'NAME':<{name_width}}  {'FILES':>9}")
+    for k in found:
+        files = "?" if k.files_count is None else f"{k.files_count:,}"
+        click.echo(f"{k.id:<{width}}  {k.name:<{name_width}}  {files:>9}")
+
+
+def _step_line(step: checkup.StepResult) -> str:
+    verdict = "ok" if step.ok else "FAILED"
+    return f"  {str(step.step):<15} {verdict:<6} {step.seconds:6.2f}s  {step.saw}"
+
+
+@cli.command()
+@service_options()
+@kb_option(required=True)
+@click.option("--dry-run", is_flag=True, help="Only the read calls: nothing is uploaded.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds per request.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON only.")
+@pass_ctx
+def check(
+    ctx: Context,
+    api_key: str,
+    base_url: str,
+    insecure: bool,
+    kb_id: str,
+    dry_run: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Prove the set-up before a first real upload, and see what the service speaks.
+
+    Checks the key and the knowledge base, then sends tiny probe files
+    (uploader-check-probe-*.txt) through presign, S3 upload, register (one, then two in one
+    call), the listing and delete: each step with its time and what it saw. The probes are
+    always deleted, also on Ctrl+C. Nothing goes into the jobs table; what was learned is kept
+    in the database for `run --register-batch auto`. Exit codes: 0 the upload path works, 1 it
+    does not, 2 bad input, 3 the service refused the key or the knowledge base, 130
+    interrupted.
+    """
+    _check_service(api_key, base_url, insecure, "check")
+    if not as_json:
+        mode = "dry run, reads only" if dry_run else "probe upload"
+        click.echo(f"checking knowledge base {kb_id} at {base_url} ({mode})")
+
+    def on_step(step: checkup.StepResult) -> None:
+        if not as_json:
+            click.echo(_step_line(step))
+
+    async def body() -> tuple[checkup.CheckResult, bool]:
+        result = await checkup.run_check(
+            base_url,
+            api_key,
+            kb_id,
+            dry_run=dry_run,
+            timeout=timeout,
+            on_step=on_step,
+            notify=functools.partial(click.echo, err=True),
+        )
+        if dry_run or "register_answer" not in result.facts:
+            return result, False
+        async with queue.opened(ctx.db) as q:
+            return result, await checkup.remember(q, result)
+
+    result, stored = run_async(body())
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    code = result.exit_code
+    if result.error is not None:
+        click.echo(f"Error: {result.error}", err=True)
+    if result.left_behind:
+        click.echo(
+            f"Error: probe entries left behind in {kb_id}: {'; '.join(result.left_behind)}",
+            err=True,
+        )
+    if not as_json and code == 0:
+        done = "the key and the knowledge base answer" if dry_run else "the upload path works"
+        kept = f"; what it learned is kept in {ctx.db} for `uploader run`" if stored else ""
+        click.echo(f"OK: {done}{kept}")
+    if code:
+        sys.exit(code)
 
 
 def main() -> None:

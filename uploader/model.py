@@ -243,3 +243,15 @@ class RequeueItem(NamedTuple):
 class RemoteStatus(NamedTuple):
     status: str | None
     job_id: int
+
+
+class ServiceFacts(NamedTuple):
+    """What was learned about one service (API base URL) and knowledge base: by `check`, or
+    by a run's register answers. `batch_register` None: not known either way."""
+
+    base_url: str
+    kb_id: str
+    learned_at: float
+    source: str  # "check" or "run"
+    batch_register: bool | None
+    facts: dict[str, Any]

@@ -54,6 +54,7 @@ class RunResult:
     fatal: ApiError | None = None
     interrupted: bool = False
     failed_in_queue: int = 0
+    batch_proved: dict[str, bool] = field(default_factory=dict)  # see Registrar.proved
 
 
 class Fatal(Exception):
@@ -242,6 +243,7 @@ class Pool:
             await self.writer.flush()
         self.result.elapsed = time.monotonic() - started
         self.result.failed_in_queue = await self.queue.failed_count(self.s.kb_id)
+        self.result.batch_proved = dict(self.registrar.proved)
         return self.result
 
     async def _feed(self) -> None:

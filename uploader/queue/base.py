@@ -39,6 +39,7 @@ from ..model import (
     ReportRow,
     RequeueItem,
     ScanRow,
+    ServiceFacts,
     VerificationItem,
 )
 
@@ -287,3 +288,15 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         """One transaction: the remote status reading an entry back showed."""
+
+    # --- what the service was seen to speak ----------------------------------------------
+
+    @abc.abstractmethod
+    async def store_service_facts(self, facts: ServiceFacts) -> None:
+        """One transaction: replace what is known of (base_url, kb_id) by `facts`, except
+        that a None `batch_register` or empty `facts` keep what is already known (a run
+        learns about batching only, and only when it batched)."""
+
+    @abc.abstractmethod
+    async def service_facts(self, base_url: str, kb_id: str) -> ServiceFacts | None:
+        """What is known of (base_url, kb_id), or None."""
