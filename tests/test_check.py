@@ -148,6 +148,7 @@ def test_order_and_page_size_are_measured_not_assumed(
     server = maiagent_factory(list_order="oldest", page_size_params="pageSize")
     for i in range(150):
         server.add_entry(KB, f"old{i}.txt", 10)
+        time.sleep(0.002)  # distinct createdAt (ms): the order is evidence only then
     code, report = check_json(tmp_path / "q.db", server)
     assert code == 0, report
     facts = report["facts"]
@@ -239,6 +240,7 @@ def test_a_refused_key_or_knowledge_base_exits_3(
 def test_dry_run_makes_only_read_calls(tmp_path: Path, maiagent: MaiAgentServer) -> None:
     for i in range(5):
         maiagent.add_entry(KB, f"f{i}.txt", 3)
+        time.sleep(0.002)  # distinct createdAt (ms): the order is evidence only then
     db = tmp_path / "q.db"
     code, report = check_json(db, maiagent, "--dry-run")
     assert code == 0, report
