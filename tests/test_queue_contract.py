@@ -22,7 +22,6 @@ from uploader.model import (
     RemoteStatus,
     RequeueItem,
     ScanRow,
-    ServiceFacts,
     Step,
 )
 from uploader.queue import Queue, open_queue
@@ -299,23 +298,3 @@ async def test_a_write_cancelled_at_any_point_leaves_the_queue_usable(queue_targ
             await q.start_run(OWNER, {"after": steps})
         after = [r for r in await q.runs() if r["options"].get("after") is not None]
         assert len(after) == 8
-
-
-@async_test
-async def test_service_facts_are_kept_per_base_url_and_kb(queue_target: str) -> None:
-    base = "https://api.example/api/v1/"
-    async with await open_queue(queue_target) as q:
-        assert await q.service_facts(base, KB) is None
-        checked = ServiceFacts(base, KB, 100.0, "check", True, {"newest_first": True})
-        await q.store_service_facts(checked)
-        assert await q.service_facts(base, KB) == checked
-        assert await q.service_facts(base, "kb-other") is None
-        assert await q.service_facts("https://other/api/v1/", KB) is None
-        # A run that did not batch keeps what check proved; one that did replaces it, and
-        # keeps the shapes check saw.
-        await q.store_service_facts(ServiceFacts(base, KB, 200.0, "run", None, {}))
-        assert (await q.service_facts(base, KB)).batch_register is True  # type: ignore[union-attr]
-        await q.store_service_facts(ServiceFacts(base, KB, 300.0, "run", False, {}))
-        assert await q.service_facts(base, KB) == ServiceFacts(
-            base, KB, 300.0, "run", False, {"newest_first": True}
-        )
