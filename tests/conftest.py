@@ -20,7 +20,7 @@ def dialect(request: pytest.FixtureRequest) -> str:
     """The API dialect `maiagent` and `maiagent_factory` speak: "examples" unless a test asks
     for another with `@pytest.mark.parametrize("dialect", DIALECTS, indirect=True)` (or a plain
     parametrize of `dialect`). "examples" until the client reads the documented shapes."""
-    return getattr(request, "param", "examples")
+    return getattr(request, "param", "docs")
 
 
 @pytest.fixture
