@@ -12,6 +12,9 @@ import pytest
 from tests.helpers import S3_BUCKET
 from tests.maiagent_server import Faults, MaiAgentServer
 
+# The session's PostgreSQL server and a fresh queue on it: `pg_server`, `pg_url`.
+pytest_plugins = ["tests.pg_server"]
+
 _KNOBS = {field.name for field in dataclasses.fields(Faults)}
 
 

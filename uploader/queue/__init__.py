@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from ..model import EnqueueCounts, Job, Outcome, ScanRow
 from .base import Queue, QueueError
+from .target import anchor, is_url, redact
 
 __all__ = [
     "EnqueueCounts",
@@ -20,16 +21,19 @@ __all__ = [
     "Queue",
     "QueueError",
     "ScanRow",
+    "anchor",
+    "is_url",
     "open_queue",
     "opened",
+    "redact",
 ]
 
 
 async def open_queue(target: str, *, create: bool = True) -> Queue:
     """The queue at `target`, opened and migrated; every way that can fail is a QueueError.
     `create=False` refuses a target that holds no queue yet."""
-    if target.startswith(("postgresql://", "postgres://")):
-        from .postgres import PgQueue  # type: ignore[import-not-found]
+    if is_url(target):
+        from .postgres import PgQueue
 
         return await PgQueue.open(target, create=create)
     from .sqlite import SqliteQueue
