@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -15,8 +16,8 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, checkup, client, queue, reconcile, report, scan, worker
-from .model import FAILURE_KINDS, EnqueueCounts, JobState, VerificationItem
-from .queue import Queue
+from .model import FAILURE_KINDS, EnqueueCounts, HostScope, JobState, VerificationItem
+from .queue import Queue, anchor, redact
 from .scan import display
 
 T = TypeVar("T")
@@ -30,10 +31,21 @@ class UserError(click.ClickException):
 
 
 class Context:
-    def __init__(self, db: str, verbose: int, quiet: bool) -> None:
+    def __init__(self, db: str, verbose: int, quiet: bool, host_id: str) -> None:
         self.db = db
         self.verbose = verbose
         self.quiet = quiet
+        self.host_id = host_id
+
+    @property
+    def shown_db(self) -> str:
+        """--db as it may be printed: a URL's password hidden."""
+        return redact(self.db)
+
+    @property
+    def anchor(self) -> str:
+        """The path beside which logs/ and reports/ go (the current folder for a server)."""
+        return anchor(self.db)
 
     def echo(self, text: str) -> None:
         if not self.quiet:
@@ -48,9 +60,24 @@ def run_async(coro: Awaitable[T]) -> T:
         raise UserError(str(exc)) from None
 
 
-async def with_db(ctx: Context, body: Callable[[Queue], Awaitable[T]], **kw) -> T:  # type: ignore[no-untyped-def]
-    async with queue.opened(ctx.db, **kw) as q:
+async def with_db(  # type: ignore[no-untyped-def]
+    ctx: Context, body: Callable[[Queue], Awaitable[T]], shared: bool = False, **kw
+) -> T:
+    scope = HostScope(ctx.host_id, shared)
+    async with queue.opened(ctx.db, scope=scope, **kw) as q:
         return await body(q)
+
+
+def _host_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    if value is None:
+        return socket.gethostname()
+    if not value.strip() or not value.isprintable():
+        raise click.BadParameter("a host id is a non-empty name without control characters")
+    return value
+
+
+def shared_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--shared", is_flag=True, help=help_text)
 
 
 def kb_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -110,12 +137,20 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     default="uploader.db",
     envvar="UPLOADER_DB",
     show_default=True,
-    help="The SQLite file that holds the queue (env UPLOADER_DB).",
+    help="The queue: a SQLite file, or postgresql://user@host/dbname for one queue shared by "
+    "several hosts (env UPLOADER_DB).",
+)
+@click.option(
+    "--host-id",
+    envvar="UPLOADER_HOST_ID",
+    callback=_host_id,
+    help="This host's name in the queue (env UPLOADER_HOST_ID; default the host name): rows "
+    "are claimed by the host that enqueued them unless shared.",
 )
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (HTTP calls at -v).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final summary.")
 @click.pass_context
-def cli(ctx: click.Context, db: str, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) -> None:
     """Upload a folder of files into a MaiAgent knowledge base, exactly once.
 
     \b
@@ -128,7 +163,7 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool) -> None:
     uploader export-report              the JSON report
     """
     _setup_logging(verbose, quiet)
-    ctx.obj = Context(db, verbose, quiet)
+    ctx.obj = Context(db, verbose, quiet, host_id)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -166,6 +201,10 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
     help="Skip files larger (e.g. 500M; 'off' for no limit, the default).",
 )
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are cut).")
+@shared_option(
+    "DIRECTORY is on storage every host sees at the same path: any host's `run` may upload "
+    "its files."
+)
 @pass_ctx
 def enqueue(
     ctx: Context,
@@ -175,6 +214,7 @@ def enqueue(
     exclude: tuple[str, ...],
     max_size: int | None,
     follow_symlinks: bool,
+    shared: bool,
 ) -> None:
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
@@ -194,10 +234,10 @@ def enqueue(
         raise UserError(str(exc)) from None
 
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
-        own = scan.OwnState.of(ctx.db)
+        own = scan.OwnState.of(ctx.anchor)
         return await scan.enqueue(q, directory, kb_id, filters, follow_symlinks, own)
 
-    counts, stats = run_async(with_db(ctx, body))
+    counts, stats = run_async(with_db(ctx, body, shared=shared))
     for problem in stats.unreadable_folders:
         click.echo(f"warning: cannot read folder {problem}", err=True)
     if stats.own:
@@ -207,6 +247,13 @@ def enqueue(
         f"{counts.unchanged} unchanged, {counts.skipped} skipped"
         f" ({stats.ignored} ignored by filters, hidden or not regular files)"
     )
+    if counts.foreign:
+        click.echo(
+            f"warning: {counts.foreign} files are at paths another host queued, left to it: "
+            "use --shared if every host sees this folder at the same path, else give it "
+            "another path or knowledge base",
+            err=True,
+        )
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -305,6 +352,10 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     show_default=True,
     help="Seconds in-flight uploads get after Ctrl+C.",
 )
+@shared_option(
+    "This host sees every queued folder at the same path as the host that enqueued it: "
+    "claim any host's files."
+)
 @pass_ctx
 def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) -> None:
     """Upload every pending file: presign, S3 POST, register, with retries and resume.
@@ -323,10 +374,11 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
         lease_seconds=opts["lease"],
     )
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
-    recorded = {**opts, "base_url": base_url}
+    shared = opts.pop("shared")
+    recorded = {**opts, "base_url": base_url, "host_id": ctx.host_id, "shared": shared}
 
     async def body(q: Queue) -> tuple[worker.RunResult, dict[str, int]]:
-        log_path = _open_log(ctx.db)
+        log_path = _open_log(ctx.anchor)
         logging.getLogger("uploader.run").info("run started: %s, log %s", recorded, log_path)
         settings.register_batch = await checkup.register_batch(
             q, base_url, await q.kbs_with_work(settings.kb_id), opts["register_batch"]
@@ -336,12 +388,14 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
         left = {"skipped": 0, "running": 0}
         for kb, states in (await q.state_counts()).items():
             if settings.kb_id in (None, kb):
-                for state in left:
+                for state in ("skipped", "running"):
                     left[state] += states.get(state, (0, 0))[0]
+        if not shared:
+            left["elsewhere"] = _pending_elsewhere(await q.host_counts(), ctx.host_id)
         logging.getLogger("uploader.run").info("run ended: %s", _summary(result, left["skipped"]))
         return result, left
 
-    result, left = run_async(with_db(ctx, body, create=False))
+    result, left = run_async(with_db(ctx, body, shared=shared, create=False))
     if result.fatal is not None:
         click.echo(f"Error: {result.fatal}", err=True)
     else:
@@ -353,10 +407,24 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
                 f"{left['running']} files are held by another uploader run (or one that died "
                 "on another host, until its lease expires): run again later to finish them"
             )
-        click.echo(f"report: uploader --db {ctx.db} export-report")
+        if left.get("elsewhere"):
+            click.echo(
+                f"{left['elsewhere']} pending files were queued by other hosts and are left to "
+                "them (`run --shared` if this host sees their folders at the same paths)"
+            )
+        click.echo(f"report: uploader --db {ctx.shown_db} export-report")
     code = worker.exit_code(result)
     if code:
         sys.exit(code)
+
+
+def _pending_elsewhere(counts: list[Any], host_id: str) -> int:
+    """Pending rows only another host may upload."""
+    return sum(
+        c.files
+        for c in counts
+        if c.state == JobState.PENDING and not c.shared and c.host not in ("", host_id)
+    )
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -373,14 +441,27 @@ async def _status(q: Queue) -> dict[str, Any]:
         "failed_by_kind": await q.error_kind_counts(),
         "last_run": last[0] if last else None,
         "remote": {v["kb_id"]: v for v in await q.last_verifications()},
+        "hosts": _hosts(await q.host_counts()),
     }
+
+
+def _hosts(counts: list[Any]) -> dict[str, dict[str, int]]:
+    """Rows per host that enqueued them; shared rows apart ("<host> (shared)"), rows of no
+    recorded host under "(any host)"."""
+    hosts: dict[str, dict[str, int]] = {}
+    for c in counts:
+        label = c.host or "(any host)"
+        if c.shared:
+            label += " (shared)"
+        hosts.setdefault(label, {})[c.state] = c.files
+    return hosts
 
 
 def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
-def _print_status(data: dict[str, Any]) -> None:
+def _print_status(data: dict[str, Any], host_id: str) -> None:
     if not data["knowledge_bases"]:
         click.echo("the queue is empty: run `uploader enqueue DIR --kb KB_ID`")
     for kb, states in data["knowledge_bases"].items():
@@ -394,6 +475,12 @@ def _print_status(data: dict[str, Any]) -> None:
     if data["failed_by_kind"]:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(data["failed_by_kind"].items()))
         click.echo(f"failed by kind: {kinds}")
+    hosts = data["hosts"]
+    if hosts and list(hosts) != [host_id]:
+        click.echo("hosts (files by the host that enqueued them; shared: any host uploads them):")
+        for label, states in hosts.items():
+            line = ", ".join(f"{state.value} {states.get(state, 0):,}" for state in JobState)
+            click.echo(f"  {label:<24} {line}")
     run = data["last_run"]
     if run:
         counts = run["counts"] or {}
@@ -417,7 +504,7 @@ def status(ctx: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
-        _print_status(data)
+        _print_status(data, ctx.host_id)
 
 
 # --- retry-failed ----------------------------------------------------------------------------
@@ -482,7 +569,7 @@ def retry_failed(  # type: ignore[no-untyped-def]
 @pass_ctx
 def export_report(ctx: Context, output: str | None) -> None:
     """Write the JSON report: summary, successful, failed and skipped files, runs."""
-    target = output or report.default_path(ctx.db)
+    target = output or report.default_path(ctx.anchor)
 
     async def body(q: Queue) -> dict[str, Any]:
         try:

@@ -38,6 +38,7 @@ from ..model import (
     EnqueueCounts,
     Entry,
     FailedRow,
+    HostCount,
     Job,
     LeaseOwner,
     ListedRow,
@@ -48,6 +49,7 @@ from ..model import (
     ReportRow,
     RequeueItem,
     ScanRow,
+    ServiceFacts,
     SkippedRow,
     VerificationItem,
 )
@@ -96,25 +98,39 @@ _ENQUEUE_ROWS = (
     " AS r(path, relpath, size, mtime_ns, skip)"
 )
 
+# The rows an enqueue may change ($7 host, $8 shared): its host's, shared ones, those of no
+# recorded host, or any when its folder is shared.
+_OURS = "(j.shared OR j.host IN ('', $7) OR $8)"
+
 _REQUEUE_CHANGED = f"""
 UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, relpath = r.relpath,
        enqueued_at = {NOW}, {BACK_TO_PENDING}, {FORGET_UPLOAD}
 FROM {_ENQUEUE_ROWS}
 WHERE j.kb_id = $1 AND j.path = r.path AND j.state <> 'running'
-  AND (j.size <> r.size OR j.mtime_ns <> r.mtime_ns OR j.state = 'skipped')"""
+  AND (j.size <> r.size OR j.mtime_ns <> r.mtime_ns OR j.state = 'skipped') AND {_OURS}"""
 
 _MARK_SKIPPED = f"""
 UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, state = 'skipped',
        last_error = r.skip, error_kind = 'skipped'
 FROM {_ENQUEUE_ROWS}
-WHERE j.kb_id = $1 AND j.path = r.path AND j.state IN ('pending', 'failed', 'skipped')"""
+WHERE j.kb_id = $1 AND j.path = r.path AND j.state IN ('pending', 'failed', 'skipped')
+  AND {_OURS}"""
+
+_MAKE_SHARED = """
+UPDATE jobs AS j SET shared = true
+FROM unnest($2::bytea[]) AS r(path)
+WHERE j.kb_id = $1 AND j.path = r.path AND NOT j.shared"""
+
+_FOREIGN = """
+SELECT COUNT(*) FROM jobs AS j JOIN unnest($2::bytea[]) AS r(path) ON j.path = r.path
+WHERE j.kb_id = $1 AND NOT j.shared AND j.host NOT IN ('', $3)"""
 
 _INSERT = f"""
 INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error_kind,
-                  enqueued_at)
+                  enqueued_at, host, shared)
 SELECT $1, r.path, r.relpath, r.size, r.mtime_ns,
        CASE WHEN r.skip IS NULL THEN 'pending' ELSE 'skipped' END, r.skip,
-       CASE WHEN r.skip IS NULL THEN NULL ELSE 'skipped' END, {NOW}
+       CASE WHEN r.skip IS NULL THEN NULL ELSE 'skipped' END, {NOW}, $7, $8
 FROM {_ENQUEUE_ROWS}
 ON CONFLICT (kb_id, path) DO NOTHING"""
 
@@ -123,12 +139,19 @@ _JOB_COLUMNS = (
     "filename, started_at"
 )
 
+# The rows a run may take ($5 host, $6 any host): its host's, shared ones, those of no
+# recorded host, or any when the run says every host sees the same paths.
+_MAY_READ = "(shared OR host IN ('', $5) OR $6)"
+
+_MAY_READ_2 = _MAY_READ.replace("$5", "$2").replace("$6", "$3")  # after one $1
+
 _CLAIM = f"""
 UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires = {NOW} + $2,
        attempts = attempts + 1, started_at = {NOW}
 WHERE id IN (
     SELECT id FROM jobs
     WHERE state = 'pending' AND next_attempt_at <= {NOW} AND ($3::text IS NULL OR kb_id = $3)
+      AND {_MAY_READ}
     ORDER BY next_attempt_at, id LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
@@ -224,10 +247,12 @@ _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
 
 _ADOPTABLE = """
 SELECT r.id FROM remote_files AS r
-WHERE r.kb_id = $1 AND r.filename = $2 AND r.created_at >= $3
-  AND (r.size IS NULL OR r.size = $4)
-  AND (r.file_key IS NULL OR $5::text IS NULL OR r.file_key = $5)
+WHERE r.kb_id = $1
   AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id)
+  AND CASE WHEN r.file_key IS NOT NULL AND $5::text IS NOT NULL
+      THEN r.file_key = $5 OR right(r.file_key, length($5) + 1) = '/' || $5
+      ELSE r.filename = $2 AND r.created_at >= $3 AND (r.size IS NULL OR r.size = $4)
+      END
 ORDER BY r.file_key IS NULL, r.created_at, r.id"""
 
 _STORE_LISTED = """
@@ -288,6 +313,15 @@ _REQUEUE_REMOTE = f"""
 UPDATE jobs AS j SET {BACK_TO_PENDING}, {FORGET_UPLOAD}
 FROM unnest($1::int8[], $2::text[]) AS r(id, file_id)
 WHERE j.id = r.id AND j.state = 'done' AND j.file_id IS NOT DISTINCT FROM r.file_id"""
+
+
+_STORE_FACTS = """
+INSERT INTO service_facts (base_url, kb_id, learned_at, source, batch_register, facts)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (base_url, kb_id) DO UPDATE SET learned_at = excluded.learned_at,
+    source = excluded.source,
+    facts = CASE WHEN excluded.facts = '{}' THEN service_facts.facts ELSE excluded.facts END,
+    batch_register = COALESCE(excluded.batch_register, service_facts.batch_register)"""
 
 
 def _rounds(outcomes: Sequence[Outcome]) -> list[list[Outcome]]:
@@ -429,14 +463,17 @@ class PgQueue(Queue):
                     f"CREATE TABLE {VERSION_TABLE} (version integer PRIMARY KEY,"
                     " applied_at double precision NOT NULL)"
                 )
-            current = await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}")
+            applied = {r[0] for r in await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")}
+            current = max(applied, default=0)
             if current > latest:
                 raise QueueError(
                     f"database {self._shown} was made by a newer version of uploader (schema "
                     f"{current}, this version knows {latest}); upgrade uploader to use it"
                 )
+            # Each missing one, even below the newest applied: numbers are reserved ahead,
+            # so a migration may land after a higher-numbered one.
             for number, sql in _migrations():
-                if number > current:
+                if number not in applied:
                     await conn.execute(sql)
                     await conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES ($1, {NOW})", number)
                     log.info("database %s: migration %04d applied", self._shown, number)
@@ -466,23 +503,33 @@ class PgQueue(Queue):
         statement matches on the (kb_id, path) index."""
         readable = [r for r in rows if r.skip is None]
         skipped = [r for r in rows if r.skip is not None]
-        changed = new = 0
+        changed = new = foreign = 0
+        host, shared = self.scope.host, self.scope.shared
         async with self.transaction() as conn:
+            if shared:
+                await conn.execute(_MAKE_SHARED, kb_id, [r.path for r in rows])
             if readable:
-                args = _enqueue_args(readable)
+                args = [*_enqueue_args(readable), host, shared]
+                if not shared:
+                    foreign = await conn.fetchval(_FOREIGN, kb_id, args[0], host)
                 changed = _status_count(await conn.execute(_REQUEUE_CHANGED, kb_id, *args))
                 new = _status_count(await conn.execute(_INSERT, kb_id, *args))
             if skipped:
-                args = _enqueue_args(skipped)
+                args = [*_enqueue_args(skipped), host, shared]
                 await conn.execute(_MARK_SKIPPED, kb_id, *args)
                 await conn.execute(_INSERT, kb_id, *args)
         return EnqueueCounts(
             scanned=len(rows),
             new=new,
             changed=changed,
-            unchanged=len(readable) - new - changed,
+            unchanged=len(readable) - new - changed - foreign,
             skipped=len(skipped),
+            foreign=foreign,
         )
+
+    def _reads(self) -> tuple[str, bool]:
+        """The parameters of _MAY_READ."""
+        return self.scope.host, self.scope.shared
 
     # --- the pool ------------------------------------------------------------------------
 
@@ -491,7 +538,7 @@ class PgQueue(Queue):
     ) -> list[Job]:
         """One statement: the due rows no other claimer holds, leased by the database's clock."""
         async with self._connection() as conn:
-            rows = await conn.fetch(_CLAIM, owner, lease_seconds, kb_id, limit)
+            rows = await conn.fetch(_CLAIM, owner, lease_seconds, kb_id, limit, *self._reads())
         jobs = [
             Job(*r[:9], self._to_host(r[9]), r[10], self._to_host(r[11]) or 0.0)  # type: ignore[arg-type]
             for r in rows
@@ -503,8 +550,9 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             due = await conn.fetchval(
                 "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending'"
-                " AND ($1::text IS NULL OR kb_id = $1)",
+                f" AND ($1::text IS NULL OR kb_id = $1) AND {_MAY_READ_2}",
                 kb_id,
+                *self._reads(),
             )
         return self._to_host(due) if due else due
 
@@ -612,6 +660,14 @@ class PgQueue(Queue):
             result.setdefault(kb, {})[state] = (count, int(size))
         return result
 
+    async def host_counts(self) -> list[HostCount]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT host, shared, state, COUNT(*) FROM jobs GROUP BY host, shared, state"
+                " ORDER BY host, shared, state"
+            )
+        return [HostCount(*r) for r in rows]
+
     async def error_kind_counts(self) -> dict[str, int]:
         async with self._connection() as conn:
             rows = await conn.fetch(
@@ -685,8 +741,9 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT DISTINCT kb_id FROM jobs WHERE state IN ('pending', 'running')"
-                " AND ($1::text IS NULL OR kb_id = $1) ORDER BY kb_id",
+                f" AND ($1::text IS NULL OR kb_id = $1) AND {_MAY_READ_2} ORDER BY kb_id",
                 kb_id,
+                *self._reads(),
             )
         return [r[0] for r in rows]
 
@@ -694,8 +751,10 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             count, size = await conn.fetchrow(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM jobs"
-                " WHERE state IN ('pending', 'running') AND ($1::text IS NULL OR kb_id = $1)",
+                " WHERE state IN ('pending', 'running') AND ($1::text IS NULL OR kb_id = $1)"
+                f" AND {_MAY_READ_2}",
                 kb_id,
+                *self._reads(),
             )
         return count, int(size)
 
@@ -898,6 +957,33 @@ class PgQueue(Queue):
                 [s.status for s in statuses],
                 [s.job_id for s in statuses],
             )
+
+    # --- what the service was seen to speak ----------------------------------------------
+
+    async def store_service_facts(self, facts: ServiceFacts) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                _STORE_FACTS,
+                facts.base_url,
+                facts.kb_id,
+                facts.learned_at,
+                facts.source,
+                facts.batch_register,
+                json.dumps(facts.facts, ensure_ascii=False),
+            )
+
+    async def service_facts(self, base_url: str, kb_id: str) -> ServiceFacts | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT learned_at, source, batch_register, facts FROM service_facts"
+                " WHERE base_url = $1 AND kb_id = $2",
+                base_url,
+                kb_id,
+            )
+        if row is None:
+            return None
+        learned_at, source, batch, facts = row
+        return ServiceFacts(base_url, kb_id, learned_at, source, batch, json.loads(facts))
 
 
 def _enqueue_args(rows: Sequence[ScanRow]) -> list[list[Any]]:
