@@ -998,7 +998,7 @@ def check(
         )
     if not as_json and code == 0:
         done = "the key and the knowledge base answer" if dry_run else "the upload path works"
-        kept = f"; what it learned is kept in {ctx.db} for `uploader run`" if stored else ""
+        kept = f"; what it learned is kept in {ctx.shown_db} for `uploader run`" if stored else ""
         click.echo(f"OK: {done}{kept}")
     if code:
         sys.exit(code)
