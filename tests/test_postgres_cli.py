@@ -31,6 +31,7 @@ from tests.maiagent_server import MaiAgentServer
 from tests.pg_server import PASSWORD
 
 LEASE = "3"
+BAD_REMOTE = "SELECT count(*) FROM jobs WHERE remote_status = 'failed'"
 
 
 def pg_rows(url: str, sql: str = "SELECT * FROM jobs ORDER BY id") -> list[dict[str, Any]]:
@@ -225,7 +226,7 @@ def test_status_verify_dedupe_retry_and_report_work_on_postgresql(
     assert data["hosts"] == {"host-a": {"done": 40}}
 
     verify = invoke(pg_url, "verify", "--wait", *service(server))  # type: ignore[arg-type]
-    failed = sum(1 for e in server.entries(KB) if e["status"] == "failed")
+    [(failed,)] = [tuple(r.values()) for r in pg_rows(pg_url, BAD_REMOTE)]
     assert failed > 0 and verify.exit_code == 1, verify.output
     [first] = [j for j in pg_rows(pg_url) if j["relpath"] == relpaths[0]]
     copy = server.add_entry(KB, relpaths[0], first["size"])["id"]
