@@ -12,6 +12,9 @@ import pytest
 from tests.helpers import S3_BUCKET
 from tests.maiagent_server import Faults, MaiAgentServer
 
+# The session's PostgreSQL server and a fresh queue on it: `pg_server`, `pg_url`.
+pytest_plugins = ["tests.pg_server"]
+
 _KNOBS = {field.name for field in dataclasses.fields(Faults)}
 
 
@@ -20,7 +23,7 @@ def dialect(request: pytest.FixtureRequest) -> str:
     """The API dialect `maiagent` and `maiagent_factory` speak: "examples" unless a test asks
     for another with `@pytest.mark.parametrize("dialect", DIALECTS, indirect=True)` (or a plain
     parametrize of `dialect`). "examples" until the client reads the documented shapes."""
-    return getattr(request, "param", "examples")
+    return getattr(request, "param", "docs")
 
 
 @pytest.fixture

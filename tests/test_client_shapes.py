@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.helpers import async_test
+from tests.maiagent_server import MaiAgentServer
 from tests.test_client import (
     FIELDS,
     KB,
@@ -645,3 +646,13 @@ async def test_a_field_value_echoed_in_a_message_is_redacted() -> None:
         fake.on(KB_FILES, reply(201, [examples_entry(createdAt=KEY)]))
         err = await fails(client.register(KB, [ITEM]))  # `fails` checks the key is absent
     assert err.error_kind == "bad_response" and "[redacted]" in str(err)
+
+
+def test_the_fixtures_speak_the_docs_by_default(
+    maiagent: MaiAgentServer, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """The real service answers as its docs show, so that is what every test meets unless it
+    asks for the example scripts' shapes."""
+    assert maiagent.dialect == "docs"
+    assert maiagent_factory().dialect == "docs"
+    assert maiagent_factory(dialect="examples").dialect == "examples"

@@ -183,11 +183,11 @@ def test_unicode_and_undecodable_names_and_empty_files(
     jobs = {j["relpath"]: j for j in rows(db)}
     assert jobs[escaped]["path"] == os.fsencode(data) + b"/" + NOT_UTF8  # lossless
     assert all(j["state"] == "done" for j in jobs.values())
-    entries = {e["filename"]: e for e in maiagent.entries(KB)}
+    entries = {e["filename"]: e for e in maiagent.records(KB)}
     assert sorted(entries) == sorted(contents)
     for name, data_bytes in contents.items():
         assert entries[name]["id"] == jobs[name]["file_id"]
-        stored = maiagent.object(entries[name]["file"])
+        stored = maiagent.object(entries[name]["key"])
         assert stored is not None
         assert (stored["size"], stored["sha256"]) == (len(data_bytes), sha256(data_bytes))
 

@@ -200,6 +200,24 @@ async def test_a_doubtful_register_adopts_only_a_new_unowned_entry(queue_target:
 
 
 @async_test
+async def test_where_the_listing_shows_keys_only_the_key_adopts(queue_target: str) -> None:
+    """Same name, same size, newer: still another file's entry when its key differs. A
+    URL-shaped `file` (docs dialect) names the key by ending with it."""
+    async with await open_queue(queue_target) as q:
+        now = time.time()
+        key = "media/chatbots/chatbot-file/ab12.txt"
+        await q.store_listed(
+            [
+                ListedRow(KB, "other", "x", 10, "done", now, now, "media/chatbots/x/ff99.txt"),
+                ListedRow(KB, "mine", "renamed", 99, "done", now - 500, now, "cdn/" + key),
+            ]
+        )
+        assert await q.adoptable(KB, "x", 10, now - 10, key) == ["mine"]
+        assert await q.adoptable(KB, "x", 10, now - 10, "chatbot-file/zz.txt") == []
+        assert await q.adoptable(KB, "x", 10, now - 10, "b12.txt") == []
+
+
+@async_test
 async def test_a_listing_is_matched_to_the_done_jobs(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
         await _done(q, "a", "b")

@@ -36,7 +36,7 @@ def test_failed_entries_are_uploaded_again_until_every_file_is_done(
     )
     db, names = upload(tmp_path, server, 80)
     assert invoke(db, "verify", *service(server), "--wait", "--timeout", "30").exit_code == 1
-    failed = {e["id"] for e in server.entries(KB) if e["status"] == "failed"}
+    failed = {e["id"] for e in server.records(KB) if e["status"] == "failed"}
     assert failed
 
     result = invoke(db, "retry-failed", "--remote", *service(server))
@@ -59,7 +59,7 @@ def test_failed_entries_are_uploaded_again_until_every_file_is_done(
 
     assert rerun.exit_code == 0, rerun.output
     assert final.exit_code == 0, final.output
-    entries = server.entries(KB)
+    entries = server.records(KB)
     assert sorted(e["filename"] for e in entries) == sorted(names)
     assert {e["status"] for e in entries} == {"done"}
     assert {j["remote_status"] for j in rows(db)} == {"done"}

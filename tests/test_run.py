@@ -136,14 +136,14 @@ def assert_exactly_once(ws: Workspace, server: MaiAgentServer, files: dict[str, 
     """Every file done, one entry per file, each job pointing at the entry with its bytes."""
     jobs = ws.jobs()
     assert {job["state"] for job in jobs} == {"done"}
-    entries = {entry["id"]: entry for entry in server.entries(KB)}
+    entries = {entry["id"]: entry for entry in server.records(KB)}
     assert len(entries) == len(files) == len(jobs)
     assert {job["file_id"] for job in jobs} == set(entries)
     for job in jobs:
         entry = entries[job["file_id"]]
         assert entry["filename"] == job["filename"] == job["relpath"]
         assert entry["size"] == job["size"] == len(files[job["relpath"]])
-        stored = server.object(entry["file"])
+        stored = server.object(entry["key"])
         assert stored is not None and stored["data"] == files[job["relpath"]]
 
 
@@ -546,9 +546,9 @@ def test_a_1gb_file_uploads_with_little_memory(
     processes.append(process)
     assert process.wait(timeout=120) == 0, ws.output()
     assert int(peak_file.read_text()) * 1024 < 150 * 10**6
-    [entry] = maiagent.entries(KB)
+    [entry] = maiagent.records(KB)
     assert entry["size"] == size
-    stored = maiagent.object(entry["file"])
+    stored = maiagent.object(entry["key"])
     assert stored is not None and stored["sha256"] == sha256_of_zeros(size)
     assert ws.jobs()[0]["file_id"] == entry["id"]
 

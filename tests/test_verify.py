@@ -33,7 +33,7 @@ def test_verify_wait_reports_the_counts_the_server_holds(
 
     result = invoke(db, "verify", *service(server), "--wait", "--timeout", "30")
 
-    entries = server.entries(KB)
+    entries = server.records(KB)
     held = Counter(e["status"] for e in entries)
     assert held["failed"] > 0 and held["done"] > 0 and len(entries) == 150
     assert result.exit_code == 1, result.output

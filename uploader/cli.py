@@ -8,15 +8,16 @@ import functools
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 
-from . import __version__, client, outage, queue, reconcile, report, scan, worker
-from .model import FAILURE_KINDS, EnqueueCounts, JobState, VerificationItem
-from .queue import Queue
+from . import __version__, checkup, client, outage, queue, reconcile, report, scan, worker
+from .model import FAILURE_KINDS, EnqueueCounts, HostScope, JobState, VerificationItem
+from .queue import Queue, anchor, redact
 from .scan import display
 
 T = TypeVar("T")
@@ -30,10 +31,21 @@ class UserError(click.ClickException):
 
 
 class Context:
-    def __init__(self, db: str, verbose: int, quiet: bool) -> None:
+    def __init__(self, db: str, verbose: int, quiet: bool, host_id: str) -> None:
         self.db = db
         self.verbose = verbose
         self.quiet = quiet
+        self.host_id = host_id
+
+    @property
+    def shown_db(self) -> str:
+        """--db as it may be printed: a URL's password hidden."""
+        return redact(self.db)
+
+    @property
+    def anchor(self) -> str:
+        """The path beside which logs/ and reports/ go (the current folder for a server)."""
+        return anchor(self.db)
 
     def echo(self, text: str) -> None:
         if not self.quiet:
@@ -48,9 +60,24 @@ def run_async(coro: Awaitable[T]) -> T:
         raise UserError(str(exc)) from None
 
 
-async def with_db(ctx: Context, body: Callable[[Queue], Awaitable[T]], **kw) -> T:  # type: ignore[no-untyped-def]
-    async with queue.opened(ctx.db, **kw) as q:
+async def with_db(  # type: ignore[no-untyped-def]
+    ctx: Context, body: Callable[[Queue], Awaitable[T]], shared: bool = False, **kw
+) -> T:
+    scope = HostScope(ctx.host_id, shared)
+    async with queue.opened(ctx.db, scope=scope, **kw) as q:
         return await body(q)
+
+
+def _host_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    if value is None:
+        return socket.gethostname()
+    if not value.strip() or not value.isprintable():
+        raise click.BadParameter("a host id is a non-empty name without control characters")
+    return value
+
+
+def shared_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--shared", is_flag=True, help=help_text)
 
 
 def kb_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -110,15 +137,25 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     default="uploader.db",
     envvar="UPLOADER_DB",
     show_default=True,
-    help="The SQLite file that holds the queue (env UPLOADER_DB).",
+    help="The queue: a SQLite file, or postgresql://user@host/dbname for one queue shared by "
+    "several hosts (env UPLOADER_DB).",
+)
+@click.option(
+    "--host-id",
+    envvar="UPLOADER_HOST_ID",
+    callback=_host_id,
+    help="This host's name in the queue (env UPLOADER_HOST_ID; default the host name): rows "
+    "are claimed by the host that enqueued them unless shared.",
 )
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (HTTP calls at -v).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final summary.")
 @click.pass_context
-def cli(ctx: click.Context, db: str, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) -> None:
     """Upload a folder of files into a MaiAgent knowledge base, exactly once.
 
     \b
+    uploader kbs                        the knowledge bases the API key can see
+    uploader check --kb KB_ID           prove the set-up with a probe file, first
     uploader enqueue DIR --kb KB_ID     scan DIR into the queue (safe to repeat)
     uploader run --workers 10           upload everything pending
     uploader status                     counts per state
@@ -126,7 +163,7 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool) -> None:
     uploader export-report              the JSON report
     """
     _setup_logging(verbose, quiet)
-    ctx.obj = Context(db, verbose, quiet)
+    ctx.obj = Context(db, verbose, quiet, host_id)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -164,6 +201,10 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
     help="Skip files larger (e.g. 500M; 'off' for no limit, the default).",
 )
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are cut).")
+@shared_option(
+    "DIRECTORY is on storage every host sees at the same path: any host's `run` may upload "
+    "its files."
+)
 @pass_ctx
 def enqueue(
     ctx: Context,
@@ -173,6 +214,7 @@ def enqueue(
     exclude: tuple[str, ...],
     max_size: int | None,
     follow_symlinks: bool,
+    shared: bool,
 ) -> None:
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
@@ -192,10 +234,10 @@ def enqueue(
         raise UserError(str(exc)) from None
 
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
-        own = scan.OwnState.of(ctx.db)
+        own = scan.OwnState.of(ctx.anchor)
         return await scan.enqueue(q, directory, kb_id, filters, follow_symlinks, own)
 
-    counts, stats = run_async(with_db(ctx, body))
+    counts, stats = run_async(with_db(ctx, body, shared=shared))
     for problem in stats.unreadable_folders:
         click.echo(f"warning: cannot read folder {problem}", err=True)
     if stats.own:
@@ -205,9 +247,36 @@ def enqueue(
         f"{counts.unchanged} unchanged, {counts.skipped} skipped"
         f" ({stats.ignored} ignored by filters, hidden or not regular files)"
     )
+    if counts.foreign:
+        click.echo(
+            f"warning: {counts.foreign} files are at paths another host queued, left to it: "
+            "use --shared if every host sees this folder at the same path, else give it "
+            "another path or knowledge base",
+            err=True,
+        )
 
 
 # --- run -------------------------------------------------------------------------------------
+
+
+class BatchSize(click.ParamType):
+    """--register-batch: "auto" (None) or a number of files from 1 to 100."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or value == "auto":
+            return None
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(str(value))
+            except ValueError:
+                self.fail(f"{value!r} is neither auto nor a number", param, ctx)
+        if not 1 <= number <= 100:
+            self.fail(f"{number} is not in the range 1<=x<=100", param, ctx)
+        return number
 
 
 def _open_log(db_path: str) -> str:
@@ -271,10 +340,11 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
 )
 @click.option(
     "--register-batch",
-    type=click.IntRange(1, 100),
-    default=1,
+    type=BatchSize(),
+    default="auto",
     show_default=True,
-    help="Files per register call.",
+    help="Files per register call (1-100); auto: 20 where `uploader check` or an earlier "
+    "run proved the service takes several, else 1.",
 )
 @click.option(
     "--lease",
@@ -297,6 +367,10 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     show_default=True,
     help="Seconds the run waits, paused, for a service that stopped answering (then exit 4).",
 )
+@shared_option(
+    "This host sees every queued folder at the same path as the host that enqueued it: "
+    "claim any host's files."
+)
 @pass_ctx
 def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) -> None:
     """Upload every pending file: presign, S3 POST, register, with retries and resume.
@@ -312,29 +386,35 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
         retry_delay=opts["retry_delay"],
         kb_id=opts["kb_id"],
         name=opts["name"],
-        register_batch=opts["register_batch"],
         grace=opts["grace"],
         lease_seconds=opts["lease"],
         outage_timeout=opts["outage_timeout"],
     )
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
-    recorded = {**opts, "base_url": base_url}
+    shared = opts.pop("shared")
+    recorded = {**opts, "base_url": base_url, "host_id": ctx.host_id, "shared": shared}
 
     async def body(q: Queue) -> tuple[worker.RunResult, dict[str, int]]:
-        log_path = _open_log(ctx.db)
+        log_path = _open_log(ctx.anchor)
         logging.getLogger("uploader.run").info("run started: %s, log %s", recorded, log_path)
+        settings.register_batch = await checkup.register_batch(
+            q, base_url, await q.kbs_with_work(settings.kb_id), opts["register_batch"]
+        )
         result = await worker.execute(
             q, settings, service, recorded, ctx.quiet, None if ctx.quiet else _show_outage
         )
+        await checkup.learned_from_run(q, base_url, result.batch_proved)
         left = {"skipped": 0, "running": 0}
         for kb, states in (await q.state_counts()).items():
             if settings.kb_id in (None, kb):
-                for state in left:
+                for state in ("skipped", "running"):
                     left[state] += states.get(state, (0, 0))[0]
+        if not shared:
+            left["elsewhere"] = _pending_elsewhere(await q.host_counts(), ctx.host_id)
         logging.getLogger("uploader.run").info("run ended: %s", _summary(result, left["skipped"]))
         return result, left
 
-    result, left = run_async(with_db(ctx, body, create=False))
+    result, left = run_async(with_db(ctx, body, shared=shared, create=False))
     if result.fatal is not None:
         click.echo(f"Error: {result.fatal}", err=True)
     else:
@@ -346,10 +426,24 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
                 f"{left['running']} files are held by another uploader run (or one that died "
                 "on another host, until its lease expires): run again later to finish them"
             )
-        click.echo(f"report: uploader --db {ctx.db} export-report")
+        if left.get("elsewhere"):
+            click.echo(
+                f"{left['elsewhere']} pending files were queued by other hosts and are left to "
+                "them (`run --shared` if this host sees their folders at the same paths)"
+            )
+        click.echo(f"report: uploader --db {ctx.shown_db} export-report")
     code = worker.exit_code(result)
     if code:
         sys.exit(code)
+
+
+def _pending_elsewhere(counts: list[Any], host_id: str) -> int:
+    """Pending rows only another host may upload."""
+    return sum(
+        c.files
+        for c in counts
+        if c.state == JobState.PENDING and not c.shared and c.host not in ("", host_id)
+    )
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -366,14 +460,27 @@ async def _status(q: Queue) -> dict[str, Any]:
         "failed_by_kind": await q.error_kind_counts(),
         "last_run": last[0] if last else None,
         "remote": {v["kb_id"]: v for v in await q.last_verifications()},
+        "hosts": _hosts(await q.host_counts()),
     }
+
+
+def _hosts(counts: list[Any]) -> dict[str, dict[str, int]]:
+    """Rows per host that enqueued them; shared rows apart ("<host> (shared)"), rows of no
+    recorded host under "(any host)"."""
+    hosts: dict[str, dict[str, int]] = {}
+    for c in counts:
+        label = c.host or "(any host)"
+        if c.shared:
+            label += " (shared)"
+        hosts.setdefault(label, {})[c.state] = c.files
+    return hosts
 
 
 def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
-def _print_status(data: dict[str, Any]) -> None:
+def _print_status(data: dict[str, Any], host_id: str) -> None:
     if not data["knowledge_bases"]:
         click.echo("the queue is empty: run `uploader enqueue DIR --kb KB_ID`")
     for kb, states in data["knowledge_bases"].items():
@@ -387,6 +494,12 @@ def _print_status(data: dict[str, Any]) -> None:
     if data["failed_by_kind"]:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(data["failed_by_kind"].items()))
         click.echo(f"failed by kind: {kinds}")
+    hosts = data["hosts"]
+    if hosts and list(hosts) != [host_id]:
+        click.echo("hosts (files by the host that enqueued them; shared: any host uploads them):")
+        for label, states in hosts.items():
+            line = ", ".join(f"{state.value} {states.get(state, 0):,}" for state in JobState)
+            click.echo(f"  {label:<24} {line}")
     run = data["last_run"]
     if run:
         counts = run["counts"] or {}
@@ -410,7 +523,7 @@ def status(ctx: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
-        _print_status(data)
+        _print_status(data, ctx.host_id)
 
 
 # --- retry-failed ----------------------------------------------------------------------------
@@ -475,7 +588,7 @@ def retry_failed(  # type: ignore[no-untyped-def]
 @pass_ctx
 def export_report(ctx: Context, output: str | None) -> None:
     """Write the JSON report: summary, successful, failed and skipped files, runs."""
-    target = output or report.default_path(ctx.db)
+    target = output or report.default_path(ctx.anchor)
 
     async def body(q: Queue) -> dict[str, Any]:
         try:
@@ -791,6 +904,123 @@ def _retry_remote(
     if r.errors:
         click.echo(f"{len(r.errors):,} entries could not be deleted; try again later", err=True)
         sys.exit(1)
+
+
+# --- kbs, check ------------------------------------------------------------------------------
+
+
+@cli.command()
+@service_options()
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+def kbs(api_key: str, base_url: str, insecure: bool, as_json: bool) -> None:
+    """List the knowledge bases the API key can see: the ids to pass as --kb.
+
+    Exit codes: 0, 1 the service kept failing, 2 bad input, 3 the key was refused.
+    """
+    _check_service(api_key, base_url, insecure, "kbs")
+
+    async def body() -> list[client.KnowledgeBase]:
+        async with reconcile.open_client(base_url, api_key) as api:
+            return await api.list_knowledge_bases()
+
+    try:
+        found = asyncio.run(body())
+    except client.ApiError as exc:
+        raise ServiceError(exc) from None
+    if as_json:
+        shown = [{"id": k.id, "name": k.name, "files_count": k.files_count} for k in found]
+        click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+        return
+    if not found:
+        click.echo("no knowledge base is visible to this API key")
+        return
+    width = max(len("ID"), *(len(k.id) for k in found))
+    name_width = max(len("NAME"), *(len(k.name) for k in found))
+    click.echo(f"{'ID':<{width}}  {'NAME':<{name_width}}  {'FILES':>9}")
+    for k in found:
+        files = "?" if k.files_count is None else f"{k.files_count:,}"
+        click.echo(f"{k.id:<{width}}  {k.name:<{name_width}}  {files:>9}")
+
+
+def _step_line(step: checkup.StepResult) -> str:
+    verdict = "ok" if step.ok else "FAILED"
+    return f"  {str(step.step):<15} {verdict:<6} {step.seconds:6.2f}s  {step.saw}"
+
+
+@cli.command()
+@service_options()
+@kb_option(required=True)
+@click.option("--dry-run", is_flag=True, help="Only the read calls: nothing is uploaded.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds per request.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON only.")
+@pass_ctx
+def check(
+    ctx: Context,
+    api_key: str,
+    base_url: str,
+    insecure: bool,
+    kb_id: str,
+    dry_run: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Prove the set-up before a first real upload, and see what the service speaks.
+
+    Checks the key and the knowledge base, then sends tiny probe files
+    (uploader-check-probe-*.txt) through presign, S3 upload, register (one, then two in one
+    call), the listing and delete: each step with its time and what it saw. The probes are
+    always deleted, also on Ctrl+C. Nothing goes into the jobs table; what was learned is kept
+    in the database for `run --register-batch auto`. Exit codes: 0 the upload path works, 1 it
+    does not, 2 bad input, 3 the service refused the key or the knowledge base, 130
+    interrupted.
+    """
+    _check_service(api_key, base_url, insecure, "check")
+    if not as_json:
+        mode = "dry run, reads only" if dry_run else "probe upload"
+        click.echo(f"checking knowledge base {kb_id} at {base_url} ({mode})")
+
+    def on_step(step: checkup.StepResult) -> None:
+        if not as_json:
+            click.echo(_step_line(step))
+
+    async def body() -> tuple[checkup.CheckResult, bool]:
+        result = await checkup.run_check(
+            base_url,
+            api_key,
+            kb_id,
+            dry_run=dry_run,
+            timeout=timeout,
+            on_step=on_step,
+            notify=functools.partial(click.echo, err=True),
+        )
+        if dry_run or "register_answer" not in result.facts:
+            return result, False
+        async with queue.opened(ctx.db) as q:
+            return result, await checkup.remember(q, result)
+
+    result, stored = run_async(body())
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    code = result.exit_code
+    if result.error is not None:
+        click.echo(f"Error: {result.error}", err=True)
+    if result.left_behind:
+        click.echo(
+            f"Error: probe entries left behind in {kb_id}: {'; '.join(result.left_behind)}",
+            err=True,
+        )
+    if not as_json and code == 0:
+        done = "the key and the knowledge base answer" if dry_run else "the upload path works"
+        kept = f"; what it learned is kept in {ctx.shown_db} for `uploader run`" if stored else ""
+        click.echo(f"OK: {done}{kept}")
+    if code:
+        sys.exit(code)
 
 
 def main() -> None:

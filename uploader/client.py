@@ -233,6 +233,45 @@ class KnowledgeBase(NamedTuple):
     files_count: int | None
 
 
+class Forms(NamedTuple):
+    """How one answer spelled what the uploader reads, as `uploader check` reports it: the
+    sources disagree, and only the service itself can say which it speaks. A field is None
+    when the answer held no entry, or its first entry no such field."""
+
+    answer: Literal["list", "page"]
+    file: Literal["key", "url", "path"] | None
+    status: Literal["string", "object"] | None
+    created_at: Literal["int", "float", "digits", "iso"] | None
+    size_field: str | None
+
+
+def forms_of(answer: Any) -> Forms:
+    """The forms of an answer already parsed without error (so every field is usable)."""
+    results = answer if isinstance(answer, list) else answer.get("results") or []
+    first = results[0] if results else {}
+    file, status, created = first.get("file"), first.get("status"), first.get("createdAt")
+    return Forms(
+        answer="list" if isinstance(answer, list) else "page",
+        file=None if not file else _file_form(file),
+        status=None if status is None else "object" if isinstance(status, dict) else "string",
+        created_at=None if created is None else _created_form(created),
+        size_field=next((k for k in ("size", "fileSize", "file_size") if k in first), None),
+    )
+
+
+def _file_form(value: str) -> Literal["key", "url", "path"]:
+    parts = urlsplit(value)
+    if parts.scheme and parts.netloc:
+        return "url"
+    return "path" if value.startswith("/") else "key"
+
+
+def _created_form(value: Any) -> Literal["int", "float", "digits", "iso"]:
+    if isinstance(value, str):
+        return "digits" if _NUMBER.fullmatch(value.strip()) else "iso"
+    return "int" if isinstance(value, int) else "float"
+
+
 @dataclass(frozen=True)
 class RegisterItem:
     """One file of a register call: the S3 key, the name shown, and the optional extras the
@@ -668,11 +707,18 @@ class MaiAgentClient:
         A 400 saying the key is already in the knowledge base is `duplicate_key`: transient
         and maybe applied, since it means an earlier register of ours took effect.
         """
+        entries, _forms = await self.register_forms(kb_id, items, label_form)
+        return entries
+
+    async def register_forms(
+        self, kb_id: str, items: Sequence[RegisterItem], label_form: LabelForm = "objects"
+    ) -> tuple[list[RemoteEntry], Forms]:
+        """`register`, and the forms its answer took (for `uploader check`)."""
         files = [item.body(label_form) for item in items]
         answer = await self._api_json(
             "POST", _kb_path(kb_id), "register", {"files": files}, kb_id=kb_id, unsafe=True
         )
-        return self._parse("register", _entries, answer, unsafe=True)
+        return self._parse("register", _entries, answer, unsafe=True), forms_of(answer)
 
     # --- knowledge-base files ---
 
@@ -684,8 +730,17 @@ class MaiAgentClient:
         parameter ignores it or refuses the request cannot be tried from here. The page size
         served is whatever comes back.
         """
+        page_read, _forms = await self.list_files_forms(kb_id, page, page_size)
+        return page_read
+
+    async def list_files_forms(
+        self, kb_id: str, page: int, page_size: int
+    ) -> tuple[FilePage, Forms]:
+        """`list_files`, and the forms its answer took (for `uploader check`)."""
         path = f"{_kb_path(kb_id)}?page={page}&page_size={page_size}"
-        return await self._file_page(path, kb_id)
+        answer = await self._api_json("GET", path, "list files", kb_id=kb_id)
+        url = self._base + path
+        return self._parse("list files", lambda a: _file_page(a, url), answer), forms_of(answer)
 
     async def next_files(self, kb_id: str, next_url: str) -> FilePage:
         """The page a listing's `next` names; refused (bad_response) when it is not on the

@@ -102,10 +102,33 @@ class EnqueueCounts:
     changed: int = 0
     unchanged: int = 0
     skipped: int = 0
+    # files at a path another host queued, not on shared storage: left to that host's row
+    foreign: int = 0
 
     def add(self, other: EnqueueCounts) -> None:
-        for name in ("scanned", "new", "changed", "unchanged", "skipped"):
+        for name in ("scanned", "new", "changed", "unchanged", "skipped", "foreign"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True)
+class HostScope:
+    """Who this process is to the queue. A file can be read only where it was found, so a
+    row records the host that enqueued it and is claimed only by that host, unless its folder
+    is on storage every host sees at the same path (`shared`): rows enqueued with `shared`
+    go to any host, and a run with `shared` claims any host's rows. Rows made before hosts
+    were recorded have host '' and go to any host."""
+
+    host: str
+    shared: bool = False
+
+
+class HostCount(NamedTuple):
+    """Rows of one (host, shared) pair in one state, for `status`."""
+
+    host: str
+    shared: bool
+    state: str
+    files: int
 
 
 @dataclass
@@ -243,3 +266,15 @@ class RequeueItem(NamedTuple):
 class RemoteStatus(NamedTuple):
     status: str | None
     job_id: int
+
+
+class ServiceFacts(NamedTuple):
+    """What was learned about one service (API base URL) and knowledge base: by `check`, or
+    by a run's register answers. `batch_register` None: not known either way."""
+
+    base_url: str
+    kb_id: str
+    learned_at: float
+    source: str  # "check" or "run"
+    batch_register: bool | None
+    facts: dict[str, Any]

@@ -15,7 +15,15 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from .client import ApiError, MaiAgentClient, RateLimiter, RemoteEntry, backoff, make_session
+from .client import (
+    ApiError,
+    FilePage,
+    MaiAgentClient,
+    RateLimiter,
+    RemoteEntry,
+    backoff,
+    make_session,
+)
 from .model import (
     DuplicateItem,
     Entry,
@@ -44,8 +52,9 @@ class _Coverage:
 
 
 class RemoteIndex:
-    """The listing is newest first, so a refresh reads only the pages created since the
-    oldest doubt it must settle, and stops where the previous refresh began."""
+    """Where the listing is newest first (the docs say so; each refresh checks it), a refresh
+    reads only the pages created since the oldest doubt it must settle, and stops where the
+    previous refresh began."""
 
     def __init__(self, q: Queue, client: MaiAgentClient) -> None:
         self._queue = q
@@ -53,6 +62,7 @@ class RemoteIndex:
         self._lock = asyncio.Lock()
         self._coverage: dict[str, _Coverage] = {}
         self.taken: set[str] = set()  # knowledge-file ids some job of this process owns
+        self.unordered: set[str] = set()  # knowledge bases seen not to list newest first
 
     async def refresh(self, kb_id: str, floor: float, needed_after: float) -> None:
         """Make sure every entry created since `floor` is stored, as seen by a listing that
@@ -72,17 +82,31 @@ class RemoteIndex:
     async def _read_newest(
         self, kb_id: str, stop_at: float, seen_at: float, stop_at_known: bool
     ) -> None:
+        """Stops early only while the pages read so far prove newest first: where they do
+        not, this and every later refresh of `kb_id` reads the whole listing."""
         page = 1
+        previous: float | None = None  # the oldest createdAt of the page before
         while True:
             data = await _call(self._client.list_files, kb_id, page, PAGE_SIZE)
             results = data.entries
+            if kb_id not in self.unordered and not _continues_newest_first(data, previous):
+                self.unordered.add(kb_id)
+                log.warning(
+                    "knowledge base %s does not list newest first: reading its whole listing"
+                    " on every refresh",
+                    kb_id,
+                )
+            ordered = kb_id not in self.unordered
             known = False
             if results:
-                if stop_at_known:
+                if stop_at_known and ordered:
                     known = await self._queue.any_remote_known(kb_id, [e.id for e in results])
                 await self._queue.store_listed(listed_rows(kb_id, results, seen_at, set()))
+            times = [e.created_at for e in results if e.created_at is not None]
+            previous = min(times) if times else previous
             oldest = (results[-1].created_at or 0.0) if results else 0.0
-            if known or not data.next or not results or oldest < stop_at:
+            early = ordered and (known or oldest < stop_at)
+            if early or not data.next or not results:
                 return
             page += 1
 
@@ -97,6 +121,14 @@ class RemoteIndex:
                 self.taken.add(file_id)
                 return file_id
         return None
+
+
+def _continues_newest_first(page: FilePage, previous: float | None) -> bool:
+    """createdAt never increases down this page, nor from the page before to this one."""
+    if not page.newest_first():
+        return False
+    first = next((e.created_at for e in page.entries if e.created_at is not None), None)
+    return previous is None or first is None or first <= previous
 
 
 # --- verify, dedupe, remote retry ------------------------------------------------------------

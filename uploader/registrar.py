@@ -30,6 +30,9 @@ class Registrar:
         self.size = size
         self._delay = delay
         self._batches: dict[str, _Batch] = {}
+        # Per knowledge base: whether every answer to a register of several files named them
+        # all (absent: no such call was answered); kept for `--register-batch auto`.
+        self.proved: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def register(self, kb_id: str, key: str, filename: str) -> str:
@@ -72,6 +75,8 @@ class Registrar:
                     fut.set_exception(exc)
             return
         ids = self._match(entries, [(key, name) for key, name, _fut in items])
+        if len(items) > 1:
+            self.proved[kb_id] = self.proved.get(kb_id, True) and None not in ids
         for (_key, name, fut), file_id in zip(items, ids, strict=True):
             if fut.done():
                 continue

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
 from .model import DoneRow, FailedRow, SkippedRow, VerificationItem
-from .queue import Queue
+from .queue import Queue, anchor, is_url, redact
 from .scan import display
 
 
 def _default_folder(db_path: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(db_path)), "reports")
+    return os.path.join(os.path.dirname(os.path.abspath(anchor(db_path))), "reports")
 
 
 def default_path(db_path: str) -> str:
@@ -81,7 +81,7 @@ async def write(q: Queue, out: IO[str], db_path: str) -> dict[str, Any]:
     summary = await q.report_totals()
     head = {
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "database": os.path.abspath(db_path),
+        "database": redact(db_path) if is_url(db_path) else os.path.abspath(db_path),
         "summary": summary,
     }
     out.write("{\n")

@@ -63,6 +63,7 @@ class RunResult:
     fatal: ApiError | None = None
     interrupted: bool = False
     failed_in_queue: int = 0
+    batch_proved: dict[str, bool] = field(default_factory=dict)  # see Registrar.proved
 
 
 class Fatal(Exception):
@@ -73,14 +74,16 @@ class Fatal(Exception):
         self.error = error
 
 
-def make_owner() -> str:
-    """host:pid:token, so a later run on this host can tell that the owner is dead."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def make_owner(host: str | None = None) -> str:
+    """host:pid:token, so a later run on this host can tell that the owner is dead; `host` is
+    the queue's host id (--host-id), this machine's name by default."""
+    return f"{host or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def dead_owners(owners: list[tuple[str, float]], me: str) -> list[str]:
-    """Owners on this host whose process is gone: their rows need not wait for the lease."""
-    host = socket.gethostname()
+    """Owners on this host (by `me`'s host id) whose process is gone: their rows need not wait
+    for the lease. A pid says nothing about another host's processes: theirs wait."""
+    host = me.rsplit(":", 2)[0]
     dead = []
     for owner, _expires in owners:
         if owner == me:
@@ -273,6 +276,7 @@ class Pool:
             await self.writer.flush()
         self.result.elapsed = time.monotonic() - started
         self.result.failed_in_queue = await self.queue.failed_count(self.s.kb_id)
+        self.result.batch_proved = dict(self.registrar.proved)
         return self.result
 
     async def _feed(self) -> None:
@@ -446,7 +450,7 @@ async def execute(
     on_outage: OnChange | None = None,
 ) -> RunResult:
     """One `uploader run`: preflight, the pool until the queue is empty, the run's record."""
-    owner = make_owner()
+    owner = make_owner(queue.scope.host)
     run_id = await queue.start_run(owner, options)
     result = RunResult()
     async with make_session(settings.workers) as session:

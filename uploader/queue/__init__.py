@@ -10,35 +10,48 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from ..model import EnqueueCounts, Job, Outcome, ScanRow
+from ..model import EnqueueCounts, HostScope, Job, Outcome, ScanRow
 from .base import Queue, QueueError
+from .target import anchor, is_url, redact
 
 __all__ = [
     "EnqueueCounts",
+    "HostScope",
     "Job",
     "Outcome",
     "Queue",
     "QueueError",
     "ScanRow",
+    "anchor",
+    "is_url",
     "open_queue",
     "opened",
+    "redact",
 ]
 
 
-async def open_queue(target: str, *, create: bool = True) -> Queue:
+async def open_queue(target: str, *, create: bool = True, scope: HostScope | None = None) -> Queue:
     """The queue at `target`, opened and migrated; every way that can fail is a QueueError.
-    `create=False` refuses a target that holds no queue yet."""
-    if target.startswith(("postgresql://", "postgres://")):
-        from .postgres import PgQueue  # type: ignore[import-not-found]
+    `create=False` refuses a target that holds no queue yet. `scope` says which host this
+    process is (default: this machine's host name, nothing shared)."""
+    q: Queue
+    if is_url(target):
+        from .postgres import PgQueue
 
-        return await PgQueue.open(target, create=create)
-    from .sqlite import SqliteQueue
+        q = await PgQueue.open(target, create=create)
+    else:
+        from .sqlite import SqliteQueue
 
-    return await SqliteQueue.open(target, create=create)
+        q = await SqliteQueue.open(target, create=create)
+    if scope is not None:
+        q.scope = scope
+    return q
 
 
 @contextlib.asynccontextmanager
-async def opened(target: str, *, create: bool = True) -> AsyncIterator[Queue]:
+async def opened(
+    target: str, *, create: bool = True, scope: HostScope | None = None
+) -> AsyncIterator[Queue]:
     """The queue for one command, closed at the end."""
-    async with await open_queue(target, create=create) as q:
+    async with await open_queue(target, create=create, scope=scope) as q:
         yield q

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -30,6 +31,8 @@ from ..model import (
     DuplicateItem,
     EnqueueCounts,
     Entry,
+    HostCount,
+    HostScope,
     Job,
     LeaseOwner,
     ListedRow,
@@ -39,6 +42,7 @@ from ..model import (
     ReportRow,
     RequeueItem,
     ScanRow,
+    ServiceFacts,
     VerificationItem,
 )
 
@@ -58,6 +62,11 @@ class Queue(abc.ABC):
     # a disk full for a moment): a caller that can wait (the pool's writer, its lease
     # keeper) catches these and tries again later. A backend adds its driver's errors.
     errors: tuple[type[Exception], ...] = (QueueError,)
+
+    # Which host this process is (`open_queue(scope=...)`; by default this machine's host
+    # name, nothing shared): what `enqueue_batch` records and what `claim`, `next_due`,
+    # `kbs_with_work` and `pending_totals` are limited to.
+    scope: HostScope = HostScope(socket.gethostname())
 
     # --- life ----------------------------------------------------------------------------
 
@@ -89,7 +98,11 @@ class Queue(abc.ABC):
         """One transaction: insert new (kb_id, path) rows as pending (or skipped when the row
         has `skip`), re-queue rows whose size or mtime changed (or that were skipped) unless
         running, forgetting their upload; leave the others alone. Cost per row is an index
-        lookup, independent of the table's size."""
+        lookup, independent of the table's size.
+
+        New rows record `scope.host` and `scope.shared`. A row another host enqueued, not
+        shared, is that host's file: left alone and counted `foreign`, unless this scope is
+        shared (the same path is the same file everywhere), which makes the row shared."""
 
     # --- the pool ------------------------------------------------------------------------
 
@@ -99,7 +112,8 @@ class Queue(abc.ABC):
     ) -> list[Job]:
         """Atomically mark up to `limit` due pending rows (next_attempt_at <= now, earliest
         due first, then id) running under `owner`'s lease; attempts += 1, started_at = now.
-        Two claimers never get the same row. Returned in id order."""
+        Two claimers never get the same row. Returned in id order. Only rows this scope may
+        read: its host's, shared ones, host '' ones, or, with `scope.shared`, any."""
 
     @abc.abstractmethod
     async def next_due(self, kb_id: str | None = None) -> float | None:
@@ -148,6 +162,10 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def state_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
         """{kb_id: {state: (files, bytes)}}; states without rows are absent."""
+
+    @abc.abstractmethod
+    async def host_counts(self) -> list[HostCount]:
+        """Rows per (host, shared, state), ordered by host, shared, state."""
 
     @abc.abstractmethod
     async def error_kind_counts(self) -> dict[str, int]:
@@ -287,3 +305,15 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         """One transaction: the remote status reading an entry back showed."""
+
+    # --- what the service was seen to speak ----------------------------------------------
+
+    @abc.abstractmethod
+    async def store_service_facts(self, facts: ServiceFacts) -> None:
+        """One transaction: replace what is known of (base_url, kb_id) by `facts`, except
+        that a None `batch_register` or empty `facts` keep what is already known (a run
+        learns about batching only, and only when it batched)."""
+
+    @abc.abstractmethod
+    async def service_facts(self, base_url: str, kb_id: str) -> ServiceFacts | None:
+        """What is known of (base_url, kb_id), or None."""

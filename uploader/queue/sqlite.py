@@ -22,6 +22,7 @@ from typing import Any
 import aiosqlite
 
 from .base import Queue, QueueError
+from .sqlite_facts import FactsMixin
 from .sqlite_jobs import JobsMixin
 from .sqlite_remote import RemoteMixin
 
@@ -188,7 +189,7 @@ class SqliteBase:
         return None if row is None else row[0]
 
 
-class SqliteQueue(JobsMixin, RemoteMixin, SqliteBase, Queue):
+class SqliteQueue(JobsMixin, RemoteMixin, FactsMixin, SqliteBase, Queue):
     """The queue in one SQLite file (WAL, owner-only), migrated by `PRAGMA user_version`."""
 
     errors = (QueueError, sqlite3.Error)

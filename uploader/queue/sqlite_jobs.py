@@ -15,6 +15,7 @@ from ..model import (
     DoneRow,
     EnqueueCounts,
     FailedRow,
+    HostCount,
     Job,
     LeaseOwner,
     Outcome,
@@ -34,9 +35,13 @@ else:
 
 _INSERT = """
 INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error_kind,
-                  enqueued_at)
-VALUES (:kb, :path, :relpath, :size, :mtime_ns, :state, :skip, :kind, :now)
+                  enqueued_at, host, shared)
+VALUES (:kb, :path, :relpath, :size, :mtime_ns, :state, :skip, :kind, :now, :host, :shared)
 ON CONFLICT (kb_id, path) DO NOTHING"""
+
+# The rows an enqueue may change: its host's, shared ones, those of no recorded host, or any
+# when its folder is shared (the same path is then the same file on every host).
+_OURS = "(shared OR host IN ('', :host) OR :shared)"
 
 # A row going back to pending starts its attempts afresh (the attempts table keeps the past);
 # when its earlier upload no longer counts (the file changed, the entry failed remotely), the
@@ -51,12 +56,16 @@ _REQUEUE_CHANGED = f"""
 UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, enqueued_at = :now,
        {BACK_TO_PENDING}, {FORGET_UPLOAD}
 WHERE kb_id = :kb AND path = :path AND state != 'running'
-  AND (size != :size OR mtime_ns != :mtime_ns OR state = 'skipped')"""
+  AND (size != :size OR mtime_ns != :mtime_ns OR state = 'skipped') AND {_OURS}"""
 
-_MARK_SKIPPED = """
+_MARK_SKIPPED = f"""
 UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, state = 'skipped', last_error = :skip,
        error_kind = 'skipped'
-WHERE kb_id = :kb AND path = :path AND state IN ('pending', 'failed', 'skipped')"""
+WHERE kb_id = :kb AND path = :path AND state IN ('pending', 'failed', 'skipped') AND {_OURS}"""
+
+_MAKE_SHARED = "UPDATE jobs SET shared = 1 WHERE kb_id = :kb AND path = :path AND NOT shared"
+
+FOREIGN_CHUNK = 500  # paths per "queued by another host?" lookup (bound variables)
 
 
 JOB_COLUMNS = (
@@ -64,12 +73,17 @@ JOB_COLUMNS = (
     "filename, started_at"
 )
 
+# The rows a run may take: its host's, shared ones, those of no recorded host, or any when
+# the run says every host sees the same paths.
+MAY_READ = "(shared OR host IN ('', :host) OR :any_host)"
+
 CLAIM = f"""
 UPDATE jobs SET state = 'running', lease_owner = :owner, lease_expires = :expires,
        attempts = attempts + 1, started_at = :now
 WHERE id IN (
     SELECT id FROM jobs
     WHERE state = 'pending' AND next_attempt_at <= :now AND (:kb IS NULL OR kb_id = :kb)
+      AND {MAY_READ}
     ORDER BY next_attempt_at, id LIMIT :limit
 )
 RETURNING {JOB_COLUMNS}"""
@@ -200,9 +214,12 @@ class JobsMixin(SqliteBase):
         every statement is a lookup on the (kb_id, path) index, so a batch costs the same at the
         millionth file as at the first."""
         now = time.time()
+        host, shared = self.scope.host, int(self.scope.shared)
         readable, skipped = [], []
         for r in rows:
             params = {
+                "host": host,
+                "shared": shared,
                 "kb": kb_id,
                 "path": r.path,
                 "relpath": r.relpath,
@@ -215,6 +232,9 @@ class JobsMixin(SqliteBase):
             }
             (readable if r.skip is None else skipped).append(params)
         async with self.transaction():
+            if shared:
+                await self._conn.executemany(_MAKE_SHARED, readable + skipped)
+            foreign = 0 if shared else await self._foreign(kb_id, [p["path"] for p in readable])
             changed = (await self._conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
             new = (await self._conn.executemany(_INSERT, readable)).rowcount
             if skipped:
@@ -224,9 +244,26 @@ class JobsMixin(SqliteBase):
             scanned=len(rows),
             new=new,
             changed=changed,
-            unchanged=len(readable) - new - changed,
+            unchanged=len(readable) - new - changed - foreign,
             skipped=len(skipped),
+            foreign=foreign,
         )
+
+    async def _foreign(self, kb_id: str, paths: list[bytes]) -> int:
+        """How many of these paths another host queued, not shared (its file, not ours)."""
+        found = 0
+        for start in range(0, len(paths), FOREIGN_CHUNK):
+            chunk = paths[start : start + FOREIGN_CHUNK]
+            found += await self._fetchval(
+                "SELECT COUNT(*) FROM jobs WHERE kb_id = ? AND NOT shared"
+                f" AND host NOT IN ('', ?) AND path IN ({','.join('?' * len(chunk))})",
+                [kb_id, self.scope.host, *chunk],
+            )
+        return found
+
+    def _reads(self) -> dict[str, Any]:
+        """The parameters of MAY_READ."""
+        return {"host": self.scope.host, "any_host": int(self.scope.shared)}
 
     async def claim(
         self,
@@ -237,7 +274,13 @@ class JobsMixin(SqliteBase):
     ) -> list[Job]:
         """Mark up to `limit` due rows `running` under our lease, in one statement."""
         now = time.time()
-        params = {"owner": owner, "expires": now + lease_seconds, "now": now, "kb": kb_id}
+        params = {
+            "owner": owner,
+            "expires": now + lease_seconds,
+            "now": now,
+            "kb": kb_id,
+            **self._reads(),
+        }
         async with self.transaction():
             rows = await self._conn.execute_fetchall(CLAIM, {**params, "limit": limit})
         jobs = [Job(*row) for row in rows]
@@ -248,8 +291,8 @@ class JobsMixin(SqliteBase):
         """When the earliest pending row becomes claimable (None: no pending row at all)."""
         return await self._fetchval(
             "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending'"
-            " AND (:kb IS NULL OR kb_id = :kb)",
-            {"kb": kb_id},
+            f" AND (:kb IS NULL OR kb_id = :kb) AND {MAY_READ}",
+            {"kb": kb_id, **self._reads()},
         )
 
     async def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> None:
@@ -329,6 +372,13 @@ class JobsMixin(SqliteBase):
             result.setdefault(kb, {})[state] = (count, size)
         return result
 
+    async def host_counts(self) -> list[HostCount]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT host, shared, state, COUNT(*) FROM jobs GROUP BY host, shared, state"
+            " ORDER BY host, shared, state"
+        )
+        return [HostCount(host, bool(shared), state, n) for host, shared, state, n in rows]
+
     async def error_kind_counts(self) -> dict[str, int]:
         rows = await self._conn.execute_fetchall(
             "SELECT error_kind, COUNT(*) FROM jobs WHERE state = 'failed' GROUP BY error_kind"
@@ -393,8 +443,8 @@ class JobsMixin(SqliteBase):
         """Knowledge bases that have rows left to upload: the run checks each before claiming."""
         rows = await self._conn.execute_fetchall(
             "SELECT DISTINCT kb_id FROM jobs WHERE state IN ('pending', 'running')"
-            " AND (:kb IS NULL OR kb_id = :kb)",
-            {"kb": kb_id},
+            f" AND (:kb IS NULL OR kb_id = :kb) AND {MAY_READ}",
+            {"kb": kb_id, **self._reads()},
         )
         return [r[0] for r in rows]
 
@@ -402,8 +452,9 @@ class JobsMixin(SqliteBase):
         """Files and bytes still to upload (pending or running): the progress bar's total."""
         rows = await self._conn.execute_fetchall(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM jobs"
-            " WHERE state IN ('pending', 'running') AND (:kb IS NULL OR kb_id = :kb)",
-            {"kb": kb_id},
+            " WHERE state IN ('pending', 'running') AND (:kb IS NULL OR kb_id = :kb)"
+            f" AND {MAY_READ}",
+            {"kb": kb_id, **self._reads()},
         )
         count, size = list(rows)[0]
         return count, size

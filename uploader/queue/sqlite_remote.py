@@ -32,10 +32,12 @@ else:
 
 _ADOPTABLE = """
 SELECT r.id FROM remote_files AS r
-WHERE r.kb_id = :kb AND r.filename = :filename AND r.created_at >= :since
-  AND (r.size IS NULL OR r.size = :size)
-  AND (r.file_key IS NULL OR :s3_key IS NULL OR r.file_key = :s3_key)
+WHERE r.kb_id = :kb
   AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id)
+  AND CASE WHEN r.file_key IS NOT NULL AND :s3_key IS NOT NULL
+      THEN r.file_key = :s3_key OR substr(r.file_key, -length(:s3_key) - 1) = '/' || :s3_key
+      ELSE r.filename = :filename AND r.created_at >= :since AND (r.size IS NULL OR r.size = :size)
+      END
 ORDER BY r.file_key IS NULL, r.created_at, r.id"""
 
 
@@ -116,9 +118,11 @@ class RemoteMixin(SqliteBase):
         since: float,
         s3_key: str | None,
     ) -> list[str]:
-        """Listed entries that a doubtful register of this file may have created: its S3 key when
-        the listing shows keys, else the same name, same size when listed, created after the
-        attempt began, and not already some job's entry."""
+        """Listed entries that a doubtful register of this file may have created, not already some
+        job's entry. Where both the listing and the job have a key, only the key decides (a
+        URL-shaped `file` ends with it): name and size would adopt another file's entry.
+        Name, size and time remain the evidence for a job killed before its key was written,
+        until the key is committed ahead of the register (the write-ahead of issue 10)."""
         rows = await self._conn.execute_fetchall(
             _ADOPTABLE,
             {"kb": kb_id, "filename": filename, "size": size, "since": since, "s3_key": s3_key},

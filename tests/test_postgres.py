@@ -1,0 +1,114 @@
+"""What only the PostgreSQL backend has: its migrations under concurrent starts, its version
+rule, connection errors without the password, and leases decided by the database's clock
+whatever the host's clock says. (The shared contract is tests/test_queue_contract.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from tests.helpers import async_test
+from tests.pg_server import PASSWORD, PgServer
+from uploader.model import ScanRow
+from uploader.queue import QueueError, open_queue, redact
+from uploader.queue.postgres import VERSION_TABLE, schema_version
+
+KB = "kb-pg"
+OWNER = "host-a:1:" + "a" * 32
+
+
+async def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
+@async_test
+async def test_processes_starting_at_once_migrate_once(pg_url: str) -> None:
+    queues = await asyncio.gather(*(open_queue(pg_url) for _ in range(6)))
+    for q in queues:
+        await q.close()
+    versions = await _fetch(pg_url, f"SELECT version FROM {VERSION_TABLE} ORDER BY version")
+    assert [r[0] for r in versions] == list(range(1, schema_version() + 1))
+
+
+@async_test
+async def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    async with await open_queue(pg_url):
+        pass
+    await _fetch(pg_url, f"INSERT INTO {VERSION_TABLE} VALUES (999, 0)")
+    with pytest.raises(QueueError, match=r"newer version of uploader \(schema 999"):
+        await open_queue(pg_url)
+
+
+@async_test
+async def test_another_programs_jobs_table_is_refused(pg_url: str) -> None:
+    await _fetch(pg_url, "CREATE TABLE jobs (id int)")
+    with pytest.raises(QueueError, match="jobs table that uploader did not make"):
+        await open_queue(pg_url)
+
+
+@async_test
+async def test_a_command_that_needs_a_queue_does_not_make_one(pg_url: str) -> None:
+    with pytest.raises(QueueError, match="no uploader queue in database"):
+        await open_queue(pg_url, create=False)
+    assert await _fetch(pg_url, f"SELECT to_regclass('{VERSION_TABLE}') IS NULL") == [(True,)]
+
+
+@async_test
+async def test_connection_errors_never_show_the_password(pg_server: PgServer) -> None:
+    wrong = pg_server.url("postgres", password="not-the-" + PASSWORD)
+    with pytest.raises(QueueError) as refused:
+        await open_queue(wrong)
+    message = str(refused.value)
+    assert "password authentication failed" in message
+    assert PASSWORD not in message and "***" in message and "\n" not in message
+    with pytest.raises(QueueError) as missing:
+        await open_queue(pg_server.url("no_such_database"))
+    assert "no_such_database" in str(missing.value) and PASSWORD not in str(missing.value)
+
+
+@async_test
+async def test_an_unreachable_server_is_one_line(pg_server: PgServer) -> None:
+    closed_port = f"postgresql://u:{PASSWORD}@127.0.0.1:1/db"
+    with pytest.raises(QueueError) as refused:
+        await open_queue(closed_port)
+    assert str(refused.value).startswith("cannot connect to database postgresql://u:***@")
+    assert PASSWORD not in str(refused.value)
+
+
+def test_redact_hides_passwords_in_user_part_and_query() -> None:
+    assert redact("postgresql://me:s3cr%40t@db:5432/q") == "postgresql://me:***@db:5432/q"
+    assert redact("postgres://db/q?user=me&password=x&sslmode=require") == (
+        "postgres://db/q?user=me&password=***&sslmode=require"
+    )
+    assert redact("postgresql://me@db/q") == "postgresql://me@db/q"
+    assert redact("/tmp/uploader.db") == "/tmp/uploader.db"
+
+
+@pytest.mark.parametrize("skew", [600.0, -600.0])
+@async_test
+async def test_leases_follow_the_database_clock_not_the_hosts(
+    pg_url: str, skew: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host ten minutes ahead must not take back a live lease; ten minutes behind, its own
+    short lease must still expire on time. The host sees every time in its own clock."""
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)
+    async with await open_queue(pg_url) as q:
+        await q.enqueue_batch(KB, [ScanRow(f"/d/{n}".encode(), n, 1, 1) for n in "abc"])
+        [long] = await q.claim(OWNER, 1, 60.0, KB)
+        assert abs(long.started_at - time.time()) < 5  # in this host's clock
+        [owner] = await q.lease_owners()
+        assert abs(owner.expires - (time.time() + 60)) < 5
+        assert await q.reclaim([]) == 0
+        short = await q.claim("host-b:2:" + "b" * 32, 2, 1.0, KB)
+        assert len(short) == 2
+        await asyncio.sleep(1.5)
+        assert await q.reclaim([]) == 2  # expired by the database's clock
+        assert sorted(await q.renew_leases(OWNER, 60.0)) == [long.id]

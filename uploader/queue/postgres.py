@@ -1,0 +1,1007 @@
+"""The PostgreSQL queue: several hosts, one queue, with the claims, leases and rescue of the
+PostgreSQL job queues (River, Oban, Solid Queue): `FOR UPDATE SKIP LOCKED` claims, leases by
+the database's clock, rows of an expired lease taken back by any host.
+
+Why asyncpg: the claim + complete micro-benchmark (`python -m tests.bench.pg_drivers`) runs
+it at about twice psycopg 3's rate (binary protocol, statements prepared once per connection);
+see the README for the figures.
+
+Clocks. Every time the database decides with is its own `now()`: when a row is due, when a
+lease expires, when a run started. Hosts keep working in their own clock (the pool, the
+attempt and reconcile compare `time.time()` with the times the queue gives them), so the
+queue translates: times read are shifted into the host's clock by the measured difference
+between the two clocks, times written are shifted back. A host whose clock is ten minutes
+off therefore neither reclaims rows whose lease has not expired nor sees its own leases
+expire early: only the database's clock is ever compared with a lease.
+
+Round trips are what a distant server costs (20 ms each across a WAN), so every hot
+operation is one statement, batches are passed as arrays (`unnest`), and the connection
+pool lets the pool's claims, its writer and its lease keeper overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from ..model import (
+    DoneRow,
+    DuplicateItem,
+    EnqueueCounts,
+    Entry,
+    FailedRow,
+    HostCount,
+    Job,
+    LeaseOwner,
+    ListedRow,
+    Outcome,
+    OutcomeKind,
+    RemoteRetryCandidate,
+    RemoteStatus,
+    ReportRow,
+    RequeueItem,
+    ScanRow,
+    ServiceFacts,
+    SkippedRow,
+    VerificationItem,
+)
+from .base import Queue, QueueError
+from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD
+from .target import HIDDEN, password_of, redact
+
+log = logging.getLogger("uploader.queue")
+
+POOL_SIZE = 4
+CONNECT_TIMEOUT = 15.0
+# pg_advisory_xact_lock key of the migrations ("uploader" in ASCII): one process migrates.
+MIGRATION_LOCK = 0x75706C6F61646572
+VERSION_TABLE = "uploader_schema"
+# A new measurement of the clocks' difference replaces the old one only beyond this: times
+# read, shifted and written back stay exactly what they were.
+SKEW_TOLERANCE = 0.5
+NOW = "extract(epoch from now())::float8"
+
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("uploader.migrations").joinpath("postgresql")
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def schema_version() -> int:
+    return _migrations()[-1][0]
+
+
+def _status_count(status: str) -> int:
+    """The row count of a command tag such as 'UPDATE 3' or 'INSERT 0 3'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# --- statements ------------------------------------------------------------------------------
+
+_ENQUEUE_ROWS = (
+    "unnest($2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::text[])"
+    " AS r(path, relpath, size, mtime_ns, skip)"
+)
+
+# The rows an enqueue may change ($7 host, $8 shared): its host's, shared ones, those of no
+# recorded host, or any when its folder is shared.
+_OURS = "(j.shared OR j.host IN ('', $7) OR $8)"
+
+_REQUEUE_CHANGED = f"""
+UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, relpath = r.relpath,
+       enqueued_at = {NOW}, {BACK_TO_PENDING}, {FORGET_UPLOAD}
+FROM {_ENQUEUE_ROWS}
+WHERE j.kb_id = $1 AND j.path = r.path AND j.state <> 'running'
+  AND (j.size <> r.size OR j.mtime_ns <> r.mtime_ns OR j.state = 'skipped') AND {_OURS}"""
+
+_MARK_SKIPPED = f"""
+UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, state = 'skipped',
+       last_error = r.skip, error_kind = 'skipped'
+FROM {_ENQUEUE_ROWS}
+WHERE j.kb_id = $1 AND j.path = r.path AND j.state IN ('pending', 'failed', 'skipped')
+  AND {_OURS}"""
+
+_MAKE_SHARED = """
+UPDATE jobs AS j SET shared = true
+FROM unnest($2::bytea[]) AS r(path)
+WHERE j.kb_id = $1 AND j.path = r.path AND NOT j.shared"""
+
+_FOREIGN = """
+SELECT COUNT(*) FROM jobs AS j JOIN unnest($2::bytea[]) AS r(path) ON j.path = r.path
+WHERE j.kb_id = $1 AND NOT j.shared AND j.host NOT IN ('', $3)"""
+
+_INSERT = f"""
+INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error_kind,
+                  enqueued_at, host, shared)
+SELECT $1, r.path, r.relpath, r.size, r.mtime_ns,
+       CASE WHEN r.skip IS NULL THEN 'pending' ELSE 'skipped' END, r.skip,
+       CASE WHEN r.skip IS NULL THEN NULL ELSE 'skipped' END, {NOW}, $7, $8
+FROM {_ENQUEUE_ROWS}
+ON CONFLICT (kb_id, path) DO NOTHING"""
+
+_JOB_COLUMNS = (
+    "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
+    "filename, started_at"
+)
+
+# The rows a run may take ($5 host, $6 any host): its host's, shared ones, those of no
+# recorded host, or any when the run says every host sees the same paths.
+_MAY_READ = "(shared OR host IN ('', $5) OR $6)"
+
+_MAY_READ_2 = _MAY_READ.replace("$5", "$2").replace("$6", "$3")  # after one $1
+
+_CLAIM = f"""
+UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires = {NOW} + $2,
+       attempts = attempts + 1, started_at = {NOW}
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state = 'pending' AND next_attempt_at <= {NOW} AND ($3::text IS NULL OR kb_id = $3)
+      AND {_MAY_READ}
+    ORDER BY next_attempt_at, id LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {_JOB_COLUMNS}"""
+
+# Every outcome kind in one statement (one round trip per batch): the CASEs say per column
+# what each kind writes, as the SQLite backend's one statement per kind does; an outcome is
+# written only where `owner` still holds the lease, and every kind but `uploaded` appends its
+# attempt. A job appears once per statement (`_rounds`): two changes of one row in one
+# statement would be applied in no defined order.
+_OUTCOMES = """
+WITH o AS (
+    SELECT * FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int4[], $6::float8[],
+                         $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[],
+                         $12::text[], $13::text[], $14::float8[], $15::float8[], $16::int8[],
+                         $17::int8[])
+    AS o(id, outcome, run_id, attempt, started, ended, step, error_kind, error, file_id,
+         s3_key, filename, next, unknown, size, mtime_ns)
+), written AS (
+    UPDATE jobs AS j SET
+        state = CASE o.outcome WHEN 'done' THEN 'done' WHEN 'failed' THEN 'failed'
+                WHEN 'uploaded' THEN j.state ELSE 'pending' END,
+        step = CASE o.outcome WHEN 'done' THEN 'registered' WHEN 'uploaded' THEN 'uploaded'
+               ELSE o.step END,
+        attempts = CASE o.outcome WHEN 'released' THEN j.attempts - 1 ELSE j.attempts END,
+        file_id = CASE o.outcome WHEN 'done' THEN o.file_id ELSE j.file_id END,
+        s3_key = o.s3_key, filename = o.filename, size = o.size, mtime_ns = o.mtime_ns,
+        last_error = CASE o.outcome WHEN 'done' THEN NULL WHEN 'retry' THEN o.error
+                     WHEN 'failed' THEN o.error ELSE j.last_error END,
+        error_kind = CASE o.outcome WHEN 'done' THEN NULL WHEN 'retry' THEN o.error_kind
+                     WHEN 'failed' THEN o.error_kind ELSE j.error_kind END,
+        unknown_since = CASE o.outcome WHEN 'done' THEN NULL
+                        WHEN 'uploaded' THEN j.unknown_since ELSE o.unknown END,
+        next_attempt_at = CASE o.outcome WHEN 'retry' THEN o.next ELSE j.next_attempt_at END,
+        finished_at = CASE WHEN o.outcome IN ('done', 'failed') THEN o.ended
+                      ELSE j.finished_at END,
+        duration = CASE WHEN o.outcome IN ('done', 'failed') THEN o.ended - j.started_at
+                   ELSE j.duration END,
+        lease_owner = CASE o.outcome WHEN 'uploaded' THEN j.lease_owner END,
+        lease_expires = CASE o.outcome WHEN 'uploaded' THEN j.lease_expires END
+    FROM o
+    WHERE j.id = o.id AND j.lease_owner = $1
+    RETURNING j.id
+), logged AS (
+    INSERT INTO attempts (job_id, run_id, attempt, started_at, ended_at, outcome, step,
+                          error_kind, error)
+    SELECT id, run_id, attempt, started, ended, outcome, step, error_kind, error
+    FROM o WHERE outcome <> 'uploaded'
+)
+SELECT count(*) FROM written"""
+
+assert all(f"'{kind.value}'" in _OUTCOMES for kind in OutcomeKind), "a kind without its CASE"
+
+# Rows of dead or expired owners, locked so that an owner writing its outcome right now
+# keeps its row (SKIP LOCKED), go back to pending in doubt (the rule for doubt, attempt.py),
+# each with a 'lost' attempt read before the update.
+_RECLAIM = f"""
+WITH gone AS (
+    SELECT id FROM jobs
+    WHERE state = 'running' AND (lease_expires < {NOW} OR lease_owner = ANY($1::text[]))
+    FOR UPDATE SKIP LOCKED
+), lost AS (
+    INSERT INTO attempts (job_id, attempt, started_at, ended_at, outcome, step, error_kind,
+                          error)
+    SELECT j.id, j.attempts, COALESCE(j.started_at, {NOW}), {NOW}, 'lost', j.step, 'lost',
+           'the process running it died or its lease expired'
+    FROM jobs AS j JOIN gone USING (id)
+), back AS (
+    UPDATE jobs AS j SET state = 'pending', attempts = GREATEST(j.attempts - 1, 0),
+           lease_owner = NULL, lease_expires = NULL,
+           unknown_since = COALESCE(j.unknown_since, j.started_at, {NOW})
+    FROM gone WHERE j.id = gone.id
+    RETURNING 1
+)
+SELECT count(*) FROM back"""
+
+_REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
+    "done": (
+        "SELECT kb_id, path, size, duration, file_id, filename FROM jobs"
+        " WHERE state = 'done' ORDER BY id",
+        DoneRow,
+    ),
+    "failed": (
+        "SELECT kb_id, path, last_error, attempts, error_kind FROM jobs"
+        " WHERE state = 'failed' ORDER BY id",
+        FailedRow,
+    ),
+    "skipped": (
+        "SELECT kb_id, path, last_error FROM jobs WHERE state = 'skipped' ORDER BY id",
+        SkippedRow,
+    ),
+}
+
+_ADOPTABLE = """
+SELECT r.id FROM remote_files AS r
+WHERE r.kb_id = $1
+  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id)
+  AND CASE WHEN r.file_key IS NOT NULL AND $5::text IS NOT NULL
+      THEN r.file_key = $5 OR right(r.file_key, length($5) + 1) = '/' || $5
+      ELSE r.filename = $2 AND r.created_at >= $3 AND (r.size IS NULL OR r.size = $4)
+      END
+ORDER BY r.file_key IS NULL, r.created_at, r.id"""
+
+_STORE_LISTED = """
+INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
+                     $6::float8[], $7::float8[], $8::text[])
+ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
+    status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at,
+    file_key = excluded.file_key"""
+
+_MATCH_REMOTE = """
+UPDATE jobs SET remote_status = m.status
+FROM (
+    SELECT j.id AS id,
+           CASE WHEN r.id IS NULL THEN 'missing' ELSE COALESCE(r.status, 'unknown') END AS status
+    FROM jobs AS j LEFT JOIN remote_files AS r
+         ON r.kb_id = j.kb_id AND r.id = j.file_id AND r.seen_at >= $2
+    WHERE j.kb_id = $1 AND j.state = 'done' AND j.file_id IS NOT NULL
+) AS m
+WHERE jobs.id = m.id AND jobs.remote_status IS DISTINCT FROM m.status"""
+
+_DUPLICATE_CANDIDATES = """
+SELECT r.id, r.filename, COALESCE(r.size, j.size), r.status, r.created_at, j.id
+FROM remote_files AS r
+LEFT JOIN jobs AS j ON j.file_id = r.id AND j.kb_id = r.kb_id
+WHERE r.kb_id = $1 AND r.seen_at >= $2 AND r.filename IN (
+    SELECT filename FROM remote_files WHERE kb_id = $1 AND seen_at >= $2
+    GROUP BY filename HAVING COUNT(*) > 1)
+ORDER BY r.filename, r.created_at, r.id"""
+
+_EXTRA_WHERE = """
+FROM remote_files AS r
+WHERE r.kb_id = $1 AND r.seen_at >= $2
+  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
+  AND NOT (r.id = ANY($3::text[]))"""
+
+_ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
+
+_RECORD_EXTRA = f"""
+INSERT INTO verification_items ({_ITEM_COLUMNS})
+SELECT $4::int8, 'extra', NULL, r.id, r.filename, r.size, r.status, NULL {_EXTRA_WHERE}"""
+
+_RECORD_BAD = f"""
+INSERT INTO verification_items ({_ITEM_COLUMNS})
+SELECT $1, remote_status, id, file_id, filename, size,
+       CASE remote_status WHEN 'failed' THEN 'failed' END, NULL
+FROM jobs
+WHERE kb_id = $2 AND remote_status IN ('failed', 'missing') AND state = 'done'"""
+
+_RECORD_DUPLICATES = f"""
+INSERT INTO verification_items ({_ITEM_COLUMNS})
+SELECT $1, 'duplicate', d.job_id, d.file_id, d.filename, d.size, d.status, d.kept_id
+FROM unnest($2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[])
+     WITH ORDINALITY AS d(job_id, file_id, filename, size, status, kept_id, n)
+ORDER BY d.n"""
+
+_REQUEUE_REMOTE = f"""
+UPDATE jobs AS j SET {BACK_TO_PENDING}, {FORGET_UPLOAD}
+FROM unnest($1::int8[], $2::text[]) AS r(id, file_id)
+WHERE j.id = r.id AND j.state = 'done' AND j.file_id IS NOT DISTINCT FROM r.file_id"""
+
+
+_STORE_FACTS = """
+INSERT INTO service_facts (base_url, kb_id, learned_at, source, batch_register, facts)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (base_url, kb_id) DO UPDATE SET learned_at = excluded.learned_at,
+    source = excluded.source,
+    facts = CASE WHEN excluded.facts = '{}' THEN service_facts.facts ELSE excluded.facts END,
+    batch_register = COALESCE(excluded.batch_register, service_facts.batch_register)"""
+
+
+def _rounds(outcomes: Sequence[Outcome]) -> list[list[Outcome]]:
+    """The batch split so that no job appears twice in one round, each job's outcomes in
+    their order (nearly always one round: an attempt's `uploaded` and its end rarely share a
+    flush)."""
+    rounds: list[list[Outcome]] = []
+    seen: dict[int, int] = {}
+    for o in outcomes:
+        n = seen.get(o.job.id, 0)
+        seen[o.job.id] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(o)
+    return rounds
+
+
+def _run_dict(row: Sequence[Any], to_host: Callable[[float | None], float | None]) -> dict:
+    run_id, started, ended, options, counts, code = row
+    return {
+        "id": run_id,
+        "started_at": to_host(started),
+        "ended_at": to_host(ended),
+        "options": json.loads(options),
+        "counts": json.loads(counts) if counts else None,
+        "exit_code": code,
+    }
+
+
+class PgQueue(Queue):
+    """The queue in one PostgreSQL database (or the schema its URL's search_path names)."""
+
+    errors = (QueueError,)  # every driver error is turned into a one-line QueueError
+
+    def __init__(self, pool: asyncpg.Pool, target: str) -> None:
+        self._pool = pool
+        self._shown = redact(target)
+        self._password = password_of(target)
+        self._held: dict[asyncio.Task[Any], asyncpg.Connection] = {}
+        self._skew = 0.0  # the database's clock minus ours, in seconds
+        self._closed = False
+
+    # --- life ----------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, target: str, *, create: bool = True) -> PgQueue:
+        """Connect, check the schema's version and migrate; every failure a QueueError whose
+        message shows the URL without its password."""
+        shown = redact(target)
+        try:
+            pool = await asyncpg.create_pool(
+                target,
+                min_size=1,
+                max_size=POOL_SIZE,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"application_name": "uploader"},
+            )
+        except (*_DRIVER_ERRORS, ValueError) as exc:
+            raise QueueError(
+                _scrub(f"cannot connect to database {shown}: {_reason(exc)}", password_of(target))
+            ) from None
+        q = cls(pool, target)
+        try:
+            await q._migrate(create)
+            async with q._connection() as conn:
+                await q._sync_clock(conn, force=True)
+        except BaseException:
+            await q.close()
+            raise
+        return q
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await asyncio.wait_for(self._pool.close(), timeout=10)
+
+    def _explain(self, exc: BaseException) -> str:
+        if isinstance(exc, asyncpg.PostgresError):
+            text = f"database {self._shown}: {_reason(exc)}"
+        else:
+            text = f"lost the connection to database {self._shown}: {_reason(exc)}"
+        return _scrub(text, self._password)
+
+    @contextlib.asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except _DRIVER_ERRORS as exc:
+            raise QueueError(self._explain(exc)) from None
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """The task's transaction's connection when it is inside one, else one of the pool."""
+        held = self._held.get(asyncio.current_task())  # type: ignore[arg-type]
+        async with self._translated():
+            if held is not None:
+                yield held
+                return
+            async with self._pool.acquire() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction on one pooled connection; the same task opening another inside
+        it gets a savepoint on that connection (asyncpg nests them so)."""
+        task = asyncio.current_task()
+        assert task is not None
+        held = self._held.get(task)
+        if held is not None:
+            async with self._translated(), held.transaction():
+                yield held
+            return
+        async with self._connection() as conn, conn.transaction():
+            self._held[task] = conn
+            try:
+                yield conn
+            finally:
+                del self._held[task]
+
+    async def _migrate(self, create: bool) -> None:
+        """Apply the missing migrations in one transaction under an advisory lock, so that
+        processes starting at once against an empty database apply them once."""
+        latest = schema_version()
+        async with self.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            if await conn.fetchval("SELECT to_regclass($1) IS NULL", VERSION_TABLE):
+                if not create:
+                    raise QueueError(
+                        f"no uploader queue in database {self._shown}: run `uploader "
+                        "enqueue DIR` first (or check --db)"
+                    )
+                if await conn.fetchval("SELECT to_regclass('jobs') IS NOT NULL"):
+                    raise QueueError(
+                        f"database {self._shown} has a jobs table that uploader did not "
+                        "make: give uploader its own database (or schema)"
+                    )
+                await conn.execute(
+                    f"CREATE TABLE {VERSION_TABLE} (version integer PRIMARY KEY,"
+                    " applied_at double precision NOT NULL)"
+                )
+            applied = {r[0] for r in await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")}
+            current = max(applied, default=0)
+            if current > latest:
+                raise QueueError(
+                    f"database {self._shown} was made by a newer version of uploader (schema "
+                    f"{current}, this version knows {latest}); upgrade uploader to use it"
+                )
+            # Each missing one, even below the newest applied: numbers are reserved ahead,
+            # so a migration may land after a higher-numbered one.
+            for number, sql in _migrations():
+                if number not in applied:
+                    await conn.execute(sql)
+                    await conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES ($1, {NOW})", number)
+                    log.info("database %s: migration %04d applied", self._shown, number)
+
+    # --- the two clocks ------------------------------------------------------------------
+
+    async def _sync_clock(self, conn: asyncpg.Connection, force: bool = False) -> None:
+        before = time.time()
+        db_now = await conn.fetchval("SELECT extract(epoch from clock_timestamp())::float8")
+        skew = db_now - (before + time.time()) / 2
+        if force or abs(skew - self._skew) > SKEW_TOLERANCE:
+            if abs(skew) > 5:
+                log.info("this host's clock is %.1f s off the database's", -skew)
+            self._skew = skew
+
+    def _to_host(self, t: float | None) -> float | None:
+        return None if t is None else t - self._skew
+
+    def _to_db(self, t: float | None) -> float | None:
+        """A host time as the database's; 0 (due at once) stays 0."""
+        return t + self._skew if t else t
+
+    # --- enqueue -------------------------------------------------------------------------
+
+    async def enqueue_batch(self, kb_id: str, rows: Sequence[ScanRow]) -> EnqueueCounts:
+        """New rows inserted, changed rows re-queued, in one transaction per batch; every
+        statement matches on the (kb_id, path) index."""
+        readable = [r for r in rows if r.skip is None]
+        skipped = [r for r in rows if r.skip is not None]
+        changed = new = foreign = 0
+        host, shared = self.scope.host, self.scope.shared
+        async with self.transaction() as conn:
+            if shared:
+                await conn.execute(_MAKE_SHARED, kb_id, [r.path for r in rows])
+            if readable:
+                args = [*_enqueue_args(readable), host, shared]
+                if not shared:
+                    foreign = await conn.fetchval(_FOREIGN, kb_id, args[0], host)
+                changed = _status_count(await conn.execute(_REQUEUE_CHANGED, kb_id, *args))
+                new = _status_count(await conn.execute(_INSERT, kb_id, *args))
+            if skipped:
+                args = [*_enqueue_args(skipped), host, shared]
+                await conn.execute(_MARK_SKIPPED, kb_id, *args)
+                await conn.execute(_INSERT, kb_id, *args)
+        return EnqueueCounts(
+            scanned=len(rows),
+            new=new,
+            changed=changed,
+            unchanged=len(readable) - new - changed - foreign,
+            skipped=len(skipped),
+            foreign=foreign,
+        )
+
+    def _reads(self) -> tuple[str, bool]:
+        """The parameters of _MAY_READ."""
+        return self.scope.host, self.scope.shared
+
+    # --- the pool ------------------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, kb_id: str | None = None
+    ) -> list[Job]:
+        """One statement: the due rows no other claimer holds, leased by the database's clock."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_CLAIM, owner, lease_seconds, kb_id, limit, *self._reads())
+        jobs = [
+            Job(*r[:9], self._to_host(r[9]), r[10], self._to_host(r[11]) or 0.0)  # type: ignore[arg-type]
+            for r in rows
+        ]
+        jobs.sort(key=lambda j: j.id)
+        return jobs
+
+    async def next_due(self, kb_id: str | None = None) -> float | None:
+        async with self._connection() as conn:
+            due = await conn.fetchval(
+                "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending'"
+                f" AND ($1::text IS NULL OR kb_id = $1) AND {_MAY_READ_2}",
+                kb_id,
+                *self._reads(),
+            )
+        return self._to_host(due) if due else due
+
+    async def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> None:
+        """One statement per batch (nearly always): one round trip, atomic by itself."""
+        rounds = _rounds(outcomes)
+        async with self.transaction() if len(rounds) > 1 else self._connection() as conn:
+            for batch in rounds:
+                await conn.fetchval(_OUTCOMES, owner, *self._outcome_args(batch))
+
+    def _outcome_args(self, outcomes: Sequence[Outcome]) -> list[list[Any]]:
+        columns: list[list[Any]] = [[] for _ in range(16)]
+        for o in outcomes:
+            j = o.job
+            values = (
+                j.id,
+                str(o.outcome),
+                o.run_id,
+                j.attempts,
+                self._to_db(j.started_at),
+                self._to_db(o.ended_at),
+                None if j.step is None else str(j.step),
+                None if o.error_kind is None else str(o.error_kind),
+                o.error,
+                o.file_id,
+                o.s3_key if o.s3_key is not None else j.s3_key,
+                o.filename if o.filename is not None else j.filename,
+                self._to_db(o.next_attempt_at),
+                self._to_db(o.unknown_since),
+                j.size,
+                j.mtime_ns,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        return columns
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
+        """Extend our leases by the database's clock (and measure the clocks again: the
+        keeper calls this every third of a lease)."""
+        async with self._connection() as conn:
+            await self._sync_clock(conn)
+            rows = await conn.fetch(
+                f"UPDATE jobs SET lease_expires = {NOW} + $2 WHERE state = 'running'"
+                " AND lease_owner = $1 RETURNING id",
+                owner,
+                lease_seconds,
+            )
+        return [r[0] for r in rows]
+
+    async def lease_owners(self) -> list[LeaseOwner]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT lease_owner, MIN(lease_expires) FROM jobs WHERE state = 'running'"
+                " GROUP BY lease_owner"
+            )
+        return [LeaseOwner(o or "", self._to_host(e) or 0.0) for o, e in rows]
+
+    async def reclaim(self, dead_owners: Iterable[str]) -> int:
+        """Rows whose lease expired by the database's clock, or whose owner is known dead,
+        back to pending: one statement."""
+        async with self._connection() as conn:
+            return int(await conn.fetchval(_RECLAIM, list(dead_owners)))
+
+    # --- runs ----------------------------------------------------------------------------
+
+    async def start_run(self, owner: str, options: dict[str, Any]) -> int:
+        async with self._connection() as conn:
+            return int(
+                await conn.fetchval(
+                    f"INSERT INTO runs (started_at, owner, options) VALUES ({NOW}, $1, $2)"
+                    " RETURNING id",
+                    owner,
+                    json.dumps(options, sort_keys=True),
+                )
+            )
+
+    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                f"UPDATE runs SET ended_at = {NOW}, counts = $1, exit_code = $2 WHERE id = $3",
+                json.dumps(counts, sort_keys=True),
+                exit_code,
+                run_id,
+            )
+
+    async def runs(self, last: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT id, started_at, ended_at, options, counts, exit_code FROM runs"
+        async with self._connection() as conn:
+            if last is None:
+                rows = await conn.fetch(sql + " ORDER BY id")
+            else:
+                rows = list(reversed(await conn.fetch(sql + " ORDER BY id DESC LIMIT $1", last)))
+        return [_run_dict(r, self._to_host) for r in rows]
+
+    # --- status, retry-failed, report ----------------------------------------------------
+
+    async def state_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT kb_id, state, COUNT(*), COALESCE(SUM(size), 0) FROM jobs"
+                " GROUP BY kb_id, state ORDER BY kb_id, state"
+            )
+        result: dict[str, dict[str, tuple[int, int]]] = {}
+        for kb, state, count, size in rows:
+            result.setdefault(kb, {})[state] = (count, int(size))
+        return result
+
+    async def host_counts(self) -> list[HostCount]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT host, shared, state, COUNT(*) FROM jobs GROUP BY host, shared, state"
+                " ORDER BY host, shared, state"
+            )
+        return [HostCount(*r) for r in rows]
+
+    async def error_kind_counts(self) -> dict[str, int]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT error_kind, COUNT(*) FROM jobs WHERE state = 'failed' GROUP BY error_kind"
+            )
+        return {kind or "unknown": count for kind, count in rows}
+
+    async def retry_failed(
+        self, kb_id: str | None, kinds: Sequence[str], match: Callable[[str], bool] | None
+    ) -> int:
+        """Failed rows back to pending; with `match`, the candidates are read and locked, the
+        pattern applied here, and the chosen ids updated, in one transaction."""
+        where = (
+            "state = 'failed' AND ($1::text IS NULL OR kb_id = $1)"
+            " AND (cardinality($2::text[]) = 0 OR error_kind = ANY($2::text[]))"
+        )
+        kinds = [str(k) for k in kinds]
+        if match is None:
+            async with self._connection() as conn:
+                status = await conn.execute(
+                    f"UPDATE jobs SET {BACK_TO_PENDING} WHERE {where}", kb_id, kinds
+                )
+            return _status_count(status)
+        async with self.transaction() as conn:
+            rows = await conn.fetch(
+                f"SELECT id, relpath FROM jobs WHERE {where} FOR UPDATE", kb_id, kinds
+            )
+            ids = [r[0] for r in rows if match(r[1])]
+            status = await conn.execute(
+                f"UPDATE jobs SET {BACK_TO_PENDING} WHERE id = ANY($1::int8[])", ids
+            )
+        return _status_count(status)
+
+    async def report_totals(self) -> dict[str, Any]:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE state = 'done'),"
+                " COUNT(*) FILTER (WHERE state = 'failed'),"
+                " COUNT(*) FILTER (WHERE state = 'pending'),"
+                " COUNT(*) FILTER (WHERE state = 'running'),"
+                " COUNT(*) FILTER (WHERE state = 'skipped'),"
+                " AVG(duration) FILTER (WHERE state = 'done'),"
+                " array_agg(DISTINCT kb_id)"
+                " FROM jobs"
+            )
+        total, done, failed, pending, running, skipped, avg, kbs = row
+        return {
+            "total_files": total,
+            "successful_uploads": done,
+            "failed_uploads": failed,
+            "pending": pending,
+            "running": running,
+            "skipped": skipped,
+            "average_upload_time": round(avg or 0.0, 3),
+            "knowledge_bases": sorted(kbs) if kbs else [],
+        }
+
+    async def _stream(self, sql: str, *args: Any, chunk: int = 5000) -> AsyncIterator[Any]:
+        """Rows of a query through a server-side cursor, `chunk` at a time: memory is the
+        same for a million rows as for ten."""
+        async with self._connection() as conn, conn.transaction(readonly=True):
+            async for row in conn.cursor(sql, *args, prefetch=chunk):
+                yield row
+
+    async def report_rows(self, state: str, chunk: int = 5000) -> AsyncIterator[ReportRow]:
+        sql, shape = _REPORT_ROWS[state]
+        async for row in self._stream(sql, chunk=chunk):
+            yield shape(*row)
+
+    async def kbs_with_work(self, kb_id: str | None) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT kb_id FROM jobs WHERE state IN ('pending', 'running')"
+                f" AND ($1::text IS NULL OR kb_id = $1) AND {_MAY_READ_2} ORDER BY kb_id",
+                kb_id,
+                *self._reads(),
+            )
+        return [r[0] for r in rows]
+
+    async def pending_totals(self, kb_id: str | None) -> tuple[int, int]:
+        async with self._connection() as conn:
+            count, size = await conn.fetchrow(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM jobs"
+                " WHERE state IN ('pending', 'running') AND ($1::text IS NULL OR kb_id = $1)"
+                f" AND {_MAY_READ_2}",
+                kb_id,
+                *self._reads(),
+            )
+        return count, int(size)
+
+    async def failed_count(self, kb_id: str | None) -> int:
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'failed'"
+                " AND ($1::text IS NULL OR kb_id = $1)",
+                kb_id,
+            )
+
+    # --- the remote listing --------------------------------------------------------------
+
+    async def any_remote_known(self, kb_id: str, ids: Sequence[str]) -> bool:
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "SELECT 1 FROM remote_files WHERE kb_id = $1 AND id = ANY($2::text[]) LIMIT 1",
+                kb_id,
+                list(ids),
+            )
+        return found is not None
+
+    async def adoptable(
+        self, kb_id: str, filename: str, size: int, since: float, s3_key: str | None
+    ) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_ADOPTABLE, kb_id, filename, since, size, s3_key)
+        return [r[0] for r in rows]
+
+    async def store_listed(self, rows: Sequence[ListedRow]) -> None:
+        """One statement per page; an entry listed twice in a page is stored once (its last
+        sighting), as one INSERT … ON CONFLICT may change a row only once."""
+        last = {(r.kb_id, r.id): r for r in rows}
+        if not last:
+            return
+        columns = [list(c) for c in zip(*last.values(), strict=True)]
+        async with self._connection() as conn:
+            await conn.execute(_STORE_LISTED, *columns)
+
+    async def forget_unseen(self, kb_id: str, since: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "DELETE FROM remote_files WHERE kb_id = $1 AND seen_at < $2", kb_id, since
+            )
+
+    async def forget_remote(self, kb_id: str, ids: Sequence[str]) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "DELETE FROM remote_files WHERE kb_id = $1 AND id = ANY($2::text[])",
+                kb_id,
+                list(ids),
+            )
+
+    async def unseen_job_entries(self, kb_id: str, since: float) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT j.file_id FROM jobs AS j WHERE j.kb_id = $1 AND j.state = 'done'"
+                " AND j.file_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM remote_files AS r"
+                " WHERE r.kb_id = j.kb_id AND r.id = j.file_id AND r.seen_at >= $2)"
+                " ORDER BY j.id",
+                kb_id,
+                since,
+            )
+        return [r[0] for r in rows]
+
+    async def match_remote(self, kb_id: str, since: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(_MATCH_REMOTE, kb_id, since)
+
+    async def remote_status_counts(self, kb_id: str, since: float) -> dict[str, int]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT COALESCE(status, 'unknown'), COUNT(*) FROM remote_files"
+                " WHERE kb_id = $1 AND seen_at >= $2 GROUP BY 1",
+                kb_id,
+                since,
+            )
+        return {status: n for status, n in rows}
+
+    async def job_remote_counts(self, kb_id: str) -> dict[str, int]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT COALESCE(remote_status, 'unknown'), COUNT(*) FROM jobs"
+                " WHERE kb_id = $1 AND state = 'done' GROUP BY 1",
+                kb_id,
+            )
+        return {status: n for status, n in rows}
+
+    async def not_uploaded_count(self, kb_id: str) -> int:
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT COUNT(*) FROM jobs WHERE kb_id = $1"
+                " AND state IN ('pending', 'running', 'failed')",
+                kb_id,
+            )
+
+    async def duplicate_candidates(self, kb_id: str, since: float) -> list[Entry]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_DUPLICATE_CANDIDATES, kb_id, since)
+        return [Entry(*r) for r in rows]
+
+    async def extra_count(self, kb_id: str, since: float, ours: Sequence[str]) -> int:
+        async with self._connection() as conn:
+            return await conn.fetchval(f"SELECT COUNT(*) {_EXTRA_WHERE}", kb_id, since, list(ours))
+
+    # --- verifications -------------------------------------------------------------------
+
+    async def record_verification(
+        self,
+        kb_id: str,
+        since: float,
+        counts: dict[str, Any],
+        duplicates: Sequence[DuplicateItem],
+        ours: Sequence[str],
+    ) -> int:
+        async with self.transaction() as conn:
+            vid = await conn.fetchval(
+                "INSERT INTO verifications (kb_id, started_at, ended_at, counts)"
+                " VALUES ($1, $2, $3, $4) RETURNING id",
+                kb_id,
+                since,
+                time.time(),
+                json.dumps(counts),
+            )
+            await conn.execute(
+                "DELETE FROM verification_items WHERE verification_id IN"
+                " (SELECT id FROM verifications WHERE kb_id = $1 AND id <> $2)",
+                kb_id,
+                vid,
+            )
+            await conn.execute(_RECORD_BAD, vid, kb_id)
+            await conn.execute(_RECORD_EXTRA, kb_id, since, list(ours), vid)
+            if duplicates:
+                columns = [list(c) for c in zip(*duplicates, strict=True)]
+                await conn.execute(_RECORD_DUPLICATES, vid, *columns)
+        return int(vid)
+
+    async def last_verifications(self) -> list[dict[str, Any]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, kb_id, started_at, ended_at, counts FROM verifications"
+                " WHERE id IN (SELECT MAX(id) FROM verifications GROUP BY kb_id) ORDER BY kb_id"
+            )
+        return [
+            {"id": vid, "kb_id": kb, "started_at": s, "ended_at": e, "counts": json.loads(c)}
+            for vid, kb, s, e, c in rows
+        ]
+
+    async def verification_items(
+        self, verification_id: int, kind: str, limit: int = -1
+    ) -> AsyncIterator[VerificationItem]:
+        sql = (
+            "SELECT j.path, i.file_id, i.filename, i.size, i.status, i.kept_id"
+            " FROM verification_items AS i LEFT JOIN jobs AS j ON j.id = i.job_id"
+            " WHERE i.verification_id = $1 AND i.kind = $2 ORDER BY i.item LIMIT $3"
+        )
+        async for row in self._stream(sql, verification_id, kind, None if limit < 0 else limit):
+            yield VerificationItem(*row)
+
+    # --- retry-failed --remote -----------------------------------------------------------
+
+    async def remote_retry_candidates(
+        self, kb_id: str | None, match: Callable[[str], bool] | None
+    ) -> list[RemoteRetryCandidate]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, kb_id, file_id, remote_status, relpath FROM jobs"
+                " WHERE remote_status IN ('failed', 'missing') AND state = 'done'"
+                " AND ($1::text IS NULL OR kb_id = $1) ORDER BY id",
+                kb_id,
+            )
+        return [
+            RemoteRetryCandidate(r[0], r[1], r[2], r[3])
+            for r in rows
+            if match is None or match(r[4])
+        ]
+
+    async def requeue_remote(self, jobs: Sequence[RequeueItem]) -> int:
+        async with self.transaction() as conn:
+            gone = [(kb, fid) for _job, kb, fid in jobs if fid is not None]
+            if gone:
+                await conn.execute(
+                    "DELETE FROM remote_files AS r USING unnest($1::text[], $2::text[])"
+                    " AS g(kb_id, id) WHERE r.kb_id = g.kb_id AND r.id = g.id",
+                    [kb for kb, _ in gone],
+                    [fid for _, fid in gone],
+                )
+            status = await conn.execute(
+                _REQUEUE_REMOTE, [j.job_id for j in jobs], [j.file_id for j in jobs]
+            )
+        return _status_count(status)
+
+    async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
+        if not statuses:
+            return
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE jobs SET remote_status = s.status"
+                " FROM unnest($1::text[], $2::int8[]) AS s(status, id) WHERE jobs.id = s.id",
+                [s.status for s in statuses],
+                [s.job_id for s in statuses],
+            )
+
+    # --- what the service was seen to speak ----------------------------------------------
+
+    async def store_service_facts(self, facts: ServiceFacts) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                _STORE_FACTS,
+                facts.base_url,
+                facts.kb_id,
+                facts.learned_at,
+                facts.source,
+                facts.batch_register,
+                json.dumps(facts.facts, ensure_ascii=False),
+            )
+
+    async def service_facts(self, base_url: str, kb_id: str) -> ServiceFacts | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT learned_at, source, batch_register, facts FROM service_facts"
+                " WHERE base_url = $1 AND kb_id = $2",
+                base_url,
+                kb_id,
+            )
+        if row is None:
+            return None
+        learned_at, source, batch, facts = row
+        return ServiceFacts(base_url, kb_id, learned_at, source, batch, json.loads(facts))
+
+
+def _enqueue_args(rows: Sequence[ScanRow]) -> list[list[Any]]:
+    return [
+        [r.path for r in rows],
+        [r.relpath for r in rows],
+        [r.size for r in rows],
+        [r.mtime_ns for r in rows],
+        [r.skip for r in rows],
+    ]
+
+
+def _reason(exc: BaseException) -> str:
+    """One line of what went wrong, without the driver's class names."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text and text[0] else type(exc).__name__
+
+
+def _scrub(text: str, password: str | None) -> str:
+    """A message that quotes the URL it failed with must still not show its password."""
+    return text.replace(password, HIDDEN) if password else text
