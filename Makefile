@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 demo: $(STAMP)
-	$(BIN)/python -m tests.demo
+	$(BIN)/python -m $(if $(PG),tests.demo_pg,tests.demo)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(if $(QUICK),--quick,)

@@ -93,6 +93,11 @@ class PgServer:
         self._running = False
         self._tests_db = False
 
+    @property
+    def data(self) -> Path:
+        """The cluster's data folder (its postmaster.pid names the server's process)."""
+        return self._data
+
     # --- life ----------------------------------------------------------------------------
 
     def _as_server_user(self, *args: str | Path) -> list[str]:

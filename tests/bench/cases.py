@@ -440,6 +440,68 @@ def case_6(opts: Options) -> Figures:
     return verdict(figures, target, main["jobs_per_s"] >= 20_000, None)
 
 
+# --- 9 and 10: PostgreSQL (issue 15) -----------------------------------------------------
+
+PG_MICRO_TARGET = 10_000
+
+
+@case("9", "PostgreSQL queue micro-benchmark: claim + complete, no HTTP")
+def case_9(opts: Options) -> Figures:
+    jobs = 20_000 if opts.quick else 50_000
+    argv = [*module_argv("tests.bench.pg_micro"), "--jobs", str(jobs), "--batch", "100"]
+    if not opts.quick:
+        argv += ["--batch", "10"]
+    result = measure(argv)
+    if result.code != 0:
+        raise RuntimeError(f"pg_micro exited {result.code}: {result.tail()}")
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    main = next(r for r in lines if r["batch"] == MICRO_BATCH and r["driver"] == "asyncpg")
+    figures: Figures = {
+        "files": main["jobs"],
+        "wall_s": main["seconds"],
+        "files_per_s": main["jobs_per_s"],
+        "cpu_s_per_1000": main["cpu_s_per_1000"],
+        "jobs_per_s": main["jobs_per_s"],
+        "by_driver_and_batch": {f"{r['driver']}/{r['batch']}": r["jobs_per_s"] for r in lines},
+    }
+    target = (
+        f">= {PG_MICRO_TARGET:,} jobs/s (asyncpg, claim {MICRO_BATCH} + complete {MICRO_BATCH})"
+    )
+    return verdict(figures, target, main["jobs_per_s"] >= PG_MICRO_TARGET, None)
+
+
+@case("10", "PostgreSQL: 1, 2 and 4 hosts draining one queue, 20 ms latency")
+def case_10(opts: Options) -> Figures:
+    from .pg_scaling import WORKERS, scaling
+
+    files, latency = (600, 0.02) if opts.quick else (3000, 0.02)
+    runs = scaling(files, latency, (1, 2, 4))
+    one = runs[0]
+    cores = os.cpu_count() or 1
+    cpu_bound = cores / max(r.cpu_s_per_file for r in runs)
+    latency_limit = WORKERS / (one.requests_per_file * latency)
+    figures: Figures = {
+        "files": files,
+        "wall_s": rnd(one.wall_s),
+        "files_per_s": rnd(one.files_per_s, 1),
+        "requests_per_file": rnd(one.requests_per_file, 3),
+        "cpu_s_per_1000": rnd(one.cpu_s_per_file * 1000),
+        "latency_limit": rnd(latency_limit, 1),
+        "files_per_s_by_processes": {r.processes: rnd(r.files_per_s, 1) for r in runs},
+        "scaling": {r.processes: rnd(r.files_per_s / one.files_per_s, 2) for r in runs},
+        "cpu_s_per_1000_by_processes": {r.processes: rnd(r.cpu_s_per_file * 1000) for r in runs},
+        "cpu_bound_files_per_s": rnd(cpu_bound, 1),
+        "bound_by_processes": {
+            r.processes: rnd(min(r.processes * latency_limit, cpu_bound), 1) for r in runs
+        },
+    }
+    best = max(runs, key=lambda r: r.files_per_s)
+    bound = min(best.processes * latency_limit, cpu_bound)
+    target = "2 hosts > 1.3x one; the best within 2x of min(k x latency limit, CPU bound)"
+    ok = runs[1].files_per_s > 1.3 * one.files_per_s and best.files_per_s >= bound / 2
+    return verdict(figures, target, ok, None)
+
+
 # --- 7: fail fast ----------------------------------------------------------------------------
 
 

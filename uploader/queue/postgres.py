@@ -68,6 +68,7 @@ VERSION_TABLE = "uploader_schema"
 # read, shifted and written back stay exactly what they were.
 SKEW_TOLERANCE = 0.5
 NOW = "extract(epoch from now())::float8"
+ANALYZE_AFTER = 1000
 
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
@@ -148,13 +149,13 @@ _MAY_READ_2 = _MAY_READ.replace("$5", "$2").replace("$6", "$3")  # after one $1
 _CLAIM = f"""
 UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires = {NOW} + $2,
        attempts = attempts + 1, started_at = {NOW}
-WHERE id IN (
+WHERE id = ANY(ARRAY(
     SELECT id FROM jobs
     WHERE state = 'pending' AND next_attempt_at <= {NOW} AND ($3::text IS NULL OR kb_id = $3)
       AND {_MAY_READ}
     ORDER BY next_attempt_at, id LIMIT $4
     FOR UPDATE SKIP LOCKED
-)
+))
 RETURNING {_JOB_COLUMNS}"""
 
 # Every outcome kind in one statement (one round trip per batch): the CASEs say per column
@@ -362,6 +363,8 @@ class PgQueue(Queue):
         self._password = password_of(target)
         self._held: dict[asyncio.Task[Any], asyncpg.Connection] = {}
         self._skew = 0.0  # the database's clock minus ours, in seconds
+        self._enqueued = 0  # rows this queue added or re-queued since its last ANALYZE
+        self._analyzed = 0  # ... and before it
         self._closed = False
 
     # --- life ----------------------------------------------------------------------------
@@ -518,6 +521,7 @@ class PgQueue(Queue):
                 args = [*_enqueue_args(skipped), host, shared]
                 await conn.execute(_MARK_SKIPPED, kb_id, *args)
                 await conn.execute(_INSERT, kb_id, *args)
+        await self._analyze_if_grown(new + changed)
         return EnqueueCounts(
             scanned=len(rows),
             new=new,
@@ -526,6 +530,18 @@ class PgQueue(Queue):
             skipped=len(skipped),
             foreign=foreign,
         )
+
+    async def _analyze_if_grown(self, added: int) -> None:
+        """Statistics taken whenever the rows this queue enqueued have doubled: the claim's
+        plan depends on them, and autovacuum takes its time. With statistics of an empty table,
+        PostgreSQL sorts every pending row for each claim instead of reading the claim index
+        in order (30 ms a claim at 20,000 rows instead of well under one)."""
+        self._enqueued += added
+        if self._enqueued >= max(ANALYZE_AFTER, self._analyzed):
+            self._analyzed += self._enqueued
+            self._enqueued = 0
+            async with self._connection() as conn:
+                await conn.execute("ANALYZE jobs")
 
     def _reads(self) -> tuple[str, bool]:
         """The parameters of _MAY_READ."""
