@@ -69,6 +69,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _proc_cpu(pid: int, children_too: bool = False) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # ended meanwhile: its time is in its parent's children figures
+    used = (11, 12, 13, 14) if children_too else (11, 12)
+    return sum(int(fields[i]) for i in used) / os.sysconf("SC_CLK_TCK")
+
+
 def _server_user() -> pwd.struct_passwd | None:
     """Who runs the server: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
@@ -97,6 +107,16 @@ class PgServer:
     def data(self) -> Path:
         """The cluster's data folder (its postmaster.pid names the server's process)."""
         return self._data
+
+    def cpu_seconds(self) -> float:
+        """The cluster's CPU so far (benchmarks): the postmaster's own, its reaped children's
+        (every backend of a closed connection) and its live children's, from /proc."""
+        with open(self._data / "postmaster.pid") as f:
+            postmaster = int(f.readline())
+        total = _proc_cpu(postmaster, children_too=True)
+        with open(f"/proc/{postmaster}/task/{postmaster}/children") as f:
+            total += sum(_proc_cpu(int(pid)) for pid in f.read().split())
+        return total
 
     # --- life ----------------------------------------------------------------------------
 

@@ -68,23 +68,35 @@ def figures(driver: str, batch: int, done: int, seconds: float, cpu: float) -> d
     }
 
 
-async def drain_asyncpg(url: str, jobs: int, batch: int) -> dict[str, Any]:
+def with_server_cpu(result: dict[str, Any], server_cpu: float) -> dict[str, Any]:
+    """Add the server's CPU per 1,000 jobs and what client + server CPU allow: the two take
+    turns on one connection, so on an idle machine jobs/s <= 1 / (their CPU per job). On a
+    busy one wall time says more about the neighbours than about the queue."""
+    server = server_cpu / result["jobs"] * 1000
+    result["server_cpu_s_per_1000"] = round(server, 4)
+    result["cpu_bound_jobs_per_s"] = round(1000 / (server + result["cpu_s_per_1000"]), 1)
+    return result
+
+
+async def drain_asyncpg(server: PgServer, url: str, jobs: int, batch: int) -> dict[str, Any]:
     q = await open_queue(url, scope=HostScope(HOST))
     try:
         await fill(q, jobs)
         run_id = await q.start_run(OWNER, {})
         done = 0
+        server_cpu = server.cpu_seconds()
         cpu, start = time.process_time(), time.perf_counter()
         while claimed := await q.claim(OWNER, batch, 60.0, None):
             await q.record_outcomes(OWNER, outcomes(claimed, run_id))
             done += len(claimed)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        server_cpu = server.cpu_seconds() - server_cpu
         left = await q.state_counts()
     finally:
         await q.close()
     if left.get(KB, {}).get("done", (0, 0))[0] != jobs:
         raise RuntimeError(f"expected {jobs} done rows, the queue says {left}")
-    return figures("asyncpg", batch, done, seconds, cpu)
+    return with_server_cpu(figures("asyncpg", batch, done, seconds, cpu), server_cpu)
 
 
 def _named(sql: str) -> str:
@@ -92,7 +104,7 @@ def _named(sql: str) -> str:
     return re.sub(r"\$(\d+)", r"%(p\1)s", sql.replace("%", "%%"))
 
 
-async def drain_psycopg(url: str, jobs: int, batch: int) -> dict[str, Any]:
+async def drain_psycopg(server: PgServer, url: str, jobs: int, batch: int) -> dict[str, Any]:
     import psycopg
 
     q = await open_queue(url, scope=HostScope(HOST))  # migrations and the fill
@@ -108,6 +120,7 @@ async def drain_psycopg(url: str, jobs: int, batch: int) -> dict[str, Any]:
     helper._skew = 0.0
     try:
         done = 0
+        server_cpu = server.cpu_seconds()
         cpu, start = time.process_time(), time.perf_counter()
         while True:
             args = {f"p{i}": v for i, v in enumerate([OWNER, 60.0, None, batch, HOST, False], 1)}
@@ -120,13 +133,14 @@ async def drain_psycopg(url: str, jobs: int, batch: int) -> dict[str, Any]:
             await conn.execute(outcome_sql, {f"p{i}": v for i, v in enumerate(values, 1)})
             done += len(claimed)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        server_cpu = server.cpu_seconds() - server_cpu
         cur = await conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'")
         (finished,) = await cur.fetchone() or (0,)
     finally:
         await conn.close()
     if finished != jobs:
         raise RuntimeError(f"expected {jobs} done rows, the queue says {finished}")
-    return figures("psycopg", batch, done, seconds, cpu)
+    return with_server_cpu(figures("psycopg", batch, done, seconds, cpu), server_cpu)
 
 
 DRIVERS = {"asyncpg": drain_asyncpg, "psycopg": drain_psycopg}
@@ -149,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     with PgServer(durable=True) as server:
         for n, (driver, batch) in enumerate((d, b) for d in drivers for b in args.batch or [100]):
             url = server.create_database(f"micro{n}")
-            print(json.dumps(asyncio.run(DRIVERS[driver](url, args.jobs, batch))), flush=True)
+            result = asyncio.run(DRIVERS[driver](server, url, args.jobs, batch))
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

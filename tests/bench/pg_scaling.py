@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,7 +28,6 @@ from .harness import (
     Server,
     make_files,
     measure,
-    proc_cpu_s,
     serve,
     uploader_argv,
     workspace,
@@ -46,21 +44,6 @@ class Drained:
     files_per_s: float
     cpu_s_per_file: float  # uploaders + API server + PostgreSQL
     requests_per_file: float
-
-
-def _postgres_cpu(server: PgServer) -> float:
-    """All of the cluster's CPU so far: the postmaster's own and its reaped children's (every
-    backend of a closed connection), plus the live backends."""
-    with open(server.data / "postmaster.pid") as f:
-        postmaster = int(f.readline())
-    with open(f"/proc/{postmaster}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    own = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
-    children = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True
-    ).stdout.split()
-    return own + sum(proc_cpu_s(int(pid)) or 0.0 for pid in children)
 
 
 @contextlib.contextmanager
@@ -96,7 +79,7 @@ def drain(pg: PgServer, api: Server, folder: str, files: int, processes: int) ->
     ):
         env = {**os.environ, "MAIAGENT_API_KEY": API_KEY}
         results: list[Measured] = []
-        before = (api.stats()["total"], api.cpu_s() or 0.0, _postgres_cpu(pg))
+        before = (api.stats()["total"], api.cpu_s() or 0.0, pg.cpu_seconds())
 
         def one(i: int) -> None:
             argv = [
@@ -121,7 +104,7 @@ def drain(pg: PgServer, api: Server, folder: str, files: int, processes: int) ->
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
-        after = (api.stats()["total"], api.cpu_s() or 0.0, _postgres_cpu(pg))
+        after = (api.stats()["total"], api.cpu_s() or 0.0, pg.cpu_seconds())
         states = measure([*uploader_argv(), "--db", url, "status", "--json"], env=env)
     bad = [r for r in results if r.code != 0]
     if bad:
