@@ -24,6 +24,7 @@ from tests.helpers import (
     child_env,
     invoke,
     make_files,
+    one_line_error,
     run_args,
     service,
 )
@@ -258,3 +259,13 @@ def test_status_verify_dedupe_retry_and_report_work_on_postgresql(
     assert len(logs) >= 1 and all(PASSWORD not in p.read_text() for p in logs)
     default = invoke(pg_url, "export-report")  # type: ignore[arg-type]
     assert default.exit_code == 0 and len(list((tmp_path / "reports").iterdir())) == 1
+
+
+def test_a_database_that_cannot_be_reached_or_holds_no_queue_is_one_line_without_password(
+    pg_url: str,
+) -> None:
+    unreachable = f"postgresql://uploader:{PASSWORD}@127.0.0.1:1/queue"
+    for url, expected in ((unreachable, "cannot connect"), (pg_url, "no uploader queue")):
+        result = invoke(url, "status")  # type: ignore[arg-type]
+        line = one_line_error(result)
+        assert expected in line and PASSWORD not in result.output and "***" in line
