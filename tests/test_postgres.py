@@ -14,7 +14,7 @@ from tests.helpers import async_test
 from tests.pg_server import PASSWORD, PgServer
 from uploader.model import ScanRow
 from uploader.queue import QueueError, open_queue, redact
-from uploader.queue.postgres import VERSION_TABLE, schema_version
+from uploader.queue.postgres import VERSION_TABLE, _migrations
 
 KB = "kb-pg"
 OWNER = "host-a:1:" + "a" * 32
@@ -34,7 +34,8 @@ async def test_processes_starting_at_once_migrate_once(pg_url: str) -> None:
     for q in queues:
         await q.close()
     versions = await _fetch(pg_url, f"SELECT version FROM {VERSION_TABLE} ORDER BY version")
-    assert [r[0] for r in versions] == list(range(1, schema_version() + 1))
+    # every migration once (numbers are reserved ahead, so there may be gaps)
+    assert [r[0] for r in versions] == [number for number, _sql in _migrations()]
 
 
 @async_test

@@ -25,6 +25,7 @@ from uploader.model import (
     Step,
 )
 from uploader.queue import Queue, open_queue
+from uploader.tags import encode
 
 __all__ = ["queue_target"]  # the fixture, imported for pytest
 
@@ -162,6 +163,38 @@ async def test_the_report_is_streamed_per_state(queue_target: str) -> None:
         assert (failed.error, failed.attempts, failed.error_kind) == ("slow", 1, "timeout")
         [skipped] = [r async for r in q.report_rows("skipped")]
         assert skipped.reason == "too big"
+
+
+def tagged(name: str, tags: str | None, size: int = 10, **kw: str) -> ScanRow:
+    return ScanRow(f"/data/{name}".encode(), name, size, 1000, tags=tags, **kw)
+
+
+@async_test
+async def test_what_an_enqueue_asks_of_the_entry_is_kept_per_job(queue_target: str) -> None:
+    hr, ops = encode(["hr"], {"source": "nas"}), encode(["ops"], {})
+    parser = "6f1c2a34-0d3b-4c1e-9a5e-2f3b4c5d6e7f"
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(
+            KB, [tagged("a", hr, parser=parser, display_name="A.pdf"), tagged("b", None)]
+        )
+        a, b = await q.claim(OWNER, 2, LEASE, KB)
+        assert (a.tags, a.parser, a.display_name, a.file_id) == (hr, parser, "A.pdf", None)
+        assert (b.tags, b.parser, b.display_name) == (None, None, None)
+        await q.record_outcomes(
+            OWNER,
+            [outcome(j, OutcomeKind.DONE, file_id=f"file-{j.relpath}") for j in (a, b)],
+        )
+        # Asking the same again, or nothing, changes nothing.
+        same = await q.enqueue_batch(KB, [tagged("a", hr), tagged("b", None)])
+        assert (same.unchanged, same.changed) == (2, 0)
+        assert await states(q) == {"done": 2}
+        # A pending row takes new tags for its register; a changed file is uploaded anew
+        # with the tags it had unless others are asked.
+        await q.enqueue_batch(KB, [tagged("c", None), tagged("a", None, size=11)])
+        await q.enqueue_batch(KB, [tagged("c", ops, display_name="C")])
+        a2, c = await q.claim(OWNER, 2, LEASE, KB)
+        assert (a2.step, a2.file_id, a2.tags, a2.parser) == (None, None, hr, parser)
+        assert (c.tags, c.display_name) == (ops, "C")
 
 
 async def _done(q: Queue, *names: str) -> list[Job]:

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, checkup, client, outage, queue, reconcile, report, scan, worker
+from . import __version__, checkup, client, outage, queue, reconcile, report, scan, tags, worker
+from .manifest import ManifestError, parse_metadata_option
 from .model import FAILURE_KINDS, EnqueueCounts, HostScope, JobState, VerificationItem
 from .queue import Queue, anchor, redact
 from .scan import display
@@ -189,6 +190,31 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
         raise click.BadParameter(str(exc)) from None
 
 
+def _labels(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    try:
+        return tuple(dict.fromkeys(tags.check_label(name) for name in value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _metadata(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, str]:
+    try:
+        return dict(parse_metadata_option(item) for item in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _parser(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else tags.check_parser(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command()
 @click.argument("directory")
 @kb_option(required=True)
@@ -205,6 +231,35 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
     "DIRECTORY is on storage every host sees at the same path: any host's `run` may upload "
     "its files."
 )
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="NAME",
+    callback=_labels,
+    help="A label every file's entry gets (repeatable); made in the knowledge base if new.",
+)
+@click.option(
+    "--labels-from-path",
+    type=click.IntRange(0),
+    metavar="N",
+    help="The first N folder names of each file's path become labels (hr/policies/a.pdf, 1: hr).",
+)
+@click.option(
+    "--metadata",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_metadata,
+    help="User-defined metadata every file's entry gets (repeatable).",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="CSV or JSON Lines naming the files of DIRECTORY to queue, each with its labels, "
+    "metadata and name shown (see the README); all or nothing.",
+)
+@click.option("--parser", callback=_parser, metavar="ID", help="The parser of every file (a UUID).")
 @pass_ctx
 def enqueue(
     ctx: Context,
@@ -215,6 +270,11 @@ def enqueue(
     max_size: int | None,
     follow_symlinks: bool,
     shared: bool,
+    labels: tuple[str, ...],
+    labels_from_path: int | None,
+    metadata: dict[str, str],
+    manifest: str | None,
+    parser: str | None,
 ) -> None:
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
@@ -224,6 +284,10 @@ def enqueue(
     escapes, a leading `/` anchors at DIRECTORY; an excluded folder is not entered). Running
     it again adds new files and re-queues changed ones; files already queued or uploaded are
     left alone.
+
+    --label, --labels-from-path, --metadata and --manifest say what each file's entry carries
+    (all of it; given again, files not uploaded yet take the new values). With --manifest only
+    the files it names are queued, in one transaction: a bad row queues nothing.
     """
     if not os.path.isdir(directory):
         what = "does not exist" if not os.path.exists(directory) else "is not a folder"
@@ -233,11 +297,20 @@ def enqueue(
     except scan.PatternError as exc:
         raise UserError(str(exc)) from None
 
+    asked = tags.TagOptions(labels, labels_from_path, metadata, parser, manifest is not None)
+
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
         own = scan.OwnState.of(ctx.anchor)
-        return await scan.enqueue(q, directory, kb_id, filters, follow_symlinks, own)
+        if manifest is not None:
+            return await scan.enqueue_manifest(
+                q, directory, kb_id, manifest, filters, follow_symlinks, asked, own
+            )
+        return await scan.enqueue(q, directory, kb_id, filters, follow_symlinks, own, tags=asked)
 
-    counts, stats = run_async(with_db(ctx, body, shared=shared))
+    try:
+        counts, stats = run_async(with_db(ctx, body, shared=shared))
+    except ManifestError as exc:
+        raise UserError(f"{exc}; nothing was queued") from None
     for problem in stats.unreadable_folders:
         click.echo(f"warning: cannot read folder {problem}", err=True)
     if stats.own:

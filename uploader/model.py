@@ -52,6 +52,9 @@ class Step(_Text):
 
     UPLOADED = "uploaded"
     REGISTERED = "registered"
+    # a registered entry whose labels or metadata changed at enqueue: the next attempt sends
+    # update-metadata only (no presign, no upload)
+    METADATA = "metadata"
 
 
 class ErrorKind(_Text):
@@ -93,6 +96,9 @@ class ScanRow:
     size: int
     mtime_ns: int
     skip: str | None = None
+    tags: str | None = None  # labels and metadata asked for (uploader.tags); None: not asked
+    parser: str | None = None
+    display_name: str | None = None  # the name shown in the knowledge base (a manifest's)
 
 
 @dataclass
@@ -148,6 +154,10 @@ class Job:
     unknown_since: float | None
     filename: str | None
     started_at: float
+    file_id: str | None = None  # the entry, for an update-metadata (step `metadata`)
+    tags: str | None = None  # what the entry should carry (uploader.tags), None: nothing asked
+    parser: str | None = None
+    display_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.step is not None:

@@ -7,6 +7,7 @@ the user wants uploaded, and bytes are the only lossless form of it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import stat
@@ -17,7 +18,9 @@ import bracex
 from wcmatch import glob
 
 from . import queue
+from .manifest import ManifestError, read_manifest, resolve
 from .queue import EnqueueCounts, ScanRow
+from .tags import TagOptions
 
 CLUTTER = frozenset({b"thumbs.db", b"desktop.ini", b"ehthumbs.db"})
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -315,15 +318,62 @@ def _row(
     rel = entry.path[prefix:]
     if not filters.wanted(os.fsdecode(rel)):
         return None
+    return _file_row(entry.path, rel, st, filters, entry.is_symlink())
+
+
+def _file_row(path: bytes, rel: bytes, st: os.stat_result, filters: Filters, link: bool) -> ScanRow:
+    """The row of a regular file, with why it is skipped if it is."""
     skip = None
     if filters.max_size is not None and st.st_size > filters.max_size:
         skip = f"larger than --max-size ({st.st_size} > {filters.max_size} bytes)"
-    elif not os.access(entry.path, os.R_OK):
+    elif not os.access(path, os.R_OK):
         skip = "unreadable: permission denied"
     # The upload opens with O_NOFOLLOW (a link swapped in later is refused), so a link that
     # --follow-symlinks followed is queued as the file it leads to.
-    path = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
-    return ScanRow(path, display(rel), st.st_size, st.st_mtime_ns, skip)
+    real = os.path.realpath(path) if link else path
+    return ScanRow(real, display(rel), st.st_size, st.st_mtime_ns, skip)
+
+
+def manifest_rows(
+    root: str,
+    manifest: str,
+    filters: Filters,
+    follow_symlinks: bool,
+    tags: TagOptions,
+    stats: ScanStats,
+    own: OwnState | None = None,
+) -> Iterator[ScanRow]:
+    """The files a manifest names, each with its labels, metadata and name shown; the first
+    bad row (or one naming no file of `root`) raises ManifestError naming its line. The
+    filters and --max-size apply as to a walk; the manifest names files, so hidden ones too."""
+    own = own or OwnState({}, frozenset())
+    for row in read_manifest(manifest):
+        path = resolve(root, row, follow_symlinks)
+        rel = os.fsencode(row.path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise ManifestError(
+                f"{row.where}: cannot read {display(rel)}: {exc.strerror}"
+            ) from None
+        if (st.st_dev, st.st_ino) in own.ids:
+            stats.own.append(display(rel))
+            continue
+        if not filters.wanted(os.fsdecode(rel)):
+            stats.ignored += 1
+            continue
+        file_row = _file_row(path, rel, st, filters, os.path.islink(path))
+        yield dataclasses.replace(
+            file_row,
+            tags=tags.tags_for(file_row.relpath, row),
+            parser=tags.parser,
+            display_name=row.filename,
+        )
+
+
+def _tagged(rows: Iterator[ScanRow], tags: TagOptions) -> Iterator[ScanRow]:
+    for row in rows:
+        yield dataclasses.replace(row, tags=tags.tags_for(row.relpath), parser=tags.parser)
 
 
 def batches(rows: Iterator[ScanRow], size: int) -> Iterator[list[ScanRow]]:
@@ -345,12 +395,15 @@ async def enqueue(
     follow_symlinks: bool,
     own: OwnState | None = None,
     batch_size: int = 2000,
+    tags: TagOptions | None = None,
 ) -> tuple[EnqueueCounts, ScanStats]:
     """Walk `root` into the queue, one transaction per batch; safe to run again. The walk
     runs in a thread so the next batch is scanned while the database writes this one."""
     stats = ScanStats()
     counts = EnqueueCounts()
     rows = walk(os.fsencode(root), filters, follow_symlinks, stats, own)
+    if tags is not None:
+        rows = _tagged(rows, tags)
     chunks = batches(rows, batch_size)
     writing: asyncio.Task[EnqueueCounts] | None = None
     while True:
@@ -360,3 +413,27 @@ async def enqueue(
         if batch is None:
             return counts, stats
         writing = asyncio.create_task(q.enqueue_batch(kb_id, batch))
+
+
+async def enqueue_manifest(
+    q: queue.Queue,
+    root: str,
+    kb_id: str,
+    manifest: str,
+    filters: Filters,
+    follow_symlinks: bool,
+    tags: TagOptions,
+    own: OwnState | None = None,
+    batch_size: int = 2000,
+) -> tuple[EnqueueCounts, ScanStats]:
+    """The files a manifest names into the queue, all in one transaction: a bad row anywhere
+    (ManifestError) leaves the queue as it was, so a fixed manifest can simply be given
+    again. The rows are still streamed, a batch at a time."""
+    stats = ScanStats()
+    counts = EnqueueCounts()
+    rows = manifest_rows(root, manifest, filters, follow_symlinks, tags, stats, own)
+    chunks = batches(rows, batch_size)
+    async with q.transaction():
+        while (batch := await asyncio.to_thread(next, chunks, None)) is not None:
+            counts.add(await q.enqueue_batch(kb_id, batch))
+    return counts, stats

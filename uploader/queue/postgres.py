@@ -53,8 +53,9 @@ from ..model import (
     SkippedRow,
     VerificationItem,
 )
+from ..tags import EMPTY as EMPTY_TAGS
 from .base import Queue, QueueError
-from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD
+from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD, RETRY_TO_PENDING
 from .target import HIDDEN, password_of, redact
 
 log = logging.getLogger("uploader.queue")
@@ -95,20 +96,36 @@ def _status_count(status: str) -> int:
 # --- statements ------------------------------------------------------------------------------
 
 _ENQUEUE_ROWS = (
-    "unnest($2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::text[])"
-    " AS r(path, relpath, size, mtime_ns, skip)"
+    "unnest($2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::text[], $9::text[],"
+    " $10::text[], $11::text[]) AS r(path, relpath, size, mtime_ns, skip, tags, parser,"
+    " display_name)"
 )
 
 # The rows an enqueue may change ($7 host, $8 shared): its host's, shared ones, those of no
 # recorded host, or any when its folder is shared.
 _OURS = "(j.shared OR j.host IN ('', $7) OR $8)"
 
+# What an enqueue asks of the entry (issue 14): labels and metadata replace the row's when
+# asked (uploader.tags), the parser and the name shown when given.
+_RETAGGED = """tags = COALESCE(r.tags, j.tags), parser = COALESCE(r.parser, j.parser),
+       display_name = COALESCE(r.display_name, j.display_name)"""
+
 _REQUEUE_CHANGED = f"""
 UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, relpath = r.relpath,
-       enqueued_at = {NOW}, {BACK_TO_PENDING}, {FORGET_UPLOAD}
+       enqueued_at = {NOW}, {BACK_TO_PENDING}, {FORGET_UPLOAD}, {_RETAGGED}
 FROM {_ENQUEUE_ROWS}
 WHERE j.kb_id = $1 AND j.path = r.path AND j.state <> 'running'
   AND (j.size <> r.size OR j.mtime_ns <> r.mtime_ns OR j.state = 'skipped') AND {_OURS}"""
+
+# An unchanged row that is not uploaded yet takes what is asked now, for its register.
+_RETAG = f"""
+UPDATE jobs AS j SET {_RETAGGED}
+FROM {_ENQUEUE_ROWS}
+WHERE j.kb_id = $1 AND j.path = r.path AND j.state NOT IN ('running', 'done') AND {_OURS}
+  AND (j.tags IS DISTINCT FROM COALESCE(r.tags, j.tags)
+       OR j.parser IS DISTINCT FROM COALESCE(r.parser, j.parser)
+       OR j.display_name IS DISTINCT FROM COALESCE(r.display_name, j.display_name))"""
+
 
 _MARK_SKIPPED = f"""
 UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, state = 'skipped',
@@ -128,16 +145,17 @@ WHERE j.kb_id = $1 AND NOT j.shared AND j.host NOT IN ('', $3)"""
 
 _INSERT = f"""
 INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error_kind,
-                  enqueued_at, host, shared)
+                  enqueued_at, host, shared, tags, parser, display_name)
 SELECT $1, r.path, r.relpath, r.size, r.mtime_ns,
        CASE WHEN r.skip IS NULL THEN 'pending' ELSE 'skipped' END, r.skip,
-       CASE WHEN r.skip IS NULL THEN NULL ELSE 'skipped' END, {NOW}, $7, $8
+       CASE WHEN r.skip IS NULL THEN NULL ELSE 'skipped' END, {NOW}, $7, $8, r.tags,
+       r.parser, r.display_name
 FROM {_ENQUEUE_ROWS}
 ON CONFLICT (kb_id, path) DO NOTHING"""
 
 _JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
-    "filename, started_at"
+    "filename, started_at, file_id, tags, parser, display_name"
 )
 
 # The rows a run may take ($5 host, $6 any host): its host's, shared ones, those of no
@@ -168,9 +186,9 @@ WITH o AS (
     SELECT * FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int4[], $6::float8[],
                          $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[],
                          $12::text[], $13::text[], $14::float8[], $15::float8[], $16::int8[],
-                         $17::int8[])
+                         $17::int8[], $18::text[])
     AS o(id, outcome, run_id, attempt, started, ended, step, error_kind, error, file_id,
-         s3_key, filename, next, unknown, size, mtime_ns)
+         s3_key, filename, next, unknown, size, mtime_ns, applied)
 ), written AS (
     UPDATE jobs AS j SET
         state = CASE o.outcome WHEN 'done' THEN 'done' WHEN 'failed' THEN 'failed'
@@ -179,6 +197,7 @@ WITH o AS (
                ELSE o.step END,
         attempts = CASE o.outcome WHEN 'released' THEN j.attempts - 1 ELSE j.attempts END,
         file_id = CASE o.outcome WHEN 'done' THEN o.file_id ELSE j.file_id END,
+        tags_applied = CASE o.outcome WHEN 'done' THEN o.applied ELSE j.tags_applied END,
         s3_key = o.s3_key, filename = o.filename, size = o.size, mtime_ns = o.mtime_ns,
         last_error = CASE o.outcome WHEN 'done' THEN NULL WHEN 'retry' THEN o.error
                      WHEN 'failed' THEN o.error ELSE j.last_error END,
@@ -512,13 +531,15 @@ class PgQueue(Queue):
             if shared:
                 await conn.execute(_MAKE_SHARED, kb_id, [r.path for r in rows])
             if readable:
-                args = [*_enqueue_args(readable), host, shared]
+                args = _enqueue_args(readable, host, shared)
                 if not shared:
                     foreign = await conn.fetchval(_FOREIGN, kb_id, args[0], host)
                 changed = _status_count(await conn.execute(_REQUEUE_CHANGED, kb_id, *args))
+                await conn.execute(_RETAG, kb_id, *args)
                 new = _status_count(await conn.execute(_INSERT, kb_id, *args))
             if skipped:
-                args = [*_enqueue_args(skipped), host, shared]
+                args = _enqueue_args(skipped, host, shared)
+                await conn.execute(_RETAG, kb_id, *args)
                 await conn.execute(_MARK_SKIPPED, kb_id, *args)
                 await conn.execute(_INSERT, kb_id, *args)
         await self._analyze_if_grown(new + changed)
@@ -556,7 +577,7 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             rows = await conn.fetch(_CLAIM, owner, lease_seconds, kb_id, limit, *self._reads())
         jobs = [
-            Job(*r[:9], self._to_host(r[9]), r[10], self._to_host(r[11]) or 0.0)  # type: ignore[arg-type]
+            Job(*r[:9], self._to_host(r[9]), r[10], self._to_host(r[11]) or 0.0, *r[12:])  # type: ignore[arg-type]
             for r in rows
         ]
         jobs.sort(key=lambda j: j.id)
@@ -580,7 +601,7 @@ class PgQueue(Queue):
                 await conn.fetchval(_OUTCOMES, owner, *self._outcome_args(batch))
 
     def _outcome_args(self, outcomes: Sequence[Outcome]) -> list[list[Any]]:
-        columns: list[list[Any]] = [[] for _ in range(16)]
+        columns: list[list[Any]] = [[] for _ in range(17)]
         for o in outcomes:
             j = o.job
             values = (
@@ -600,6 +621,7 @@ class PgQueue(Queue):
                 self._to_db(o.unknown_since),
                 j.size,
                 j.mtime_ns,
+                j.tags if j.tags is not None else EMPTY_TAGS,
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
@@ -704,7 +726,7 @@ class PgQueue(Queue):
         if match is None:
             async with self._connection() as conn:
                 status = await conn.execute(
-                    f"UPDATE jobs SET {BACK_TO_PENDING} WHERE {where}", kb_id, kinds
+                    f"UPDATE jobs SET {RETRY_TO_PENDING} WHERE {where}", kb_id, kinds
                 )
             return _status_count(status)
         async with self.transaction() as conn:
@@ -713,7 +735,7 @@ class PgQueue(Queue):
             )
             ids = [r[0] for r in rows if match(r[1])]
             status = await conn.execute(
-                f"UPDATE jobs SET {BACK_TO_PENDING} WHERE id = ANY($1::int8[])", ids
+                f"UPDATE jobs SET {RETRY_TO_PENDING} WHERE id = ANY($1::int8[])", ids
             )
         return _status_count(status)
 
@@ -1002,13 +1024,20 @@ class PgQueue(Queue):
         return ServiceFacts(base_url, kb_id, learned_at, source, batch, json.loads(facts))
 
 
-def _enqueue_args(rows: Sequence[ScanRow]) -> list[list[Any]]:
+def _enqueue_args(rows: Sequence[ScanRow], host: str, shared: bool) -> list[Any]:
+    """$2.. of the enqueue statements: the rows' columns as arrays, $7 host, $8 shared, then
+    what the rows ask of their entries."""
     return [
         [r.path for r in rows],
         [r.relpath for r in rows],
         [r.size for r in rows],
         [r.mtime_ns for r in rows],
         [r.skip for r in rows],
+        host,
+        shared,
+        [r.tags for r in rows],
+        [r.parser for r in rows],
+        [r.display_name for r in rows],
     ]
 
 

@@ -24,6 +24,7 @@ from ..model import (
     ScanRow,
     SkippedRow,
 )
+from ..tags import EMPTY as EMPTY_TAGS
 
 if TYPE_CHECKING:
     from .sqlite import SqliteBase
@@ -35,8 +36,9 @@ else:
 
 _INSERT = """
 INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, last_error, error_kind,
-                  enqueued_at, host, shared)
-VALUES (:kb, :path, :relpath, :size, :mtime_ns, :state, :skip, :kind, :now, :host, :shared)
+                  enqueued_at, host, shared, tags, parser, display_name)
+VALUES (:kb, :path, :relpath, :size, :mtime_ns, :state, :skip, :kind, :now, :host, :shared,
+        :tags, :parser, :display_name)
 ON CONFLICT (kb_id, path) DO NOTHING"""
 
 # The rows an enqueue may change: its host's, shared ones, those of no recorded host, or any
@@ -51,12 +53,31 @@ BACK_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0, step 
        s3_key = NULL, last_error = NULL, error_kind = NULL, started_at = NULL,
        finished_at = NULL, duration = NULL"""
 FORGET_UPLOAD = "file_id = NULL, filename = NULL, remote_status = NULL, unknown_since = NULL"
+# retry-failed: as BACK_TO_PENDING, except that a failed update-metadata stays one (its entry
+# exists: uploading the file again would make a second).
+RETRY_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0,
+       step = CASE step WHEN 'metadata' THEN step END,
+       s3_key = CASE step WHEN 'metadata' THEN s3_key END, last_error = NULL,
+       error_kind = NULL, started_at = NULL, finished_at = NULL, duration = NULL"""
+
+# What an enqueue asks of the entry (issue 14): labels and metadata replace the row's when
+# asked (uploader.tags), the parser and the name shown when given.
+_RETAGGED = """tags = COALESCE(:tags, tags), parser = COALESCE(:parser, parser),
+       display_name = COALESCE(:display_name, display_name)"""
 
 _REQUEUE_CHANGED = f"""
 UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, enqueued_at = :now,
-       {BACK_TO_PENDING}, {FORGET_UPLOAD}
+       {BACK_TO_PENDING}, {FORGET_UPLOAD}, {_RETAGGED}
 WHERE kb_id = :kb AND path = :path AND state != 'running'
   AND (size != :size OR mtime_ns != :mtime_ns OR state = 'skipped') AND {_OURS}"""
+
+# An unchanged row that is not uploaded yet takes what is asked now, for its register.
+_RETAG = f"""
+UPDATE jobs SET {_RETAGGED}
+WHERE kb_id = :kb AND path = :path AND state NOT IN ('running', 'done') AND {_OURS}
+  AND (tags IS NOT COALESCE(:tags, tags) OR parser IS NOT COALESCE(:parser, parser)
+       OR display_name IS NOT COALESCE(:display_name, display_name))"""
+
 
 _MARK_SKIPPED = f"""
 UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, state = 'skipped', last_error = :skip,
@@ -70,7 +91,7 @@ FOREIGN_CHUNK = 500  # paths per "queued by another host?" lookup (bound variabl
 
 JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
-    "filename, started_at"
+    "filename, started_at, file_id, tags, parser, display_name"
 )
 
 # The rows a run may take: its host's, shared ones, those of no recorded host, or any when
@@ -93,7 +114,7 @@ _DONE = """
 UPDATE jobs SET state = 'done', step = 'registered', file_id = :file_id, s3_key = :s3_key,
        filename = :filename, finished_at = :ended, duration = :ended - started_at,
        lease_owner = NULL, lease_expires = NULL, last_error = NULL, error_kind = NULL,
-       unknown_since = NULL, size = :size, mtime_ns = :mtime_ns
+       unknown_since = NULL, size = :size, mtime_ns = :mtime_ns, tags_applied = :applied
 WHERE id = :id AND lease_owner = :owner"""
 
 _RETRY = """
@@ -157,6 +178,8 @@ def _outcome_params(o: Outcome, owner: str) -> dict[str, Any]:
         "unknown": o.unknown_since,
         "size": j.size,
         "mtime_ns": j.mtime_ns,
+        # what a done entry carries now: the tags its register or update-metadata sent
+        "applied": j.tags if j.tags is not None else EMPTY_TAGS,
     }
 
 
@@ -229,6 +252,9 @@ class JobsMixin(SqliteBase):
                 "now": now,
                 "state": "pending" if r.skip is None else "skipped",
                 "kind": None if r.skip is None else "skipped",
+                "tags": r.tags,
+                "parser": r.parser,
+                "display_name": r.display_name,
             }
             (readable if r.skip is None else skipped).append(params)
         async with self.transaction():
@@ -236,6 +262,7 @@ class JobsMixin(SqliteBase):
                 await self._conn.executemany(_MAKE_SHARED, readable + skipped)
             foreign = 0 if shared else await self._foreign(kb_id, [p["path"] for p in readable])
             changed = (await self._conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
+            await self._conn.executemany(_RETAG, readable + skipped)
             new = (await self._conn.executemany(_INSERT, readable)).rowcount
             if skipped:
                 await self._conn.executemany(_MARK_SKIPPED, skipped)
@@ -402,7 +429,7 @@ class JobsMixin(SqliteBase):
             params.extend(kinds)
         async with self.transaction():
             cur = await self._conn.execute(
-                f"UPDATE jobs SET {BACK_TO_PENDING}"
+                f"UPDATE jobs SET {RETRY_TO_PENDING}"
                 " WHERE state = 'failed' AND (? IS NULL OR kb_id = ?)"
                 f"{kind_filter} AND uploader_match(relpath)",
                 params,

@@ -1,0 +1,150 @@
+"""Labels, metadata and a parser per file (issue 14): asked at `enqueue` (--label,
+--labels-from-path, --metadata, --manifest, --parser), sent at register, changed later by
+update-metadata alone, read back by `verify`; against both dialects of the local server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import KB, enqueue, invoke, make_tree, one_line_error, rows
+from uploader.tags import decode
+
+PARSER = "0b7e3c2a-5d41-4f6e-8a9b-1c2d3e4f5a6b"
+
+
+def tags_of(db: Path) -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
+    """What each job asks of its entry, by relative path."""
+    return {r["relpath"]: decode(r["tags"]) for r in rows(db)}
+
+
+def nested(root: Path, count: int) -> list[str]:
+    """`count` files spread over three top folders and subfolders of them."""
+    tops = ("hr", "legal", "ops")
+    files = {f"{tops[i % 3]}/sub{i % 5}/f{i:04d}.txt": 1 + i % 7 for i in range(count)}
+    make_tree(root, files)
+    return sorted(files)
+
+
+def write_manifest(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# --- enqueue -----------------------------------------------------------------------------------
+
+
+def test_enqueue_keeps_labels_metadata_and_parser_per_job(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_tree(data, {"hr/policies/leave.txt": 3, "top.txt": 2})
+    db = tmp_path / "q.db"
+    enqueue(
+        db,
+        data,
+        *("--labels-from-path", "2", "--label", "batch-2026", "--label", " batch-2026 "),
+        *("--metadata", "source=nas", "--metadata", "note=a=b", "--parser", PARSER),
+    )
+    assert tags_of(db) == {
+        "hr/policies/leave.txt": (
+            ("batch-2026", "hr", "policies"),
+            {"note": "a=b", "source": "nas"},
+        ),
+        "top.txt": (("batch-2026",), {"note": "a=b", "source": "nas"}),
+    }
+    assert {r["parser"] for r in rows(db)} == {PARSER}
+    # Enqueued again without any of them: what was asked stays as it was.
+    enqueue(db, data)
+    assert tags_of(db)["top.txt"] == (("batch-2026",), {"note": "a=b", "source": "nas"})
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--metadata", "novalue"), "invalid metadata 'novalue': use KEY=VALUE"),
+        (("--label", " "), "a label name is empty"),
+        (("--parser", "markdown"), "'markdown' is not a parser id (a UUID)"),
+        (("--labels-from-path", "-1"), "-1 is not in the range x>=0"),
+    ],
+)
+def test_bad_tag_options_are_one_line_errors(
+    tmp_path: Path, args: tuple[str, ...], error: str
+) -> None:
+    make_tree(tmp_path / "data", {"a.txt": 1})
+    result = invoke(tmp_path / "q.db", "enqueue", str(tmp_path / "data"), "--kb", KB, *args)
+    # click's usage error: exit 2, the option and what is wrong on the last line
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert error in result.stderr.strip().splitlines()[-1], result.stderr
+    assert not (tmp_path / "q.db").exists() or rows(tmp_path / "q.db") == []
+
+
+def test_a_manifest_queues_the_files_it_names_with_their_tags(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_tree(data, {"hr/leave.txt": 3, "ops/run.txt": 4, "not-listed.txt": 1})
+    csv = write_manifest(
+        tmp_path / "export.csv",
+        [
+            "path,labels,meta.year,filename",
+            "hr/leave.txt,hr;policies,2024,Leave policy.txt",
+            "ops/run.txt,,,",
+        ],
+    )
+    db = tmp_path / "q.db"
+    counts = enqueue(db, data, "--manifest", str(csv), "--label", "batch", "--metadata", "s=x")
+    assert counts["new"] == 2
+    assert tags_of(db) == {
+        "hr/leave.txt": (("batch", "hr", "policies"), {"s": "x", "year": "2024"}),
+        "ops/run.txt": (("batch",), {"s": "x"}),
+    }
+    assert {r["relpath"]: r["display_name"] for r in rows(db)} == {
+        "hr/leave.txt": "Leave policy.txt",
+        "ops/run.txt": None,
+    }
+    jsonl = write_manifest(
+        tmp_path / "export.jsonl",
+        [json.dumps({"path": "ops/run.txt", "labels": ["ops"], "metadata": {"year": 2025}})],
+    )
+    enqueue(db, data, "--manifest", str(jsonl))
+    assert tags_of(db)["ops/run.txt"] == (("ops",), {"year": 2025})
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ('"hr/f0150.txt,x', "line 152: malformed CSV"),
+        ("nope/missing.txt,x", "line 152: 'nope/missing.txt' names no file in"),
+        ("hr/f0001.txt,x", "line 152: path 'hr/f0001.txt' is listed twice (first on line 3)"),
+    ],
+)
+def test_a_bad_row_of_a_300_row_manifest_queues_nothing(
+    tmp_path: Path, bad: str, error: str
+) -> None:
+    data = tmp_path / "data"
+    make_tree(data, {f"hr/f{i:04d}.txt": 1 for i in range(300)})
+    lines = ["path,labels"] + [f"hr/f{i:04d}.txt,hr" for i in range(300)]
+    lines[151] = bad  # the file's line 152
+    manifest = write_manifest(tmp_path / "m.csv", lines)
+    db = tmp_path / "q.db"
+    message = one_line_error(
+        invoke(db, "enqueue", str(data), "--kb", KB, "--manifest", str(manifest))
+    )
+    assert message.startswith(f"Error: {manifest} {error}"), message
+    assert message.endswith("nothing was queued")
+    assert rows(db) == []
+
+
+def test_an_unknown_manifest_column_names_line_one(tmp_path: Path) -> None:
+    make_tree(tmp_path / "data", {"a.txt": 1})
+    manifest = write_manifest(tmp_path / "m.csv", ["path,colour", "a.txt,red"])
+    result = invoke(
+        tmp_path / "q.db",
+        "enqueue",
+        str(tmp_path / "data"),
+        "--kb",
+        KB,
+        "--manifest",
+        str(manifest),
+    )
+    assert f"{manifest} line 1: unknown column 'colour'" in one_line_error(result)
