@@ -230,7 +230,7 @@ def test_status_verify_dedupe_retry_and_report_work_on_postgresql(
     [(failed,)] = [tuple(r.values()) for r in pg_rows(pg_url, BAD_REMOTE)]
     assert failed > 0 and verify.exit_code == 1, verify.output
     [first] = [j for j in pg_rows(pg_url) if j["relpath"] == relpaths[0]]
-    copy = server.add_entry(KB, relpaths[0], first["size"])["id"]
+    copy = server.add_entry(KB, relpaths[0], first["size"], key=first["s3_key"])["id"]
     assert invoke(pg_url, "verify", *service(server)).exit_code == 1  # type: ignore[arg-type]
     deduped = invoke(pg_url, "dedupe", "--yes", *service(server))  # type: ignore[arg-type]
     assert deduped.exit_code == 0, deduped.output

@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import async_test
 from tests.queue_backends import queue_target
 from uploader.model import (
+    Deletion,
     DuplicateItem,
     ErrorKind,
     Job,
@@ -296,6 +297,56 @@ async def test_a_verification_keeps_its_lists_until_the_next(queue_target: str) 
 
 
 @async_test
+async def test_copies_are_told_by_the_keys_jobs_uploaded(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a", "b"))
+        a, b = await q.claim(OWNER, 2, LEASE, KB)
+        await q.record_outcomes(
+            OWNER,
+            [
+                outcome(a, OutcomeKind.DONE, file_id="file-a", s3_key="k/a", filename="a"),
+                outcome(b, OutcomeKind.UPLOADED, s3_key="k/b"),
+            ],
+        )
+        now = time.time()
+        await q.store_listed(
+            [
+                ListedRow(KB, "file-a", "a", 10, "done", now - 9, now, "k/a"),
+                ListedRow(KB, "copy", "a", 10, "done", now - 5, now, "http/k/a"),
+                ListedRow(KB, "nokey", "a", 10, "done", now - 4, now, None),
+                ListedRow(KB, "stale", "s", 10, "done", now - 3, now - 60, "k/s"),
+            ]
+        )
+        assert [(e.id, e.file_key) for e in await q.unowned_keyed(KB, now)] == [
+            ("copy", "http/k/a")
+        ]
+        owners = await q.key_owners(KB, ["k/a", "k/b", "k/none"])
+        assert [(o.key, o.job_id, o.state, o.file_id) for o in owners] == [
+            ("k/a", a.id, "done", "file-a"),
+            ("k/b", b.id, "running", None),
+        ]
+        assert await q.key_owners("kb-other", ["k/a"]) == []
+
+
+@async_test
+async def test_deletions_are_kept_with_their_jobs_paths(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        [a] = await _done(q, "a")
+        assert [d async for d in q.deletion_rows()] == []
+        await q.record_deletions(
+            [
+                Deletion(KB, "copy", "a", "copy", "copy of file-a", "dedupe", 100.0, a.id),
+                Deletion(KB, "other", None, "same_name_size", None, "dedupe", 101.0, None),
+            ]
+        )
+        found = [d async for d in q.deletion_rows(chunk=1)]
+        assert [(d.entry_id, d.reason, d.command, d.deleted_at, d.path) for d in found] == [
+            ("copy", "copy", "dedupe", 100.0, b"/data/a"),
+            ("other", "same_name_size", "dedupe", 101.0, None),
+        ]
+
+
+@async_test
 async def test_remote_retry_requeues_jobs_still_pointing_at_their_entry(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
         [a, b] = await _done(q, "a.pdf", "b.txt")
@@ -305,6 +356,7 @@ async def test_remote_retry_requeues_jobs_still_pointing_at_their_entry(queue_ta
         await q.set_remote_status([RemoteStatus("failed", a.id)])
         found = await q.remote_retry_candidates(None, None)
         assert [(c.job_id, c.remote_status) for c in found] == [(a.id, "failed"), (b.id, "missing")]
+        assert [c.filename for c in found] == ["a.pdf", "b.txt"]
         only_pdf = await q.remote_retry_candidates(KB, lambda rel: rel.endswith(".pdf"))
         assert [c.job_id for c in only_pdf] == [a.id]
         moved = RequeueItem(b.id, KB, "another-entry")

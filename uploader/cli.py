@@ -799,7 +799,7 @@ def _verdict(c: dict[str, Any]) -> str:
     if files["failed"] or files["missing"]:
         hints.append("`uploader retry-failed --remote` then `uploader run` upload them again")
     if c["duplicates"]:
-        hints.append("`uploader dedupe --yes` deletes the copies")
+        hints.append("`uploader dedupe` shows the copies it would delete")
     if c["timed_out"]:
         hints.append("--wait timed out")
     return f"NOT OK: {found or 'see above'}" + "".join(f"; {h}" for h in hints)
@@ -849,7 +849,7 @@ def verify(
 ) -> None:
     """Check the knowledge base against this database: the parse status of every uploaded
     file, missing entries (uploaded, then gone), extra entries (not uploaded from here) and
-    duplicates (same filename and size more than once).
+    duplicates (copies of a file's entry, registered with the S3 key it uploaded).
 
     Every knowledge base of the queue unless --kb. The outcome is kept for `status` and
     `export-report`. Exit codes: 0 every file uploaded and parsed (`done`), none missing or
@@ -880,12 +880,20 @@ def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) ->
         f"knowledge base {kb}: {len(doomed):,} surplus copies in {len(groups):,} duplicate groups"
     )
     verb = "delete" if yes else "would delete"
+    if any(g.extra for g in groups):
+        click.echo(
+            "warning: entries not uploaded from this database are grouped by filename and size "
+            "only, which does not prove they are copies (two different documents can share "
+            "both); groups that share a name and size with an entry of this database are left "
+            "alone",
+            err=True,
+        )
     if not ctx.quiet:
         for g in groups:
             size = "?" if g.size is None else f"{g.size:,} B"
-            origin = " (extra entries)" if g.extra else ""
+            origin = " (extra entries, same name and size)" if g.extra else ""
             click.echo(
-                f"  {g.filename} ({size}){origin}: keep {', '.join(e.id for e in g.keep)}; "
+                f"  {g.filename} ({size}){origin}: keep {g.keep}; "
                 f"{verb} {', '.join(e.id for e in g.surplus)}"
             )
     if result.spared_extra:
@@ -908,7 +916,7 @@ def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) ->
 @click.option(
     "--include-extra",
     is_flag=True,
-    help="Also dedupe entries that were not uploaded from this database.",
+    help="Also dedupe entries not uploaded from this database, by filename and size alone.",
 )
 @pass_ctx
 def dedupe(
@@ -920,11 +928,15 @@ def dedupe(
     yes: bool,
     include_extra: bool,
 ) -> None:
-    """Delete surplus copies (same filename and size) from the knowledge base, in batches.
+    """Delete provable copies from the knowledge base, in batches, and record each deletion.
 
-    Each group keeps the entries files of this database point to, or, among entries not
-    uploaded from here, the oldest parsed one. Without --yes it is a dry run. Exit codes: 0,
-    1 some could not be deleted, 2 bad input, 3 the service refused (bad key, unknown KB).
+    A copy is an entry registered with the S3 key a file of this database uploaded (a lost
+    answer, an earlier run) while the file points to another entry: entries of different
+    files are never copies, whatever their name and size. --include-extra also groups entries
+    not uploaded from here by filename and size alone (keeping the oldest parsed one), never
+    where a file of this database has that name and size. Without --yes it is a dry run.
+    Exit codes: 0, 1 some could not be deleted, 2 bad input, 3 the service refused (bad key,
+    unknown KB).
     """
     _check_service(api_key, base_url, insecure, "dedupe")
     show = _bars(ctx)

@@ -83,6 +83,14 @@ class ErrorKind(_Text):
     LOST = "lost"  # attempts only: its process died or its lease expired
 
 
+class DeletionReason(_Text):
+    """Why this database deleted an entry from a knowledge base (`deletions.reason`)."""
+
+    COPY = "copy"  # a provable copy of the entry a job points to (same job, same key)
+    SAME_NAME_SIZE = "same_name_size"  # dedupe --include-extra: unknown origin, name + size
+    REMOTE_RETRY = "remote_retry"  # retry-failed --remote: the entry failed or came back
+
+
 # What `retry-failed --kind` can select: every kind a failed row may carry.
 FAILURE_KINDS = tuple(k.value for k in ErrorKind if k not in (ErrorKind.SKIPPED, ErrorKind.LOST))
 
@@ -210,6 +218,52 @@ class Entry(NamedTuple):
     job_id: int | None  # the job whose entry this is, if any
 
 
+class Listed(NamedTuple):
+    """A listed entry no job points to, with the S3 key its `file` shows (`unowned_keyed`)."""
+
+    id: str
+    filename: str
+    size: int | None
+    status: str | None
+    created_at: float
+    file_key: str
+
+
+class KeyOwner(NamedTuple):
+    """A job that uploaded an S3 key (`key_owners`): an entry with that key was made for it."""
+
+    key: str
+    job_id: int
+    state: str
+    file_id: str | None  # the entry it points to, when done
+
+
+class Deletion(NamedTuple):
+    """One entry this database deleted from a knowledge base, as `deletions` keeps it."""
+
+    kb_id: str
+    entry_id: str
+    filename: str | None
+    reason: str
+    detail: str | None
+    command: str
+    deleted_at: float
+    job_id: int | None
+
+
+class DeletionRow(NamedTuple):
+    """A `Deletion` read back for the report, with the local path of its job if any."""
+
+    kb_id: str
+    entry_id: str
+    filename: str | None
+    reason: str
+    detail: str | None
+    command: str
+    deleted_at: float
+    path: bytes | None
+
+
 class DuplicateItem(NamedTuple):
     """A surplus copy a verify records."""
 
@@ -265,6 +319,7 @@ class RemoteRetryCandidate(NamedTuple):
     kb_id: str
     file_id: str | None
     remote_status: str
+    filename: str | None = None
 
 
 class RequeueItem(NamedTuple):

@@ -25,9 +25,12 @@ from .client import (
     make_session,
 )
 from .model import (
+    Deletion,
+    DeletionReason,
     DuplicateItem,
     Entry,
     Job,
+    JobState,
     ListedRow,
     RemoteRetryCandidate,
     RemoteStatus,
@@ -297,30 +300,99 @@ async def list_and_match(
 
 @dataclass
 class DuplicateGroup:
-    """Entries with one filename and size: `keep` stays, `surplus` is what dedupe deletes."""
+    """Entries of which `keep` stays and `surplus` is what dedupe deletes.
+
+    With a `job_id` the surplus are provably that job's copies: registered with the S3 key the
+    job uploaded (a lost answer, an earlier run). Without one they are entries of unknown
+    origin that merely share a filename and size, which proves nothing (two different
+    documents can): only `dedupe --include-extra` deletes those, with a warning."""
 
     filename: str
     size: int | None
-    keep: list[Entry]
+    keep: str  # the entry id that stays
     surplus: list[Entry]
+    job_id: int | None = None
 
     @property
     def extra(self) -> bool:
-        """No job points into the group: all its entries are of other origin."""
-        return all(e.job_id is None for e in self.keep)
+        """Not this database's: entries of unknown origin grouped by name and size."""
+        return self.job_id is None
+
+
+@dataclass
+class Copies:
+    """What a listing shows beyond one entry per job: `groups` (provable copies, per job),
+    `unknown` (name-and-size groups among entries of unknown origin that share no name and
+    size with a job's entry), and `ours` (every listed entry made for a job of this database
+    that the job does not point to: its copies, and entries a job still settling may adopt)."""
+
+    groups: list[DuplicateGroup]
+    unknown: list[DuplicateGroup]
+    ours: set[str]
+
+    @property
+    def surplus(self) -> list[str]:
+        return [e.id for g in self.groups for e in g.surplus]
+
+
+def key_forms(file_key: str) -> list[str]:
+    """The S3 keys a listed `file` may have been registered with, longest first: the path
+    itself or any of its tails after a "/" (a media URL's path ends with the key), as
+    `client.key_matches` decides."""
+    parts = file_key.lstrip("/").split("/")
+    return ["/".join(parts[i:]) for i in range(len(parts))]
+
+
+async def find_copies(q: Queue, kb_id: str, since: float) -> Copies:
+    """Sort the listing begun at `since` into provable copies and the rest.
+
+    Two entries are copies only when this database can prove it: an entry no job points to
+    but whose S3 key a job uploaded was made for that job. Entries of *different* jobs are
+    never copies, whatever their name and size; an entry whose key belongs to a job not done
+    yet is left to that job (it may be adopting it right now)."""
+    unowned = await q.unowned_keyed(kb_id, since)
+    wanted = sorted({k for e in unowned for k in key_forms(e.file_key)})
+    owners = {o.key: o for o in await q.key_owners(kb_id, wanted)}
+    groups: dict[int, DuplicateGroup] = {}
+    ours: set[str] = set()
+    for e in unowned:
+        owner = next((owners[k] for k in key_forms(e.file_key) if k in owners), None)
+        if owner is None:
+            continue
+        ours.add(e.id)
+        if owner.state != JobState.DONE or owner.file_id is None:
+            continue
+        group = groups.setdefault(
+            owner.job_id, DuplicateGroup(e.filename, e.size, owner.file_id, [], owner.job_id)
+        )
+        group.surplus.append(Entry(e.id, e.filename, e.size, e.status, e.created_at, None))
+    candidates = await q.duplicate_candidates(kb_id, since)
+    owned = [e for e in candidates if e.job_id is not None]
+    unknown = [
+        e
+        for e in candidates
+        if e.job_id is None and e.id not in ours and not any(_alike(e, o) for o in owned)
+    ]
+    return Copies(list(groups.values()), duplicate_groups(unknown), ours)
+
+
+def _alike(a: Entry, b: Entry) -> bool:
+    """Same name and size as far as the listing tells (an unknown size may be either)."""
+    return a.filename == b.filename and (a.size is None or b.size is None or a.size == b.size)
 
 
 def duplicate_groups(entries: Iterable[Entry]) -> list[DuplicateGroup]:
-    """Group `queue.duplicate_candidates` entries (ordered by filename, then age)."""
+    """Group entries of unknown origin (ordered by filename, then age) by name and size."""
     by_name: dict[str, list[Entry]] = {}
     for entry in entries:
         by_name.setdefault(entry.filename, []).append(entry)
     groups = []
     for name, members in by_name.items():
         for size, same in _by_size(members).items():
-            group = _split(name, size, same)
-            if group is not None:
-                groups.append(group)
+            if len(same) > 1:
+                keep = next((e for e in same if e.status == "done"), same[0])
+                surplus = [e for e in same if e.id != keep.id]
+                groups.append(DuplicateGroup(name, size, keep.id, surplus))
     return groups
 
 
@@ -338,19 +410,6 @@ def _by_size(members: list[Entry]) -> dict[int | None, list[Entry]]:
     elif unsized:
         by_size[None] = unsized
     return by_size
-
-
-def _split(name: str, size: int | None, group: list[Entry]) -> DuplicateGroup | None:
-    """Keep every entry a job points to (deleting one would make its file missing); in a group
-    no job points into, keep the oldest `done` entry, else the oldest."""
-    if len(group) < 2:
-        return None
-    keep = [e for e in group if e.job_id is not None]
-    if not keep:
-        keep = [next((e for e in group if e.status == "done"), group[0])]
-    kept = {e.id for e in keep}
-    surplus = [e for e in group if e.id not in kept]
-    return DuplicateGroup(name, size, keep, surplus) if surplus else None
 
 
 # --- verify ---
@@ -439,11 +498,11 @@ async def _record(
     q: Queue, listing: Listing, files: dict[str, int], timed_out: bool
 ) -> Verification:
     kb_id, since = listing.kb_id, listing.started
-    groups = duplicate_groups(await q.duplicate_candidates(kb_id, since))
-    ours = [e.id for g in groups if not g.extra for e in g.surplus]
+    copies = await find_copies(q, kb_id, since)
+    surplus = copies.surplus
     items = [
-        DuplicateItem(g.keep[0].job_id, e.id, e.filename, e.size, e.status, g.keep[0].id)
-        for g in groups
+        DuplicateItem(g.job_id, e.id, e.filename, e.size, e.status, g.keep)
+        for g in (*copies.groups, *copies.unknown)
         for e in g.surplus
     ]
     remote = await q.remote_status_counts(kb_id, since)
@@ -455,15 +514,16 @@ async def _record(
         "not_uploaded": not_uploaded,
         "missing": files.get("missing", 0),
         "failed": files.get("failed", 0),
-        "extra": await q.extra_count(kb_id, since, ours),
-        "duplicate_groups": sum(1 for g in groups if not g.extra),
-        "duplicates": len(ours),
-        "extra_duplicates": sum(len(g.surplus) for g in groups if g.extra),
+        "extra": await q.extra_count(kb_id, since, sorted(copies.ours)),
+        "duplicate_groups": len(copies.groups),
+        "duplicates": len(surplus),
+        "extra_duplicates": sum(len(g.surplus) for g in copies.unknown),
         "complete": listing.complete,
         "timed_out": timed_out,
     }
-    counts["ok"] = not_uploaded == 0 and not ours and files.get("done", 0) == sum(files.values())
-    vid = await q.record_verification(kb_id, since, counts, items, ours)
+    done = files.get("done", 0) == sum(files.values())
+    counts["ok"] = not_uploaded == 0 and not surplus and done
+    vid = await q.record_verification(kb_id, since, counts, items, sorted(copies.ours))
     return Verification(kb_id, vid, counts)
 
 
@@ -538,7 +598,7 @@ async def _delete_many(
 class Dedupe:
     groups: list[DuplicateGroup]
     doomed: list[Entry]  # deleted, or in a dry run what would be
-    spared_extra: int  # surplus of groups no job points into, kept without include_extra
+    spared_extra: int  # surplus of unknown-origin groups, kept without include_extra
     deleted: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -552,18 +612,34 @@ async def dedupe(
     include_extra: bool = False,
     show: bool = False,
 ) -> Dedupe:
-    """Delete every duplicate group's surplus (a dry run unless `apply`), from a fresh
-    listing: a stale one could name an entry that is now the only copy."""
+    """Delete provable copies (a dry run unless `apply`), and with `include_extra` the
+    surplus of unknown-origin name-and-size groups, from a fresh listing: a stale one could
+    name an entry that is now the only copy. Every deletion is recorded."""
     listing = await list_and_match(q, client, kb_id, show)
-    groups = duplicate_groups(await q.duplicate_candidates(kb_id, listing.started))
-    doomed = [e for g in groups if include_extra or not g.extra for e in g.surplus]
-    spared = sum(len(g.surplus) for g in groups if g.extra and not include_extra)
-    result = Dedupe(groups, doomed, spared)
+    copies = await find_copies(q, kb_id, listing.started)
+    groups = [*copies.groups, *(copies.unknown if include_extra else [])]
+    doomed = [e for g in groups for e in g.surplus]
+    spared = 0 if include_extra else sum(len(g.surplus) for g in copies.unknown)
+    result = Dedupe([*copies.groups, *copies.unknown], doomed, spared)
     if apply and doomed:
-        deleted = await _delete_many(client, kb_id, [e.id for e in doomed], result.errors)
-        await q.forget_remote(kb_id, deleted)
+        deleted = set(await _delete_many(client, kb_id, [e.id for e in doomed], result.errors))
+        await q.forget_remote(kb_id, sorted(deleted))
+        command = "dedupe --include-extra" if include_extra else "dedupe"
+        await q.record_deletions(
+            [_deletion(kb_id, g, e, command) for g in groups for e in g.surplus if e.id in deleted]
+        )
         result.deleted = len(deleted)
     return result
+
+
+def _deletion(kb_id: str, group: DuplicateGroup, entry: Entry, command: str) -> Deletion:
+    if group.extra:
+        reason, detail = DeletionReason.SAME_NAME_SIZE, f"same name and size as {group.keep}"
+    else:
+        reason, detail = DeletionReason.COPY, f"copy of {group.keep}"
+    return Deletion(
+        kb_id, entry.id, entry.filename, reason, detail, command, time.time(), group.job_id
+    )
 
 
 # --- retry-failed --remote ---
@@ -589,9 +665,10 @@ async def retry_remote(
     result = RemoteRetry()
     requeue: list[RequeueItem] = []
     statuses: list[RemoteStatus] = []
+    deletions: list[Deletion] = []
 
     async def settle(row: RemoteRetryCandidate) -> None:
-        job_id, kb, file_id, status = row
+        job_id, kb, file_id, status, filename = row
         try:
             outcome, now = await _clear_entry(client, kb, file_id, status)
         except ApiError as err:
@@ -601,7 +678,21 @@ async def retry_remote(
             return
         if outcome in ("gone", "deleted"):
             requeue.append(RequeueItem(job_id, kb, file_id))
-            result.deleted += outcome == "deleted"
+        if outcome == "deleted" and file_id is not None:
+            result.deleted += 1
+            detail = f"its entry was {status}; the file is uploaded again"
+            deletions.append(
+                Deletion(
+                    kb,
+                    file_id,
+                    filename,
+                    DeletionReason.REMOTE_RETRY,
+                    detail,
+                    "retry-failed --remote",
+                    time.time(),
+                    job_id,
+                )
+            )
         else:
             statuses.append(RemoteStatus(now, job_id))
             result.busy += outcome == "busy"
@@ -610,6 +701,7 @@ async def retry_remote(
     try:
         await _each(await q.remote_retry_candidates(kb_id, match), settle)
     finally:
+        await q.record_deletions(deletions)
         await q.set_remote_status(statuses)
         result.requeued = await q.requeue_remote(requeue)
     return result

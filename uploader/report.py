@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
-from .model import DoneRow, FailedRow, SkippedRow, VerificationItem
+from .model import DeletionRow, DoneRow, FailedRow, SkippedRow, VerificationItem
 from .queue import Queue, anchor, is_url, redact
 from .scan import display
 
@@ -93,10 +93,30 @@ async def write(q: Queue, out: IO[str], db_path: str) -> dict[str, Any]:
         out.write(",\n")
     out.write('  "integrity": ')
     await _write_integrity(q, out)
+    out.write(',\n  "deletions": ')
+    await _write_list(out, q.deletion_rows(), _deletion)
     out.write(",\n")
     runs = await q.runs()
     out.write(f'  "runs": {json.dumps(runs, ensure_ascii=False)}\n}}\n')
     return summary
+
+
+def _deletion(row: DeletionRow) -> dict[str, Any]:
+    """An entry this database deleted: which, why, when, by which command, and the local
+    file it was (a copy of) when a job owned it."""
+    kb, entry_id, filename, reason, detail, command, deleted_at, path = row
+    return {
+        "knowledge_base_id": kb,
+        "knowledge_file_id": entry_id,
+        "filename": filename,
+        "reason": reason,
+        "detail": detail,
+        "command": command,
+        "deleted_at": dt.datetime.fromtimestamp(deleted_at, dt.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "file_path": display(path) if path else None,
+    }
 
 
 def _job_entry(row: VerificationItem) -> dict[str, Any]:

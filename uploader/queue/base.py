@@ -28,13 +28,17 @@ from types import TracebackType
 from typing import Any
 
 from ..model import (
+    Deletion,
+    DeletionRow,
     DuplicateItem,
     EnqueueCounts,
     Entry,
     HostCount,
     HostScope,
     Job,
+    KeyOwner,
     LeaseOwner,
+    Listed,
     ListedRow,
     Outcome,
     RemoteRetryCandidate,
@@ -259,6 +263,25 @@ class Queue(abc.ABC):
     async def extra_count(self, kb_id: str, since: float, ours: Sequence[str]) -> int:
         """Entries of that listing no job points to, `ours` left out."""
 
+    @abc.abstractmethod
+    async def unowned_keyed(self, kb_id: str, since: float) -> list[Listed]:
+        """Entries of the listing begun at `since` that no job points to and whose S3 key the
+        listing showed, ordered by created_at, then id: the candidates for provable copies."""
+
+    @abc.abstractmethod
+    async def key_owners(self, kb_id: str, keys: Sequence[str]) -> list[KeyOwner]:
+        """The jobs of `kb_id` whose recorded S3 key is one of `keys` (exact equality)."""
+
+    # --- deletions -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
+        """One transaction: append these to the record of deleted entries."""
+
+    @abc.abstractmethod
+    def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
+        """Every recorded deletion, oldest first, with its job's local path, streamed."""
+
     # --- verifications -------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -294,7 +317,7 @@ class Queue(abc.ABC):
         self, kb_id: str | None, match: Match | None
     ) -> list[RemoteRetryCandidate]:
         """Done jobs whose remote status is failed or missing (relpath satisfying `match`),
-        in id order."""
+        in id order, with the filename they were registered under."""
 
     @abc.abstractmethod
     async def requeue_remote(self, jobs: Sequence[RequeueItem]) -> int:

@@ -33,6 +33,8 @@ from typing import Any
 import asyncpg
 
 from ..model import (
+    Deletion,
+    DeletionRow,
     DoneRow,
     DuplicateItem,
     EnqueueCounts,
@@ -40,7 +42,9 @@ from ..model import (
     FailedRow,
     HostCount,
     Job,
+    KeyOwner,
     LeaseOwner,
+    Listed,
     ListedRow,
     Outcome,
     OutcomeKind,
@@ -308,6 +312,32 @@ FROM remote_files AS r
 WHERE r.kb_id = $1 AND r.seen_at >= $2
   AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
   AND NOT (r.id = ANY($3::text[]))"""
+
+_UNOWNED_KEYED = """
+SELECT r.id, r.filename, r.size, r.status, r.created_at, r.file_key
+FROM remote_files AS r
+WHERE r.kb_id = $1 AND r.seen_at >= $2 AND r.file_key IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
+ORDER BY r.created_at, r.id"""
+
+_KEY_OWNERS = """
+SELECT s3_key, id, state, file_id FROM jobs
+WHERE kb_id = $1 AND s3_key = ANY($2::text[])
+ORDER BY id"""
+
+_RECORD_DELETIONS = """
+INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
+SELECT kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::float8[], $8::int8[])
+     WITH ORDINALITY AS d(kb_id, entry_id, filename, reason, detail, command, deleted_at,
+                          job_id, n)
+ORDER BY n"""
+
+_DELETION_ROWS = """
+SELECT d.kb_id, d.entry_id, d.filename, d.reason, d.detail, d.command, d.deleted_at, j.path
+FROM deletions AS d LEFT JOIN jobs AS j ON j.id = d.job_id
+ORDER BY d.id"""
 
 _ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
 
@@ -898,6 +928,31 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             return await conn.fetchval(f"SELECT COUNT(*) {_EXTRA_WHERE}", kb_id, since, list(ours))
 
+    async def unowned_keyed(self, kb_id: str, since: float) -> list[Listed]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_UNOWNED_KEYED, kb_id, since)
+        return [Listed(*r) for r in rows]
+
+    async def key_owners(self, kb_id: str, keys: Sequence[str]) -> list[KeyOwner]:
+        if not keys:
+            return []
+        async with self._connection() as conn:
+            rows = await conn.fetch(_KEY_OWNERS, kb_id, list(keys))
+        return [KeyOwner(*r) for r in rows]
+
+    # --- deletions -----------------------------------------------------------------------
+
+    async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
+        if not deletions:
+            return
+        columns = [list(c) for c in zip(*deletions, strict=True)]
+        async with self._connection() as conn:
+            await conn.execute(_RECORD_DELETIONS, *columns)
+
+    async def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
+        async for row in self._stream(_DELETION_ROWS, chunk=chunk):
+            yield DeletionRow(*row)
+
     # --- verifications -------------------------------------------------------------------
 
     async def record_verification(
@@ -959,13 +1014,13 @@ class PgQueue(Queue):
     ) -> list[RemoteRetryCandidate]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT id, kb_id, file_id, remote_status, relpath FROM jobs"
+                "SELECT id, kb_id, file_id, remote_status, relpath, filename FROM jobs"
                 " WHERE remote_status IN ('failed', 'missing') AND state = 'done'"
                 " AND ($1::text IS NULL OR kb_id = $1) ORDER BY id",
                 kb_id,
             )
         return [
-            RemoteRetryCandidate(r[0], r[1], r[2], r[3])
+            RemoteRetryCandidate(r[0], r[1], r[2], r[3], r[5])
             for r in rows
             if match is None or match(r[4])
         ]

@@ -12,8 +12,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..model import (
+    Deletion,
+    DeletionRow,
     DuplicateItem,
     Entry,
+    KeyOwner,
+    Listed,
     ListedRow,
     RemoteRetryCandidate,
     RemoteStatus,
@@ -77,6 +81,29 @@ WHERE r.kb_id = :kb AND r.seen_at >= :since
   AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
   AND r.id NOT IN (SELECT value FROM json_each(:ours))"""
 
+
+_UNOWNED_KEYED = """
+SELECT r.id, r.filename, r.size, r.status, r.created_at, r.file_key
+FROM remote_files AS r
+WHERE r.kb_id = :kb AND r.seen_at >= :since AND r.file_key IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
+ORDER BY r.created_at, r.id"""
+
+# One pass over the jobs of the knowledge base whatever the number of keys (s3_key has no
+# index: the hot path would pay for it on every upload).
+_KEY_OWNERS = """
+SELECT s3_key, id, state, file_id FROM jobs
+WHERE kb_id = :kb AND s3_key IN (SELECT value FROM json_each(:keys))
+ORDER BY id"""
+
+_RECORD_DELETION = """
+INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+
+_DELETION_ROWS = """
+SELECT d.kb_id, d.entry_id, d.filename, d.reason, d.detail, d.command, d.deleted_at, j.path
+FROM deletions AS d LEFT JOIN jobs AS j ON j.id = d.job_id
+ORDER BY d.id"""
 
 _ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
 
@@ -202,6 +229,30 @@ class RemoteMixin(SqliteBase):
         params = {"kb": kb_id, "since": since, "ours": json.dumps(list(ours))}
         return await self._fetchval(f"SELECT COUNT(*) {_EXTRA_WHERE}", params)
 
+    async def unowned_keyed(self, kb_id: str, since: float) -> list[Listed]:
+        rows = await self._conn.execute_fetchall(_UNOWNED_KEYED, {"kb": kb_id, "since": since})
+        return [Listed(*r) for r in rows]
+
+    async def key_owners(self, kb_id: str, keys: Sequence[str]) -> list[KeyOwner]:
+        if not keys:
+            return []
+        rows = await self._conn.execute_fetchall(
+            _KEY_OWNERS, {"kb": kb_id, "keys": json.dumps(list(keys))}
+        )
+        return [KeyOwner(*r) for r in rows]
+
+    async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
+        if not deletions:
+            return
+        async with self.transaction():
+            await self._conn.executemany(_RECORD_DELETION, deletions)
+
+    async def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
+        async with self._conn.execute(_DELETION_ROWS) as cur:
+            while rows := await cur.fetchmany(chunk):
+                for row in rows:
+                    yield DeletionRow(*row)
+
     async def record_verification(
         self,
         kb_id: str,
@@ -267,7 +318,8 @@ class RemoteMixin(SqliteBase):
             "uploader_match", 1, match or (lambda _: True), deterministic=True
         )
         rows = await self._conn.execute_fetchall(
-            "SELECT id, kb_id, file_id, remote_status FROM jobs INDEXED BY jobs_remote_bad"
+            "SELECT id, kb_id, file_id, remote_status, filename"
+            " FROM jobs INDEXED BY jobs_remote_bad"
             " WHERE remote_status IN ('failed', 'missing') AND state = 'done'"
             " AND (:kb IS NULL OR kb_id = :kb) AND uploader_match(relpath) ORDER BY id",
             {"kb": kb_id},
