@@ -558,8 +558,9 @@ def test_a_1gb_file_uploads_with_little_memory(
 
 @pytest.mark.parametrize(
     "key",
-    ["test\nkey", "test-key\r", "test\tkey", "test\x00key", "test-key\u200b", "test-key\u4e2d"],
-    ids=["newline", "windows-env-cr", "tab", "nul", "zero-width-space", "beyond-latin-1"],
+    # (around the key, whitespace is stripped: "test-key\r" from a Windows .env file works)
+    ["test\nkey", "test\r-key", "test\tkey", "test\x00key", "test-key\u200b", "test-key\u4e2d"],
+    ids=["newline", "inner-cr", "tab", "nul", "zero-width-space", "beyond-latin-1"],
 )
 @pytest.mark.parametrize("command", [("run",), ("verify", "--kb", KB)])
 def test_a_key_with_a_character_no_header_can_carry_is_refused_in_one_line(

@@ -140,14 +140,14 @@ def test_plain_http_to_another_host_is_refused(empty_queue: Path, url: str) -> N
 
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    assert "https" in result.output and "--insecure" in result.output
+    assert "https" in result.output and "--allow-http" in result.output
     assert SECRET not in result.output
     assert _runs(empty_queue) == 0
 
 
-def test_insecure_allows_plain_http_with_a_warning(empty_queue: Path) -> None:
+def test_allow_http_allows_plain_http_with_a_warning(empty_queue: Path) -> None:
     result = invoke(
-        empty_queue, "run", "--api-key", SECRET, "--base-url", "http://192.0.2.10/", "--insecure"
+        empty_queue, "run", "--api-key", SECRET, "--base-url", "http://192.0.2.10/", "--allow-http"
     )
 
     assert result.exit_code == 0, result.output

@@ -40,7 +40,9 @@ from .client import (
     RemoteEntry,
     backoff,
 )
+from .exitcodes import ExitCode
 from .model import ServiceFacts
+from .outage import Evidence, classify
 from .queue import Queue
 from .reconcile import CLOCK_SKEW, PAGE_SIZE, open_client
 
@@ -98,14 +100,27 @@ class CheckResult:
         return self.facts.get("batch_register")
 
     @property
-    def exit_code(self) -> int:
+    def unreachable(self) -> bool:
+        """The service never answered: the first step met a connection error (a lost answer
+        later is the upload path failing, not a service out of reach)."""
+        return (
+            self.error is not None
+            and classify(self.error) is Evidence.OUTAGE
+            and not any(step.ok for step in self.steps)
+        )
+
+    @property
+    def exit_code(self) -> ExitCode:
         """0 the upload path works (or, dry, the reads do); 3 the service refused the key or
-        the knowledge base; 130 interrupted; 1 anything else, a probe left behind included."""
+        the knowledge base; 4 it could not be reached at all; 130 interrupted; 1 anything else,
+        a probe left behind included."""
         if self.error is not None and self.error.kind == "fatal":
-            return 3
+            return ExitCode.REFUSED
+        if self.unreachable:
+            return ExitCode.UNREACHABLE
         if self.interrupted:
-            return 130
-        return 1 if self.error is not None or self.left_behind else 0
+            return ExitCode.INTERRUPTED
+        return ExitCode.FAILED if self.error is not None or self.left_behind else ExitCode.OK
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, checkup, client, outage, queue, reconcile, report, scan, tags, worker
+from .exitcodes import ExitCode
 from .manifest import ManifestError, parse_metadata_option
 from .model import FAILURE_KINDS, EnqueueCounts, HostScope, JobState, VerificationItem
 from .queue import Queue, anchor, redact
@@ -28,7 +29,7 @@ DEFAULT_BASE_URL = "https://api.maiagent.ai/api/v1/"
 class UserError(click.ClickException):
     """Bad input or an unusable database: one line on stderr, exit code 2."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class Context:
@@ -53,12 +54,24 @@ class Context:
             click.echo(text)
 
 
+class Interrupted(click.ClickException):
+    """Ctrl+C (or SIGTERM) in a command that has no stop of its own: exit 130, as `run`."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
+
+
 def run_async(coro: Awaitable[T]) -> T:
-    """Run a command's coroutine; database problems become one-line errors, never tracebacks."""
+    """Run a command's coroutine; database problems become one-line errors, never tracebacks,
+    and Ctrl+C (after the coroutine's own clean-up: asyncio cancels it) exit code 130."""
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except queue.QueueError as exc:
         raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        raise Interrupted() from None
 
 
 async def with_db(  # type: ignore[no-untyped-def]
@@ -91,16 +104,22 @@ def kb_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., An
     )
 
 
-def service_options(
-    key_required: bool = True,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--api-key, --base-url, --insecure: how every command that calls the service reaches it
-    (the command gets api_key, base_url, insecure)."""
+def _strip_key(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A key pasted with a space or read from a file with its line end still works; an empty
+    one is no key (the command says where to get one)."""
+    return (value.strip() or None) if value is not None else None
+
+
+def service_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--api-key, --base-url, --allow-http: how every command that calls the service reaches
+    it (the command gets api_key, base_url, allow_http; `_check_service` insists on a key, so
+    that its absence is one line naming MAIAGENT_API_KEY rather than click's "Missing
+    option")."""
     options = [
         click.option(
             "--api-key",
             envvar="MAIAGENT_API_KEY",
-            required=key_required,
+            callback=_strip_key,
             help="MaiAgent API key (env MAIAGENT_API_KEY); never printed, logged or stored.",
         ),
         click.option(
@@ -110,7 +129,11 @@ def service_options(
             show_default=True,
             help="API root (env MAIAGENT_BASE_URL); https only, except loopback.",
         ),
-        click.option("--insecure", is_flag=True, help="Allow plain http to a non-loopback host."),
+        click.option(
+            "--allow-http",
+            is_flag=True,
+            help="Allow plain http (the key in clear text) to a host other than this machine.",
+        ),
     ]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -170,6 +193,49 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) ->
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def _late_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_object(Context).db = value
+
+
+def _late_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        obj = ctx.find_object(Context)
+        obj.verbose += value
+        _setup_logging(obj.verbose, obj.quiet)
+
+
+def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        obj = ctx.find_object(Context)
+        obj.quiet = True
+        _setup_logging(obj.verbose, obj.quiet)
+
+
+def _accept_global_options_after(group: click.Group) -> None:
+    """`uploader run --db x.db -v` means what `uploader --db x.db -v run` does: every command
+    also takes --db, -v and -q (hidden from its --help, which would repeat the group's), and
+    they win over the group's. Their callbacks run before the command, in the order given."""
+    for command in group.commands.values():
+        command.params += [
+            click.Option(["--db"], expose_value=False, hidden=True, callback=_late_db),
+            click.Option(
+                ["-v", "--verbose"],
+                count=True,
+                expose_value=False,
+                hidden=True,
+                callback=_late_verbose,
+            ),
+            click.Option(
+                ["-q", "--quiet"],
+                is_flag=True,
+                expose_value=False,
+                hidden=True,
+                callback=_late_quiet,
+            ),
+        ]
+
+
 def _human(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if size < 1000 or unit == "TB":
@@ -187,7 +253,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
     try:
         return scan.parse_max_size(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise UserError(f"--max-size: {exc}") from None
 
 
 def _labels(
@@ -444,15 +510,33 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     "This host sees every queued folder at the same path as the host that enqueued it: "
     "claim any host's files."
 )
+@click.option(
+    "--error-on-nothing-to-do",
+    is_flag=True,
+    help="Exit 9 when nothing is pending (rclone's --error-on-no-transfer); else 0.",
+)
 @pass_ctx
-def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) -> None:
+def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any) -> None:
     """Upload every pending file: presign, S3 POST, register, with retries and resume.
 
-    Exit codes: 0 all done, 1 some files failed, 2 bad input, 3 the service refused the run
-    (bad key, unknown knowledge base), 4 the service was unreachable (at the start, or past
-    --outage-timeout), 130 interrupted. Running it again resumes.
+    Exit codes: 0 all done (or nothing pending), 1 some files failed, 2 bad input (a --kb
+    the queue does not hold), 3 the service refused the run (bad key, unknown knowledge base),
+    4 the service was unreachable (at the start, or past --outage-timeout), 9 nothing pending
+    with --error-on-nothing-to-do, 130 interrupted. Running it again resumes.
     """
-    _check_service(api_key, base_url, insecure, "run")
+    _check_service(api_key, base_url, allow_http, "run")
+    nothing_to_do = opts.pop("error_on_nothing_to_do")
+    idle = run_async(
+        with_db(
+            ctx,
+            lambda q: _nothing_pending(q, opts["kb_id"], ctx.host_id),
+            shared=opts["shared"],
+            create=False,
+        )
+    )
+    if idle is not None:
+        click.echo(idle)
+        sys.exit(ExitCode.NOTHING_TO_DO if nothing_to_do else ExitCode.OK)
     settings = worker.Settings(
         workers=opts["workers"],
         max_retries=opts["max_retries"],
@@ -508,6 +592,29 @@ def run(ctx: Context, api_key: str, base_url: str, insecure: bool, **opts: Any) 
     code = worker.exit_code(result)
     if code:
         sys.exit(code)
+
+
+async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | None:
+    """None when this host has something to upload; else the line that says why not. A --kb
+    the queue does not hold (a typo) is bad input, naming the ones it does hold."""
+    if (await q.pending_totals(kb_id))[0]:
+        return None
+    counts = await q.state_counts()
+    if kb_id is not None and kb_id not in counts:
+        holds = f"the queue holds: {', '.join(sorted(counts))}" if counts else "the queue is empty"
+        raise UserError(f"nothing pending for {kb_id} ({holds})")
+    if not counts:
+        return "nothing pending: the queue is empty (`uploader enqueue DIR --kb KB_ID` fills it)"
+    shown = {kb: states for kb, states in counts.items() if kb_id in (None, kb)}
+    held = "; ".join(
+        f"{kb}: " + ", ".join(f"{state} {n:,}" for state, (n, _b) in sorted(states.items()) if n)
+        for kb, states in sorted(shown.items())
+    )
+    line = f"nothing pending{f' for {kb_id}' if kb_id else ''} ({held})"
+    elsewhere = _pending_elsewhere(await q.host_counts(), host_id)
+    if elsewhere:
+        line += f"; {elsewhere:,} pending files were queued by other hosts (`run --shared`)"
+    return line
 
 
 def _pending_elsewhere(counts: list[Any], host_id: str) -> int:
@@ -617,7 +724,7 @@ def status(ctx: Context, as_json: bool) -> None:
     help="Instead: files whose knowledge-base entry failed parsing or is missing (as the last "
     "`uploader verify` saw); their entries are deleted.",
 )
-@service_options(key_required=False)
+@service_options()
 @pass_ctx
 def retry_failed(  # type: ignore[no-untyped-def]
     ctx: Context,
@@ -650,6 +757,10 @@ def retry_failed(  # type: ignore[no-untyped-def]
 # --- export-report ---------------------------------------------------------------------------
 
 
+class _ClosedPipe(Exception):
+    """The report's reader closed stdout before the end."""
+
+
 @cli.command("export-report")
 @click.option(
     "-o",
@@ -666,10 +777,18 @@ def export_report(ctx: Context, output: str | None) -> None:
     async def body(q: Queue) -> dict[str, Any]:
         try:
             return await report.export(q, ctx.db, target)
+        except BrokenPipeError:
+            raise _ClosedPipe() from None
         except OSError as exc:
             raise UserError(f"cannot write report {target}: {exc.strerror}") from None
 
-    summary = run_async(with_db(ctx, body, create=False))
+    try:
+        summary = run_async(with_db(ctx, body, create=False))
+    except _ClosedPipe:
+        # `export-report -o - | head`: the reader has what it wanted. Quiet, as `cat` is
+        # (stdout goes to /dev/null so that the interpreter's last flush cannot complain).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(ExitCode.CLOSED_PIPE)
     if target != "-":
         click.echo(
             f"report written to {target}: {summary['successful_uploads']} uploaded, "
@@ -685,16 +804,32 @@ LIST_SHOWN = 10  # lines of each list verify prints; export-report has them all
 
 class ServiceError(click.ClickException):
     """The service refused or kept failing: one line; exit 3 when it refused the key or the
-    knowledge base (as `run` does), else 1."""
+    knowledge base, 4 when it could not be reached ("cannot reach HOST:PORT (why)", as `run`
+    says), else 1."""
 
     def __init__(self, error: client.ApiError) -> None:
-        super().__init__(str(error))
-        self.exit_code = 3 if error.kind == "fatal" else 1
+        if error.kind == "fatal":
+            super().__init__(str(error))
+            self.exit_code = ExitCode.REFUSED
+        elif outage.classify(error) is outage.Evidence.OUTAGE:
+            super().__init__(str(outage.ServiceUnreachable.at_start(error)))
+            self.exit_code = ExitCode.UNREACHABLE
+        else:
+            super().__init__(str(error))
+            self.exit_code = ExitCode.FAILED
 
 
-def _check_service(api_key: str | None, base_url: str, insecure: bool, what: str) -> None:
+GET_A_KEY = (
+    "it is on the API Key page of your MaiAgent account (the user name menu at the top right,"
+    " then Account)"
+)
+
+
+def _check_service(api_key: str | None, base_url: str, allow_http: bool, what: str) -> None:
     if not api_key:
-        raise UserError(f"{what} needs the API key: --api-key or MAIAGENT_API_KEY")
+        raise UserError(
+            f"{what} needs an API key: set MAIAGENT_API_KEY (or pass --api-key); {GET_A_KEY}"
+        )
     # Such a key cannot go into a header (aiohttp raises mid-run); name the character only.
     bad = next((c for c in api_key if not c.isprintable() or ord(c) > 0xFF), None)
     if bad is not None:
@@ -703,7 +838,7 @@ def _check_service(api_key: str | None, base_url: str, insecure: bool, what: str
             " end from a .env file?): check --api-key or MAIAGENT_API_KEY"
         )
     try:
-        warning = client.check_base_url(base_url, insecure)
+        warning = client.check_base_url(base_url, allow_http)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if warning:
@@ -842,7 +977,7 @@ def verify(
     ctx: Context,
     api_key: str,
     base_url: str,
-    insecure: bool,
+    allow_http: bool,
     kb_id: str | None,
     wait: bool,
     timeout: float,
@@ -855,7 +990,7 @@ def verify(
     `export-report`. Exit codes: 0 every file uploaded and parsed (`done`), none missing or
     duplicated; 1 otherwise; 2 bad input; 3 the service refused (bad key, unknown KB).
     """
-    _check_service(api_key, base_url, insecure, "verify")
+    _check_service(api_key, base_url, allow_http, "verify")
     show = _bars(ctx)
     notify = None if ctx.quiet else functools.partial(click.echo, err=True)
 
@@ -923,7 +1058,7 @@ def dedupe(
     ctx: Context,
     api_key: str,
     base_url: str,
-    insecure: bool,
+    allow_http: bool,
     kb_id: str | None,
     yes: bool,
     include_extra: bool,
@@ -938,7 +1073,7 @@ def dedupe(
     Exit codes: 0, 1 some could not be deleted, 2 bad input, 3 the service refused (bad key,
     unknown KB).
     """
-    _check_service(api_key, base_url, insecure, "dedupe")
+    _check_service(api_key, base_url, allow_http, "dedupe")
     show = _bars(ctx)
 
     async def body(q: Queue, api: client.MaiAgentClient) -> bool:
@@ -962,12 +1097,12 @@ def _retry_remote(
     matches: Callable[[str], bool] | None,
     api_key: str | None,
     base_url: str,
-    insecure: bool,
+    allow_http: bool,
 ) -> None:
     """retry-failed --remote: the entries the last verify found failed or missing."""
     if kind:
         raise UserError("--kind selects local failures; it does not go with --remote")
-    _check_service(api_key, base_url, insecure, "retry-failed --remote")
+    _check_service(api_key, base_url, allow_http, "retry-failed --remote")
     assert api_key is not None
 
     async def body(q: Queue, api: client.MaiAgentClient) -> Any:
@@ -997,19 +1132,19 @@ def _retry_remote(
 @cli.command()
 @service_options()
 @click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
-def kbs(api_key: str, base_url: str, insecure: bool, as_json: bool) -> None:
+def kbs(api_key: str, base_url: str, allow_http: bool, as_json: bool) -> None:
     """List the knowledge bases the API key can see: the ids to pass as --kb.
 
     Exit codes: 0, 1 the service kept failing, 2 bad input, 3 the key was refused.
     """
-    _check_service(api_key, base_url, insecure, "kbs")
+    _check_service(api_key, base_url, allow_http, "kbs")
 
     async def body() -> list[client.KnowledgeBase]:
         async with reconcile.open_client(base_url, api_key) as api:
             return await api.list_knowledge_bases()
 
     try:
-        found = asyncio.run(body())
+        found = run_async(body())
     except client.ApiError as exc:
         raise ServiceError(exc) from None
     if as_json:
@@ -1049,7 +1184,7 @@ def check(
     ctx: Context,
     api_key: str,
     base_url: str,
-    insecure: bool,
+    allow_http: bool,
     kb_id: str,
     dry_run: bool,
     timeout: float,
@@ -1065,7 +1200,7 @@ def check(
     does not, 2 bad input, 3 the service refused the key or the knowledge base, 130
     interrupted.
     """
-    _check_service(api_key, base_url, insecure, "check")
+    _check_service(api_key, base_url, allow_http, "check")
     if not as_json:
         mode = "dry run, reads only" if dry_run else "probe upload"
         click.echo(f"checking knowledge base {kb_id} at {base_url} ({mode})")
@@ -1093,7 +1228,10 @@ def check(
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
     code = result.exit_code
-    if result.error is not None:
+    if code is ExitCode.UNREACHABLE:
+        assert result.error is not None
+        click.echo(f"Error: {outage.ServiceUnreachable.at_start(result.error)}", err=True)
+    elif result.error is not None:
         click.echo(f"Error: {result.error}", err=True)
     if result.left_behind:
         click.echo(
@@ -1106,6 +1244,9 @@ def check(
         click.echo(f"OK: {done}{kept}")
     if code:
         sys.exit(code)
+
+
+_accept_global_options_after(cli)
 
 
 def main() -> None:

@@ -150,7 +150,7 @@ def check_base_url(url: str, insecure: bool) -> str | None:
     if not insecure:
         raise ValueError(
             f"refusing to send the API key over plain http to {parts.hostname};"
-            " use https, or --insecure if you really mean it"
+            " use https, or --allow-http if you really mean it"
         )
     return f"the API key goes over plain http to {parts.hostname}"
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
+from .exitcodes import ExitCode
 from .model import Job, Outcome, OutcomeKind
 from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .progress import Progress
@@ -411,14 +412,14 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> None:
                 await asyncio.sleep(backoff(attempt + 1, 1.0, err.retry_after))
 
 
-def exit_code(result: RunResult) -> int:
+def exit_code(result: RunResult) -> ExitCode:
     if isinstance(result.fatal, ServiceUnreachable):
-        return 4
+        return ExitCode.UNREACHABLE
     if result.fatal is not None:
-        return 3
+        return ExitCode.REFUSED
     if result.interrupted:
-        return 130
-    return 1 if result.failed_in_queue else 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED if result.failed_in_queue else ExitCode.OK
 
 
 def _install_signals(pool: Pool) -> None:
@@ -429,7 +430,7 @@ def _install_signals(pool: Pool) -> None:
     def on_signal() -> None:
         if pool.result.interrupted:
             print("\ninterrupted again: quitting now", flush=True)
-            os._exit(130)
+            os._exit(ExitCode.INTERRUPTED)
         print(
             f"\nstopping: finishing in-flight uploads for up to {pool.s.grace:.0f}s "
             "(Ctrl+C again to quit at once)",

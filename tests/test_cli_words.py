@@ -1,0 +1,206 @@
+"""Clear words for common mistakes (issue 12, point 7) and exit codes that mean one thing
+whichever command gives them (point 10): a missing key names MAIAGENT_API_KEY and where to
+get one, global options work after the command, an empty or mistyped queue says so, an
+unreachable host is exit 4, Ctrl+C is 130 everywhere, a closed pipe is quiet."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.helpers import (
+    API_KEY,
+    FAST,
+    KB,
+    ROOT,
+    child_env,
+    command,
+    enqueue,
+    invoke,
+    make_flat_files,
+    one_line_error,
+    rows,
+    run_args,
+    service,
+    spawn,
+    upload,
+)
+from tests.maiagent_server import MaiAgentServer
+from uploader.cli import cli
+from uploader.exitcodes import ExitCode
+
+UNREACHABLE = ("--base-url", "http://127.0.0.1:1/api/v1/")
+
+
+def _queued(tmp_path: Path, count: int = 3, kb: str = KB) -> Path:
+    make_flat_files(tmp_path / "data", count)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data", kb=kb)
+    return db
+
+
+@pytest.mark.parametrize("args", [["run"], ["verify"], ["kbs"], ["check", "--kb", KB]])
+def test_no_key_names_the_variable_and_where_to_get_one(tmp_path: Path, args: list[str]) -> None:
+    db = _queued(tmp_path)
+
+    line = one_line_error(invoke(db, *args, env={"MAIAGENT_API_KEY": None}))
+
+    assert "set MAIAGENT_API_KEY (or pass --api-key)" in line
+    assert "API Key page of your MaiAgent account" in line
+    assert "Missing option" not in line
+
+
+def test_a_key_with_surrounding_whitespace_is_used_stripped(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db = _queued(tmp_path)
+
+    result = invoke(db, *run_args(maiagent), env={"MAIAGENT_API_KEY": f"  {API_KEY}\n"})
+
+    assert result.exit_code == 0, result.output
+    assert {job["state"] for job in rows(db)} == {"done"}
+
+
+def test_db_v_and_q_are_taken_after_the_command_too(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db = _queued(tmp_path)
+    elsewhere = tmp_path / "not-this.db"
+    runner = CliRunner()
+    env = {"MAIAGENT_API_KEY": API_KEY}
+
+    late = runner.invoke(cli, ["--db", str(elsewhere), "status", "--db", str(db)], env=env)
+    ran = runner.invoke(cli, ["run", *service(maiagent), *FAST, "--db", str(db), "-q"], env=env)
+    verbose = runner.invoke(cli, ["kbs", *service(maiagent), "-v"], env=env)
+
+    assert late.exit_code == 0, late.output
+    assert "knowledge base kb-test: 3 files" in late.output
+    assert ran.exit_code == 0, ran.output
+    assert {job["state"] for job in rows(db)} == {"done"}
+    assert "Progress:" not in ran.output
+    assert re.search(r"DEBUG uploader\.http: GET knowledge-bases/", verbose.stderr)
+    assert not elsewhere.exists()
+
+
+def test_a_mistyped_kb_names_the_ones_the_queue_holds(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db = _queued(tmp_path, kb="kb-demo")
+
+    line = one_line_error(invoke(db, *run_args(maiagent), "--kb", "kb-dmeo"))
+
+    assert line == "Error: nothing pending for kb-dmeo (the queue holds: kb-demo)"
+    assert {job["state"] for job in rows(db)} == {"pending"}
+    assert maiagent.stats()["total"] == 0
+
+
+def test_nothing_pending_says_so_and_exits_9_only_when_asked(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db, _names = upload(tmp_path, maiagent, 4)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bare = tmp_path / "bare.db"
+    enqueue(bare, empty)
+
+    again = invoke(db, *run_args(maiagent))
+    strict = invoke(db, *run_args(maiagent), "--error-on-nothing-to-do")
+    nothing = invoke(bare, *run_args(maiagent), "--error-on-nothing-to-do")
+
+    assert again.exit_code == ExitCode.OK, again.output
+    assert again.stdout.strip() == f"nothing pending ({KB}: done 4)"
+    assert strict.exit_code == ExitCode.NOTHING_TO_DO == 9, strict.output
+    assert strict.stdout == again.stdout
+    assert nothing.exit_code == 9, nothing.output
+    assert nothing.stdout.startswith("nothing pending: the queue is empty")
+    assert len(rows(db, "SELECT id FROM runs")) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["run", "--retry-delay", "0"], ["kbs"], ["verify"], ["dedupe"], ["check", "--kb", KB]],
+)
+def test_an_unreachable_host_is_exit_4_for_every_command(tmp_path: Path, args: list[str]) -> None:
+    db = _queued(tmp_path)
+
+    result = invoke(db, *args, *UNREACHABLE)
+
+    assert result.exit_code == ExitCode.UNREACHABLE == 4, result.output
+    assert result.stderr.strip() == "Error: cannot reach 127.0.0.1:1 (connection refused)"
+
+
+def test_ctrl_c_during_verify_wait_exits_130(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(parse_delay=600)
+    db, _names = upload(tmp_path, server, 3)
+    proc = spawn(db, "verify", "--wait", *service(server), text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # the first "parsed 0/3" line: it is waiting now
+    assert "parsed 0/3" in first, first
+
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == ExitCode.INTERRUPTED == 130, err
+    assert err.strip().splitlines()[-1] == "Error: interrupted"
+    assert "Traceback" not in err
+
+
+def test_export_report_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    make_flat_files(tmp_path / "data", 2000)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data", "--max-size", "1")  # skipped files: listed in the report
+
+    pipeline = subprocess.run(
+        f"{shlex.join(command(db, 'export-report', '-o', '-'))} | head -c 10;"
+        ' status="${PIPESTATUS[0]}"; echo; echo "$status"',
+        shell=True,
+        executable="/bin/bash",
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+    assert pipeline.stderr == ""
+    assert pipeline.stdout.splitlines()[-1] == str(ExitCode.CLOSED_PIPE.value)
+
+
+def test_plain_http_elsewhere_is_allowed_by_allow_http_and_insecure_is_gone(
+    tmp_path: Path,
+) -> None:
+    db = _queued(tmp_path)
+    elsewhere = ("--base-url", "http://192.0.2.10/api/v1/")
+
+    refused = one_line_error(invoke(db, "kbs", *elsewhere))
+    old = invoke(db, "kbs", *elsewhere, "--insecure")
+
+    assert "use https, or --allow-http if you really mean it" in refused
+    assert old.exit_code == 2 and "No such option '--insecure'" in old.output
+
+
+def test_max_size_0_is_refused_with_its_meaning(tmp_path: Path) -> None:
+    make_flat_files(tmp_path / "data", 2)
+
+    line = one_line_error(
+        invoke(tmp_path / "q.db", "enqueue", str(tmp_path / "data"), "--kb", KB, "--max-size", "0")
+    )
+
+    assert "0 means zero bytes" in line and "'off'" in line
+
+
+def test_the_readme_has_one_table_of_every_exit_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+
+    for code in ExitCode:
+        assert re.search(rf"^\| {code.value} \| ", table, re.MULTILINE), code
