@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import KB, enqueue, invoke, make_tree, one_line_error, rows
+from tests.helpers import KB, enqueue, invoke, make_tree, one_line_error, rows, run_args
+from tests.maiagent_server import DIALECTS, MaiAgentServer
 from uploader.tags import decode
+
+BOTH = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 
 PARSER = "0b7e3c2a-5d41-4f6e-8a9b-1c2d3e4f5a6b"
 
@@ -148,3 +151,80 @@ def test_an_unknown_manifest_column_names_line_one(tmp_path: Path) -> None:
         str(manifest),
     )
     assert f"{manifest} line 1: unknown column 'colour'" in one_line_error(result)
+
+
+# --- register ----------------------------------------------------------------------------------
+
+
+def entry_tags(server: MaiAgentServer) -> dict[str, tuple[set[str], dict[str, Any]]]:
+    """Each entry of the knowledge base by filename: its label names and its metadata."""
+    return {
+        r["filename"]: ({label["name"] for label in r["labels"]}, r["rawUserDefineMetadata"])
+        for r in server.records(KB)
+    }
+
+
+@BOTH
+def test_300_nested_files_carry_exactly_their_labels_and_metadata(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = tmp_path / "data"
+    relpaths = nested(data, 300)
+    db = tmp_path / "q.db"
+    enqueue(
+        db,
+        data,
+        *("--labels-from-path", "1", "--label", "batch-2026", "--metadata", "source=nas"),
+        *("--parser", PARSER),
+    )
+    maiagent.add_label(KB, "hr")  # made in the web interface before: found, not made again
+    ran = invoke(db, *run_args(maiagent, "--workers", "16", "--register-batch", "1"))
+    assert ran.exit_code == 0, ran.output
+    assert entry_tags(maiagent) == {
+        rel: ({"batch-2026", rel.split("/")[0]}, {"source": "nas"}) for rel in relpaths
+    }
+    assert {r["parser"] for r in maiagent.records(KB)} == {PARSER}
+    # Each label made once although 16 workers wanted it at the same moment.
+    assert sorted(label["name"] for label in maiagent.labels(KB)) == [
+        "batch-2026",
+        "hr",
+        "legal",
+        "ops",
+    ]
+    assert maiagent.stats()["label_create"] == 3
+    # Their ids are kept: a second run lists and creates none.
+    make_tree(data, {"ops/late.txt": 2})
+    enqueue(db, data, "--labels-from-path", "1", "--label", "batch-2026")
+    maiagent.reset_stats()
+    ran = invoke(db, *run_args(maiagent, "--register-batch", "1"))
+    assert ran.exit_code == 0, ran.output
+    assert (maiagent.stats()["labels"], maiagent.stats()["label_create"]) == (0, 0)
+    assert entry_tags(maiagent)["ops/late.txt"] == ({"batch-2026", "ops"}, {})
+
+
+@BOTH
+def test_batched_registers_carry_each_files_own_labels(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = tmp_path / "data"
+    make_tree(data, {"hr/a.txt": 1, "ops/b.txt": 2, "legal/c.txt": 3, "d.txt": 4})
+    manifest = write_manifest(
+        tmp_path / "m.jsonl",
+        [
+            json.dumps({"path": "hr/a.txt", "labels": ["x"], "filename": "A.txt"}),
+            json.dumps({"path": "ops/b.txt", "metadata": {"year": 2024}}),
+            json.dumps({"path": "legal/c.txt"}),
+            json.dumps({"path": "d.txt", "labels": ["x", "y"]}),
+        ],
+    )
+    db = tmp_path / "q.db"
+    enqueue(db, data, "--manifest", str(manifest), "--labels-from-path", "1")
+    ran = invoke(db, *run_args(maiagent, "--register-batch", "4", "--workers", "4"))
+    assert ran.exit_code == 0, ran.output
+    assert maiagent.stats()["register"] < 4, "the four files went in fewer register calls"
+    assert entry_tags(maiagent) == {
+        "A.txt": ({"hr", "x"}, {}),
+        "ops/b.txt": ({"ops"}, {"year": 2024}),
+        "legal/c.txt": ({"legal"}, {}),
+        "d.txt": ({"x", "y"}, {}),
+    }

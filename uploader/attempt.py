@@ -36,7 +36,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .client import ApiError, MaiAgentClient, backoff
+from . import tags
+from .client import ApiError, MaiAgentClient, RegisterItem, backoff
+from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
 from .reconcile import RemoteIndex
 from .registrar import Registrar
@@ -66,6 +68,7 @@ class Shared:
     slots: asyncio.Semaphore  # the --workers uploads at once
     record: Callable[[Outcome], None]  # for the intermediate `uploaded` outcome
     lease_until: Callable[[int], float]  # when our lease on a job id ends, as last renewed
+    labels: LabelResolver  # label names to ids, per knowledge base
 
 
 class Attempt:
@@ -127,7 +130,7 @@ class Attempt:
         job = self.job
         if self._check_file():
             job.unknown_since = None  # what may have been registered is the old content
-        job.filename = job.filename or self._name()
+        job.filename = job.filename or job.display_name or self._name()
         if job.unknown_since is not None:
             file_id = await self._s.index.adopt(job, job.filename)
             if file_id is not None:
@@ -153,11 +156,19 @@ class Attempt:
             raise ApiError(
                 "lease expired before registering", kind="transient", error_kind=ErrorKind.LEASE
             )
-        self._registering_since = time.time()
         assert job.s3_key is not None and job.filename is not None
-        file_id = await self._s.registrar.register(job.kb_id, job.s3_key, job.filename)
+        item = await self._register_item(job.s3_key, job.filename)
+        self._registering_since = time.time()
+        file_id = await self._s.registrar.register(job.kb_id, item)
         self._registering_since = None
         return self._outcome(OutcomeKind.DONE, file_id=file_id)
+
+    async def _register_item(self, key: str, filename: str) -> RegisterItem:
+        """What the register sends of this file: its labels (by id, made where missing),
+        its metadata and its parser, as enqueue asked."""
+        names, metadata = tags.decode(self.job.tags)
+        label_ids = await self._s.labels.ids(self.job.kb_id, names)
+        return RegisterItem(key, filename, label_ids, metadata or None, self.job.parser)
 
     def _check_file(self) -> bool:
         """The file may have changed since enqueue: upload what is there now (True if it

@@ -16,7 +16,7 @@ log = logging.getLogger("uploader.run")
 
 @dataclass
 class _Batch:
-    items: list[tuple[str, str, asyncio.Future[str]]] = field(default_factory=list)
+    items: list[tuple[RegisterItem, asyncio.Future[str]]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -35,9 +35,12 @@ class Registrar:
         self.proved: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def register(self, kb_id: str, key: str, filename: str) -> str:
+    async def register(self, kb_id: str, item: RegisterItem) -> str:
+        """The entry id of one file (its key, name shown, labels, metadata and parser), sent
+        alone or in a batch with others of the same knowledge base."""
+        key, filename = item.key, item.filename
         if self.size <= 1:
-            entries = await self._client.register(kb_id, [RegisterItem(key, filename)])
+            entries = await self._client.register(kb_id, [item])
             [file_id] = self._match(entries, [(key, filename)])
             if file_id is None:
                 raise _unlisted(filename)
@@ -45,7 +48,7 @@ class Registrar:
             return file_id
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         batch = self._batches.setdefault(kb_id, _Batch())
-        batch.items.append((key, filename, fut))
+        batch.items.append((item, fut))
         if len(batch.items) >= self.size:
             self._send(kb_id)
         elif batch.timer is None:
@@ -58,30 +61,30 @@ class Registrar:
             return
         if batch.timer is not None:
             batch.timer.cancel()
-        items = [item for item in batch.items if not item[2].done()]
+        items = [(item, fut) for item, fut in batch.items if not fut.done()]
         if items:
             task = asyncio.create_task(self._call(kb_id, items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, kb_id: str, items: list[tuple[str, str, asyncio.Future[str]]]) -> None:
+    async def _call(
+        self, kb_id: str, items: list[tuple[RegisterItem, asyncio.Future[str]]]
+    ) -> None:
         try:
-            entries = await self._client.register(
-                kb_id, [RegisterItem(key, name) for key, name, _ in items]
-            )
+            entries = await self._client.register(kb_id, [item for item, _ in items])
         except ApiError as exc:
-            for _key, _name, fut in items:
+            for _item, fut in items:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        ids = self._match(entries, [(key, name) for key, name, _fut in items])
+        ids = self._match(entries, [(item.key, item.filename) for item, _fut in items])
         if len(items) > 1:
             self.proved[kb_id] = self.proved.get(kb_id, True) and None not in ids
-        for (_key, name, fut), file_id in zip(items, ids, strict=True):
+        for (item, fut), file_id in zip(items, ids, strict=True):
             if fut.done():
                 continue
             if file_id is None:
-                fut.set_exception(_unlisted(name))
+                fut.set_exception(_unlisted(item.filename))
             else:
                 self._index.taken.add(file_id)
                 fut.set_result(file_id)

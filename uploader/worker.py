@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 from .exitcodes import ExitCode
+from .labels import LabelResolver
 from .model import Job, Outcome, OutcomeKind
 from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .progress import Progress
@@ -190,6 +191,7 @@ class Pool:
             slots=asyncio.Semaphore(settings.workers),
             record=self.writer.put,
             lease_until=lambda job_id: self._lease_until.get(job_id, 0.0),
+            labels=LabelResolver(client, queue),
         )
         # Claimed rows waiting for a slot keep every worker busy between claims; claims come
         # in batches of at least half the workers so the database is not asked per file.

@@ -340,3 +340,11 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def service_facts(self, base_url: str, kb_id: str) -> ServiceFacts | None:
         """What is known of (base_url, kb_id), or None."""
+
+    @abc.abstractmethod
+    async def label_ids(self, kb_id: str) -> dict[str, str]:
+        """The label ids of `kb_id` by name, as `store_labels` kept them."""
+
+    @abc.abstractmethod
+    async def store_labels(self, kb_id: str, labels: Sequence[tuple[str, str]]) -> None:
+        """One transaction: (name, id) pairs of `kb_id`'s labels, replacing the id a name had."""

@@ -1078,6 +1078,23 @@ class PgQueue(Queue):
         learned_at, source, batch, facts = row
         return ServiceFacts(base_url, kb_id, learned_at, source, batch, json.loads(facts))
 
+    async def label_ids(self, kb_id: str) -> dict[str, str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT name, id FROM labels WHERE kb_id = $1", kb_id)
+        return {name: label_id for name, label_id in rows}
+
+    async def store_labels(self, kb_id: str, labels: Sequence[tuple[str, str]]) -> None:
+        by_name = dict(labels)  # one row per name: an upsert may not touch a row twice
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO labels (kb_id, name, id)"
+                " SELECT $1, * FROM unnest($2::text[], $3::text[])"
+                " ON CONFLICT (kb_id, name) DO UPDATE SET id = excluded.id",
+                kb_id,
+                list(by_name),
+                list(by_name.values()),
+            )
+
 
 def _enqueue_args(rows: Sequence[ScanRow], host: str, shared: bool) -> list[Any]:
     """$2.. of the enqueue statements: the rows' columns as arrays, $7 host, $8 shared, then

@@ -1,4 +1,5 @@
-"""The SQLite statements of service_facts: what `check` and runs learned about a service.
+"""The SQLite statements of service_facts and labels: what `check` and runs learned about a
+service (its label ids by name too).
 
 A mixin of `SqliteQueue`, which owns `_conn`, `transaction()` and `_fetchval()`.
 """
@@ -6,6 +7,7 @@ A mixin of `SqliteQueue`, which owns `_conn`, `transaction()` and `_fetchval()`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..model import ServiceFacts
@@ -55,3 +57,17 @@ class FactsMixin(SqliteBase):
             None if batch is None else bool(batch),
             json.loads(facts),
         )
+
+    async def label_ids(self, kb_id: str) -> dict[str, str]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT name, id FROM labels WHERE kb_id = ?", (kb_id,)
+        )
+        return {name: label_id for name, label_id in rows}
+
+    async def store_labels(self, kb_id: str, labels: Sequence[tuple[str, str]]) -> None:
+        async with self.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO labels (kb_id, name, id) VALUES (?, ?, ?)"
+                " ON CONFLICT (kb_id, name) DO UPDATE SET id = excluded.id",
+                [(kb_id, name, label_id) for name, label_id in labels],
+            )
