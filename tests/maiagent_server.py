@@ -48,6 +48,7 @@ command line, and settable while running via `server.faults.x = ...` or POST /_c
   delete_conflict_while_processing: DELETE of an initial/processing entry answers 409
   delete_500_rate: share of DELETEs that delete and then answer 500
   delete_conflict_first: the first N DELETEs of each entry answer 409 (nothing deleted)
+  delete_delay: seconds a DELETE of one entry waits before it is served (a crash mid-delete)
   policy_ttl: seconds a presigned policy stays valid
   max_file_size: the presigned policy's content-length-range maximum (S3: EntityTooLarge)
   keep_bytes: uploads up to this size keep their bytes (content checks); bigger, only a hash
@@ -215,6 +216,7 @@ class Faults:
     delete_conflict_while_processing: bool = False
     delete_500_rate: float = 0.0
     delete_conflict_first: int = 0
+    delete_delay: float = 0.0
     policy_ttl: float = 300.0
     max_file_size: int = 10 << 30
     keep_bytes: int = SMALL_OBJECT
@@ -1356,6 +1358,8 @@ class MaiAgentServer:
         return _json(view)
 
     async def _delete(self, request: web.Request) -> web.Response:
+        if self.faults.delete_delay > 0:
+            await asyncio.sleep(self.faults.delete_delay)
         entry = self._lookup(request.match_info["kb"], request.match_info["id"])
         if entry is None:
             return _detail(404, "Not found.")

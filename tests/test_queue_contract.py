@@ -24,6 +24,8 @@ from uploader.model import (
     RequeueItem,
     ScanRow,
     Step,
+    Superseded,
+    SupersedeFailure,
 )
 from uploader.queue import Queue, open_queue
 from uploader.tags import encode
@@ -344,6 +346,56 @@ async def test_deletions_are_kept_with_their_jobs_paths(queue_target: str) -> No
             ("copy", "copy", "dedupe", 100.0, b"/data/a"),
             ("other", "same_name_size", "dedupe", 101.0, None),
         ]
+
+
+@async_test
+async def test_a_changed_uploaded_file_remembers_its_entry_until_it_is_replaced(
+    queue_target: str,
+) -> None:
+    async with await open_queue(queue_target) as q:
+        [a, b] = await _done(q, "a", "b")
+        await q.enqueue_batch(KB, [*rows("a", size=11), *rows("b")])
+        assert await q.superseded_due(KB) == []  # no new version registered yet
+        [again] = await q.claim(OWNER, 5, LEASE, KB)
+        assert (again.id, again.step) == (a.id, None)
+        await q.record_outcomes(OWNER, [outcome(again, OutcomeKind.DONE, file_id="file-a2")])
+        [due] = await q.superseded_due(None)
+        assert due == Superseded(KB, "file-a", a.id, "a", "file-a2")
+        now = time.time()
+        await q.store_listed([listed("file-a", "a", now), listed("file-a2", "a", now)])
+        [shown] = await q.superseded_listed(KB, now)
+        assert (shown.entry_id, shown.job_id, shown.replaced_by, shown.kept) == (
+            "file-a",
+            a.id,
+            "file-a2",
+            False,
+        )
+        await q.settle_superseded([], [SupersedeFailure(KB, "file-a", "HTTP 409")])
+        assert await q.superseded_due(KB) == [due]
+        gone = Deletion(KB, "file-a", "a", "superseded", "replaced by file-a2", "run", now, a.id)
+        await q.settle_superseded([gone], [])
+        assert await q.superseded_due(KB) == []
+        assert not await q.any_remote_known(KB, ["file-a"])
+        assert [d.entry_id async for d in q.deletion_rows()] == ["file-a"]
+
+
+@async_test
+async def test_a_superseded_entry_another_job_points_to_is_never_due(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await _done(q, "a", "b")
+        await q.enqueue_batch(KB, rows("a", "b", size=11))
+        a, b = await q.claim(OWNER, 5, LEASE, KB)
+        await q.record_outcomes(
+            OWNER,
+            [
+                outcome(a, OutcomeKind.DONE, file_id="file-a2"),
+                outcome(b, OutcomeKind.DONE, file_id="file-a"),  # b's entry now: never deleted
+            ],
+        )
+        due = await q.superseded_due(KB)
+        assert [d.entry_id for d in due] == ["file-b"]
+        await q.keep_superseded(due)
+        assert await q.superseded_due(KB) == []
 
 
 @async_test

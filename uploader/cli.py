@@ -515,6 +515,12 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     is_flag=True,
     help="Exit 9 when nothing is pending (rclone's --error-on-no-transfer); else 0.",
 )
+@click.option(
+    "--keep-old-versions",
+    is_flag=True,
+    help="Leave the entry of a changed file's old version beside the new one (by default it "
+    "is deleted once the new version is registered).",
+)
 @pass_ctx
 def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any) -> None:
     """Upload every pending file: presign, S3 POST, register, with retries and resume.
@@ -546,6 +552,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         grace=opts["grace"],
         lease_seconds=opts["lease"],
         outage_timeout=opts["outage_timeout"],
+        keep_old_versions=opts["keep_old_versions"],
     )
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
     shared = opts.pop("shared")
@@ -576,6 +583,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         click.echo(f"Error: {result.fatal}", err=True)
     else:
         click.echo(_summary(result, left["skipped"]))
+        _print_replaced(result.replaced)
         if result.failed_in_queue:
             click.echo(f"{result.failed_in_queue} files failed: see `uploader status`")
         if left["running"] and not result.interrupted:
@@ -596,8 +604,9 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
 
 async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | None:
     """None when this host has something to upload; else the line that says why not. A --kb
-    the queue does not hold (a typo) is bad input, naming the ones it does hold."""
-    if (await q.pending_totals(kb_id))[0]:
+    the queue does not hold (a typo) is bad input, naming the ones it does hold. Entries of
+    changed files' old versions still to delete are work too (the run deletes them)."""
+    if (await q.pending_totals(kb_id))[0] or await q.superseded_due(kb_id):
         return None
     counts = await q.state_counts()
     if kb_id is not None and kb_id not in counts:
@@ -615,6 +624,19 @@ async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | N
     if elsewhere:
         line += f"; {elsewhere:,} pending files were queued by other hosts (`run --shared`)"
     return line
+
+
+def _print_replaced(replaced: Any) -> None:
+    """What became of the entries of changed files' old versions."""
+    if replaced.deleted:
+        click.echo(f"deleted {replaced.deleted} superseded entries (old versions of changed files)")
+    if replaced.kept:
+        click.echo(f"kept {replaced.kept} old versions of changed files (--keep-old-versions)")
+    if replaced.errors:
+        click.echo(
+            f"{len(replaced.errors)} superseded entries not deleted yet (the next `uploader "
+            f"run` tries again): {'; '.join(replaced.errors[:3])}"
+        )
 
 
 def _pending_elsewhere(counts: list[Any], host_id: str) -> int:
@@ -894,6 +916,9 @@ def _item_line(kind: str, item: VerificationItem) -> str:
     shown = f"{filename} ({'?' if size is None else f'{size:,} B'}, {status or '?'})"
     if kind == "duplicate":
         return f"{shown}: entry {file_id}, a copy of {kept_id}"
+    if kind == "superseded":
+        local = display(path) if path else "?"
+        return f"{shown}: entry {file_id}, the old version of {local} (now {kept_id or '?'})"
     return f"{shown}: entry {file_id}"
 
 
@@ -901,6 +926,7 @@ _LISTS = (
     ("missing", "missing (uploaded, entry gone)"),
     ("failed", "failed parsing"),
     ("duplicate", "duplicates (surplus copies)"),
+    ("superseded", "superseded (old versions of changed files, still present)"),
     ("extra", "extra (not uploaded from this database)"),
 )
 
@@ -908,7 +934,12 @@ _LISTS = (
 async def _print_lists(q: Queue, v: reconcile.Verification) -> None:
     for kind, title in _LISTS:
         c = v.counts
-        total = c["duplicates"] + c["extra_duplicates"] if kind == "duplicate" else c[kind]
+        if kind == "duplicate":
+            total = c["duplicates"] + c["extra_duplicates"]
+        elif kind == "superseded":
+            total = c["superseded"] + c["old_versions_kept"]
+        else:
+            total = c[kind]
         if not total:
             continue
         click.echo(f"  {title}:")
@@ -927,6 +958,7 @@ def _verdict(c: dict[str, Any]) -> str:
         "missing": files["missing"],
         "still parsing": files["initial"] + files["processing"],
         "duplicated": c["duplicates"],
+        "superseded": c["superseded"],
         "not uploaded": c["not_uploaded"],
     }
     found = ", ".join(f"{n:,} {what}" for what, n in problems.items() if n)
@@ -935,6 +967,8 @@ def _verdict(c: dict[str, Any]) -> str:
         hints.append("`uploader retry-failed --remote` then `uploader run` upload them again")
     if c["duplicates"]:
         hints.append("`uploader dedupe` shows the copies it would delete")
+    if c["superseded"]:
+        hints.append("`uploader run` deletes the old versions")
     if c["timed_out"]:
         hints.append("--wait timed out")
     return f"NOT OK: {found or 'see above'}" + "".join(f"; {h}" for h in hints)
@@ -954,6 +988,10 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
     if c["extra_duplicates"]:
         duplicates += f" (and {c['extra_duplicates']:,} among extra entries)"
     click.echo(f"  duplicates  {duplicates}")
+    superseded = f"{c['superseded']:,} old versions of changed files still present"
+    if c["old_versions_kept"]:
+        superseded += f" (and {c['old_versions_kept']:,} kept: --keep-old-versions)"
+    click.echo(f"  superseded  {superseded}")
     if not ctx.quiet:
         await _print_lists(q, v)
     click.echo(f"  {_verdict(c)}")

@@ -89,6 +89,7 @@ class DeletionReason(_Text):
     COPY = "copy"  # a provable copy of the entry a job points to (same job, same key)
     SAME_NAME_SIZE = "same_name_size"  # dedupe --include-extra: unknown origin, name + size
     REMOTE_RETRY = "remote_retry"  # retry-failed --remote: the entry failed or came back
+    SUPERSEDED = "superseded"  # run: the entry of a changed file's old version
 
 
 # What `retry-failed --kind` can select: every kind a failed row may carry.
@@ -262,6 +263,36 @@ class DeletionRow(NamedTuple):
     command: str
     deleted_at: float
     path: bytes | None
+
+
+class Superseded(NamedTuple):
+    """An entry a changed file's new version replaced, due for deletion (`superseded_due`)."""
+
+    kb_id: str
+    entry_id: str
+    job_id: int
+    filename: str | None
+    replaced_by: str  # the entry its job points to now
+
+
+class SupersedeFailure(NamedTuple):
+    """A superseded entry whose delete did not go through this time."""
+
+    kb_id: str
+    entry_id: str
+    error: str
+
+
+class SupersededEntry(NamedTuple):
+    """A superseded entry a listing still shows (`superseded_listed`)."""
+
+    entry_id: str
+    job_id: int
+    filename: str
+    size: int | None
+    status: str | None
+    replaced_by: str | None  # the entry its job points to now, if any
+    kept: bool  # left on purpose (run --keep-old-versions)
 
 
 class DuplicateItem(NamedTuple):

@@ -35,6 +35,7 @@ from .model import (
     RemoteRetryCandidate,
     RemoteStatus,
     RequeueItem,
+    SupersededEntry,
 )
 from .queue import Queue
 
@@ -171,7 +172,7 @@ async def _call(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     raise AssertionError("unreachable")
 
 
-async def _each(items: Iterable[T], fn: Callable[[T], Awaitable[None]]) -> None:
+async def each(items: Iterable[T], fn: Callable[[T], Awaitable[None]]) -> None:
     """`fn` over `items`, LIST_CONCURRENCY at a time; the first error stops the others."""
     shared = iter(items)
 
@@ -254,7 +255,7 @@ async def _read_listing(q: Queue, client: MaiAgentClient, kb_id: str, show: bool
             await q.store_listed(rows)
             bar.update(len(rows))
 
-        await _each(range(2, pages + 1), page)
+        await each(range(2, pages + 1), page)
     return Listing(kb_id, started, len(seen), len(counts) == 1 and len(seen) == count)
 
 
@@ -268,7 +269,7 @@ async def _look_up_unseen(q: Queue, client: MaiAgentClient, listing: Listing) ->
         if entry is not None:
             found.append(entry)
 
-    await _each(await q.unseen_job_entries(listing.kb_id, listing.started), look)
+    await each(await q.unseen_job_entries(listing.kb_id, listing.started), look)
     await q.store_listed(listed_rows(listing.kb_id, found, listing.started, set()))
     listing.entries += len(found)
 
@@ -329,6 +330,7 @@ class Copies:
     groups: list[DuplicateGroup]
     unknown: list[DuplicateGroup]
     ours: set[str]
+    superseded: list[SupersededEntry]  # old versions of changed files, still listed
 
     @property
     def surplus(self) -> list[str]:
@@ -349,15 +351,17 @@ async def find_copies(q: Queue, kb_id: str, since: float) -> Copies:
     Two entries are copies only when this database can prove it: an entry no job points to
     but whose S3 key a job uploaded was made for that job. Entries of *different* jobs are
     never copies, whatever their name and size; an entry whose key belongs to a job not done
-    yet is left to that job (it may be adopting it right now)."""
+    yet is left to that job (it may be adopting it right now). A changed file's old version
+    is no copy either: it is superseded, for `run` to delete (`replace.py`)."""
+    superseded = await q.superseded_listed(kb_id, since)
     unowned = await q.unowned_keyed(kb_id, since)
     wanted = sorted({k for e in unowned for k in key_forms(e.file_key)})
     owners = {o.key: o for o in await q.key_owners(kb_id, wanted)}
     groups: dict[int, DuplicateGroup] = {}
-    ours: set[str] = set()
+    ours = {e.entry_id for e in superseded}
     for e in unowned:
         owner = next((owners[k] for k in key_forms(e.file_key) if k in owners), None)
-        if owner is None:
+        if owner is None or e.id in ours:
             continue
         ours.add(e.id)
         if owner.state != JobState.DONE or owner.file_id is None:
@@ -373,7 +377,7 @@ async def find_copies(q: Queue, kb_id: str, since: float) -> Copies:
         for e in candidates
         if e.job_id is None and e.id not in ours and not any(_alike(e, o) for o in owned)
     ]
-    return Copies(list(groups.values()), duplicate_groups(unknown), ours)
+    return Copies(list(groups.values()), duplicate_groups(unknown), ours, superseded)
 
 
 def _alike(a: Entry, b: Entry) -> bool:
@@ -505,6 +509,11 @@ async def _record(
         for g in (*copies.groups, *copies.unknown)
         for e in g.surplus
     ]
+    old = [
+        DuplicateItem(e.job_id, e.entry_id, e.filename, e.size, e.status, e.replaced_by)
+        for e in copies.superseded
+    ]
+    pending = sum(1 for e in copies.superseded if not e.kept)
     remote = await q.remote_status_counts(kb_id, since)
     not_uploaded = await q.not_uploaded_count(kb_id)
     counts: dict[str, Any] = {
@@ -518,12 +527,14 @@ async def _record(
         "duplicate_groups": len(copies.groups),
         "duplicates": len(surplus),
         "extra_duplicates": sum(len(g.surplus) for g in copies.unknown),
+        "superseded": pending,
+        "old_versions_kept": len(old) - pending,
         "complete": listing.complete,
         "timed_out": timed_out,
     }
     done = files.get("done", 0) == sum(files.values())
-    counts["ok"] = not_uploaded == 0 and not surplus and done
-    vid = await q.record_verification(kb_id, since, counts, items, sorted(copies.ours))
+    counts["ok"] = not_uploaded == 0 and not surplus and not pending and done
+    vid = await q.record_verification(kb_id, since, counts, items, sorted(copies.ours), old)
     return Verification(kb_id, vid, counts)
 
 
@@ -537,7 +548,7 @@ def _with_statuses(counts: dict[str, int], *more: str) -> dict[str, int]:
 # --- deleting entries ---
 
 
-async def _delete(client: MaiAgentClient, kb_id: str, file_id: str) -> tuple[bool, str | None]:
+async def delete_entry(client: MaiAgentClient, kb_id: str, file_id: str) -> tuple[bool, str | None]:
     """Delete one entry: (True, None) once it is gone, (False, status) when it is being
     processed. An error answer is checked by reading the entry back: a 500 may have deleted
     it anyway, a 409 comes while it is processed (then it is left alone)."""
@@ -566,7 +577,7 @@ async def _delete_many(
 
     async def one(file_id: str) -> None:
         try:
-            gone, status = await _delete(client, kb_id, file_id)
+            gone, status = await delete_entry(client, kb_id, file_id)
         except ApiError as err:
             if err.kind == "fatal":
                 raise
@@ -585,7 +596,7 @@ async def _delete_many(
             if err.kind == "fatal":
                 raise
             log.warning("batch delete failed (%s): deleting these one by one", err)
-            await _each(chunk, one)
+            await each(chunk, one)
         else:
             deleted.extend(chunk)
     return deleted
@@ -699,7 +710,7 @@ async def retry_remote(
             result.recovered += outcome == "present"
 
     try:
-        await _each(await q.remote_retry_candidates(kb_id, match), settle)
+        await each(await q.remote_retry_candidates(kb_id, match), settle)
     finally:
         await q.record_deletions(deletions)
         await q.set_remote_status(statuses)
@@ -720,5 +731,5 @@ async def _clear_entry(
             return "gone", None
         if entry.status != "failed":
             return "present", entry.status
-    gone, now = await _delete(client, kb_id, file_id)
+    gone, now = await delete_entry(client, kb_id, file_id)
     return ("deleted", None) if gone else ("busy", now)

@@ -146,10 +146,24 @@ def _duplicate(row: VerificationItem) -> dict[str, Any]:
     }
 
 
+def _superseded(row: VerificationItem) -> dict[str, Any]:
+    """An old version of a changed file still present; `file_path` is that file."""
+    path, file_id, filename, size, status, replaced_by = row
+    return {
+        "knowledge_file_id": file_id,
+        "filename": filename,
+        "size": size,
+        "status": status,
+        "replaced_by": replaced_by,
+        "file_path": display(path) if path else None,
+    }
+
+
 INTEGRITY_LISTS: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
     ("missing_files", "missing", _job_entry),
     ("remotely_failed_files", "failed", _job_entry),
     ("duplicate_entries", "duplicate", _duplicate),
+    ("superseded_entries", "superseded", _superseded),
     ("extra_entries", "extra", _entry),
 ]
 

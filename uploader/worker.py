@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import replace
 from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 from .exitcodes import ExitCode
@@ -52,6 +53,7 @@ class Settings:
     lease_seconds: float = 60.0
     grace: float = 5.0
     outage_timeout: float = 600.0
+    keep_old_versions: bool = False
 
 
 @dataclass
@@ -66,6 +68,7 @@ class RunResult:
     interrupted: bool = False
     failed_in_queue: int = 0
     batch_proved: dict[str, bool] = field(default_factory=dict)  # see Registrar.proved
+    replaced: replace.Replaced = field(default_factory=replace.Replaced)
 
 
 class Fatal(Exception):
@@ -414,6 +417,15 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> None:
                 await asyncio.sleep(backoff(attempt + 1, 1.0, err.retry_after))
 
 
+async def _replace(queue: Queue, client: MaiAgentClient, settings: Settings) -> replace.Replaced:
+    """After the pool: the entries changed files' new versions replace, deleted (or kept).
+    The pool's outage gate is closed for good by now; these deletes retry on their own."""
+    client.gate = None
+    return await replace.drain(
+        queue, client, settings.kb_id, keep_old_versions=settings.keep_old_versions
+    )
+
+
 def exit_code(result: RunResult) -> ExitCode:
     if isinstance(result.fatal, ServiceUnreachable):
         return ExitCode.UNREACHABLE
@@ -479,12 +491,16 @@ async def execute(
                 result = await pool.run()
             finally:
                 progress.close()
+            if result.fatal is None and not result.interrupted:
+                result.replaced = await _replace(queue, client, settings)
+                result.fatal = result.replaced.fatal
     counts = {
         "uploaded": result.uploaded,
         "adopted": result.adopted,
         "failed": result.failed,
         "released": result.released,
         "seconds": round(result.elapsed, 3),
+        "superseded_deleted": result.replaced.deleted,
     }
     await queue.end_run(run_id, counts, exit_code(result))
     return result

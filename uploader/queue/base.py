@@ -47,6 +47,9 @@ from ..model import (
     RequeueItem,
     ScanRow,
     ServiceFacts,
+    Superseded,
+    SupersededEntry,
+    SupersedeFailure,
     VerificationItem,
 )
 
@@ -103,6 +106,10 @@ class Queue(abc.ABC):
         has `skip`), re-queue rows whose size or mtime changed (or that were skipped) unless
         running, forgetting their upload; leave the others alone. Cost per row is an index
         lookup, independent of the table's size.
+
+        A re-queued row that was uploaded does not forget its entry: it goes into the record
+        of superseded entries (with the job, its filename and S3 key), for `run` to delete once
+        the new version is registered.
 
         New rows record `scope.host` and `scope.shared`. A row another host enqueued, not
         shared, is that host's file: left alone and counted `foreign`, unless this scope is
@@ -272,6 +279,29 @@ class Queue(abc.ABC):
     async def key_owners(self, kb_id: str, keys: Sequence[str]) -> list[KeyOwner]:
         """The jobs of `kb_id` whose recorded S3 key is one of `keys` (exact equality)."""
 
+    # --- superseded entries (a changed file's old version) ------------------------------
+
+    @abc.abstractmethod
+    async def superseded_due(self, kb_id: str | None) -> list[Superseded]:
+        """Superseded entries, not kept, whose job is done again with another entry and that
+        no job points to: the ones `run` may delete now. Oldest first."""
+
+    @abc.abstractmethod
+    async def settle_superseded(
+        self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
+    ) -> None:
+        """One transaction: the `deleted` entries leave the superseded record and the stored
+        listing and join the deletions; each `failed` one counts an attempt and its error."""
+
+    @abc.abstractmethod
+    async def keep_superseded(self, entries: Sequence[Superseded]) -> None:
+        """One transaction: mark these kept (run --keep-old-versions): never due again."""
+
+    @abc.abstractmethod
+    async def superseded_listed(self, kb_id: str, since: float) -> list[SupersededEntry]:
+        """Superseded entries (kept or not) that the listing begun at `since` shows and no
+        job points to, oldest first."""
+
     # --- deletions -----------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -292,11 +322,12 @@ class Queue(abc.ABC):
         counts: dict[str, Any],
         duplicates: Sequence[DuplicateItem],
         ours: Sequence[str],
+        superseded: Sequence[DuplicateItem] = (),
     ) -> int:
         """One transaction: a verification row (counts kept as history) and its items:
         the done jobs whose remote status is failed or missing, the extra entries (as
-        `extra_count`), and `duplicates`; the previous verify of `kb_id` loses its items.
-        Returns the verification id."""
+        `extra_count`), `duplicates` and `superseded` (kept_id: the entry replacing it); the
+        previous verify of `kb_id` loses its items. Returns the verification id."""
 
     @abc.abstractmethod
     async def last_verifications(self) -> list[dict[str, Any]]:

@@ -55,6 +55,9 @@ from ..model import (
     ScanRow,
     ServiceFacts,
     SkippedRow,
+    Superseded,
+    SupersededEntry,
+    SupersedeFailure,
     VerificationItem,
 )
 from ..tags import EMPTY as EMPTY_TAGS
@@ -130,6 +133,15 @@ WHERE j.kb_id = $1 AND j.path = r.path AND j.state NOT IN ('running', 'done') AN
        OR j.parser IS DISTINCT FROM COALESCE(r.parser, j.parser)
        OR j.display_name IS DISTINCT FROM COALESCE(r.display_name, j.display_name))"""
 
+
+# Before a changed row forgets its upload, its entry is remembered as superseded.
+_SUPERSEDE = f"""
+INSERT INTO superseded (kb_id, entry_id, job_id, filename, s3_key, superseded_at)
+SELECT j.kb_id, j.file_id, j.id, j.filename, j.s3_key, {NOW}
+FROM jobs AS j, {_ENQUEUE_ROWS}
+WHERE j.kb_id = $1 AND j.path = r.path AND j.state <> 'running' AND j.file_id IS NOT NULL
+  AND (j.size <> r.size OR j.mtime_ns <> r.mtime_ns OR j.state = 'skipped') AND {_OURS}
+ON CONFLICT (kb_id, entry_id) DO NOTHING"""
 
 _MARK_SKIPPED = f"""
 UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, state = 'skipped',
@@ -334,6 +346,25 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
                           job_id, n)
 ORDER BY n"""
 
+_NOT_POINTED_AT = (
+    "NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.file_id = s.entry_id AND o.kb_id = s.kb_id)"
+)
+
+_SUPERSEDED_DUE = f"""
+SELECT s.kb_id, s.entry_id, s.job_id, s.filename, j.file_id
+FROM superseded AS s JOIN jobs AS j ON j.id = s.job_id
+WHERE NOT s.kept AND ($1::text IS NULL OR s.kb_id = $1) AND j.state = 'done'
+  AND j.file_id IS NOT NULL AND j.file_id <> s.entry_id AND {_NOT_POINTED_AT}
+ORDER BY s.superseded_at, s.entry_id"""
+
+_SUPERSEDED_LISTED = f"""
+SELECT s.entry_id, s.job_id, r.filename, r.size, r.status, j.file_id, s.kept
+FROM superseded AS s
+JOIN remote_files AS r ON r.kb_id = s.kb_id AND r.id = s.entry_id AND r.seen_at >= $2
+LEFT JOIN jobs AS j ON j.id = s.job_id
+WHERE s.kb_id = $1 AND {_NOT_POINTED_AT}
+ORDER BY s.superseded_at, s.entry_id"""
+
 _DELETION_ROWS = """
 SELECT d.kb_id, d.entry_id, d.filename, d.reason, d.detail, d.command, d.deleted_at, j.path
 FROM deletions AS d LEFT JOIN jobs AS j ON j.id = d.job_id
@@ -352,10 +383,10 @@ SELECT $1, remote_status, id, file_id, filename, size,
 FROM jobs
 WHERE kb_id = $2 AND remote_status IN ('failed', 'missing') AND state = 'done'"""
 
-_RECORD_DUPLICATES = f"""
+_RECORD_ITEMS = f"""
 INSERT INTO verification_items ({_ITEM_COLUMNS})
-SELECT $1, 'duplicate', d.job_id, d.file_id, d.filename, d.size, d.status, d.kept_id
-FROM unnest($2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[])
+SELECT $1, $2, d.job_id, d.file_id, d.filename, d.size, d.status, d.kept_id
+FROM unnest($3::int8[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[])
      WITH ORDINALITY AS d(job_id, file_id, filename, size, status, kept_id, n)
 ORDER BY d.n"""
 
@@ -564,6 +595,7 @@ class PgQueue(Queue):
                 args = _enqueue_args(readable, host, shared)
                 if not shared:
                     foreign = await conn.fetchval(_FOREIGN, kb_id, args[0], host)
+                await conn.execute(_SUPERSEDE, kb_id, *args)
                 changed = _status_count(await conn.execute(_REQUEUE_CHANGED, kb_id, *args))
                 await conn.execute(_RETAG, kb_id, *args)
                 new = _status_count(await conn.execute(_INSERT, kb_id, *args))
@@ -940,6 +972,54 @@ class PgQueue(Queue):
             rows = await conn.fetch(_KEY_OWNERS, kb_id, list(keys))
         return [KeyOwner(*r) for r in rows]
 
+    # --- superseded entries ----------------------------------------------------------------
+
+    async def superseded_due(self, kb_id: str | None) -> list[Superseded]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_SUPERSEDED_DUE, kb_id)
+        return [Superseded(*r) for r in rows]
+
+    async def settle_superseded(
+        self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
+    ) -> None:
+        kbs, ids = [d.kb_id for d in deleted], [d.entry_id for d in deleted]
+        async with self.transaction() as conn:
+            if deleted:
+                for table, column in (("superseded", "entry_id"), ("remote_files", "id")):
+                    await conn.execute(
+                        f"DELETE FROM {table} AS t USING unnest($1::text[], $2::text[])"
+                        f" AS g(kb_id, id) WHERE t.kb_id = g.kb_id AND t.{column} = g.id",
+                        kbs,
+                        ids,
+                    )
+                await conn.execute(
+                    _RECORD_DELETIONS, *[list(c) for c in zip(*deleted, strict=True)]
+                )
+            if failed:
+                await conn.execute(
+                    "UPDATE superseded AS s SET attempts = s.attempts + 1, last_error = f.error"
+                    " FROM unnest($1::text[], $2::text[], $3::text[]) AS f(kb_id, id, error)"
+                    " WHERE s.kb_id = f.kb_id AND s.entry_id = f.id",
+                    [f.kb_id for f in failed],
+                    [f.entry_id for f in failed],
+                    [f.error for f in failed],
+                )
+
+    async def keep_superseded(self, entries: Sequence[Superseded]) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE superseded AS s SET kept = true"
+                " FROM unnest($1::text[], $2::text[]) AS k(kb_id, id)"
+                " WHERE s.kb_id = k.kb_id AND s.entry_id = k.id",
+                [e.kb_id for e in entries],
+                [e.entry_id for e in entries],
+            )
+
+    async def superseded_listed(self, kb_id: str, since: float) -> list[SupersededEntry]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_SUPERSEDED_LISTED, kb_id, since)
+        return [SupersededEntry(*r) for r in rows]
+
     # --- deletions -----------------------------------------------------------------------
 
     async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
@@ -962,6 +1042,7 @@ class PgQueue(Queue):
         counts: dict[str, Any],
         duplicates: Sequence[DuplicateItem],
         ours: Sequence[str],
+        superseded: Sequence[DuplicateItem] = (),
     ) -> int:
         async with self.transaction() as conn:
             vid = await conn.fetchval(
@@ -980,9 +1061,10 @@ class PgQueue(Queue):
             )
             await conn.execute(_RECORD_BAD, vid, kb_id)
             await conn.execute(_RECORD_EXTRA, kb_id, since, list(ours), vid)
-            if duplicates:
-                columns = [list(c) for c in zip(*duplicates, strict=True)]
-                await conn.execute(_RECORD_DUPLICATES, vid, *columns)
+            for kind, items in (("duplicate", duplicates), ("superseded", superseded)):
+                if items:
+                    columns = [list(c) for c in zip(*items, strict=True)]
+                    await conn.execute(_RECORD_ITEMS, vid, kind, *columns)
         return int(vid)
 
     async def last_verifications(self) -> list[dict[str, Any]]:

@@ -79,6 +79,15 @@ WHERE kb_id = :kb AND path = :path AND state NOT IN ('running', 'done') AND {_OU
        OR display_name IS NOT COALESCE(:display_name, display_name))"""
 
 
+# Before a changed row forgets its upload, its entry is remembered as superseded (the same
+# rows as _REQUEUE_CHANGED, read first).
+_SUPERSEDE = f"""
+INSERT INTO superseded (kb_id, entry_id, job_id, filename, s3_key, superseded_at)
+SELECT kb_id, file_id, id, filename, s3_key, :now FROM jobs
+WHERE kb_id = :kb AND path = :path AND state != 'running' AND file_id IS NOT NULL
+  AND (size != :size OR mtime_ns != :mtime_ns OR state = 'skipped') AND {_OURS}
+ON CONFLICT (kb_id, entry_id) DO NOTHING"""
+
 _MARK_SKIPPED = f"""
 UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, state = 'skipped', last_error = :skip,
        error_kind = 'skipped'
@@ -261,6 +270,7 @@ class JobsMixin(SqliteBase):
             if shared:
                 await self._conn.executemany(_MAKE_SHARED, readable + skipped)
             foreign = 0 if shared else await self._foreign(kb_id, [p["path"] for p in readable])
+            await self._conn.executemany(_SUPERSEDE, readable)
             changed = (await self._conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
             await self._conn.executemany(_RETAG, readable + skipped)
             new = (await self._conn.executemany(_INSERT, readable)).rowcount

@@ -22,6 +22,9 @@ from ..model import (
     RemoteRetryCandidate,
     RemoteStatus,
     RequeueItem,
+    Superseded,
+    SupersededEntry,
+    SupersedeFailure,
     VerificationItem,
 )
 from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD
@@ -95,6 +98,25 @@ _KEY_OWNERS = """
 SELECT s3_key, id, state, file_id FROM jobs
 WHERE kb_id = :kb AND s3_key IN (SELECT value FROM json_each(:keys))
 ORDER BY id"""
+
+_NOT_POINTED_AT = (
+    "NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.file_id = s.entry_id AND o.kb_id = s.kb_id)"
+)
+
+_SUPERSEDED_DUE = f"""
+SELECT s.kb_id, s.entry_id, s.job_id, s.filename, j.file_id
+FROM superseded AS s JOIN jobs AS j ON j.id = s.job_id
+WHERE NOT s.kept AND (:kb IS NULL OR s.kb_id = :kb) AND j.state = 'done'
+  AND j.file_id IS NOT NULL AND j.file_id != s.entry_id AND {_NOT_POINTED_AT}
+ORDER BY s.superseded_at, s.entry_id"""
+
+_SUPERSEDED_LISTED = f"""
+SELECT s.entry_id, s.job_id, r.filename, r.size, r.status, j.file_id, s.kept
+FROM superseded AS s
+JOIN remote_files AS r ON r.kb_id = s.kb_id AND r.id = s.entry_id AND r.seen_at >= :since
+LEFT JOIN jobs AS j ON j.id = s.job_id
+WHERE s.kb_id = :kb AND {_NOT_POINTED_AT}
+ORDER BY s.superseded_at, s.entry_id"""
 
 _RECORD_DELETION = """
 INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
@@ -241,6 +263,39 @@ class RemoteMixin(SqliteBase):
         )
         return [KeyOwner(*r) for r in rows]
 
+    async def superseded_due(self, kb_id: str | None) -> list[Superseded]:
+        rows = await self._conn.execute_fetchall(_SUPERSEDED_DUE, {"kb": kb_id})
+        return [Superseded(*r) for r in rows]
+
+    async def settle_superseded(
+        self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
+    ) -> None:
+        gone = [(d.kb_id, d.entry_id) for d in deleted]
+        async with self.transaction():
+            await self._conn.executemany(
+                "DELETE FROM superseded WHERE kb_id = ? AND entry_id = ?", gone
+            )
+            await self._conn.executemany(
+                "DELETE FROM remote_files WHERE kb_id = ? AND id = ?", gone
+            )
+            await self._conn.executemany(_RECORD_DELETION, deleted)
+            await self._conn.executemany(
+                "UPDATE superseded SET attempts = attempts + 1, last_error = ?"
+                " WHERE kb_id = ? AND entry_id = ?",
+                [(f.error, f.kb_id, f.entry_id) for f in failed],
+            )
+
+    async def keep_superseded(self, entries: Sequence[Superseded]) -> None:
+        async with self.transaction():
+            await self._conn.executemany(
+                "UPDATE superseded SET kept = 1 WHERE kb_id = ? AND entry_id = ?",
+                [(e.kb_id, e.entry_id) for e in entries],
+            )
+
+    async def superseded_listed(self, kb_id: str, since: float) -> list[SupersededEntry]:
+        rows = await self._conn.execute_fetchall(_SUPERSEDED_LISTED, {"kb": kb_id, "since": since})
+        return [SupersededEntry(*r[:6], bool(r[6])) for r in rows]
+
     async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
         if not deletions:
             return
@@ -260,6 +315,7 @@ class RemoteMixin(SqliteBase):
         counts: dict[str, Any],
         duplicates: Sequence[DuplicateItem],
         ours: Sequence[str],
+        superseded: Sequence[DuplicateItem] = (),
     ) -> int:
         """Store a verify's counts and its lists, from the listing begun at `since`; the previous
         verify of this knowledge base gives up its lists (its counts stay, as history)."""
@@ -282,6 +338,11 @@ class RemoteMixin(SqliteBase):
                 f"INSERT INTO verification_items ({_ITEM_COLUMNS})"
                 " VALUES (?, 'duplicate', ?, ?, ?, ?, ?, ?)",
                 [(vid, *item) for item in duplicates],
+            )
+            await self._conn.executemany(
+                f"INSERT INTO verification_items ({_ITEM_COLUMNS})"
+                " VALUES (?, 'superseded', ?, ?, ?, ?, ?, ?)",
+                [(vid, *item) for item in superseded],
             )
         return vid
 
