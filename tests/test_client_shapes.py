@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import time
 import tracemalloc
@@ -455,13 +456,14 @@ async def test_other_register_400s_stay_permanent_with_the_services_message() ->
 
 
 @async_test
-async def test_upload_returns_the_size_and_mtime_it_sent(tmp_path: Path) -> None:
-    for size in (10, 300 * 1024):
+async def test_upload_returns_the_size_mtime_and_sha256_it_sent(tmp_path: Path) -> None:
+    for size in (10, 300 * 1024):  # read whole, and streamed
         path, _ = write_file(tmp_path, f"f{size}", size)
         st = os.stat(path)
         async with harness() as (fake, client):
             sent = await client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, size, "f")
-        assert sent == Uploaded(size, st.st_mtime_ns)
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        assert sent == Uploaded(size, st.st_mtime_ns, digest)
 
 
 @pytest.mark.parametrize("size", [10, 300 * 1024])

@@ -42,6 +42,7 @@ from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
 from .reconcile import RemoteIndex
 from .registrar import Registrar
+from .replace import same_content
 
 log = logging.getLogger("uploader.run")
 
@@ -83,6 +84,7 @@ class Attempt:
         self.fatal: ApiError | None = None
         self.error: ApiError | None = None  # what ended it, for the pool's outage gate
         self.adopted = False
+        self.unchanged = False  # done by its hash: the same bytes as uploaded, nothing sent
 
     async def run(self) -> Outcome:
         try:
@@ -130,6 +132,11 @@ class Attempt:
         job = self.job
         if self._check_file():
             job.unknown_since = None  # what may have been registered is the old content
+        if job.step == Step.RECHECK:
+            if await same_content(job):
+                self.unchanged = True
+                return self._outcome(OutcomeKind.DONE, file_id=job.file_id)
+            job.step = None  # new bytes: uploaded below, its entry superseded once done
         job.filename = job.filename or job.display_name or self._name()
         if job.unknown_since is not None:
             file_id = await self._s.index.adopt(job, job.filename)
@@ -141,8 +148,8 @@ class Attempt:
         if job.step != Step.UPLOADED or not job.s3_key:
             client = self._s.client
             presigned = await client.presign(job.filename, job.size)
-            await client.upload(presigned, job.path, job.size, job.filename)
-            job.s3_key = presigned.fields["key"]
+            uploaded = await client.upload(presigned, job.path, job.size, job.filename)
+            job.s3_key, job.content_hash = presigned.fields["key"], uploaded.sha256
             job.step = Step.UPLOADED
             self._s.record(self._outcome(OutcomeKind.UPLOADED))
         return None
@@ -190,7 +197,7 @@ class Attempt:
             return False
         log.info("%s changed since enqueue: uploading its current content", job.relpath)
         job.size, job.mtime_ns = st.st_size, st.st_mtime_ns
-        job.step, job.s3_key = None, None
+        job.step, job.s3_key, job.content_hash = None, None, None
         return True
 
     def _name(self) -> str:
@@ -226,6 +233,8 @@ class Attempt:
         one place: a register cut short makes the row doubtful from when it began; otherwise
         the row keeps whatever doubt this attempt did not settle."""
         cut_short = kind == OutcomeKind.RELEASED or (err is not None and err.maybe_applied)
+        old = self.job.file_id  # the entry the job pointed to when claimed
+        replaced = kind == OutcomeKind.DONE and old is not None and file_id != old
         unknown = self.job.unknown_since
         if self._registering_since is not None and cut_short:
             unknown = self._registering_since
@@ -239,4 +248,5 @@ class Attempt:
             file_id=file_id,
             next_attempt_at=next_attempt_at,
             unknown_since=unknown,
+            supersedes=old if replaced else None,
         )

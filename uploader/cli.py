@@ -15,7 +15,19 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, checkup, client, outage, queue, reconcile, report, scan, tags, worker
+from . import (
+    __version__,
+    checkup,
+    client,
+    outage,
+    queue,
+    reconcile,
+    replace,
+    report,
+    scan,
+    tags,
+    worker,
+)
 from .exitcodes import ExitCode
 from .manifest import ManifestError, parse_metadata_option
 from .model import FAILURE_KINDS, EnqueueCounts, HostScope, JobState, VerificationItem
@@ -326,6 +338,17 @@ def _parser(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "metadata and name shown (see the README); all or nothing.",
 )
 @click.option("--parser", callback=_parser, metavar="ID", help="The parser of every file (a UUID).")
+@click.option(
+    "--delete-removed",
+    is_flag=True,
+    help="Mark the queued files of DIRECTORY that are gone `removed`: the next `uploader run` "
+    "deletes their entries from the knowledge base.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="With --delete-removed: only list the files that would be marked; nothing is changed.",
+)
 @pass_ctx
 def enqueue(
     ctx: Context,
@@ -341,6 +364,8 @@ def enqueue(
     metadata: dict[str, str],
     manifest: str | None,
     parser: str | None,
+    delete_removed: bool,
+    dry_run: bool,
 ) -> None:
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
@@ -354,7 +379,13 @@ def enqueue(
     --label, --labels-from-path, --metadata and --manifest say what each file's entry carries
     (all of it; given again, files not uploaded yet take the new values). With --manifest only
     the files it names are queued, in one transaction: a bad row queues nothing.
+
+    A file that vanished is never deleted from the knowledge base unless asked: with
+    --delete-removed the queued files of DIRECTORY that are gone are marked `removed`, and the
+    next `uploader run` deletes their entries (and records it); --dry-run lists them only.
     """
+    if dry_run and not delete_removed:
+        raise UserError("--dry-run goes with --delete-removed (it lists what would be removed)")
     if not os.path.isdir(directory):
         what = "does not exist" if not os.path.exists(directory) else "is not a folder"
         raise UserError(f"{directory} {what}")
@@ -364,6 +395,16 @@ def enqueue(
         raise UserError(str(exc)) from None
 
     asked = tags.TagOptions(labels, labels_from_path, metadata, parser, manifest is not None)
+    if dry_run:
+        gone = run_async(
+            with_db(
+                ctx,
+                lambda q: replace.removed_files(q, kb_id, directory, dry_run=True),
+                shared=shared,
+            )
+        )
+        _print_removed(gone, directory, dry_run=True)
+        return
 
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
         own = scan.OwnState.of(ctx.anchor)
@@ -373,8 +414,14 @@ def enqueue(
             )
         return await scan.enqueue(q, directory, kb_id, filters, follow_symlinks, own, tags=asked)
 
+    async def removing(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats, replace.Removed | None]:
+        counts, stats = await body(q)
+        if not delete_removed:
+            return counts, stats, None
+        return counts, stats, await replace.removed_files(q, kb_id, directory, dry_run=False)
+
     try:
-        counts, stats = run_async(with_db(ctx, body, shared=shared))
+        counts, stats, gone = run_async(with_db(ctx, removing, shared=shared))
     except ManifestError as exc:
         raise UserError(f"{exc}; nothing was queued") from None
     for problem in stats.unreadable_folders:
@@ -386,6 +433,8 @@ def enqueue(
         f"{counts.unchanged} unchanged, {counts.skipped} skipped"
         f" ({stats.ignored} ignored by filters, hidden or not regular files)"
     )
+    if gone is not None:
+        _print_removed(gone, directory, dry_run=False)
     if counts.foreign:
         click.echo(
             f"warning: {counts.foreign} files are at paths another host queued, left to it: "
@@ -393,6 +442,26 @@ def enqueue(
             "another path or knowledge base",
             err=True,
         )
+
+
+def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None:
+    """What --delete-removed marked, or in a dry run would mark."""
+    n = len(gone.relpaths)
+    if dry_run:
+        click.echo(
+            f"{n} queued files of {directory} are gone: `enqueue --delete-removed` would mark "
+            "them removed and the next `uploader run` would delete their entries (dry run, "
+            "nothing changed)"
+        )
+    else:
+        click.echo(
+            f"{gone.marked} queued files of {directory} are gone: marked removed; the next "
+            "`uploader run` deletes their entries"
+        )
+    for rel in gone.relpaths[:LIST_SHOWN]:
+        click.echo(f"  {rel}")
+    if n > LIST_SHOWN:
+        click.echo(f"  ... and {n - LIST_SHOWN:,} more")
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -444,9 +513,10 @@ def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
 def _summary(result: worker.RunResult, skipped: int) -> str:
     rate = (result.uploaded + result.failed) / result.elapsed if result.elapsed else 0.0
     mb = result.bytes / 1e6 / result.elapsed if result.elapsed else 0.0
+    unchanged = f", unchanged {result.unchanged} (same content)" if result.unchanged else ""
     return (
-        f"uploaded {result.uploaded}, failed {result.failed}, skipped {skipped} "
-        f"in {result.elapsed:.1f}s ({rate:.1f} files/s, {mb:.2f} MB/s)"
+        f"uploaded {result.uploaded - result.unchanged}, failed {result.failed}, skipped "
+        f"{skipped}{unchanged} in {result.elapsed:.1f}s ({rate:.1f} files/s, {mb:.2f} MB/s)"
     )
 
 
@@ -918,7 +988,9 @@ def _item_line(kind: str, item: VerificationItem) -> str:
         return f"{shown}: entry {file_id}, a copy of {kept_id}"
     if kind == "superseded":
         local = display(path) if path else "?"
-        return f"{shown}: entry {file_id}, the old version of {local} (now {kept_id or '?'})"
+        if kept_id is None:
+            return f"{shown}: entry {file_id} of {local}, removed from its folder"
+        return f"{shown}: entry {file_id}, the old version of {local} (now {kept_id})"
     return f"{shown}: entry {file_id}"
 
 

@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import errno
 import functools
+import hashlib
 import html
 import io
 import ipaddress
@@ -176,10 +177,12 @@ class Presigned:
 
 class Uploaded(NamedTuple):
     """What was actually sent to S3: the open file's size and mtime, identical before and
-    after streaming, so the caller records the content that is behind the key."""
+    after streaming, so the caller records the content that is behind the key, and the
+    SHA-256 of the bytes sent (computed as they were read: no second read of the file)."""
 
     size: int
     mtime_ns: int
+    sha256: str
 
 
 class Label(NamedTuple):
@@ -583,23 +586,33 @@ class _FilePart(aiohttp.Payload):
     def __init__(self, file: io.FileIO, size: int) -> None:
         super().__init__(file, content_type="application/octet-stream")
         self._size = size
+        self.sha256: str | None = None  # once every byte was written
 
     async def write(self, writer: AbstractStreamWriter) -> None:
         # pread, not read: when an early answer lets the caller close the file while a read
         # still runs in its thread, that read cannot move the position of whatever file
-        # reuses the descriptor number.
+        # reuses the descriptor number. Each chunk is hashed in the same thread hop, while
+        # the previous one is on the wire (hashlib lets go of the GIL).
         loop = asyncio.get_running_loop()
         fd, offset = self._value.fileno(), 0
+        digest = hashlib.sha256()
         while offset < self._size:
             length = min(self._size - offset, _CHUNK)
-            chunk = await loop.run_in_executor(None, os.pread, fd, length, offset)
+            chunk = await loop.run_in_executor(None, _read_hashed, fd, length, offset, digest)
             if not chunk:
                 raise _Shrank("file shrank while it was being uploaded")
             await writer.write(chunk)
             offset += len(chunk)
+        self.sha256 = digest.hexdigest()
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file part is never decoded")
+
+
+def _read_hashed(fd: int, length: int, offset: int, digest: Any) -> bytes:
+    chunk = os.pread(fd, length, offset)
+    digest.update(chunk)
+    return chunk
 
 
 class MaiAgentClient:
@@ -675,7 +688,7 @@ class MaiAgentClient:
         self._upload_url = p.url
         try:
             try:
-                form, headers = await _form(p.fields, content, size, filename)
+                form, headers, part = await _form(p.fields, content, size, filename)
                 timeout = _timeout(self._timeout + size / MIB)
                 where = urlsplit(p.url).path
                 status, body, retry_after = await self._send(
@@ -695,7 +708,12 @@ class MaiAgentClient:
                 content.close()
         if status not in _S3_OK:
             raise self._s3_error(status, body, retry_after)
-        return Uploaded(before.st_size, before.st_mtime_ns)
+        if isinstance(content, bytes):
+            sha256 = hashlib.sha256(content).hexdigest()
+        else:
+            assert isinstance(part, _FilePart) and part.sha256 is not None
+            sha256 = part.sha256
+        return Uploaded(before.st_size, before.st_mtime_ns, sha256)
 
     async def register(
         self, kb_id: str, items: Sequence[RegisterItem], label_form: LabelForm = "objects"
@@ -1183,7 +1201,7 @@ def _changed(queued: int, now: str) -> ApiError:
 
 async def _form(
     fields: dict[str, str], content: bytes | io.FileIO, size: int, filename: str
-) -> tuple[bytes | aiohttp.MultipartWriter, dict[str, str] | None]:
+) -> tuple[bytes | aiohttp.MultipartWriter, dict[str, str] | None, aiohttp.Payload]:
     """The form body and its headers: the policy fields first, the file last (S3 ignores
     whatever follows the file).
 
@@ -1201,8 +1219,8 @@ async def _form(
     part.set_content_disposition("form-data", name="file", filename=shown)
     form.append_payload(part)
     if isinstance(content, bytes):
-        return await form.as_bytes(), {"Content-Type": form.content_type}
-    return form, None
+        return await form.as_bytes(), {"Content-Type": form.content_type}, part
+    return form, None, part
 
 
 def _default_pause(attempt: int) -> float:

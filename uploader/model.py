@@ -31,6 +31,7 @@ class JobState(_Text):
     DONE = "done"
     FAILED = "failed"
     SKIPPED = "skipped"
+    REMOVED = "removed"  # its file is gone from its folder (enqueue --delete-removed)
 
 
 class OutcomeKind(_Text):
@@ -55,6 +56,9 @@ class Step(_Text):
     # a registered entry whose labels or metadata changed at enqueue: the next attempt sends
     # update-metadata only (no presign, no upload)
     METADATA = "metadata"
+    # a registered entry whose file's mtime changed at enqueue but not its size: the next
+    # attempt hashes the file and, when its bytes are the ones uploaded, is done at once
+    RECHECK = "recheck"
 
 
 class ErrorKind(_Text):
@@ -90,6 +94,7 @@ class DeletionReason(_Text):
     SAME_NAME_SIZE = "same_name_size"  # dedupe --include-extra: unknown origin, name + size
     REMOTE_RETRY = "remote_retry"  # retry-failed --remote: the entry failed or came back
     SUPERSEDED = "superseded"  # run: the entry of a changed file's old version
+    REMOVED = "removed"  # run: the entry of a file gone from its folder (--delete-removed)
 
 
 # What `retry-failed --kind` can select: every kind a failed row may carry.
@@ -167,6 +172,7 @@ class Job:
     tags: str | None = None  # what the entry should carry (uploader.tags), None: nothing asked
     parser: str | None = None
     display_name: str | None = None
+    content_hash: str | None = None  # SHA-256 of the bytes behind s3_key / file_id
 
     def __post_init__(self) -> None:
         if self.step is not None:
@@ -188,6 +194,9 @@ class Outcome:
     filename: str | None = None
     next_attempt_at: float = 0.0
     unknown_since: float | None = None
+    # done with a new entry while the job pointed to another (its file changed since): the
+    # queue records that one as superseded, for `run` to delete
+    supersedes: str | None = None
 
 
 class LeaseOwner(NamedTuple):
@@ -272,7 +281,15 @@ class Superseded(NamedTuple):
     entry_id: str
     job_id: int
     filename: str | None
-    replaced_by: str  # the entry its job points to now
+    replaced_by: str | None  # the entry its job points to now; None: its file was removed
+
+
+class QueuedFile(NamedTuple):
+    """A job of a folder, for --delete-removed to look for its file (`queued_under`)."""
+
+    job_id: int
+    path: bytes
+    relpath: str
 
 
 class SupersedeFailure(NamedTuple):
@@ -324,6 +341,7 @@ class DoneRow(NamedTuple):
     duration: float | None
     file_id: str | None
     filename: str | None
+    content_hash: str | None
 
 
 class FailedRow(NamedTuple):

@@ -8,22 +8,38 @@ is deleted and the deletion recorded. A delete that fails (a 409 while the entry
 processed, a 5xx) stays in the record with its error and is tried again by the next run; so
 is one a crash cut short. `run --keep-old-versions` keeps them instead (the old behaviour),
 marked kept so that `verify` still knows them for what they are.
+
+A file whose mtime moved but not its size (a copy without -t, a checkout) is queued for a
+recheck instead: `same_content` hashes it and, when the bytes are the ones uploaded (the
+SHA-256 the upload computed while streaming), its job is done again with its entry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 
 from .client import ApiError, MaiAgentClient
-from .model import Deletion, DeletionReason, Superseded, SupersedeFailure
+from .model import (
+    Deletion,
+    DeletionReason,
+    Job,
+    QueuedFile,
+    Superseded,
+    SupersedeFailure,
+)
 from .queue import Queue
 from .reconcile import delete_entry, each
 
 log = logging.getLogger("uploader.run")
 
 COMMAND = "run"
+CHUNK = 1 << 20  # a recheck's reads
 
 
 @dataclass
@@ -62,13 +78,17 @@ async def drain(
         if not gone:
             failed.append(SupersedeFailure(row.kb_id, row.entry_id, f"still {status}"))
             return
+        if row.replaced_by is None:
+            reason, detail = DeletionReason.REMOVED, "its file is gone (enqueue --delete-removed)"
+        else:
+            reason, detail = DeletionReason.SUPERSEDED, f"replaced by {row.replaced_by}"
         deleted.append(
             Deletion(
                 row.kb_id,
                 row.entry_id,
                 row.filename,
-                DeletionReason.SUPERSEDED,
-                f"replaced by {row.replaced_by}",
+                reason,
+                detail,
                 COMMAND,
                 time.time(),
                 row.job_id,
@@ -85,4 +105,80 @@ async def drain(
     result.errors = [f"{f.entry_id}: {f.error}" for f in failed]
     for error in result.errors:
         log.info("superseded entry not deleted yet (the next run tries again): %s", error)
+    return result
+
+
+def _digest(path: bytes, size: int) -> str | None:
+    """SHA-256 of the regular file at `path` if it still has `size` bytes (else None), read
+    without following a symbolic link, as an upload would read it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return None
+        digest = hashlib.sha256()
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+        after = os.fstat(fd)
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return None  # written to while read: not the bytes uploaded, whatever they are
+    return digest.hexdigest()
+
+
+async def same_content(job: Job) -> bool:
+    """Whether the file of a job queued for a recheck (its mtime moved, not its size) still
+    holds the bytes behind its entry: one read of the file, no request."""
+    if job.content_hash is None:
+        return False
+    digest = await asyncio.to_thread(_digest, job.path, job.size)
+    same = digest == job.content_hash
+    log.info("%s: mtime changed, %s", job.relpath, "same bytes" if same else "new bytes")
+    return same
+
+
+# --- enqueue DIR --delete-removed -----------------------------------------------------------
+
+STAT_BATCH = 2000
+
+
+@dataclass
+class Removed:
+    """The queued files of a folder that are gone: marked `removed` (or, in a dry run, what
+    would be), their relative paths in path order."""
+
+    relpaths: list[str] = field(default_factory=list)
+    marked: int = 0
+
+
+def _gone(files: list[QueuedFile]) -> list[QueuedFile]:
+    """Those whose path names nothing any more (a dangling link counts as there: the scan
+    decides what a link is, this only asks whether the file vanished)."""
+    return [f for f in files if not os.path.lexists(f.path)]
+
+
+async def removed_files(q: Queue, kb_id: str, root: str, *, dry_run: bool) -> Removed:
+    """The queued files under `root` whose file no longer exists: marked `removed` unless
+    `dry_run`, so that the next run deletes their entries. One lstat per queued file, in a
+    thread, a batch at a time."""
+    prefix = os.path.join(os.path.realpath(os.fsencode(root)), b"")
+    result = Removed()
+    gone: list[int] = []
+    batch: list[QueuedFile] = []
+
+    async def settle() -> None:
+        for f in await asyncio.to_thread(_gone, batch):
+            gone.append(f.job_id)
+            result.relpaths.append(f.relpath)
+        batch.clear()
+
+    async for queued in q.queued_under(kb_id, prefix):
+        batch.append(queued)
+        if len(batch) >= STAT_BATCH:
+            await settle()
+    await settle()
+    if gone and not dry_run:
+        result.marked = await q.mark_removed(gone)
     return result

@@ -30,7 +30,7 @@ def default_path(db_path: str) -> str:
 
 
 def _success(row: DoneRow) -> dict[str, Any]:
-    kb, path, size, duration, file_id, filename = row
+    kb, path, size, duration, file_id, filename, content_hash = row
     return {
         "file_path": display(path),
         "file_size": size,
@@ -38,6 +38,7 @@ def _success(row: DoneRow) -> dict[str, Any]:
         "knowledge_base_id": kb,
         "knowledge_file_id": file_id,
         "filename": filename,
+        "sha256": content_hash,
     }
 
 

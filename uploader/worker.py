@@ -60,6 +60,7 @@ class Settings:
 class RunResult:
     uploaded: int = 0
     adopted: int = 0
+    unchanged: int = 0  # of `uploaded`: touched files whose bytes were the ones uploaded
     failed: int = 0
     released: int = 0
     bytes: int = 0
@@ -349,6 +350,7 @@ class Pool:
             raise
         self.writer.put(outcome)
         self.result.adopted += attempt.adopted
+        self.result.unchanged += attempt.unchanged
         if attempt.fatal is not None:
             self._fatal(attempt.fatal)
 
@@ -497,6 +499,7 @@ async def execute(
     counts = {
         "uploaded": result.uploaded,
         "adopted": result.adopted,
+        "unchanged": result.unchanged,
         "failed": result.failed,
         "released": result.released,
         "seconds": round(result.elapsed, 3),

@@ -41,6 +41,7 @@ from ..model import (
     Listed,
     ListedRow,
     Outcome,
+    QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
     ReportRow,
@@ -107,7 +108,8 @@ class Queue(abc.ABC):
         running, forgetting their upload; leave the others alone. Cost per row is an index
         lookup, independent of the table's size.
 
-        A re-queued row that was uploaded does not forget its entry: it goes into the record
+        A removed row whose file is found again is re-queued as changed. A re-queued row that
+        was uploaded does not forget its entry: it goes into the record
         of superseded entries (with the job, its filename and S3 key), for `run` to delete once
         the new version is registered.
 
@@ -283,8 +285,19 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def superseded_due(self, kb_id: str | None) -> list[Superseded]:
-        """Superseded entries, not kept, whose job is done again with another entry and that
-        no job points to: the ones `run` may delete now. Oldest first."""
+        """Superseded entries, not kept, whose job is done again with another entry (or is
+        removed) and that no job points to: the ones `run` may delete now. Oldest first."""
+
+    @abc.abstractmethod
+    def queued_under(self, kb_id: str, prefix: bytes) -> AsyncIterator[QueuedFile]:
+        """This scope's jobs of `kb_id` whose path starts with `prefix`, neither running nor
+        removed, in path order, streamed."""
+
+    @abc.abstractmethod
+    async def mark_removed(self, job_ids: Sequence[int]) -> int:
+        """One transaction: these jobs (unless running or removed) become `removed`; the
+        entry of each that has one goes to the superseded record, for `run` to delete.
+        Returns how many were marked."""
 
     @abc.abstractmethod
     async def settle_superseded(

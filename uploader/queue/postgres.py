@@ -48,6 +48,7 @@ from ..model import (
     ListedRow,
     Outcome,
     OutcomeKind,
+    QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
     ReportRow,
@@ -122,7 +123,8 @@ UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, relpath = r.relpath,
        enqueued_at = {NOW}, {BACK_TO_PENDING}, {FORGET_UPLOAD}, {_RETAGGED}
 FROM {_ENQUEUE_ROWS}
 WHERE j.kb_id = $1 AND j.path = r.path AND j.state <> 'running'
-  AND (j.size <> r.size OR j.mtime_ns <> r.mtime_ns OR j.state = 'skipped') AND {_OURS}"""
+  AND (j.size <> r.size OR j.mtime_ns <> r.mtime_ns OR j.state IN ('skipped', 'removed'))
+  AND {_OURS}"""
 
 # An unchanged row that is not uploaded yet takes what is asked now, for its register.
 _RETAG = f"""
@@ -133,6 +135,24 @@ WHERE j.kb_id = $1 AND j.path = r.path AND j.state NOT IN ('running', 'done') AN
        OR j.parser IS DISTINCT FROM COALESCE(r.parser, j.parser)
        OR j.display_name IS DISTINCT FROM COALESCE(r.display_name, j.display_name))"""
 
+
+# An uploaded row whose file has the same size and another mtime is rechecked by its hash
+# (step 'recheck'), not forgotten; before _SUPERSEDE and _REQUEUE_CHANGED.
+_RECHECK = f"""
+UPDATE jobs AS j SET mtime_ns = r.mtime_ns, relpath = r.relpath, enqueued_at = {NOW},
+       state = 'pending', attempts = 0, next_attempt_at = 0, step = 'recheck',
+       last_error = NULL, error_kind = NULL, started_at = NULL, finished_at = NULL,
+       duration = NULL, {_RETAGGED}
+FROM {_ENQUEUE_ROWS}
+WHERE j.kb_id = $1 AND j.path = r.path AND j.state = 'done' AND j.content_hash IS NOT NULL
+  AND j.file_id IS NOT NULL AND j.size = r.size AND j.mtime_ns <> r.mtime_ns AND {_OURS}"""
+
+_SUPERSEDE_AT_DONE = """
+INSERT INTO superseded (kb_id, entry_id, job_id, filename, s3_key, superseded_at)
+SELECT j.kb_id, s.entry_id, j.id, j.filename, j.s3_key, s.ended
+FROM jobs AS j, unnest($2::int8[], $3::text[], $4::float8[]) AS s(id, entry_id, ended)
+WHERE j.id = s.id AND j.lease_owner = $1
+ON CONFLICT (kb_id, entry_id) DO NOTHING"""
 
 # Before a changed row forgets its upload, its entry is remembered as superseded.
 _SUPERSEDE = f"""
@@ -171,7 +191,7 @@ ON CONFLICT (kb_id, path) DO NOTHING"""
 
 _JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
-    "filename, started_at, file_id, tags, parser, display_name"
+    "filename, started_at, file_id, tags, parser, display_name, content_hash"
 )
 
 # The rows a run may take ($5 host, $6 any host): its host's, shared ones, those of no
@@ -202,9 +222,9 @@ WITH o AS (
     SELECT * FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int4[], $6::float8[],
                          $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[],
                          $12::text[], $13::text[], $14::float8[], $15::float8[], $16::int8[],
-                         $17::int8[], $18::text[])
+                         $17::int8[], $18::text[], $19::text[])
     AS o(id, outcome, run_id, attempt, started, ended, step, error_kind, error, file_id,
-         s3_key, filename, next, unknown, size, mtime_ns, applied)
+         s3_key, filename, next, unknown, size, mtime_ns, applied, content_hash)
 ), written AS (
     UPDATE jobs AS j SET
         state = CASE o.outcome WHEN 'done' THEN 'done' WHEN 'failed' THEN 'failed'
@@ -215,6 +235,7 @@ WITH o AS (
         file_id = CASE o.outcome WHEN 'done' THEN o.file_id ELSE j.file_id END,
         tags_applied = CASE o.outcome WHEN 'done' THEN o.applied ELSE j.tags_applied END,
         s3_key = o.s3_key, filename = o.filename, size = o.size, mtime_ns = o.mtime_ns,
+        content_hash = o.content_hash,
         last_error = CASE o.outcome WHEN 'done' THEN NULL WHEN 'retry' THEN o.error
                      WHEN 'failed' THEN o.error ELSE j.last_error END,
         error_kind = CASE o.outcome WHEN 'done' THEN NULL WHEN 'retry' THEN o.error_kind
@@ -266,7 +287,7 @@ SELECT count(*) FROM back"""
 
 _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
     "done": (
-        "SELECT kb_id, path, size, duration, file_id, filename FROM jobs"
+        "SELECT kb_id, path, size, duration, file_id, filename, content_hash FROM jobs"
         " WHERE state = 'done' ORDER BY id",
         DoneRow,
     ),
@@ -353,8 +374,9 @@ _NOT_POINTED_AT = (
 _SUPERSEDED_DUE = f"""
 SELECT s.kb_id, s.entry_id, s.job_id, s.filename, j.file_id
 FROM superseded AS s JOIN jobs AS j ON j.id = s.job_id
-WHERE NOT s.kept AND ($1::text IS NULL OR s.kb_id = $1) AND j.state = 'done'
-  AND j.file_id IS NOT NULL AND j.file_id <> s.entry_id AND {_NOT_POINTED_AT}
+WHERE NOT s.kept AND ($1::text IS NULL OR s.kb_id = $1) AND {_NOT_POINTED_AT}
+  AND (j.state = 'removed' OR (j.state = 'done' AND j.file_id IS NOT NULL
+                               AND j.file_id <> s.entry_id))
 ORDER BY s.superseded_at, s.entry_id"""
 
 _SUPERSEDED_LISTED = f"""
@@ -364,6 +386,24 @@ JOIN remote_files AS r ON r.kb_id = s.kb_id AND r.id = s.entry_id AND r.seen_at 
 LEFT JOIN jobs AS j ON j.id = s.job_id
 WHERE s.kb_id = $1 AND {_NOT_POINTED_AT}
 ORDER BY s.superseded_at, s.entry_id"""
+
+_QUEUED_UNDER = f"""
+SELECT id, path, relpath FROM jobs
+WHERE kb_id = $1 AND substring(path from 1 for length($2::bytea)) = $2::bytea
+  AND state NOT IN ('running', 'removed') AND {_MAY_READ.replace("$5", "$3").replace("$6", "$4")}
+ORDER BY path"""
+
+_REMOVE_ENTRIES = f"""
+INSERT INTO superseded (kb_id, entry_id, job_id, filename, s3_key, superseded_at)
+SELECT kb_id, file_id, id, filename, s3_key, {NOW} FROM jobs
+WHERE id = ANY($1::int8[]) AND file_id IS NOT NULL AND state NOT IN ('running', 'removed')
+ON CONFLICT (kb_id, entry_id) DO NOTHING"""
+
+_MARK_REMOVED = f"""
+UPDATE jobs SET state = 'removed', file_id = NULL, remote_status = NULL, step = NULL,
+       s3_key = NULL, unknown_since = NULL, content_hash = NULL, next_attempt_at = 0,
+       last_error = 'the file is gone from its folder', error_kind = NULL, finished_at = {NOW}
+WHERE id = ANY($1::int8[]) AND state NOT IN ('running', 'removed')"""
 
 _DELETION_ROWS = """
 SELECT d.kb_id, d.entry_id, d.filename, d.reason, d.detail, d.command, d.deleted_at, j.path
@@ -595,8 +635,11 @@ class PgQueue(Queue):
                 args = _enqueue_args(readable, host, shared)
                 if not shared:
                     foreign = await conn.fetchval(_FOREIGN, kb_id, args[0], host)
+                touched = _status_count(await conn.execute(_RECHECK, kb_id, *args))
                 await conn.execute(_SUPERSEDE, kb_id, *args)
-                changed = _status_count(await conn.execute(_REQUEUE_CHANGED, kb_id, *args))
+                changed = touched + _status_count(
+                    await conn.execute(_REQUEUE_CHANGED, kb_id, *args)
+                )
                 await conn.execute(_RETAG, kb_id, *args)
                 new = _status_count(await conn.execute(_INSERT, kb_id, *args))
             if skipped:
@@ -658,12 +701,22 @@ class PgQueue(Queue):
     async def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> None:
         """One statement per batch (nearly always): one round trip, atomic by itself."""
         rounds = _rounds(outcomes)
-        async with self.transaction() if len(rounds) > 1 else self._connection() as conn:
+        superseding = [o for o in outcomes if o.outcome == OutcomeKind.DONE and o.supersedes]
+        several = len(rounds) > 1 or bool(superseding)
+        async with self.transaction() if several else self._connection() as conn:
+            if superseding:
+                await conn.execute(
+                    _SUPERSEDE_AT_DONE,
+                    owner,
+                    [o.job.id for o in superseding],
+                    [o.supersedes for o in superseding],
+                    [self._to_db(o.ended_at) for o in superseding],
+                )
             for batch in rounds:
                 await conn.fetchval(_OUTCOMES, owner, *self._outcome_args(batch))
 
     def _outcome_args(self, outcomes: Sequence[Outcome]) -> list[list[Any]]:
-        columns: list[list[Any]] = [[] for _ in range(17)]
+        columns: list[list[Any]] = [[] for _ in range(18)]
         for o in outcomes:
             j = o.job
             values = (
@@ -684,6 +737,7 @@ class PgQueue(Queue):
                 j.size,
                 j.mtime_ns,
                 j.tags if j.tags is not None else EMPTY_TAGS,
+                j.content_hash,
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
@@ -978,6 +1032,16 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             rows = await conn.fetch(_SUPERSEDED_DUE, kb_id)
         return [Superseded(*r) for r in rows]
+
+    async def queued_under(self, kb_id: str, prefix: bytes) -> AsyncIterator[QueuedFile]:
+        async for row in self._stream(_QUEUED_UNDER, kb_id, prefix, *self._reads()):
+            yield QueuedFile(*row)
+
+    async def mark_removed(self, job_ids: Sequence[int]) -> int:
+        ids = list(job_ids)
+        async with self.transaction() as conn:
+            await conn.execute(_REMOVE_ENTRIES, ids)
+            return _status_count(await conn.execute(_MARK_REMOVED, ids))
 
     async def settle_superseded(
         self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]

@@ -52,7 +52,10 @@ _OURS = "(shared OR host IN ('', :host) OR :shared)"
 BACK_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0, step = NULL,
        s3_key = NULL, last_error = NULL, error_kind = NULL, started_at = NULL,
        finished_at = NULL, duration = NULL"""
-FORGET_UPLOAD = "file_id = NULL, filename = NULL, remote_status = NULL, unknown_since = NULL"
+FORGET_UPLOAD = (
+    "file_id = NULL, filename = NULL, remote_status = NULL, unknown_since = NULL,"
+    " content_hash = NULL"
+)
 # retry-failed: as BACK_TO_PENDING, except that a failed update-metadata stays one (its entry
 # exists: uploading the file again would make a second).
 RETRY_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0,
@@ -69,7 +72,7 @@ _REQUEUE_CHANGED = f"""
 UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, enqueued_at = :now,
        {BACK_TO_PENDING}, {FORGET_UPLOAD}, {_RETAGGED}
 WHERE kb_id = :kb AND path = :path AND state != 'running'
-  AND (size != :size OR mtime_ns != :mtime_ns OR state = 'skipped') AND {_OURS}"""
+  AND (size != :size OR mtime_ns != :mtime_ns OR state IN ('skipped', 'removed')) AND {_OURS}"""
 
 # An unchanged row that is not uploaded yet takes what is asked now, for its register.
 _RETAG = f"""
@@ -78,6 +81,18 @@ WHERE kb_id = :kb AND path = :path AND state NOT IN ('running', 'done') AND {_OU
   AND (tags IS NOT COALESCE(:tags, tags) OR parser IS NOT COALESCE(:parser, parser)
        OR display_name IS NOT COALESCE(:display_name, display_name))"""
 
+
+# An uploaded row whose file has the same size and another mtime (a copy without -t, a
+# checkout) is not forgotten: its next attempt hashes the file and is done at once when the
+# bytes are the ones uploaded (step 'recheck'). Run before _SUPERSEDE and _REQUEUE_CHANGED,
+# which then no longer see it changed.
+_RECHECK = f"""
+UPDATE jobs SET mtime_ns = :mtime_ns, relpath = :relpath, enqueued_at = :now,
+       state = 'pending', attempts = 0, next_attempt_at = 0, step = 'recheck',
+       last_error = NULL, error_kind = NULL, started_at = NULL, finished_at = NULL,
+       duration = NULL, {_RETAGGED}
+WHERE kb_id = :kb AND path = :path AND state = 'done' AND content_hash IS NOT NULL
+  AND file_id IS NOT NULL AND size = :size AND mtime_ns != :mtime_ns AND {_OURS}"""
 
 # Before a changed row forgets its upload, its entry is remembered as superseded (the same
 # rows as _REQUEUE_CHANGED, read first).
@@ -100,7 +115,7 @@ FOREIGN_CHUNK = 500  # paths per "queued by another host?" lookup (bound variabl
 
 JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
-    "filename, started_at, file_id, tags, parser, display_name"
+    "filename, started_at, file_id, tags, parser, display_name, content_hash"
 )
 
 # The rows a run may take: its host's, shared ones, those of no recorded host, or any when
@@ -121,6 +136,7 @@ RETURNING {JOB_COLUMNS}"""
 
 _DONE = """
 UPDATE jobs SET state = 'done', step = 'registered', file_id = :file_id, s3_key = :s3_key,
+       content_hash = :content_hash,
        filename = :filename, finished_at = :ended, duration = :ended - started_at,
        lease_owner = NULL, lease_expires = NULL, last_error = NULL, error_kind = NULL,
        unknown_since = NULL, size = :size, mtime_ns = :mtime_ns, tags_applied = :applied
@@ -129,26 +145,26 @@ WHERE id = :id AND lease_owner = :owner"""
 _RETRY = """
 UPDATE jobs SET state = 'pending', next_attempt_at = :next, last_error = :error,
        error_kind = :kind, step = :step, s3_key = :s3_key, filename = :filename,
-       unknown_since = :unknown, lease_owner = NULL,
+       unknown_since = :unknown, lease_owner = NULL, content_hash = :content_hash,
        lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
 WHERE id = :id AND lease_owner = :owner"""
 
 _FAILED = """
 UPDATE jobs SET state = 'failed', last_error = :error, error_kind = :kind, finished_at = :ended,
        duration = :ended - started_at, step = :step, s3_key = :s3_key, filename = :filename,
-       unknown_since = :unknown, lease_owner = NULL,
+       unknown_since = :unknown, lease_owner = NULL, content_hash = :content_hash,
        lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
 WHERE id = :id AND lease_owner = :owner"""
 
 _RELEASED = """
 UPDATE jobs SET state = 'pending', attempts = attempts - 1, step = :step, s3_key = :s3_key,
-       filename = :filename, unknown_since = :unknown,
+       filename = :filename, unknown_since = :unknown, content_hash = :content_hash,
        lease_owner = NULL, lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
 WHERE id = :id AND lease_owner = :owner"""
 
 _UPLOADED = """
 UPDATE jobs SET step = 'uploaded', s3_key = :s3_key, filename = :filename, size = :size,
-       mtime_ns = :mtime_ns
+       mtime_ns = :mtime_ns, content_hash = :content_hash
 WHERE id = :id AND lease_owner = :owner"""
 
 # One statement per outcome kind (a kind without one fails at import, not mid-run).
@@ -160,6 +176,14 @@ _STATEMENTS = {
     OutcomeKind.UPLOADED: _UPLOADED,
 }
 assert set(_STATEMENTS) == set(OutcomeKind), "every outcome kind needs its statement"
+
+# A done outcome that replaces the job's entry by another: the old one is remembered as
+# superseded (read before _DONE writes the new one).
+_SUPERSEDE_AT_DONE = """
+INSERT INTO superseded (kb_id, entry_id, job_id, filename, s3_key, superseded_at)
+SELECT kb_id, :supersedes, id, filename, s3_key, :ended FROM jobs
+WHERE id = :id AND lease_owner = :owner
+ON CONFLICT (kb_id, entry_id) DO NOTHING"""
 
 _ATTEMPT = """
 INSERT INTO attempts (job_id, run_id, attempt, started_at, ended_at, outcome, step,
@@ -187,6 +211,8 @@ def _outcome_params(o: Outcome, owner: str) -> dict[str, Any]:
         "unknown": o.unknown_since,
         "size": j.size,
         "mtime_ns": j.mtime_ns,
+        "content_hash": j.content_hash,
+        "supersedes": o.supersedes,
         # what a done entry carries now: the tags its register or update-metadata sent
         "applied": j.tags if j.tags is not None else EMPTY_TAGS,
     }
@@ -222,7 +248,7 @@ def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
     "done": (
-        "SELECT kb_id, path, size, duration, file_id, filename FROM jobs"
+        "SELECT kb_id, path, size, duration, file_id, filename, content_hash FROM jobs"
         " WHERE state = 'done' ORDER BY id",
         DoneRow,
     ),
@@ -270,8 +296,9 @@ class JobsMixin(SqliteBase):
             if shared:
                 await self._conn.executemany(_MAKE_SHARED, readable + skipped)
             foreign = 0 if shared else await self._foreign(kb_id, [p["path"] for p in readable])
+            touched = (await self._conn.executemany(_RECHECK, readable)).rowcount
             await self._conn.executemany(_SUPERSEDE, readable)
-            changed = (await self._conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
+            changed = touched + (await self._conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
             await self._conn.executemany(_RETAG, readable + skipped)
             new = (await self._conn.executemany(_INSERT, readable)).rowcount
             if skipped:
@@ -341,7 +368,10 @@ class JobsMixin(SqliteBase):
             by_kind.setdefault(OutcomeKind(o.outcome), []).append(params)
             if o.outcome != OutcomeKind.UPLOADED:
                 attempts.append(params)
+        superseding = [p for p in by_kind.get(OutcomeKind.DONE, []) if p["supersedes"]]
         async with self.transaction():
+            if superseding:
+                await self._conn.executemany(_SUPERSEDE_AT_DONE, superseding)
             for kind, params in by_kind.items():
                 await self._conn.executemany(_STATEMENTS[kind], params)
             if attempts:

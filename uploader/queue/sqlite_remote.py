@@ -19,6 +19,7 @@ from ..model import (
     KeyOwner,
     Listed,
     ListedRow,
+    QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
     RequeueItem,
@@ -106,8 +107,9 @@ _NOT_POINTED_AT = (
 _SUPERSEDED_DUE = f"""
 SELECT s.kb_id, s.entry_id, s.job_id, s.filename, j.file_id
 FROM superseded AS s JOIN jobs AS j ON j.id = s.job_id
-WHERE NOT s.kept AND (:kb IS NULL OR s.kb_id = :kb) AND j.state = 'done'
-  AND j.file_id IS NOT NULL AND j.file_id != s.entry_id AND {_NOT_POINTED_AT}
+WHERE NOT s.kept AND (:kb IS NULL OR s.kb_id = :kb) AND {_NOT_POINTED_AT}
+  AND (j.state = 'removed' OR (j.state = 'done' AND j.file_id IS NOT NULL
+                               AND j.file_id != s.entry_id))
 ORDER BY s.superseded_at, s.entry_id"""
 
 _SUPERSEDED_LISTED = f"""
@@ -117,6 +119,24 @@ JOIN remote_files AS r ON r.kb_id = s.kb_id AND r.id = s.entry_id AND r.seen_at 
 LEFT JOIN jobs AS j ON j.id = s.job_id
 WHERE s.kb_id = :kb AND {_NOT_POINTED_AT}
 ORDER BY s.superseded_at, s.entry_id"""
+
+_QUEUED_UNDER = """
+SELECT id, path, relpath FROM jobs
+WHERE kb_id = :kb AND substr(path, 1, length(:prefix)) = :prefix
+  AND state NOT IN ('running', 'removed') AND (shared OR host IN ('', :host) OR :any_host)
+ORDER BY path"""
+
+_REMOVE_ENTRY = """
+INSERT INTO superseded (kb_id, entry_id, job_id, filename, s3_key, superseded_at)
+SELECT kb_id, file_id, id, filename, s3_key, :now FROM jobs
+WHERE id = :id AND file_id IS NOT NULL AND state NOT IN ('running', 'removed')
+ON CONFLICT (kb_id, entry_id) DO NOTHING"""
+
+_MARK_REMOVED = """
+UPDATE jobs SET state = 'removed', file_id = NULL, remote_status = NULL, step = NULL,
+       s3_key = NULL, unknown_since = NULL, content_hash = NULL, next_attempt_at = 0,
+       last_error = 'the file is gone from its folder', error_kind = NULL, finished_at = :now
+WHERE id = :id AND state NOT IN ('running', 'removed')"""
 
 _RECORD_DELETION = """
 INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
@@ -266,6 +286,25 @@ class RemoteMixin(SqliteBase):
     async def superseded_due(self, kb_id: str | None) -> list[Superseded]:
         rows = await self._conn.execute_fetchall(_SUPERSEDED_DUE, {"kb": kb_id})
         return [Superseded(*r) for r in rows]
+
+    async def queued_under(self, kb_id: str, prefix: bytes) -> AsyncIterator[QueuedFile]:
+        params = {
+            "kb": kb_id,
+            "prefix": prefix,
+            "host": self.scope.host,
+            "any_host": int(self.scope.shared),
+        }
+        async with self._conn.execute(_QUEUED_UNDER, params) as cur:
+            while rows := await cur.fetchmany(5000):
+                for row in rows:
+                    yield QueuedFile(*row)
+
+    async def mark_removed(self, job_ids: Sequence[int]) -> int:
+        params = [{"id": i, "now": time.time()} for i in job_ids]
+        async with self.transaction():
+            await self._conn.executemany(_REMOVE_ENTRY, params)
+            cur = await self._conn.executemany(_MARK_REMOVED, params)
+        return cur.rowcount
 
     async def settle_superseded(
         self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
