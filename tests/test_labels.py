@@ -5,6 +5,7 @@ update-metadata alone, read back by `verify`; against both dialects of the local
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,101 @@ def test_batched_registers_carry_each_files_own_labels(
         "legal/c.txt": ({"legal"}, {}),
         "d.txt": ({"x", "y"}, {}),
     }
+
+
+# --- changed later, without uploading again ----------------------------------------------------
+
+
+def uploaded(tmp_path: Path, server: MaiAgentServer, count: int, *tag_args: str) -> Path:
+    """`count` nested files enqueued with `tag_args` and uploaded: the database."""
+    nested(tmp_path / "data", count)
+    db = tmp_path / "q.db"
+    enqueue(db, tmp_path / "data", *tag_args)
+    ran = invoke(db, *run_args(server, "--workers", "16"))
+    assert ran.exit_code == 0, ran.output
+    return db
+
+
+@BOTH
+def test_a_changed_label_is_sent_by_update_metadata_alone(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db = uploaded(tmp_path, maiagent, 60, "--labels-from-path", "1", "--label", "batch-2026")
+    entry_ids = {r["filename"]: r["id"] for r in maiagent.records(KB)}
+    result = invoke(
+        db,
+        "enqueue",
+        str(tmp_path / "data"),
+        "--kb",
+        KB,
+        *("--labels-from-path", "1", "--label", "batch-2027", "--metadata", "source=nas"),
+    )
+    assert result.exit_code == 0, result.output
+    assert "60 uploaded files get new labels or metadata on the next run" in result.stdout
+    maiagent.reset_stats()
+    ran = invoke(db, *run_args(maiagent, "--workers", "16"))
+    assert ran.exit_code == 0, ran.output
+    stats = maiagent.stats()
+    assert (stats["presign"], stats["s3"], stats["register"]) == (0, 0, 0)
+    assert stats["update_metadata"] == 60
+    assert stats["label_create"] == 1, "batch-2027 made once"
+    records = maiagent.records(KB)
+    assert {r["filename"]: r["id"] for r in records} == entry_ids, "the same entries"
+    assert entry_tags(maiagent) == {
+        name: ({"batch-2027", name.split("/")[0]}, {"source": "nas"}) for name in entry_ids
+    }
+    assert {r["state"] for r in rows(db)} == {"done"}
+    updates = rows(db, "SELECT * FROM attempts WHERE step = 'metadata'")
+    assert len(updates) == 60 and {a["outcome"] for a in updates} == {"done"}
+    # Nothing changed since: enqueue and run again send nothing.
+    enqueue(
+        db,
+        tmp_path / "data",
+        "--labels-from-path",
+        "1",
+        "--label",
+        "batch-2027",
+        "--metadata",
+        "source=nas",
+    )
+    maiagent.reset_stats()
+    assert invoke(db, *run_args(maiagent)).exit_code == 0
+    assert maiagent.stats()["update_metadata"] == 0
+
+
+def test_update_metadata_finds_the_method_and_label_form_the_service_takes(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(update_metadata_methods="POST", update_metadata_label_forms="ids")
+    db = uploaded(tmp_path, server, 20, "--label", "old")
+    enqueue(db, tmp_path / "data", "--label", "new", "--label", "other")
+    server.reset_stats()
+    ran = invoke(db, *run_args(server, "--workers", "8"))
+    assert ran.exit_code == 0, ran.output
+    stats = server.stats()
+    # The first update is refused twice (405 to PATCH, 400 to label objects), then POST with
+    # bare ids goes for all 20.
+    assert (stats["update_metadata_patch"], stats["update_metadata_post"]) == (1, 21)
+    assert {frozenset(t[0]) for t in entry_tags(server).values()} == {frozenset({"new", "other"})}
+    [log] = (tmp_path / "logs").glob("upload_log_*.log")
+    assert "update-metadata: the service takes POST with labels as bare ids" in log.read_text()
+
+
+def test_a_failed_update_is_retried_as_an_update_never_an_upload(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory()
+    db = uploaded(tmp_path, server, 5, "--metadata", "v=1")
+    enqueue(db, tmp_path / "data", "--metadata", "v=2")
+    server.faults.update_metadata_methods = "GET"  # refuses both: the updates fail
+    ran = invoke(db, *run_args(server))
+    assert ran.exit_code == 1, ran.output
+    assert {r["state"] for r in rows(db)} == {"failed"}
+    server.faults.update_metadata_methods = "PATCH,POST"
+    assert invoke(db, "retry-failed").exit_code == 0
+    server.reset_stats()
+    ran = invoke(db, *run_args(server))
+    assert ran.exit_code == 0, ran.output
+    assert (server.stats()["presign"], server.stats()["update_metadata"]) == (0, 5)
+    assert len(server.records(KB)) == 5
+    assert {m["v"] for _labels, m in entry_tags(server).values()} == {"2"}

@@ -15,6 +15,7 @@ from tests.queue_backends import queue_target
 from uploader.model import (
     Deletion,
     DuplicateItem,
+    EnqueueCounts,
     ErrorKind,
     Job,
     ListedRow,
@@ -28,7 +29,7 @@ from uploader.model import (
     SupersedeFailure,
 )
 from uploader.queue import Queue, open_queue
-from uploader.tags import encode
+from uploader.tags import EMPTY, encode
 
 __all__ = ["queue_target"]  # the fixture, imported for pytest
 
@@ -187,17 +188,37 @@ async def test_what_an_enqueue_asks_of_the_entry_is_kept_per_job(queue_target: s
             OWNER,
             [outcome(j, OutcomeKind.DONE, file_id=f"file-{j.relpath}") for j in (a, b)],
         )
-        # Asking the same again, or nothing, changes nothing.
+        # Asking the same again, or nothing, changes nothing; asking other tags of an
+        # uploaded file puts it back for update-metadata only, its entry kept.
         same = await q.enqueue_batch(KB, [tagged("a", hr), tagged("b", None)])
-        assert (same.unchanged, same.changed) == (2, 0)
-        assert await states(q) == {"done": 2}
+        assert (same.unchanged, same.relabel) == (2, 0)
+        assert await q.enqueue_batch(KB, [tagged("b", EMPTY)]) == EnqueueCounts(
+            scanned=1, unchanged=1
+        ), "b was registered without labels or metadata: its entry carries EMPTY"
+        again = await q.enqueue_batch(KB, [tagged("a", ops), tagged("b", hr)])
+        assert (again.unchanged, again.relabel, again.changed) == (2, 2, 0)
+        assert await states(q) == {"pending": 2}
+        a2, b2 = await q.claim(OWNER, 2, LEASE, KB)
+        assert (a2.step, a2.file_id, a2.tags, a2.parser) == (Step.METADATA, "file-a", ops, parser)
+        assert (b2.step, b2.file_id, b2.tags) == (Step.METADATA, "file-b", hr)
+        # A failed update-metadata goes back as one: its file is not uploaded again.
+        await q.record_outcomes(
+            OWNER,
+            [
+                outcome(a2, OutcomeKind.DONE, file_id="file-a"),
+                outcome(b2, OutcomeKind.FAILED, error_kind=ErrorKind.HTTP_4XX),
+            ],
+        )
+        assert await q.retry_failed(None, [], None) == 1
+        [b3] = await q.claim(OWNER, 2, LEASE, KB)
+        assert (b3.id, b3.step, b3.file_id) == (b.id, Step.METADATA, "file-b")
         # A pending row takes new tags for its register; a changed file is uploaded anew
         # with the tags it had unless others are asked.
-        await q.enqueue_batch(KB, [tagged("c", None), tagged("a", None, size=11)])
-        await q.enqueue_batch(KB, [tagged("c", ops, display_name="C")])
-        a2, c = await q.claim(OWNER, 2, LEASE, KB)
-        assert (a2.step, a2.file_id, a2.tags, a2.parser) == (None, None, hr, parser)
-        assert (c.tags, c.display_name) == (ops, "C")
+        await q.record_outcomes(OWNER, [outcome(b3, OutcomeKind.RELEASED)])
+        await q.enqueue_batch(KB, [tagged("b", ops), tagged("a", None, size=11)])
+        a4, b4 = await q.claim(OWNER, 2, LEASE, KB)
+        assert (a4.step, a4.file_id, a4.tags) == (None, None, ops)
+        assert (b4.step, b4.tags) == (Step.METADATA, ops)
 
 
 async def _done(q: Queue, *names: str) -> list[Job]:

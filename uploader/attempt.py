@@ -115,6 +115,8 @@ class Attempt:
         await slots.acquire()
         held = True
         try:
+            if self.job.step == Step.METADATA:
+                return await self._relabel()
             adopted = await self._upload()
             if adopted is not None:
                 return adopted
@@ -169,6 +171,18 @@ class Attempt:
         file_id = await self._s.registrar.register(job.kb_id, item)
         self._registering_since = None
         return self._outcome(OutcomeKind.DONE, file_id=file_id)
+
+    async def _relabel(self) -> Outcome:
+        """An uploaded file whose labels or metadata changed at enqueue: update-metadata
+        on its entry, nothing else (the file is not read). Sending it twice does no harm, so
+        there is no doubt to settle."""
+        job = self.job
+        job.unknown_since = None
+        assert job.file_id is not None
+        names, metadata = tags.decode(job.tags)
+        await self._s.labels.update_entry(job.kb_id, job.file_id, names, metadata)
+        log.info("labels and metadata of %s updated on entry %s", job.relpath, job.file_id)
+        return self._outcome(OutcomeKind.DONE, file_id=job.file_id)
 
     async def _register_item(self, key: str, filename: str) -> RegisterItem:
         """What the register sends of this file: its labels (by id, made where missing),

@@ -377,8 +377,9 @@ def enqueue(
     left alone.
 
     --label, --labels-from-path, --metadata and --manifest say what each file's entry carries
-    (all of it; given again, files not uploaded yet take the new values). With --manifest only
-    the files it names are queued, in one transaction: a bad row queues nothing.
+    (all of it: given again with other values, uploaded files get the new ones on the next
+    run through update-metadata, without uploading again). With --manifest only the files it
+    names are queued, in one transaction: a bad row queues nothing.
 
     A file that vanished is never deleted from the knowledge base unless asked: with
     --delete-removed the queued files of DIRECTORY that are gone are marked `removed`, and the
@@ -435,6 +436,11 @@ def enqueue(
     )
     if gone is not None:
         _print_removed(gone, directory, dry_run=False)
+    if counts.relabel:
+        click.echo(
+            f"{counts.relabel} uploaded files get new labels or metadata on the next run "
+            "(update-metadata only, no upload)"
+        )
     if counts.foreign:
         click.echo(
             f"warning: {counts.foreign} files are at paths another host queued, left to it: "

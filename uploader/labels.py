@@ -1,4 +1,5 @@
-"""Label names to label ids, per knowledge base, by get-or-create (issue 14).
+"""Label names to label ids, per knowledge base, by get-or-create, and an entry's labels and
+metadata changed in place by update-metadata (issue 14).
 
 A run's workers all want the same few labels at the same moment (16 files of `hr/` start
 together), and a label must be created once: two POSTs of one name make a duplicate or a
@@ -8,6 +9,12 @@ runs the ids are kept in the queue (`label_ids`/`store_labels`), so a second run
 service nothing for labels it already knows. Across processes (several hosts, one queue) a
 create can still lose the race: the service answers that the name exists
 (`label_exists`), and the label is then read from a fresh listing.
+
+update-metadata: the sources disagree on the method (PATCH in the examples, POST in the
+docs' index) and on how labels go (`[{"id"}]` objects; bare ids in one example). The first
+call of a run tries PATCH with objects and changes what the answer refuses (405: the other
+method; 400 with labels sent: the other form); what was accepted is used for the rest of the
+run, and logged.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from .client import ApiError, MaiAgentClient
+from .client import ApiError, LabelForm, MaiAgentClient, Method
 from .model import ErrorKind
 from .queue import Queue
 
@@ -37,6 +44,9 @@ class LabelResolver:
         self._listing: dict[str, asyncio.Task[None]] = {}  # the listing being read, per kb
         self._resolving: dict[tuple[str, str], asyncio.Task[str]] = {}
         self.created = 0  # labels this run made
+        # how update-metadata is spoken, once an answer said (None: not yet known)
+        self.form: tuple[Method, LabelForm] | None = None
+        self._probing = asyncio.Lock()
 
     async def ids(self, kb_id: str, names: Sequence[str]) -> tuple[str, ...]:
         if not names:
@@ -52,6 +62,58 @@ class LabelResolver:
                 )
             )
         return tuple(known[name] for name in names)
+
+    async def update_entry(
+        self, kb_id: str, file_id: str, names: Sequence[str], metadata: dict[str, Any]
+    ) -> None:
+        """Give an entry exactly these labels (made where missing) and this metadata."""
+        label_ids = await self.ids(kb_id, names)
+        if self.form is None:
+            async with self._probing:  # the others wait for the first answer
+                if self.form is None:
+                    await self._probe(kb_id, file_id, label_ids, metadata)
+                    return
+        method, label_form = self.form
+        await self._client.update_metadata(kb_id, file_id, label_ids, metadata, method, label_form)
+
+    async def _probe(
+        self, kb_id: str, file_id: str, label_ids: Sequence[str], metadata: dict[str, Any]
+    ) -> None:
+        """The first update-metadata of the run: PATCH with label objects, then what the
+        refusals point to (see the module docstring)."""
+        method: Method = "PATCH"
+        label_form: LabelForm = "objects"
+        tried: set[tuple[Method, LabelForm]] = set()
+        while True:
+            tried.add((method, label_form))
+            try:
+                await self._client.update_metadata(
+                    kb_id, file_id, label_ids, metadata, method, label_form
+                )
+            except ApiError as exc:
+                if exc.error_kind == "method_not_allowed":
+                    method = "POST" if method == "PATCH" else "PATCH"
+                elif exc.status == 400 and label_ids:
+                    label_form = "ids" if label_form == "objects" else "objects"
+                else:
+                    raise
+                if (method, label_form) in tried:
+                    raise
+                log.info(
+                    "update-metadata refused (%s): trying %s, labels as %s",
+                    exc,
+                    method,
+                    label_form,
+                )
+                continue
+            self.form = (method, label_form)
+            log.info(
+                "update-metadata: the service takes %s with labels as %s; used for the rest of"
+                " the run",
+                method,
+                "objects" if label_form == "objects" else "bare ids",
+            )
+            return
 
     async def _load(self, kb_id: str) -> None:
         self._known[kb_id] = await self._queue.label_ids(kb_id)

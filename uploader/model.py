@@ -124,9 +124,12 @@ class EnqueueCounts:
     skipped: int = 0
     # files at a path another host queued, not on shared storage: left to that host's row
     foreign: int = 0
+    # uploaded files (among the unchanged) whose labels or metadata changed: update-metadata
+    # on the next run
+    relabel: int = 0
 
     def add(self, other: EnqueueCounts) -> None:
-        for name in ("scanned", "new", "changed", "unchanged", "skipped", "foreign"):
+        for name in ("scanned", "new", "changed", "unchanged", "skipped", "foreign", "relabel"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 

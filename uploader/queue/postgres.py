@@ -135,6 +135,15 @@ WHERE j.kb_id = $1 AND j.path = r.path AND j.state NOT IN ('running', 'done') AN
        OR j.parser IS DISTINCT FROM COALESCE(r.parser, j.parser)
        OR j.display_name IS DISTINCT FROM COALESCE(r.display_name, j.display_name))"""
 
+# An uploaded row whose entry does not carry the labels and metadata asked now goes back to
+# pending at step 'metadata': its next attempt sends update-metadata only.
+_RELABEL = f"""
+UPDATE jobs AS j SET {_RETAGGED}, state = 'pending', step = 'metadata', attempts = 0,
+       next_attempt_at = 0
+FROM {_ENQUEUE_ROWS}
+WHERE j.kb_id = $1 AND j.path = r.path AND j.state = 'done' AND r.tags IS NOT NULL
+  AND j.tags_applied IS DISTINCT FROM r.tags AND {_OURS}"""
+
 
 # An uploaded row whose file has the same size and another mtime is rechecked by its hash
 # (step 'recheck'), not forgotten; before _SUPERSEDE and _REQUEUE_CHANGED.
@@ -626,7 +635,7 @@ class PgQueue(Queue):
         statement matches on the (kb_id, path) index."""
         readable = [r for r in rows if r.skip is None]
         skipped = [r for r in rows if r.skip is not None]
-        changed = new = foreign = 0
+        changed = new = foreign = relabel = 0
         host, shared = self.scope.host, self.scope.shared
         async with self.transaction() as conn:
             if shared:
@@ -640,6 +649,7 @@ class PgQueue(Queue):
                 changed = touched + _status_count(
                     await conn.execute(_REQUEUE_CHANGED, kb_id, *args)
                 )
+                relabel = _status_count(await conn.execute(_RELABEL, kb_id, *args))
                 await conn.execute(_RETAG, kb_id, *args)
                 new = _status_count(await conn.execute(_INSERT, kb_id, *args))
             if skipped:
@@ -655,6 +665,7 @@ class PgQueue(Queue):
             unchanged=len(readable) - new - changed - foreign,
             skipped=len(skipped),
             foreign=foreign,
+            relabel=relabel,
         )
 
     async def _analyze_if_grown(self, added: int) -> None:

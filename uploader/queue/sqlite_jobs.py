@@ -81,6 +81,13 @@ WHERE kb_id = :kb AND path = :path AND state NOT IN ('running', 'done') AND {_OU
   AND (tags IS NOT COALESCE(:tags, tags) OR parser IS NOT COALESCE(:parser, parser)
        OR display_name IS NOT COALESCE(:display_name, display_name))"""
 
+# An uploaded row whose entry does not carry the labels and metadata asked now goes back to
+# pending at step 'metadata': its next attempt sends update-metadata only.
+_RELABEL = f"""
+UPDATE jobs SET {_RETAGGED}, state = 'pending', step = 'metadata', attempts = 0,
+       next_attempt_at = 0
+WHERE kb_id = :kb AND path = :path AND state = 'done' AND :tags IS NOT NULL
+  AND tags_applied IS NOT :tags AND {_OURS}"""
 
 # An uploaded row whose file has the same size and another mtime (a copy without -t, a
 # checkout) is not forgotten: its next attempt hashes the file and is done at once when the
@@ -299,6 +306,7 @@ class JobsMixin(SqliteBase):
             touched = (await self._conn.executemany(_RECHECK, readable)).rowcount
             await self._conn.executemany(_SUPERSEDE, readable)
             changed = touched + (await self._conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
+            relabel = (await self._conn.executemany(_RELABEL, readable)).rowcount
             await self._conn.executemany(_RETAG, readable + skipped)
             new = (await self._conn.executemany(_INSERT, readable)).rowcount
             if skipped:
@@ -311,6 +319,7 @@ class JobsMixin(SqliteBase):
             unchanged=len(readable) - new - changed - foreign,
             skipped=len(skipped),
             foreign=foreign,
+            relabel=relabel,
         )
 
     async def _foreign(self, kb_id: str, paths: list[bytes]) -> int:
