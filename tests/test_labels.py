@@ -5,6 +5,7 @@ update-metadata alone, read back by `verify`; against both dialects of the local
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,17 @@ def test_a_failed_update_is_retried_as_an_update_never_an_upload(
     assert (server.stats()["presign"], server.stats()["update_metadata"]) == (0, 5)
     assert len(server.records(KB)) == 5
     assert {m["v"] for _labels, m in entry_tags(server).values()} == {"2"}
+
+
+def test_a_touched_file_with_new_labels_is_rechecked_and_relabelled(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db = uploaded(tmp_path, maiagent, 6, "--label", "old")
+    for path in (tmp_path / "data").rglob("*.txt"):
+        os.utime(path, ns=(10**18, 10**18))  # same bytes, another mtime (a copy without -t)
+    enqueue(db, tmp_path / "data", "--label", "new")
+    maiagent.reset_stats()
+    ran = invoke(db, *run_args(maiagent))
+    assert ran.exit_code == 0, ran.output
+    assert (maiagent.stats()["presign"], maiagent.stats()["update_metadata"]) == (0, 6)
+    assert {frozenset(t[0]) for t in entry_tags(maiagent).values()} == {frozenset({"new"})}

@@ -137,6 +137,10 @@ class Attempt:
         if job.step == Step.RECHECK:
             if await same_content(job):
                 self.unchanged = True
+                if job.tags is not None:
+                    # the enqueue that asked for the recheck may have asked other labels
+                    # or metadata as well (they were not compared): give them to the entry
+                    return await self._relabel()
                 return self._outcome(OutcomeKind.DONE, file_id=job.file_id)
             job.step = None  # new bytes: uploaded below, its entry superseded once done
         job.filename = job.filename or job.display_name or self._name()
