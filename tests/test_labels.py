@@ -273,6 +273,7 @@ def test_a_changed_label_is_sent_by_update_metadata_alone(
     assert entry_tags(maiagent) == {
         name: ({"batch-2027", name.split("/")[0]}, {"source": "nas"}) for name in entry_ids
     }
+    assert "uploaded 0, failed 0, skipped 0, relabelled 60 (update-metadata" in ran.stdout
     assert {r["state"] for r in rows(db)} == {"done"}
     updates = rows(db, "SELECT * FROM attempts WHERE step = 'metadata'")
     assert len(updates) == 60 and {a["outcome"] for a in updates} == {"done"}

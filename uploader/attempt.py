@@ -85,6 +85,7 @@ class Attempt:
         self.error: ApiError | None = None  # what ended it, for the pool's outage gate
         self.adopted = False
         self.unchanged = False  # done by its hash: the same bytes as uploaded, nothing sent
+        self.relabelled = False  # done by update-metadata alone (step `metadata`)
 
     async def run(self) -> Outcome:
         try:
@@ -186,6 +187,7 @@ class Attempt:
         names, metadata = tags.decode(job.tags)
         await self._s.labels.update_entry(job.kb_id, job.file_id, names, metadata)
         log.info("labels and metadata of %s updated on entry %s", job.relpath, job.file_id)
+        self.relabelled = job.step == Step.METADATA  # a recheck's counts as unchanged
         return self._outcome(OutcomeKind.DONE, file_id=job.file_id)
 
     async def _register_item(self, key: str, filename: str) -> RegisterItem:

@@ -520,8 +520,11 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     rate = (result.uploaded + result.failed) / result.elapsed if result.elapsed else 0.0
     mb = result.bytes / 1e6 / result.elapsed if result.elapsed else 0.0
     unchanged = f", unchanged {result.unchanged} (same content)" if result.unchanged else ""
+    if result.relabelled:
+        unchanged += f", relabelled {result.relabelled} (update-metadata, no upload)"
+    uploaded = result.uploaded - result.unchanged - result.relabelled
     return (
-        f"uploaded {result.uploaded - result.unchanged}, failed {result.failed}, skipped "
+        f"uploaded {uploaded}, failed {result.failed}, skipped "
         f"{skipped}{unchanged} in {result.elapsed:.1f}s ({rate:.1f} files/s, {mb:.2f} MB/s)"
     )
 

@@ -61,6 +61,7 @@ class RunResult:
     uploaded: int = 0
     adopted: int = 0
     unchanged: int = 0  # of `uploaded`: touched files whose bytes were the ones uploaded
+    relabelled: int = 0  # of `uploaded`: entries given new labels or metadata, no upload
     failed: int = 0
     released: int = 0
     bytes: int = 0
@@ -351,6 +352,7 @@ class Pool:
         self.writer.put(outcome)
         self.result.adopted += attempt.adopted
         self.result.unchanged += attempt.unchanged
+        self.result.relabelled += attempt.relabelled
         if attempt.fatal is not None:
             self._fatal(attempt.fatal)
 
@@ -500,6 +502,7 @@ async def execute(
         "uploaded": result.uploaded,
         "adopted": result.adopted,
         "unchanged": result.unchanged,
+        "relabelled": result.relabelled,
         "failed": result.failed,
         "released": result.released,
         "seconds": round(result.elapsed, 3),
