@@ -485,3 +485,15 @@ async def test_label_ids_are_kept_per_knowledge_base(queue_target: str) -> None:
         await q.store_labels(KB, [("hr", "id-3"), ("hr", "id-3")])
         assert await q.label_ids(KB) == {"hr": "id-3", "ops": "id-2"}
         assert await q.label_ids("kb-other") == {"hr": "id-9"}
+
+
+@async_test
+async def test_a_run_keeps_the_reason_it_stopped(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        stopped = await q.start_run(OWNER, {})
+        fine = await q.start_run(OWNER, {})
+        await q.set_run_fatal(stopped, "API key rejected (HTTP 401): Invalid API key")
+        await q.end_run(stopped, {}, 3)
+        await q.end_run(fine, {}, 0)
+        assert await q.run_fatal(stopped) == "API key rejected (HTTP 401): Invalid API key"
+        assert await q.run_fatal(fine) is None

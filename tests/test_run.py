@@ -476,7 +476,7 @@ def test_log_progress_line_summary_and_exit_code_tell_what_happened(
     assert summary is not None and summary.groups() == ("29", "1", "0")
     assert f"uploader --db {ws.db} export-report" in result.stdout
     log = ws.logs()
-    assert "run started" in log and "'workers': 10" in log and "'max_retries': 10" in log
+    assert re.search(r"run 1 started .*\bmax_retries=10\b.*\bworkers=10\b", log), log
     assert re.search(r"retry \d+/10 of dir\d/doc\d+\.txt", log)
     assert re.search(r"failed dir4/doc1\.txt after 1 attempt\(s\): .*no longer exists", log)
     assert_key_nowhere(ws, API_KEY, result.output)

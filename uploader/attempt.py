@@ -44,7 +44,7 @@ from .reconcile import RemoteIndex
 from .registrar import Registrar
 from .replace import same_content
 
-log = logging.getLogger("uploader.run")
+log = logging.getLogger("uploader.attempt")
 
 
 @dataclass
@@ -228,10 +228,10 @@ class Attempt:
         self.error = err
         job, policy = self.job, self._s.policy
         if err.kind == "permanent" or job.attempts >= 1 + policy.max_retries:
-            log.info("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
+            log.error("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
             return self._outcome(OutcomeKind.FAILED, err)
         delay = backoff(job.attempts, policy.retry_delay, err.retry_after)
-        log.info(
+        log.warning(
             "retry %d/%d of %s in %.1fs: %s",
             job.attempts,
             policy.max_retries,

@@ -19,6 +19,7 @@ from . import (
     __version__,
     checkup,
     client,
+    logs,
     outage,
     queue,
     reconcile,
@@ -35,6 +36,7 @@ from .queue import Queue, anchor, redact
 from .scan import display
 
 T = TypeVar("T")
+run_logger = logging.getLogger("uploader.run")
 DEFAULT_BASE_URL = "https://api.maiagent.ai/api/v1/"
 
 
@@ -161,6 +163,8 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(logs.for_the_terminal)
     root = logging.getLogger("uploader")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -493,19 +497,21 @@ class BatchSize(click.ParamType):
         return number
 
 
-def _open_log(db_path: str) -> str:
-    """logs/upload_log_<time>.log beside the database, owner-only, INFO and up."""
-    folder = os.path.join(os.path.dirname(os.path.abspath(db_path)), "logs")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    path = os.path.join(folder, f"upload_log_{dt.datetime.now():%Y%m%d_%H%M%S}.log")
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("uploader")
-    root.addHandler(handler)
-    root.setLevel(min(root.level, logging.INFO))
-    return path
+def _log_broken(message: str) -> None:
+    click.echo(f"warning: {message}: logging to stderr only", err=True)
+
+
+def _open_log(ctx: Context, path: str | None, level_name: str) -> logs.RunLog | None:
+    """The run's log file (--log-file, else logs/ beside the database) at --log-level, or DEBUG
+    with -v so that the HTTP lines reach it too. One that cannot be made is a warning: the run
+    goes on, logging to stderr only."""
+    target = path or logs.default_path(ctx.anchor)
+    level = logging.DEBUG if ctx.verbose else logs.LEVELS[level_name]
+    try:
+        return logs.open_file(target, level, _log_broken)
+    except OSError as exc:
+        _log_broken(f"cannot write the log {target} ({exc.strerror or exc})")
+        return None
 
 
 def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
@@ -590,6 +596,19 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     "claim any host's files."
 )
 @click.option(
+    "--log-file",
+    metavar="PATH",
+    help="Write the run's log here (appended to) instead of logs/ beside the database.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(list(logs.LEVELS), case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Least level the log file gets (rclone's names; NOTICE: warnings and errors); -v "
+    "makes it DEBUG, with every HTTP call.",
+)
+@click.option(
     "--error-on-nothing-to-do",
     is_flag=True,
     help="Exit 9 when nothing is pending (rclone's --error-on-no-transfer); else 0.",
@@ -635,17 +654,37 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     )
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
     shared = opts.pop("shared")
+    log_file, log_level = opts.pop("log_file"), opts.pop("log_level")
     recorded = {**opts, "base_url": base_url, "host_id": ctx.host_id, "shared": shared}
+    run_log = _open_log(ctx, log_file, log_level)
+    run_ids: list[int] = []
+
+    def started(run_id: int) -> None:
+        """The run has its id: the log takes it as its name and says what the run is."""
+        run_ids.append(run_id)
+        where = "stderr only"
+        if run_log is not None:
+            where = run_log.baseFilename if log_file else logs.name_for_run(run_log, run_id)
+        shown = {**recorded, "kb_id": recorded["kb_id"] or "all"}
+        shown["register_batch"] = recorded["register_batch"] or "auto"
+        run_logger.info("run %d started (log %s): %s", run_id, where, logs.readable(shown))
 
     async def body(q: Queue) -> tuple[worker.RunResult, dict[str, int]]:
-        log_path = _open_log(ctx.anchor)
-        logging.getLogger("uploader.run").info("run started: %s, log %s", recorded, log_path)
         settings.register_batch = await checkup.register_batch(
             q, base_url, await q.kbs_with_work(settings.kb_id), opts["register_batch"]
         )
         result = await worker.execute(
-            q, settings, service, recorded, ctx.quiet, None if ctx.quiet else _show_outage
+            q,
+            settings,
+            service,
+            recorded,
+            ctx.quiet,
+            None if ctx.quiet else _show_outage,
+            on_start=started,
         )
+        if result.fatal is not None and run_ids:
+            run_logger.error("run %d stopped: %s", run_ids[0], result.fatal, extra=logs.FILE_ONLY)
+            await q.set_run_fatal(run_ids[0], str(result.fatal))
         await checkup.learned_from_run(q, base_url, result.batch_proved)
         left = {"skipped": 0, "running": 0}
         for kb, states in (await q.state_counts()).items():
@@ -654,10 +693,14 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
                     left[state] += states.get(state, (0, 0))[0]
         if not shared:
             left["elsewhere"] = _pending_elsewhere(await q.host_counts(), ctx.host_id)
-        logging.getLogger("uploader.run").info("run ended: %s", _summary(result, left["skipped"]))
+        run_logger.info("run ended: %s", _summary(result, left["skipped"]))
         return result, left
 
-    result, left = run_async(with_db(ctx, body, shared=shared, create=False))
+    try:
+        result, left = run_async(with_db(ctx, body, shared=shared, create=False))
+    finally:
+        if run_log is not None:
+            logs.close(run_log)
     if result.fatal is not None:
         click.echo(f"Error: {result.fatal}", err=True)
     else:
@@ -733,6 +776,8 @@ def _pending_elsewhere(counts: list[Any], host_id: str) -> int:
 async def _status(q: Queue) -> dict[str, Any]:
     counts = await q.state_counts()
     last = await q.runs(last=1)
+    if last:
+        last[0]["fatal"] = await q.run_fatal(last[0]["id"])
     return {
         "knowledge_bases": {
             kb: {s: {"files": n, "bytes": b} for s, (n, b) in states.items()}
@@ -789,6 +834,8 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
             if run["ended_at"]
             else "still running or interrupted"
         )
+        if run.get("fatal"):
+            outcome += f"; stopped: {run['fatal']}"
         click.echo(
             f"last run #{run['id']}: {_when(run['started_at'])} to {_when(run['ended_at'])}, "
             f"{outcome}"

@@ -467,10 +467,14 @@ async def execute(
     options: dict[str, object],
     quiet: bool,
     on_outage: OnChange | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """One `uploader run`: preflight, the pool until the queue is empty, the run's record."""
+    """One `uploader run`: preflight, the pool until the queue is empty, the run's record.
+    `on_start` gets the run's id as soon as it has one (the log is named after it)."""
     owner = make_owner(queue.scope.host)
     run_id = await queue.start_run(owner, options)
+    if on_start is not None:
+        on_start(run_id)
     result = RunResult()
     async with make_session(settings.workers) as session:
         client = MaiAgentClient(

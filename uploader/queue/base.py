@@ -392,3 +392,14 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def store_labels(self, kb_id: str, labels: Sequence[tuple[str, str]]) -> None:
         """One transaction: (name, id) pairs of `kb_id`'s labels, replacing the id a name had."""
+
+    # --- why a run stopped ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def set_run_fatal(self, run_id: int, reason: str) -> None:
+        """One transaction: the one line saying why run `run_id` stopped (a refused key, a
+        service out of reach), kept so that `status` shows it after the terminal is gone."""
+
+    @abc.abstractmethod
+    async def run_fatal(self, run_id: int) -> str | None:
+        """Why run `run_id` stopped, or None when it was not stopped by a fatal error."""

@@ -1252,6 +1252,14 @@ class PgQueue(Queue):
                 list(by_name.values()),
             )
 
+    async def set_run_fatal(self, run_id: int, reason: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("UPDATE runs SET fatal = $1 WHERE id = $2", reason, run_id)
+
+    async def run_fatal(self, run_id: int) -> str | None:
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT fatal FROM runs WHERE id = $1", run_id)
+
 
 def _enqueue_args(rows: Sequence[ScanRow], host: str, shared: bool) -> list[Any]:
     """$2.. of the enqueue statements: the rows' columns as arrays, $7 host, $8 shared, then

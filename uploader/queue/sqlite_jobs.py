@@ -540,3 +540,10 @@ class JobsMixin(SqliteBase):
             "SELECT COUNT(*) FROM jobs WHERE state = 'failed' AND (:kb IS NULL OR kb_id = :kb)",
             {"kb": kb_id},
         )
+
+    async def set_run_fatal(self, run_id: int, reason: str) -> None:
+        async with self.transaction():
+            await self._conn.execute("UPDATE runs SET fatal = ? WHERE id = ?", (reason, run_id))
+
+    async def run_fatal(self, run_id: int) -> str | None:
+        return await self._fetchval("SELECT fatal FROM runs WHERE id = ?", (run_id,))
