@@ -669,7 +669,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         shown["register_batch"] = recorded["register_batch"] or "auto"
         run_logger.info("run %d started (log %s): %s", run_id, where, logs.readable(shown))
 
-    async def body(q: Queue) -> tuple[worker.RunResult, dict[str, int]]:
+    async def body(q: Queue) -> tuple[worker.RunResult, dict[str, Any]]:
         settings.register_batch = await checkup.register_batch(
             q, base_url, await q.kbs_with_work(settings.kb_id), opts["register_batch"]
         )
@@ -686,13 +686,16 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             run_logger.error("run %d stopped: %s", run_ids[0], result.fatal, extra=logs.FILE_ONLY)
             await q.set_run_fatal(run_ids[0], str(result.fatal))
         await checkup.learned_from_run(q, base_url, result.batch_proved)
-        left = {"skipped": 0, "running": 0}
+        left: dict[str, Any] = {"skipped": 0, "running": 0}
         for kb, states in (await q.state_counts()).items():
             if settings.kb_id in (None, kb):
                 for state in ("skipped", "running"):
                     left[state] += states.get(state, (0, 0))[0]
         if not shared:
             left["elsewhere"] = _pending_elsewhere(await q.host_counts(), ctx.host_id)
+        left["failed"] = (
+            await _failed(q, settings.kb_id, FAILED_SHOWN) if result.failed_in_queue else []
+        )
         run_logger.info("run ended: %s", _summary(result, left["skipped"]))
         return result, left
 
@@ -707,7 +710,12 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         click.echo(_summary(result, left["skipped"]))
         _print_replaced(result.replaced)
         if result.failed_in_queue:
-            click.echo(f"{result.failed_in_queue} files failed: see `uploader status`")
+            click.echo(f"{result.failed_in_queue} files failed:")
+            for item in left["failed"]:
+                click.echo(f"  {_failed_line(item)}")
+            kb = f" --kb {settings.kb_id}" if settings.kb_id else ""
+            more = "all of them" if result.failed_in_queue > len(left["failed"]) else "again"
+            click.echo(f"{more}: uploader --db {ctx.shown_db} status --failed{kb}")
         if left["running"] and not result.interrupted:
             click.echo(
                 f"{left['running']} files are held by another uploader run (or one that died "
@@ -842,11 +850,60 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
         )
 
 
+FAILED_SHOWN = 5  # failed files a run's summary names; `status --failed` lists them all
+
+
+async def _failed(q: Queue, kb_id: str | None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The failed files (of --kb), oldest row first: path, kind, last error, attempts."""
+    found: list[dict[str, Any]] = []
+    rows = q.report_rows(JobState.FAILED)
+    try:
+        async for row in rows:
+            if kb_id not in (None, row.kb_id):
+                continue
+            if limit is not None and len(found) == limit:
+                break
+            found.append(
+                {
+                    "path": display(row.path),
+                    "kb_id": row.kb_id,
+                    "kind": row.error_kind or "unknown",
+                    "last_error": row.error,
+                    "attempts": row.attempts,
+                }
+            )
+    finally:
+        await rows.aclose()  # type: ignore[attr-defined]
+    return found
+
+
+def _failed_line(item: dict[str, Any]) -> str:
+    tries = f"{item['attempts']} attempt{'s' if item['attempts'] != 1 else ''}"
+    return f"{item['path']}  [{item['kind']}, {tries}] {item['last_error'] or ''}".rstrip()
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Instead: every failed file with its error kind, last error and attempts.",
+)
+@kb_option(required=False)
 @pass_ctx
-def status(ctx: Context, as_json: bool) -> None:
-    """Files and bytes per state, per knowledge base, and the last run."""
+def status(ctx: Context, as_json: bool, failed: bool, kb_id: str | None) -> None:
+    """Files and bytes per state, per knowledge base, and the last run; with --failed, which
+    files failed and why (`uploader retry-failed --kind KIND` puts them back)."""
+    if failed:
+        items = run_async(with_db(ctx, lambda q: _failed(q, kb_id), create=False))
+        if as_json:
+            click.echo(json.dumps(items, indent=2, ensure_ascii=False))
+            return
+        if not items:
+            click.echo("no file failed")
+        for item in items:
+            click.echo(_failed_line(item))
+        return
     data = run_async(with_db(ctx, _status, create=False))
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
