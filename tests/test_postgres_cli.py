@@ -30,6 +30,7 @@ from tests.helpers import (
 )
 from tests.maiagent_server import MaiAgentServer
 from tests.pg_server import PASSWORD
+from uploader.model import JobState
 
 LEASE = "3"
 BAD_REMOTE = "SELECT count(*) FROM jobs WHERE remote_status = 'failed'"
@@ -224,7 +225,7 @@ def test_status_verify_dedupe_retry_and_report_work_on_postgresql(
     status = invoke(pg_url, "--host-id", "host-a", "status", "--json")  # type: ignore[arg-type]
     data = json.loads(status.stdout)
     assert data["knowledge_bases"][KB]["done"]["files"] == 40
-    assert data["hosts"] == {"host-a": {"done": 40}}
+    assert data["hosts"] == {"host-a": {**{state.value: 0 for state in JobState}, "done": 40}}
 
     verify = invoke(pg_url, "verify", "--wait", *service(server))  # type: ignore[arg-type]
     [(failed,)] = [tuple(r.values()) for r in pg_rows(pg_url, BAD_REMOTE)]

@@ -419,7 +419,7 @@ def test_ctrl_c_finishes_in_flight_files_and_a_second_run_completes_exactly_once
 
     stdout, stderr = ws.output()
     assert "Traceback" not in stderr
-    assert "stopping: finishing in-flight uploads" in stdout
+    assert "stopping: finishing in-flight uploads" in stderr
     assert SUMMARY.search(stdout) and "export-report" in stdout
     by_state = states(ws)
     assert "running" not in by_state and by_state.get("pending", 0) > 0
@@ -446,7 +446,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_next_run_still_uploads_exactly_on
     interrupted = time.monotonic()
     assert wait_exit(process, 10) == 130
     assert time.monotonic() - interrupted < slow / 2
-    assert "quitting now" in ws.output()[0]
+    assert "quitting now" in ws.output()[1]
     assert states(ws).get("pending", 0) > 0
 
     time.sleep(slow + 0.5)  # requests the dead process left behind reach the server first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -353,6 +354,7 @@ def _parser(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     is_flag=True,
     help="With --delete-removed: only list the files that would be marked; nothing is changed.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON only.")
 @pass_ctx
 def enqueue(
     ctx: Context,
@@ -370,6 +372,7 @@ def enqueue(
     parser: str | None,
     delete_removed: bool,
     dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
@@ -431,20 +434,31 @@ def enqueue(
         raise UserError(f"{exc}; nothing was queued") from None
     for problem in stats.unreadable_folders:
         click.echo(f"warning: cannot read folder {problem}", err=True)
-    if stats.own:
-        ctx.echo(f"left out the uploader's own files: {', '.join(sorted(set(stats.own)))}")
-    click.echo(
-        f"scanned {counts.scanned}: {counts.new} new, {counts.changed} changed, "
-        f"{counts.unchanged} unchanged, {counts.skipped} skipped"
-        f" ({stats.ignored} ignored by filters, hidden or not regular files)"
-    )
-    if gone is not None:
-        _print_removed(gone, directory, dry_run=False)
-    if counts.relabel:
+    if as_json:
+        shown = {
+            "kb_id": kb_id,
+            **dataclasses.asdict(counts),
+            "ignored": stats.ignored,
+            "own_files_left_out": sorted(set(stats.own)),
+            "unreadable_folders": list(stats.unreadable_folders),
+            "removed": len(gone.relpaths) if gone is not None else 0,
+        }
+        click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+    else:
+        if stats.own:
+            ctx.echo(f"left out the uploader's own files: {', '.join(sorted(set(stats.own)))}")
         click.echo(
-            f"{counts.relabel} uploaded files get new labels or metadata on the next run "
-            "(update-metadata only, no upload)"
+            f"scanned {counts.scanned}: {counts.new} new, {counts.changed} changed, "
+            f"{counts.unchanged} unchanged, {counts.skipped} skipped"
+            f" ({stats.ignored} ignored by filters, hidden or not regular files)"
         )
+        if gone is not None:
+            _print_removed(gone, directory, dry_run=False)
+        if counts.relabel:
+            click.echo(
+                f"{counts.relabel} uploaded files get new labels or metadata on the next run "
+                "(update-metadata only, no upload)"
+            )
     if counts.foreign:
         click.echo(
             f"warning: {counts.foreign} files are at paths another host queued, left to it: "
@@ -608,6 +622,7 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     help="Least level the log file gets (rclone's names; NOTICE: warnings and errors); -v "
     "makes it DEBUG, with every HTTP call.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON only.")
 @click.option(
     "--error-on-nothing-to-do",
     is_flag=True,
@@ -630,6 +645,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     """
     _check_service(api_key, base_url, allow_http, "run")
     nothing_to_do = opts.pop("error_on_nothing_to_do")
+    as_json = opts.pop("as_json")
     idle = run_async(
         with_db(
             ctx,
@@ -639,8 +655,12 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         )
     )
     if idle is not None:
-        click.echo(idle)
-        sys.exit(ExitCode.NOTHING_TO_DO if nothing_to_do else ExitCode.OK)
+        code = ExitCode.NOTHING_TO_DO if nothing_to_do else ExitCode.OK
+        if as_json:
+            click.echo(json.dumps({"nothing_pending": True, "message": idle, "exit_code": code}))
+        else:
+            click.echo(idle)
+        sys.exit(code)
     settings = worker.Settings(
         workers=opts["workers"],
         max_retries=opts["max_retries"],
@@ -678,7 +698,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             settings,
             service,
             recorded,
-            ctx.quiet,
+            ctx.quiet or as_json,
             None if ctx.quiet else _show_outage,
             on_start=started,
         )
@@ -687,10 +707,12 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             await q.set_run_fatal(run_ids[0], str(result.fatal))
         await checkup.learned_from_run(q, base_url, result.batch_proved)
         left: dict[str, Any] = {"skipped": 0, "running": 0}
+        left["states"] = dict.fromkeys((state.value for state in JobState), 0)
         for kb, states in (await q.state_counts()).items():
             if settings.kb_id in (None, kb):
-                for state in ("skipped", "running"):
-                    left[state] += states.get(state, (0, 0))[0]
+                for state, (files, _bytes) in states.items():
+                    left["states"][state] += files
+        left["skipped"], left["running"] = left["states"]["skipped"], left["states"]["running"]
         if not shared:
             left["elsewhere"] = _pending_elsewhere(await q.host_counts(), ctx.host_id)
         left["failed"] = (
@@ -704,6 +726,47 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     finally:
         if run_log is not None:
             logs.close(run_log)
+    code = worker.exit_code(result)
+    if as_json:
+        if result.fatal is not None:
+            click.echo(f"Error: {result.fatal}", err=True)
+        click.echo(json.dumps(_run_json(result, left, run_ids, code), indent=2))
+    else:
+        _print_run(ctx, settings.kb_id, result, left)
+    if code:
+        sys.exit(code)
+
+
+def _run_json(
+    result: worker.RunResult, left: dict[str, Any], run_ids: list[int], code: ExitCode
+) -> dict[str, Any]:
+    """`run --json`: the summary's numbers, every state of the queue after the run (zeros
+    included) and the first failed files."""
+    elapsed = result.elapsed
+    return {
+        "nothing_pending": False,
+        "run_id": run_ids[0] if run_ids else None,
+        "exit_code": int(code),
+        "fatal": None if result.fatal is None else str(result.fatal),
+        "interrupted": result.interrupted,
+        "uploaded": result.uploaded,
+        "adopted": result.adopted,
+        "failed": result.failed,
+        "released": result.released,
+        "bytes": result.bytes,
+        "seconds": round(elapsed, 3),
+        "files_per_second": round((result.uploaded + result.failed) / elapsed, 2) if elapsed else 0,
+        "bytes_per_second": round(result.bytes / elapsed) if elapsed else 0,
+        "failed_in_queue": result.failed_in_queue,
+        "first_failed": left["failed"],
+        "pending_elsewhere": left.get("elsewhere", 0),
+        "states": left["states"],
+    }
+
+
+def _print_run(
+    ctx: Context, kb_id: str | None, result: worker.RunResult, left: dict[str, Any]
+) -> None:
     if result.fatal is not None:
         click.echo(f"Error: {result.fatal}", err=True)
     else:
@@ -713,7 +776,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             click.echo(f"{result.failed_in_queue} files failed:")
             for item in left["failed"]:
                 click.echo(f"  {_failed_line(item)}")
-            kb = f" --kb {settings.kb_id}" if settings.kb_id else ""
+            kb = f" --kb {kb_id}" if kb_id else ""
             more = "all of them" if result.failed_in_queue > len(left["failed"]) else "again"
             click.echo(f"{more}: uploader --db {ctx.shown_db} status --failed{kb}")
         if left["running"] and not result.interrupted:
@@ -727,9 +790,6 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
                 "them (`run --shared` if this host sees their folders at the same paths)"
             )
         click.echo(f"report: uploader --db {ctx.shown_db} export-report")
-    code = worker.exit_code(result)
-    if code:
-        sys.exit(code)
 
 
 async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | None:
@@ -787,14 +847,22 @@ async def _status(q: Queue) -> dict[str, Any]:
     if last:
         last[0]["fatal"] = await q.run_fatal(last[0]["id"])
     return {
-        "knowledge_bases": {
-            kb: {s: {"files": n, "bytes": b} for s, (n, b) in states.items()}
-            for kb, states in counts.items()
-        },
+        "knowledge_bases": {kb: _every_state(states) for kb, states in counts.items()},
         "failed_by_kind": await q.error_kind_counts(),
-        "last_run": last[0] if last else None,
-        "remote": {v["kb_id"]: v for v in await q.last_verifications()},
-        "hosts": _hosts(await q.host_counts()),
+        "last_run": report.with_iso_times(last[0]) if last else None,
+        "remote": {v["kb_id"]: report.with_iso_times(v) for v in await q.last_verifications()},
+        "hosts": {
+            label: {state.value: states.get(state, 0) for state in JobState}
+            for label, states in _hosts(await q.host_counts()).items()
+        },
+    }
+
+
+def _every_state(states: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
+    """Files and bytes of every state, zeros included: a JSON reader needs no defaults."""
+    return {
+        state.value: dict(zip(("files", "bytes"), states.get(state, (0, 0)), strict=True))
+        for state in JobState
     }
 
 
@@ -810,8 +878,11 @@ def _hosts(counts: list[Any]) -> dict[str, dict[str, int]]:
     return hosts
 
 
-def _when(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+def _when(iso: str | None) -> str:
+    """An ISO 8601 time of `status`'s data, in this machine's zone, for people."""
+    if not iso:
+        return "-"
+    return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _print_status(data: dict[str, Any], host_id: str) -> None:
@@ -1195,6 +1266,7 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
     show_default=True,
     help="Seconds --wait waits at most.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print each knowledge base's counts as JSON.")
 @pass_ctx
 def verify(
     ctx: Context,
@@ -1204,6 +1276,7 @@ def verify(
     kb_id: str | None,
     wait: bool,
     timeout: float,
+    as_json: bool,
 ) -> None:
     """Check the knowledge base against this database: the parse status of every uploaded
     file, missing entries (uploaded, then gone), extra entries (not uploaded from here) and
@@ -1219,16 +1292,22 @@ def verify(
 
     async def body(q: Queue, api: client.MaiAgentClient) -> bool:
         ok = True
+        shown = []
         for kb in await _kbs(q, kb_id):
             result = await reconcile.verify(
                 q, api, kb, wait=wait, timeout=timeout, show=show, notify=notify
             )
-            await _print_verification(q, ctx, result)
+            if as_json:
+                shown.append({"kb_id": kb, "ok": result.ok, "counts": result.counts})
+            else:
+                await _print_verification(q, ctx, result)
             ok = ok and result.ok
+        if as_json:
+            click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
         return ok
 
     if not _with_service(ctx, api_key, base_url, body):
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
 
 
 def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) -> None:
@@ -1276,6 +1355,7 @@ def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) ->
     is_flag=True,
     help="Also dedupe entries not uploaded from this database, by filename and size alone.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print what it deleted (or would) as JSON.")
 @pass_ctx
 def dedupe(
     ctx: Context,
@@ -1285,6 +1365,7 @@ def dedupe(
     kb_id: str | None,
     yes: bool,
     include_extra: bool,
+    as_json: bool,
 ) -> None:
     """Delete provable copies from the knowledge base, in batches, and record each deletion.
 
@@ -1301,16 +1382,47 @@ def dedupe(
 
     async def body(q: Queue, api: client.MaiAgentClient) -> bool:
         clean = True
+        shown = []
         for kb in await _kbs(q, kb_id):
             result = await reconcile.dedupe(
                 q, api, kb, apply=yes, include_extra=include_extra, show=show
             )
-            _print_dedupe(ctx, kb, result, yes)
+            if as_json:
+                shown.append(_dedupe_json(kb, result, yes))
+            else:
+                _print_dedupe(ctx, kb, result, yes)
             clean = clean and not result.errors
+        if as_json:
+            click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
         return clean
 
     if not _with_service(ctx, api_key, base_url, body):
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
+
+
+def _dedupe_json(kb: str, result: reconcile.Dedupe, yes: bool) -> dict[str, Any]:
+    """`dedupe --json`, per knowledge base: what was (or, dry, would be) deleted, group by
+    group, and what could not be."""
+    doomed = {e.id for e in result.doomed}
+    groups = [g for g in result.groups if any(e.id in doomed for e in g.surplus)]
+    return {
+        "kb_id": kb,
+        "applied": yes,
+        "surplus": len(doomed),
+        "deleted": result.deleted,
+        "spared_extra": result.spared_extra,
+        "errors": result.errors,
+        "groups": [
+            {
+                "filename": g.filename,
+                "size": g.size,
+                "extra": g.extra,
+                "keep": [e.id for e in g.keep],
+                "delete": [e.id for e in g.surplus],
+            }
+            for g in groups
+        ],
+    }
 
 
 def _retry_remote(

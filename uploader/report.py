@@ -77,6 +77,19 @@ async def _write_list(
     out.write("]" if first else "\n  ]")
 
 
+def iso(ts: float | None) -> str | None:
+    """A stored epoch time as ISO 8601 in UTC (`2026-12-03T09:41:07+00:00`), what JSON readers
+    parse without knowing the epoch; None stays None."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def with_iso_times(record: dict[str, Any]) -> dict[str, Any]:
+    """A run or verification record with its started_at/ended_at as ISO 8601."""
+    return {**record, "started_at": iso(record["started_at"]), "ended_at": iso(record["ended_at"])}
+
+
 async def write(q: Queue, out: IO[str], db_path: str) -> dict[str, Any]:
     """Write the whole report to `out`; returns its summary for the command's one-line answer."""
     summary = await q.report_totals()
@@ -97,7 +110,7 @@ async def write(q: Queue, out: IO[str], db_path: str) -> dict[str, Any]:
     out.write(',\n  "deletions": ')
     await _write_list(out, q.deletion_rows(), _deletion)
     out.write(",\n")
-    runs = await q.runs()
+    runs = [with_iso_times(run) for run in await q.runs()]
     out.write(f'  "runs": {json.dumps(runs, ensure_ascii=False)}\n}}\n')
     return summary
 
@@ -176,8 +189,9 @@ async def _write_integrity(q: Queue, out: IO[str]) -> None:
     out.write("{")
     for n, v in enumerate(verifications):
         out.write(f"{',' if n else ''}\n    {json.dumps(v['kb_id'], ensure_ascii=False)}: {{\n")
+        shown = with_iso_times(v)
         for key in ("started_at", "ended_at", "counts"):
-            out.write(f"      {json.dumps(key)}: {json.dumps(v[key], ensure_ascii=False)},\n")
+            out.write(f"      {json.dumps(key)}: {json.dumps(shown[key], ensure_ascii=False)},\n")
         for i, (key, kind, shape) in enumerate(INTEGRITY_LISTS):
             out.write(f"      {json.dumps(key)}: ")
             await _write_list(out, q.verification_items(v["id"], kind), shape)

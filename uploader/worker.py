@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -447,11 +448,13 @@ def _install_signals(pool: Pool) -> None:
 
     def on_signal() -> None:
         if pool.result.interrupted:
-            print("\ninterrupted again: quitting now", flush=True)
+            print("\ninterrupted again: quitting now", file=sys.stderr, flush=True)
             os._exit(ExitCode.INTERRUPTED)
+        # stderr: stdout may be `run --json`'s document
         print(
             f"\nstopping: finishing in-flight uploads for up to {pool.s.grace:.0f}s "
             "(Ctrl+C again to quit at once)",
+            file=sys.stderr,
             flush=True,
         )
         pool.stop()
