@@ -37,7 +37,8 @@ PROGRESS = re.compile(
     re.M,
 )
 SUMMARY = re.compile(
-    r"^uploaded (\d+), failed (\d+), skipped (\d+) in [\d.]+s \([\d.]+ files/s, [\d.]+ MB/s\)$",
+    r"^uploaded (\d+), failed (\d+), skipped (\d+) in [\d.]+s "
+    r"\([\d.]+ files/s, [\d.]+ [kMG]?B/s\)$",
     re.M,
 )
 

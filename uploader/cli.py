@@ -22,6 +22,7 @@ from . import (
     client,
     logs,
     outage,
+    progress,
     queue,
     reconcile,
     replace,
@@ -538,14 +539,14 @@ def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
 
 def _summary(result: worker.RunResult, skipped: int) -> str:
     rate = (result.uploaded + result.failed) / result.elapsed if result.elapsed else 0.0
-    mb = result.bytes / 1e6 / result.elapsed if result.elapsed else 0.0
+    speed = progress.rate_text(result.bytes / result.elapsed if result.elapsed else 0.0)
     unchanged = f", unchanged {result.unchanged} (same content)" if result.unchanged else ""
     if result.relabelled:
         unchanged += f", relabelled {result.relabelled} (update-metadata, no upload)"
     uploaded = result.uploaded - result.unchanged - result.relabelled
     return (
         f"uploaded {uploaded}, failed {result.failed}, skipped "
-        f"{skipped}{unchanged} in {result.elapsed:.1f}s ({rate:.1f} files/s, {mb:.2f} MB/s)"
+        f"{skipped}{unchanged} in {result.elapsed:.1f}s ({rate:.1f} files/s, {speed})"
     )
 
 
@@ -690,6 +691,10 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         run_logger.info("run %d started (log %s): %s", run_id, where, logs.readable(shown))
 
     async def body(q: Queue) -> tuple[worker.RunResult, dict[str, Any]]:
+        before = _states_of(await q.state_counts(), settings.kb_id)
+        if before["done"] and not as_json:
+            total = sum(before.values()) - before["skipped"]
+            ctx.echo(f"resuming: {before['done']:,} of {total:,} files were uploaded before")
         settings.register_batch = await checkup.register_batch(
             q, base_url, await q.kbs_with_work(settings.kb_id), opts["register_batch"]
         )
@@ -707,11 +712,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             await q.set_run_fatal(run_ids[0], str(result.fatal))
         await checkup.learned_from_run(q, base_url, result.batch_proved)
         left: dict[str, Any] = {"skipped": 0, "running": 0}
-        left["states"] = dict.fromkeys((state.value for state in JobState), 0)
-        for kb, states in (await q.state_counts()).items():
-            if settings.kb_id in (None, kb):
-                for state, (files, _bytes) in states.items():
-                    left["states"][state] += files
+        left["states"] = _states_of(await q.state_counts(), settings.kb_id)
         left["skipped"], left["running"] = left["states"]["skipped"], left["states"]["running"]
         if not shared:
             left["elsewhere"] = _pending_elsewhere(await q.host_counts(), ctx.host_id)
@@ -735,6 +736,16 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         _print_run(ctx, settings.kb_id, result, left)
     if code:
         sys.exit(code)
+
+
+def _states_of(counts: dict[str, dict[str, tuple[int, int]]], kb_id: str | None) -> dict[str, int]:
+    """Files per state (every state) of --kb, or of the whole queue."""
+    files = dict.fromkeys((state.value for state in JobState), 0)
+    for kb, states in counts.items():
+        if kb_id in (None, kb):
+            for state, (n, _bytes) in states.items():
+                files[state] += n
+    return files
 
 
 def _run_json(
@@ -779,6 +790,12 @@ def _print_run(
             kb = f" --kb {kb_id}" if kb_id else ""
             more = "all of them" if result.failed_in_queue > len(left["failed"]) else "again"
             click.echo(f"{more}: uploader --db {ctx.shown_db} status --failed{kb}")
+        if result.interrupted:
+            kb = f" --kb {kb_id}" if kb_id else ""
+            click.echo(
+                f"interrupted: {left['states']['pending']:,} files pending; "
+                f"`uploader --db {ctx.shown_db} run{kb}` resumes"
+            )
         if left["running"] and not result.interrupted:
             click.echo(
                 f"{left['running']} files are held by another uploader run (or one that died "

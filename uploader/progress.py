@@ -1,4 +1,5 @@
-"""Progress of a run: a tqdm bar on a terminal, a plain line every few seconds elsewhere."""
+"""Progress of a run: a tqdm bar where it is drawn (stderr) is a terminal, a plain line every
+few seconds elsewhere (on stdout, as the reference script printed it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,20 @@ import sys
 import time
 
 from tqdm import tqdm
+
+PAUSED = "paused: service unreachable"
+
+
+def rate_text(bytes_per_second: float) -> str:
+    """A transfer rate in the unit that shows its digits: 512 B/s, 41.2 kB/s, 3.40 MB/s (small
+    files at `0.0MB/s` said nothing)."""
+    for unit in ("B/s", "kB/s", "MB/s", "GB/s"):
+        if bytes_per_second < 1000 or unit == "GB/s":
+            if unit == "B/s":
+                return f"{bytes_per_second:.0f} {unit}"
+            return f"{bytes_per_second:.{1 if bytes_per_second >= 10 else 2}f} {unit}"
+        bytes_per_second /= 1000
+    raise AssertionError("unreachable")
 
 
 class Progress:
@@ -17,14 +32,19 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.bytes_done = 0
+        self.paused = False
         self.started = time.monotonic()
         self._interval = interval
         self._last_line = self.started
         self._last_printed = -1
         self._bar: tqdm | None = None
-        self._plain = not quiet and not sys.stdout.isatty()
+        # The bar goes to stderr, so stderr decides: `uploader run 2>err` on a terminal gets
+        # plain lines, not a file of bar frames.
+        self._plain = not quiet and not sys.stderr.isatty()
         if not quiet and not self._plain:
-            self._bar = tqdm(total=total, unit="file", dynamic_ncols=True, smoothing=0.1)
+            self._bar = tqdm(
+                total=total, unit="file", dynamic_ncols=True, smoothing=0.1, file=sys.stderr
+            )
 
     def add(self, done: int = 0, failed: int = 0, nbytes: int = 0) -> None:
         self.done += done
@@ -32,11 +52,22 @@ class Progress:
         self.bytes_done += nbytes
         if self._bar is not None:
             self._bar.update(done + failed)
-            self._bar.set_postfix_str(
-                f"failed={self.failed} {self.mb_per_s():.1f}MB/s", refresh=False
-            )
+            self._bar.set_postfix_str(self._postfix(), refresh=False)
         elif self._plain and time.monotonic() - self._last_line >= self._interval:
             self.print_line()
+
+    def pause(self, paused: bool) -> None:
+        """The pool paused for an outage (or resumed): the rate would be a lie meanwhile."""
+        self.paused = paused
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._postfix())
+        elif self._plain:
+            self.print_line()
+
+    def _postfix(self) -> str:
+        if self.paused:
+            return f"failed={self.failed} {PAUSED}"
+        return f"failed={self.failed} {rate_text(self.bytes_per_s())}"
 
     def elapsed(self) -> float:
         return max(time.monotonic() - self.started, 1e-9)
@@ -44,20 +75,22 @@ class Progress:
     def rate(self) -> float:
         return (self.done + self.failed) / self.elapsed()
 
-    def mb_per_s(self) -> float:
-        return self.bytes_done / 1e6 / self.elapsed()
+    def bytes_per_s(self) -> float:
+        return self.bytes_done / self.elapsed()
 
     def print_line(self) -> None:
-        """The reference script's line, so existing log readers keep working."""
+        """The reference script's line, so existing log readers keep working; while paused
+        it says so instead of a rate and an ETA."""
         self._last_line = time.monotonic()
         finished = self.done + self.failed
         self._last_printed = finished
         pct = 100.0 * finished / self.total if self.total else 100.0
         rate = self.rate()
         eta = (self.total - finished) / rate if rate > 0 else 0.0
+        tail = PAUSED if self.paused else f"Rate: {rate:.1f} files/s | ETA: {eta:.0f}s"
         print(
             f"Progress: {finished}/{self.total} ({pct:.1f}%) | Success: {self.done} | "
-            f"Failed: {self.failed} | Rate: {rate:.1f} files/s | ETA: {eta:.0f}s",
+            f"Failed: {self.failed} | {tail}",
             flush=True,
         )
 

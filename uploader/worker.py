@@ -496,7 +496,13 @@ async def execute(
             total, total_bytes = await queue.pending_totals(settings.kb_id)
             progress = Progress(total, total_bytes, quiet)
             probe_kb = kbs[0] if kbs else settings.kb_id or ""
-            pool = Pool(queue, client, settings, owner, run_id, progress.add, probe_kb, on_outage)
+
+            def outage_seen(state: GateState, outage: Outage) -> None:
+                progress.pause(state is GateState.CLOSED)
+                if on_outage is not None:
+                    on_outage(state, outage)
+
+            pool = Pool(queue, client, settings, owner, run_id, progress.add, probe_kb, outage_seen)
             _install_signals(pool)
             try:
                 result = await pool.run()
