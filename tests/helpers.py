@@ -36,6 +36,9 @@ SUMMARY = re.compile(
     re.MULTILINE,
 )
 _DAC_CAPS = "-dac_override,-dac_read_search"
+# enqueue asks the service whether --kb exists when it has a key, at the default URL unless
+# told otherwise: tests that want that check remove this (env {"UPLOADER_NO_KB_CHECK": None})
+NO_KB_CHECK = {"UPLOADER_NO_KB_CHECK": "1"}
 
 Env = Mapping[str, str | None]
 
@@ -49,7 +52,7 @@ def invoke(db: Path, *args: str, env: Env | None = None, catch_exceptions: bool 
     return CliRunner().invoke(
         cli,
         ["--db", str(db), *args],
-        env={"MAIAGENT_API_KEY": API_KEY, **(env or {})},
+        env={"MAIAGENT_API_KEY": API_KEY, **NO_KB_CHECK, **(env or {})},
         catch_exceptions=catch_exceptions,
     )
 
@@ -132,7 +135,7 @@ def without_dac_override() -> tuple[str, ...]:
 
 def child_env(env: Env | None = None) -> dict[str, str]:
     """This process's environment with the server's key, changed by `env` as `invoke` does."""
-    merged = {**os.environ, "MAIAGENT_API_KEY": API_KEY, **(env or {})}
+    merged = {**os.environ, "MAIAGENT_API_KEY": API_KEY, **NO_KB_CHECK, **(env or {})}
     return {name: value for name, value in merged.items() if value is not None}
 
 

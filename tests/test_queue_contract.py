@@ -497,3 +497,24 @@ async def test_a_run_keeps_the_reason_it_stopped(queue_target: str) -> None:
         await q.end_run(fine, {}, 0)
         assert await q.run_fatal(stopped) == "API key rejected (HTTP 401): Invalid API key"
         assert await q.run_fatal(fine) is None
+
+
+@async_test
+async def test_forget_counts_then_deletes_all_but_running_rows(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a.pdf", "b.pdf", "c.txt", "d.pdf"))
+        await q.enqueue_batch("kb-other", rows("a.pdf"))
+        (held,) = await q.claim(OWNER, 1, LEASE, KB)  # the first in id order
+
+        def pdfs(relpath: str) -> bool:
+            return relpath.endswith(".pdf")
+
+        dry = await q.forget_jobs(KB, pdfs, apply=False)
+        assert await states(q) == {"pending": 3, "running": 1}
+        applied = await q.forget_jobs(KB, pdfs, apply=True)
+
+        assert held.relpath == "a.pdf"
+        assert dry == applied == {"pending": 2, "running": 1}
+        assert await states(q) == {"pending": 1, "running": 1}
+        assert await states(q, "kb-other") == {"pending": 1}
+        assert await q.forget_jobs(KB, None, apply=False) == {"pending": 1, "running": 1}

@@ -33,7 +33,7 @@ from . import (
 )
 from .exitcodes import ExitCode
 from .manifest import ManifestError, parse_metadata_option
-from .model import FAILURE_KINDS, EnqueueCounts, HostScope, JobState, VerificationItem
+from .model import FAILURE_KINDS, EnqueueCounts, ErrorKind, HostScope, JobState, VerificationItem
 from .queue import Queue, anchor, redact
 from .scan import display
 
@@ -356,6 +356,14 @@ def _parser(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     help="With --delete-removed: only list the files that would be marked; nothing is changed.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON only.")
+@click.option(
+    "--no-kb-check",
+    is_flag=True,
+    envvar="UPLOADER_NO_KB_CHECK",
+    help="Do not ask the service whether --kb exists (env UPLOADER_NO_KB_CHECK=1); without "
+    "it the check runs when an API key is set.",
+)
+@service_options()
 @pass_ctx
 def enqueue(
     ctx: Context,
@@ -374,6 +382,10 @@ def enqueue(
     delete_removed: bool,
     dry_run: bool,
     as_json: bool,
+    no_kb_check: bool,
+    api_key: str | None,
+    base_url: str,
+    allow_http: bool,
 ) -> None:
     """Scan DIRECTORY into the queue for knowledge base --kb.
 
@@ -392,6 +404,9 @@ def enqueue(
     A file that vanished is never deleted from the knowledge base unless asked: with
     --delete-removed the queued files of DIRECTORY that are gone are marked `removed`, and the
     next `uploader run` deletes their entries (and records it); --dry-run lists them only.
+
+    With an API key (MAIAGENT_API_KEY) the service is asked first whether --kb exists: an
+    unknown one queues nothing (exit 3); a service out of reach is a warning.
     """
     if dry_run and not delete_removed:
         raise UserError("--dry-run goes with --delete-removed (it lists what would be removed)")
@@ -414,6 +429,9 @@ def enqueue(
         )
         _print_removed(gone, directory, dry_run=True)
         return
+
+    if api_key and not no_kb_check:
+        _check_kb_exists(api_key, base_url, allow_http, kb_id)
 
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
         own = scan.OwnState.of(ctx.anchor)
@@ -487,6 +505,35 @@ def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None
         click.echo(f"  {rel}")
     if n > LIST_SHOWN:
         click.echo(f"  ... and {n - LIST_SHOWN:,} more")
+
+
+ENQUEUE_CHECK_TIMEOUT = 10.0  # seconds: a scan should not wait long for a service out of reach
+
+
+def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) -> None:
+    """One listing call before a scan, so that a mistyped --kb is found before it fills the
+    queue with rows no run can upload. Only a knowledge base the service says it does not
+    know stops the enqueue: anything else (offline, a refused key: enqueue needs no key) is
+    a warning, and `run` checks again."""
+    _check_service(api_key, base_url, allow_http, "enqueue")
+
+    async def body() -> None:
+        async with reconcile.open_client(base_url, api_key, ENQUEUE_CHECK_TIMEOUT) as api:
+            await api.check_kb(kb_id)
+
+    try:
+        run_async(body())
+    except client.ApiError as exc:
+        if exc.error_kind == ErrorKind.KB_NOT_FOUND:
+            raise ServiceError(exc) from None
+        reason = exc
+        if outage.classify(exc) is outage.Evidence.OUTAGE:
+            reason = outage.ServiceUnreachable.at_start(exc)
+        click.echo(
+            f"warning: could not check knowledge base {kb_id} ({reason}): queued anyway, "
+            "`uploader run` checks it again",
+            err=True,
+        )
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -710,9 +757,13 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         if result.fatal is not None and run_ids:
             run_logger.error("run %d stopped: %s", run_ids[0], result.fatal, extra=logs.FILE_ONLY)
             await q.set_run_fatal(run_ids[0], str(result.fatal))
+        for error in result.unknown_kbs.values():
+            run_logger.error("%s: its rows left alone", error, extra=logs.FILE_ONLY)
         await checkup.learned_from_run(q, base_url, result.batch_proved)
         left: dict[str, Any] = {"skipped": 0, "running": 0}
-        left["states"] = _states_of(await q.state_counts(), settings.kb_id)
+        after = await q.state_counts()
+        left["states"] = _states_of(after, settings.kb_id)
+        left["unknown"] = {kb: sum(_states_of(after, kb).values()) for kb in result.unknown_kbs}
         left["skipped"], left["running"] = left["states"]["skipped"], left["states"]["running"]
         if not shared:
             left["elsewhere"] = _pending_elsewhere(await q.host_counts(), ctx.host_id)
@@ -771,6 +822,7 @@ def _run_json(
         "failed_in_queue": result.failed_in_queue,
         "first_failed": left["failed"],
         "pending_elsewhere": left.get("elsewhere", 0),
+        "unknown_kbs": {kb: str(error) for kb, error in result.unknown_kbs.items()},
         "states": left["states"],
     }
 
@@ -778,6 +830,13 @@ def _run_json(
 def _print_run(
     ctx: Context, kb_id: str | None, result: worker.RunResult, left: dict[str, Any]
 ) -> None:
+    if result.fatal is None:
+        for kb, error in result.unknown_kbs.items():
+            click.echo(
+                f"Error: {error}; its {left['unknown'][kb]:,} queued files were left alone "
+                f"(`uploader forget --kb {kb}` drops them from the queue)",
+                err=True,
+            )
     if result.fatal is not None:
         click.echo(f"Error: {result.fatal}", err=True)
     else:
@@ -1045,6 +1104,48 @@ def retry_failed(  # type: ignore[no-untyped-def]
 
     n = run_async(with_db(ctx, body, create=False))
     click.echo(f"{n} failed files back to pending; run `uploader run` to upload them")
+
+
+# --- forget ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@kb_option(required=True)
+@click.option("--match", multiple=True, metavar="GLOB", help="Only relative paths matching.")
+@click.option("--yes", is_flag=True, help="Drop them; without it, only show what would go.")
+@pass_ctx
+def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
+    """Drop the rows of knowledge base --kb from the queue (those matching --match), in every
+    state but running: a mistyped --kb at enqueue, files that should not have been queued.
+
+    Never calls the service: entries already uploaded stay in the knowledge base (and a later
+    enqueue of their folder queues them again). Without --yes it is a dry run.
+    """
+    try:
+        matches = scan.matcher(match) if match else None
+    except scan.PatternError as exc:
+        raise UserError(str(exc)) from None
+
+    async def body(q: Queue) -> dict[str, int]:
+        counts = await q.state_counts()
+        if kb_id not in counts:
+            holds = f"the queue holds: {', '.join(sorted(counts))}" if counts else "it is empty"
+            raise UserError(f"the queue has no rows for {kb_id} ({holds})")
+        return await q.forget_jobs(kb_id, matches, yes)
+
+    counts = run_async(with_db(ctx, body, create=False))
+    running = counts.pop(JobState.RUNNING, 0)
+    total = sum(counts.values())
+    states = ", ".join(f"{state} {counts[state]:,}" for state in JobState if counts.get(state))
+    verb = "dropped" if yes else "would drop"
+    shown = f" ({states})" if total else ""
+    click.echo(f"{verb} {total:,} rows of {kb_id} from the queue{shown}")
+    if running:
+        click.echo(f"{running:,} files a run is uploading now were left alone")
+    if counts.get(JobState.DONE):
+        click.echo("the uploaded files' entries stay in the knowledge base")
+    if total and not yes:
+        click.echo("dry run: add --yes to drop them")
 
 
 # --- export-report ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 from .exitcodes import ExitCode
 from .labels import LabelResolver
-from .model import Job, Outcome, OutcomeKind
+from .model import ErrorKind, Job, Outcome, OutcomeKind
 from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .progress import Progress
 from .queue import Queue
@@ -72,6 +72,20 @@ class RunResult:
     failed_in_queue: int = 0
     batch_proved: dict[str, bool] = field(default_factory=dict)  # see Registrar.proved
     replaced: replace.Replaced = field(default_factory=replace.Replaced)
+    # knowledge bases the service does not know (a typo at enqueue): their rows left alone
+    unknown_kbs: dict[str, ApiError] = field(default_factory=dict)
+
+    def add(self, part: RunResult) -> None:
+        """Fold in the result of one knowledge base's pool (a run with unknown ones runs a
+        pool per known knowledge base)."""
+        for name in ("uploaded", "adopted", "unchanged", "relabelled", "failed", "released"):
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        self.bytes += part.bytes
+        self.elapsed += part.elapsed
+        self.failed_in_queue += part.failed_in_queue
+        self.fatal = self.fatal or part.fatal
+        self.interrupted = self.interrupted or part.interrupted
+        self.batch_proved.update(part.batch_proved)
 
 
 class Fatal(Exception):
@@ -402,17 +416,23 @@ class Connection:
 PREFLIGHT_TRIES = 3
 
 
-async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> None:
-    """One cheap call per knowledge base before claiming anything, so a wrong key or an
-    unknown knowledge base stops the run after a single request, every row untouched. A
-    service never reached stops it after a few tries (exit 4), not after the outage timeout:
-    at the start that is more likely a wrong --base-url than an outage."""
+async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiError]:
+    """One cheap call per knowledge base before claiming anything, so a wrong key stops the
+    run after a single request, every row untouched. A service never reached stops it after
+    a few tries (exit 4), not after the outage timeout: at the start that is more likely a
+    wrong --base-url than an outage. Returns the knowledge bases the service does not know,
+    with its answer: their rows are left alone while the others' upload (one mistyped --kb
+    at enqueue must not block the good ones)."""
+    unknown: dict[str, ApiError] = {}
     for kb_id in kb_ids:
         for attempt in range(1, PREFLIGHT_TRIES + 1):
             try:
                 await client.check_kb(kb_id)
                 break
             except ApiError as err:
+                if err.error_kind == ErrorKind.KB_NOT_FOUND:
+                    unknown[kb_id] = err
+                    break
                 if err.kind == "fatal":
                     raise Fatal(err) from None
                 if attempt == PREFLIGHT_TRIES:
@@ -420,6 +440,7 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> None:
                         raise Fatal(ServiceUnreachable.at_start(err)) from None
                     raise Fatal(err) from None
                 await asyncio.sleep(backoff(attempt + 1, 1.0, err.retry_after))
+    return unknown
 
 
 async def _replace(queue: Queue, client: MaiAgentClient, settings: Settings) -> replace.Replaced:
@@ -438,6 +459,8 @@ def exit_code(result: RunResult) -> ExitCode:
         return ExitCode.REFUSED
     if result.interrupted:
         return ExitCode.INTERRUPTED
+    if result.unknown_kbs:
+        return ExitCode.REFUSED
     return ExitCode.FAILED if result.failed_in_queue else ExitCode.OK
 
 
@@ -489,23 +512,41 @@ async def execute(
         )
         kbs = await queue.kbs_with_work(settings.kb_id)
         try:
-            await preflight(client, kbs)
+            result.unknown_kbs = await preflight(client, kbs)
         except Fatal as exc:
             result.fatal = exc.error
-        else:
-            total, total_bytes = await queue.pending_totals(settings.kb_id)
-            progress = Progress(total, total_bytes, quiet)
-            probe_kb = kbs[0] if kbs else settings.kb_id or ""
+        known = [kb for kb in kbs if kb not in result.unknown_kbs]
+        if result.fatal is None and kbs and not known:
+            result.fatal = next(iter(result.unknown_kbs.values()))
+        if result.fatal is None:
+            # One pool over every knowledge base; one per known one when some are unknown,
+            # since a claim takes rows of one knowledge base or of all.
+            scopes = known if result.unknown_kbs else [settings.kb_id]
+            totals = [await queue.pending_totals(kb) for kb in scopes]
+            progress = Progress(sum(t[0] for t in totals), sum(t[1] for t in totals), quiet)
 
             def outage_seen(state: GateState, outage: Outage) -> None:
                 progress.pause(state is GateState.CLOSED)
                 if on_outage is not None:
                     on_outage(state, outage)
 
-            pool = Pool(queue, client, settings, owner, run_id, progress.add, probe_kb, outage_seen)
-            _install_signals(pool)
             try:
-                result = await pool.run()
+                for kb in scopes:
+                    probe_kb = kb or (kbs[0] if kbs else "")
+                    pool = Pool(
+                        queue,
+                        client,
+                        dataclasses.replace(settings, kb_id=kb),
+                        owner,
+                        run_id,
+                        progress.add,
+                        probe_kb,
+                        outage_seen,
+                    )
+                    _install_signals(pool)
+                    result.add(await pool.run())
+                    if result.fatal is not None or result.interrupted:
+                        break
             finally:
                 progress.close()
             if result.fatal is None and not result.interrupted:

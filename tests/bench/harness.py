@@ -281,6 +281,7 @@ class Uploader:
         self.root = root
         self.server = server
         self.env = {**os.environ, "UPLOADER_DB": self.db, "MAIAGENT_API_KEY": API_KEY}
+        self.env["UPLOADER_NO_KB_CHECK"] = "1"  # enqueue measured without a call to the service
         self.env.pop("MAIAGENT_KB_ID", None)
         self.env.pop("MAIAGENT_BASE_URL", None)
 

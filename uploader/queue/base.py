@@ -403,3 +403,11 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def run_fatal(self, run_id: int) -> str | None:
         """Why run `run_id` stopped, or None when it was not stopped by a fatal error."""
+
+    # --- forget ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def forget_jobs(self, kb_id: str, match: Match | None, apply: bool) -> dict[str, int]:
+        """The rows of `kb_id` (relpath satisfying `match`), counted by state; with `apply`,
+        in the same transaction, deleted with their attempts, except running ones (a live run
+        holds them). The knowledge base itself is never touched."""

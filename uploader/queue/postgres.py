@@ -1260,6 +1260,25 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             return await conn.fetchval("SELECT fatal FROM runs WHERE id = $1", run_id)
 
+    async def forget_jobs(
+        self, kb_id: str, match: Callable[[str], bool] | None, apply: bool
+    ) -> dict[str, int]:
+        """The pattern is applied here to the rows read and locked; the attempts log has no
+        foreign key (migration 0004), so a job's attempts are deleted with it explicitly."""
+        async with self.transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT id, relpath, state FROM jobs WHERE kb_id = $1 FOR UPDATE", kb_id
+            )
+            chosen = [r for r in rows if match is None or match(r[1])]
+            counts: dict[str, int] = {}
+            for r in chosen:
+                counts[r[2]] = counts.get(r[2], 0) + 1
+            if apply:
+                ids = [r[0] for r in chosen if r[2] != "running"]
+                await conn.execute("DELETE FROM attempts WHERE job_id = ANY($1::int8[])", ids)
+                await conn.execute("DELETE FROM jobs WHERE id = ANY($1::int8[])", ids)
+        return counts
+
 
 def _enqueue_args(rows: Sequence[ScanRow], host: str, shared: bool) -> list[Any]:
     """$2.. of the enqueue statements: the rows' columns as arrays, $7 host, $8 shared, then

@@ -547,3 +547,20 @@ class JobsMixin(SqliteBase):
 
     async def run_fatal(self, run_id: int) -> str | None:
         return await self._fetchval("SELECT fatal FROM runs WHERE id = ?", (run_id,))
+
+    async def forget_jobs(
+        self, kb_id: str, match: Callable[[str], bool] | None, apply: bool
+    ) -> dict[str, int]:
+        await self._conn.create_function(
+            "uploader_match", 1, match or (lambda _: True), deterministic=True
+        )
+        where = "kb_id = ? AND uploader_match(relpath)"
+        async with self.transaction():
+            rows = await self._conn.execute_fetchall(
+                f"SELECT state, COUNT(*) FROM jobs WHERE {where} GROUP BY state", (kb_id,)
+            )
+            if apply:  # attempts go with their jobs (ON DELETE CASCADE)
+                await self._conn.execute(
+                    f"DELETE FROM jobs WHERE {where} AND state != 'running'", (kb_id,)
+                )
+        return {state: count for state, count in rows}
