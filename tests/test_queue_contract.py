@@ -518,3 +518,19 @@ async def test_forget_counts_then_deletes_all_but_running_rows(queue_target: str
         assert await states(q) == {"pending": 1, "running": 1}
         assert await states(q, "kb-other") == {"pending": 1}
         assert await q.forget_jobs(KB, None, apply=False) == {"pending": 1, "running": 1}
+
+
+@async_test
+async def test_scans_in_progress_are_listed_until_they_end(queue_target: str) -> None:
+    async with await open_queue(queue_target) as q:
+        first = await q.start_scan("host:1:a", KB)
+        second = await q.start_scan("host:2:b", "kb-other")
+        await q.touch_scan(first)
+
+        assert [owner for owner, _age in await q.scans(None)] == ["host:1:a", "host:2:b"]
+        ((owner, age),) = await q.scans(KB)
+        assert owner == "host:1:a" and 0 <= age < 60
+        await q.end_scan(first)
+        assert await q.scans(KB) == []
+        await q.end_scan(second)
+        assert await q.scans(None) == []

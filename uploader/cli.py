@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -433,13 +434,28 @@ def enqueue(
     if api_key and not no_kb_check:
         _check_kb_exists(api_key, base_url, allow_http, kb_id)
 
+    meter = _ScanMeter(not ctx.quiet and not as_json and sys.stderr.isatty())
+
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
         own = scan.OwnState.of(ctx.anchor)
-        if manifest is not None:
-            return await scan.enqueue_manifest(
-                q, directory, kb_id, manifest, filters, follow_symlinks, asked, own
+        # Recorded, so that a `run` meanwhile waits for the walk's next batch.
+        scan_id = await q.start_scan(worker.make_owner(q.scope.host), kb_id)
+
+        async def batch_done(counts: EnqueueCounts) -> None:
+            await q.touch_scan(scan_id)
+            meter.update(counts.scanned)
+
+        try:
+            if manifest is not None:
+                return await scan.enqueue_manifest(
+                    q, directory, kb_id, manifest, filters, follow_symlinks, asked, own
+                )
+            return await scan.enqueue(
+                q, directory, kb_id, filters, follow_symlinks, own, tags=asked, on_batch=batch_done
             )
-        return await scan.enqueue(q, directory, kb_id, filters, follow_symlinks, own, tags=asked)
+        finally:
+            meter.close()
+            await q.end_scan(scan_id)
 
     async def removing(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats, replace.Removed | None]:
         counts, stats = await body(q)
@@ -505,6 +521,27 @@ def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None
         click.echo(f"  {rel}")
     if n > LIST_SHOWN:
         click.echo(f"  ... and {n - LIST_SHOWN:,} more")
+
+
+class _ScanMeter:
+    """enqueue's progress on a terminal (stderr): files scanned and per second, on one line
+    redrawn at most five times a second and wiped at the end."""
+
+    def __init__(self, show: bool) -> None:
+        self._show = show
+        self._started = time.monotonic()
+        self._drawn = 0.0
+
+    def update(self, scanned: int) -> None:
+        now = time.monotonic()
+        if self._show and now - self._drawn >= 0.2:
+            self._drawn = now
+            rate = scanned / max(now - self._started, 1e-9)
+            click.echo(f"\rscanning: {scanned:,} files ({rate:,.0f}/s)", err=True, nl=False)
+
+    def close(self) -> None:
+        if self._show and self._drawn:
+            click.echo("\r\033[K", err=True, nl=False)
 
 
 ENQUEUE_CHECK_TIMEOUT = 10.0  # seconds: a scan should not wait long for a service out of reach
@@ -874,6 +911,8 @@ async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | N
     changed files' old versions still to delete are work too (the run deletes them)."""
     if (await q.pending_totals(kb_id))[0] or await q.superseded_due(kb_id):
         return None
+    if await worker.scan_in_progress(q, kb_id, worker.make_owner(q.scope.host)):
+        return None  # an enqueue is still walking: the run waits for its rows
     counts = await q.state_counts()
     if kb_id is not None and kb_id not in counts:
         holds = f"the queue holds: {', '.join(sorted(counts))}" if counts else "the queue is empty"

@@ -50,6 +50,10 @@ class Progress:
         self.done += done
         self.failed += failed
         self.bytes_done += nbytes
+        if self.done + self.failed > self.total:  # an enqueue still adds rows under the run
+            self.total = self.done + self.failed
+            if self._bar is not None:
+                self._bar.total = self.total
         if self._bar is not None:
             self._bar.update(done + failed)
             self._bar.set_postfix_str(self._postfix(), refresh=False)

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import bracex
@@ -396,9 +396,11 @@ async def enqueue(
     own: OwnState | None = None,
     batch_size: int = 2000,
     tags: TagOptions | None = None,
+    on_batch: Callable[[EnqueueCounts], Awaitable[None]] | None = None,
 ) -> tuple[EnqueueCounts, ScanStats]:
     """Walk `root` into the queue, one transaction per batch; safe to run again. The walk
-    runs in a thread so the next batch is scanned while the database writes this one."""
+    runs in a thread so the next batch is scanned while the database writes this one.
+    `on_batch` hears the counts so far after each batch is committed."""
     stats = ScanStats()
     counts = EnqueueCounts()
     rows = walk(os.fsencode(root), filters, follow_symlinks, stats, own)
@@ -410,6 +412,8 @@ async def enqueue(
         batch = await asyncio.to_thread(next, chunks, None)
         if writing is not None:
             counts.add(await writing)
+            if on_batch is not None:
+                await on_batch(counts)
         if batch is None:
             return counts, stats
         writing = asyncio.create_task(q.enqueue_batch(kb_id, batch))

@@ -40,6 +40,10 @@ VERDICT_WAIT = 2.0
 # An outage fails every request in flight, about one per worker: that many failures in a row
 # (and at least 3) close the gate, while a service failing one request in six does not.
 MAX_FAILURES_TO_CLOSE = 20
+# An empty queue while an enqueue is still walking: look again this often, and give up on a
+# scan of another host not seen for this long (its process died without saying so).
+SCAN_POLL = 0.5
+SCAN_STALE = 600.0
 
 
 @dataclass
@@ -94,6 +98,15 @@ class Fatal(Exception):
     def __init__(self, error: ApiError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+async def scan_in_progress(queue: Queue, kb_id: str | None, me: str) -> bool:
+    """An enqueue still walking into `kb_id` (any with None): its next batch is coming, so an
+    empty queue is not the end of a run. A scan of a dead process does not count: by its pid
+    on this host (`me`'s), elsewhere once unseen for SCAN_STALE seconds."""
+    scans = await queue.scans(kb_id)
+    dead = set(dead_owners(scans, me))
+    return any(owner not in dead and age < SCAN_STALE for owner, age in scans)
 
 
 def make_owner(host: str | None = None) -> str:
@@ -322,10 +335,16 @@ class Pool:
                 await self.writer.flush()
                 due = await self.queue.next_due(self.s.kb_id)
                 if due is None:
+                    if await self._scan_in_progress():
+                        await self._sleep(SCAN_POLL)
+                        continue
                     return
                 await self._sleep(due - time.time())
             else:
                 await self._sleep(1.0)
+
+    async def _scan_in_progress(self) -> bool:
+        return await scan_in_progress(self.queue, self.s.kb_id, self.owner)
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()

@@ -411,3 +411,22 @@ class Queue(abc.ABC):
         """The rows of `kb_id` (relpath satisfying `match`), counted by state; with `apply`,
         in the same transaction, deleted with their attempts, except running ones (a live run
         holds them). The knowledge base itself is never touched."""
+
+    # --- scans in progress --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start_scan(self, owner: str, kb_id: str) -> int:
+        """Record an enqueue walking into `kb_id` (owner host:pid:token); returns its id."""
+
+    @abc.abstractmethod
+    async def touch_scan(self, scan_id: int) -> None:
+        """The scan is alive: renew its seen_at."""
+
+    @abc.abstractmethod
+    async def end_scan(self, scan_id: int) -> None:
+        """The scan has ended (its rows are committed): forget it."""
+
+    @abc.abstractmethod
+    async def scans(self, kb_id: str | None) -> list[tuple[str, float]]:
+        """Scans in progress into `kb_id` (any with None): (owner, seconds since last seen, by
+        the queue's clock)."""

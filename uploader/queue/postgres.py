@@ -1279,6 +1279,34 @@ class PgQueue(Queue):
                 await conn.execute("DELETE FROM jobs WHERE id = ANY($1::int8[])", ids)
         return counts
 
+    async def start_scan(self, owner: str, kb_id: str) -> int:
+        async with self._connection() as conn:
+            return int(
+                await conn.fetchval(
+                    "INSERT INTO scans (owner, kb_id, started_at, seen_at)"
+                    f" VALUES ($1, $2, {NOW}, {NOW}) RETURNING id",
+                    owner,
+                    kb_id,
+                )
+            )
+
+    async def touch_scan(self, scan_id: int) -> None:
+        async with self._connection() as conn:
+            await conn.execute(f"UPDATE scans SET seen_at = {NOW} WHERE id = $1", scan_id)
+
+    async def end_scan(self, scan_id: int) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM scans WHERE id = $1", scan_id)
+
+    async def scans(self, kb_id: str | None) -> list[tuple[str, float]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT owner, {NOW} - seen_at FROM scans"
+                " WHERE $1::text IS NULL OR kb_id = $1 ORDER BY id",
+                kb_id,
+            )
+        return [(r[0], float(r[1])) for r in rows]
+
 
 def _enqueue_args(rows: Sequence[ScanRow], host: str, shared: bool) -> list[Any]:
     """$2.. of the enqueue statements: the rows' columns as arrays, $7 host, $8 shared, then

@@ -564,3 +564,29 @@ class JobsMixin(SqliteBase):
                     f"DELETE FROM jobs WHERE {where} AND state != 'running'", (kb_id,)
                 )
         return {state: count for state, count in rows}
+
+    async def start_scan(self, owner: str, kb_id: str) -> int:
+        now = time.time()
+        async with self.transaction():
+            cur = await self._conn.execute(
+                "INSERT INTO scans (owner, kb_id, started_at, seen_at) VALUES (?, ?, ?, ?)",
+                (owner, kb_id, now, now),
+            )
+        return int(cur.lastrowid or 0)
+
+    async def touch_scan(self, scan_id: int) -> None:
+        async with self.transaction():
+            await self._conn.execute(
+                "UPDATE scans SET seen_at = ? WHERE id = ?", (time.time(), scan_id)
+            )
+
+    async def end_scan(self, scan_id: int) -> None:
+        async with self.transaction():
+            await self._conn.execute("DELETE FROM scans WHERE id = ?", (scan_id,))
+
+    async def scans(self, kb_id: str | None) -> list[tuple[str, float]]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT owner, ? - seen_at FROM scans WHERE ? IS NULL OR kb_id = ? ORDER BY id",
+            (time.time(), kb_id, kb_id),
+        )
+        return [(owner, age) for owner, age in rows]
