@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test test-fast lint demo bench clean
 
 install: $(STAMP)
 
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
+
+# without the scenarios marked slow (thousands of files, subprocesses that wait on timers)
+test-fast: $(STAMP)
+	$(BIN)/pytest -q --durations=10 -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

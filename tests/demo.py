@@ -1,22 +1,30 @@
 """`make demo`: the main job end to end against the local MaiAgent-compatible server.
 
-Starts the server on a free loopback port (with a little latency and a few 5xx answers, so
-retries show), writes sample files into a temporary folder, then runs the real commands:
-enqueue, run (with the progress bar), status and export-report.
+Starts the server on a free loopback port with faults (a little latency, a few 5xx answers,
+registers whose answer is lost), writes sample files into a folder of its own, then runs the
+real commands: enqueue, run (with the progress bar), status and export-report. It ends by
+saying which faults were injected and what the uploader did about them (retries, lost answers
+found in the listing and adopted rather than registered twice), and keeps the folder: the
+database, logs/ and reports/ are there to look at; the last line names the report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 API_KEY = "demo-key"
 KB = "kb-demo"
 FILES = 3000
+FAULTS = {"latency": 0.01, "error_rate": 0.02, "lost_register_rate": 0.01}
 
 
 def uploader_command() -> str:
@@ -35,11 +43,11 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
         "--kb",
         KB,
         "--latency",
-        "0.01",
+        str(FAULTS["latency"]),
         "--error-rate",
-        "0.02",
+        str(FAULTS["error_rate"]),
         "--lost-register-rate",
-        "0.01",
+        str(FAULTS["lost_register_rate"]),
     ]
     server = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
@@ -69,40 +77,71 @@ def step(title: str, *args: str, env: dict[str, str]) -> None:
         raise SystemExit(f"uploader {args[0]} exited with {code}")
 
 
+def what_happened(db: str, base_url: str) -> list[str]:
+    """The faults the server injected and what the uploader did about them, from the queue's
+    own records (the attempts log, the run's counts) and the server's listing."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        retried = dict(
+            conn.execute(
+                "SELECT COALESCE(error_kind, '?'), COUNT(*) FROM attempts"
+                " WHERE outcome = 'retry' GROUP BY 1 ORDER BY 2 DESC"
+            ).fetchall()
+        )
+        (counts,) = conn.execute("SELECT counts FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        done = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0]
+    root = base_url.split("/api/")[0]
+    with urllib.request.urlopen(f"{root}/_control/records?kb={KB}", timeout=10) as answer:
+        entries = json.load(answer)
+    adopted = json.loads(counts)["adopted"]
+    kinds = ", ".join(f"{kind} {n}" for kind, n in retried.items()) or "none"
+    return [
+        f"faults injected: {FAULTS['error_rate']:.0%} of requests answered 5xx, "
+        f"{FAULTS['lost_register_rate']:.0%} of registers lost their answer after registering, "
+        f"{FAULTS['latency'] * 1000:.0f} ms latency",
+        f"what the uploader did: {sum(retried.values())} retries ({kinds}); {adopted} files "
+        "whose register answer was lost were found in the listing and adopted, not registered "
+        f"again; the knowledge base holds {len(entries)} entries for {done} files uploaded",
+    ]
+
+
 def main() -> None:
     server, base_url = start_server()
     try:
-        with tempfile.TemporaryDirectory(prefix="uploader-demo-") as tmp:
-            folder = Path(tmp) / "documents"
-            write_samples(folder)
-            db = str(Path(tmp) / "uploader.db")
-            env = {**os.environ, "MAIAGENT_API_KEY": API_KEY, "MAIAGENT_BASE_URL": base_url}
-            print(f"local MaiAgent-compatible server at {base_url}; {FILES} files in {folder}")
-            step(
-                "scan the folder into the queue",
-                "--db",
-                db,
-                "enqueue",
-                str(folder),
-                "--kb",
-                KB,
-                env=env,
-            )
-            step(
-                "upload everything pending",
-                "--db",
-                db,
-                "run",
-                "--workers",
-                "10",
-                "--retry-delay",
-                "0.2",
-                env=env,
-            )
-            step("what the queue holds now", "--db", db, "status", env=env)
-            report = str(Path.cwd() / "demo_report.json")
-            step("the JSON report", "--db", db, "export-report", "-o", report, env=env)
-            print(f"\nreport: {report}")
+        tmp = tempfile.mkdtemp(prefix="uploader-demo-")
+        folder = Path(tmp) / "documents"
+        write_samples(folder)
+        db = str(Path(tmp) / "uploader.db")
+        env = {**os.environ, "MAIAGENT_API_KEY": API_KEY, "MAIAGENT_BASE_URL": base_url}
+        print(f"local MaiAgent-compatible server at {base_url}; {FILES} files in {folder}")
+        step(
+            "scan the folder into the queue",
+            "--db",
+            db,
+            "enqueue",
+            str(folder),
+            "--kb",
+            KB,
+            env=env,
+        )
+        step(
+            "upload everything pending",
+            "--db",
+            db,
+            "run",
+            "--workers",
+            "10",
+            "--retry-delay",
+            "0.2",
+            env=env,
+        )
+        step("what the queue holds now", "--db", db, "status", env=env)
+        step("the JSON report", "--db", db, "export-report", env=env)
+        print()
+        for line in what_happened(db, base_url):
+            print(line)
+        (report,) = sorted((Path(tmp) / "reports").glob("upload_report_*.json"))
+        print(f"the demo's folder is kept: {tmp} (documents/, uploader.db, logs/, reports/)")
+        print(f"report: {report}")
     finally:
         server.terminate()
         server.wait(timeout=10)

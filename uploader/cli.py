@@ -201,9 +201,15 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) ->
     uploader check --kb KB_ID           prove the set-up with a probe file, first
     uploader enqueue DIR --kb KB_ID     scan DIR into the queue (safe to repeat)
     uploader run --workers 10           upload everything pending
-    uploader status                     counts per state
+    uploader status [--failed]          counts per state (the failed files)
     uploader retry-failed               failed files back to pending
+    uploader verify --wait              the knowledge base read back: parsed, missing, extra
+    uploader dedupe                     surplus copies in the knowledge base (--yes deletes)
+    uploader forget --kb KB_ID          drop rows from the queue (--yes; never the service)
     uploader export-report              the JSON report
+
+    Exit codes: 0 done, 1 some failed, 2 bad input, 3 the service refused, 4 unreachable,
+    9 nothing to do (--error-on-nothing-to-do), 130 interrupted.
     """
     _setup_logging(verbose, quiet)
     ctx.obj = Context(db, verbose, quiet, host_id)
@@ -636,8 +642,20 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
 
 @cli.command()
 @service_options()
-@click.option("--workers", type=click.IntRange(1, 512), default=10, show_default=True)
-@click.option("--max-retries", type=click.IntRange(0), default=3, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 512),
+    default=10,
+    show_default=True,
+    help="Files uploading at once.",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Retries of a file after its first attempt, for transient errors (then failed).",
+)
 @click.option(
     "--retry-delay",
     type=click.FloatRange(0),
