@@ -149,7 +149,9 @@ def test_a_host_killed_mid_run_leaves_its_rows_to_the_others_after_its_lease(
     tmp_path: Path, pg_url: str, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:
     server = maiagent_factory(latency=0.02, lost_register_rate=0.05, seed=16)
-    relpaths = make_files(tmp_path / "nas", 600)
+    # enough files that the others are still busy when the dead host's lease (3 s) expires:
+    # at 600 they could finish first and rightly leave its rows held (a race, not a bug)
+    relpaths = make_files(tmp_path / "nas", 1500)
     enqueue(pg_url, tmp_path / "nas", "host-a", "--shared")
 
     doomed = host_run(pg_url, server, "host-k", cwd=tmp_path)
@@ -192,7 +194,7 @@ def test_hosts_with_clocks_ten_minutes_off_neither_steal_nor_keep_rows(
     expired. A host ten minutes ahead that dies would keep its rows ten minutes if its clock
     set the lease: the others finish them after the lease instead."""
     server = maiagent_factory(latency=0.02, seed=17)
-    relpaths = make_files(tmp_path / "nas", 600)
+    relpaths = make_files(tmp_path / "nas", 1500)  # busy past the dead host's lease, as above
     enqueue(pg_url, tmp_path / "nas", "host-a", "--shared")
 
     doomed = host_run(pg_url, server, "host-ahead-dies", skew=600, cwd=tmp_path)
