@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import KB, enqueue, invoke, make_tree, one_line_error, rows, run_args
+from tests.helpers import (
+    API_KEY,
+    KB,
+    enqueue,
+    invoke,
+    make_tree,
+    one_line_error,
+    rows,
+    run_args,
+    service,
+)
 from tests.maiagent_server import DIALECTS, MaiAgentServer
 from uploader.tags import decode
 
@@ -343,3 +354,53 @@ def test_a_touched_file_with_new_labels_is_rechecked_and_relabelled(
     assert ran.exit_code == 0, ran.output
     assert (maiagent.stats()["presign"], maiagent.stats()["update_metadata"]) == (0, 6)
     assert {frozenset(t[0]) for t in entry_tags(maiagent).values()} == {frozenset({"new"})}
+
+
+# --- read back -----------------------------------------------------------------------------------
+
+
+def relabel_behind_our_back(server: MaiAgentServer, entry_id: str, labels: list[str]) -> None:
+    """Someone changes an entry in the web interface: labels (made if new), no metadata."""
+    known = {label["name"]: label["id"] for label in server.labels(KB)}
+    ids = [known.get(name) or server.add_label(KB, name)["id"] for name in labels]
+    url = f"{server.base_url}knowledge-bases/{KB}/files/{entry_id}/update-metadata/"
+    body = json.dumps({"labels": [{"id": i} for i in ids], "rawUserDefineMetadata": {}})
+    request = urllib.request.Request(
+        url, body.encode(), {"Authorization": f"Api-Key {API_KEY}"}, method="PATCH"
+    )
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 200
+
+
+@BOTH
+def test_verify_status_and_report_show_labels_and_metadata(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    asked = ("--labels-from-path", "1", "--metadata", "source=nas")
+    db = uploaded(tmp_path, maiagent, 30, *asked)
+    assert invoke(db, "verify", *service(maiagent)).exit_code == 0
+    report = json.loads(invoke(db, "export-report", "-o", "-").stdout)
+    [first] = [f for f in report["successful_files"] if f["file_path"].endswith("f0000.txt")]
+    assert (first["labels"], first["metadata"]) == (["hr"], {"source": "nas"})
+
+    by_name = {r["filename"]: r["id"] for r in maiagent.records(KB)}
+    relabel_behind_our_back(maiagent, by_name["hr/sub0/f0000.txt"], ["public"])
+    result = invoke(db, "verify", *service(maiagent))
+    assert result.exit_code == 1, result.output
+    assert "1 entries carry other labels or metadata than their files ask" in result.output
+    assert "hr/sub0/f0000.txt: asks ['hr'] {'source': 'nas'}, entry has ['public'] {}" in (
+        result.output
+    )
+    status = json.loads(invoke(db, "status", "--json").stdout)
+    counts = status["remote"][KB]["counts"]
+    assert counts["tag_mismatches"] == 1
+    assert counts["tag_mismatch_examples"][0]["entry_labels"] == ["public"]
+
+    # Asking the same again puts the entry right, by update-metadata alone.
+    enqueue(db, tmp_path / "data", *asked)
+    maiagent.reset_stats()
+    assert invoke(db, *run_args(maiagent)).exit_code == 0
+    assert (maiagent.stats()["update_metadata"], maiagent.stats()["presign"]) == (1, 0)
+    assert entry_tags(maiagent)["hr/sub0/f0000.txt"] == ({"hr"}, {"source": "nas"})
+    assert invoke(db, "verify", *service(maiagent)).exit_code == 0

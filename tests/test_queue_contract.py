@@ -27,6 +27,7 @@ from uploader.model import (
     Step,
     Superseded,
     SupersedeFailure,
+    TagMismatch,
 )
 from uploader.queue import Queue, open_queue
 from uploader.tags import EMPTY, encode
@@ -534,3 +535,29 @@ async def test_scans_in_progress_are_listed_until_they_end(queue_target: str) ->
         assert await q.scans(KB) == []
         await q.end_scan(second)
         assert await q.scans(None) == []
+
+
+@async_test
+async def test_entries_listed_with_other_tags_are_counted_and_taken_as_applied(
+    queue_target: str,
+) -> None:
+    hr = encode(["hr"], {"source": "nas"})
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, [tagged("a", hr), tagged("b", hr), tagged("c", None)])
+        jobs = await q.claim(OWNER, 3, LEASE, KB)
+        await q.record_outcomes(
+            OWNER, [outcome(j, OutcomeKind.DONE, file_id=f"file-{j.relpath}") for j in jobs]
+        )
+        now = time.time()
+        await q.store_listed(
+            [
+                ListedRow(KB, "file-a", "a", 10, "done", now, now, None, encode(["x"], {})),
+                ListedRow(KB, "file-b", "b", 10, "done", now, now, None, hr),
+                ListedRow(KB, "file-c", "c", 10, "done", now, now, None, encode(["y"], {})),
+            ]
+        )
+        count, [mismatch] = await q.record_tag_mismatches(KB, now, 5)
+        assert count == 1, "c asked nothing: not compared"
+        assert mismatch == TagMismatch("a", "file-a", hr, encode(["x"], {}))
+        again = await q.enqueue_batch(KB, [tagged("a", hr), tagged("b", hr)])
+        assert again.relabel == 1, "a's entry does not carry what it asks: sent again"

@@ -1391,6 +1391,7 @@ def _verdict(c: dict[str, Any]) -> str:
         "duplicated": c["duplicates"],
         "superseded": c["superseded"],
         "not uploaded": c["not_uploaded"],
+        "with other labels or metadata": c.get("tag_mismatches", 0),
     }
     found = ", ".join(f"{n:,} {what}" for what, n in problems.items() if n)
     hints = []
@@ -1423,6 +1424,18 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
     if c["old_versions_kept"]:
         superseded += f" (and {c['old_versions_kept']:,} kept: --keep-old-versions)"
     click.echo(f"  superseded  {superseded}")
+    if c.get("tag_mismatches"):
+        click.echo(
+            f"  labels      {c['tag_mismatches']:,} entries carry other labels or metadata than"
+            " their files ask (give `uploader enqueue` the same --label/--metadata/--manifest"
+            " again, then `uploader run`)"
+        )
+        if not ctx.quiet:
+            for m in c["tag_mismatch_examples"]:
+                click.echo(
+                    f"    {m['file']}: asks {m['labels']} {m['metadata']},"
+                    f" entry has {m['entry_labels']} {m['entry_metadata']}"
+                )
     if not ctx.quiet:
         await _print_lists(q, v)
     click.echo(f"  {_verdict(c)}")

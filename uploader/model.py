@@ -218,6 +218,18 @@ class ListedRow(NamedTuple):
     created_at: float  # seconds
     seen_at: float
     file_key: Any
+    # the entry's labels (names) and metadata as uploader.tags encodes them; None when the
+    # listing does not show them
+    tags: str | None = None
+
+
+class TagMismatch(NamedTuple):
+    """A done job whose entry, as listed, does not carry the labels and metadata it asks."""
+
+    relpath: str
+    file_id: str
+    wanted: str  # uploader.tags text
+    shown: str
 
 
 class Entry(NamedTuple):
@@ -345,6 +357,7 @@ class DoneRow(NamedTuple):
     file_id: str | None
     filename: str | None
     content_hash: str | None
+    tags: str | None = None  # what the entry was asked to carry (uploader.tags)
 
 
 class FailedRow(NamedTuple):

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from . import tags
 from .client import (
     ApiError,
     FilePage,
@@ -146,6 +147,7 @@ DELETE_TRIES = 4
 BATCH_DELETE = 100
 WAIT_FIRST = 0.25
 WAIT_MAX = 15.0
+TAG_EXAMPLES = 5  # entries whose labels or metadata differ, named in a verify's counts
 STATUSES = ("initial", "processing", "done", "failed")
 UNSETTLED = ("initial", "processing")
 
@@ -210,8 +212,20 @@ def listed_rows(
     for e in results:
         seen.add(e.id)
         created = e.created_at if e.created_at is not None else 0.0
-        rows.append(ListedRow(kb_id, e.id, e.filename, e.size, e.status, created, seen_at, e.key))
+        rows.append(
+            ListedRow(kb_id, e.id, e.filename, e.size, e.status, created, seen_at, e.key, _tags(e))
+        )
     return rows
+
+
+def _tags(entry: RemoteEntry) -> str | None:
+    """What the listing shows of an entry's labels and metadata, as uploader.tags encodes a
+    job's (label names; an id where the listing gives no name); None when it shows neither,
+    so that verify compares only what it saw."""
+    if entry.metadata is None and not entry.labels:
+        return None
+    names = [label.name or label.id for label in entry.labels]
+    return tags.encode(names, entry.metadata or {})
 
 
 async def _read_listing(q: Queue, client: MaiAgentClient, kb_id: str, show: bool) -> Listing:
@@ -532,10 +546,26 @@ async def _record(
         "complete": listing.complete,
         "timed_out": timed_out,
     }
+    mismatched, examples = await q.record_tag_mismatches(kb_id, since, TAG_EXAMPLES)
+    counts["tag_mismatches"] = mismatched
+    counts["tag_mismatch_examples"] = [
+        {"file": m.relpath, "entry": m.file_id, **_tag_views(m.wanted, m.shown)} for m in examples
+    ]
     done = files.get("done", 0) == sum(files.values())
-    counts["ok"] = not_uploaded == 0 and not surplus and not pending and done
+    counts["ok"] = not_uploaded == 0 and not surplus and not pending and done and not mismatched
     vid = await q.record_verification(kb_id, since, counts, items, sorted(copies.ours), old)
     return Verification(kb_id, vid, counts)
+
+
+def _tag_views(wanted: str, shown: str) -> dict[str, Any]:
+    want_labels, want_meta = tags.decode(wanted)
+    shown_labels, shown_meta = tags.decode(shown)
+    return {
+        "labels": list(want_labels),
+        "metadata": want_meta,
+        "entry_labels": list(shown_labels),
+        "entry_metadata": shown_meta,
+    }
 
 
 def _with_statuses(counts: dict[str, int], *more: str) -> dict[str, int]:

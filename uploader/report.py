@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
+from . import tags
 from .model import DeletionRow, DoneRow, FailedRow, SkippedRow, VerificationItem
 from .queue import Queue, anchor, is_url, redact
 from .scan import display
@@ -30,8 +31,8 @@ def default_path(db_path: str) -> str:
 
 
 def _success(row: DoneRow) -> dict[str, Any]:
-    kb, path, size, duration, file_id, filename, content_hash = row
-    return {
+    kb, path, size, duration, file_id, filename, content_hash, asked = row
+    success = {
         "file_path": display(path),
         "file_size": size,
         "upload_time": round(duration or 0.0, 3),
@@ -40,6 +41,10 @@ def _success(row: DoneRow) -> dict[str, Any]:
         "filename": filename,
         "sha256": content_hash,
     }
+    if asked is not None:  # the labels and metadata enqueue asked its entry to carry
+        labels, metadata = tags.decode(asked)
+        success.update(labels=list(labels), metadata=metadata)
+    return success
 
 
 def _failure(row: FailedRow) -> dict[str, Any]:

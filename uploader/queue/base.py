@@ -51,6 +51,7 @@ from ..model import (
     Superseded,
     SupersededEntry,
     SupersedeFailure,
+    TagMismatch,
     VerificationItem,
 )
 
@@ -231,6 +232,16 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def store_listed(self, rows: Sequence[ListedRow]) -> None:
         """One transaction: upsert listed entries by (kb_id, id)."""
+
+    @abc.abstractmethod
+    async def record_tag_mismatches(
+        self, kb_id: str, since: float, limit: int
+    ) -> tuple[int, list[TagMismatch]]:
+        """Done jobs that asked for labels or metadata (`tags`) whose entry, in the listing
+        begun at `since`, showed other ones (entries listed without them are not compared):
+        what the entry showed becomes the job's `tags_applied` (so an enqueue asking the
+        same again sends update-metadata), in one statement; how many, and the first
+        `limit` in id order."""
 
     @abc.abstractmethod
     async def forget_unseen(self, kb_id: str, since: float) -> None:

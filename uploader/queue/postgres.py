@@ -59,6 +59,7 @@ from ..model import (
     Superseded,
     SupersededEntry,
     SupersedeFailure,
+    TagMismatch,
     VerificationItem,
 )
 from ..tags import EMPTY as EMPTY_TAGS
@@ -296,7 +297,7 @@ SELECT count(*) FROM back"""
 
 _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
     "done": (
-        "SELECT kb_id, path, size, duration, file_id, filename, content_hash FROM jobs"
+        "SELECT kb_id, path, size, duration, file_id, filename, content_hash, tags FROM jobs"
         " WHERE state = 'done' ORDER BY id",
         DoneRow,
     ),
@@ -322,12 +323,28 @@ WHERE r.kb_id = $1
 ORDER BY r.file_key IS NULL, r.created_at, r.id"""
 
 _STORE_LISTED = """
-INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key)
+INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key,
+                          tags)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
-                     $6::float8[], $7::float8[], $8::text[])
+                     $6::float8[], $7::float8[], $8::text[], $9::text[])
 ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
     status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at,
-    file_key = excluded.file_key"""
+    file_key = excluded.file_key, tags = excluded.tags"""
+
+# Done jobs that asked for labels or metadata, whose entry the listing begun at $2 showed
+# with others.
+_TAG_MISMATCHES = """
+FROM jobs AS j JOIN remote_files AS r ON r.kb_id = j.kb_id AND r.id = j.file_id
+WHERE j.kb_id = $1 AND j.state = 'done' AND j.tags IS NOT NULL AND r.seen_at >= $2
+  AND r.tags IS NOT NULL AND r.tags <> j.tags"""
+
+# ... and what their entries carry is what was applied, so an enqueue asking again sends it.
+_TAGS_SEEN = """
+UPDATE jobs SET tags_applied = r.tags FROM remote_files AS r
+WHERE r.kb_id = jobs.kb_id AND r.id = jobs.file_id AND jobs.kb_id = $1
+  AND jobs.state = 'done' AND jobs.tags IS NOT NULL AND r.seen_at >= $2
+  AND r.tags IS NOT NULL AND r.tags <> jobs.tags
+  AND jobs.tags_applied IS DISTINCT FROM r.tags"""
 
 _MATCH_REMOTE = """
 UPDATE jobs SET remote_status = m.status
@@ -958,6 +975,22 @@ class PgQueue(Queue):
         columns = [list(c) for c in zip(*last.values(), strict=True)]
         async with self._connection() as conn:
             await conn.execute(_STORE_LISTED, *columns)
+
+    async def record_tag_mismatches(
+        self, kb_id: str, since: float, limit: int
+    ) -> tuple[int, list[TagMismatch]]:
+        async with self._connection() as conn:
+            await conn.execute(_TAGS_SEEN, kb_id, since)
+            count = await conn.fetchval("SELECT COUNT(*)" + _TAG_MISMATCHES, kb_id, since)
+            rows = await conn.fetch(
+                "SELECT j.relpath, j.file_id, j.tags, r.tags"
+                + _TAG_MISMATCHES
+                + " ORDER BY j.id LIMIT $3",
+                kb_id,
+                since,
+                limit,
+            )
+        return count, [TagMismatch(*row) for row in rows]
 
     async def forget_unseen(self, kb_id: str, since: float) -> None:
         async with self._connection() as conn:

@@ -255,7 +255,7 @@ def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
     "done": (
-        "SELECT kb_id, path, size, duration, file_id, filename, content_hash FROM jobs"
+        "SELECT kb_id, path, size, duration, file_id, filename, content_hash, tags FROM jobs"
         " WHERE state = 'done' ORDER BY id",
         DoneRow,
     ),

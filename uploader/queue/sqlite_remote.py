@@ -26,6 +26,7 @@ from ..model import (
     Superseded,
     SupersededEntry,
     SupersedeFailure,
+    TagMismatch,
     VerificationItem,
 )
 from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD
@@ -50,11 +51,26 @@ ORDER BY r.file_key IS NULL, r.created_at, r.id"""
 
 
 _STORE_LISTED = """
-INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key,
+                          tags)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
     status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at,
-    file_key = excluded.file_key"""
+    file_key = excluded.file_key, tags = excluded.tags"""
+
+# Done jobs that asked for labels or metadata, whose entry the listing begun at :since
+# showed with others.
+_TAG_MISMATCHES = """
+FROM jobs AS j JOIN remote_files AS r ON r.kb_id = j.kb_id AND r.id = j.file_id
+WHERE j.kb_id = :kb AND j.state = 'done' AND j.tags IS NOT NULL AND r.seen_at >= :since
+  AND r.tags IS NOT NULL AND r.tags != j.tags"""
+
+# ... and what their entries carry is what was applied, so an enqueue asking again sends it.
+_TAGS_SEEN = """
+UPDATE jobs SET tags_applied = r.tags FROM remote_files AS r
+WHERE r.kb_id = jobs.kb_id AND r.id = jobs.file_id AND jobs.kb_id = :kb
+  AND jobs.state = 'done' AND jobs.tags IS NOT NULL AND r.seen_at >= :since
+  AND r.tags IS NOT NULL AND r.tags != jobs.tags AND jobs.tags_applied IS NOT r.tags"""
 
 
 _MATCH_REMOTE = """
@@ -202,6 +218,21 @@ class RemoteMixin(SqliteBase):
         """Store one page of a full listing; tuples, not dicts: a verify stores every entry."""
         async with self.transaction():
             await self._conn.executemany(_STORE_LISTED, rows)
+
+    async def record_tag_mismatches(
+        self, kb_id: str, since: float, limit: int
+    ) -> tuple[int, list[TagMismatch]]:
+        params = {"kb": kb_id, "since": since}
+        async with self.transaction():
+            await self._conn.execute(_TAGS_SEEN, params)
+        count = await self._fetchval("SELECT COUNT(*)" + _TAG_MISMATCHES, params)
+        rows = await self._conn.execute_fetchall(
+            "SELECT j.relpath, j.file_id, j.tags, r.tags"
+            + _TAG_MISMATCHES
+            + " ORDER BY j.id LIMIT :limit",
+            {**params, "limit": limit},
+        )
+        return count, [TagMismatch(*row) for row in rows]
 
     async def forget_unseen(self, kb_id: str, since: float) -> None:
         """After a complete listing, entries it did not show are gone from the knowledge base."""
