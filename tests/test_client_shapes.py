@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import time
 import tracemalloc
@@ -43,6 +42,7 @@ from uploader.client import (
     Uploaded,
     key_matches,
 )
+from uploader.content import digest_of
 
 KEY_SENT = "media/chatbots/chatbot-file/7f3c9a1e-0000-4000-8000-000000000001.xlsx"
 ODD_KEY = "media/chatbot-file/0b1e/Q3 report (final)#2.pdf"  # Django percent-encodes these
@@ -456,13 +456,13 @@ async def test_other_register_400s_stay_permanent_with_the_services_message() ->
 
 
 @async_test
-async def test_upload_returns_the_size_mtime_and_sha256_it_sent(tmp_path: Path) -> None:
+async def test_upload_returns_the_size_mtime_and_content_hash_it_sent(tmp_path: Path) -> None:
     for size in (10, 300 * 1024):  # read whole, and streamed
         path, _ = write_file(tmp_path, f"f{size}", size)
         st = os.stat(path)
         async with harness() as (fake, client):
             sent = await client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, size, "f")
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        digest = digest_of(Path(path).read_bytes())
         assert sent == Uploaded(size, st.st_mtime_ns, digest)
 
 

@@ -1,4 +1,4 @@
-"""Content identity (issue 13, point 3): the SHA-256 of what was uploaded, computed while it
+"""Content identity (issue 13, point 3): the content hash of what was uploaded, computed while it
 streamed, is kept per file and in the report; a file whose mtime changed but whose bytes did
 not is not uploaded again (one read, no request), one whose bytes changed is replaced."""
 
@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import FAST, KB, enqueue, invoke, make_files, rows, service
 from tests.maiagent_server import DIALECTS, MaiAgentServer
+from uploader.content import digest_of
 
 pytestmark = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 
@@ -48,6 +49,8 @@ def test_touching_1000_uploaded_files_uploads_nothing(
     assert {j["state"] for j in rows(db)} == {"done"}
     assert len(maiagent.entries(KB)) == 1000
     assert rows(db, "SELECT * FROM superseded") == []
+    status = json.loads(invoke(db, "status", "--json").stdout)
+    assert status["content"][KB]["hashed"] == 1000
 
 
 def test_same_size_new_bytes_after_a_touch_replace_the_entry(
@@ -70,7 +73,7 @@ def test_same_size_new_bytes_after_a_touch_replace_the_entry(
     mine = [e for e in maiagent.entries(KB) if e["filename"] == "d000/f00001.txt"]
     assert [e["id"] for e in mine] == [job["file_id"]] != [old["file_id"]]
     assert maiagent.entry_content(job["file_id"]) == b"FILE 1\n"
-    assert job["content_hash"] == hashlib.sha256(b"FILE 1\n").hexdigest()
+    assert job["content_hash"] == digest_of(b"FILE 1\n")
 
 
 def test_the_hash_of_what_was_uploaded_is_kept_and_reported(
@@ -90,6 +93,7 @@ def test_the_hash_of_what_was_uploaded_is_kept_and_reported(
     done = json.loads(target.read_text())["successful_files"]
     report = {Path(f["file_path"]).name: f for f in done}
     for job in rows(db):
-        expected = hashlib.sha256(bodies[job["relpath"]]).hexdigest()
-        assert job["content_hash"] == expected == report[job["relpath"]]["sha256"]
-        assert maiagent.object(job["s3_key"])["sha256"] == expected  # what S3 received
+        body = bodies[job["relpath"]]
+        assert job["content_hash"] == digest_of(body) == report[job["relpath"]]["content_hash"]
+        # those bytes are what S3 received
+        assert maiagent.object(job["s3_key"])["sha256"] == hashlib.sha256(body).hexdigest()

@@ -416,8 +416,34 @@ async def test_a_superseded_entry_another_job_points_to_is_never_due(queue_targe
         )
         due = await q.superseded_due(KB)
         assert [d.entry_id for d in due] == ["file-b"]
+        assert await q.content_counts() == {KB: {"superseded": 2}}
         await q.keep_superseded(due)
         assert await q.superseded_due(KB) == []
+        assert await q.content_counts() == {KB: {"superseded": 1, "old_versions_kept": 1}}
+
+
+@async_test
+async def test_a_skipped_outcome_keeps_its_reason_and_hash_and_uploads_are_found_by_hash(
+    queue_target: str,
+) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a", "b", "c"))
+        a, b, c = await q.claim(OWNER, 3, LEASE, KB)
+        a.content_hash = b.content_hash = "h1"
+        await q.record_outcomes(
+            OWNER,
+            [
+                outcome(a, OutcomeKind.DONE, file_id="file-a"),
+                outcome(b, OutcomeKind.SKIPPED, error="same content as a", error_kind="skipped"),
+            ],
+        )
+        assert await q.content_counts() == {KB: {"hashed": 1}}
+        assert await q.uploaded_as(KB, "h1", b.id) == "a"
+        assert await q.uploaded_as(KB, "h1", a.id) is None  # itself does not count
+        assert await q.uploaded_as("kb-other", "h1", c.id) is None
+        assert await states(q) == {"done": 1, "skipped": 1, "running": 1}
+        [skipped] = [r async for r in q.report_rows("skipped")]
+        assert (skipped.path, skipped.reason) == (b"/data/b", "same content as a")
 
 
 @async_test

@@ -125,6 +125,16 @@ def test_a_delete_refused_while_processing_is_retried_until_it_goes(
     [left] = rows(db, "SELECT * FROM superseded")
     assert (left["entry_id"], left["attempts"]) == (old["file_id"], 1)
     assert "409" in left["last_error"]
+    status = json.loads(invoke(db, "status", "--json").stdout)
+    assert status["content"][KB] == {
+        "algorithm": "xxh3_128",
+        "hashed": 3,
+        "superseded": 1,
+        "old_versions_kept": 0,
+    }
+    assert "1 entries of changed or removed files' old versions to delete" in (
+        invoke(db, "status").output
+    )
     verified = invoke(db, "verify", *service(server))
     assert verified.exit_code == 1, verified.output
     assert last_counts(db)["superseded"] == 1

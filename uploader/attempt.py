@@ -33,8 +33,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from . import tags
 from .client import ApiError, MaiAgentClient, RegisterItem, backoff
@@ -42,7 +42,7 @@ from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
 from .reconcile import RemoteIndex
 from .registrar import Registrar
-from .replace import same_content
+from .replace import file_digest, same_content
 
 log = logging.getLogger("uploader.attempt")
 
@@ -55,6 +55,10 @@ class Policy:
     retry_delay: float = 2.0
     name: str = "basename"  # or "relpath": the filename shown in the knowledge base
     lease_seconds: float = 60.0
+    # a file whose bytes equal a file's already uploaded to the same knowledge base (or being
+    # uploaded by this run) is recorded skipped, naming that file: duplicate chunks degrade
+    # retrieval. Costs one more read of each file, to hash it before its upload.
+    skip_same_content: bool = False
 
 
 @dataclass
@@ -70,6 +74,10 @@ class Shared:
     record: Callable[[Outcome], None]  # for the intermediate `uploaded` outcome
     lease_until: Callable[[int], float]  # when our lease on a job id ends, as last renewed
     labels: LabelResolver  # label names to ids, per knowledge base
+    # --skip-same-content: the relpath of a done job of the knowledge base with these bytes
+    uploaded_as: Callable[[str, str, int], Awaitable[str | None]] | None = None
+    # --skip-same-content: (kb_id, content hash) -> relpath of the first file of this run with them
+    taken: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 class Attempt:
@@ -144,6 +152,10 @@ class Attempt:
                     return await self._relabel()
                 return self._outcome(OutcomeKind.DONE, file_id=job.file_id)
             job.step = None  # new bytes: uploaded below, its entry superseded once done
+        if self._s.policy.skip_same_content and job.step is None and job.unknown_since is None:
+            other = await self._same_as_another()
+            if other is not None:
+                return self._outcome(OutcomeKind.SKIPPED, _same_content(other))
         job.filename = job.filename or job.display_name or self._name()
         if job.unknown_since is not None:
             file_id = await self._s.index.adopt(job, job.filename)
@@ -156,10 +168,26 @@ class Attempt:
             client = self._s.client
             presigned = await client.presign(job.filename, job.size)
             uploaded = await client.upload(presigned, job.path, job.size, job.filename)
-            job.s3_key, job.content_hash = presigned.fields["key"], uploaded.sha256
+            job.s3_key, job.content_hash = presigned.fields["key"], uploaded.content_hash
             job.step = Step.UPLOADED
             self._s.record(self._outcome(OutcomeKind.UPLOADED))
         return None
+
+    async def _same_as_another(self) -> str | None:
+        """The file (relpath) whose bytes this one has, uploaded to the same knowledge base or
+        taken by an earlier attempt of this run; None when none (or the file cannot be read:
+        its upload says why)."""
+        job, shared = self.job, self._s
+        digest = await file_digest(job)
+        if digest is None:
+            return None
+        job.content_hash = digest  # kept by a skip; the upload computes its own
+        assert shared.uploaded_as is not None
+        uploaded = await shared.uploaded_as(job.kb_id, digest, job.id)
+        if uploaded is not None:
+            return uploaded
+        first = shared.taken.setdefault((job.kb_id, digest), job.relpath)
+        return None if first == job.relpath else first
 
     async def _register(self) -> Outcome:
         job = self.job
@@ -270,3 +298,12 @@ class Attempt:
             unknown_since=unknown,
             supersedes=old if replaced else None,
         )
+
+
+def _same_content(other: str) -> ApiError:
+    """The reason a --skip-same-content skip records."""
+    return ApiError(
+        f"same content as {other} (run --skip-same-content)",
+        kind="permanent",
+        error_kind=ErrorKind.SKIPPED,
+    )

@@ -21,6 +21,7 @@ from . import (
     __version__,
     checkup,
     client,
+    content,
     logs,
     outage,
     progress,
@@ -732,6 +733,12 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     help="Exit 9 when nothing is pending (rclone's --error-on-no-transfer); else 0.",
 )
 @click.option(
+    "--skip-same-content",
+    is_flag=True,
+    help="Skip a file whose bytes equal a file's already uploaded to the knowledge base (or "
+    "uploaded by this run), naming that file; costs one more read of each file.",
+)
+@click.option(
     "--keep-old-versions",
     is_flag=True,
     help="Leave the entry of a changed file's old version beside the new one (by default it "
@@ -774,6 +781,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         lease_seconds=opts["lease"],
         outage_timeout=opts["outage_timeout"],
         keep_old_versions=opts["keep_old_versions"],
+        skip_same_content=opts["skip_same_content"],
     )
     service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
     shared = opts.pop("shared")
@@ -988,6 +996,18 @@ async def _status(q: Queue) -> dict[str, Any]:
             label: {state.value: states.get(state, 0) for state in JobState}
             for label, states in _hosts(await q.host_counts()).items()
         },
+        # what is known of the bytes behind the entries (their hash, as uploaded) and the entries
+        # of changed or removed files' old versions still to delete
+        "content": {
+            kb: {
+                "algorithm": content.ALGORITHM,
+                "hashed": 0,
+                "superseded": 0,
+                "old_versions_kept": 0,
+                **c,
+            }
+            for kb, c in (await q.content_counts()).items()
+        },
     }
 
 
@@ -1029,6 +1049,12 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
             click.echo(f"  {state.value:<8} {v['files']:>10,} files {_human(v['bytes']):>10}")
         if kb in data["remote"]:
             click.echo(f"  {_remote_line(data['remote'][kb])}")
+        waiting = data["content"].get(kb, {}).get("superseded", 0)
+        if waiting:
+            click.echo(
+                f"  {waiting:,} entries of changed or removed files' old versions to delete "
+                "(the next `uploader run`)"
+            )
     if data["failed_by_kind"]:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(data["failed_by_kind"].items()))
         click.echo(f"failed by kind: {kinds}")

@@ -10,7 +10,6 @@ import asyncio
 import email.utils
 import errno
 import functools
-import hashlib
 import html
 import io
 import ipaddress
@@ -31,6 +30,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
+
+from .content import digest_of, new_digest
 
 Kind = Literal["transient", "permanent", "fatal"]
 Method = Literal["PATCH", "POST"]
@@ -178,11 +179,11 @@ class Presigned:
 class Uploaded(NamedTuple):
     """What was actually sent to S3: the open file's size and mtime, identical before and
     after streaming, so the caller records the content that is behind the key, and the
-    SHA-256 of the bytes sent (computed as they were read: no second read of the file)."""
+    content hash of the bytes sent (`content.py`; computed as they were read: no second read)."""
 
     size: int
     mtime_ns: int
-    sha256: str
+    content_hash: str
 
 
 class Label(NamedTuple):
@@ -586,16 +587,16 @@ class _FilePart(aiohttp.Payload):
     def __init__(self, file: io.FileIO, size: int) -> None:
         super().__init__(file, content_type="application/octet-stream")
         self._size = size
-        self.sha256: str | None = None  # once every byte was written
+        self.content_hash: str | None = None  # once every byte was written
 
     async def write(self, writer: AbstractStreamWriter) -> None:
         # pread, not read: when an early answer lets the caller close the file while a read
         # still runs in its thread, that read cannot move the position of whatever file
         # reuses the descriptor number. Each chunk is hashed in the same thread hop, while
-        # the previous one is on the wire (hashlib lets go of the GIL).
+        # the previous one is on the wire (the hash is cheap: content.py).
         loop = asyncio.get_running_loop()
         fd, offset = self._value.fileno(), 0
-        digest = hashlib.sha256()
+        digest = new_digest()
         while offset < self._size:
             length = min(self._size - offset, _CHUNK)
             chunk = await loop.run_in_executor(None, _read_hashed, fd, length, offset, digest)
@@ -603,7 +604,7 @@ class _FilePart(aiohttp.Payload):
                 raise _Shrank("file shrank while it was being uploaded")
             await writer.write(chunk)
             offset += len(chunk)
-        self.sha256 = digest.hexdigest()
+        self.content_hash = digest.hexdigest()
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file part is never decoded")
@@ -709,11 +710,11 @@ class MaiAgentClient:
         if status not in _S3_OK:
             raise self._s3_error(status, body, retry_after)
         if isinstance(content, bytes):
-            sha256 = hashlib.sha256(content).hexdigest()
+            digest = digest_of(content)
         else:
-            assert isinstance(part, _FilePart) and part.sha256 is not None
-            sha256 = part.sha256
-        return Uploaded(before.st_size, before.st_mtime_ns, sha256)
+            assert isinstance(part, _FilePart) and part.content_hash is not None
+            digest = part.content_hash
+        return Uploaded(before.st_size, before.st_mtime_ns, digest)
 
     async def register(
         self, kb_id: str, items: Sequence[RegisterItem], label_form: LabelForm = "objects"

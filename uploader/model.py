@@ -46,6 +46,8 @@ class OutcomeKind(_Text):
     FAILED = "failed"
     RELEASED = "released"
     UPLOADED = "uploaded"
+    # run --skip-same-content: its bytes are another file's already in the knowledge base
+    SKIPPED = "skipped"
 
 
 class Step(_Text):
@@ -175,7 +177,7 @@ class Job:
     tags: str | None = None  # what the entry should carry (uploader.tags), None: nothing asked
     parser: str | None = None
     display_name: str | None = None
-    content_hash: str | None = None  # SHA-256 of the bytes behind s3_key / file_id
+    content_hash: str | None = None  # of the bytes behind s3_key / file_id (content.py)
 
     def __post_init__(self) -> None:
         if self.step is not None:

@@ -11,13 +11,13 @@ marked kept so that `verify` still knows them for what they are.
 
 A file whose mtime moved but not its size (a copy without -t, a checkout) is queued for a
 recheck instead: `same_content` hashes it and, when the bytes are the ones uploaded (the
-SHA-256 the upload computed while streaming), its job is done again with its entry.
+content hash the upload computed while streaming: `content.py`), its job is done again with
+its entry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import stat
@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from .client import ApiError, MaiAgentClient
+from .content import new_digest
 from .model import (
     Deletion,
     DeletionReason,
@@ -109,7 +110,7 @@ async def drain(
 
 
 def _digest(path: bytes, size: int) -> str | None:
-    """SHA-256 of the regular file at `path` if it still has `size` bytes (else None), read
+    """The content hash of the regular file at `path` if it still has `size` bytes (else None), read
     without following a symbolic link, as an upload would read it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
@@ -119,13 +120,19 @@ def _digest(path: bytes, size: int) -> str | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return None
-        digest = hashlib.sha256()
+        digest = new_digest()
         while chunk := file.read(CHUNK):
             digest.update(chunk)
         after = os.fstat(fd)
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         return None  # written to while read: not the bytes uploaded, whatever they are
     return digest.hexdigest()
+
+
+async def file_digest(job: Job) -> str | None:
+    """The content hash of a job's file as it is now (None: gone, not regular, or not its
+    size)."""
+    return await asyncio.to_thread(_digest, job.path, job.size)
 
 
 async def same_content(job: Job) -> bool:

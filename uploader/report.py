@@ -39,7 +39,7 @@ def _success(row: DoneRow) -> dict[str, Any]:
         "knowledge_base_id": kb,
         "knowledge_file_id": file_id,
         "filename": filename,
-        "sha256": content_hash,
+        "content_hash": content_hash,
     }
     if asked is not None:  # the labels and metadata enqueue asked its entry to carry
         labels, metadata = tags.decode(asked)

@@ -59,6 +59,7 @@ class Settings:
     grace: float = 5.0
     outage_timeout: float = 600.0
     keep_old_versions: bool = False
+    skip_same_content: bool = False
 
 
 @dataclass
@@ -218,13 +219,18 @@ class Pool:
             registrar=self.registrar,
             index=self.index,
             policy=Policy(
-                settings.max_retries, settings.retry_delay, settings.name, settings.lease_seconds
+                settings.max_retries,
+                settings.retry_delay,
+                settings.name,
+                settings.lease_seconds,
+                settings.skip_same_content,
             ),
             run_id=run_id,
             slots=asyncio.Semaphore(settings.workers),
             record=self.writer.put,
             lease_until=lambda job_id: self._lease_until.get(job_id, 0.0),
             labels=LabelResolver(client, queue),
+            uploaded_as=queue.uploaded_as,
         )
         # Claimed rows waiting for a slot keep every worker busy between claims; claims come
         # in batches of at least half the workers so the database is not asked per file.

@@ -139,7 +139,13 @@ class Queue(abc.ABC):
         the row's lease (a reclaimed row is left to its new owner); every outcome but
         `uploaded` also appends an attempts row. Per kind: done (file_id, clears the doubt),
         retry (pending at next_attempt_at), failed, released (pending, the attempt not
-        counted), uploaded (step and S3 key only, the row stays running)."""
+        counted), uploaded (step and S3 key only, the row stays running), skipped (its bytes are
+        another file's: state skipped, the reason kept, the hash too)."""
+
+    @abc.abstractmethod
+    async def uploaded_as(self, kb_id: str, content_hash: str, job_id: int) -> str | None:
+        """The relpath of a done job of `kb_id` other than `job_id` whose uploaded bytes have
+        this content hash, if any (an index lookup)."""
 
     @abc.abstractmethod
     async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
@@ -180,6 +186,11 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def host_counts(self) -> list[HostCount]:
         """Rows per (host, shared, state), ordered by host, shared, state."""
+
+    @abc.abstractmethod
+    async def content_counts(self) -> dict[str, dict[str, int]]:
+        """{kb_id: {"hashed": done jobs with a content hash, "superseded": entries waiting to
+        be deleted, "old_versions_kept": entries kept by --keep-old-versions}}; zeros absent."""
 
     @abc.abstractmethod
     async def error_kind_counts(self) -> dict[str, int]:

@@ -238,24 +238,27 @@ WITH o AS (
 ), written AS (
     UPDATE jobs AS j SET
         state = CASE o.outcome WHEN 'done' THEN 'done' WHEN 'failed' THEN 'failed'
-                WHEN 'uploaded' THEN j.state ELSE 'pending' END,
+                WHEN 'skipped' THEN 'skipped' WHEN 'uploaded' THEN j.state ELSE 'pending' END,
         step = CASE o.outcome WHEN 'done' THEN 'registered' WHEN 'uploaded' THEN 'uploaded'
-               ELSE o.step END,
+               WHEN 'skipped' THEN NULL ELSE o.step END,
         attempts = CASE o.outcome WHEN 'released' THEN j.attempts - 1 ELSE j.attempts END,
         file_id = CASE o.outcome WHEN 'done' THEN o.file_id ELSE j.file_id END,
         tags_applied = CASE o.outcome WHEN 'done' THEN o.applied ELSE j.tags_applied END,
-        s3_key = o.s3_key, filename = o.filename, size = o.size, mtime_ns = o.mtime_ns,
+        s3_key = CASE o.outcome WHEN 'skipped' THEN NULL ELSE o.s3_key END,
+        filename = o.filename, size = o.size, mtime_ns = o.mtime_ns,
         content_hash = o.content_hash,
         last_error = CASE o.outcome WHEN 'done' THEN NULL WHEN 'retry' THEN o.error
-                     WHEN 'failed' THEN o.error ELSE j.last_error END,
+                     WHEN 'failed' THEN o.error WHEN 'skipped' THEN o.error
+                     ELSE j.last_error END,
         error_kind = CASE o.outcome WHEN 'done' THEN NULL WHEN 'retry' THEN o.error_kind
-                     WHEN 'failed' THEN o.error_kind ELSE j.error_kind END,
-        unknown_since = CASE o.outcome WHEN 'done' THEN NULL
+                     WHEN 'failed' THEN o.error_kind WHEN 'skipped' THEN o.error_kind
+                     ELSE j.error_kind END,
+        unknown_since = CASE o.outcome WHEN 'done' THEN NULL WHEN 'skipped' THEN NULL
                         WHEN 'uploaded' THEN j.unknown_since ELSE o.unknown END,
         next_attempt_at = CASE o.outcome WHEN 'retry' THEN o.next ELSE j.next_attempt_at END,
-        finished_at = CASE WHEN o.outcome IN ('done', 'failed') THEN o.ended
+        finished_at = CASE WHEN o.outcome IN ('done', 'failed', 'skipped') THEN o.ended
                       ELSE j.finished_at END,
-        duration = CASE WHEN o.outcome IN ('done', 'failed') THEN o.ended - j.started_at
+        duration = CASE WHEN o.outcome IN ('done', 'failed', 'skipped') THEN o.ended - j.started_at
                    ELSE j.duration END,
         lease_owner = CASE o.outcome WHEN 'uploaded' THEN j.lease_owner END,
         lease_expires = CASE o.outcome WHEN 'uploaded' THEN j.lease_expires END
@@ -430,6 +433,13 @@ UPDATE jobs SET state = 'removed', file_id = NULL, remote_status = NULL, step = 
        s3_key = NULL, unknown_since = NULL, content_hash = NULL, next_attempt_at = 0,
        last_error = 'the file is gone from its folder', error_kind = NULL, finished_at = {NOW}
 WHERE id = ANY($1::int8[]) AND state NOT IN ('running', 'removed')"""
+
+_CONTENT_COUNTS = """
+SELECT kb_id, 'hashed', COUNT(*) FROM jobs
+WHERE state = 'done' AND content_hash IS NOT NULL GROUP BY kb_id
+UNION ALL
+SELECT kb_id, CASE WHEN kept THEN 'old_versions_kept' ELSE 'superseded' END, COUNT(*)
+FROM superseded GROUP BY 1, 2"""
 
 _DELETION_ROWS = """
 SELECT d.kb_id, d.entry_id, d.filename, d.reason, d.detail, d.command, d.deleted_at, j.path
@@ -771,6 +781,16 @@ class PgQueue(Queue):
                 column.append(value)
         return columns
 
+    async def uploaded_as(self, kb_id: str, content_hash: str, job_id: int) -> str | None:
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT relpath FROM jobs WHERE kb_id = $1 AND content_hash = $2"
+                " AND state = 'done' AND id <> $3 LIMIT 1",
+                kb_id,
+                content_hash,
+                job_id,
+            )
+
     async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
         """Extend our leases by the database's clock (and measure the clocks again: the
         keeper calls this every third of a lease)."""
@@ -849,6 +869,14 @@ class PgQueue(Queue):
                 " ORDER BY host, shared, state"
             )
         return [HostCount(*r) for r in rows]
+
+    async def content_counts(self) -> dict[str, dict[str, int]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_CONTENT_COUNTS)
+        counts: dict[str, dict[str, int]] = {}
+        for kb, what, n in rows:
+            counts.setdefault(kb, {})[what] = n
+        return counts
 
     async def error_kind_counts(self) -> dict[str, int]:
         async with self._connection() as conn:

@@ -174,6 +174,13 @@ UPDATE jobs SET step = 'uploaded', s3_key = :s3_key, filename = :filename, size 
        mtime_ns = :mtime_ns, content_hash = :content_hash
 WHERE id = :id AND lease_owner = :owner"""
 
+_SKIPPED = """
+UPDATE jobs SET state = 'skipped', last_error = :error, error_kind = :kind, finished_at = :ended,
+       duration = :ended - started_at, step = NULL, s3_key = NULL, unknown_since = NULL,
+       content_hash = :content_hash, lease_owner = NULL, lease_expires = NULL, size = :size,
+       mtime_ns = :mtime_ns
+WHERE id = :id AND lease_owner = :owner"""
+
 # One statement per outcome kind (a kind without one fails at import, not mid-run).
 _STATEMENTS = {
     OutcomeKind.DONE: _DONE,
@@ -181,6 +188,7 @@ _STATEMENTS = {
     OutcomeKind.FAILED: _FAILED,
     OutcomeKind.RELEASED: _RELEASED,
     OutcomeKind.UPLOADED: _UPLOADED,
+    OutcomeKind.SKIPPED: _SKIPPED,
 }
 assert set(_STATEMENTS) == set(OutcomeKind), "every outcome kind needs its statement"
 
@@ -223,6 +231,14 @@ def _outcome_params(o: Outcome, owner: str) -> dict[str, Any]:
         # what a done entry carries now: the tags its register or update-metadata sent
         "applied": j.tags if j.tags is not None else EMPTY_TAGS,
     }
+
+
+_CONTENT_COUNTS = """
+SELECT kb_id, 'hashed', COUNT(*) FROM jobs
+WHERE state = 'done' AND content_hash IS NOT NULL GROUP BY kb_id
+UNION ALL
+SELECT kb_id, CASE WHEN kept THEN 'old_versions_kept' ELSE 'superseded' END, COUNT(*)
+FROM superseded GROUP BY 1, 2"""
 
 
 _LOST_ATTEMPTS = """
@@ -386,6 +402,13 @@ class JobsMixin(SqliteBase):
             if attempts:
                 await self._conn.executemany(_ATTEMPT, attempts)
 
+    async def uploaded_as(self, kb_id: str, content_hash: str, job_id: int) -> str | None:
+        return await self._fetchval(
+            "SELECT relpath FROM jobs INDEXED BY jobs_content WHERE kb_id = ?"
+            " AND content_hash = ? AND state = 'done' AND id != ? LIMIT 1",
+            (kb_id, content_hash, job_id),
+        )
+
     async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
         """Extend our leases; the ids returned are the rows still ours (a row missing from it was
         reclaimed by another run while we were stalled)."""
@@ -454,6 +477,12 @@ class JobsMixin(SqliteBase):
             " ORDER BY host, shared, state"
         )
         return [HostCount(host, bool(shared), state, n) for host, shared, state, n in rows]
+
+    async def content_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for kb, what, n in await self._conn.execute_fetchall(_CONTENT_COUNTS):
+            counts.setdefault(kb, {})[what] = n
+        return counts
 
     async def error_kind_counts(self) -> dict[str, int]:
         rows = await self._conn.execute_fetchall(
