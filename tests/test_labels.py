@@ -23,6 +23,7 @@ from tests.helpers import (
     rows,
     run_args,
     service,
+    spawn,
 )
 from tests.maiagent_server import DIALECTS, MaiAgentServer
 from uploader.tags import decode
@@ -404,3 +405,25 @@ def test_verify_status_and_report_show_labels_and_metadata(
     assert (maiagent.stats()["update_metadata"], maiagent.stats()["presign"]) == (1, 0)
     assert entry_tags(maiagent)["hr/sub0/f0000.txt"] == ({"hr"}, {"source": "nas"})
     assert invoke(db, "verify", *service(maiagent)).exit_code == 0
+
+
+def test_two_processes_wanting_the_same_new_labels_share_them(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Two queues (two hosts, say) on one knowledge base: each lists the labels, finds none
+    and creates them; the one whose create comes second hears that the name exists and reads
+    the label back. Whoever wins, every entry carries the one label of each name."""
+    server = maiagent_factory(latency=0.05)
+    procs = []
+    for side in ("a", "b"):
+        make_tree(tmp_path / side, {f"hr/{side}{i}.txt": 1 + i for i in range(8)})
+        db = tmp_path / f"{side}.db"
+        enqueue(db, tmp_path / side, "--labels-from-path", "1", "--label", "shared")
+        procs.append(spawn(db, *run_args(server, "--workers", "8")))
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (out, err)
+    names = [label["name"] for label in server.labels(KB)]
+    assert sorted(names) == ["hr", "shared"]
+    assert len(server.records(KB)) == 16
+    assert {frozenset(t[0]) for t in entry_tags(server).values()} == {frozenset({"hr", "shared"})}
