@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key"
 KB = "kb-test"
 FAST = ("--retry-delay", "0.01")
+# A request timeout that a loaded machine never hits by accident, short enough that a doubtful
+# register (which may take effect until the timeout has passed) settles in seconds.
+TIMEOUT = ("--timeout", "8")
 UPLOADER = (sys.executable, "-c", "from uploader.cli import main; main()")
 S3_BUCKET = "kb-bucket"
 SUMMARY = re.compile(
@@ -93,6 +96,7 @@ def run_args(server: MaiAgentServer, *extra: str) -> list[str]:
         "run",
         *service(server),
         *FAST,
+        *TIMEOUT,
         "--max-retries",
         "10",
         "--name",

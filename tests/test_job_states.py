@@ -3,9 +3,11 @@ file: claims by processes that may crash or be stopped at any step, registers wh
 be lost after the server acted, leases that expire, retries and `retry-failed`. Whatever the
 path, the knowledge base never gets the file twice, and a final run always finishes it.
 
-The worker's rule is modelled, not imported: register only when the row's `unknown_since` is
-NULL; otherwise list the knowledge base into remote_files and adopt what `queue.adoptable`
-finds, registering again only when it finds nothing.
+The worker's rule is modelled, not imported: a register is sent only after its write-ahead
+(`queue.begin_register`) was committed under a live lease, and only when the row's
+`unknown_since` is NULL; otherwise list the knowledge base into remote_files and adopt what
+`queue.adoptable` finds by the row's key, registering again only when it finds nothing. A
+row with no key committed never registered.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Process:
 class Entry:
     id: str
     created_ms: int
+    key: str
 
 
 class JobLife(RuleBasedStateMachine):
@@ -177,13 +180,26 @@ class JobLife(RuleBasedStateMachine):
         assert p.job is not None
         if p.job.unknown_since is None:
             return
+        if p.job.s3_key is None:
+            p.job.unknown_since = None
+            return
         listed = [
-            parse_entry({"id": e.id, "filename": NAME, "size": SIZE, "createdAt": e.created_ms})
+            parse_entry(
+                {
+                    "id": e.id,
+                    "filename": NAME,
+                    "size": SIZE,
+                    "createdAt": e.created_ms,
+                    "file": e.key,
+                }
+            )
             for e in self.server
         ]
         self.run(self.queue.store_listed(listed_rows(KB, listed, time.time(), set())))
         since = p.job.unknown_since or p.job.started_at
-        found = self.run(self.queue.adoptable(KB, NAME, SIZE, since - CLOCK_SKEW, p.job.s3_key))
+        found = self.run(
+            self.queue.adoptable(KB, p.job.id, NAME, SIZE, since - CLOCK_SKEW, p.job.s3_key)
+        )
         if found:
             self.outcome(p, "done", file_id=found[0])
         else:
@@ -197,15 +213,23 @@ class JobLife(RuleBasedStateMachine):
         p.job.step = "uploaded"
         self.outcome(p, "uploaded")
 
-    def _register(self, p: Process, applied: bool) -> None:
+    def _register(self, p: Process, applied: bool) -> bool:
+        """The write-ahead, then the register; False when the fence stopped it."""
         assert p.job is not None and p.job.unknown_since is None, "the worker's rule"
-        p.registering_since = time.time()
+        assert p.job.s3_key is not None
+        since = time.time()
+        if p.job.id not in self.run(self.queue.begin_register(p.owner, [p.job], since)):
+            return False
+        p.registering_since = since
         self.registers += 1
         if applied:
-            self.server.append(Entry(str(uuid.uuid4()), int(time.time() * 1000)))
+            self.server.append(Entry(str(uuid.uuid4()), int(time.time() * 1000), p.job.s3_key))
+        return True
 
     def register(self, p: Process, fate: str, last_try: bool) -> None:
-        self._register(p, applied=fate in ("answered", "lost_after_apply"))
+        if not self._register(p, applied=fate in ("answered", "lost_after_apply")):
+            self.outcome(p, "retry", error_kind="lease")
+            return
         if fate == "answered":
             self.outcome(p, "done", file_id=self.server[-1].id)
             return

@@ -106,16 +106,40 @@ async def test_outcomes_are_written_only_by_the_lease_owner(queue_target: str) -
 
 
 @async_test
-async def test_reclaim_returns_dead_owners_rows_in_doubt(queue_target: str) -> None:
+async def test_reclaim_keeps_only_the_doubt_a_write_ahead_committed(queue_target: str) -> None:
+    """A dead run's row is in doubt only if its register's write-ahead was committed: a row
+    killed while uploading never sent one."""
     async with await open_queue(queue_target) as q:
-        await q.enqueue_batch(KB, rows("a", "b"))
-        [a] = await q.claim("host:1:dead", 1, LEASE, KB)
-        [b] = await q.claim(OWNER, 1, LEASE, KB)
-        assert await q.renew_leases(OWNER, LEASE) == [b.id]
-        assert await q.reclaim(["host:1:dead"]) == 1
-        [again] = await q.claim(OWNER, 1, LEASE, KB)
-        assert again.id == a.id and again.attempts == 1
-        assert again.unknown_since == pytest.approx(a.started_at)
+        await q.enqueue_batch(KB, rows("a", "b", "c"))
+        a, b = await q.claim("host:1:dead", 2, LEASE, KB)
+        [c] = await q.claim(OWNER, 1, LEASE, KB)
+        b.s3_key, b.filename = "key-b", "b"
+        since = time.time()
+        assert await q.begin_register("host:1:dead", [b], since) == {b.id}
+        assert await q.renew_leases(OWNER, LEASE) == [c.id]
+        assert await q.reclaim(["host:1:dead"]) == 2
+        again = {j.id: j for j in await q.claim(OWNER, 2, LEASE, KB)}
+        assert again[a.id].attempts == 1 and again[a.id].unknown_since is None
+        assert again[a.id].s3_key is None
+        assert again[b.id].unknown_since == pytest.approx(since)
+        assert (again[b.id].s3_key, again[b.id].filename) == ("key-b", "b")
+
+
+@async_test
+async def test_a_write_ahead_is_written_only_under_a_live_lease_of_its_owner(
+    queue_target: str,
+) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a", "b", "c"))
+        a, b, c = await q.claim(OWNER, 3, LEASE, KB)
+        for j in (a, b, c):
+            j.s3_key, j.filename = f"key-{j.relpath}", j.relpath
+        assert await q.begin_register("host:9:intruder", [a, b, c], time.time()) == set()
+        await q.record_outcomes(OWNER, [outcome(c, OutcomeKind.RELEASED)])
+        assert await q.renew_leases(OWNER, -1.0) == [a.id, b.id]  # expired now
+        assert await q.begin_register(OWNER, [a, b], time.time()) == set()
+        assert await q.renew_leases(OWNER, LEASE) == [a.id, b.id]
+        assert await q.begin_register(OWNER, [a, b, c], time.time()) == {a.id, b.id}
 
 
 @async_test
@@ -241,20 +265,28 @@ def listed(file_id: str, name: str, seen: float, created: float = 0.0) -> Listed
 
 @async_test
 async def test_a_doubtful_register_adopts_only_a_new_unowned_entry(queue_target: str) -> None:
+    """A listing that shows no keys leaves name, size and time: only a new entry nobody owns,
+    and never for a name that another job has (or may get, as a basename)."""
     async with await open_queue(queue_target) as q:
         await _done(q, "owned")
+        await q.enqueue_batch(KB, rows("x", "sub/y", "y2"))
+        x, y, _y2 = await q.claim(OWNER, 3, LEASE, KB)
         now = time.time()
         await q.store_listed(
             [
                 listed("file-owned", "x", now, now),
                 listed("old", "x", now, now - 100),
                 listed("new", "x", now, now),
+                listed("y-entry", "y", now, now),
             ]
         )
         assert await q.any_remote_known(KB, ["nope", "new"])
         assert not await q.any_remote_known(KB, ["nope"])
-        assert await q.adoptable(KB, "x", 10, now - 10, None) == ["new"]
-        assert await q.adoptable(KB, "x", 11, now - 10, None) == []
+        assert await q.adoptable(KB, x.id, "x", 10, now - 10, "k") == ["new"]
+        assert await q.adoptable(KB, x.id, "x", 11, now - 10, "k") == []
+        assert await q.adoptable(KB, y.id, "y", 10, now - 10, "k") == ["y-entry"]
+        await q.enqueue_batch(KB, rows("other/y"))
+        assert await q.adoptable(KB, y.id, "y", 10, now - 10, "k") == []
 
 
 @async_test
@@ -270,9 +302,9 @@ async def test_where_the_listing_shows_keys_only_the_key_adopts(queue_target: st
                 ListedRow(KB, "mine", "renamed", 99, "done", now - 500, now, "cdn/" + key),
             ]
         )
-        assert await q.adoptable(KB, "x", 10, now - 10, key) == ["mine"]
-        assert await q.adoptable(KB, "x", 10, now - 10, "chatbot-file/zz.txt") == []
-        assert await q.adoptable(KB, "x", 10, now - 10, "b12.txt") == []
+        assert await q.adoptable(KB, 1, "x", 10, now - 10, key) == ["mine"]
+        assert await q.adoptable(KB, 1, "x", 10, now - 10, "chatbot-file/zz.txt") == []
+        assert await q.adoptable(KB, 1, "x", 10, now - 10, "b12.txt") == []
 
 
 @async_test

@@ -232,8 +232,9 @@ def assert_untouched(ws: Workspace) -> None:
 def assert_key_nowhere(ws: Workspace, key: str, *texts: str) -> None:
     for text in (*texts, ws.logs()):
         assert key not in text
-    for path in ws.root.glob("queue.db*"):
-        assert key.encode() not in path.read_bytes()
+    for path in ws.root.glob("queue.db*"):  # the database, its side files, its run locks
+        for file in path.rglob("*") if path.is_dir() else [path]:
+            assert key.encode() not in file.read_bytes()
 
 
 def test_a_wrong_key_stops_the_run_at_once_with_every_row_untouched(

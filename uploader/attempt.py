@@ -7,18 +7,25 @@ Exactly once rests on one rule: **register again only when the previous register
 did not happen.** A row's `unknown_since` holds the doubt: "a register of this row may have
 taken effect, at or after this time".
 
-- It is set when a register is cut short: the register call failed in a way that may have
-  reached the service (a timeout, a lost connection, a 5xx, an answer that does not name the
-  file: `ApiError.maybe_applied`), or the attempt was cancelled while registering. It then
-  dates from when that register began.
-- It is set when a process dies holding the row: `Queue.reclaim` gives the row back with
-  `unknown_since = COALESCE(unknown_since, started_at, now)`, since the dead attempt may have
-  registered at any time after it started.
+- It is committed before any register leaves (`Queue.begin_register`, the write-ahead): the
+  row's S3 key and "register in flight since T", written only while the row is still leased
+  to this run and immediately before the request is sent (after the rate limiter, a 429 pause,
+  an outage pause). That write is also the fence: when it finds the row no longer ours, the
+  register is not sent. So a row that comes back from a dead process (`Queue.reclaim`) is in
+  doubt exactly when it may have registered, and always with the key that settles it.
+- It is kept when a register is cut short: the call failed in a way that may have reached the
+  service (a timeout, a lost connection, a 5xx, an answer that does not name the file:
+  `ApiError.maybe_applied`), or the attempt was cancelled while registering.
 - It is kept by every attempt that does not settle it (a retry or a release before the
-  register step carries the row's doubt unchanged).
-- It is settled here, before any register: the knowledge base's listing since the doubt is
-  read (`RemoteIndex.adopt`). An entry that matches is adopted (the job is done, no second
-  register); none means the earlier register did not happen, and the doubt is cleared.
+  register step carries the row's doubt unchanged; `retry-failed` keeps the key with it).
+- It is settled here, before any register, by the key alone: the knowledge base's listing
+  since the doubt is read (`RemoteIndex.adopt`); the entry whose `file` is (or ends with) the
+  key is adopted (the job is done, no second register). An entry listed without `file` is
+  matched by name, size and time only when no other job has that name. No entry is proof that
+  the register did not happen only once it had time to land (`Policy.settle_seconds`: the
+  request timeout and a margin after it was sent); until then the row waits, and the register
+  that follows sends the same key again, so a service that refuses duplicate keys (as the
+  docs say MaiAgent does) protects us too.
 - It is dropped when what may have been registered no longer counts: the file changed since
   it was queued (the new content is uploaded), or the row went back to pending as a new
   upload (`enqueue` of a changed file, `retry-failed --remote`: the queue's FORGET_UPLOAD).
@@ -46,6 +53,8 @@ from .replace import file_digest, same_content
 
 log = logging.getLogger("uploader.attempt")
 
+SETTLE_MARGIN = 2.0  # seconds a register may land after our request timed out
+
 
 @dataclass
 class Policy:
@@ -59,6 +68,14 @@ class Policy:
     # uploaded by this run) is recorded skipped, naming that file: duplicate chunks degrade
     # retrieval. Costs one more read of each file, to hash it before its upload.
     skip_same_content: bool = False
+    timeout: float = 60.0  # seconds per API request (--timeout)
+
+    @property
+    def settle_seconds(self) -> float:
+        """How long after a register was sent it may still take effect, when nothing else is
+        known (its process died): the listing is not taken as proof that it did not until
+        then (a slow commit behind a proxy lands after our timeout)."""
+        return self.timeout + SETTLE_MARGIN
 
 
 @dataclass
@@ -72,12 +89,18 @@ class Shared:
     run_id: int | None
     slots: asyncio.Semaphore  # the --workers uploads at once
     record: Callable[[Outcome], None]  # for the intermediate `uploaded` outcome
+    # the write-ahead and fence of a register (Writer.begin_register): the time from which
+    # it may take effect, or None when the row is no longer ours
+    begin_register: Callable[[Job], Awaitable[float | None]]
     lease_until: Callable[[int], float]  # when our lease on a job id ends, as last renewed
     labels: LabelResolver  # label names to ids, per knowledge base
     # --skip-same-content: the relpath of a done job of the knowledge base with these bytes
     uploaded_as: Callable[[str, str, int], Awaitable[str | None]] | None = None
     # --skip-same-content: (kb_id, content hash) -> relpath of the first file of this run with them
     taken: dict[tuple[str, str], str] = field(default_factory=dict)
+    # job id → when a doubtful register of this run, which ended with an error, has had
+    # time to land (its end and a margin); a row not in it waits Policy.settle_seconds
+    settles: dict[int, float] = field(default_factory=dict)
 
 
 class Attempt:
@@ -138,8 +161,8 @@ class Attempt:
                 slots.release()
 
     async def _upload(self) -> Outcome | None:
-        """Presign and upload unless a previous attempt did; adopt a doubtful register's
-        entry if the knowledge base shows one (then that outcome is returned)."""
+        """Presign and upload unless a previous attempt did; settle a doubtful register first
+        (an outcome is returned when that ends the attempt: adopted, or not yet settled)."""
         job = self.job
         if self._check_file():
             job.unknown_since = None  # what may have been registered is the old content
@@ -156,21 +179,20 @@ class Attempt:
             other = await self._same_as_another()
             if other is not None:
                 return self._outcome(OutcomeKind.SKIPPED, _same_content(other))
-        job.filename = job.filename or job.display_name or self._name()
         if job.unknown_since is not None:
-            file_id = await self._s.index.adopt(job, job.filename)
-            if file_id is not None:
-                log.info("adopted %s for %s after a doubtful register", file_id, job.relpath)
-                self.adopted = True
-                return self._outcome(OutcomeKind.DONE, file_id=file_id)
-            job.unknown_since = None  # the listing shows no entry: it did not happen
+            settled = await self._settle_doubt()
+            if settled is not None:
+                return settled
         if job.step != Step.UPLOADED or not job.s3_key:
+            self._check_lease("uploading")
+            job.filename = self._name()  # the run that uploads decides the name
             client = self._s.client
             presigned = await client.presign(job.filename, job.size)
             uploaded = await client.upload(presigned, job.path, job.size, job.filename)
             job.s3_key, job.content_hash = presigned.fields["key"], uploaded.content_hash
             job.step = Step.UPLOADED
             self._s.record(self._outcome(OutcomeKind.UPLOADED))
+        job.filename = job.filename or self._name()
         return None
 
     async def _same_as_another(self) -> str | None:
@@ -189,19 +211,55 @@ class Attempt:
         first = shared.taken.setdefault((job.kb_id, digest), job.relpath)
         return None if first == job.relpath else first
 
-    async def _register(self) -> Outcome:
+    async def _settle_doubt(self) -> Outcome | None:
+        """A register of this row's key may have taken effect: adopt its entry if the listing
+        shows it. Not shown is proof only once the register had time to land; until then the
+        row goes back to wait (doubt kept, attempt not counted). A row whose key was never
+        committed before a register cannot have been registered."""
         job = self.job
+        assert job.unknown_since is not None
+        if not job.s3_key:
+            job.unknown_since = None
+            return None
+        file_id = await self._s.index.adopt(job, job.filename or self._name())
+        if file_id is not None:
+            log.info("adopted %s for %s after a doubtful register", file_id, job.relpath)
+            self.adopted = True
+            return self._outcome(OutcomeKind.DONE, file_id=file_id)
+        settles = self._s.settles.get(job.id, job.unknown_since + self._s.policy.settle_seconds)
+        if time.time() < settles:
+            log.info("a register of %s may still take effect: looking again later", job.relpath)
+            return self._outcome(OutcomeKind.RELEASED, next_attempt_at=settles)
+        job.unknown_since = None  # the listing shows no entry: it did not happen
+        self._s.settles.pop(job.id, None)
+        return None
+
+    def _check_lease(self, doing: str) -> None:
+        """Stalled (suspended, starved) near the end of our lease: another run may own the row
+        soon; leave it to whoever holds it rather than act on a row that is not ours."""
         margin = min(5.0, self._s.policy.lease_seconds / 4)
-        if time.time() > self._s.lease_until(job.id) - margin:
-            # Stalled (suspended, starved) past our lease: another run may own the row now,
-            # and registering could make a second entry. Leave it to whoever holds it.
+        if time.time() > self._s.lease_until(self.job.id) - margin:
             raise ApiError(
-                "lease expired before registering", kind="transient", error_kind=ErrorKind.LEASE
+                f"lease expired before {doing}", kind="transient", error_kind=ErrorKind.LEASE
             )
+
+    async def _register(self) -> Outcome:
+        """Register the uploaded key. Its write-ahead is the fence (`begin_register`, passed
+        immediately before each send): the key and "register in flight" are committed while
+        the row is still ours, or nothing is sent."""
+        job = self.job
         assert job.s3_key is not None and job.filename is not None
         item = await self._register_item(job.s3_key, job.filename)
-        self._registering_since = time.time()
-        file_id = await self._s.registrar.register(job.kb_id, item)
+
+        async def fence() -> bool:
+            since = await self._s.begin_register(job)
+            if since is None:
+                return False
+            if self._registering_since is None:
+                self._registering_since = since
+            return True
+
+        file_id = await self._s.registrar.register(job.kb_id, item, fence)
         self._registering_since = None
         return self._outcome(OutcomeKind.DONE, file_id=file_id)
 
@@ -249,6 +307,9 @@ class Attempt:
         return True
 
     def _name(self) -> str:
+        """The name shown: the manifest's, else the relpath or basename as --name says."""
+        if self.job.display_name:
+            return self.job.display_name
         relpath = self.job.relpath
         return relpath if self._s.policy.name == "relpath" else relpath.rsplit("/", 1)[-1]
 
@@ -259,6 +320,8 @@ class Attempt:
             log.error("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
             return self._outcome(OutcomeKind.FAILED, err)
         delay = backoff(job.attempts, policy.retry_delay, err.retry_after)
+        if self._registering_since is not None and err.maybe_applied:
+            delay = max(delay, SETTLE_MARGIN)  # no use looking before it may have landed
         log.warning(
             "retry %d/%d of %s in %.1fs: %s",
             job.attempts,
@@ -278,14 +341,17 @@ class Attempt:
         next_attempt_at: float = 0.0,
     ) -> Outcome:
         """Every outcome passes here, so the rule for doubt (module docstring) is applied in
-        one place: a register cut short makes the row doubtful from when it began; otherwise
-        the row keeps whatever doubt this attempt did not settle."""
+        one place: a register cut short makes the row doubtful from when it began (and, when it
+        ended with an error, settled a margin after that); otherwise the row keeps whatever
+        doubt this attempt did not settle."""
         cut_short = kind == OutcomeKind.RELEASED or (err is not None and err.maybe_applied)
         old = self.job.file_id  # the entry the job pointed to when claimed
         replaced = kind == OutcomeKind.DONE and old is not None and file_id != old
         unknown = self.job.unknown_since
         if self._registering_since is not None and cut_short:
             unknown = self._registering_since
+            if err is not None:  # the register ended now: it has landed, if ever, by then
+                self._s.settles[self.job.id] = time.time() + SETTLE_MARGIN
         return Outcome(
             job=self.job,
             outcome=kind,

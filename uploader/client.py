@@ -22,7 +22,7 @@ import random
 import re
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
@@ -296,6 +296,10 @@ class RegisterItem:
         if self.parser is not None:
             item["parser"] = self.parser
         return item
+
+
+# Awaited just before a register is sent: the items that may still go (see `register`).
+Fence = Callable[[Sequence[RegisterItem]], Awaitable[Sequence[RegisterItem]]]
 
 
 def key_matches(file_or_key: str | None, key: str) -> bool:
@@ -651,6 +655,11 @@ class MaiAgentClient:
 
     # --- uploading ---
 
+    @property
+    def timeout(self) -> float:
+        """Seconds per API request (--timeout)."""
+        return self._timeout
+
     async def presign(self, filename: str, size: int) -> Presigned:
         body = {
             "filename": filename,
@@ -717,25 +726,43 @@ class MaiAgentClient:
         return Uploaded(before.st_size, before.st_mtime_ns, digest)
 
     async def register(
-        self, kb_id: str, items: Sequence[RegisterItem], label_form: LabelForm = "objects"
+        self,
+        kb_id: str,
+        items: Sequence[RegisterItem],
+        label_form: LabelForm = "objects",
+        *,
+        fence: Fence | None = None,
     ) -> list[RemoteEntry]:
         """Register uploaded keys; returns the entries the answer shows (a bare list in the
         examples, a page's `results` in the docs), which need not be all or in order: match
         them with `RemoteEntry.has_key`.
 
+        `fence`, when given, is awaited immediately before each send (after the rate limiter,
+        a 429 pause, an outage pause) with the items, and returns those that may still be
+        sent: only they go (none: the call raises the fence's error).
+
         A 400 saying the key is already in the knowledge base is `duplicate_key`: transient
         and maybe applied, since it means an earlier register of ours took effect.
         """
-        entries, _forms = await self.register_forms(kb_id, items, label_form)
+        entries, _forms = await self.register_forms(kb_id, items, label_form, fence=fence)
         return entries
 
     async def register_forms(
-        self, kb_id: str, items: Sequence[RegisterItem], label_form: LabelForm = "objects"
+        self,
+        kb_id: str,
+        items: Sequence[RegisterItem],
+        label_form: LabelForm = "objects",
+        *,
+        fence: Fence | None = None,
     ) -> tuple[list[RemoteEntry], Forms]:
         """`register`, and the forms its answer took (for `uploader check`)."""
-        files = [item.body(label_form) for item in items]
+
+        async def payload() -> object:
+            sending = items if fence is None else await fence(items)
+            return {"files": [item.body(label_form) for item in sending]}
+
         answer = await self._api_json(
-            "POST", _kb_path(kb_id), "register", {"files": files}, kb_id=kb_id, unsafe=True
+            "POST", _kb_path(kb_id), "register", payload, kb_id=kb_id, unsafe=True
         )
         return self._parse("register", _entries, answer, unsafe=True), forms_of(answer)
 
@@ -930,10 +957,7 @@ class MaiAgentClient:
         mean "that file is gone" (returns None); `unsafe` marks a call that must not be
         repeated blindly.
         """
-        data = (
-            None if payload is None else json.dumps(payload, separators=_JSON_SEPARATORS).encode()
-        )
-        headers = self._get_headers if data is None else self._post_headers
+        headers = self._get_headers if payload is None else self._post_headers
         if "://" in target:
             url, parts = target, urlsplit(target)
             where = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -941,6 +965,7 @@ class MaiAgentClient:
             url, where = self._base + target, target
         for attempt in range(self._throttle_retries + 1):
             await self._limiter.acquire()
+            data = await self._encode(payload)
             status, body, retry_after = await self._send(
                 method, url, where, data, headers, self._api_timeout, op, unsafe
             )
@@ -956,6 +981,17 @@ class MaiAgentClient:
         if status == 404 and gone_ok:
             return None
         raise self._status_error(op, status, body, kb_id, unsafe)
+
+    async def _encode(self, payload: object) -> bytes | None:
+        """The request body; a callable payload is made now, after every wait before the
+        send (see `register`'s fence), and so again for each re-send."""
+        if callable(payload):
+            if self.gate is not None:
+                await self.gate.wait_open()
+            payload = await payload()
+        return (
+            None if payload is None else json.dumps(payload, separators=_JSON_SEPARATORS).encode()
+        )
 
     async def _send(
         self,

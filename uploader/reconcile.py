@@ -38,7 +38,7 @@ from .model import (
     RequeueItem,
     SupersededEntry,
 )
-from .queue import Queue
+from .queue import Queue, QueueError
 
 T = TypeVar("T")
 
@@ -116,11 +116,12 @@ class RemoteIndex:
             page += 1
 
     async def adopt(self, job: Job, filename: str) -> str | None:
-        """The entry a doubtful register of `job` created, if the listing shows one."""
+        """The entry a doubtful register of `job`'s key created, if the listing shows one."""
+        assert job.s3_key is not None, "a row without a committed key never registered"
         since = job.unknown_since or job.started_at
         await self.refresh(job.kb_id, since, job.started_at)
         for file_id in await self._queue.adoptable(
-            job.kb_id, filename, job.size, since - CLOCK_SKEW, job.s3_key
+            job.kb_id, job.id, filename, job.size, since - CLOCK_SKEW, job.s3_key
         ):
             if file_id not in self.taken:
                 self.taken.add(file_id)
@@ -655,7 +656,11 @@ async def dedupe(
 ) -> Dedupe:
     """Delete provable copies (a dry run unless `apply`), and with `include_extra` the
     surplus of unknown-origin name-and-size groups, from a fresh listing: a stale one could
-    name an entry that is now the only copy. Every deletion is recorded."""
+    name an entry that is now the only copy. Every deletion is recorded. Deleting is refused
+    while a run holds files of the knowledge base: an entry a job is adopting at that moment
+    is owned by no job yet, and would look like a surplus copy."""
+    if apply:
+        await _refuse_during_a_run(q, kb_id)
     listing = await list_and_match(q, client, kb_id, show)
     copies = await find_copies(q, kb_id, listing.started)
     groups = [*copies.groups, *(copies.unknown if include_extra else [])]
@@ -681,6 +686,19 @@ def _deletion(kb_id: str, group: DuplicateGroup, entry: Entry, command: str) -> 
     return Deletion(
         kb_id, entry.id, entry.filename, reason, detail, command, time.time(), group.job_id
     )
+
+
+class RunInProgress(QueueError):
+    """A run holds files of the knowledge base, so deleting entries now is unsafe."""
+
+
+async def _refuse_during_a_run(q: Queue, kb_id: str) -> None:
+    running = (await q.state_counts()).get(kb_id, {}).get("running", (0, 0))[0]
+    if running:
+        raise RunInProgress(
+            f"a run is uploading {running} file(s) of {kb_id}: dedupe --yes deletes nothing "
+            "until it ends (a dead run's files come back when `uploader run` reclaims them)"
+        )
 
 
 # --- retry-failed --remote ---

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .client import ApiError, MaiAgentClient, RegisterItem, RemoteEntry
@@ -14,15 +15,28 @@ from .reconcile import RemoteIndex
 log = logging.getLogger("uploader.run")
 
 
+# The attempt's write-ahead and fence for one file: True when the register may go now.
+FileFence = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class _Pending:
+    item: RegisterItem
+    fence: FileFence
+    fut: asyncio.Future[str]
+
+
 @dataclass
 class _Batch:
-    items: list[tuple[RegisterItem, asyncio.Future[str]]] = field(default_factory=list)
+    items: list[_Pending] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
 
 class Registrar:
     """Registers uploaded keys, N per call when --register-batch N > 1, each file waiting at
-    most `delay`. An answer that does not name every file sent turns batching off."""
+    most `delay`. An answer that does not name every file sent turns batching off. Every
+    file's fence is passed just before its call is sent (and again before a re-send after a
+    429): a file whose fence fails is left out and gets a `lease` error, never sent."""
 
     def __init__(self, client: MaiAgentClient, index: RemoteIndex, size: int, delay: float):
         self._client = client
@@ -35,25 +49,20 @@ class Registrar:
         self.proved: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def register(self, kb_id: str, item: RegisterItem) -> str:
+    async def register(self, kb_id: str, item: RegisterItem, fence: FileFence) -> str:
         """The entry id of one file (its key, name shown, labels, metadata and parser), sent
-        alone or in a batch with others of the same knowledge base."""
-        key, filename = item.key, item.filename
+        alone or in a batch with others of the same knowledge base once `fence` lets it."""
+        pending = _Pending(item, fence, asyncio.get_running_loop().create_future())
         if self.size <= 1:
-            entries = await self._client.register(kb_id, [item])
-            [file_id] = self._match(entries, [(key, filename)])
-            if file_id is None:
-                raise _unlisted(filename)
-            self._index.taken.add(file_id)
-            return file_id
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            await self._call(kb_id, [pending])
+            return pending.fut.result()
         batch = self._batches.setdefault(kb_id, _Batch())
-        batch.items.append((item, fut))
+        batch.items.append(pending)
         if len(batch.items) >= self.size:
             self._send(kb_id)
         elif batch.timer is None:
             batch.timer = asyncio.get_running_loop().call_later(self._delay, self._send, kb_id)
-        return await fut
+        return await pending.fut
 
     def _send(self, kb_id: str) -> None:
         batch = self._batches.pop(kb_id, None)
@@ -61,33 +70,43 @@ class Registrar:
             return
         if batch.timer is not None:
             batch.timer.cancel()
-        items = [(item, fut) for item, fut in batch.items if not fut.done()]
+        items = [p for p in batch.items if not p.fut.done()]
         if items:
             task = asyncio.create_task(self._call(kb_id, items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(
-        self, kb_id: str, items: list[tuple[RegisterItem, asyncio.Future[str]]]
-    ) -> None:
+    async def _call(self, kb_id: str, pending: list[_Pending]) -> None:
+        """One register call for `pending`; every future is settled (a result or an error)."""
+        sent: list[_Pending] = []
+
+        async def fence(_items: Sequence[RegisterItem]) -> list[RegisterItem]:
+            sent[:] = await _passing(pending)
+            if not sent:
+                raise _fenced()
+            return [p.item for p in sent]
+
         try:
-            entries = await self._client.register(kb_id, [item for item, _ in items])
+            entries = await self._client.register(kb_id, [p.item for p in pending], fence=fence)
         except ApiError as exc:
-            for _item, fut in items:
-                if not fut.done():
-                    fut.set_exception(exc)
+            for p in pending:
+                if not p.fut.done():
+                    p.fut.set_exception(exc if p in sent else _fenced())
             return
-        ids = self._match(entries, [(item.key, item.filename) for item, _fut in items])
-        if len(items) > 1:
+        ids = self._match(entries, [(p.item.key, p.item.filename) for p in sent])
+        if len(sent) > 1:
             self.proved[kb_id] = self.proved.get(kb_id, True) and None not in ids
-        for (item, fut), file_id in zip(items, ids, strict=True):
-            if fut.done():
+        for p, file_id in zip(sent, ids, strict=True):
+            if p.fut.done():
                 continue
             if file_id is None:
-                fut.set_exception(_unlisted(item.filename))
+                p.fut.set_exception(_unlisted(p.item.filename))
             else:
                 self._index.taken.add(file_id)
-                fut.set_result(file_id)
+                p.fut.set_result(file_id)
+        for p in pending:
+            if not p.fut.done():
+                p.fut.set_exception(_fenced())
 
     def _match(self, entries: list[RemoteEntry], sent: list[tuple[str, str]]) -> list[str | None]:
         """The entry of each (key, filename) sent: by S3 key when the answer shows keys, else
@@ -114,6 +133,21 @@ class Registrar:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _passing(pending: list[_Pending]) -> list[_Pending]:
+    """The files whose fence lets them go now (cancelled waiters are dropped)."""
+    waiting = [p for p in pending if not p.fut.done()]
+    verdicts = await asyncio.gather(*(p.fence() for p in waiting))
+    return [p for p, ok in zip(waiting, verdicts, strict=True) if ok]
+
+
+def _fenced() -> ApiError:
+    return ApiError(
+        "not registered: this run's lease on the file ended (another run may hold it)",
+        kind="transient",
+        error_kind=ErrorKind.LEASE,
+    )
 
 
 def _unlisted(filename: str) -> ApiError:

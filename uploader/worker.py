@@ -12,11 +12,9 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import replace
@@ -24,6 +22,7 @@ from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 from .exitcodes import ExitCode
 from .labels import LabelResolver
+from .liveness import LockError, RunLock, make_owner
 from .model import ErrorKind, Job, Outcome, OutcomeKind
 from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .progress import Progress
@@ -106,19 +105,14 @@ async def scan_in_progress(queue: Queue, kb_id: str | None, me: str) -> bool:
     empty queue is not the end of a run. A scan of a dead process does not count: by its pid
     on this host (`me`'s), elsewhere once unseen for SCAN_STALE seconds."""
     scans = await queue.scans(kb_id)
-    dead = set(dead_owners(scans, me))
+    dead = set(_dead_scanners(scans, me))
     return any(owner not in dead and age < SCAN_STALE for owner, age in scans)
 
 
-def make_owner(host: str | None = None) -> str:
-    """host:pid:token, so a later run on this host can tell that the owner is dead; `host` is
-    the queue's host id (--host-id), this machine's name by default."""
-    return f"{host or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def dead_owners(owners: list[tuple[str, float]], me: str) -> list[str]:
-    """Owners on this host (by `me`'s host id) whose process is gone: their rows need not wait
-    for the lease. A pid says nothing about another host's processes: theirs wait."""
+def _dead_scanners(owners: list[tuple[str, float]], me: str) -> list[str]:
+    """Scanning processes on this host (by `me`'s host id) that are gone. Only scans are
+    judged by pid: a scan misjudged dead (a container with its own pid namespace) costs a run
+    that stops before that enqueue ends, never a second entry; rows use run locks."""
     host = me.rsplit(":", 2)[0]
     dead = []
     for owner, _expires in owners:
@@ -142,7 +136,8 @@ def dead_owners(owners: list[tuple[str, float]], me: str) -> list[str]:
 
 class Writer:
     """Every result goes through here and is committed in batches: one transaction per
-    flush instead of one per file."""
+    flush instead of one per file. So do the write-aheads of registers (`begin_register`),
+    flushed at once since a register waits for its own."""
 
     def __init__(
         self, queue: Queue, owner: str, on_commit: Callable[[list[Outcome]], None]
@@ -151,11 +146,41 @@ class Writer:
         self._owner = owner
         self._on_commit = on_commit
         self._items: list[Outcome] = []
+        self._fences: list[tuple[Job, asyncio.Future[float | None]]] = []
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
+        self._kick = asyncio.Event()
 
     def put(self, outcome: Outcome) -> None:
         self._items.append(outcome)
+
+    async def begin_register(self, job: Job) -> float | None:
+        """Commit the job's S3 key and "register in flight" before the register leaves: the time
+        from which it may take effect, or None when the row is no longer ours (do not send).
+        Jobs arriving together share one transaction."""
+        if self._stop.is_set():
+            return None
+        fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        self._fences.append((job, fut))
+        self._kick.set()
+        return await fut
+
+    async def _write_fences(self) -> None:
+        async with self._lock:
+            fences, self._fences = self._fences, []
+            if not fences:
+                return
+            since = time.time()
+            try:
+                ours = await self._queue.begin_register(self._owner, [j for j, _ in fences], since)
+            except BaseException as exc:
+                for _job, fut in fences:
+                    if not fut.done():
+                        fut.set_exception(_not_written(exc))
+                raise
+        for job, fut in fences:
+            if not fut.done():
+                fut.set_result(since if job.id in ours else None)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -170,19 +195,34 @@ class Writer:
             self._on_commit(items)
 
     async def loop(self) -> None:
-        """Flush every few milliseconds until stopped. It is stopped, not cancelled: a cancel
-        arriving just after a COMMIT would put committed results back for a second write. A
-        database error only delays the results (they stay in memory, the rows leased to us)."""
+        """Flush every few milliseconds (write-aheads at once) until stopped. It is stopped,
+        not cancelled: a cancel arriving just after a COMMIT would put committed results back
+        for a second write. A database error only delays the results (they stay in memory,
+        the rows leased to us); a write-ahead it hit is not sent."""
         while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), FLUSH_INTERVAL)
+                await asyncio.wait_for(self._kick.wait(), FLUSH_INTERVAL)
+            self._kick.clear()
             try:
+                await self._write_fences()
                 await self.flush()
             except self._queue.errors as exc:
                 log.warning("results not written yet: %s", exc)
+        for _job, fut in self._fences:
+            if not fut.done():
+                fut.set_result(None)
 
     def stop(self) -> None:
         self._stop.set()
+        self._kick.set()
+
+
+def _not_written(exc: BaseException) -> ApiError:
+    return ApiError(
+        f"register not sent: its write-ahead failed: {exc}",
+        kind="transient",
+        error_kind=ErrorKind.LEASE,
+    )
 
 
 class Pool:
@@ -198,6 +238,7 @@ class Pool:
         on_progress: Callable[[int, int, int], None],
         probe_kb: str,
         on_outage: OnChange | None = None,
+        lock: RunLock | None = None,
     ) -> None:
         """`on_progress(done, failed, bytes)` hears of every batch of results committed;
         `on_outage(state, outage)` of every pause and resume (the gate probes by listing
@@ -206,6 +247,7 @@ class Pool:
         self.client = client
         self.s = settings
         self.owner = owner
+        self.lock = lock  # this run's liveness lock, the judge of other owners (liveness.py)
         self.run_id = run_id
         self._on_progress = on_progress
         self.result = RunResult()
@@ -223,11 +265,13 @@ class Pool:
                 settings.retry_delay,
                 settings.name,
                 settings.lease_seconds,
-                settings.skip_same_content,
+                skip_same_content=settings.skip_same_content,
+                timeout=client.timeout,
             ),
             run_id=run_id,
             slots=asyncio.Semaphore(settings.workers),
             record=self.writer.put,
+            begin_register=self.writer.begin_register,
             lease_until=lambda job_id: self._lease_until.get(job_id, 0.0),
             labels=LabelResolver(client, queue),
             uploaded_as=queue.uploaded_as,
@@ -420,9 +464,16 @@ class Pool:
                     self._lease_until[job_id] = renewing + self.s.lease_seconds
 
     async def _reclaim(self) -> None:
+        """Rows of owners whose lease expired, or whose run lock proves them dead."""
         owners = await self.queue.lease_owners()
         if owners:
-            n = await self.queue.reclaim(dead_owners(owners, self.owner))
+            others = [o.owner for o in owners if o.owner != self.owner]
+            lock = self.lock
+            dead = lock.dead_owners(others, remove=False) if lock is not None else []
+            n = await self.queue.reclaim(dead)
+            if lock is not None:
+                for owner in dead:  # their rows are back: the proof is no longer needed
+                    lock.forget(owner)
             if n:
                 log.info("reclaimed %d rows left running by a dead or expired run", n)
                 self._wake.set()
@@ -523,6 +574,41 @@ async def execute(
     """One `uploader run`: preflight, the pool until the queue is empty, the run's record.
     `on_start` gets the run's id as soon as it has one (the log is named after it)."""
     owner = make_owner(queue.scope.host)
+    with _run_lock(queue, owner) as lock:
+        return await _execute(
+            queue, settings, service, options, quiet, on_outage, on_start, owner, lock
+        )
+
+
+@contextlib.contextmanager
+def _run_lock(queue: Queue, owner: str) -> Iterator[RunLock | None]:
+    """This run's liveness lock for its whole life, where the queue's runs share a folder;
+    without one a dead run's rows come back only when their lease expires."""
+    folder = queue.runs_folder
+    if folder is None:
+        yield None
+        return
+    try:
+        lock = RunLock.take(folder, owner)
+    except LockError as exc:
+        log.warning("%s: a dead run's rows are taken back only when their lease expires", exc)
+        yield None
+        return
+    with lock:
+        yield lock
+
+
+async def _execute(
+    queue: Queue,
+    settings: Settings,
+    service: Connection,
+    options: dict[str, object],
+    quiet: bool,
+    on_outage: OnChange | None,
+    on_start: Callable[[int], None] | None,
+    owner: str,
+    lock: RunLock | None,
+) -> RunResult:
     run_id = await queue.start_run(owner, options)
     if on_start is not None:
         on_start(run_id)
@@ -567,6 +653,7 @@ async def execute(
                         progress.add,
                         probe_kb,
                         outage_seen,
+                        lock,
                     )
                     _install_signals(pool)
                     result.add(await pool.run())

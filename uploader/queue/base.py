@@ -24,6 +24,7 @@ import abc
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -76,6 +77,13 @@ class Queue(abc.ABC):
     # name, nothing shared): what `enqueue_batch` records and what `claim`, `next_due`,
     # `kbs_with_work` and `pending_totals` are limited to.
     scope: HostScope = HostScope(socket.gethostname())
+
+    @property
+    def runs_folder(self) -> Path | None:
+        """Where runs of this queue keep their liveness locks (liveness.py), or None when the
+        runs of this queue share no folder (then only an expired lease frees a dead run's
+        rows)."""
+        return None
 
     # --- life ----------------------------------------------------------------------------
 
@@ -148,6 +156,14 @@ class Queue(abc.ABC):
         this content hash, if any (an index lookup)."""
 
     @abc.abstractmethod
+    async def begin_register(self, owner: str, jobs: Sequence[Job], since: float) -> set[int]:
+        """The write-ahead and the fence of a register, in one transaction: each job that
+        `owner` still holds by an unexpired lease gets its S3 key, filename, size, mtime and
+        step 'uploaded' written with unknown_since = `since` ("a register of this key may take
+        effect from now on"); the ids written are returned. A job not among them must not be
+        registered: its row is another run's now, or soon will be."""
+
+    @abc.abstractmethod
     async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
         """Extend `owner`'s running rows to now + lease_seconds; the ids still ours."""
 
@@ -159,8 +175,8 @@ class Queue(abc.ABC):
     async def reclaim(self, dead_owners: Iterable[str]) -> int:
         """One transaction: running rows whose lease expired or whose owner is in
         `dead_owners` go back to pending (the attempt not counted, an attempts row 'lost'
-        written), their register now in doubt: unknown_since = COALESCE(unknown_since,
-        started_at, now). Returns how many."""
+        written). Their doubt is what `begin_register` committed: a row reclaimed without it never
+        sent a register. Returns how many."""
 
     # --- runs ----------------------------------------------------------------------------
 
@@ -234,11 +250,13 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def adoptable(
-        self, kb_id: str, filename: str, size: int, since: float, s3_key: str | None
+        self, kb_id: str, job_id: int, filename: str, size: int, since: float, s3_key: str
     ) -> list[str]:
-        """Listed entries a doubtful register of this file may have created: same filename,
-        created at or after `since`, size equal when listed, file key equal when both are
-        known, and no job's file_id already. Entries with a key first, then oldest first."""
+        """Listed entries a doubtful register of job `job_id`'s key may have created, not
+        already some job's entry, oldest first. Where the listing shows an entry's key, only
+        the key decides (equal, or a path ending with "/" + key). An entry listed without a
+        key matches by filename, created at or after `since` and size (when listed), and only
+        when no other job of the knowledge base has or may get that filename."""
 
     @abc.abstractmethod
     async def store_listed(self, rows: Sequence[ListedRow]) -> None:

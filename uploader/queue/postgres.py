@@ -255,7 +255,8 @@ WITH o AS (
                      ELSE j.error_kind END,
         unknown_since = CASE o.outcome WHEN 'done' THEN NULL WHEN 'skipped' THEN NULL
                         WHEN 'uploaded' THEN j.unknown_since ELSE o.unknown END,
-        next_attempt_at = CASE o.outcome WHEN 'retry' THEN o.next ELSE j.next_attempt_at END,
+        next_attempt_at = CASE WHEN o.outcome IN ('retry', 'released') THEN o.next
+                          ELSE j.next_attempt_at END,
         finished_at = CASE WHEN o.outcome IN ('done', 'failed', 'skipped') THEN o.ended
                       ELSE j.finished_at END,
         duration = CASE WHEN o.outcome IN ('done', 'failed', 'skipped') THEN o.ended - j.started_at
@@ -276,8 +277,8 @@ SELECT count(*) FROM written"""
 assert all(f"'{kind.value}'" in _OUTCOMES for kind in OutcomeKind), "a kind without its CASE"
 
 # Rows of dead or expired owners, locked so that an owner writing its outcome right now
-# keeps its row (SKIP LOCKED), go back to pending in doubt (the rule for doubt, attempt.py),
-# each with a 'lost' attempt read before the update.
+# keeps its row (SKIP LOCKED), go back to pending with the doubt `begin_register` committed
+# (the rule for doubt, attempt.py), each with a 'lost' attempt read before the update.
 _RECLAIM = f"""
 WITH gone AS (
     SELECT id FROM jobs
@@ -291,12 +292,20 @@ WITH gone AS (
     FROM jobs AS j JOIN gone USING (id)
 ), back AS (
     UPDATE jobs AS j SET state = 'pending', attempts = GREATEST(j.attempts - 1, 0),
-           lease_owner = NULL, lease_expires = NULL,
-           unknown_since = COALESCE(j.unknown_since, j.started_at, {NOW})
+           lease_owner = NULL, lease_expires = NULL
     FROM gone WHERE j.id = gone.id
     RETURNING 1
 )
 SELECT count(*) FROM back"""
+
+# The write-ahead and fence of a register (Queue.begin_register), by the database's clock.
+_BEGIN_REGISTER = f"""
+UPDATE jobs AS j SET step = 'uploaded', s3_key = w.s3_key, filename = w.filename,
+       size = w.size, mtime_ns = w.mtime_ns, unknown_since = $2
+FROM unnest($3::int8[], $4::text[], $5::text[], $6::int8[], $7::int8[])
+     AS w(id, s3_key, filename, size, mtime_ns)
+WHERE j.id = w.id AND j.state = 'running' AND j.lease_owner = $1 AND j.lease_expires > {NOW}
+RETURNING j.id"""
 
 _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
     "done": (
@@ -315,15 +324,21 @@ _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
     ),
 }
 
+# See the SQLite backend's _ADOPTABLE: the key decides; name, size and time only for a
+# listing without `file`, and a name no other job of the knowledge base has.
 _ADOPTABLE = """
 SELECT r.id FROM remote_files AS r
 WHERE r.kb_id = $1
   AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id)
-  AND CASE WHEN r.file_key IS NOT NULL AND $5::text IS NOT NULL
+  AND CASE WHEN r.file_key IS NOT NULL
       THEN r.file_key = $5 OR right(r.file_key, length($5) + 1) = '/' || $5
       ELSE r.filename = $2 AND r.created_at >= $3 AND (r.size IS NULL OR r.size = $4)
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs AS o WHERE o.kb_id = $1 AND o.id <> $6
+                 AND (o.filename = $2 OR o.relpath = $2
+                      OR right(o.relpath, length($2) + 1) = '/' || $2))
       END
-ORDER BY r.file_key IS NULL, r.created_at, r.id"""
+ORDER BY r.created_at, r.id"""
 
 _STORE_LISTED = """
 INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key,
@@ -791,6 +806,20 @@ class PgQueue(Queue):
                 job_id,
             )
 
+    async def begin_register(self, owner: str, jobs: Sequence[Job], since: float) -> set[int]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                _BEGIN_REGISTER,
+                owner,
+                self._to_db(since),
+                [j.id for j in jobs],
+                [j.s3_key for j in jobs],
+                [j.filename for j in jobs],
+                [j.size for j in jobs],
+                [j.mtime_ns for j in jobs],
+            )
+        return {r[0] for r in rows}
+
     async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
         """Extend our leases by the database's clock (and measure the clocks again: the
         keeper calls this every third of a lease)."""
@@ -988,10 +1017,10 @@ class PgQueue(Queue):
         return found is not None
 
     async def adoptable(
-        self, kb_id: str, filename: str, size: int, since: float, s3_key: str | None
+        self, kb_id: str, job_id: int, filename: str, size: int, since: float, s3_key: str
     ) -> list[str]:
         async with self._connection() as conn:
-            rows = await conn.fetch(_ADOPTABLE, kb_id, filename, since, size, s3_key)
+            rows = await conn.fetch(_ADOPTABLE, kb_id, filename, since, size, s3_key, job_id)
         return [r[0] for r in rows]
 
     async def store_listed(self, rows: Sequence[ListedRow]) -> None:

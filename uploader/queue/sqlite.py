@@ -16,11 +16,13 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from importlib import resources
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import aiosqlite
 
+from ..liveness import runs_dir
 from .base import Queue, QueueError
 from .sqlite_facts import FactsMixin
 from .sqlite_jobs import JobsMixin
@@ -116,6 +118,11 @@ class SqliteBase:
         self._holder: asyncio.Task[Any] | None = None  # the task inside the transaction
         self._savepoints = 0
         self._closed = False
+
+    @property
+    def runs_folder(self) -> Path | None:
+        """Run locks live beside the database file (see liveness.py)."""
+        return runs_dir(self._path)
 
     @property
     def connection(self) -> aiosqlite.Connection:

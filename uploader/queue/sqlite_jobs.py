@@ -49,19 +49,19 @@ _OURS = "(shared OR host IN ('', :host) OR :shared)"
 # when its earlier upload no longer counts (the file changed, the entry failed remotely), the
 # upload is forgotten too (FORGET_UPLOAD drops the doubt with it: see the rule for doubt in
 # attempt.py). A doubt about an earlier register (unknown_since) is kept otherwise.
-BACK_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0, step = NULL,
-       s3_key = NULL, last_error = NULL, error_kind = NULL, started_at = NULL,
-       finished_at = NULL, duration = NULL"""
+_AFRESH = """state = 'pending', attempts = 0, next_attempt_at = 0, last_error = NULL,
+       error_kind = NULL, started_at = NULL, finished_at = NULL, duration = NULL"""
+BACK_TO_PENDING = f"{_AFRESH}, step = NULL, s3_key = NULL"
 FORGET_UPLOAD = (
     "file_id = NULL, filename = NULL, remote_status = NULL, unknown_since = NULL,"
     " content_hash = NULL"
 )
-# retry-failed: as BACK_TO_PENDING, except that a failed update-metadata stays one (its entry
-# exists: uploading the file again would make a second).
-RETRY_TO_PENDING = """state = 'pending', attempts = 0, next_attempt_at = 0,
-       step = CASE step WHEN 'metadata' THEN step END,
-       s3_key = CASE step WHEN 'metadata' THEN s3_key END, last_error = NULL,
-       error_kind = NULL, started_at = NULL, finished_at = NULL, duration = NULL"""
+# retry-failed: as BACK_TO_PENDING, except for rows whose upload must not be made again: a
+# doubtful one keeps the S3 key that settles its doubt, and a failed update-metadata stays
+# one (its entry exists: uploading the file again would make a second).
+RETRY_TO_PENDING = f"""{_AFRESH},
+       step = CASE WHEN unknown_since IS NOT NULL OR step = 'metadata' THEN step END,
+       s3_key = CASE WHEN unknown_since IS NOT NULL OR step = 'metadata' THEN s3_key END"""
 
 # What an enqueue asks of the entry (issue 14): labels and metadata replace the row's when
 # asked (uploader.tags), the parser and the name shown when given.
@@ -166,8 +166,15 @@ WHERE id = :id AND lease_owner = :owner"""
 _RELEASED = """
 UPDATE jobs SET state = 'pending', attempts = attempts - 1, step = :step, s3_key = :s3_key,
        filename = :filename, unknown_since = :unknown, content_hash = :content_hash,
+       next_attempt_at = :next,
        lease_owner = NULL, lease_expires = NULL, size = :size, mtime_ns = :mtime_ns
 WHERE id = :id AND lease_owner = :owner"""
+
+_BEGIN_REGISTER = """
+UPDATE jobs SET step = 'uploaded', s3_key = :s3_key, filename = :filename, size = :size,
+       mtime_ns = :mtime_ns, unknown_since = :since
+WHERE id = :id AND state = 'running' AND lease_owner = :owner AND lease_expires > :now
+RETURNING id"""
 
 _UPLOADED = """
 UPDATE jobs SET step = 'uploaded', s3_key = :s3_key, filename = :filename, size = :size,
@@ -248,11 +255,11 @@ SELECT id, attempts, COALESCE(started_at, :now), :now, 'lost', step, 'lost',
 FROM jobs WHERE state = 'running' AND (lease_expires < :now
       OR lease_owner IN (SELECT value FROM json_each(:owners)))"""
 
-# A dead attempt may have registered at any time since it started: the row comes back in
-# doubt (the rule for doubt, attempt.py).
+# A dead attempt registered nothing unless `begin_register` committed its doubt first, which
+# the row keeps (the rule for doubt, attempt.py).
 _RECLAIM = """
 UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), lease_owner = NULL,
-       lease_expires = NULL, unknown_since = COALESCE(unknown_since, started_at, :now)
+       lease_expires = NULL
 WHERE state = 'running' AND (lease_expires < :now
       OR lease_owner IN (SELECT value FROM json_each(:owners)))"""
 
@@ -408,6 +415,26 @@ class JobsMixin(SqliteBase):
             " AND content_hash = ? AND state = 'done' AND id != ? LIMIT 1",
             (kb_id, content_hash, job_id),
         )
+
+    async def begin_register(self, owner: str, jobs: Sequence[Job], since: float) -> set[int]:
+        written: set[int] = set()
+        now = time.time()
+        async with self.transaction():
+            for j in jobs:
+                params = {
+                    "id": j.id,
+                    "owner": owner,
+                    "now": now,
+                    "since": since,
+                    "s3_key": j.s3_key,
+                    "filename": j.filename,
+                    "size": j.size,
+                    "mtime_ns": j.mtime_ns,
+                }
+                written.update(
+                    r[0] for r in await self._conn.execute_fetchall(_BEGIN_REGISTER, params)
+                )
+        return written
 
     async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
         """Extend our leases; the ids returned are the rows still ours (a row missing from it was

@@ -39,15 +39,23 @@ else:
 # --- remote files (the knowledge base's listing) ---------------------------------------------
 
 
+# An entry a doubtful register of this key made: the key decides where the listing shows one
+# (a URL-shaped `file` ends with it). A listing without `file` leaves name, size and time, and
+# only for a name no other job of the knowledge base has (or may get): a look-alike would be
+# another file's entry.
 _ADOPTABLE = """
 SELECT r.id FROM remote_files AS r
 WHERE r.kb_id = :kb
   AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id)
-  AND CASE WHEN r.file_key IS NOT NULL AND :s3_key IS NOT NULL
+  AND CASE WHEN r.file_key IS NOT NULL
       THEN r.file_key = :s3_key OR substr(r.file_key, -length(:s3_key) - 1) = '/' || :s3_key
       ELSE r.filename = :filename AND r.created_at >= :since AND (r.size IS NULL OR r.size = :size)
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs AS o WHERE o.kb_id = :kb AND o.id != :job
+                 AND (o.filename = :filename OR o.relpath = :filename
+                      OR substr(o.relpath, -length(:filename) - 1) = '/' || :filename))
       END
-ORDER BY r.file_key IS NULL, r.created_at, r.id"""
+ORDER BY r.created_at, r.id"""
 
 
 _STORE_LISTED = """
@@ -196,21 +204,18 @@ class RemoteMixin(SqliteBase):
         return found is not None
 
     async def adoptable(
-        self,
-        kb_id: str,
-        filename: str,
-        size: int,
-        since: float,
-        s3_key: str | None,
+        self, kb_id: str, job_id: int, filename: str, size: int, since: float, s3_key: str
     ) -> list[str]:
-        """Listed entries that a doubtful register of this file may have created, not already some
-        job's entry. Where both the listing and the job have a key, only the key decides (a
-        URL-shaped `file` ends with it): name and size would adopt another file's entry.
-        Name, size and time remain the evidence for a job killed before its key was written,
-        until the key is committed ahead of the register (the write-ahead of issue 10)."""
         rows = await self._conn.execute_fetchall(
             _ADOPTABLE,
-            {"kb": kb_id, "filename": filename, "size": size, "since": since, "s3_key": s3_key},
+            {
+                "kb": kb_id,
+                "job": job_id,
+                "filename": filename,
+                "size": size,
+                "since": since,
+                "s3_key": s3_key,
+            },
         )
         return [r[0] for r in rows]
 

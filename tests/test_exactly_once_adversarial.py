@@ -1,0 +1,232 @@
+"""Exactly once against an adversary (issue 10): same-named files with lost answers and kill -9,
+registers that land after the timeout, a run suspended past its lease, two runs in separate
+pid namespaces behind one hostname, `dedupe --yes` during a run, garbage from the service.
+
+Each check is on what the knowledge base holds: one entry per S3 key, and behind every job's
+entry the bytes of that job's own file."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    KB,
+    child_env,
+    command,
+    enqueue,
+    invoke,
+    make_files,
+    rows,
+    run_args,
+    spawn,
+)
+from tests.maiagent_server import DIALECTS, MaiAgentServer
+from tests.test_exactly_once import _done
+
+BOTH = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
+
+
+def assert_each_job_holds_its_own_file(server: MaiAgentServer, db: Path, count: int) -> None:
+    """`count` entries, one per key, every job done with an entry of its own whose stored
+    bytes are the job's file."""
+    records = server.records(KB)
+    assert len(records) == count, Counter(r["key"] for r in records).most_common(3)
+    assert max(Counter(r["key"] for r in records).values()) == 1
+    by_id = {r["id"]: r for r in records}
+    jobs = rows(db)
+    assert Counter(j["state"] for j in jobs) == {"done": count}
+    assert len({j["file_id"] for j in jobs}) == count
+    wrong = [
+        j["relpath"]
+        for j in jobs
+        if server.content(by_id[j["file_id"]]["key"]) != Path(j["path"].decode()).read_bytes()
+    ]
+    assert wrong == []
+
+
+def _same_named_files(root: Path, count: int) -> None:
+    """`a/<n>/report.pdf`: one name, one size, different contents."""
+    for i in range(count):
+        folder = root / "a" / str(i)
+        folder.mkdir(parents=True)
+        (folder / "report.pdf").write_bytes(f"report number {i:06d}".encode())
+
+
+@pytest.mark.slow
+@BOTH
+def test_same_named_files_killed_amid_lost_answers_each_keep_their_own_content(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """A row killed before its key was committed never registered; adopting by name would
+    give it another file's entry and its own content would never arrive."""
+    server = maiagent_factory(latency=0.003, lost_register_rate=0.2, seed=26)
+    data = tmp_path / "data"
+    _same_named_files(data, 300)
+    db = tmp_path / "queue.db"
+    enqueue(db, data)
+    basename = run_args(server)[: run_args(server).index("--name")]
+    rng = random.Random(26)
+
+    for _cycle in range(3):
+        target = _done(db) + rng.randint(20, 60)
+        proc = spawn(db, *basename)
+        while proc.poll() is None and _done(db) < target:
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    final = spawn(db, *basename)
+    _out, err = final.communicate(timeout=120)
+
+    assert final.returncode == 0, err.decode()
+    assert_each_job_holds_its_own_file(server, db, 300)
+
+
+@BOTH
+def test_a_register_that_takes_effect_after_the_timeout_is_made_once(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """The retry of a timed-out register must not look in the listing before the register
+    had time to land (here: 3 s after the request, with --timeout 2)."""
+    server = maiagent_factory(register_effect_delay=3.0)
+    make_files(tmp_path / "data", 30)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+
+    result = invoke(
+        db, *run_args(server, "--timeout", "2", "--workers", "30", "--register-batch", "1")
+    )
+
+    assert result.exit_code == 0, result.output
+    time.sleep(3.5)  # every register sent has taken effect
+    assert_each_job_holds_its_own_file(server, db, 30)
+
+
+@BOTH
+def test_a_run_suspended_past_its_lease_sends_no_register_for_rows_it_lost(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Run A waits in the 429 pause with registers ready, is stopped (SIGSTOP) past its lease,
+    run B takes the rows and finishes them, A resumes: A must send nothing for them."""
+    server = maiagent_factory(rps_limit=15)
+    make_files(tmp_path / "data", 60)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+    a = spawn(db, *run_args(server, "--lease", "2", "--workers", "10", "--register-batch", "1"))
+    deadline = time.monotonic() + 30
+    while _done(db) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    a.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # A's leases run out
+        server.faults.rps_limit = 0
+        b = invoke(db, *run_args(server, "--lease", "2"))
+        assert b.exit_code == 0, b.output
+    finally:
+        a.send_signal(signal.SIGCONT)
+    a.communicate(timeout=60)
+    time.sleep(0.5)  # anything A sent has landed
+
+    assert_each_job_holds_its_own_file(server, db, 60)
+
+
+def _in_own_pid_namespace(db: Path, *args: str) -> subprocess.Popen[bytes]:
+    """The CLI as PID 1 of a new pid namespace (a container sharing the host name and the
+    volume, not the pids)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare")
+    launcher = (unshare, "--user", "--map-root-user", "--pid", "--fork")
+    probe = subprocess.run([*launcher, "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a pid namespace here: {probe.stderr.decode().strip()}")
+    return subprocess.Popen(
+        command(db, *args, launcher=launcher),
+        env=child_env({"UPLOADER_HOST_ID": "one-hostname"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@BOTH
+def test_two_runs_in_separate_pid_namespaces_with_one_hostname_never_take_each_others_rows(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(latency=0.003)
+    make_files(tmp_path / "data", 1000)
+    db = tmp_path / "queue.db"
+    invoke(db, "--host-id", "one-hostname", "enqueue", str(tmp_path / "data"), "--kb", KB)
+
+    procs = [_in_own_pid_namespace(db, *run_args(server)) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0], [err.decode() for _o, err in outputs]
+    assert_each_job_holds_its_own_file(server, db, 1000)
+    lost = rows(db, "SELECT job_id FROM attempts WHERE outcome = 'lost'")
+    assert lost == [], "a live run's rows were reclaimed as a dead one's"
+
+
+def test_dedupe_yes_refuses_while_a_run_holds_leases_on_the_knowledge_base(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(latency=0.05)
+    make_files(tmp_path / "data", 200)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+    proc = spawn(db, *run_args(server, "--workers", "4"))
+    try:
+        deadline = time.monotonic() + 30
+        while not rows(db, "SELECT id FROM jobs WHERE state = 'running'"):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        before = server.stats()["delete"] + server.stats()["batch_delete"]
+
+        result = invoke(db, "dedupe", "--base-url", server.base_url, "--kb", KB, "--yes")
+
+        assert result.exit_code != 0
+        assert "run" in result.output and "Traceback" not in result.output
+        assert server.stats()["delete"] + server.stats()["batch_delete"] == before
+    finally:
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        {"null_id_rate": 0.3},
+        {"bad_presign_url_rate": 0.3},
+        {"filename_list_rate": 0.2},
+        {"huge_answer_bytes": 20 * 1024 * 1024, "huge_answer_on": "register"},
+    ],
+    ids=["null-ids", "bad-presign-url", "filename-lists", "huge-register-answer"],
+)
+def test_garbage_from_the_service_is_retried_without_a_traceback_or_a_bad_row(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer], garbage: dict
+) -> None:
+    server = maiagent_factory(seed=3, **garbage)
+    make_files(tmp_path / "data", 40)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+
+    result = invoke(db, *run_args(server, "--register-batch", "1"))
+
+    assert "Traceback" not in result.output
+    jobs = rows(db)
+    assert [j["relpath"] for j in jobs if j["state"] == "running"] == []
+    assert [j for j in jobs if j["state"] == "done" and not j["file_id"]] == []
+    assert "None" not in {j["file_id"] for j in jobs}
+    records = server.records(KB)
+    assert max(Counter(r["key"] for r in records).values(), default=1) == 1
+    done = {j["file_id"] for j in jobs if j["state"] == "done"}
+    assert done <= {r["id"] for r in records}
