@@ -7,11 +7,13 @@ entry the bytes of that job's own file."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
+    API_KEY,
     KB,
     child_env,
     command,
@@ -27,7 +30,9 @@ from tests.helpers import (
     make_files,
     rows,
     run_args,
+    service,
     spawn,
+    upload,
 )
 from tests.maiagent_server import DIALECTS, MaiAgentServer
 from tests.test_exactly_once import _done
@@ -230,3 +235,84 @@ def test_garbage_from_the_service_is_retried_without_a_traceback_or_a_bad_row(
     assert max(Counter(r["key"] for r in records).values(), default=1) == 1
     done = {j["file_id"] for j in jobs if j["state"] == "done"}
     assert done <= {r["id"] for r in records}
+
+
+def _register_again(server: MaiAgentServer, key: str, filename: str) -> None:
+    """A second register of one key, as a late-landing request would make it."""
+    server.faults.duplicate_keys = "allow"
+    request = urllib.request.Request(
+        f"{server.base_url}knowledge-bases/{KB}/files/",
+        data=json.dumps({"files": [{"file": key, "filename": filename}]}).encode(),
+        headers={"Authorization": f"Api-Key {API_KEY}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 201
+
+
+@BOTH
+def test_verify_deletes_a_second_entry_of_one_upload_and_records_it(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db, _names = upload(tmp_path, maiagent, 5)
+    job = rows(db)[0]
+    _register_again(maiagent, job["s3_key"], job["filename"])
+    assert len(maiagent.records(KB)) == 6
+
+    result = invoke(db, "verify", *service(maiagent), "--kb", KB)
+
+    assert result.exit_code == 0, result.output
+    kept = {r["key"]: r["id"] for r in maiagent.records(KB)}
+    assert len(kept) == 5 and len(maiagent.records(KB)) == 5
+    assert kept[job["s3_key"]] == job["file_id"]
+    (deleted,) = rows(db, "SELECT reason, command, job_id FROM deletions")
+    assert deleted == {"reason": "copy", "command": "verify", "job_id": job["id"]}
+
+
+@BOTH
+def test_a_run_with_registers_in_doubt_deletes_a_second_entry_that_landed(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """The safety net at the end of a run: whatever race made a second entry of one upload
+    while this run was in doubt somewhere, the run ends with one."""
+    server = maiagent_factory(latency=0.02, lost_register_rate=0.3, seed=5)
+    db, _names = upload(tmp_path, server, 3)
+    first = rows(db)[0]
+    make_files(tmp_path / "data" / "more", 60)
+    enqueue(db, tmp_path / "data")
+    proc = spawn(db, *run_args(server))
+    deadline = time.monotonic() + 30
+    while _done(db) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.faults.lost_register_rate = 0.0  # this one must land and be answered
+    _register_again(server, first["s3_key"], first["filename"])
+    server.faults.lost_register_rate = 0.3
+    _out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 0, err.decode()
+    assert max(Counter(r["key"] for r in server.records(KB)).values()) == 1
+    assert len(server.records(KB)) == 63
+    run = rows(db, "SELECT counts FROM runs ORDER BY id DESC LIMIT 1")[0]
+    assert json.loads(run["counts"])["copies_deleted"] == 1
+
+
+@pytest.mark.parametrize("dialect", ["docs"], indirect=True)
+def test_a_duplicate_key_400_after_a_late_register_adopts_the_entry(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """A register that lands after its doubt was settled: the same key sent again is refused
+    as a duplicate (the docs' 400), which tells us the entry is there: adopted, not failed."""
+    server = maiagent_factory(register_effect_delay=4.0)
+    make_files(tmp_path / "data", 5)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+
+    result = invoke(
+        db, *run_args(server, "--timeout", "1", "--workers", "5", "--register-batch", "1")
+    )
+
+    assert result.exit_code == 0, result.output
+    time.sleep(4.5)  # every register sent has taken effect
+    assert_each_job_holds_its_own_file(server, db, 5)
+    refused = rows(db, "SELECT job_id FROM attempts WHERE error_kind = 'duplicate_key'")
+    assert refused, "no register was refused as a duplicate: the scenario did not happen"

@@ -117,6 +117,9 @@ class Attempt:
         self.adopted = False
         self.unchanged = False  # done by its hash: the same bytes as uploaded, nothing sent
         self.relabelled = False  # done by update-metadata alone (step `metadata`)
+        # a register of this job was in doubt in this attempt: the run looks for second
+        # entries of its upload at its end (reconcile.delete_copies)
+        self.doubted = False
 
     async def run(self) -> Outcome:
         try:
@@ -218,6 +221,7 @@ class Attempt:
         committed before a register cannot have been registered."""
         job = self.job
         assert job.unknown_since is not None
+        self.doubted = True
         if not job.s3_key:
             job.unknown_since = None
             return None
@@ -350,6 +354,7 @@ class Attempt:
         unknown = self.job.unknown_since
         if self._registering_since is not None and cut_short:
             unknown = self._registering_since
+            self.doubted = True
             if err is not None:  # the register ended now: it has landed, if ever, by then
                 self._s.settles[self.job.id] = time.time() + SETTLE_MARGIN
         return Outcome(

@@ -510,11 +510,14 @@ async def verify(
             delay = min(delay * 1.5, WAIT_MAX)
     finally:
         progress.close()
-    return await _record(q, listing, files, timed_out=wait and unsettled > 0)
+    deleted = await delete_copies(q, client, kb_id, listing.started, "verify")
+    if deleted:
+        files = await q.job_remote_counts(kb_id)
+    return await _record(q, listing, files, wait and unsettled > 0, len(deleted))
 
 
 async def _record(
-    q: Queue, listing: Listing, files: dict[str, int], timed_out: bool
+    q: Queue, listing: Listing, files: dict[str, int], timed_out: bool, copies_deleted: int
 ) -> Verification:
     kb_id, since = listing.kb_id, listing.started
     copies = await find_copies(q, kb_id, since)
@@ -546,6 +549,7 @@ async def _record(
         "old_versions_kept": len(old) - pending,
         "complete": listing.complete,
         "timed_out": timed_out,
+        "copies_deleted": copies_deleted,  # second entries of one upload (delete_copies)
     }
     mismatched, examples = await q.record_tag_mismatches(kb_id, since, TAG_EXAMPLES)
     counts["tag_mismatches"] = mismatched
@@ -668,14 +672,54 @@ async def dedupe(
     spared = 0 if include_extra else sum(len(g.surplus) for g in copies.unknown)
     result = Dedupe([*copies.groups, *copies.unknown], doomed, spared)
     if apply and doomed:
-        deleted = set(await _delete_many(client, kb_id, [e.id for e in doomed], result.errors))
-        await q.forget_remote(kb_id, sorted(deleted))
         command = "dedupe --include-extra" if include_extra else "dedupe"
-        await q.record_deletions(
-            [_deletion(kb_id, g, e, command) for g in groups for e in g.surplus if e.id in deleted]
-        )
+        deleted = await _delete_recorded(q, client, kb_id, groups, command, result.errors)
         result.deleted = len(deleted)
     return result
+
+
+async def delete_copies(
+    q: Queue, client: MaiAgentClient, kb_id: str, since: float, command: str
+) -> list[str]:
+    """The safety net of exactly once: entries of the listing begun at `since` that share the
+    S3 key of a done job's entry are provable second entries of one upload (a register that
+    landed after its doubt was settled, a race no fence closed): delete them, record it, say
+    it. Entries of jobs not done yet are left to them (`find_copies`)."""
+    copies = await find_copies(q, kb_id, since)
+    errors: list[str] = []
+    deleted = await _delete_recorded(q, client, kb_id, copies.groups, command, errors)
+    for group in copies.groups:
+        for entry in group.surplus:
+            if entry.id in deleted:
+                log.warning(
+                    "deleted %s (%s): a second entry of the upload whose entry is %s",
+                    entry.id,
+                    entry.filename,
+                    group.keep,
+                )
+    for error in errors:
+        log.warning("a second entry of one upload is not deleted yet: %s", error)
+    return sorted(deleted)
+
+
+async def _delete_recorded(
+    q: Queue,
+    client: MaiAgentClient,
+    kb_id: str,
+    groups: Sequence[DuplicateGroup],
+    command: str,
+    errors: list[str],
+) -> set[str]:
+    """Delete every group's surplus; what went is forgotten from the listing and recorded."""
+    doomed = [e.id for g in groups for e in g.surplus]
+    if not doomed:
+        return set()
+    deleted = set(await _delete_many(client, kb_id, doomed, errors))
+    await q.forget_remote(kb_id, sorted(deleted))
+    await q.record_deletions(
+        [_deletion(kb_id, g, e, command) for g in groups for e in g.surplus if e.id in deleted]
+    )
+    return deleted
 
 
 def _deletion(kb_id: str, group: DuplicateGroup, entry: Entry, command: str) -> Deletion:

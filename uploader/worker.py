@@ -27,7 +27,7 @@ from .model import ErrorKind, Job, Outcome, OutcomeKind
 from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .progress import Progress
 from .queue import Queue
-from .reconcile import RemoteIndex
+from .reconcile import RemoteIndex, delete_copies
 from .registrar import Registrar
 
 log = logging.getLogger("uploader.run")
@@ -76,13 +76,22 @@ class RunResult:
     failed_in_queue: int = 0
     batch_proved: dict[str, bool] = field(default_factory=dict)  # see Registrar.proved
     replaced: replace.Replaced = field(default_factory=replace.Replaced)
+    copies_deleted: int = 0  # second entries of one upload deleted at the end (the safety net)
     # knowledge bases the service does not know (a typo at enqueue): their rows left alone
     unknown_kbs: dict[str, ApiError] = field(default_factory=dict)
 
     def add(self, part: RunResult) -> None:
         """Fold in the result of one knowledge base's pool (a run with unknown ones runs a
         pool per known knowledge base)."""
-        for name in ("uploaded", "adopted", "unchanged", "relabelled", "failed", "released"):
+        for name in (
+            "uploaded",
+            "adopted",
+            "unchanged",
+            "relabelled",
+            "failed",
+            "released",
+            "copies_deleted",
+        ):
             setattr(self, name, getattr(self, name) + getattr(part, name))
         self.bytes += part.bytes
         self.elapsed += part.elapsed
@@ -284,6 +293,7 @@ class Pool:
         self._wake = asyncio.Event()
         self._stopping = False
         self._lease_until: dict[int, float] = {}
+        self._doubted: set[str] = set()  # knowledge bases with a register in doubt this run
         self._claim_after = 0.0
         self._on_outage = on_outage
         self.gate = OutageGate(
@@ -346,7 +356,7 @@ class Pool:
     # --- the main loop ---------------------------------------------------------------------
 
     async def run(self) -> RunResult:
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         await self._reclaim()
         writer = asyncio.create_task(self.writer.loop())
         keeper = asyncio.create_task(self._keep_leases())
@@ -360,10 +370,25 @@ class Pool:
             await asyncio.gather(keeper, writer, return_exceptions=True)
             await self.registrar.close()
             await self.writer.flush()
+        if not (self.result.interrupted or self.result.fatal):
+            await self._delete_copies(began)
         self.result.elapsed = time.monotonic() - started
         self.result.failed_in_queue = await self.queue.failed_count(self.s.kb_id)
         self.result.batch_proved = dict(self.registrar.proved)
         return self.result
+
+    async def _delete_copies(self, since: float) -> None:
+        """Where a register was in doubt this run, a second entry of one upload may have
+        landed despite everything (a register taking effect after its doubt was settled):
+        the entries listed since the run began are checked, and such copies deleted."""
+        for kb_id in sorted(self._doubted):
+            try:
+                await self.index.refresh(kb_id, since, since)
+                deleted = await delete_copies(self.queue, self.client, kb_id, since, "run")
+            except (ApiError, *self.queue.errors) as exc:
+                log.warning("second entries of %s not looked for: %s", kb_id, exc)
+                continue
+            self.result.copies_deleted += len(deleted)
 
     async def _feed(self) -> None:
         while not self._stopping:
@@ -437,6 +462,8 @@ class Pool:
         self.result.adopted += attempt.adopted
         self.result.unchanged += attempt.unchanged
         self.result.relabelled += attempt.relabelled
+        if attempt.doubted:
+            self._doubted.add(attempt.job.kb_id)
         if attempt.fatal is not None:
             self._fatal(attempt.fatal)
 
@@ -673,6 +700,7 @@ async def _execute(
         "released": result.released,
         "seconds": round(result.elapsed, 3),
         "superseded_deleted": result.replaced.deleted,
+        "copies_deleted": result.copies_deleted,
     }
     await queue.end_run(run_id, counts, exit_code(result))
     return result
