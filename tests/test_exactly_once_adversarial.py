@@ -134,7 +134,7 @@ def test_a_run_suspended_past_its_lease_sends_no_register_for_rows_it_lost(
     try:
         time.sleep(2.5)  # A's leases run out
         server.faults.rps_limit = 0
-        b = invoke(db, *run_args(server, "--lease", "2"))
+        b = invoke(db, *run_args(server))
         assert b.exit_code == 0, b.output
     finally:
         a.send_signal(signal.SIGCONT)
