@@ -316,3 +316,62 @@ def test_a_duplicate_key_400_after_a_late_register_adopts_the_entry(
     assert_each_job_holds_its_own_file(server, db, 5)
     refused = rows(db, "SELECT job_id FROM attempts WHERE error_kind = 'duplicate_key'")
     assert refused, "no register was refused as a duplicate: the scenario did not happen"
+
+
+@BOTH
+@pytest.mark.parametrize("requeue", ["enqueue", "retry-failed"])
+def test_a_file_changed_after_a_lost_answer_ends_with_only_its_new_entry(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer], requeue: str
+) -> None:
+    """The register of the old content took effect but its answer was lost; the file then
+    changed (seen at enqueue, or only at claim after `retry-failed`). The old version's
+    entry must go once the new one is registered, not stay beside it."""
+    server = maiagent_factory(lost_register_rate=1.0)
+    data = tmp_path / "data"
+    make_files(data, 3)
+    db = tmp_path / "queue.db"
+    enqueue(db, data)
+    first = invoke(db, *run_args(server, "--max-retries", "0"))
+    assert first.exit_code == 1, first.output
+    assert len(server.records(KB)) == 3  # registered, every answer lost
+    changed = Path(rows(db)[0]["path"].decode())
+    changed.write_bytes(b"the new version, longer than the old one")
+    server.faults.lost_register_rate = 0.0
+    if requeue == "enqueue":
+        enqueue(db, data)  # queues the changed file again
+    assert invoke(db, "retry-failed").exit_code == 0  # the others (and the changed one)
+
+    result = invoke(db, *run_args(server))
+
+    assert result.exit_code == 0, result.output
+    assert_each_job_holds_its_own_file(server, db, 3)
+    (deleted,) = rows(db, "SELECT reason, job_id FROM deletions")
+    assert deleted == {"reason": "superseded", "job_id": rows(db)[0]["id"]}
+
+
+def test_a_file_rewritten_in_place_while_it_streams_is_never_registered_torn(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """The S3 POST is held up (latency) with the file half sent; the file is rewritten in
+    place meanwhile. What is registered must be one version of it, here the new one."""
+    size = 64 * 1024 * 1024  # more than the socket buffers take: the sender blocks mid-file
+    server = maiagent_factory(latency=1.0, keep_bytes=size)
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "big.bin"
+    path.write_bytes(b"A" * size)
+    db = tmp_path / "queue.db"
+    enqueue(db, data)
+    proc = spawn(db, *run_args(server))
+    deadline = time.monotonic() + 30
+    while server.stats()["presign"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(1.3)  # presign answered (1 s latency), the S3 POST held up half sent
+    with path.open("r+b") as f:
+        f.write(b"B" * size)
+    _out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 0, err.decode()
+    assert_each_job_holds_its_own_file(server, db, 1)
+    attempts = rows(db, "SELECT error_kind FROM attempts ORDER BY attempt")
+    assert attempts[0]["error_kind"] == "changed", attempts

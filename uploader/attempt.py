@@ -120,6 +120,7 @@ class Attempt:
         # a register of this job was in doubt in this attempt: the run looks for second
         # entries of its upload at its end (reconcile.delete_copies)
         self.doubted = False
+        self._supersedes: str | None = None  # the entry of an older content found in doubt
 
     async def run(self) -> Outcome:
         try:
@@ -167,8 +168,11 @@ class Attempt:
         """Presign and upload unless a previous attempt did; settle a doubtful register first
         (an outcome is returned when that ends the attempt: adopted, or not yet settled)."""
         job = self.job
-        if self._check_file():
-            job.unknown_since = None  # what may have been registered is the old content
+        self._check_file()
+        if job.step is None and job.s3_key is not None:
+            waiting = await self._supersede_doubt()
+            if waiting is not None:
+                return waiting
         if job.step == Step.RECHECK:
             if await same_content(job):
                 self.unchanged = True
@@ -238,6 +242,28 @@ class Attempt:
         self._s.settles.pop(job.id, None)
         return None
 
+    async def _supersede_doubt(self) -> Outcome | None:
+        """The file changed while a register of its older content (the row's key, step NULL)
+        was in doubt. That register's entry, if it landed, is the old version: never adopted,
+        but superseded by the new one (deleted once that is registered, replace.py). Until
+        the register had time to land the row waits, as in `_settle_doubt`."""
+        job = self.job
+        self.doubted = True
+        if job.unknown_since is not None:
+            old = await self._s.index.adopt(job, job.filename or self._name())
+            settles = self._s.settles.get(job.id, job.unknown_since + self._s.policy.settle_seconds)
+            if old is None and time.time() < settles:
+                log.info("a register of %s may still take effect: looking again later", job.relpath)
+                return self._outcome(OutcomeKind.RELEASED, next_attempt_at=settles)
+            if old is not None:
+                log.info(
+                    "%s changed: %s, its older content's entry, is superseded", job.relpath, old
+                )
+                self._supersedes = old
+        job.s3_key, job.unknown_since = None, None
+        self._s.settles.pop(job.id, None)
+        return None
+
     def _check_lease(self, doing: str) -> None:
         """Stalled (suspended, starved) near the end of our lease: another run may own the row
         soon; leave it to whoever holds it rather than act on a row that is not ours."""
@@ -287,9 +313,9 @@ class Attempt:
         label_ids = await self._s.labels.ids(self.job.kb_id, names)
         return RegisterItem(key, filename, label_ids, metadata or None, self.job.parser)
 
-    def _check_file(self) -> bool:
-        """The file may have changed since enqueue: upload what is there now (True if it
-        changed). Unreadable files are reported by the upload's open."""
+    def _check_file(self) -> None:
+        """The file may have changed since enqueue: upload what is there now. Unreadable files
+        are reported by the upload's open."""
         job = self.job
         try:
             st = os.stat(job.path)
@@ -304,11 +330,12 @@ class Attempt:
                 error_kind=ErrorKind.UNREADABLE,
             ) from None
         if st.st_size == job.size and st.st_mtime_ns == job.mtime_ns:
-            return False
+            return
         log.info("%s changed since enqueue: uploading its current content", job.relpath)
         job.size, job.mtime_ns = st.st_size, st.st_mtime_ns
-        job.step, job.s3_key, job.content_hash = None, None, None
-        return True
+        job.step, job.content_hash = None, None
+        if job.unknown_since is None:
+            job.s3_key = None  # else kept: it settles the doubt (`_supersede_doubt`)
 
     def _name(self) -> str:
         """The name shown: the manifest's, else the relpath or basename as --name says."""
@@ -349,8 +376,10 @@ class Attempt:
         ended with an error, settled a margin after that); otherwise the row keeps whatever
         doubt this attempt did not settle."""
         cut_short = kind == OutcomeKind.RELEASED or (err is not None and err.maybe_applied)
-        old = self.job.file_id  # the entry the job pointed to when claimed
-        replaced = kind == OutcomeKind.DONE and old is not None and file_id != old
+        supersedes = None  # the entry a done outcome replaces
+        if kind == OutcomeKind.DONE:
+            old = self.job.file_id  # the entry the job pointed to when claimed
+            supersedes = old if old is not None and file_id != old else self._supersedes
         unknown = self.job.unknown_since
         if self._registering_since is not None and cut_short:
             unknown = self._registering_since
@@ -367,7 +396,7 @@ class Attempt:
             file_id=file_id,
             next_attempt_at=next_attempt_at,
             unknown_since=unknown,
-            supersedes=old if replaced else None,
+            supersedes=supersedes,
         )
 
 

@@ -64,7 +64,7 @@ from ..model import (
 )
 from ..tags import EMPTY as EMPTY_TAGS
 from .base import Queue, QueueError
-from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD, RETRY_TO_PENDING
+from .sqlite_jobs import BACK_TO_PENDING, FORGET_CHANGED, FORGET_UPLOAD, RETRY_TO_PENDING
 from .target import HIDDEN, password_of, redact
 
 log = logging.getLogger("uploader.queue")
@@ -121,7 +121,7 @@ _RETAGGED = """tags = COALESCE(r.tags, j.tags), parser = COALESCE(r.parser, j.pa
 
 _REQUEUE_CHANGED = f"""
 UPDATE jobs AS j SET size = r.size, mtime_ns = r.mtime_ns, relpath = r.relpath,
-       enqueued_at = {NOW}, {BACK_TO_PENDING}, {FORGET_UPLOAD}, {_RETAGGED}
+       enqueued_at = {NOW}, {FORGET_CHANGED}, {_RETAGGED}
 FROM {_ENQUEUE_ROWS}
 WHERE j.kb_id = $1 AND j.path = r.path AND j.state <> 'running'
   AND (j.size <> r.size OR j.mtime_ns <> r.mtime_ns OR j.state IN ('skipped', 'removed'))

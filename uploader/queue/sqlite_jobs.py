@@ -63,6 +63,14 @@ RETRY_TO_PENDING = f"""{_AFRESH},
        step = CASE WHEN unknown_since IS NOT NULL OR step = 'metadata' THEN step END,
        s3_key = CASE WHEN unknown_since IS NOT NULL OR step = 'metadata' THEN s3_key END"""
 
+# A changed file's row forgets its upload, except the doubt of a register that may have
+# landed: the S3 key that settles it stays (with step NULL: the key of an older content), so
+# that the entry it made, if any, is found and superseded instead of staying forever.
+FORGET_CHANGED = f"""{_AFRESH}, step = NULL,
+       s3_key = CASE WHEN unknown_since IS NOT NULL AND file_id IS NULL THEN s3_key END,
+       unknown_since = CASE WHEN file_id IS NULL THEN unknown_since END,
+       file_id = NULL, filename = NULL, remote_status = NULL, content_hash = NULL"""
+
 # What an enqueue asks of the entry (issue 14): labels and metadata replace the row's when
 # asked (uploader.tags), the parser and the name shown when given.
 _RETAGGED = """tags = COALESCE(:tags, tags), parser = COALESCE(:parser, parser),
@@ -70,7 +78,7 @@ _RETAGGED = """tags = COALESCE(:tags, tags), parser = COALESCE(:parser, parser),
 
 _REQUEUE_CHANGED = f"""
 UPDATE jobs SET size = :size, mtime_ns = :mtime_ns, relpath = :relpath, enqueued_at = :now,
-       {BACK_TO_PENDING}, {FORGET_UPLOAD}, {_RETAGGED}
+       {FORGET_CHANGED}, {_RETAGGED}
 WHERE kb_id = :kb AND path = :path AND state != 'running'
   AND (size != :size OR mtime_ns != :mtime_ns OR state IN ('skipped', 'removed')) AND {_OURS}"""
 
