@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.helpers import async_test
-from tests.queue_backends import queue_target
+from tests.queue_backends import attempts_logged, queue_target
 from uploader.model import (
     Deletion,
     DuplicateItem,
@@ -96,6 +96,7 @@ async def test_outcomes_are_written_only_by_the_lease_owner(queue_target: str) -
             ],
         )
         await q.record_outcomes("host:9:intruder", [outcome(d, OutcomeKind.DONE, file_id="x")])
+        assert await attempts_logged(queue_target, d.id) == []  # not written, not logged
         assert await states(q) == {"done": 1, "pending": 1, "failed": 1, "running": 1}
         assert await q.error_kind_counts() == {"http_4xx": 1}
         assert await q.failed_count(KB) == 1

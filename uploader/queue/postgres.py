@@ -269,8 +269,10 @@ WITH o AS (
 ), logged AS (
     INSERT INTO attempts (job_id, run_id, attempt, started_at, ended_at, outcome, step,
                           error_kind, error)
-    SELECT id, run_id, attempt, started, ended, outcome, step, error_kind, error
-    FROM o WHERE outcome <> 'uploaded'
+    SELECT o.id, o.run_id, o.attempt, o.started, o.ended, o.outcome, o.step, o.error_kind,
+           o.error
+    FROM o JOIN written ON written.id = o.id  -- a run that lost the row logs nothing
+    WHERE o.outcome <> 'uploaded'
 )
 SELECT count(*) FROM written"""
 

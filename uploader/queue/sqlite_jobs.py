@@ -215,10 +215,13 @@ SELECT kb_id, :supersedes, id, filename, s3_key, :ended FROM jobs
 WHERE id = :id AND lease_owner = :owner
 ON CONFLICT (kb_id, entry_id) DO NOTHING"""
 
+# Only an outcome that will be written is logged (read before the outcome's statement clears
+# the lease): a run that lost its row records no attempt that never applied.
 _ATTEMPT = """
 INSERT INTO attempts (job_id, run_id, attempt, started_at, ended_at, outcome, step,
                       error_kind, error)
-VALUES (:id, :run_id, :attempt, :started, :ended, :outcome, :step, :kind, :error)"""
+SELECT :id, :run_id, :attempt, :started, :ended, :outcome, :step, :kind, :error
+WHERE EXISTS (SELECT 1 FROM jobs WHERE id = :id AND lease_owner = :owner)"""
 
 
 def _outcome_params(o: Outcome, owner: str) -> dict[str, Any]:
@@ -410,12 +413,12 @@ class JobsMixin(SqliteBase):
                 attempts.append(params)
         superseding = [p for p in by_kind.get(OutcomeKind.DONE, []) if p["supersedes"]]
         async with self.transaction():
+            if attempts:
+                await self._conn.executemany(_ATTEMPT, attempts)
             if superseding:
                 await self._conn.executemany(_SUPERSEDE_AT_DONE, superseding)
             for kind, params in by_kind.items():
                 await self._conn.executemany(_STATEMENTS[kind], params)
-            if attempts:
-                await self._conn.executemany(_ATTEMPT, attempts)
 
     async def uploaded_as(self, kb_id: str, content_hash: str, job_id: int) -> str | None:
         return await self._fetchval(
