@@ -94,6 +94,10 @@ def test_same_named_files_killed_amid_lost_answers_each_keep_their_own_content(
 
     assert final.returncode == 0, err.decode()
     assert_each_job_holds_its_own_file(server, db, 300)
+    runs = rows(db, "SELECT ended_at, counts, exit_code FROM runs ORDER BY id")
+    assert all(r["ended_at"] is not None for r in runs), "a killed run was never ended"
+    lost = [r for r in runs if r["exit_code"] is None]
+    assert lost and all("lost" in json.loads(r["counts"]) for r in lost)
 
 
 @BOTH

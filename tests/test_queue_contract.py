@@ -154,6 +154,10 @@ async def test_runs_are_recorded_oldest_first(queue_target: str) -> None:
         assert runs[0]["options"] == {"workers": 2} and runs[0]["counts"] == {"uploaded": 3}
         assert runs[1]["ended_at"] is None and runs[1]["counts"] is None
         assert [r["id"] for r in await q.runs(last=1)] == [second]
+        assert await q.open_runs() == [(second, OWNER)]
+        await q.end_run(second, {"lost": "died"}, None)
+        assert await q.open_runs() == []
+        assert (await q.runs(last=1))[0]["exit_code"] is None
 
 
 @async_test

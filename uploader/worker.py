@@ -607,6 +607,16 @@ async def execute(
         )
 
 
+async def _end_dead_runs(queue: Queue, lock: RunLock) -> None:
+    """Runs whose process died (kill -9, a power cut, a database locked at their end) never
+    recorded their end: the ones whose lock proves them dead are ended now, exit unknown."""
+    runs = await queue.open_runs()
+    dead = set(lock.dead_owners([owner for _id, owner in runs], remove=False))
+    for run_id, owner in runs:
+        if owner in dead:
+            await queue.end_run(run_id, {"lost": "its process died before the run ended"}, None)
+
+
 @contextlib.contextmanager
 def _run_lock(queue: Queue, owner: str) -> Iterator[RunLock | None]:
     """This run's liveness lock for its whole life, where the queue's runs share a folder;
@@ -636,6 +646,8 @@ async def _execute(
     owner: str,
     lock: RunLock | None,
 ) -> RunResult:
+    if lock is not None:
+        await _end_dead_runs(queue, lock)
     run_id = await queue.start_run(owner, options)
     if on_start is not None:
         on_start(run_id)

@@ -185,8 +185,12 @@ class Queue(abc.ABC):
         """Record a run's start and options (never a secret); its id."""
 
     @abc.abstractmethod
-    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int) -> None:
-        """Record a run's end, its counts and exit code."""
+    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int | None) -> None:
+        """Record a run's end, its counts and exit code (None: unknown, its process died)."""
+
+    @abc.abstractmethod
+    async def open_runs(self) -> list[tuple[int, str]]:
+        """(id, owner) of the runs not ended: running now, or dead before they could say so."""
 
     @abc.abstractmethod
     async def runs(self, last: int | None = None) -> list[dict[str, Any]]:

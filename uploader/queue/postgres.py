@@ -862,7 +862,12 @@ class PgQueue(Queue):
                 )
             )
 
-    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int) -> None:
+    async def open_runs(self) -> list[tuple[int, str]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT id, owner FROM runs WHERE ended_at IS NULL ORDER BY id")
+        return [(r[0], r[1]) for r in rows]
+
+    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int | None) -> None:
         async with self._connection() as conn:
             await conn.execute(
                 f"UPDATE runs SET ended_at = {NOW}, counts = $1, exit_code = $2 WHERE id = $3",

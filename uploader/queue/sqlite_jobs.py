@@ -482,12 +482,18 @@ class JobsMixin(SqliteBase):
             )
         return int(cur.lastrowid or 0)
 
-    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int) -> None:
+    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int | None) -> None:
         async with self.transaction():
             await self._conn.execute(
                 "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ? WHERE id = ?",
                 (time.time(), json.dumps(counts, sort_keys=True), exit_code, run_id),
             )
+
+    async def open_runs(self) -> list[tuple[int, str]]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT id, owner FROM runs WHERE ended_at IS NULL ORDER BY id"
+        )
+        return [(r[0], r[1]) for r in rows]
 
     async def runs(self, last: int | None = None) -> list[dict[str, Any]]:
         """Runs, oldest first (or the `last` N)."""
