@@ -151,6 +151,27 @@ def test_rows_held_by_a_live_run_elsewhere_are_left_to_it_and_said(
     assert row == {"state": "running", "lease_owner": held}
 
 
+def test_rows_whose_lease_is_lapsing_are_waited_for_and_finished(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """A holder that stopped renewing (dead on another host: no lock can tell) keeps its row
+    only until its lease runs out; a run that has nothing else to do waits and takes it."""
+    relpaths = make_files(tmp_path / "data", 5)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+    execute(
+        db,
+        "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?,"
+        " started_at = ? WHERE id = 1",
+        ("otherhost:1:abcd1234", time.time() + 2, time.time()),
+    )
+
+    result = invoke(db, *run_args(maiagent)[1:])
+
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(maiagent, db, relpaths)
+
+
 def _kill_at_random(db: Path, server: MaiAgentServer, rng: random.Random) -> int:
     """Start a run and SIGKILL it once it has finished a random 20-300 more files (progress,
     not a wall-clock delay: a loaded machine starts slower); its return code (-9 when the

@@ -234,11 +234,13 @@ def test_status_verify_dedupe_retry_and_report_work_on_postgresql(
     assert failed > 0 and verify.exit_code == 1, verify.output
     [first] = [j for j in pg_rows(pg_url) if j["relpath"] == relpaths[0]]
     copy = server.add_entry(KB, relpaths[0], first["size"], key=first["s3_key"])["id"]
-    assert invoke(pg_url, "verify", *service(server)).exit_code == 1  # type: ignore[arg-type]
     deduped = invoke(pg_url, "dedupe", "--yes", *service(server))  # type: ignore[arg-type]
     assert deduped.exit_code == 0, deduped.output
     assert "deleted 1 entries" in deduped.output
     assert copy not in {e["id"] for e in server.entries(KB)}
+    again = server.add_entry(KB, relpaths[0], first["size"], key=first["s3_key"])["id"]
+    assert invoke(pg_url, "verify", *service(server)).exit_code == 1  # type: ignore[arg-type]
+    assert again not in {e["id"] for e in server.entries(KB)}  # verify's safety net
 
     server.faults.parse_failure_rate = 0.0
     retried = invoke(pg_url, "retry-failed", "--remote", *service(server))  # type: ignore[arg-type]

@@ -413,10 +413,28 @@ class Pool:
                     if await self._scan_in_progress():
                         await self._sleep(SCAN_POLL)
                         continue
-                    return
+                    expiring = await self._lapsing_lease()
+                    if expiring is None:
+                        return
+                    await self._sleep(expiring - time.time() + 0.1)
+                    await self._reclaim()
+                    continue
                 await self._sleep(due - time.time())
             else:
                 await self._sleep(1.0)
+
+    async def _lapsing_lease(self) -> float | None:
+        """When the queue is empty but another owner's rows run under a lease that is not being
+        renewed (its holder died or stalled: a live run renews every third of its lease), the
+        earliest such expiry: this run waits for it and takes the rows over. A lease renewed
+        meanwhile means a live holder; the run then ends and leaves them to it."""
+        now, horizon = time.time(), self.s.lease_seconds / 2
+        lapsing = [
+            o.expires
+            for o in await self.queue.lease_owners()
+            if o.owner != self.owner and o.expires - now < horizon
+        ]
+        return min(lapsing) if lapsing else None
 
     async def _scan_in_progress(self) -> bool:
         return await scan_in_progress(self.queue, self.s.kb_id, self.owner)
