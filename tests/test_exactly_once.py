@@ -139,7 +139,7 @@ def test_rows_held_by_a_live_run_elsewhere_are_left_to_it_and_said(
         db,
         "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?,"
         " started_at = ? WHERE id = 1",
-        (held, time.time() + 60, time.time()),
+        (held, time.time() + 600, time.time()),  # a live run with a longer --lease
     )
 
     result = invoke(db, *run_args(maiagent)[1:])

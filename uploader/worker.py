@@ -23,7 +23,7 @@ from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
 from .exitcodes import ExitCode
 from .labels import LabelResolver
 from .liveness import LockError, RunLock, make_owner
-from .model import ErrorKind, Job, Outcome, OutcomeKind
+from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind
 from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .progress import Progress
 from .queue import Queue
@@ -424,16 +424,25 @@ class Pool:
                 await self._sleep(1.0)
 
     async def _lapsing_lease(self) -> float | None:
-        """When the queue is empty but another owner's rows run under a lease that is not being
-        renewed (its holder died or stalled: a live run renews every third of its lease), the
-        earliest such expiry: this run waits for it and takes the rows over. A lease renewed
-        meanwhile means a live holder; the run then ends and leaves them to it."""
-        now, horizon = time.time(), self.s.lease_seconds / 2
-        lapsing = [
-            o.expires
-            for o in await self.queue.lease_owners()
-            if o.owner != self.owner and o.expires - now < horizon
-        ]
+        """When the queue is empty but another owner's rows run under a lease of our scale that
+        is not being renewed (its holder died or stalled: a live run renews every third of its
+        lease), the earliest such expiry: this run waits for it and takes the rows over. A
+        lease renewed meanwhile means a live holder; the run then ends and leaves them to it."""
+
+        def near(owners: list[LeaseOwner]) -> dict[str, float]:
+            now = time.time()
+            return {
+                o.owner: o.expires
+                for o in owners
+                if o.owner != self.owner and o.expires - now <= self.s.lease_seconds
+            }
+
+        first = near(await self.queue.lease_owners())
+        if not first:
+            return None
+        await self._sleep(self.s.lease_seconds / 3 + 0.2)
+        again = near(await self.queue.lease_owners())
+        lapsing = [t for owner, t in again.items() if owner in first and t <= first[owner]]
         return min(lapsing) if lapsing else None
 
     async def _scan_in_progress(self) -> bool:
