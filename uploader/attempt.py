@@ -220,41 +220,31 @@ class Attempt:
 
     async def _settle_doubt(self) -> Outcome | None:
         """A register of this row's key may have taken effect: adopt its entry if the listing
-        shows it. Not shown is proof only once the register had time to land; until then the
-        row goes back to wait (doubt kept, attempt not counted). A row whose key was never
-        committed before a register cannot have been registered."""
+        shows it (or wait, `_landed_entry`). A row whose key was never committed before a
+        register cannot have been registered."""
         job = self.job
         assert job.unknown_since is not None
         self.doubted = True
         if not job.s3_key:
             job.unknown_since = None
             return None
-        file_id = await self._s.index.adopt(job, job.filename or self._name())
-        if file_id is not None:
-            log.info("adopted %s for %s after a doubtful register", file_id, job.relpath)
-            self.adopted = True
-            return self._outcome(OutcomeKind.DONE, file_id=file_id)
-        settles = self._s.settles.get(job.id, job.unknown_since + self._s.policy.settle_seconds)
-        if time.time() < settles:
-            log.info("a register of %s may still take effect: looking again later", job.relpath)
-            return self._outcome(OutcomeKind.RELEASED, next_attempt_at=settles)
-        job.unknown_since = None  # the listing shows no entry: it did not happen
-        self._s.settles.pop(job.id, None)
-        return None
+        file_id, waiting = await self._landed_entry()
+        if file_id is None:
+            return waiting
+        log.info("adopted %s for %s after a doubtful register", file_id, job.relpath)
+        self.adopted = True
+        return self._outcome(OutcomeKind.DONE, file_id=file_id)
 
     async def _supersede_doubt(self) -> Outcome | None:
         """The file changed while a register of its older content (the row's key, step NULL)
         was in doubt. That register's entry, if it landed, is the old version: never adopted,
-        but superseded by the new one (deleted once that is registered, replace.py). Until
-        the register had time to land the row waits, as in `_settle_doubt`."""
+        but superseded by the new one (deleted once that is registered, replace.py)."""
         job = self.job
         self.doubted = True
         if job.unknown_since is not None:
-            old = await self._s.index.adopt(job, job.filename or self._name())
-            settles = self._s.settles.get(job.id, job.unknown_since + self._s.policy.settle_seconds)
-            if old is None and time.time() < settles:
-                log.info("a register of %s may still take effect: looking again later", job.relpath)
-                return self._outcome(OutcomeKind.RELEASED, next_attempt_at=settles)
+            old, waiting = await self._landed_entry()
+            if waiting is not None:
+                return waiting
             if old is not None:
                 log.info(
                     "%s changed: %s, its older content's entry, is superseded", job.relpath, old
@@ -263,6 +253,24 @@ class Attempt:
         job.s3_key, job.unknown_since = None, None
         self._s.settles.pop(job.id, None)
         return None
+
+    async def _landed_entry(self) -> tuple[str | None, Outcome | None]:
+        """The entry the doubtful register of the row's key made, if the listing shows it:
+        (its id, None). Not shown is proof that it did not happen only once the register had
+        time to land: until then (None, the outcome that makes the row wait, doubt kept and
+        attempt not counted); after, (None, None) and the doubt is dropped."""
+        job = self.job
+        assert job.unknown_since is not None
+        file_id = await self._s.index.adopt(job, job.filename or self._name())
+        if file_id is not None:
+            return file_id, None
+        settles = self._s.settles.get(job.id, job.unknown_since + self._s.policy.settle_seconds)
+        if time.time() < settles:
+            log.info("a register of %s may still take effect: looking again later", job.relpath)
+            return None, self._outcome(OutcomeKind.RELEASED, next_attempt_at=settles)
+        job.unknown_since = None  # the listing shows no entry: it did not happen
+        self._s.settles.pop(job.id, None)
+        return None, None
 
     def _check_lease(self, doing: str) -> None:
         """Stalled (suspended, starved) near the end of our lease: another run may own the row
