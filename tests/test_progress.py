@@ -5,19 +5,25 @@ and how to resume, and during an outage the line says "paused: service unreachab
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import pty
 import re
 import signal
+import socket
 import struct
 import termios
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
+    API_KEY,
     FAST,
+    KB,
     enqueue,
     invoke,
     make_files,
@@ -28,6 +34,8 @@ from tests.helpers import (
 )
 from tests.maiagent_server import MaiAgentServer
 from tests.test_run_outage import Run, _done, _queued, _wait_until
+from uploader import queue, worker
+from uploader.model import HostScope
 from uploader.progress import rate_text
 
 _WAIT = 60.0
@@ -168,3 +176,24 @@ def test_the_plain_line_says_paused_during_an_outage(
         out,
         re.M,
     ), out
+
+
+def test_a_run_as_a_library_draws_nothing(
+    tmp_path: Path, maiagent: MaiAgentServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Output belongs to the CLI (issue 11, step 4): `worker.execute` given no progress and
+    no notice uploads everything and prints nothing; the CLI's drawing is passed in."""
+    db = _queued_files(tmp_path, 12)
+    settings = worker.Settings(workers=4, kb_id=KB, retry_delay=0.01)
+
+    async def upload() -> worker.RunResult:
+        async with queue.opened(str(db), create=False, scope=HostScope(socket.gethostname())) as q:
+            return await worker.execute(
+                q, settings, worker.Connection(maiagent.base_url, API_KEY), {}
+            )
+
+    capsys.readouterr()
+    result = asyncio.run(upload())
+
+    assert result.uploaded == 12 and worker.exit_code(result) == 0
+    assert capsys.readouterr() == ("", "")

@@ -3,6 +3,7 @@ local server with parse delays, parse failures, deletions and foreign entries.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -12,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import FAST, KB, invoke, last_counts, rows, service, upload
+from tests.helpers import API_KEY, FAST, KB, invoke, last_counts, rows, service, upload
 from tests.maiagent_server import MaiAgentServer
-from uploader import reconcile
+from uploader import queue, reconcile
 from uploader.client import MaiAgentClient
+from uploader.model import HostScope
 
 
 def integrity(db: Path, tmp_path: Path) -> dict[str, Any]:
@@ -140,6 +142,61 @@ def test_wait_gives_up_at_the_timeout(
     assert counts["timed_out"] is True
     assert counts["files"]["initial"] == 10
     assert "10 still parsing" in result.output and "timed out" in result.output
+
+
+class _Told:
+    """A ReadProgress that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.listed: list[tuple[int, int]] = []
+        self.listings_ended = 0
+        self.parsed: list[dict[str, int]] = []
+        self.parsing_ended = 0
+
+    def listing(self, kb_id: str, stored: int, total: int) -> None:
+        assert kb_id == KB
+        self.listed.append((stored, total))
+
+    def listing_done(self, kb_id: str) -> None:
+        self.listings_ended += 1
+
+    def parsing(self, kb_id: str, files: dict[str, int]) -> None:
+        self.parsed.append(dict(files))
+
+    def parsing_done(self, kb_id: str) -> None:
+        self.parsing_ended += 1
+
+
+def test_the_library_reports_progress_and_prints_nothing(
+    tmp_path: Path,
+    maiagent_factory: Callable[..., MaiAgentServer],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Output belongs to the CLI (issue 11, step 4): verify --wait and dedupe called as a
+    library print nothing, with no progress to report to or with one; what they report is
+    each listing page by page up to its count, then every poll's parse counts."""
+    server = maiagent_factory(parse_delay=0.5, seed=5)
+    db, _ = upload(tmp_path, server, 30)
+    monkeypatch.setattr(reconcile, "LIST_PAGE_SIZE", 7)
+
+    async def read_back(progress: reconcile.ReadProgress | None) -> None:
+        async with (
+            queue.opened(str(db), create=False, scope=HostScope("h")) as q,
+            reconcile.open_client(server.base_url, API_KEY) as api,
+        ):
+            await reconcile.verify(q, api, KB, wait=True, timeout=30, progress=progress)
+            await reconcile.dedupe(q, api, KB, apply=False, progress=progress)
+
+    capsys.readouterr()
+    asyncio.run(read_back(None))
+    told = _Told()
+    asyncio.run(read_back(told))
+
+    assert capsys.readouterr() == ("", "")
+    assert told.listed[0] == (7, 30) and told.listed[-1] == (30, 30)
+    assert told.listings_ended == sum(1 for stored, _ in told.listed if stored == 7)
+    assert told.parsed[-1]["done"] == 30 and told.parsing_ended == 1
 
 
 def test_refused_key_or_unknown_knowledge_base_is_one_line_and_exit_3(

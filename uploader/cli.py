@@ -620,6 +620,13 @@ def _open_log(ctx: Context, path: str | None, level_name: str) -> logs.RunLog | 
         return None
 
 
+def _notice(text: str) -> None:
+    """What a signal does to a run, shown even with -q on stderr (stdout may be `run --json`'s
+    document) on a line of its own (after the terminal's ^C); click.echo flushes it before a
+    second Ctrl+C quits at once."""
+    click.echo(f"\n{text}", err=True)
+
+
 def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
     """The pool paused for an outage, or resumed."""
     if state is outage.GateState.CLOSED:
@@ -813,8 +820,9 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             settings,
             service,
             recorded,
-            ctx.quiet or as_json,
-            None if ctx.quiet else _show_outage,
+            progress=None if ctx.quiet or as_json else progress.Progress,
+            notice=_notice,
+            on_outage=None if ctx.quiet else _show_outage,
             on_start=started,
         )
         if result.fatal is not None and run_ids:
@@ -1347,8 +1355,12 @@ async def _kbs(q: Queue, kb_id: str | None) -> list[str]:
     return kbs
 
 
-def _bars(ctx: Context) -> bool:
-    return not ctx.quiet and sys.stderr.isatty()
+def _read_bars(
+    ctx: Context, lines: Callable[[str], None] | None = None
+) -> progress.ReadBars | None:
+    """verify's and dedupe's drawing: bars where stderr (they are drawn there) is a terminal,
+    else `lines`; nothing with -q."""
+    return None if ctx.quiet else progress.ReadBars(sys.stderr.isatty(), lines)
 
 
 def _pairs(counts: dict[str, int]) -> str:
@@ -1501,16 +1513,13 @@ def verify(
     duplicated; 1 otherwise; 2 bad input; 3 the service refused (bad key, unknown KB).
     """
     _check_service(api_key, base_url, allow_http, "verify")
-    show = _bars(ctx)
-    notify = None if ctx.quiet else functools.partial(click.echo, err=True)
+    drawn = _read_bars(ctx, functools.partial(click.echo, err=True))
 
     async def body(q: Queue, api: client.MaiAgentClient) -> bool:
         ok = True
         shown = []
         for kb in await _kbs(q, kb_id):
-            result = await reconcile.verify(
-                q, api, kb, wait=wait, timeout=timeout, show=show, notify=notify
-            )
+            result = await reconcile.verify(q, api, kb, wait=wait, timeout=timeout, progress=drawn)
             if as_json:
                 shown.append({"kb_id": kb, "ok": result.ok, "counts": result.counts})
             else:
@@ -1592,14 +1601,14 @@ def dedupe(
     unknown KB).
     """
     _check_service(api_key, base_url, allow_http, "dedupe")
-    show = _bars(ctx)
+    drawn = _read_bars(ctx)
 
     async def body(q: Queue, api: client.MaiAgentClient) -> bool:
         clean = True
         shown = []
         for kb in await _kbs(q, kb_id):
             result = await reconcile.dedupe(
-                q, api, kb, apply=yes, include_extra=include_extra, show=show
+                q, api, kb, apply=yes, include_extra=include_extra, progress=drawn
             )
             if as_json:
                 shown.append(_dedupe_json(kb, result, yes))

@@ -1,12 +1,17 @@
-"""Progress of a run: a tqdm bar where it is drawn (stderr) is a terminal, a plain line every
-few seconds elsewhere (on stdout, as the reference script printed it)."""
+"""The CLI's drawing of what the library reports: a run's progress (a tqdm bar where it is
+drawn, stderr, is a terminal, a plain line every few seconds elsewhere, on stdout as the
+reference script printed it) and verify's and dedupe's (listing and parse bars, or a line
+per poll). Only cli.py makes these; the library sees the protocols it reports to."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 from tqdm import tqdm
+
+from .reconcile import UNSETTLED
 
 PAUSED = "paused: service unreachable"
 
@@ -24,9 +29,10 @@ def rate_text(bytes_per_second: float) -> str:
 
 
 class Progress:
-    """Counts what the writer has committed; draws nothing when quiet."""
+    """A run's progress (a worker.RunProgress): counts what the writer has committed and
+    draws it. The CLI makes one only where it is to be drawn (not with -q or --json)."""
 
-    def __init__(self, total: int, total_bytes: int, quiet: bool, interval: float = 5.0) -> None:
+    def __init__(self, total: int, total_bytes: int, interval: float = 5.0) -> None:
         self.total = total
         self.total_bytes = total_bytes
         self.done = 0
@@ -37,11 +43,10 @@ class Progress:
         self._interval = interval
         self._last_line = self.started
         self._last_printed = -1
-        self._bar: tqdm | None = None
+        self._bar: tqdm | None = None  # None: plain lines
         # The bar goes to stderr, so stderr decides: `uploader run 2>err` on a terminal gets
         # plain lines, not a file of bar frames.
-        self._plain = not quiet and not sys.stderr.isatty()
-        if not quiet and not self._plain:
+        if sys.stderr.isatty():
             self._bar = tqdm(
                 total=total, unit="file", dynamic_ncols=True, smoothing=0.1, file=sys.stderr
             )
@@ -57,7 +62,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(done + failed)
             self._bar.set_postfix_str(self._postfix(), refresh=False)
-        elif self._plain and time.monotonic() - self._last_line >= self._interval:
+        elif time.monotonic() - self._last_line >= self._interval:
             self.print_line()
 
     def pause(self, paused: bool) -> None:
@@ -65,7 +70,7 @@ class Progress:
         self.paused = paused
         if self._bar is not None:
             self._bar.set_postfix_str(self._postfix())
-        elif self._plain:
+        else:
             self.print_line()
 
     def _postfix(self) -> str:
@@ -101,5 +106,60 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self._plain and self.total and self._last_printed != self.done + self.failed:
+        elif self.total and self._last_printed != self.done + self.failed:
             self.print_line()
+
+
+class ReadBars:
+    """verify's and dedupe's reading back (a reconcile.ReadProgress): a listing bar per
+    listing and a parsed/total bar on a terminal; elsewhere one line per --wait poll to
+    `lines` (None: none)."""
+
+    # No rate: the count jumps at each poll, files per second would mean nothing.
+    PARSED = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+    def __init__(self, bars: bool, lines: Callable[[str], None] | None = None) -> None:
+        self._bars = bars
+        self._lines = lines
+        self._listing: tqdm | None = None
+        self._parsed: tqdm | None = None
+
+    def listing(self, kb_id: str, stored: int, total: int) -> None:
+        if not self._bars:
+            return
+        if self._listing is None:
+            self._listing = tqdm(
+                total=total,
+                initial=stored,
+                unit="entry",
+                desc=f"listing {kb_id}",
+                leave=False,
+                dynamic_ncols=True,
+            )
+        else:
+            self._listing.update(stored - self._listing.n)
+
+    def listing_done(self, kb_id: str) -> None:
+        if self._listing is not None:
+            self._listing.close()
+            self._listing = None
+
+    def parsing(self, kb_id: str, files: dict[str, int]) -> None:
+        total = sum(n for status, n in files.items() if status != "missing")
+        parsed = files.get("done", 0) + files.get("failed", 0)
+        detail = ", ".join(f"{s} {files.get(s, 0)}" for s in UNSETTLED)
+        if self._bars:
+            if self._parsed is None:
+                self._parsed = tqdm(
+                    total=total, initial=parsed, desc=f"parsed {kb_id}", bar_format=self.PARSED
+                )
+            self._parsed.total = total
+            self._parsed.n = parsed
+            self._parsed.set_postfix_str(f"failed {files.get('failed', 0)}, {detail}")
+        elif self._lines is not None:
+            self._lines(f"{kb_id}: parsed {parsed}/{total} ({detail})")
+
+    def parsing_done(self, kb_id: str) -> None:
+        if self._parsed is not None:
+            self._parsed.close()
+            self._parsed = None

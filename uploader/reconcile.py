@@ -11,9 +11,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-from tqdm import tqdm
+from typing import Any, Protocol, TypeVar
 
 from . import tags
 from .client import (
@@ -153,6 +151,23 @@ STATUSES = ("initial", "processing", "done", "failed")
 UNSETTLED = ("initial", "processing")
 
 
+class ReadProgress(Protocol):
+    """What verify and dedupe tell as they read the knowledge base back, for the CLI to
+    draw: the library reports, the CLI draws (None where they are given none: nothing)."""
+
+    def listing(self, kb_id: str, stored: int, total: int) -> None:
+        """A full listing of `total` entries has stored `stored` of them so far."""
+
+    def listing_done(self, kb_id: str) -> None:
+        """That listing ended (complete or not, or by an error)."""
+
+    def parsing(self, kb_id: str, files: dict[str, int]) -> None:
+        """verify --wait, after each listing: this database's files per remote status."""
+
+    def parsing_done(self, kb_id: str) -> None:
+        """verify --wait stopped waiting (all parsed, timed out, or an error)."""
+
+
 @contextlib.asynccontextmanager
 async def open_client(
     base_url: str, api_key: str, timeout: float = 60.0
@@ -229,7 +244,9 @@ def _tags(entry: RemoteEntry) -> str | None:
     return tags.encode(names, entry.metadata or {})
 
 
-async def _read_listing(q: Queue, client: MaiAgentClient, kb_id: str, show: bool) -> Listing:
+async def _read_listing(
+    q: Queue, client: MaiAgentClient, kb_id: str, progress: ReadProgress | None
+) -> Listing:
     """Page 1 gives the count, then the other pages are fetched LIST_CONCURRENCY at a time.
 
     The page size is what the service actually returned on page 1 (it may cap the one asked
@@ -247,30 +264,31 @@ async def _read_listing(q: Queue, client: MaiAgentClient, kb_id: str, show: bool
     await q.store_listed(listed_rows(kb_id, results, started, seen))
     pages = math.ceil(count / len(results)) if first.next and results else 1
     counts: set[Any] = {count}
-    with tqdm(
-        total=count,
-        initial=len(results),
-        unit="entry",
-        desc=f"listing {kb_id}",
-        leave=False,
-        disable=not show,
-        dynamic_ncols=True,
-    ) as bar:
+    stored = len(results)
+    if progress is not None:
+        progress.listing(kb_id, stored, count)
 
-        async def page(number: int) -> None:
-            try:
-                data = await _call(client.list_files, kb_id, number, LIST_PAGE_SIZE)
-            except ApiError as err:
-                if err.error_kind != "kb_not_found":
-                    raise
-                counts.add(None)  # a page past the end: the knowledge base shrank meanwhile
-                return
-            counts.add(data.count)
-            rows = listed_rows(kb_id, data.entries, started, seen)
-            await q.store_listed(rows)
-            bar.update(len(rows))
+    async def page(number: int) -> None:
+        nonlocal stored
+        try:
+            data = await _call(client.list_files, kb_id, number, LIST_PAGE_SIZE)
+        except ApiError as err:
+            if err.error_kind != "kb_not_found":
+                raise
+            counts.add(None)  # a page past the end: the knowledge base shrank meanwhile
+            return
+        counts.add(data.count)
+        rows = listed_rows(kb_id, data.entries, started, seen)
+        await q.store_listed(rows)
+        stored += len(rows)
+        if progress is not None:
+            progress.listing(kb_id, stored, count)
 
+    try:
         await each(range(2, pages + 1), page)
+    finally:
+        if progress is not None:
+            progress.listing_done(kb_id)
     return Listing(kb_id, started, len(seen), len(counts) == 1 and len(seen) == count)
 
 
@@ -290,12 +308,12 @@ async def _look_up_unseen(q: Queue, client: MaiAgentClient, listing: Listing) ->
 
 
 async def list_and_match(
-    q: Queue, client: MaiAgentClient, kb_id: str, show: bool = False
+    q: Queue, client: MaiAgentClient, kb_id: str, progress: ReadProgress | None = None
 ) -> Listing:
     """Replace the stored listing of `kb_id` with a full one and set every done job's
     remote status from it ('missing' when its entry is not there)."""
     for _ in range(LISTING_TRIES):
-        listing = await _read_listing(q, client, kb_id, show)
+        listing = await _read_listing(q, client, kb_id, progress)
         if listing.complete:
             await q.forget_unseen(kb_id, listing.started)
             break
@@ -445,41 +463,6 @@ class Verification:
         return bool(self.counts["ok"])
 
 
-class _ParseProgress:
-    """--wait's progress: a parsed/total bar on a terminal, else one line per poll."""
-
-    # No rate: the count jumps at each poll, files per second would mean nothing.
-    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
-
-    def __init__(self, kb_id: str, bar: bool, notify: Callable[[str], None] | None) -> None:
-        self._kb_id = kb_id
-        self._notify = notify
-        self._wants_bar = bar
-        self._bar: tqdm | None = None
-
-    def update(self, files: dict[str, int]) -> None:
-        total = sum(n for status, n in files.items() if status != "missing")
-        parsed = files.get("done", 0) + files.get("failed", 0)
-        detail = ", ".join(f"{s} {files.get(s, 0)}" for s in UNSETTLED)
-        if self._wants_bar:
-            if self._bar is None:
-                self._bar = tqdm(
-                    total=total,
-                    initial=parsed,
-                    desc=f"parsed {self._kb_id}",
-                    bar_format=self.FORMAT,
-                )
-            self._bar.total = total
-            self._bar.n = parsed
-            self._bar.set_postfix_str(f"failed {files.get('failed', 0)}, {detail}")
-        elif self._notify is not None:
-            self._notify(f"{self._kb_id}: parsed {parsed}/{total} ({detail})")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 async def verify(
     q: Queue,
     client: MaiAgentClient,
@@ -487,29 +470,29 @@ async def verify(
     *,
     wait: bool = False,
     timeout: float = 3600.0,
-    show: bool = False,
-    notify: Callable[[str], None] | None = None,
+    progress: ReadProgress | None = None,
 ) -> Verification:
     """List the knowledge base, match it to the jobs and record what is wrong; with `wait`,
     list again until none of this database's entries is initial/processing or `timeout`."""
     deadline = time.monotonic() + timeout
     delay = WAIT_FIRST
-    progress = _ParseProgress(kb_id, show and wait, notify if wait else None)
     try:
         while True:
-            listing = await list_and_match(q, client, kb_id, show)
+            listing = await list_and_match(q, client, kb_id, progress)
             files = await q.job_remote_counts(kb_id)
             unsettled = sum(files.get(s, 0) for s in UNSETTLED)
             if not wait:
                 break
-            progress.update(files)
+            if progress is not None:
+                progress.parsing(kb_id, files)
             left = deadline - time.monotonic()
             if not unsettled or left <= 0:
                 break
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 1.5, WAIT_MAX)
     finally:
-        progress.close()
+        if wait and progress is not None:
+            progress.parsing_done(kb_id)
     deleted = await delete_copies(q, client, kb_id, listing.started, "verify")
     if deleted:
         files = await q.job_remote_counts(kb_id)
@@ -656,7 +639,7 @@ async def dedupe(
     *,
     apply: bool,
     include_extra: bool = False,
-    show: bool = False,
+    progress: ReadProgress | None = None,
 ) -> Dedupe:
     """Delete provable copies (a dry run unless `apply`), and with `include_extra` the
     surplus of unknown-origin name-and-size groups, from a fresh listing: a stale one could
@@ -665,7 +648,7 @@ async def dedupe(
     is owned by no job yet, and would look like a surplus copy."""
     if apply:
         await _refuse_during_a_run(q, kb_id)
-    listing = await list_and_match(q, client, kb_id, show)
+    listing = await list_and_match(q, client, kb_id, progress)
     copies = await find_copies(q, kb_id, listing.started)
     groups = [*copies.groups, *(copies.unknown if include_extra else [])]
     doomed = [e for g in groups for e in g.surplus]

@@ -12,10 +12,10 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import replace
 from .attempt import Attempt, Policy, Shared
@@ -25,7 +25,6 @@ from .labels import LabelResolver
 from .liveness import LockError, RunLock, make_owner
 from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind
 from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
-from .progress import Progress
 from .queue import Queue
 from .reconcile import RemoteIndex, delete_copies
 from .registrar import Registrar
@@ -43,6 +42,37 @@ MAX_FAILURES_TO_CLOSE = 20
 # scan of another host not seen for this long (its process died without saying so).
 SCAN_POLL = 0.5
 SCAN_STALE = 600.0
+
+
+class RunProgress(Protocol):
+    """What a run reports as it goes, for the CLI to draw (progress.Progress draws it): the
+    library reports, the CLI draws."""
+
+    def add(self, done: int = 0, failed: int = 0, nbytes: int = 0) -> None:
+        """A batch of outcomes committed: files done, failed, bytes uploaded."""
+
+    def pause(self, paused: bool) -> None:
+        """The pool paused for an outage (True) or resumed (False)."""
+
+    def close(self) -> None:
+        """The pool ended."""
+
+
+# A run's progress, made once the run knows what it has to do (files, bytes).
+ProgressFactory = Callable[[int, int], RunProgress]
+
+
+class _Untold:
+    """A run's progress where nobody draws it (-q, --json, a caller that wants none)."""
+
+    def add(self, done: int = 0, failed: int = 0, nbytes: int = 0) -> None:
+        """Nobody to tell."""
+
+    def pause(self, paused: bool) -> None:
+        """Nobody to tell."""
+
+    def close(self) -> None:
+        """Nothing drawn, nothing to close."""
 
 
 @dataclass
@@ -594,22 +624,22 @@ def exit_code(result: RunResult) -> ExitCode:
     return ExitCode.FAILED if result.failed_in_queue else ExitCode.OK
 
 
-def _install_signals(pool: Pool) -> None:
+def _install_signals(pool: Pool, notice: Callable[[str], None] | None) -> None:
     """First Ctrl+C or SIGTERM: stop claiming and finish in-flight files; second: quit now
-    (the rows stay leased to a dead process, which the next run reclaims at once)."""
+    (the rows stay leased to a dead process, which the next run reclaims at once). Each is
+    said through `notice` (the CLI's), which must have shown it when it returns."""
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
         if pool.result.interrupted:
-            print("\ninterrupted again: quitting now", file=sys.stderr, flush=True)
+            if notice is not None:
+                notice("interrupted again: quitting now")
             os._exit(ExitCode.INTERRUPTED)
-        # stderr: stdout may be `run --json`'s document
-        print(
-            f"\nstopping: finishing in-flight uploads for up to {pool.s.grace:.0f}s "
-            "(Ctrl+C again to quit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        if notice is not None:
+            notice(
+                f"stopping: finishing in-flight uploads for up to {pool.s.grace:.0f}s "
+                "(Ctrl+C again to quit at once)"
+            )
         pool.stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -621,17 +651,30 @@ async def execute(
     settings: Settings,
     service: Connection,
     options: dict[str, object],
-    quiet: bool,
+    *,
+    progress: ProgressFactory | None = None,
+    notice: Callable[[str], None] | None = None,
     on_outage: OnChange | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RunResult:
     """One `uploader run`: preflight, the pool until the queue is empty, the run's record.
-    `on_start` gets the run's id as soon as it has one (the log is named after it)."""
+    What it reports goes to the CLI's callbacks (None: untold): `progress` makes the run's
+    progress once its totals are known, `notice` hears what a signal does, `on_outage` the
+    outage gate, `on_start` the run's id as soon as it has one (the log is named after it)."""
     owner = make_owner(queue.scope.host)
+    told = _Told(progress, notice, on_outage, on_start)
     with _run_lock(queue, owner) as lock:
-        return await _execute(
-            queue, settings, service, options, quiet, on_outage, on_start, owner, lock
-        )
+        return await _execute(queue, settings, service, options, told, owner, lock)
+
+
+@dataclass(frozen=True)
+class _Told:
+    """Whom `execute` reports to (the CLI's callbacks; None: nobody)."""
+
+    progress: ProgressFactory | None
+    notice: Callable[[str], None] | None
+    on_outage: OnChange | None
+    on_start: Callable[[int], None] | None
 
 
 async def _end_dead_runs(queue: Queue, lock: RunLock) -> None:
@@ -667,17 +710,15 @@ async def _execute(
     settings: Settings,
     service: Connection,
     options: dict[str, object],
-    quiet: bool,
-    on_outage: OnChange | None,
-    on_start: Callable[[int], None] | None,
+    told: _Told,
     owner: str,
     lock: RunLock | None,
 ) -> RunResult:
     if lock is not None:
         await _end_dead_runs(queue, lock)
     run_id = await queue.start_run(owner, options)
-    if on_start is not None:
-        on_start(run_id)
+    if told.on_start is not None:
+        told.on_start(run_id)
     result = RunResult()
     async with make_session(settings.workers) as session:
         client = MaiAgentClient(
@@ -700,12 +741,13 @@ async def _execute(
             # since a claim takes rows of one knowledge base or of all.
             scopes = known if result.unknown_kbs else [settings.kb_id]
             totals = [await queue.pending_totals(kb) for kb in scopes]
-            progress = Progress(sum(t[0] for t in totals), sum(t[1] for t in totals), quiet)
+            files, nbytes = sum(t[0] for t in totals), sum(t[1] for t in totals)
+            progress = _Untold() if told.progress is None else told.progress(files, nbytes)
 
             def outage_seen(state: GateState, outage: Outage) -> None:
                 progress.pause(state is GateState.CLOSED)
-                if on_outage is not None:
-                    on_outage(state, outage)
+                if told.on_outage is not None:
+                    told.on_outage(state, outage)
 
             try:
                 for kb in scopes:
@@ -721,7 +763,7 @@ async def _execute(
                         outage_seen,
                         lock,
                     )
-                    _install_signals(pool)
+                    _install_signals(pool, told.notice)
                     result.add(await pool.run())
                     if result.fatal is not None or result.interrupted:
                         break
