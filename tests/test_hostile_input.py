@@ -5,6 +5,7 @@ disk, deleted or corrupted. Each case ends in an upload or a clear one-line mess
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -296,7 +297,7 @@ def test_a_lock_held_beyond_the_busy_timeout_is_a_clear_message(
     db = tmp_path / "queue.db"
     enqueue(db, tmp_path / "data")
     monkeypatch.setattr(queue_sqlite, "BUSY_TIMEOUT_MS", 100)
-    monkeypatch.setattr(queue_sqlite, "LOCK_RETRIES", 2)
+    monkeypatch.setattr(queue_sqlite, "LOCKED", dataclasses.replace(queue_sqlite.LOCKED, tries=3))
 
     with write_locked(db):
         result = invoke(db, *run_args(maiagent))

@@ -44,7 +44,8 @@ from .exitcodes import ExitCode
 from .model import ServiceFacts
 from .outage import Evidence, classify
 from .queue import Queue
-from .reconcile import CLOCK_SKEW, PAGE_SIZE, open_client
+from .reconcile import CLOCK_SKEW, PAGE_SIZE, open_client, transient
+from .retrying import Retry, retrying
 
 log = logging.getLogger("uploader.check")
 
@@ -56,7 +57,7 @@ LISTING_WAIT = 10.0  # seconds a registered probe is given to appear in the list
 DOUBT_WAIT = 5.0  # seconds a register in doubt is given to show its entry before cleanup
 DELETE_WAIT = 60.0  # seconds a probe the service is still parsing (409) is waited for
 POLL = 0.25
-CLEANUP_TRIES = 4
+CLEANUP_READS = Retry(tries=4, first=POLL)  # the listings that find the probes to delete
 
 
 class Step(str, enum.Enum):
@@ -454,14 +455,7 @@ class _Check:
 
 
 async def _retried(fn: Callable[..., Awaitable[FilePage]], *args: Any) -> FilePage:
-    for attempt in range(1, CLEANUP_TRIES + 1):
-        try:
-            return await fn(*args)
-        except ApiError as err:
-            if err.kind != "transient" or attempt == CLEANUP_TRIES:
-                raise
-            await asyncio.sleep(backoff(attempt, POLL, err.retry_after))
-    raise AssertionError("unreachable")
+    return await retrying(lambda: fn(*args), CLEANUP_READS, transient)
 
 
 def listing_order(entries: list[RemoteEntry]) -> str:

@@ -20,7 +20,6 @@ from .client import (
     MaiAgentClient,
     RateLimiter,
     RemoteEntry,
-    backoff,
     make_session,
 )
 from .model import (
@@ -37,6 +36,7 @@ from .model import (
     SupersededEntry,
 )
 from .queue import Queue, QueueError
+from .retrying import Retry, retrying
 
 T = TypeVar("T")
 
@@ -140,9 +140,8 @@ def _continues_newest_first(page: FilePage, previous: float | None) -> bool:
 LIST_CONCURRENCY = 8
 LIST_PAGE_SIZE = 100
 LISTING_TRIES = 3  # a listing that changed while it was read is read again, this many times
-CALL_TRIES = 5
-CALL_BACKOFF = 0.5
-DELETE_TRIES = 4
+CALLS = Retry(tries=5, first=0.5)  # a call safe to repeat (a read, a delete)
+DELETES = Retry(tries=4, first=0.5)  # a delete whose error answer is checked by a read
 BATCH_DELETE = 100
 WAIT_FIRST = 0.25
 WAIT_MAX = 15.0
@@ -177,17 +176,19 @@ async def open_client(
         yield MaiAgentClient(session, base_url, api_key, RateLimiter(None), timeout=timeout)
 
 
+def transient(exc: Exception) -> bool:
+    """An answer worth asking again for (a 5xx, a timeout, a 429 past the client's own
+    re-sends), as opposed to a refusal or a bad request."""
+    return isinstance(exc, ApiError) and exc.kind == "transient"
+
+
+def _retrying_said(exc: Exception, _retry: int) -> None:
+    log.info("retrying: %s", exc)
+
+
 async def _call(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """A call that is safe to repeat (reads, deletes): transient errors are retried."""
-    for attempt in range(1, CALL_TRIES + 1):
-        try:
-            return await fn(*args)
-        except ApiError as err:
-            if err.kind != "transient" or attempt == CALL_TRIES:
-                raise
-            log.info("retrying: %s", err)
-            await asyncio.sleep(backoff(attempt, CALL_BACKOFF, err.retry_after))
-    raise AssertionError("unreachable")
+    return await retrying(lambda: fn(*args), CALLS, transient, _retrying_said)
 
 
 async def each(items: Iterable[T], fn: Callable[[T], Awaitable[None]]) -> None:
@@ -569,13 +570,15 @@ def _with_statuses(counts: dict[str, int], *more: str) -> dict[str, int]:
 async def delete_entry(client: MaiAgentClient, kb_id: str, file_id: str) -> tuple[bool, str | None]:
     """Delete one entry: (True, None) once it is gone, (False, status) when it is being
     processed. An error answer is checked by reading the entry back: a 500 may have deleted
-    it anyway, a 409 comes while it is processed (then it is left alone)."""
-    for attempt in range(1, DELETE_TRIES + 1):
+    it anyway, a 409 comes while it is processed (then it is left alone). Its own loop over
+    the DELETES policy, not `retrying`: between two tries it reads the entry, which may end
+    it (gone, or being processed)."""
+    for attempt in range(1, DELETES.tries + 1):
         try:
             await client.delete_file(kb_id, file_id)
             return True, None
         except ApiError as err:
-            if err.kind == "fatal" or attempt == DELETE_TRIES:
+            if err.kind == "fatal" or attempt == DELETES.tries:
                 raise
             retry_after = err.retry_after
         entry = await _call(client.get_file, kb_id, file_id)
@@ -583,7 +586,7 @@ async def delete_entry(client: MaiAgentClient, kb_id: str, file_id: str) -> tupl
             return True, None
         if entry.status in UNSETTLED:
             return False, entry.status
-        await asyncio.sleep(backoff(attempt, CALL_BACKOFF, retry_after))
+        await asyncio.sleep(DELETES.wait(attempt, retry_after))
     raise AssertionError("unreachable")
 
 

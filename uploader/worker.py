@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from typing import Protocol
 
 from . import replace
 from .attempt import Attempt, Policy, Shared
-from .client import ApiError, MaiAgentClient, RateLimiter, backoff, make_session
+from .client import ApiError, MaiAgentClient, RateLimiter, make_session
 from .exitcodes import ExitCode
 from .labels import LabelResolver
 from .liveness import LockError, RunLock, make_owner
@@ -28,6 +29,7 @@ from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUn
 from .queue import Queue
 from .reconcile import RemoteIndex, delete_copies
 from .registrar import Registrar
+from .retrying import Retry, retrying
 
 log = logging.getLogger("uploader.run")
 
@@ -573,7 +575,17 @@ class Connection:
     timeout: float = 60.0
 
 
-PREFLIGHT_TRIES = 3
+# up to 2 s, then up to 4 s (what backoff(attempt + 1, 1.0) gave before the policies)
+PREFLIGHT = Retry(tries=3, first=2.0)
+
+
+def _check_again(exc: Exception) -> bool:
+    """Preflight asks again unless the service answered: refused, or no such knowledge base."""
+    return (
+        isinstance(exc, ApiError)
+        and exc.error_kind != ErrorKind.KB_NOT_FOUND
+        and exc.kind != "fatal"
+    )
 
 
 async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiError]:
@@ -585,21 +597,15 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiE
     at enqueue must not block the good ones)."""
     unknown: dict[str, ApiError] = {}
     for kb_id in kb_ids:
-        for attempt in range(1, PREFLIGHT_TRIES + 1):
-            try:
-                await client.check_kb(kb_id)
-                break
-            except ApiError as err:
-                if err.error_kind == ErrorKind.KB_NOT_FOUND:
-                    unknown[kb_id] = err
-                    break
-                if err.kind == "fatal":
-                    raise Fatal(err) from None
-                if attempt == PREFLIGHT_TRIES:
-                    if classify(err) is Evidence.OUTAGE:
-                        raise Fatal(ServiceUnreachable.at_start(err)) from None
-                    raise Fatal(err) from None
-                await asyncio.sleep(backoff(attempt + 1, 1.0, err.retry_after))
+        try:
+            await retrying(functools.partial(client.check_kb, kb_id), PREFLIGHT, _check_again)
+        except ApiError as err:
+            if err.error_kind == ErrorKind.KB_NOT_FOUND:
+                unknown[kb_id] = err
+                continue
+            if err.kind != "fatal" and classify(err) is Evidence.OUTAGE:
+                raise Fatal(ServiceUnreachable.at_start(err)) from None
+            raise Fatal(err) from None
     return unknown
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import aiosqlite
 
 from ..liveness import runs_dir
+from ..retrying import Growth, Retry, retrying
 from .base import Queue, QueueError
 from .sqlite_facts import FactsMixin
 from .sqlite_jobs import JobsMixin
@@ -32,7 +33,18 @@ log = logging.getLogger("uploader.queue")
 
 BUSY_TIMEOUT_MS = 5000
 CACHE_KIB = 32 * 1024
-LOCK_RETRIES = 6
+# after the busy timeout (another process holds the write lock), six more tries: 4.2 s more
+LOCKED = Retry(tries=7, first=0.2, growth=Growth.LINEAR)
+
+
+def _locked(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+def _said(_exc: Exception, retry: int) -> None:
+    log.warning("database is locked by another process; retrying (%d)", retry)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -167,20 +179,15 @@ class SqliteBase:
     async def _begin_immediate(self) -> AsyncIterator[None]:
         """Wait out another process's lock (busy timeout, then a few retries), then say so."""
         conn = self._conn
-        for attempt in range(LOCK_RETRIES + 1):
-            try:
-                await _to_completion(conn, "BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if attempt == LOCK_RETRIES:
-                    raise QueueError(
-                        "the database is locked by another process beyond the busy timeout; "
-                        "try again when it has finished"
-                    ) from None
-                log.warning("database is locked by another process; retrying (%d)", attempt + 1)
-                await asyncio.sleep(0.2 * (attempt + 1))
+        try:
+            await retrying(lambda: _to_completion(conn, "BEGIN IMMEDIATE"), LOCKED, _locked, _said)
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc):
+                raise
+            raise QueueError(
+                "the database is locked by another process beyond the busy timeout; "
+                "try again when it has finished"
+            ) from None
         try:
             yield
         except BaseException:
