@@ -338,13 +338,27 @@ def _path(where: str, text: str) -> str:
     return "/".join(parts)
 
 
+def label_name(raw: str) -> str:
+    """A label as it is sent, wherever it was given (a manifest, --label): stripped of
+    surrounding blanks, not empty, valid UTF-8 (it travels as JSON). Raises ValueError
+    saying why ('is empty', 'is not valid UTF-8'), for the caller to name the label."""
+    label = raw.strip()
+    if not label:
+        raise ValueError("is empty")
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid UTF-8") from None
+    return label
+
+
 def _labels(where: str, names: list[str]) -> tuple[str, ...]:
     labels = []
     for raw in names:
-        label = raw.strip()
-        if not label:
-            raise ManifestError(f"{where}: a label is empty")
-        labels.append(_text(where, "a label", label))
+        try:
+            labels.append(label_name(raw))
+        except ValueError as exc:
+            raise ManifestError(f"{where}: a label {exc}") from None
     return tuple(dict.fromkeys(labels))
 
 

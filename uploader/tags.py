@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .manifest import ManifestRow, MetadataValue, labels_from_path
+from .manifest import ManifestRow, MetadataValue, label_name, labels_from_path
 
 
 def encode(labels: Iterable[str], metadata: Mapping[str, MetadataValue]) -> str:
@@ -42,16 +42,13 @@ EMPTY = encode((), {})
 
 
 def check_label(name: str) -> str:
-    """A label name as given on the command line: stripped, not empty, valid UTF-8 (it
-    travels as JSON). Raises ValueError with a one-line message."""
-    label = name.strip()
-    if not label:
-        raise ValueError("a label name is empty")
+    """A label name as given on the command line, taken as a manifest's labels are
+    (`manifest.label_name`). Raises ValueError with a one-line message."""
     try:
-        label.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"label {name!r} is not valid UTF-8") from None
-    return label
+        return label_name(name)
+    except ValueError as exc:
+        shown = f"label {name!r}" if name.strip() else "a label name"
+        raise ValueError(f"{shown} {exc}") from None
 
 
 def check_parser(value: str) -> str:
