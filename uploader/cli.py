@@ -92,12 +92,38 @@ def run_async(coro: Awaitable[T]) -> T:
         raise Interrupted() from None
 
 
-async def with_db(  # type: ignore[no-untyped-def]
-    ctx: Context, body: Callable[[Queue], Awaitable[T]], shared: bool = False, **kw
+def on_queue(
+    ctx: Context,
+    call: Callable[[Queue], Awaitable[T]],
+    *,
+    shared: bool = False,
+    create: bool = True,
 ) -> T:
-    scope = HostScope(ctx.host_id, shared)
-    async with queue.opened(ctx.db, scope=scope, **kw) as q:
-        return await body(q)
+    """A command's library call on its queue: opened for this host (`shared`: for every
+    host's rows; `create`: made if it does not exist), closed after `call`; a queue problem
+    is a one-line error and Ctrl+C exit 130 (run_async)."""
+
+    async def opened() -> T:
+        async with queue.opened(ctx.db, scope=HostScope(ctx.host_id, shared), create=create) as q:
+            return await call(q)
+
+    return run_async(opened())
+
+
+def ask_service(
+    base_url: str,
+    api_key: str,
+    call: Callable[[client.MaiAgentClient], Awaitable[T]],
+    timeout: float = 60.0,
+) -> T:
+    """A command's library call on the service alone (no queue); an ApiError is the
+    command's to translate (most raise ServiceError; enqueue's check only warns)."""
+
+    async def asked() -> T:
+        async with reconcile.open_client(base_url, api_key, timeout) as api:
+            return await call(api)
+
+    return run_async(asked())
 
 
 def _host_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
@@ -428,12 +454,8 @@ def enqueue(
 
     asked = tags.TagOptions(labels, labels_from_path, metadata, parser, manifest is not None)
     if dry_run:
-        gone = run_async(
-            with_db(
-                ctx,
-                lambda q: replace.removed_files(q, kb_id, directory, dry_run=True),
-                shared=shared,
-            )
+        gone = on_queue(
+            ctx, lambda q: replace.removed_files(q, kb_id, directory, dry_run=True), shared=shared
         )
         _print_removed(gone, directory, dry_run=True)
         return
@@ -471,7 +493,7 @@ def enqueue(
         return counts, stats, await replace.removed_files(q, kb_id, directory, dry_run=False)
 
     try:
-        counts, stats, gone = run_async(with_db(ctx, removing, shared=shared))
+        counts, stats, gone = on_queue(ctx, removing, shared=shared)
     except ManifestError as exc:
         raise UserError(f"{exc}; nothing was queued") from None
     for problem in stats.unreadable_folders:
@@ -561,12 +583,8 @@ def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) 
     a warning, and `run` checks again."""
     _check_service(api_key, base_url, allow_http, "enqueue")
 
-    async def body() -> None:
-        async with reconcile.open_client(base_url, api_key, ENQUEUE_CHECK_TIMEOUT) as api:
-            await api.check_kb(kb_id)
-
     try:
-        run_async(body())
+        ask_service(base_url, api_key, lambda api: api.check_kb(kb_id), ENQUEUE_CHECK_TIMEOUT)
     except client.ApiError as exc:
         if exc.error_kind == ErrorKind.KB_NOT_FOUND:
             raise ServiceError(exc) from None
@@ -763,13 +781,11 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     _check_service(api_key, base_url, allow_http, "run")
     nothing_to_do = opts.pop("error_on_nothing_to_do")
     as_json = opts.pop("as_json")
-    idle = run_async(
-        with_db(
-            ctx,
-            lambda q: _nothing_pending(q, opts["kb_id"], ctx.host_id),
-            shared=opts["shared"],
-            create=False,
-        )
+    idle = on_queue(
+        ctx,
+        lambda q: _nothing_pending(q, opts["kb_id"], ctx.host_id),
+        shared=opts["shared"],
+        create=False,
     )
     if idle is not None:
         code = ExitCode.NOTHING_TO_DO if nothing_to_do else ExitCode.OK
@@ -845,7 +861,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         return result, left
 
     try:
-        result, left = run_async(with_db(ctx, body, shared=shared, create=False))
+        result, left = on_queue(ctx, body, shared=shared, create=False)
     finally:
         if run_log is not None:
             logs.close(run_log)
@@ -1133,7 +1149,7 @@ def status(ctx: Context, as_json: bool, failed: bool, kb_id: str | None) -> None
     """Files and bytes per state, per knowledge base, and the last run; with --failed, which
     files failed and why (`uploader retry-failed --kind KIND` puts them back)."""
     if failed:
-        items = run_async(with_db(ctx, lambda q: _failed(q, kb_id), create=False))
+        items = on_queue(ctx, lambda q: _failed(q, kb_id), create=False)
         if as_json:
             click.echo(json.dumps(items, indent=2, ensure_ascii=False))
             return
@@ -1142,7 +1158,7 @@ def status(ctx: Context, as_json: bool, failed: bool, kb_id: str | None) -> None
         for item in items:
             click.echo(_failed_line(item))
         return
-    data = run_async(with_db(ctx, _status, create=False))
+    data = on_queue(ctx, _status, create=False)
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
@@ -1190,10 +1206,7 @@ def retry_failed(  # type: ignore[no-untyped-def]
         _retry_remote(ctx, kb_id, kind, matches, **service)
         return
 
-    async def body(q: Queue) -> int:
-        return await q.retry_failed(kb_id, kind, matches)
-
-    n = run_async(with_db(ctx, body, create=False))
+    n = on_queue(ctx, lambda q: q.retry_failed(kb_id, kind, matches), create=False)
     click.echo(f"{n} failed files back to pending; run `uploader run` to upload them")
 
 
@@ -1224,7 +1237,7 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
             raise UserError(f"the queue has no rows for {kb_id} ({holds})")
         return await q.forget_jobs(kb_id, matches, yes)
 
-    counts = run_async(with_db(ctx, body, create=False))
+    counts = on_queue(ctx, body, create=False)
     running = counts.pop(JobState.RUNNING, 0)
     total = sum(counts.values())
     states = ", ".join(f"{state} {counts[state]:,}" for state in JobState if counts.get(state))
@@ -1268,7 +1281,7 @@ def export_report(ctx: Context, output: str | None) -> None:
             raise UserError(f"cannot write report {target}: {exc.strerror}") from None
 
     try:
-        summary = run_async(with_db(ctx, body, create=False))
+        summary = on_queue(ctx, body, create=False)
     except _ClosedPipe:
         # `export-report -o - | head`: the reader has what it wanted. Quiet, as `cat` is
         # (stdout goes to /dev/null so that the interpreter's last flush cannot complain).
@@ -1330,18 +1343,21 @@ def _check_service(api_key: str | None, base_url: str, allow_http: bool, what: s
         click.echo(warning, err=True)
 
 
-def _with_service(
+def on_queue_and_service(
     ctx: Context,
     api_key: str,
     base_url: str,
-    body: Callable[[Queue, client.MaiAgentClient], Awaitable[T]],
+    call: Callable[[Queue, client.MaiAgentClient], Awaitable[T]],
 ) -> T:
+    """A command's library call on its queue (which must exist) and the service: on_queue,
+    and the service's refusal or failure a ServiceError."""
+
     async def opened(q: Queue) -> T:
         async with reconcile.open_client(base_url, api_key) as api:
-            return await body(q, api)
+            return await call(q, api)
 
     try:
-        return run_async(with_db(ctx, opened, create=False))
+        return on_queue(ctx, opened, create=False)
     except client.ApiError as exc:
         raise ServiceError(exc) from None
 
@@ -1529,7 +1545,7 @@ def verify(
             click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
         return ok
 
-    if not _with_service(ctx, api_key, base_url, body):
+    if not on_queue_and_service(ctx, api_key, base_url, body):
         sys.exit(ExitCode.FAILED)
 
 
@@ -1619,7 +1635,7 @@ def dedupe(
             click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
         return clean
 
-    if not _with_service(ctx, api_key, base_url, body):
+    if not on_queue_and_service(ctx, api_key, base_url, body):
         sys.exit(ExitCode.FAILED)
 
 
@@ -1663,10 +1679,9 @@ def _retry_remote(
     _check_service(api_key, base_url, allow_http, "retry-failed --remote")
     assert api_key is not None
 
-    async def body(q: Queue, api: client.MaiAgentClient) -> Any:
-        return await reconcile.retry_remote(q, api, kb_id, matches)
-
-    r = _with_service(ctx, api_key, base_url, body)
+    r = on_queue_and_service(
+        ctx, api_key, base_url, lambda q, api: reconcile.retry_remote(q, api, kb_id, matches)
+    )
     click.echo(
         f"{r.requeued:,} files back to pending ({r.deleted:,} failed entries deleted); "
         "run `uploader run` to upload them again"
@@ -1697,12 +1712,8 @@ def kbs(api_key: str, base_url: str, allow_http: bool, as_json: bool) -> None:
     """
     _check_service(api_key, base_url, allow_http, "kbs")
 
-    async def body() -> list[client.KnowledgeBase]:
-        async with reconcile.open_client(base_url, api_key) as api:
-            return await api.list_knowledge_bases()
-
     try:
-        found = run_async(body())
+        found = ask_service(base_url, api_key, lambda api: api.list_knowledge_bases())
     except client.ApiError as exc:
         raise ServiceError(exc) from None
     if as_json:
@@ -1767,8 +1778,8 @@ def check(
         if not as_json:
             click.echo(_step_line(step))
 
-    async def body() -> tuple[checkup.CheckResult, bool]:
-        result = await checkup.run_check(
+    result = run_async(
+        checkup.run_check(
             base_url,
             api_key,
             kb_id,
@@ -1777,12 +1788,10 @@ def check(
             on_step=on_step,
             notify=functools.partial(click.echo, err=True),
         )
-        if dry_run or "register_answer" not in result.facts:
-            return result, False
-        async with queue.opened(ctx.db) as q:
-            return result, await checkup.remember(q, result)
-
-    result, stored = run_async(body())
+    )
+    stored = False
+    if not dry_run and "register_answer" in result.facts:
+        stored = on_queue(ctx, lambda q: checkup.remember(q, result))
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
     code = result.exit_code
