@@ -40,6 +40,7 @@ from .queue import Queue, anchor, redact
 from .scan import display
 
 T = TypeVar("T")
+R = TypeVar("R")  # a library call's result, per knowledge base
 run_logger = logging.getLogger("uploader.run")
 DEFAULT_BASE_URL = "https://api.maiagent.ai/api/v1/"
 
@@ -1371,6 +1372,38 @@ async def _kbs(q: Queue, kb_id: str | None) -> list[str]:
     return kbs
 
 
+def _each_kb(
+    ctx: Context,
+    api_key: str,
+    base_url: str,
+    kb_id: str | None,
+    call: Callable[[Queue, client.MaiAgentClient, str], Awaitable[R]],
+    shown: Callable[[Queue, str, R], Awaitable[None]] | None,
+    as_dict: Callable[[str, R], dict[str, Any]],
+    ok: Callable[[R], bool],
+) -> None:
+    """verify's and dedupe's shape: the library `call` for --kb or each knowledge base of the
+    queue, each result `shown` as text as it comes (the next listing's bar after it), or with
+    `shown` None all of them as one JSON list; exit 1 unless every result is `ok`."""
+
+    async def each(q: Queue, api: client.MaiAgentClient) -> bool:
+        fine = True
+        documents = []
+        for kb in await _kbs(q, kb_id):
+            result = await call(q, api, kb)
+            if shown is None:
+                documents.append(as_dict(kb, result))
+            else:
+                await shown(q, kb, result)
+            fine = fine and ok(result)
+        if shown is None:
+            click.echo(json.dumps(documents, indent=2, ensure_ascii=False))
+        return fine
+
+    if not on_queue_and_service(ctx, api_key, base_url, each):
+        sys.exit(ExitCode.FAILED)
+
+
 def _read_bars(
     ctx: Context, lines: Callable[[str], None] | None = None
 ) -> progress.ReadBars | None:
@@ -1531,22 +1564,19 @@ def verify(
     _check_service(api_key, base_url, allow_http, "verify")
     drawn = _read_bars(ctx, functools.partial(click.echo, err=True))
 
-    async def body(q: Queue, api: client.MaiAgentClient) -> bool:
-        ok = True
-        shown = []
-        for kb in await _kbs(q, kb_id):
-            result = await reconcile.verify(q, api, kb, wait=wait, timeout=timeout, progress=drawn)
-            if as_json:
-                shown.append({"kb_id": kb, "ok": result.ok, "counts": result.counts})
-            else:
-                await _print_verification(q, ctx, result)
-            ok = ok and result.ok
-        if as_json:
-            click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
-        return ok
+    async def shown(q: Queue, _kb: str, result: reconcile.Verification) -> None:
+        await _print_verification(q, ctx, result)
 
-    if not on_queue_and_service(ctx, api_key, base_url, body):
-        sys.exit(ExitCode.FAILED)
+    _each_kb(
+        ctx,
+        api_key,
+        base_url,
+        kb_id,
+        lambda q, api, kb: reconcile.verify(q, api, kb, wait=wait, timeout=timeout, progress=drawn),
+        None if as_json else shown,
+        lambda kb, result: {"kb_id": kb, "ok": result.ok, "counts": result.counts},
+        lambda result: result.ok,
+    )
 
 
 def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) -> None:
@@ -1619,24 +1649,21 @@ def dedupe(
     _check_service(api_key, base_url, allow_http, "dedupe")
     drawn = _read_bars(ctx)
 
-    async def body(q: Queue, api: client.MaiAgentClient) -> bool:
-        clean = True
-        shown = []
-        for kb in await _kbs(q, kb_id):
-            result = await reconcile.dedupe(
-                q, api, kb, apply=yes, include_extra=include_extra, progress=drawn
-            )
-            if as_json:
-                shown.append(_dedupe_json(kb, result, yes))
-            else:
-                _print_dedupe(ctx, kb, result, yes)
-            clean = clean and not result.errors
-        if as_json:
-            click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
-        return clean
+    async def shown(_q: Queue, kb: str, result: reconcile.Dedupe) -> None:
+        _print_dedupe(ctx, kb, result, yes)
 
-    if not on_queue_and_service(ctx, api_key, base_url, body):
-        sys.exit(ExitCode.FAILED)
+    _each_kb(
+        ctx,
+        api_key,
+        base_url,
+        kb_id,
+        lambda q, api, kb: reconcile.dedupe(
+            q, api, kb, apply=yes, include_extra=include_extra, progress=drawn
+        ),
+        None if as_json else shown,
+        lambda kb, result: _dedupe_json(kb, result, yes),
+        lambda result: not result.errors,
+    )
 
 
 def _dedupe_json(kb: str, result: reconcile.Dedupe, yes: bool) -> dict[str, Any]:
