@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import KB, enqueue, invoke, rows, run_args, run_cli
+from tests.helpers import KB, enqueue, invoke, rows, run_args, run_cli, spawn
 from tests.maiagent_server import MaiAgentServer
+from uploader.exitcodes import ExitCode
 from uploader.queue import sqlite as queue_sqlite
 
 
@@ -308,6 +310,51 @@ def test_a_lock_held_beyond_the_busy_timeout_is_a_clear_message(
         assert_one_line_error(outcome.output, "locked by another process", "try again")
     assert [j["state"] for j in rows(db)] == ["pending"]
     assert maiagent.entries(KB) == []
+
+
+def _open_files_limit(limit: int) -> Callable[[], None]:
+    """A child whose soft and hard open-file limits are `limit`, so raising the soft limit to
+    the hard one (what a run does first) cannot help it."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+def test_too_few_open_files_for_the_workers_stops_the_run_and_burns_no_file(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """Running out of file descriptors is this process's limit, not the file's or the
+    service's: no row may end failed (or the service be declared unreachable), the run stops
+    with one line saying what to change, and a run within the limit finishes the rest."""
+    (tmp_path / "data").mkdir()
+    for i in range(300):
+        (tmp_path / "data" / f"f{i:03}.txt").write_text(f"file {i}")
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+
+    child = spawn(db, *run_args(maiagent, "--workers", "50"), preexec_fn=_open_files_limit(40))
+    _, stderr = child.communicate(timeout=60)
+    err = stderr.decode()
+
+    assert child.returncode == ExitCode.USAGE, err
+    assert "Traceback" not in err and "Logging error" not in err
+    last = err.strip().splitlines()[-1]
+    assert "too many open files" in last and "--workers" in last, err
+    assert "unreachable" not in err
+    jobs = rows(db)
+    assert {job["state"] for job in jobs} <= {"done", "pending"}, err
+    assert all(job["attempts"] == 0 for job in jobs if job["state"] == "pending")
+    (run,) = rows(db, "SELECT * FROM runs")
+    assert run["ended_at"] is not None and "too many open files" in run["fatal"]
+    assert run["exit_code"] == ExitCode.USAGE
+
+    again = invoke(db, *run_args(maiagent))
+
+    assert again.exit_code == 0, again.output
+    assert {job["state"] for job in rows(db)} == {"done"}
+    assert len(maiagent.entries(KB)) == 300
 
 
 @pytest.fixture

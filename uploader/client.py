@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from .content import digest_of, new_digest
+from .limits import is_out_of_files, out_of_files_message
 
 Kind = Literal["transient", "permanent", "fatal"]
 Method = Literal["PATCH", "POST"]
@@ -1090,6 +1091,8 @@ class MaiAgentClient:
     ) -> ApiError:
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             return self._error(f"{op}: TLS certificate rejected ({exc})", "fatal", "tls")
+        if is_out_of_files(exc):
+            return out_of_files(exc)  # type: ignore[arg-type]
         # Failing to connect is the one case where the request surely never left.
         never_sent = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
         connected = not isinstance(exc, never_sent)
@@ -1177,6 +1180,8 @@ def _open_content(
     except FileNotFoundError as exc:
         raise _file_error("missing", exc) from exc
     except OSError as exc:
+        if is_out_of_files(exc):
+            raise out_of_files(exc) from exc
         if exc.errno == errno.ELOOP and not follow:
             raise _file_error("unreadable", exc, "a symbolic link, not followed") from exc
         raise _file_error("unreadable", exc) from exc
@@ -1227,6 +1232,11 @@ def _same_file(fd: int, before: os.stat_result) -> None:
 def _file_error(label: str, exc: OSError | None, why: str = "") -> ApiError:
     reason = why or (exc.strerror if exc and exc.strerror else str(exc))
     return ApiError(f"local file {label} ({reason})", kind="permanent", error_kind=label)
+
+
+def out_of_files(exc: OSError) -> ApiError:
+    """Fatal: every other file and connection of the run would fail the same way."""
+    return ApiError(out_of_files_message(exc), kind="fatal", error_kind="open_files")
 
 
 def _changed(queued: int, now: str) -> ApiError:

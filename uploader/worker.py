@@ -23,6 +23,7 @@ from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, make_session
 from .exitcodes import ExitCode
 from .labels import LabelResolver
+from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
 from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind
 from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
@@ -321,7 +322,7 @@ class Pool:
         # in batches of at least half the workers so the database is not asked per file.
         self._capacity = 2 * settings.workers + 2 * settings.register_batch
         self._claim_min = max(1, settings.workers // 2)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Outcome]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._lease_until: dict[int, float] = {}
@@ -497,27 +498,35 @@ class Pool:
 
     def _spawn(self, job: Job) -> None:
         self._lease_until[job.id] = job.started_at + self.s.lease_seconds
-        task = asyncio.create_task(self._attempt(Attempt(job, self._shared)))
+        attempt = Attempt(job, self._shared)
+        task = asyncio.create_task(self._attempt(attempt))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._task_done(t, job.id))
+        task.add_done_callback(lambda t: self._task_done(t, attempt))
 
-    def _task_done(self, task: asyncio.Task[None], job_id: int) -> None:
+    async def _attempt(self, attempt: Attempt) -> Outcome:
+        outcome = await attempt.run()
+        if await self._outage_covers(attempt, outcome):
+            outcome = dataclasses.replace(
+                outcome, outcome=OutcomeKind.RELEASED, next_attempt_at=0.0
+            )
+        return outcome
+
+    def _task_done(self, task: asyncio.Task[Outcome], attempt: Attempt) -> None:
+        """Whatever happened, exactly one outcome of the attempt reaches the writer: here, since
+        a task cancelled before it first ran (a fatal error right after a claim) never runs its
+        coroutine, so no handler inside it could report the row."""
         self._tasks.discard(task)
-        self._lease_until.pop(job_id, None)
+        self._lease_until.pop(attempt.job.id, None)
         self._wake.set()
-
-    async def _attempt(self, attempt: Attempt) -> None:
-        """Whatever happens, exactly one outcome of the attempt reaches the writer."""
-        try:
-            outcome = await attempt.run()
-            if await self._outage_covers(attempt, outcome):
-                outcome = dataclasses.replace(
-                    outcome, outcome=OutcomeKind.RELEASED, next_attempt_at=0.0
-                )
-        except asyncio.CancelledError:
+        if task.cancelled():
             self.writer.put(attempt.released())
-            raise
-        self.writer.put(outcome)
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("unexpected error on %s", attempt.job.relpath, exc_info=error)
+            self.writer.put(attempt.released())
+            return
+        self.writer.put(task.result())
         self.result.adopted += attempt.adopted
         self.result.unchanged += attempt.unchanged
         self.result.relabelled += attempt.relabelled
@@ -621,6 +630,8 @@ async def _replace(queue: Queue, client: MaiAgentClient, settings: Settings) -> 
 def exit_code(result: RunResult) -> ExitCode:
     if isinstance(result.fatal, ServiceUnreachable):
         return ExitCode.UNREACHABLE
+    if result.fatal is not None and result.fatal.error_kind == ErrorKind.OPEN_FILES:
+        return ExitCode.USAGE  # --workers too many for this process's open-file limit
     if result.fatal is not None:
         return ExitCode.REFUSED
     if result.interrupted:
@@ -667,6 +678,7 @@ async def execute(
     What it reports goes to the CLI's callbacks (None: untold): `progress` makes the run's
     progress once its totals are known, `notice` hears what a signal does, `on_outage` the
     outage gate, `on_start` the run's id as soon as it has one (the log is named after it)."""
+    raise_open_files_limit()
     owner = make_owner(queue.scope.host)
     told = _Told(progress, notice, on_outage, on_start)
     with _run_lock(queue, owner) as lock:
