@@ -56,6 +56,8 @@ command line, and settable while running via `server.faults.x = ...` or POST /_c
   register_effect_delay: seconds after the request a register takes effect (entries appear)
   register_answer_early: with a delay, answer at once (listing lags) instead of at the effect
   file_types: comma list of extensions register accepts (e.g. "txt,pdf"); "" = any; else 400
+  refuse_names: register refuses a filename containing this text with a field error
+              400 {"files": [{}, {"filename": ["..."]}]} ("" = refuse none)
   list_order: listing order: newest (docs' promise), oldest, random (a fixed arbitrary order)
   null_id_rate: share of register answers whose entries carry "id": null
   bad_presign_url_rate: share of presign answers whose url is "http://[::1" (unparseable)
@@ -226,6 +228,7 @@ class Faults:
     register_effect_delay: float = 0.0
     register_answer_early: bool = False
     file_types: str = ""
+    refuse_names: str = ""
     list_order: str = "newest"
     null_id_rate: float = 0.0
     bad_presign_url_rate: float = 0.0
@@ -1234,6 +1237,11 @@ class MaiAgentServer:
                 raise _BadRequest({"parser": ["Must be a valid UUID."]})
             if f.get("knowledgeBase", kb) != kb:
                 raise _BadRequest({"knowledgeBase": ["Does not match the knowledge base."]})
+        refused = self.faults.refuse_names
+        if refused and any(refused in f["filename"] for f in files):
+            bad = [refused in f["filename"] for f in files]
+            field = {"filename": ["File name contains characters that are not allowed."]}
+            raise _BadRequest({"files": [field if b else {} for b in bad]})
         if self._shape("duplicate_keys") == "refuse":
             self._refuse_duplicates(kb, files)
         return files

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import execute, invoke, make_tree, one_line_error
+from tests.helpers import KB, execute, invoke, make_tree, one_line_error, run_args
+from tests.maiagent_server import MaiAgentServer
+from uploader.exitcodes import ExitCode
 
 FAILURES = {
     ("kb-one", "a.txt"): "http_5xx",
@@ -148,3 +151,34 @@ def test_kind_offers_the_real_error_kinds(tmp_path: Path) -> None:
     shown = invoke(db, "retry-failed", "--help").stdout
     for kind in ("http_5xx", "timeout", "missing", "unreadable", "changed"):
         assert kind in shown, kind
+
+
+def test_a_name_the_service_refuses_says_so_and_the_next_run_names_it_its_own_way(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """A refused name is the file's permanent failure, which names it and the other --name;
+    the run after retry-failed decides the name afresh (none sticks from the failed one), and
+    in a batch only the refused file fails."""
+    server = maiagent_factory(refuse_names="/")
+    data = make_tree(tmp_path / "data", {"a/x.txt": 3, "b/y.txt": 4, "top.txt": 5})
+    db = tmp_path / "q.db"
+    assert invoke(db, "enqueue", str(data), "--kb", KB).exit_code == 0
+
+    first = invoke(db, *run_args(server, "--register-batch", "3"))
+
+    assert first.exit_code == ExitCode.FAILED, first.output
+    failed = {relpath: j for (_kb, relpath), j in rows(db).items() if j["state"] == "failed"}
+    assert set(failed) == {"a/x.txt", "b/y.txt"}
+    for relpath, job in failed.items():
+        assert job["error_kind"] == "name_refused"
+        assert f"refused the name {relpath!r}" in job["last_error"]
+        assert "--name basename" in job["last_error"]
+        assert job["attempts"] == 1
+    assert [e["filename"] for e in server.entries(KB)] == ["top.txt"]
+
+    assert invoke(db, "retry-failed").exit_code == 0
+    basename = run_args(server)[: run_args(server).index("--name")]
+    second = invoke(db, *basename, "--name", "basename")
+
+    assert second.exit_code == 0, second.output
+    assert sorted(e["filename"] for e in server.entries(KB)) == ["top.txt", "x.txt", "y.txt"]

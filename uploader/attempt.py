@@ -352,7 +352,19 @@ class Attempt:
         relpath = self.job.relpath
         return relpath if self._s.policy.name == "relpath" else relpath.rsplit("/", 1)[-1]
 
+    def _name_refused(self, err: ApiError) -> ApiError:
+        """The name is this file's fault, and the way out is the other naming (or the
+        manifest's name); the next run decides the name afresh."""
+        if self.job.display_name:
+            fix = "give it another name in the manifest"
+        else:
+            fix = f"try --name {'basename' if self._s.policy.name == 'relpath' else 'relpath'}"
+        message = f"the service refused the name {self.job.filename!r} ({err}): {fix}"
+        return ApiError(message, kind="permanent", error_kind=ErrorKind.NAME_REFUSED)
+
     def _after_error(self, err: ApiError) -> Outcome:
+        if err.error_kind == ErrorKind.NAME_REFUSED:
+            err = self._name_refused(err)
         self.error = err
         job, policy = self.job, self._s.policy
         if err.kind == "permanent" or job.attempts >= 1 + policy.max_retries:

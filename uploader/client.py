@@ -57,6 +57,9 @@ _READ_CHUNK = 64 * 1024
 _NUMBER = re.compile(r"\d+(\.\d*)?")
 # The docs' "Duplicate File Upload" 400; MaiAgent is a Taiwanese service, so its own words too.
 _DUPLICATE = re.compile(r"duplicat|already exist|重複|已存在", re.I)
+# A 400 about the name shown rather than the key: a field error on `filename` (DRF's shape,
+# alone or per file of the list), or a message naming it.
+_FILENAME = re.compile(r"file ?name|檔名|文件名", re.I)
 
 
 class ApiError(Exception):
@@ -1066,6 +1069,8 @@ class MaiAgentClient:
                 )
             if op == "create label":
                 return self._error(message, "permanent", "label_exists", status)
+        if status == 400 and op in ("register", "presign") and _about_filename(body):
+            return self._error(message, "permanent", "name_refused", status)
         if status == 405:
             return self._error(message, "permanent", "method_not_allowed", status)
         return self._error(message, "permanent", f"http_{status // 100}xx", status)
@@ -1307,6 +1312,25 @@ def _detail(body: bytes) -> str:
     if isinstance(parsed, dict) and "detail" in parsed:
         return _one_line(str(parsed["detail"]))
     return _one_line(head.decode("utf-8", "replace"))
+
+
+def _about_filename(body: bytes) -> bool:
+    try:
+        parsed = json.loads(body[:65536])
+    except ValueError:
+        return bool(_FILENAME.search(_body_text(body)))
+    if isinstance(parsed, dict) and isinstance(parsed.get("detail"), str):
+        return bool(_FILENAME.search(parsed["detail"]))
+    return _has_field_error(parsed, "filename")
+
+
+def _has_field_error(node: object, name: str) -> bool:
+    """Whether a DRF error body (dicts of lists, nested per item) holds an error on `name`."""
+    if isinstance(node, dict):
+        return name in node or any(_has_field_error(v, name) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_field_error(v, name) for v in node)
+    return False
 
 
 def _body_text(body: bytes) -> str:

@@ -84,6 +84,7 @@ class ErrorKind(_Text):
     UNREADABLE = "unreadable"
     CHANGED = "changed"
     LEASE = "lease"
+    NAME_REFUSED = "name_refused"  # the service refused the name shown (--name, a manifest)
     OPEN_FILES = "open_files"  # a run only: this process ran out of file descriptors
     INTERNAL = "internal"
     SKIPPED = "skipped"  # a file enqueue did not queue for upload (too large, unreadable)

@@ -89,6 +89,10 @@ class Registrar:
         try:
             entries = await self._client.register(kb_id, [p.item for p in pending], fence=fence)
         except ApiError as exc:
+            if exc.kind == "permanent" and len(sent) > 1:
+                # A refusal (one file's name or type) fails the whole call, and nothing of it
+                # was registered: each file goes again alone, through its own fence.
+                await asyncio.gather(*(self._call(kb_id, [p]) for p in sent))
             for p in pending:
                 if not p.fut.done():
                     p.fut.set_exception(exc if p in sent else _fenced())
