@@ -11,6 +11,7 @@ import json
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -120,6 +121,25 @@ def test_a_register_that_takes_effect_after_the_timeout_is_made_once(
     assert_each_job_holds_its_own_file(server, db, 30)
 
 
+def _suspend_outside_a_write(process: subprocess.Popen[bytes], db: Path) -> None:
+    """SIGSTOP `process` at a moment it holds no write lock on `db`. A process suspended inside
+    a write transaction blocks every other writer of the file until it resumes (SQLite's
+    nature, which no run can change); that is not what a test of a lost lease is about."""
+    for _ in range(200):
+        process.send_signal(signal.SIGSTOP)
+        probe = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            process.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+        finally:
+            probe.close()
+    raise AssertionError("the run held the database's write lock at every try")
+
+
 @BOTH
 def test_a_run_suspended_past_its_lease_sends_no_register_for_rows_it_lost(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
@@ -134,7 +154,7 @@ def test_a_run_suspended_past_its_lease_sends_no_register_for_rows_it_lost(
     deadline = time.monotonic() + 30
     while _done(db) < 5 and time.monotonic() < deadline:
         time.sleep(0.01)
-    a.send_signal(signal.SIGSTOP)
+    _suspend_outside_a_write(a, db)
     try:
         time.sleep(2.5)  # A's leases run out
         server.faults.rps_limit = 0
