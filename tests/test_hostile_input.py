@@ -357,6 +357,51 @@ def test_too_few_open_files_for_the_workers_stops_the_run_and_burns_no_file(
     assert len(maiagent.entries(KB)) == 300
 
 
+def test_a_run_stopped_by_a_lock_held_mid_run_is_ended_by_the_next_run(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stopped run cannot record its end (the database is locked); it leaves its run lock
+    file as the proof that it is gone, so the next run ends its record and takes its rows
+    back at once, and no lock file is left behind."""
+    server = maiagent_factory(latency=0.05)
+    (tmp_path / "data").mkdir()
+    for i in range(40):
+        (tmp_path / "data" / f"f{i:02}.txt").write_text(f"file {i}")
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+    monkeypatch.setattr(queue_sqlite, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(queue_sqlite, "LOCKED", dataclasses.replace(queue_sqlite.LOCKED, tries=3))
+    blocker = threading.Timer(0.5, _hold_write_lock, (db, 3.0))
+    blocker.start()
+    try:
+        first = invoke(db, *run_args(server, "--workers", "2", "--lease", "600"))
+    finally:
+        blocker.join()
+
+    assert first.exit_code == ExitCode.USAGE, first.output
+    assert "locked by another process" in first.output
+    monkeypatch.undo()
+    second = invoke(db, *run_args(server, "--lease", "600"))
+
+    assert second.exit_code == 0, second.output
+    runs = rows(db, "SELECT * FROM runs ORDER BY id")
+    assert [r["ended_at"] is not None for r in runs] == [True, True]
+    assert "lost" in runs[0]["counts"] and runs[0]["exit_code"] is None
+    assert {job["state"] for job in rows(db)} == {"done"}
+    assert len(server.entries(KB)) == 40
+    assert list(Path(f"{db}.runs").iterdir()) == []
+
+
+def _hold_write_lock(db: Path, seconds: float) -> None:
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        time.sleep(seconds)
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: a disk that really fills up (needs root to mount)."""

@@ -112,6 +112,16 @@ def test_a_clean_exit_removes_the_lock_file(folder: Path, me: RunLock) -> None:
     assert me.is_dead(child.owner) is None
 
 
+def test_an_exit_by_an_error_keeps_the_file_as_the_proof_of_death(
+    folder: Path, me: RunLock
+) -> None:
+    owner = make_owner()
+    with pytest.raises(RuntimeError), RunLock.take(folder, owner):
+        raise RuntimeError("the database was locked at the run's end")
+    assert _lock_file(folder, owner).exists()
+    assert me.is_dead(owner) is True
+
+
 def test_two_containers_with_one_hostname_and_one_pid_see_each_other_alive(folder: Path) -> None:
     first = Child(folder, host="box", pid="1")
     second = Child(folder, host="box", pid="1")

@@ -131,13 +131,17 @@ class RunLock:
             )
         return cls(folder, parsed, fd)
 
-    def release(self) -> None:
+    def release(self, *, keep_file: bool = False) -> None:
         """Remove the file, then drop the lock (on a clean exit; a crash leaves a stale file
-        that the next `is_dead` recognises and removes)."""
+        that the next `is_dead` recognises and removes). With `keep_file` only the lock goes:
+        a run stopped by an error may not have recorded its end or given its rows back (a
+        locked database), and its unlocked file is the proof by which the next run does both
+        at once instead of waiting for the leases."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if not keep_file:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         os.close(self._fd)
         self._fd = None
 
@@ -150,7 +154,7 @@ class RunLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        self.release(keep_file=exc is not None)
 
     def is_dead(self, owner: str, *, remove: bool = True) -> bool | None:
         """True: that run is gone; False: it is alive; None: unknown — fall back to its lease.

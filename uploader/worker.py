@@ -703,6 +703,8 @@ async def _end_dead_runs(queue: Queue, lock: RunLock) -> None:
     for run_id, owner in runs:
         if owner in dead:
             await queue.end_run(run_id, {"lost": "its process died before the run ended"}, None)
+    # the lock files of dead runs are proof only while their rows are not taken back
+    lock.sweep(keep=[o.owner for o in await queue.lease_owners()])
 
 
 @contextlib.contextmanager
