@@ -427,6 +427,27 @@ def _fill(folder: Path, leave: int) -> Path:
     return filler
 
 
+def test_a_log_on_a_disk_that_fills_up_is_one_warning_and_the_run_goes_on(
+    tmp_path: Path, tiny_disk: Path, maiagent: MaiAgentServer
+) -> None:
+    (tmp_path / "data").mkdir()
+    for i in range(200):
+        (tmp_path / "data" / f"f{i:03}.txt").write_text(f"file {i}")
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+    _fill(tiny_disk, leave=4 << 10)
+    log = tiny_disk / "run.log"
+
+    result = run_cli(db, *run_args(maiagent, "--log-file", str(log), "--log-level", "DEBUG")[1:])
+
+    assert result.returncode == 0, result.stderr
+    assert "Logging error" not in result.stderr and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"the log {log} cannot be written any more" in line
+    assert {job["state"] for job in rows(db)} == {"done"}
+    assert log.stat().st_size > 0  # it did log until the disk was full
+
+
 def test_disk_full_while_writing_the_report(tmp_path: Path, tiny_disk: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()

@@ -46,6 +46,16 @@ class RunLog(logging.FileHandler):
             super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        self._break()
+
+    def close(self) -> None:
+        """The last buffered lines are written here too, so a full disk can strike here."""
+        try:
+            super().close()
+        except OSError:
+            self._break()
+
+    def _break(self) -> None:
         if not self._broken:
             self._broken = True
             self._on_broken(f"the log {self.baseFilename} cannot be written any more")
