@@ -31,6 +31,7 @@ from tests.helpers import (
     run_args,
     service,
     spawn,
+    upload,
 )
 from tests.maiagent_server import MaiAgentServer
 from tests.test_run_outage import Run, _done, _queued, _wait_until
@@ -90,6 +91,29 @@ def test_the_bar_is_drawn_when_stderr_is_a_terminal(
     assert re.search(r"100%\|[^|]*\| 20/20 \[.*failed=0 [\d.]+ (B|kB)/s\]", shown), shown
     assert "Progress:" not in out
     assert re.search(r"uploaded 20, failed 0, skipped 0 in .* files/s, [\d.]+ (B|kB)/s\)", out)
+
+
+def test_verify_draws_its_listing_and_parse_bars_on_a_terminal(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """The CLI draws what verify reports (issue 11, step 4): on a terminal a listing bar and a
+    parsed/total bar on stderr; piped, a line per --wait poll instead."""
+    server = maiagent_factory(parse_delay=0.5)
+    db, _ = upload(tmp_path, server, 30)
+    terminal = _Terminal()
+
+    proc = spawn(db, "verify", *service(server), "--wait", stderr=terminal.slave, text=True)
+    out, _err = proc.communicate(timeout=_WAIT)
+    shown = terminal.text()
+    piped = invoke(db, "verify", *service(server), "--wait")
+
+    assert proc.returncode == 0, shown
+    assert re.search(r"listing kb-test: +\d+%\|", shown), shown
+    assert re.search(r"parsed kb-test: 100%\|[^|]*\| 30/30 \[.*failed 0, initial 0", shown)
+    assert "parsed 30/30 (initial 0, processing 0)" not in shown and "OK:" in out
+    assert (
+        piped.exit_code == 0 and "kb-test: parsed 30/30 (initial 0, processing 0)" in piped.output
+    )
 
 
 def test_stderr_to_a_file_on_a_terminal_gets_plain_lines_not_bar_frames(
