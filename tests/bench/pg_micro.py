@@ -116,7 +116,7 @@ async def drain_psycopg(server: PgServer, url: str, jobs: int, batch: int) -> di
         await q.close()
     claim_sql, outcome_sql = _named(pg._CLAIM), _named(pg._OUTCOMES)
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True, prepare_threshold=0)
-    helper = pg.PgQueue.__new__(pg.PgQueue)  # for _outcome_args' clock shift only
+    helper = pg.PgQueue.__new__(pg.PgQueue)  # for _outcome_rows' clock shift only
     helper._skew = 0.0
     try:
         done = 0
@@ -129,7 +129,7 @@ async def drain_psycopg(server: PgServer, url: str, jobs: int, batch: int) -> di
             if not rows:
                 break
             claimed = [Job(*r[:9], r[9], r[10], r[11]) for r in rows]
-            values = [OWNER, *helper._outcome_args(outcomes(claimed, run_id))]
+            values = [OWNER, helper._outcome_rows(outcomes(claimed, run_id))]
             await conn.execute(outcome_sql, {f"p{i}": v for i, v in enumerate(values, 1)})
             done += len(claimed)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
