@@ -461,6 +461,8 @@ def case_9(opts: Options) -> Figures:
         "wall_s": main["seconds"],
         "files_per_s": main["jobs_per_s"],
         "cpu_s_per_1000": main["cpu_s_per_1000"],
+        "server_cpu_s_per_1000": main["server_cpu_s_per_1000"],
+        "cpu_bound_jobs_per_s": main["cpu_bound_jobs_per_s"],
         "jobs_per_s": main["jobs_per_s"],
         "by_driver_and_batch": {f"{r['driver']}/{r['batch']}": r["jobs_per_s"] for r in lines},
     }
