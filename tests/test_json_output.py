@@ -81,6 +81,7 @@ def test_enqueue_json_has_every_count(tmp_path: Path) -> None:
         "own_files_left_out": [],
         "unreadable_folders": [],
         "removed": 0,
+        "left_unread": 0,
     }
 
 

@@ -455,9 +455,15 @@ def enqueue(
 
     asked = tags.TagOptions(labels, labels_from_path, metadata, parser, manifest is not None)
     if dry_run:
+        # The same walk as the real one (queueing nothing): what it cannot read, it must not list.
+        seen = scan.survey(directory, filters, follow_symlinks, scan.OwnState.of(ctx.anchor))
+        unread = [f.path for f in seen.unreadable_folders]
         gone = on_queue(
-            ctx, lambda q: replace.removed_files(q, kb_id, directory, dry_run=True), shared=shared
+            ctx,
+            lambda q: replace.removed_files(q, kb_id, directory, unread, dry_run=True),
+            shared=shared,
         )
+        _warn_unreadable(seen)
         _print_removed(gone, directory, dry_run=True)
         return
 
@@ -491,22 +497,24 @@ def enqueue(
         counts, stats = await body(q)
         if not delete_removed:
             return counts, stats, None
-        return counts, stats, await replace.removed_files(q, kb_id, directory, dry_run=False)
+        unread = [f.path for f in stats.unreadable_folders]
+        gone = await replace.removed_files(q, kb_id, directory, unread, dry_run=False)
+        return counts, stats, gone
 
     try:
         counts, stats, gone = on_queue(ctx, removing, shared=shared)
     except ManifestError as exc:
         raise UserError(f"{exc}; nothing was queued") from None
-    for problem in stats.unreadable_folders:
-        click.echo(f"warning: cannot read folder {problem}", err=True)
+    _warn_unreadable(stats)
     if as_json:
         shown = {
             "kb_id": kb_id,
             **dataclasses.asdict(counts),
             "ignored": stats.ignored,
             "own_files_left_out": sorted(set(stats.own)),
-            "unreadable_folders": list(stats.unreadable_folders),
+            "unreadable_folders": [str(f) for f in stats.unreadable_folders],
             "removed": len(gone.relpaths) if gone is not None else 0,
+            "left_unread": gone.left if gone is not None else 0,
         }
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
@@ -533,6 +541,11 @@ def enqueue(
         )
 
 
+def _warn_unreadable(stats: scan.ScanStats) -> None:
+    for problem in stats.unreadable_folders:
+        click.echo(f"warning: cannot read folder {problem}", err=True)
+
+
 def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None:
     """What --delete-removed marked, or in a dry run would mark."""
     n = len(gone.relpaths)
@@ -551,6 +564,12 @@ def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None
         click.echo(f"  {rel}")
     if n > LIST_SHOWN:
         click.echo(f"  ... and {n - LIST_SHOWN:,} more")
+    if gone.left:
+        were = "would be" if dry_run else "were"
+        click.echo(
+            f"{gone.left} queued files under folders that could not be read {were} left as they "
+            "are (let them be read and enqueue again to look at them)"
+        )
 
 
 class _ScanMeter:
@@ -983,9 +1002,15 @@ async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | N
 
 
 def _print_replaced(replaced: Any) -> None:
-    """What became of the entries of changed files' old versions."""
-    if replaced.deleted:
-        click.echo(f"deleted {replaced.deleted} superseded entries (old versions of changed files)")
+    """What became of the entries of changed files' old versions and of removed files."""
+    if replaced.superseded:
+        click.echo(
+            f"deleted {replaced.superseded} superseded entries (old versions of changed files)"
+        )
+    if replaced.removed:
+        click.echo(
+            f"deleted {replaced.removed} entries of removed files (enqueue --delete-removed)"
+        )
     if replaced.kept:
         click.echo(f"kept {replaced.kept} old versions of changed files (--keep-old-versions)")
     if replaced.errors:

@@ -18,10 +18,12 @@ its entry.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .client import ApiError, MaiAgentClient
@@ -47,10 +49,16 @@ CHUNK = 1 << 20  # a recheck's reads
 class Replaced:
     """What a run did with the superseded entries it found due."""
 
-    deleted: int = 0
+    superseded: int = 0  # deleted: old versions of changed files
+    removed: int = 0  # deleted: entries of files `enqueue --delete-removed` found gone
     kept: int = 0
     errors: list[str] = field(default_factory=list)  # not deleted this time: the next run retries
     fatal: ApiError | None = None  # the service refused the key or the knowledge base
+
+    @property
+    def deleted(self) -> int:
+        """Every entry deleted, whatever the reason (the run's record counts them together)."""
+        return self.superseded + self.removed
 
 
 async def drain(
@@ -102,7 +110,8 @@ async def drain(
         result.fatal = err
     finally:
         await q.settle_superseded(deleted, failed)
-    result.deleted = len(deleted)
+    result.removed = sum(1 for d in deleted if d.reason == DeletionReason.REMOVED)
+    result.superseded = len(deleted) - result.removed
     result.errors = [f"{f.entry_id}: {f.error}" for f in failed]
     for error in result.errors:
         log.info("superseded entry not deleted yet (the next run tries again): %s", error)
@@ -154,31 +163,81 @@ STAT_BATCH = 2000
 @dataclass
 class Removed:
     """The queued files of a folder that are gone: marked `removed` (or, in a dry run, what
-    would be), their relative paths in path order."""
+    would be), their relative paths in path order; and how many were left as they are because
+    the walk could not prove them gone."""
 
     relpaths: list[str] = field(default_factory=list)
     marked: int = 0
+    left: int = 0
 
 
-def _gone(files: list[QueuedFile]) -> list[QueuedFile]:
-    """Those whose path names nothing any more (a dangling link counts as there: the scan
-    decides what a link is, this only asks whether the file vanished)."""
-    return [f for f in files if not os.path.lexists(f.path)]
+# lstat's answers that prove a path names nothing: no such entry, or a file where a folder
+# of its path was. Any other error (EACCES, EIO, ESTALE, ...) says nothing about the file.
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR})
 
 
-async def removed_files(q: Queue, kb_id: str, root: str, *, dry_run: bool) -> Removed:
+def _is_gone(path: bytes) -> bool | None:
+    """True when the path names nothing, False when it names something (a dangling link
+    counts as there: the scan decides what a link is, this only asks whether the file
+    vanished), None when lstat cannot tell."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        return True if exc.errno in _ABSENT else None
+    return False
+
+
+def _under(path: bytes, folders: frozenset[bytes], root: bytes) -> bool:
+    """Whether one of `folders` is `path`'s folder or one above it, up to `root`."""
+    folder = os.path.dirname(path)
+    while len(folder) >= len(root):
+        if folder in folders:
+            return True
+        above = os.path.dirname(folder)
+        if above == folder:
+            break
+        folder = above
+    return False
+
+
+def _sort(
+    files: list[QueuedFile], unread: frozenset[bytes], root: bytes
+) -> tuple[list[QueuedFile], int]:
+    """The files proven gone, and how many could not be judged: below a folder the walk could
+    not read (never looked at: their folder may come back whole), or lstat cannot tell."""
+    gone: list[QueuedFile] = []
+    left = 0
+    for f in files:
+        verdict = None if unread and _under(f.path, unread, root) else _is_gone(f.path)
+        if verdict is None:
+            left += 1
+        elif verdict:
+            gone.append(f)
+    return gone, left
+
+
+async def removed_files(
+    q: Queue, kb_id: str, root: str, unread: Sequence[bytes], *, dry_run: bool
+) -> Removed:
     """The queued files under `root` whose file no longer exists: marked `removed` unless
-    `dry_run`, so that the next run deletes their entries. One lstat per queued file, in a
-    thread, a batch at a time."""
-    prefix = os.path.join(os.path.realpath(os.fsencode(root)), b"")
+    `dry_run`, so that the next run deletes their entries. A file is gone only when proven
+    so: lstat says no such path, and no folder of its path up to `root` is among `unread`
+    (the folders the walk could not read). One lstat per queued file, in a thread, a batch
+    at a time. A queued file the filters now leave out is judged the same way: the filters
+    say what to queue, not what vanished."""
+    real_root = os.path.realpath(os.fsencode(root))
+    prefix = os.path.join(real_root, b"")
+    folders = frozenset(unread)  # as the walk named them, as it named the files it queued
     result = Removed()
     gone: list[int] = []
     batch: list[QueuedFile] = []
 
     async def settle() -> None:
-        for f in await asyncio.to_thread(_gone, batch):
+        proven, left = await asyncio.to_thread(_sort, batch, folders, real_root)
+        for f in proven:
             gone.append(f.job_id)
             result.relpaths.append(f.relpath)
+        result.left += left
         batch.clear()
 
     async for queued in q.queued_under(kb_id, prefix):

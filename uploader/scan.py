@@ -239,10 +239,22 @@ def _identity(path: bytes) -> FileId | None:
     return st.st_dev, st.st_ino
 
 
+@dataclass(frozen=True)
+class UnreadableFolder:
+    """A folder the walk could not read to its end (permission, I/O error, vanished meanwhile):
+    what is below it was not seen, so nothing below it may be taken for gone."""
+
+    path: bytes
+    why: str
+
+    def __str__(self) -> str:
+        return f"{display(self.path)}: {self.why}"
+
+
 @dataclass
 class ScanStats:
     ignored: int = 0
-    unreadable_folders: list[str] = field(default_factory=list)
+    unreadable_folders: list[UnreadableFolder] = field(default_factory=list)
     own: list[str] = field(default_factory=list)  # the uploader's own files met, left out
 
 
@@ -297,7 +309,18 @@ def walk(
                     else:
                         yield row
         except OSError as exc:
-            stats.unreadable_folders.append(f"{display(folder)}: {exc.strerror}")
+            stats.unreadable_folders.append(UnreadableFolder(folder, exc.strerror or str(exc)))
+
+
+def survey(
+    root: str, filters: Filters, follow_symlinks: bool, own: OwnState | None = None
+) -> ScanStats:
+    """The walk of `enqueue --delete-removed --dry-run`, queueing nothing: which folders
+    cannot be read, so that the dry run lists what the real one would mark, and warns alike."""
+    stats = ScanStats()
+    for _row in walk(os.fsencode(root), filters, follow_symlinks, stats, own):
+        pass
+    return stats
 
 
 def _stat(entry: os.DirEntry[bytes], follow: bool) -> os.stat_result | None:
