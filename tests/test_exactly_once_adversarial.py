@@ -27,6 +27,7 @@ from tests.helpers import (
     child_env,
     command,
     enqueue,
+    execute,
     invoke,
     make_files,
     rows,
@@ -166,6 +167,36 @@ def test_a_run_suspended_past_its_lease_sends_no_register_for_rows_it_lost(
     time.sleep(0.5)  # anything A sent has landed
 
     assert_each_job_holds_its_own_file(server, db, 60)
+
+
+@BOTH
+def test_rows_taken_from_a_stalled_run_and_claimed_back_by_it_are_registered_once(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """What a run stalled past its lease meets: its rows go back to pending (another run's
+    reclaim, done here by hand) while its attempts wait in the 429 pause, and its own feeder
+    claims them again. The waiting attempt and the new one must not both register the file
+    (under two keys, so no service refuses the second)."""
+    server = maiagent_factory(rps_limit=10)
+    make_files(tmp_path / "data", 40)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+    run = spawn(db, *run_args(server, "--workers", "10", "--register-batch", "1"))
+    deadline = time.monotonic() + 60
+    while run.poll() is None and time.monotonic() < deadline:
+        execute(
+            db,
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires = NULL,"
+            " attempts = MAX(attempts - 1, 0) WHERE state = 'running'",
+        )
+        time.sleep(0.3)
+    _, err = run.communicate(timeout=60)
+    server.faults.rps_limit = 0
+    again = invoke(db, *run_args(server))  # what the hand-made reclaims left pending
+    assert again.exit_code == 0, again.output
+    time.sleep(0.5)
+
+    assert_each_job_holds_its_own_file(server, db, 40)
 
 
 def _in_own_pid_namespace(db: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -325,7 +325,9 @@ class Pool:
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._lease_until: dict[int, float] = {}
+        self._lease_until: dict[int, float] = {}  # the jobs whose attempt is running here
+        # jobs whose final outcome waits in the writer: still leased to us until it is written
+        self._unwritten: set[int] = set()
         self._doubted: set[str] = set()  # knowledge bases with a register in doubt this run
         self._claim_after = 0.0
         self._on_outage = on_outage
@@ -366,6 +368,9 @@ class Pool:
             self._on_outage(state, outage)
 
     def _committed(self, outcomes: list[Outcome]) -> None:
+        self._unwritten.difference_update(
+            o.job.id for o in outcomes if o.outcome != OutcomeKind.UPLOADED
+        )
         done = [o for o in outcomes if o.outcome == OutcomeKind.DONE]
         failed = sum(1 for o in outcomes if o.outcome == OutcomeKind.FAILED)
         nbytes = sum(o.job.size for o in done)
@@ -497,7 +502,23 @@ class Pool:
             await asyncio.wait(set(self._tasks))
 
     def _spawn(self, job: Job) -> None:
-        self._lease_until[job.id] = job.started_at + self.s.lease_seconds
+        """One attempt per job in this run at a time. A row claimed back while our own
+        attempt of it still runs, or its outcome is still unwritten, was taken from us while
+        we stalled (suspended past the lease) and put back to pending: that attempt goes on
+        under the new lease, and no second one uploads the file again (its register under a
+        second key would be a second entry no service refuses)."""
+        expires = job.started_at + self.s.lease_seconds
+        if job.id in self._lease_until:
+            log.info("%s claimed back while its attempt goes on: kept", job.relpath)
+            self._lease_until[job.id] = expires
+            return
+        if job.id in self._unwritten:
+            # Handed back: written after that outcome, this release applies only where the
+            # claim came after it (the claim read what the outcome wrote); else the outcome
+            # ended our lease and the release matches nothing.
+            self.writer.put(Attempt(job, self._shared).released())
+            return
+        self._lease_until[job.id] = expires
         attempt = Attempt(job, self._shared)
         task = asyncio.create_task(self._attempt(attempt))
         self._tasks.add(task)
@@ -517,6 +538,7 @@ class Pool:
         coroutine, so no handler inside it could report the row."""
         self._tasks.discard(task)
         self._lease_until.pop(attempt.job.id, None)
+        self._unwritten.add(attempt.job.id)
         self._wake.set()
         if task.cancelled():
             self.writer.put(attempt.released())
