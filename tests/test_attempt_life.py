@@ -145,6 +145,7 @@ def _process(q: Queue, service: Service, rng: random.Random, die_after: int | No
         slots=asyncio.Semaphore(4),
         record=process.written.append,
         begin_register=begin_register,
+        record_superseded=lambda job, entry: q.record_superseded(process.owner, job.id, entry),
         lease_until=lambda _job_id: time.time() + 60.0,
         labels=LabelResolver(client, q),  # type: ignore[arg-type]
     )

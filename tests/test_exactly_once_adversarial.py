@@ -404,6 +404,67 @@ def test_a_file_changed_after_a_lost_answer_ends_with_only_its_new_entry(
     assert deleted == {"reason": "superseded", "job_id": rows(db)[0]["id"]}
 
 
+def test_a_file_changed_twice_after_lost_answers_ends_with_only_its_newest_entry(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """v1's register lands unanswered; the file changes to v2, whose register lands
+    unanswered too; then to v3. v1's entry, found when v2 was uploaded, must not be forgotten
+    when v2's attempt ends without being done."""
+    server = maiagent_factory(lost_register_rate=1.0)
+    data = tmp_path / "data"
+    make_files(data, 3)
+    db = tmp_path / "queue.db"
+    enqueue(db, data)
+    changed = Path(rows(db)[0]["path"].decode())
+    assert invoke(db, *run_args(server, "--max-retries", "0")).exit_code == 1
+    changed.write_bytes(b"version two, longer than the first")
+    enqueue(db, data)
+    assert invoke(db, *run_args(server, "--max-retries", "0")).exit_code == 1
+    assert len(server.records(KB)) == 4  # v1 of each, v2 of one: every answer lost
+    changed.write_bytes(b"version three, longer than the second one")
+    server.faults.lost_register_rate = 0.0
+    enqueue(db, data)
+    assert invoke(db, "retry-failed").exit_code == 0
+
+    result = invoke(db, *run_args(server))
+
+    assert result.exit_code == 0, result.output
+    assert_each_job_holds_its_own_file(server, db, 3)
+    deleted = rows(db, "SELECT reason, job_id FROM deletions")
+    assert deleted == [{"reason": "superseded", "job_id": rows(db)[0]["id"]}] * 2
+
+
+def test_a_file_deleted_after_a_lost_answer_keeps_its_entry_on_record_for_delete_removed(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Its register landed unanswered, then the file was deleted: the entry is the job's (not
+    a 'missing' failure beside an entry nobody knows), so --delete-removed deletes it."""
+    server = maiagent_factory(lost_register_rate=1.0)
+    data = tmp_path / "data"
+    make_files(data, 3)
+    db = tmp_path / "queue.db"
+    enqueue(db, data)
+    assert invoke(db, *run_args(server, "--max-retries", "0")).exit_code == 1
+    gone = rows(db)[0]
+    Path(gone["path"].decode()).unlink()
+    server.faults.lost_register_rate = 0.0
+    assert invoke(db, "retry-failed").exit_code == 0
+
+    result = invoke(db, *run_args(server))
+
+    assert result.exit_code == 0, result.output
+    assert {job["state"] for job in rows(db)} == {"done"}
+    assert len(server.records(KB)) == 3
+    assert enqueue(db, data, "--delete-removed")
+    assert invoke(db, *run_args(server)).exit_code == 0
+    assert sorted(r["filename"] for r in server.records(KB)) == sorted(
+        j["filename"] for j in rows(db) if j["id"] != gone["id"]
+    )
+    assert rows(db, "SELECT reason, job_id FROM deletions") == [
+        {"reason": "removed", "job_id": gone["id"]}
+    ]
+
+
 def test_a_file_rewritten_in_place_while_it_streams_is_never_registered_torn(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:

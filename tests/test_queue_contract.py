@@ -439,6 +439,26 @@ async def test_a_changed_uploaded_file_remembers_its_entry_until_it_is_replaced(
 
 
 @async_test
+async def test_an_entry_found_in_doubt_is_remembered_superseded_at_once_by_its_holder(
+    queue_target: str,
+) -> None:
+    """Recorded with the key and name the row still holds, by its lease holder only; due
+    once the job is done with another entry, not before."""
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a"))
+        [a] = await q.claim(OWNER, 1, LEASE, KB)
+        a.s3_key, a.filename = "key-old", "a"
+        assert await q.begin_register(OWNER, [a], time.time()) == {a.id}
+        await q.record_superseded("host:9:intruder", a.id, "file-elsewhere")
+        await q.record_superseded(OWNER, a.id, "file-old")
+        await q.record_outcomes(OWNER, [outcome(a, OutcomeKind.RELEASED)])
+        assert await q.superseded_due(KB) == []  # the new version is not registered yet
+        [again] = await q.claim(OWNER, 1, LEASE, KB)
+        await q.record_outcomes(OWNER, [outcome(again, OutcomeKind.DONE, file_id="file-new")])
+        assert await q.superseded_due(KB) == [Superseded(KB, "file-old", a.id, "a", "file-new")]
+
+
+@async_test
 async def test_a_superseded_entry_another_job_points_to_is_never_due(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
         await _done(q, "a", "b")

@@ -92,6 +92,9 @@ class Shared:
     # the write-ahead and fence of a register (Writer.begin_register): the time from which
     # it may take effect, or None when the row is no longer ours
     begin_register: Callable[[Job], Awaitable[float | None]]
+    # the entry of an older content, found by the key of its doubtful register, remembered
+    # as superseded before the row forgets that key (Queue.record_superseded)
+    record_superseded: Callable[[Job, str], Awaitable[None]]
     lease_until: Callable[[int], float]  # when our lease on a job id ends, as last renewed
     labels: LabelResolver  # label names to ids, per knowledge base
     # --skip-same-content: the relpath of a done job of the knowledge base with these bytes
@@ -120,7 +123,6 @@ class Attempt:
         # a register of this job was in doubt in this attempt: the run looks for second
         # entries of its upload at its end (reconcile.delete_copies)
         self.doubted = False
-        self._supersedes: str | None = None  # the entry of an older content found in doubt
 
     async def run(self) -> Outcome:
         try:
@@ -168,7 +170,12 @@ class Attempt:
         """Presign and upload unless a previous attempt did; settle a doubtful register first
         (an outcome is returned when that ends the attempt: adopted, or not yet settled)."""
         job = self.job
-        self._check_file()
+        try:
+            self._check_file()
+        except ApiError as err:
+            if err.error_kind != ErrorKind.MISSING or job.unknown_since is None or not job.s3_key:
+                raise
+            return await self._gone_in_doubt(err)
         if job.step is None and job.s3_key is not None:
             waiting = await self._supersede_doubt()
             if waiting is not None:
@@ -235,6 +242,20 @@ class Attempt:
         self.adopted = True
         return self._outcome(OutcomeKind.DONE, file_id=file_id)
 
+    async def _gone_in_doubt(self, missing: ApiError) -> Outcome:
+        """The file is gone, but a register of it may have landed: the entry it made, if the
+        listing shows it, is the job's (done, so that `enqueue --delete-removed` can have it
+        deleted); else the file fails as missing."""
+        self.doubted = True
+        file_id, waiting = await self._landed_entry()
+        if waiting is not None:
+            return waiting
+        if file_id is None:
+            raise missing
+        log.info("%s is gone, but its register had landed: entry %s", self.job.relpath, file_id)
+        self.adopted = True
+        return self._outcome(OutcomeKind.DONE, file_id=file_id)
+
     async def _supersede_doubt(self) -> Outcome | None:
         """The file changed while a register of its older content (the row's key, step NULL)
         was in doubt. That register's entry, if it landed, is the old version: never adopted,
@@ -249,7 +270,7 @@ class Attempt:
                 log.info(
                     "%s changed: %s, its older content's entry, is superseded", job.relpath, old
                 )
-                self._supersedes = old
+                await self._s.record_superseded(job, old)
         job.s3_key, job.unknown_since = None, None
         self._s.settles.pop(job.id, None)
         return None
@@ -399,7 +420,7 @@ class Attempt:
         supersedes = None  # the entry a done outcome replaces
         if kind == OutcomeKind.DONE:
             old = self.job.file_id  # the entry the job pointed to when claimed
-            supersedes = old if old is not None and file_id != old else self._supersedes
+            supersedes = old if old is not None and file_id != old else None
         unknown = self.job.unknown_since
         if self._registering_since is not None and cut_short:
             unknown = self._registering_since

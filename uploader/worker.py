@@ -314,6 +314,7 @@ class Pool:
             slots=asyncio.Semaphore(settings.workers),
             record=self.writer.put,
             begin_register=self.writer.begin_register,
+            record_superseded=lambda job, entry: queue.record_superseded(owner, job.id, entry),
             lease_until=lambda job_id: self._lease_until.get(job_id, 0.0),
             labels=LabelResolver(client, queue),
             uploaded_as=queue.uploaded_as,

@@ -164,6 +164,13 @@ class Queue(abc.ABC):
         registered: its row is another run's now, or soon will be."""
 
     @abc.abstractmethod
+    async def record_superseded(self, owner: str, job_id: int, entry_id: str) -> None:
+        """Remember `entry_id` as superseded by the job's coming new version, with the key and
+        filename the row still holds, while `owner` holds it: at once, since the row is about
+        to forget the key that found the entry (a crash before the new version's outcome
+        would lose it). Deleted only once the job is done with another entry."""
+
+    @abc.abstractmethod
     async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
         """Extend `owner`'s running rows to now + lease_seconds; the ids still ours."""
 

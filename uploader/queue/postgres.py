@@ -814,6 +814,12 @@ class PgQueue(Queue):
                 job_id,
             )
 
+    async def record_superseded(self, owner: str, job_id: int, entry_id: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                _SUPERSEDE_AT_DONE, owner, [job_id], [entry_id], [self._to_db(time.time())]
+            )
+
     async def begin_register(self, owner: str, jobs: Sequence[Job], since: float) -> set[int]:
         async with self._connection() as conn:
             rows = await conn.fetch(

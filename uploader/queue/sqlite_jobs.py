@@ -447,6 +447,11 @@ class JobsMixin(SqliteBase):
                 )
         return written
 
+    async def record_superseded(self, owner: str, job_id: int, entry_id: str) -> None:
+        params = {"id": job_id, "owner": owner, "supersedes": entry_id, "ended": time.time()}
+        async with self.transaction():
+            await self._conn.execute(_SUPERSEDE_AT_DONE, params)
+
     async def renew_leases(self, owner: str, lease_seconds: float) -> list[int]:
         """Extend our leases; the ids returned are the rows still ours (a row missing from it was
         reclaimed by another run while we were stalled)."""
