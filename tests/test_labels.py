@@ -427,3 +427,25 @@ def test_two_processes_wanting_the_same_new_labels_share_them(
     assert sorted(names) == ["hr", "shared"]
     assert len(server.records(KB)) == 16
     assert {frozenset(t[0]) for t in entry_tags(server).values()} == {frozenset({"hr", "shared"})}
+
+
+def test_an_entry_deleted_from_the_knowledge_base_before_its_relabel_is_uploaded_again(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """update-metadata answers 404 (the entry was deleted by hand meanwhile): the file goes
+    in again with its new labels, instead of failing for good on every retry."""
+    db = uploaded(tmp_path, maiagent, 3, "--label", "old")
+    gone = maiagent.records(KB)[0]
+    assert maiagent.delete_entry(gone["id"])
+    enqueue(db, tmp_path / "data", "--label", "new")
+
+    ran = invoke(db, *run_args(maiagent))
+
+    assert ran.exit_code == 0, ran.output
+    records = maiagent.records(KB)
+    assert sorted(r["filename"] for r in records) == sorted(j["filename"] for j in rows(db))
+    assert {r["state"] for r in rows(db)} == {"done"}
+    assert {job["file_id"] for job in rows(db)} == {r["id"] for r in records}
+    assert {name: labels for name, (labels, _meta) in entry_tags(maiagent).items()} == {
+        r["filename"]: {"new"} for r in records
+    }

@@ -154,7 +154,9 @@ class Attempt:
         held = True
         try:
             if self.job.step == Step.METADATA:
-                return await self._relabel()
+                relabelled = await self._relabel()
+                if relabelled is not None:
+                    return relabelled
             adopted = await self._upload()
             if adopted is not None:
                 return adopted
@@ -181,14 +183,18 @@ class Attempt:
             if waiting is not None:
                 return waiting
         if job.step == Step.RECHECK:
-            if await same_content(job):
+            if not await same_content(job):
+                job.step = None  # new bytes: uploaded below, its entry superseded once done
+            elif job.tags is None:
                 self.unchanged = True
-                if job.tags is not None:
-                    # the enqueue that asked for the recheck may have asked other labels
-                    # or metadata as well (they were not compared): give them to the entry
-                    return await self._relabel()
                 return self._outcome(OutcomeKind.DONE, file_id=job.file_id)
-            job.step = None  # new bytes: uploaded below, its entry superseded once done
+            else:
+                # the enqueue that asked for the recheck may have asked other labels or
+                # metadata as well (they were not compared): give them to the entry
+                relabelled = await self._relabel()
+                if relabelled is not None:
+                    self.unchanged = True
+                    return relabelled
         if self._s.policy.skip_same_content and job.step is None and job.unknown_since is None:
             other = await self._same_as_another()
             if other is not None:
@@ -322,15 +328,23 @@ class Attempt:
         self._registering_since = None
         return self._outcome(OutcomeKind.DONE, file_id=file_id)
 
-    async def _relabel(self) -> Outcome:
+    async def _relabel(self) -> Outcome | None:
         """An uploaded file whose labels or metadata changed at enqueue: update-metadata
         on its entry, nothing else (the file is not read). Sending it twice does no harm, so
-        there is no doubt to settle."""
+        there is no doubt to settle. None when the entry is gone (deleted by hand): the file
+        is then uploaded again, with its labels, as a new one."""
         job = self.job
         job.unknown_since = None
         assert job.file_id is not None
         names, metadata = tags.decode(job.tags)
-        await self._s.labels.update_entry(job.kb_id, job.file_id, names, metadata)
+        try:
+            await self._s.labels.update_entry(job.kb_id, job.file_id, names, metadata)
+        except ApiError as err:
+            if err.status != 404:
+                raise
+            log.info("%s: its entry %s is gone: uploading it again", job.relpath, job.file_id)
+            job.step, job.file_id, job.s3_key, job.content_hash = None, None, None, None
+            return None
         log.info("labels and metadata of %s updated on entry %s", job.relpath, job.file_id)
         self.relabelled = job.step == Step.METADATA  # a recheck's counts as unchanged
         return self._outcome(OutcomeKind.DONE, file_id=job.file_id)
