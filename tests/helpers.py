@@ -31,7 +31,7 @@ FAST = ("--retry-delay", "0.01")
 # A request timeout that a loaded machine never hits by accident, short enough that a doubtful
 # register (which may take effect until the timeout has passed) settles in seconds.
 TIMEOUT = ("--timeout", "8")
-UPLOADER = (sys.executable, "-c", "from uploader.cli import main; main()")
+UPLOADER = (sys.executable, "-c", "from uploader.start import main; main()")
 S3_BUCKET = "kb-bucket"
 SUMMARY = re.compile(
     r"^scanned (?P<scanned>\d+): (?P<new>\d+) new, (?P<changed>\d+) changed, "

@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -204,3 +205,132 @@ def test_the_readme_has_one_table_of_every_exit_code() -> None:
 
     for code in ExitCode:
         assert re.search(rf"^\| {code.value} \| ", table, re.MULTILINE), code
+
+
+BAD_PORTS = [
+    "http://127.0.0.1:99999/api/v1/",
+    "http://127.0.0.1:abc/api/v1/",
+    "https://api.maiagent.ai:70000/api/v1/",
+]
+
+
+@pytest.mark.parametrize("url", BAD_PORTS)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run"],
+        ["kbs"],
+        ["check", "--kb", KB],
+        ["verify"],
+        ["dedupe"],
+        ["retry-failed", "--remote"],
+        ["enqueue", "data", "--kb", KB],
+    ],
+)
+def test_a_bad_port_in_the_base_url_is_one_line_and_touches_no_row(
+    tmp_path: Path, url: str, args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _queued(tmp_path)
+    before = rows(db)
+    monkeypatch.chdir(tmp_path)
+
+    flag = invoke(db, *args, "--base-url", url, env={"UPLOADER_NO_KB_CHECK": None})
+    from_env = invoke(db, *args, env={"UPLOADER_NO_KB_CHECK": None, "MAIAGENT_BASE_URL": url})
+
+    assert "port" in one_line_error(flag)
+    assert one_line_error(from_env) == one_line_error(flag)
+    assert rows(db) == before
+
+
+def _caught(pid: int) -> set[int]:
+    """The signals the process has a handler for (its SigCgt mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)  # type: ignore[union-attr]
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_right_after_start_is_exit_130_in_one_line(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer], sig: signal.Signals
+) -> None:
+    """Sent as soon as the program has taken the signals (its first act), or after 0.3 s at
+    most, then a little later each time: during the imports, the start-up, the queue's
+    opening. Whenever it lands: exit 130, one line, no row left running."""
+    server = maiagent_factory(latency=0.2)
+    db = _queued(tmp_path, 50)
+    for later in (0.0, 0.05, 0.1, 0.2, 0.4):
+        proc = spawn(db, *run_args(server), text=True)
+        deadline = time.monotonic() + 0.3
+        while signal.SIGTERM not in _caught(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(later)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+
+        said = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == ExitCode.INTERRUPTED, (later, proc.returncode, out, err)
+        assert "Traceback" not in err, (later, err)
+        assert len(said) == 1, (later, err)
+        states = {row["state"] for row in rows(db)}
+        assert states <= {"pending", "done"}, (later, states)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--failed"],
+        ["status", "--failed", "--json"],
+        ["export-report", "-o", "-"],
+    ],
+)
+def test_every_command_to_a_closed_pipe_ends_quietly_with_141(
+    tmp_path: Path, maiagent: MaiAgentServer, args: list[str]
+) -> None:
+    names = make_flat_files(tmp_path / "data", 2000)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data")
+    for name in names:
+        (tmp_path / "data" / name).unlink()
+    assert invoke(db, *run_args(maiagent)).exit_code == 1  # 2,000 failed: missing
+
+    pipeline = subprocess.run(
+        f"{shlex.join(command(db, *args))} | head -c 10;"
+        ' status="${PIPESTATUS[0]}"; echo; echo "$status"',
+        shell=True,
+        executable="/bin/bash",
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+    assert pipeline.stderr == ""
+    assert pipeline.stdout.splitlines()[-1] == str(ExitCode.CLOSED_PIPE.value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--retry-delay", "nan"],
+        ["run", "--retry-delay", "inf"],
+        ["run", "--grace", "inf"],
+        ["run", "--outage-timeout", "nan"],
+        ["run", "--lease", "inf"],
+        ["run", "--timeout", "inf"],
+        ["run", "--rate-limit", "nan"],
+        ["verify", "--timeout", "nan"],
+        ["check", "--kb", KB, "--timeout", "inf"],
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused(tmp_path: Path, args: list[str]) -> None:
+    db = _queued(tmp_path)
+    before = rows(db)
+
+    result = invoke(db, *args)
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "Traceback" not in result.output
+    assert f"{args[-1]!r} is not a finite number" in result.stderr
+    assert rows(db) == before
+    assert rows(db, "SELECT id FROM runs") == []

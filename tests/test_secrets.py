@@ -4,17 +4,23 @@ the key is only ever sent over https or to this machine."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import sqlite3
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from click.testing import CliRunner
 
-from tests.helpers import KB, child_env, command, enqueue, invoke, make_files, rows
+from tests.helpers import KB, child_env, command, enqueue, invoke, make_files, one_line_error, rows
 from tests.maiagent_server import Faults, MaiAgentServer
+from uploader.cli import cli
 
 SECRET = "sk-SECRET-1234567890"
 WRONG = "sk-WRONG-0987654321"
@@ -181,3 +187,126 @@ def test_loopback_by_name_reaches_the_local_server(
 
 def _runs(db: Path) -> int:
     return len(rows(db, "SELECT id FROM runs"))
+
+
+# --- a service that echoes part of the key ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def echoing_gateway(cut: int) -> Iterator[str]:
+    """A stand-in for a gateway in front of the service (aiohttp on a free port of 127.0.0.1)
+    whose 401 quotes the first `cut` characters of the Authorization header it got, as header
+    parsers and proxies do: its base URL."""
+    ready = threading.Event()
+    where: list[str] = []
+    stop: list[Callable[[], None]] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        quoted = request.headers.get("Authorization", "")[:cut]
+        return web.json_response(
+            {"detail": f"Invalid credentials: {quoted}... (truncated)"}, status=401
+        )
+
+    async def serve() -> None:
+        # headers up to 64 KB: the 8 KB key reaches the handler, which quotes its start
+        app = web.Application(handler_args={"max_field_size": 65536})
+        app.router.add_route("*", "/{tail:.*}", refuse)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        where.append(f"http://127.0.0.1:{port}/api/v1/")
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        stop.append(lambda: loop.call_soon_threadsafe(stopping.set))
+        ready.set()
+        await stopping.wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield where[0]
+    finally:
+        stop[0]()
+        thread.join(10)
+
+
+LONG_KEY = "SECRET-" + "s3cr3t" * 1400  # 8 KB: a header parser quotes only its start
+
+
+@pytest.mark.parametrize(
+    ("key", "cut"),
+    [("mk-live-0123456789abcdef", 20), (LONG_KEY, 90)],
+    ids=["first-20-of-the-header", "start-of-an-8kb-key"],
+)
+def test_a_truncated_key_echoed_by_the_service_is_nowhere(
+    tmp_path: Path, key: str, cut: int
+) -> None:
+    echoed = f"Api-Key {key}"[:cut].removeprefix("Api-Key ")
+    assert len(echoed) >= 8 and echoed != key  # a prefix of the key, not the key
+    make_files(tmp_path / "data", 3)
+    work = tmp_path / "work"
+    work.mkdir()
+    db = work / "queue.db"
+    with echoing_gateway(cut) as base_url:
+        env = {"MAIAGENT_API_KEY": key, "MAIAGENT_BASE_URL": base_url}
+        printed = b""
+        for args, code in [
+            (("enqueue", str(tmp_path / "data"), "--kb", KB), 0),  # its check only warns
+            (("run",), 3),
+            (("kbs",), 3),
+            (("check", "--kb", KB), 3),
+            (("verify",), 3),
+        ]:
+            got, out = uploader(db, *args, env={**env, "UPLOADER_NO_KB_CHECK": None})
+            assert got == code, out.decode()
+            printed += out
+    assert b"API key rejected (HTTP 401)" in printed
+    fatal = rows(db, "SELECT * FROM runs")
+    assert fatal and "API key rejected" in str(fatal)
+    places = {"output": printed, **{str(p): p.read_bytes() for p in files_under(work)}}
+    assert any("logs" in name for name in places)
+    found = [name for name, data in places.items() if echoed.encode() in data]
+    assert found == [], f"the key's first {len(echoed)} characters in {found}"
+    with sqlite3.connect(db) as conn:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        cells = [
+            str(value)
+            for table in tables
+            for row in conn.execute(f"SELECT * FROM {table}")
+            for value in row
+        ]
+    assert [cell for cell in cells if echoed in cell] == []
+
+
+# --- a PostgreSQL URL that cannot be parsed -----------------------------------------------------
+
+PG_PASSWORD = "pgs3cretpw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://u:{PG_PASSWORD}@127.0.0.1:99999/db",
+        f"postgresql://u:{PG_PASSWORD}@127.0.0.1:abc/db",
+        f"postgresql://u:{PG_PASSWORD}@[::1/db",
+        f"postgres://u:{PG_PASSWORD}@[::1]:70000/db",
+    ],
+)
+@pytest.mark.parametrize("args", [["status"], ["run"], ["enqueue", ".", "--kb", KB]])
+def test_a_postgresql_url_with_a_bad_host_or_port_is_one_line_without_its_password(
+    tmp_path: Path, url: str, args: list[str]
+) -> None:
+    result = invoke(tmp_path / "unused.db", *args, "--db", url)
+
+    line = one_line_error(result)
+    assert "--db" in line, line
+    assert PG_PASSWORD not in result.output
+    from_env = CliRunner().invoke(
+        cli, args, env={"UPLOADER_DB": url, "MAIAGENT_API_KEY": SECRET, "UPLOADER_NO_KB_CHECK": "1"}
+    )
+    assert one_line_error(from_env) == line
+    assert PG_PASSWORD not in from_env.output

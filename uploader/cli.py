@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
 import json
 import logging
+import math
 import os
+import select
 import socket
+import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -30,6 +35,7 @@ from . import (
     replace,
     report,
     scan,
+    start,
     tags,
     worker,
 )
@@ -74,7 +80,8 @@ class Context:
 
 
 class Interrupted(click.ClickException):
-    """Ctrl+C (or SIGTERM) in a command that has no stop of its own: exit 130, as `run`."""
+    """Ctrl+C (or SIGTERM) in a command that has no stop of its own, or before `run` has its
+    own: exit 130, as `run`."""
 
     exit_code = ExitCode.INTERRUPTED
 
@@ -83,14 +90,15 @@ class Interrupted(click.ClickException):
 
 
 def run_async(coro: Awaitable[T]) -> T:
-    """Run a command's coroutine; database problems become one-line errors, never tracebacks,
-    and Ctrl+C (after the coroutine's own clean-up: asyncio cancels it) exit code 130."""
+    """Run a command's coroutine; database problems become one-line errors, never tracebacks.
+    Ctrl+C cancels the coroutine (its own clean-up runs), then its KeyboardInterrupt is the
+    group's exit 130 (`_Uploader`)."""
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except queue.QueueError as exc:
         raise UserError(str(exc)) from None
-    except KeyboardInterrupt:
-        raise Interrupted() from None
+    finally:
+        start.signals_back()
 
 
 def on_queue(
@@ -189,6 +197,32 @@ def service_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return decorate
 
 
+def _db_target(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """--db (or UPLOADER_DB) as given, once a PostgreSQL URL's hosts and ports are known to
+    parse: the driver, and the display that hides the password, would raise on them as a
+    traceback. A URL that does not split is not quoted at all (its password is in it)."""
+    if not queue.is_url(value):
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        raise UserError(
+            "--db: the PostgreSQL URL has a '[' without its ']' (an IPv6 host is written [::1])"
+        ) from None
+    ports = [
+        host.rpartition("]")[2].partition(":")[2]  # "[::1]:5432", "h1:5432,h2:5433", "h"
+        for host in parts.netloc.rpartition("@")[2].split(",")
+    ]
+    ports += [
+        p for given in urllib.parse.parse_qs(parts.query).get("port", []) for p in given.split(",")
+    ]
+    if any(
+        port and not (port.isascii() and port.isdigit() and int(port) <= 65535) for port in ports
+    ):
+        raise UserError(f"--db {redact(value)}: a port must be a number from 0 to 65535")
+    return value
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
@@ -201,12 +235,70 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _closed_pipe() -> NoReturn:
+    """`uploader status --failed | head`: the reader has what it wanted. Quiet, as `cat` is
+    (stdout goes to /dev/null so that the interpreter's last flush cannot complain), 141 as a
+    shell reports a command killed by SIGPIPE."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(ExitCode.CLOSED_PIPE)
+
+
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it. One large write (a --json
+    document) that the reader left half-read is cut short without an error: only the pipe's
+    state tells."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+    except (OSError, ValueError):  # no real stdout (closed, or a test's buffer)
+        return False
+    poll = select.poll()
+    poll.register(fd, 0)  # POLLERR is always reported: on a pipe, its reader is gone
+    return any(events & select.POLLERR for _fd, events in poll.poll(0))
+
+
+@contextlib.contextmanager
+def _common_ends(finished: bool) -> Iterator[None]:
+    """How any command ends when interrupted or when its reader goes away, in one place
+    (`finished`: the command's own end, after which the pipe is checked too)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+    except BrokenPipeError:
+        _closed_pipe()
+    if finished and _reader_gone():
+        _closed_pipe()
+
+
+class _Uploader(click.Group):
+    """The `uploader` group: Ctrl+C, SIGTERM (`start`) and a closed stdout end every command
+    the same way, while its options are read or while it runs (click's own would be
+    "Aborted!" and exit 1 for both)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _common_ends(finished=False):
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _common_ends(finished=True):
+            return super().invoke(ctx)
+
+
+@click.group(cls=_Uploader, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="uploader")
 @click.option(
     "--db",
     default="uploader.db",
     envvar="UPLOADER_DB",
+    callback=_db_target,
     show_default=True,
     help="The queue: a SQLite file, or postgresql://user@host/dbname for one queue shared by "
     "several hosts (env UPLOADER_DB).",
@@ -246,9 +338,9 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) ->
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def _late_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+def _late_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
-        ctx.find_object(Context).db = value
+        ctx.find_object(Context).db = _db_target(ctx, param, value)
 
 
 def _late_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
@@ -621,6 +713,18 @@ def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) 
 # --- run -------------------------------------------------------------------------------------
 
 
+class Finite(click.FloatRange):
+    """A number of seconds (or a rate) from `min` up: never nan or inf, which compare false
+    with every bound, so click's range lets them through (nan seconds of retry delay, inf
+    grace: a run that never waits, or never ends)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 class BatchSize(click.ParamType):
     """--register-batch: "auto" (None) or a number of files from 1 to 100."""
 
@@ -704,20 +808,20 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
 )
 @click.option(
     "--retry-delay",
-    type=click.FloatRange(0),
+    type=Finite(0),
     default=2.0,
     show_default=True,
     help="Base of the exponential backoff, in seconds.",
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1),
+    type=Finite(0.1),
     default=60.0,
     show_default=True,
     help="Seconds per request; uploads get one more second per MiB.",
 )
 @kb_option(required=False)
-@click.option("--rate-limit", type=click.FloatRange(0.1), help="API requests per second.")
+@click.option("--rate-limit", type=Finite(0.1), help="API requests per second.")
 @click.option(
     "--name",
     type=click.Choice(["basename", "relpath"]),
@@ -735,21 +839,21 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
 )
 @click.option(
     "--lease",
-    type=click.FloatRange(2.0),
+    type=Finite(2.0),
     default=60.0,
     show_default=True,
     help="Seconds a claimed file stays this run's without renewal (renewed every third).",
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(0),
+    type=Finite(0),
     default=5.0,
     show_default=True,
     help="Seconds in-flight uploads get after Ctrl+C.",
 )
 @click.option(
     "--outage-timeout",
-    type=click.FloatRange(0.1),
+    type=Finite(0.1),
     default=600.0,
     show_default=True,
     help="Seconds the run waits, paused, for a service that stopped answering (then exit 4).",
@@ -1281,10 +1385,6 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
 # --- export-report ---------------------------------------------------------------------------
 
 
-class _ClosedPipe(Exception):
-    """The report's reader closed stdout before the end."""
-
-
 @cli.command("export-report")
 @click.option(
     "-o",
@@ -1302,17 +1402,11 @@ def export_report(ctx: Context, output: str | None) -> None:
         try:
             return await report.export(q, ctx.db, target)
         except BrokenPipeError:
-            raise _ClosedPipe() from None
+            raise  # `-o - | head`: the group's quiet 141, not a write error
         except OSError as exc:
             raise UserError(f"cannot write report {target}: {exc.strerror}") from None
 
-    try:
-        summary = on_queue(ctx, body, create=False)
-    except _ClosedPipe:
-        # `export-report -o - | head`: the reader has what it wanted. Quiet, as `cat` is
-        # (stdout goes to /dev/null so that the interpreter's last flush cannot complain).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(ExitCode.CLOSED_PIPE)
+    summary = on_queue(ctx, body, create=False)
     if target != "-":
         click.echo(
             f"report written to {target}: {summary['successful_uploads']} uploaded, "
@@ -1561,7 +1655,7 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0),
+    type=Finite(0),
     default=3600.0,
     show_default=True,
     help="Seconds --wait waits at most.",
@@ -1794,7 +1888,7 @@ def _step_line(step: checkup.StepResult) -> str:
 @click.option("--dry-run", is_flag=True, help="Only the read calls: nothing is uploaded.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1),
+    type=Finite(0.1),
     default=30.0,
     show_default=True,
     help="Seconds per request.",

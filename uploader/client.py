@@ -47,7 +47,7 @@ _CHUNK = 256 * 1024  # large chunks: fewer executor hops per streamed file
 _CONNECT_TIMEOUT = 10.0  # separate from the total so a failed connect is known not to have sent
 _MAX_PAUSE = 300.0  # a silly Retry-After must not freeze the pool for hours
 _DETAIL_CHARS = 200
-_REDACT_MIN = 8  # shortest API key that error messages are scrubbed of
+_REDACT_MIN = 8  # shortest part of the API key that error messages are scrubbed of
 _JSON_SEPARATORS = (",", ":")
 _S3_OK = frozenset((200, 201, 204))
 _XML_TAG = re.compile(rb"<(Code|Message)>(.*?)</\1>", re.S)
@@ -148,7 +148,15 @@ def check_base_url(url: str, insecure: bool) -> str | None:
 
     Returns a warning to show when plain http to another host is allowed by `insecure`.
     """
-    parts = urlsplit(url)
+    # Checked here, once: every later use of the URL would raise these as a traceback.
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": a '[' without its ']'
+        raise ValueError(f"base URL {url!r} cannot be used: {exc}") from None
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValueError(f"base URL {url!r}: its port must be a number from 0 to 65535") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base URL must look like https://host/path/, got {url!r}")
     if parts.scheme == "https" or _is_loopback(parts.hostname):
@@ -1126,13 +1134,9 @@ class MaiAgentClient:
         retry_after: float | None = None,
         maybe_applied: bool = False,
     ) -> ApiError:
-        """Every error about a request leaves through here, so none can carry the API key.
-
-        A key too short to tell from ordinary text is left alone: replacing it would mangle
-        the message (key "k" in ".../knowledge-bases/") and hide nothing worth hiding.
-        """
-        if len(self._key) >= _REDACT_MIN:
-            message = message.replace(self._key, "[redacted]")
+        """Every error about a request leaves through here, so none can carry the API key,
+        whole or its start (`_scrub_key`)."""
+        message = _scrub_key(message, self._key)
         return ApiError(
             message,
             kind=kind,
@@ -1141,6 +1145,29 @@ class MaiAgentClient:
             retry_after=retry_after,
             maybe_applied=maybe_applied,
         )
+
+
+def _scrub_key(text: str, key: str) -> str:
+    """`text` with the key, and every start of it at least _REDACT_MIN characters long,
+    replaced by [redacted]: a service or a gateway in front of it that quotes the
+    Authorization header it got often quotes only its first characters (a header parser's
+    first 90, a proxy's first 20), and those are most of a short key.
+
+    A key shorter than that is left alone: replacing it would mangle the message (key "k"
+    in ".../knowledge-bases/") and hide nothing worth hiding.
+    """
+    if len(key) < _REDACT_MIN:
+        return text
+    head = key[:_REDACT_MIN]
+    kept: list[str] = []
+    done = 0
+    while (start := text.find(head, done)) != -1:
+        end = start + _REDACT_MIN
+        while end < len(text) and end - start < len(key) and text[end] == key[end - start]:
+            end += 1
+        kept += [text[done:start], "[redacted]"]
+        done = end
+    return "".join(kept) + text[done:]
 
 
 def make_session(workers: int) -> aiohttp.ClientSession:

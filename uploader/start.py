@@ -1,0 +1,47 @@
+"""The `uploader` program's entry point, light to import: it takes SIGTERM before the rest of
+the program is imported (a good part of a second on a busy machine), so that a signal in the
+first moments ends it as it does later, exit 130 in one line, never a KeyboardInterrupt
+traceback or a silent death by the signal (143)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from .exitcodes import ExitCode
+
+_taken = False  # whether this process took SIGTERM (the program, not a test importing the CLI)
+
+
+def _as_ctrl_c(_signum: int, _frame: object) -> None:
+    """SIGTERM means what Ctrl+C means: it is handed to whoever handles SIGINT at the time
+    (Python's KeyboardInterrupt, asyncio's cancel of the command's coroutine)."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def take_signals() -> None:
+    """SIGTERM as Ctrl+C, unless the parent made this process ignore it."""
+    global _taken
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _as_ctrl_c)
+        _taken = True
+
+
+def signals_back() -> None:
+    """Take SIGTERM again after an event loop that handled it has closed: asyncio gives it
+    back to the system's default then, which would kill the command by the signal."""
+    if _taken:
+        signal.signal(signal.SIGTERM, _as_ctrl_c)
+
+
+def main() -> None:
+    take_signals()
+    try:
+        from .cli import main as cli_main
+
+        cli_main()
+    except KeyboardInterrupt:
+        # during the imports (the CLI's own ends are cli.Interrupted's, in the same words)
+        sys.stderr.write("Error: interrupted\n")
+        sys.exit(ExitCode.INTERRUPTED)
