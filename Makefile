@@ -13,12 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# two test processes: most tests wait on servers, timers and child processes, not the CPU
 test: $(STAMP)
-	$(BIN)/pytest -q --durations=10
+	$(BIN)/pytest -q -n 2 --durations=10
 
 # without the scenarios marked slow (thousands of files, subprocesses that wait on timers)
 test-fast: $(STAMP)
-	$(BIN)/pytest -q --durations=10 -m "not slow"
+	$(BIN)/pytest -q -n 2 --durations=10 -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
