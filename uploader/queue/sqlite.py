@@ -220,7 +220,7 @@ class SqliteQueue(JobsMixin, RemoteMixin, FactsMixin, SqliteBase, Queue):
             )
         _create_private(path)
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
+            conn = await _connect(path)
         except sqlite3.Error as exc:
             raise QueueError(f"cannot open database {path}: {exc}") from None
         q = cls(conn, path)
@@ -285,3 +285,16 @@ class SqliteQueue(JobsMixin, RemoteMixin, FactsMixin, SqliteBase, Queue):
                     for statement in _statements(sql):
                         await conn.execute(statement)
                     await conn.execute(f"PRAGMA user_version = {number}")
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    """aiosqlite's connect, never abandoned half-way: cancelled (Ctrl+C at start-up), it is let
+    finish and closed, since its thread would otherwise answer a loop that is gone (a
+    'RuntimeError: Event loop is closed' traceback after the one-line message)."""
+    connecting = asyncio.ensure_future(aiosqlite.connect(path, isolation_level=None))
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await (await connecting).close()
+        raise
