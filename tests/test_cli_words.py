@@ -155,22 +155,27 @@ def test_ctrl_c_during_verify_wait_exits_130(
     assert "Traceback" not in err
 
 
-def test_export_report_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
-    make_flat_files(tmp_path / "data", 2000)
-    db = tmp_path / "queue.db"
-    enqueue(db, tmp_path / "data", "--max-size", "1")  # skipped files: listed in the report
-
-    pipeline = subprocess.run(
-        f"{shlex.join(command(db, 'export-report', '-o', '-'))} | head -c 10;"
+def _into_head(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`uploader ARGS | head -c 10`, printing the uploader's own exit status last."""
+    return subprocess.run(
+        f"{shlex.join(command(db, *args))} | head -c 10;"
         ' status="${PIPESTATUS[0]}"; echo; echo "$status"',
         shell=True,
         executable="/bin/bash",
         env=child_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         cwd=ROOT,
     )
+
+
+def test_export_report_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    make_flat_files(tmp_path / "data", 2000)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data", "--max-size", "1")  # skipped files: listed in the report
+
+    pipeline = _into_head(db, "export-report", "-o", "-")
 
     assert pipeline.stderr == ""
     assert pipeline.stdout.splitlines()[-1] == str(ExitCode.CLOSED_PIPE.value)
@@ -293,17 +298,7 @@ def test_every_command_to_a_closed_pipe_ends_quietly_with_141(
         (tmp_path / "data" / name).unlink()
     assert invoke(db, *run_args(maiagent)).exit_code == 1  # 2,000 failed: missing
 
-    pipeline = subprocess.run(
-        f"{shlex.join(command(db, *args))} | head -c 10;"
-        ' status="${PIPESTATUS[0]}"; echo; echo "$status"',
-        shell=True,
-        executable="/bin/bash",
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    pipeline = _into_head(db, *args)
 
     assert pipeline.stderr == ""
     assert pipeline.stdout.splitlines()[-1] == str(ExitCode.CLOSED_PIPE.value)
