@@ -422,7 +422,7 @@ def test_ctrl_c_finishes_in_flight_files_and_a_second_run_completes_exactly_once
     stdout, stderr = ws.output()
     assert "Traceback" not in stderr
     assert "stopping: finishing in-flight uploads" in stderr
-    assert SUMMARY.search(stdout) and "export-report" in stdout
+    assert SUMMARY.search(stdout) and "\nreport: " in stdout  # an interrupted run's too
     by_state = states(ws)
     assert "running" not in by_state and by_state.get("pending", 0) > 0
     done_ids = {job["file_id"] for job in ws.jobs() if job["state"] == "done"}
@@ -476,7 +476,8 @@ def test_log_progress_line_summary_and_exit_code_tell_what_happened(
     assert lines and lines[-1] == ("30", "30", "29", "1")
     summary = SUMMARY.search(result.stdout)
     assert summary is not None and summary.groups() == ("29", "1", "0")
-    assert f"uploader --db {ws.db} export-report" in result.stdout
+    (report,) = (ws.db.parent / "reports").glob("upload_report_*.json")
+    assert result.stdout.splitlines()[-1] == f"report: {report}"
     log = ws.logs()
     assert re.search(r"run 1 started .*\bmax_retries=10\b.*\bworkers=10\b", log), log
     assert re.search(r"retry \d+/10 of dir\d/doc\d+\.txt", log)

@@ -29,6 +29,7 @@ from . import (
     content,
     logs,
     outage,
+    presets,
     progress,
     queue,
     reconcile,
@@ -790,6 +791,51 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     )
 
 
+def _refer(_ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value is not None:
+        said = presets.RENAMED[param.name or ""]
+        raise UserError(f"{param.opts[0]} is the reference script's setting: {said}")
+
+
+def reference_names() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The reference script's setting names, hidden: given, they say which option does the
+    same here instead of click's bare "No such option"."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for name in presets.RENAMED:
+            flag = "--" + name.replace("_", "-")
+            fn = click.option(flag, name, hidden=True, expose_value=False, callback=_refer)(fn)
+        return fn
+
+    return decorate
+
+
+def _with_network(opts: dict[str, Any]) -> dict[str, Any]:
+    """run's options with --network's preset applied where the user gave no value."""
+    network = opts.pop("network")
+    ctx = click.get_current_context()
+    explicit = {
+        name
+        for name in opts
+        if ctx.get_parameter_source(name)
+        in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    }
+    return presets.apply(presets.Network(network) if network else None, opts, explicit)
+
+
+async def _auto_report(q: Queue, ctx: Context) -> str | None:
+    """The report a run writes at its end, as the reference script did (`--no-report` skips
+    it): its path, or None (with a warning) when it cannot be written; the run's outcome
+    stands either way."""
+    target = report.default_path(ctx.anchor)
+    try:
+        await report.export(q, ctx.db, target)
+    except OSError as exc:
+        click.echo(f"warning: cannot write the report {target}: {exc.strerror or exc}", err=True)
+        return None
+    return target
+
+
 @cli.command()
 @service_options()
 @click.option(
@@ -893,6 +939,18 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
     help="Leave the entry of a changed file's old version beside the new one (by default it "
     "is deleted once the new version is registered).",
 )
+@click.option(
+    "--network",
+    type=click.Choice([n.value for n in presets.Network]),
+    help="The reference script's presets of --workers, --max-retries, --retry-delay and "
+    "--timeout for a good, average or poor network (those options, given, win).",
+)
+@click.option(
+    "--no-report",
+    is_flag=True,
+    help="Do not write the JSON report at the end (reports/ beside the database).",
+)
+@reference_names()
 @pass_ctx
 def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any) -> None:
     """Upload every pending file: presign, S3 POST, register, with retries and resume.
@@ -905,6 +963,8 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     _check_service(api_key, base_url, allow_http, "run")
     nothing_to_do = opts.pop("error_on_nothing_to_do")
     as_json = opts.pop("as_json")
+    with_report = not opts.pop("no_report")
+    opts = _with_network(opts)
     idle = on_queue(
         ctx,
         lambda q: _nothing_pending(q, opts["kb_id"], ctx.host_id),
@@ -982,6 +1042,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             await _failed(q, settings.kb_id, FAILED_SHOWN) if result.failed_in_queue else []
         )
         run_logger.info("run ended: %s", _summary(result, left["skipped"]))
+        left["report"] = await _auto_report(q, ctx) if with_report else None
         return result, left
 
     try:
@@ -1035,6 +1096,7 @@ def _run_json(
         "pending_elsewhere": left.get("elsewhere", 0),
         "unknown_kbs": {kb: str(error) for kb, error in result.unknown_kbs.items()},
         "states": left["states"],
+        "report": left["report"],
     }
 
 
@@ -1076,7 +1138,8 @@ def _print_run(
                 f"{left['elsewhere']} pending files were queued by other hosts and are left to "
                 "them (`run --shared` if this host sees their folders at the same paths)"
             )
-        click.echo(f"report: uploader --db {ctx.shown_db} export-report")
+        if left["report"] is not None:
+            click.echo(f"report: {left['report']}")
 
 
 async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | None:

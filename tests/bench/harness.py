@@ -299,7 +299,8 @@ class Uploader:
         self, *options: str, api_key: str | None = None, sampler: DoneSampler | None = None
     ) -> tuple[Measured, Traffic]:
         assert self.server is not None
-        argv = self.command("run", "--base-url", self.server.base_url, *options)
+        # the run's own report is left out: the rates are the upload's (case 4 times the report)
+        argv = self.command("run", "--base-url", self.server.base_url, "--no-report", *options)
         env = self.env if api_key is None else {**self.env, "MAIAGENT_API_KEY": api_key}
         return measure_against(self.server, argv, env=env, cwd=self.root, sampler=sampler)
 

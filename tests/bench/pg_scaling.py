@@ -90,6 +90,7 @@ def drain(pg: PgServer, api: Server, folder: str, files: int, processes: int) ->
                 f"host-{i}",
                 "-q",
                 "run",
+                "--no-report",
                 "--base-url",
                 api.base_url,
                 "--workers",
