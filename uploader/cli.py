@@ -43,6 +43,7 @@ from . import (
 from .exitcodes import ExitCode
 from .manifest import ManifestError, parse_metadata_option
 from .model import FAILURE_KINDS, EnqueueCounts, ErrorKind, HostScope, JobState, VerificationItem
+from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
 from .scan import display
 
@@ -226,9 +227,9 @@ def _db_target(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
+    handler = progress.AboveTheBar(sys.stderr)
     handler.setLevel(level)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(Formatter("%(levelname)s %(name)s: %(message)s"))
     if not verbose:
         handler.addFilter(logs.for_the_terminal)
     root = logging.getLogger("uploader")
@@ -262,9 +263,13 @@ def _reader_gone() -> bool:
 @contextlib.contextmanager
 def _common_ends(finished: bool) -> Iterator[None]:
     """How any command ends when interrupted or when its reader goes away, in one place
-    (`finished`: the command's own end, after which the pipe is checked too)."""
+    (`finished`: the command's own end, after which the pipe is checked too). An error's
+    message names files and quotes the service: its control characters are escaped."""
     try:
         yield
+    except click.ClickException as exc:
+        exc.message = printable(exc.message)
+        raise
     except KeyboardInterrupt:
         raise Interrupted() from None
     except BrokenPipeError:
@@ -612,7 +617,8 @@ def enqueue(
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
         if stats.own:
-            ctx.echo(f"left out the uploader's own files: {', '.join(sorted(set(stats.own)))}")
+            own = ", ".join(sorted(set(stats.own)))
+            ctx.echo(printable(f"left out the uploader's own files: {own}"))
         click.echo(
             f"scanned {counts.scanned}: {counts.new} new, {counts.changed} changed, "
             f"{counts.unchanged} unchanged, {counts.skipped} skipped"
@@ -636,12 +642,13 @@ def enqueue(
 
 def _warn_unreadable(stats: scan.ScanStats) -> None:
     for problem in stats.unreadable_folders:
-        click.echo(f"warning: cannot read folder {problem}", err=True)
+        click.echo(printable(f"warning: cannot read folder {problem}"), err=True)
 
 
 def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None:
     """What --delete-removed marked, or in a dry run would mark."""
     n = len(gone.relpaths)
+    directory = printable(directory)
     if dry_run:
         click.echo(
             f"{n} queued files of {directory} are gone: `enqueue --delete-removed` would mark "
@@ -654,7 +661,7 @@ def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None
             "`uploader run` deletes their entries"
         )
     for rel in gone.relpaths[:LIST_SHOWN]:
-        click.echo(f"  {rel}")
+        click.echo(f"  {printable(rel)}")
     if n > LIST_SHOWN:
         click.echo(f"  ... and {n - LIST_SHOWN:,} more")
     if gone.left:
@@ -705,8 +712,10 @@ def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) 
         if outage.classify(exc) is outage.Evidence.OUTAGE:
             reason = outage.ServiceUnreachable.at_start(exc)
         click.echo(
-            f"warning: could not check knowledge base {kb_id} ({reason}): queued anyway, "
-            "`uploader run` checks it again",
+            printable(
+                f"warning: could not check knowledge base {kb_id} ({reason}): queued anyway, "
+                "`uploader run` checks it again"
+            ),
             err=True,
         )
 
@@ -765,17 +774,17 @@ def _open_log(ctx: Context, path: str | None, level_name: str) -> logs.RunLog | 
 
 def _notice(text: str) -> None:
     """What a signal does to a run, shown even with -q on stderr (stdout may be `run --json`'s
-    document) on a line of its own (after the terminal's ^C); click.echo flushes it before a
+    document) on a line of its own (after the terminal's ^C), above the bar; flushed before a
     second Ctrl+C quits at once."""
-    click.echo(f"\n{text}", err=True)
+    progress.write(f"\n{text}")
 
 
 def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
     """The pool paused for an outage, or resumed."""
     if state is outage.GateState.CLOSED:
-        click.echo(f"paused: {what.message}; probing until it answers", err=True)
+        progress.write(printable(f"paused: {what.message}; probing until it answers"))
     elif state is outage.GateState.OPEN:
-        click.echo("resumed: the service answers again", err=True)
+        progress.write("resumed: the service answers again")
 
 
 def _summary(result: worker.RunResult, skipped: int) -> str:
@@ -976,7 +985,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         if as_json:
             click.echo(json.dumps({"nothing_pending": True, "message": idle, "exit_code": code}))
         else:
-            click.echo(idle)
+            click.echo(printable(idle))
         sys.exit(code)
     settings = worker.Settings(
         workers=opts["workers"],
@@ -1053,7 +1062,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     code = worker.exit_code(result)
     if as_json:
         if result.fatal is not None:
-            click.echo(f"Error: {result.fatal}", err=True)
+            click.echo(printable(f"Error: {result.fatal}"), err=True)
         click.echo(json.dumps(_run_json(result, left, run_ids, code), indent=2))
     else:
         _print_run(ctx, settings.kb_id, result, left)
@@ -1106,19 +1115,21 @@ def _print_run(
     if result.fatal is None:
         for kb, error in result.unknown_kbs.items():
             click.echo(
-                f"Error: {error}; its {left['unknown'][kb]:,} queued files were left alone "
-                f"(`uploader forget --kb {kb}` drops them from the queue)",
+                printable(
+                    f"Error: {error}; its {left['unknown'][kb]:,} queued files were left alone "
+                    f"(`uploader forget --kb {kb}` drops them from the queue)"
+                ),
                 err=True,
             )
     if result.fatal is not None:
-        click.echo(f"Error: {result.fatal}", err=True)
+        click.echo(printable(f"Error: {result.fatal}"), err=True)
     else:
         click.echo(_summary(result, left["skipped"]))
         _print_replaced(result.replaced)
         if result.failed_in_queue:
             click.echo(f"{result.failed_in_queue} files failed:")
             for item in left["failed"]:
-                click.echo(f"  {_failed_line(item)}")
+                click.echo(f"  {printable(_failed_line(item))}")
             kb = f" --kb {kb_id}" if kb_id else ""
             more = "all of them" if result.failed_in_queue > len(left["failed"]) else "again"
             click.echo(f"{more}: uploader --db {ctx.shown_db} status --failed{kb}")
@@ -1182,8 +1193,10 @@ def _print_replaced(replaced: Any) -> None:
         click.echo(f"kept {replaced.kept} old versions of changed files (--keep-old-versions)")
     if replaced.errors:
         click.echo(
-            f"{len(replaced.errors)} superseded entries not deleted yet (the next `uploader "
-            f"run` tries again): {'; '.join(replaced.errors[:3])}"
+            printable(
+                f"{len(replaced.errors)} superseded entries not deleted yet (the next `uploader "
+                f"run` tries again): {'; '.join(replaced.errors[:3])}"
+            )
         )
 
 
@@ -1260,7 +1273,7 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
         click.echo("the queue is empty: run `uploader enqueue DIR --kb KB_ID`")
     for kb, states in data["knowledge_bases"].items():
         total = sum(v["files"] for v in states.values())
-        click.echo(f"knowledge base {kb}: {total} files")
+        click.echo(printable(f"knowledge base {kb}: {total} files"))
         for state in JobState:
             v = states.get(state, {"files": 0, "bytes": 0})
             click.echo(f"  {state.value:<8} {v['files']:>10,} files {_human(v['bytes']):>10}")
@@ -1280,7 +1293,7 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
         click.echo("hosts (files by the host that enqueued them; shared: any host uploads them):")
         for label, states in hosts.items():
             line = ", ".join(f"{state.value} {states.get(state, 0):,}" for state in JobState)
-            click.echo(f"  {label:<24} {line}")
+            click.echo(printable(f"  {label:<24} {line}"))
     run = data["last_run"]
     if run:
         counts = run["counts"] or {}
@@ -1292,8 +1305,10 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
         if run.get("fatal"):
             outcome += f"; stopped: {run['fatal']}"
         click.echo(
-            f"last run #{run['id']}: {_when(run['started_at'])} to {_when(run['ended_at'])}, "
-            f"{outcome}"
+            printable(
+                f"last run #{run['id']}: {_when(run['started_at'])} to "
+                f"{_when(run['ended_at'])}, {outcome}"
+            )
         )
 
 
@@ -1349,7 +1364,7 @@ def status(ctx: Context, as_json: bool, failed: bool, kb_id: str | None) -> None
         if not items:
             click.echo("no file failed")
         for item in items:
-            click.echo(_failed_line(item))
+            click.echo(printable(_failed_line(item)))
         return
     data = on_queue(ctx, _status, create=False)
     if as_json:
@@ -1644,7 +1659,7 @@ async def _print_lists(q: Queue, v: reconcile.Verification) -> None:
             continue
         click.echo(f"  {title}:")
         async for row in q.verification_items(v.id, kind, LIST_SHOWN):
-            click.echo(f"    {_item_line(kind, row)}")
+            click.echo(f"    {printable(_item_line(kind, row))}")
         if total > LIST_SHOWN:
             click.echo(f"    ... and {total - LIST_SHOWN:,} more (uploader export-report)")
 
@@ -1678,7 +1693,7 @@ def _verdict(c: dict[str, Any]) -> str:
 async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification) -> None:
     c = v.counts
     files = c["files"]
-    click.echo(f"knowledge base {v.kb_id}: {c['entries']:,} entries")
+    click.echo(printable(f"knowledge base {v.kb_id}: {c['entries']:,} entries"))
     click.echo(f"  remote      {_pairs(c['remote'])}")
     click.echo(
         f"  our files   {sum(files.values()):,} uploaded: {_pairs(files)}; "
@@ -1702,8 +1717,10 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
         if not ctx.quiet:
             for m in c["tag_mismatch_examples"]:
                 click.echo(
-                    f"    {m['file']}: asks {m['labels']} {m['metadata']},"
-                    f" entry has {m['entry_labels']} {m['entry_metadata']}"
+                    printable(
+                        f"    {m['file']}: asks {m['labels']} {m['metadata']},"
+                        f" entry has {m['entry_labels']} {m['entry_metadata']}"
+                    )
                 )
     if not ctx.quiet:
         await _print_lists(q, v)
@@ -1781,8 +1798,10 @@ def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) ->
             size = "?" if g.size is None else f"{g.size:,} B"
             origin = " (extra entries, same name and size)" if g.extra else ""
             click.echo(
-                f"  {g.filename} ({size}){origin}: keep {g.keep}; "
-                f"{verb} {', '.join(e.id for e in g.surplus)}"
+                printable(
+                    f"  {g.filename} ({size}){origin}: keep {g.keep}; "
+                    f"{verb} {', '.join(e.id for e in g.surplus)}"
+                )
             )
     if result.spared_extra:
         click.echo(
@@ -1790,7 +1809,7 @@ def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) ->
             "(--include-extra deletes them)"
         )
     for error in result.errors[:LIST_SHOWN]:
-        click.echo(f"error: {error}", err=True)
+        click.echo(printable(f"error: {error}"), err=True)
     if yes:
         click.echo(f"  deleted {result.deleted:,} entries")
     elif doomed:
@@ -1902,7 +1921,7 @@ def _retry_remote(
     if r.recovered:
         click.echo(f"{r.recovered:,} entries are no longer failed or missing: left as they are")
     for error in r.errors[:LIST_SHOWN]:
-        click.echo(f"error: {error}", err=True)
+        click.echo(printable(f"error: {error}"), err=True)
     if r.errors:
         click.echo(f"{len(r.errors):,} entries could not be deleted; try again later", err=True)
         sys.exit(1)
@@ -1932,12 +1951,13 @@ def kbs(api_key: str, base_url: str, allow_http: bool, as_json: bool) -> None:
     if not found:
         click.echo("no knowledge base is visible to this API key")
         return
-    width = max(len("ID"), *(len(k.id) for k in found))
-    name_width = max(len("NAME"), *(len(k.name) for k in found))
+    rows = [(printable(k.id), printable(k.name), k.files_count) for k in found]
+    width = max(len("ID"), *(len(kb) for kb, _name, _n in rows))
+    name_width = max(len("NAME"), *(len(name) for _kb, name, _n in rows))
     click.echo(f"{'ID':<{width}}  {'NAME':<{name_width}}  {'FILES':>9}")
-    for k in found:
-        files = "?" if k.files_count is None else f"{k.files_count:,}"
-        click.echo(f"{k.id:<{width}}  {k.name:<{name_width}}  {files:>9}")
+    for kb, name, count in rows:
+        files = "?" if count is None else f"{count:,}"
+        click.echo(f"{kb:<{width}}  {name:<{name_width}}  {files:>9}")
 
 
 def _step_line(step: checkup.StepResult) -> str:
@@ -1985,7 +2005,7 @@ def check(
 
     def on_step(step: checkup.StepResult) -> None:
         if not as_json:
-            click.echo(_step_line(step))
+            click.echo(printable(_step_line(step)))
 
     result = run_async(
         checkup.run_check(
@@ -1995,7 +2015,7 @@ def check(
             dry_run=dry_run,
             timeout=timeout,
             on_step=on_step,
-            notify=functools.partial(click.echo, err=True),
+            notify=lambda text: click.echo(printable(text), err=True),
         )
     )
     stored = False
@@ -2006,12 +2026,16 @@ def check(
     code = result.exit_code
     if code is ExitCode.UNREACHABLE:
         assert result.error is not None
-        click.echo(f"Error: {outage.ServiceUnreachable.at_start(result.error)}", err=True)
+        click.echo(
+            printable(f"Error: {outage.ServiceUnreachable.at_start(result.error)}"), err=True
+        )
     elif result.error is not None:
-        click.echo(f"Error: {result.error}", err=True)
+        click.echo(printable(f"Error: {result.error}"), err=True)
     if result.left_behind:
         click.echo(
-            f"Error: probe entries left behind in {kb_id}: {'; '.join(result.left_behind)}",
+            printable(
+                f"Error: probe entries left behind in {kb_id}: {'; '.join(result.left_behind)}"
+            ),
             err=True,
         )
     if not as_json and code == 0:

@@ -11,15 +11,18 @@ import logging
 import os
 from collections.abc import Callable
 
+from . import printable
+
 NOTICE = 25  # rclone's default level: warnings and errors, not every file's progress
 logging.addLevelName(NOTICE, "NOTICE")
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "NOTICE": NOTICE, "ERROR": logging.ERROR}
 ROOT = "uploader"
 
 
-class _Formatter(logging.Formatter):
+class _Formatter(printable.Formatter):
     """`2026-12-03T09:41:07.123+00:00 WARNING uploader.attempt: …`: local time with its offset,
-    so lines of hosts in different zones sort and compare."""
+    so lines of hosts in different zones sort and compare; a name in a message escaped, so
+    that `grep ERROR` shows it and it cannot forge a line."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         when = dt.datetime.fromtimestamp(record.created).astimezone()
@@ -118,7 +121,11 @@ FILE_ONLY = {"file_only": True}  # `extra=` of a line the terminal shows otherwi
 PER_FILE = "uploader.attempt"  # the logger of each file's retries and failures
 
 
+OUTAGE = "uploader.outage"  # its pauses and resumes: the CLI says them (`paused: …`, `resumed: …`)
+
+
 def for_the_terminal(record: logging.LogRecord) -> bool:
     """stderr without -v: not a line per file's retry or failure (thousands in an outage;
-    the file has them, the summary names the failed), nor what the CLI prints itself."""
-    return record.name != PER_FILE and not getattr(record, "file_only", False)
+    the file has them, the summary names the failed), nor what the CLI prints itself (an
+    outage said twice, once in the CLI's words and once in the logger's)."""
+    return record.name not in (PER_FILE, OUTAGE) and not getattr(record, "file_only", False)

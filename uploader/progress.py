@@ -5,6 +5,7 @@ per poll). Only cli.py makes these; the library sees the protocols it reports to
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +15,26 @@ from tqdm import tqdm
 from .reconcile import UNSETTLED
 
 PAUSED = "paused: service unreachable"
+
+
+def write(text: str) -> None:
+    """A line for stderr that goes above a bar drawn there (cleared, the line written, drawn
+    again): written after the bar's last frame, it would start on the bar's tail (`…]paused:`)."""
+    tqdm.write(text, file=sys.stderr)
+    sys.stderr.flush()
+
+
+class AboveTheBar(logging.StreamHandler):  # type: ignore[type-arg]
+    """The terminal's log handler: each line above the bars, as `write`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 (logging's own contract: a line lost, never the run)
+            self.handleError(record)
 
 
 def rate_text(bytes_per_second: float) -> str:
