@@ -22,7 +22,6 @@ import itertools
 import logging
 import os
 import secrets
-import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,7 @@ from .client import (
     backoff,
 )
 from .exitcodes import ExitCode
+from .interrupts import Interrupts
 from .model import ServiceFacts
 from .outage import Evidence, classify
 from .queue import Queue
@@ -533,7 +533,6 @@ async def run_check(
     """The whole check. Ctrl+C or SIGTERM stops the steps at once; the probes are deleted
     all the same (a further Ctrl+C only says so: the cleanup is bounded in time)."""
     result = CheckResult(normal_base_url(base_url), kb_id, dry_run)
-    loop = asyncio.get_running_loop()
     with tempfile.TemporaryDirectory(prefix="uploader-check-") as folder:
         async with open_client(base_url, api_key, timeout=timeout) as client:
             check = _Check(client, result, folder, on_step)
@@ -547,15 +546,11 @@ async def run_check(
                 else:
                     notify("still deleting the probes; this ends on its own")
 
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, on_signal)
-            try:
+            with Interrupts() as signals:
+                signals.on_interrupt(on_signal)
                 with contextlib.suppress(asyncio.CancelledError):
                     await steps
                 await check.cleanup()
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
     return result
 
 

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import select
 import socket
 import stat
 import sys
@@ -43,6 +42,7 @@ from . import (
 from .exitcodes import ExitCode
 from .manifest import ManifestError, parse_metadata_option
 from .model import FAILURE_KINDS, EnqueueCounts, ErrorKind, HostScope, JobState, VerificationItem
+from .pipes import reader_gone
 from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
 from .scan import display
@@ -255,9 +255,7 @@ def _reader_gone() -> bool:
             return False
     except (OSError, ValueError):  # no real stdout (closed, or a test's buffer)
         return False
-    poll = select.poll()
-    poll.register(fd, 0)  # POLLERR is always reported: on a pipe, its reader is gone
-    return any(events & select.POLLERR for _fd, events in poll.poll(0))
+    return reader_gone(fd)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
+from . import osfiles
 from .content import digest_of, new_digest
 from .limits import is_out_of_files, out_of_files_message
 
@@ -1206,9 +1207,9 @@ def _open_content(
     O_NONBLOCK keeps a FIFO that slipped into the queue from hanging the thread; O_NOFOLLOW
     refuses a symbolic link in the last component, which the scan did not queue.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    flags = os.O_RDONLY | osfiles.NONBLOCK
     try:
-        fd = os.open(path, flags)
+        fd = osfiles.open_file(path, flags) if follow else osfiles.open_nofollow(path, flags)
     except FileNotFoundError as exc:
         raise _file_error("missing", exc) from exc
     except OSError as exc:

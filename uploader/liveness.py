@@ -2,10 +2,11 @@
 
 A host name and a pid cannot answer that question: containers sharing a hostname do not share
 a pid namespace (the other run's pid is "not running" here, and both may be PID 1). Instead,
-each run takes an exclusive `flock` on its own file, `<db>.runs/<token>.lock`, and holds it
-for its lifetime. The kernel releases it when the process dies however it dies (`kill -9`
-included), and, because the lock belongs to the open file description on a shared inode, a
-process in any pid namespace that sees the same volume can try to take it:
+each run takes an exclusive lock on its own file, `<db>.runs/<token>.lock`, and holds it for
+its lifetime (`filelocks`: `flock`, or `msvcrt.locking` on Windows). The kernel releases it
+when the process dies however it dies (`kill -9` included), and, because the lock belongs to
+the open file description on a shared inode, a process in any pid namespace that sees the
+same volume can try to take it:
 
 - taken at once → the owner is dead (the taker removes the stale file);
 - refused → the owner is alive;
@@ -21,34 +22,34 @@ which frees a dead client's lock only when its NFS lease runs out (the answer er
 every answer "unknown". Correctness never depends on this module: it only lets a dead run's
 rows be taken back before their lease expires.
 
-The lock file is opened with O_CLOEXEC, so a program the run executes does not keep it; a
-child made by a bare `fork` (no exec) would share it and keep a dead parent "alive" — the
-uploader forks none.
+The lock file is not inherited by a program the run executes (`osfiles`), so such a program
+does not keep it; a child made by a bare `fork` (no exec) would share it and keep a dead
+parent "alive" — the uploader forks none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
 import socket
 import stat
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from . import filelocks, osfiles
+
 log = logging.getLogger("uploader.liveness")
 
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _SUFFIX = ".lock"
-# Locking is not available on this file system: the answer is "unknown", not an error.
-_NO_LOCKS = frozenset((errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS))
-_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOCK_TRIES = 100
 
 
 class LockError(Exception):
@@ -139,11 +140,15 @@ class RunLock:
         at once instead of waiting for the leases."""
         if self._fd is None:
             return
-        if not keep_file:
+        pinned = filelocks.PINNED_WHILE_OPEN
+        if not keep_file and not pinned:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         os.close(self._fd)
         self._fd = None
+        if not keep_file and pinned:  # Windows: only once closed; a judge may be first
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                self.path.unlink()
 
     def __enter__(self) -> RunLock:
         return self
@@ -209,20 +214,26 @@ class RunLock:
 
 
 def _create_locked(folder: Path, token: str, owner: str) -> int | None:
-    """The locked fd of the new `<token>.lock`, or None when the file system has no locks."""
-    temporary = folder / f".{token}.tmp"
-    fd = os.open(temporary, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+    """The locked fd of the new `<token>.lock`, or None when the file system has no locks.
+
+    Where an open file can be renamed, it is made and locked under a temporary name: nobody
+    can find the final name unlocked while its owner lives. On Windows it cannot, so the
+    final name is made at once; a judge that opens it before it is locked may take the lock
+    for a moment (and is then refused its removal, which says "alive": `_judge`)."""
+    pinned = filelocks.PINNED_WHILE_OPEN
+    final = folder / f"{token}{_SUFFIX}"
+    temporary = final if pinned else folder / f".{token}.tmp"
+    fd = osfiles.open_nofollow(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
-                raise
+            _lock_new(fd)
+        except filelocks.NoLocks:
             os.close(fd)
             temporary.unlink()
             return None
         os.write(fd, f"{owner}\n".encode())
-        os.rename(temporary, folder / f"{token}{_SUFFIX}")
+        if not pinned:
+            os.rename(temporary, final)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -231,31 +242,48 @@ def _create_locked(folder: Path, token: str, owner: str) -> int | None:
     return fd
 
 
+def _lock_new(fd: int) -> None:
+    """Lock a file this run just made; only a judge's passing look can hold it (Windows)."""
+    for _ in range(_LOCK_TRIES):
+        if filelocks.try_lock(fd):
+            return
+        time.sleep(0.01)
+    raise OSError(errno.EAGAIN, "the new run lock stayed locked by another process")
+
+
 def _judge(path: Path, remove: bool) -> bool | None:
     """Try the lock of one run's file: True (dead; the file removed if asked), False (held),
     None (no file, not ours to open, or no locks here). A shared lock would do to test, but
     an exclusive one keeps two judges from both removing while a third is looking."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = osfiles.open_nofollow(path, os.O_RDONLY)
     except OSError:
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
+            if not filelocks.try_lock(fd):
+                return False
         except OSError:
             return None
         # Ours now: the owner is gone. Removing while we hold it means whoever opened the
         # same file meanwhile also finds it free, and says "dead" too — which is true.
-        if remove:
+        if remove and not filelocks.PINNED_WHILE_OPEN:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        return True
     finally:
         os.close(fd)
+    if remove and filelocks.PINNED_WHILE_OPEN:
+        # Windows removes only a file nobody has open: refused, someone does (an owner in
+        # the moment between making and locking it, or another judge): "alive" errs safe.
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            return False
+    return True
 
 
 def _reason(exc: OSError) -> str:

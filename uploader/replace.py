@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from . import osfiles
 from .client import ApiError, MaiAgentClient
 from .content import new_digest
 from .model import (
@@ -122,7 +123,7 @@ def _digest(path: bytes, size: int) -> str | None:
     """The content hash of the regular file at `path` if it still has `size` bytes (else None), read
     without following a symbolic link, as an upload would read it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        fd = osfiles.open_nofollow(path, os.O_RDONLY | osfiles.NONBLOCK)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as file:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncGenerator, Callable
 from typing import IO, Any
 
-from . import tags
+from . import osfiles, tags
 from .model import DeletionRow, DoneRow, FailedRow, SkippedRow, VerificationItem
 from .queue import Queue, anchor, is_url, redact
 from .scan import display
@@ -215,7 +215,7 @@ async def export(q: Queue, db_path: str, target: str) -> dict[str, Any]:
         return await write(q, sys.stdout, db_path)
     _ensure_folder(os.path.dirname(os.path.abspath(target)), db_path)
     partial = f"{target}.partial"
-    fd = os.open(partial, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    fd = osfiles.open_file(partial, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20) as out:
             summary = await write(q, out, db_path)

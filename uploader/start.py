@@ -5,7 +5,6 @@ traceback or a silent death by the signal (143)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
@@ -16,16 +15,20 @@ _taken = False  # whether this process took SIGTERM (the program, not a test imp
 
 def _as_ctrl_c(_signum: int, _frame: object) -> None:
     """SIGTERM means what Ctrl+C means: it is handed to whoever handles SIGINT at the time
-    (Python's KeyboardInterrupt, asyncio's cancel of the command's coroutine)."""
-    os.kill(os.getpid(), signal.SIGINT)
+    (Python's KeyboardInterrupt, asyncio's cancel of the command's coroutine). Raised, not
+    sent with os.kill: on Windows that would end the process instead."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def take_signals() -> None:
-    """SIGTERM as Ctrl+C, unless the parent made this process ignore it."""
+    """SIGTERM (and Windows' Ctrl+Break, which would end the process at once) as Ctrl+C,
+    unless the parent made this process ignore it."""
     global _taken
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _as_ctrl_c)
         _taken = True
+    if sys.platform == "win32" and signal.getsignal(signal.SIGBREAK) is signal.SIG_DFL:
+        signal.signal(signal.SIGBREAK, _as_ctrl_c)
 
 
 def signals_back() -> None:

@@ -12,16 +12,16 @@ import functools
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import replace
+from . import processes, replace
 from .attempt import Attempt, Policy, Shared
 from .client import ApiError, MaiAgentClient, RateLimiter, make_session
 from .exitcodes import ExitCode
+from .interrupts import Interrupts
 from .labels import LabelResolver
 from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
@@ -167,12 +167,8 @@ def _dead_scanners(owners: list[tuple[str, float]], me: str) -> list[str]:
         if pid == os.getpid():  # an earlier process that had our pid (containers reuse them)
             dead.append(owner)
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if processes.is_running(pid) is False:
             dead.append(owner)
-        except PermissionError:
-            pass
     return dead
 
 
@@ -664,11 +660,10 @@ def exit_code(result: RunResult) -> ExitCode:
     return ExitCode.FAILED if result.failed_in_queue else ExitCode.OK
 
 
-def _install_signals(pool: Pool, notice: Callable[[str], None] | None) -> None:
+def _install_signals(signals: Interrupts, pool: Pool, notice: Callable[[str], None] | None) -> None:
     """First Ctrl+C or SIGTERM: stop claiming and finish in-flight files; second: quit now
     (the rows stay leased to a dead process, which the next run reclaims at once). Each is
     said through `notice` (the CLI's), which must have shown it when it returns."""
-    loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
         if pool.result.interrupted:
@@ -682,8 +677,7 @@ def _install_signals(pool: Pool, notice: Callable[[str], None] | None) -> None:
             )
         pool.stop()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    signals.on_interrupt(on_signal)
 
 
 async def execute(
@@ -704,8 +698,8 @@ async def execute(
     raise_open_files_limit()
     owner = make_owner(queue.scope.host)
     told = _Told(progress, notice, on_outage, on_start)
-    with _run_lock(queue, owner) as lock:
-        return await _execute(queue, settings, service, options, told, owner, lock)
+    with _run_lock(queue, owner) as lock, Interrupts() as signals:
+        return await _execute(queue, settings, service, options, told, owner, lock, signals)
 
 
 @dataclass(frozen=True)
@@ -756,6 +750,7 @@ async def _execute(
     told: _Told,
     owner: str,
     lock: RunLock | None,
+    signals: Interrupts,
 ) -> RunResult:
     if lock is not None:
         await _end_dead_runs(queue, lock)
@@ -806,7 +801,7 @@ async def _execute(
                         outage_seen,
                         lock,
                     )
-                    _install_signals(pool, told.notice)
+                    _install_signals(signals, pool, told.notice)
                     result.add(await pool.run())
                     if result.fatal is not None or result.interrupted:
                         break
