@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint demo bench messages clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(if $(QUICK),--quick,)
+
+# the message catalogues (uploader/locale) brought in step with the code, and compiled
+messages: $(STAMP)
+	$(BIN)/python -m tests.messages
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +15,9 @@ from tests.maiagent_server import Faults, MaiAgentServer
 
 # The session's PostgreSQL server and a fresh queue on it: `pg_server`, `pg_url`.
 pytest_plugins = ["tests.pg_server"]
+
+# The suite asserts English messages whatever this machine's locale (test_i18n asks for others).
+os.environ["LANGUAGE"] = "en"
 
 _KNOBS = {field.name for field in dataclasses.fields(Faults)}
 

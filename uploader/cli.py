@@ -26,6 +26,7 @@ from . import (
     checkup,
     client,
     content,
+    i18n,
     logs,
     outage,
     presets,
@@ -40,6 +41,7 @@ from . import (
     worker,
 )
 from .exitcodes import ExitCode
+from .i18n import _
 from .manifest import ManifestError, parse_metadata_option
 from .model import FAILURE_KINDS, EnqueueCounts, ErrorKind, HostScope, JobState, VerificationItem
 from .pipes import reader_gone
@@ -225,6 +227,16 @@ def _db_target(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     return value
 
 
+def _lang(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    if not i18n.known(value):
+        raise UserError(
+            _("--lang {value}: not a language of uploader (en, zh-TW)").format(value=value)
+        )
+    i18n.use(value)
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     handler = progress.AboveTheBar(sys.stderr)
@@ -281,6 +293,22 @@ class _Uploader(click.Group):
     the same way, while its options are read or while it runs (click's own would be
     "Aborted!" and exit 1 for both)."""
 
+    command_class = i18n.TranslatedCommand
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        chosen = os.environ.get("LANGUAGE")
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            if chosen is None:
+                os.environ.pop("LANGUAGE", None)
+            else:
+                os.environ["LANGUAGE"] = chosen
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with i18n.translated_help(self):
+            super().format_help(ctx, formatter)
+
     def make_context(
         self,
         info_name: str | None,
@@ -316,6 +344,15 @@ class _Uploader(click.Group):
 )
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (HTTP calls at -v).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final summary.")
+@click.option(
+    "--lang",
+    metavar="LANG",
+    is_eager=True,
+    expose_value=False,
+    callback=_lang,
+    help="The language of messages and help: en or zh-TW (default: from LANGUAGE, LC_ALL, "
+    "LC_MESSAGES or LANG).",
+)
 @click.pass_context
 def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) -> None:
     """Upload a folder of files into a MaiAgent knowledge base, exactly once.
@@ -788,13 +825,24 @@ def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
 def _summary(result: worker.RunResult, skipped: int) -> str:
     rate = (result.uploaded + result.failed) / result.elapsed if result.elapsed else 0.0
     speed = progress.rate_text(result.bytes / result.elapsed if result.elapsed else 0.0)
-    unchanged = f", unchanged {result.unchanged} (same content)" if result.unchanged else ""
+    unchanged = (
+        _(", unchanged {n} (same content)").format(n=result.unchanged) if result.unchanged else ""
+    )
     if result.relabelled:
-        unchanged += f", relabelled {result.relabelled} (update-metadata, no upload)"
+        unchanged += _(", relabelled {n} (update-metadata, no upload)").format(n=result.relabelled)
     uploaded = result.uploaded - result.unchanged - result.relabelled
-    return (
-        f"uploaded {uploaded}, failed {result.failed}, skipped "
-        f"{skipped}{unchanged} in {result.elapsed:.1f}s ({rate:.1f} files/s, {speed})"
+    summary = _(
+        "uploaded {uploaded}, failed {failed}, skipped {skipped}{unchanged} in {elapsed:.1f}s "
+        "({rate:.1f} files/s, {speed})"
+    )
+    return summary.format(
+        uploaded=uploaded,
+        failed=result.failed,
+        skipped=skipped,
+        unchanged=unchanged,
+        elapsed=result.elapsed,
+        rate=rate,
+        speed=speed,
     )
 
 
@@ -981,7 +1029,12 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     if idle is not None:
         code = ExitCode.NOTHING_TO_DO if nothing_to_do else ExitCode.OK
         if as_json:
-            click.echo(json.dumps({"nothing_pending": True, "message": idle, "exit_code": code}))
+            click.echo(
+                json.dumps(
+                    {"nothing_pending": True, "message": idle, "exit_code": code},
+                    ensure_ascii=False,
+                )
+            )
         else:
             click.echo(printable(idle))
         sys.exit(code)
@@ -1061,7 +1114,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     if as_json:
         if result.fatal is not None:
             click.echo(printable(f"Error: {result.fatal}"), err=True)
-        click.echo(json.dumps(_run_json(result, left, run_ids, code), indent=2))
+        click.echo(json.dumps(_run_json(result, left, run_ids, code), indent=2, ensure_ascii=False))
     else:
         _print_run(ctx, settings.kb_id, result, left)
     if code:
@@ -1513,16 +1566,19 @@ class ServiceError(click.ClickException):
             self.exit_code = ExitCode.FAILED
 
 
-GET_A_KEY = (
-    "it is on the API Key page of your MaiAgent account (the user name menu at the top right,"
-    " then Account)"
-)
+def get_a_key() -> str:
+    return _(
+        "it is on the API Key page of your MaiAgent account (the user name menu at the top "
+        "right, then Account)"
+    )
 
 
 def _check_service(api_key: str | None, base_url: str, allow_http: bool, what: str) -> None:
     if not api_key:
         raise UserError(
-            f"{what} needs an API key: set MAIAGENT_API_KEY (or pass --api-key); {GET_A_KEY}"
+            _(
+                "{command} needs an API key: set MAIAGENT_API_KEY (or pass --api-key); {where}"
+            ).format(command=what, where=get_a_key())
         )
     # Such a key cannot go into a header (aiohttp raises mid-run); name the character only.
     bad = next((c for c in api_key if not c.isprintable() or ord(c) > 0xFF), None)

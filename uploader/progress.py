@@ -12,9 +12,12 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
+from .i18n import _
 from .reconcile import UNSETTLED
 
-PAUSED = "paused: service unreachable"
+
+def paused() -> str:
+    return _("paused: service unreachable")
 
 
 def write(text: str) -> None:
@@ -96,7 +99,7 @@ class Progress:
 
     def _postfix(self) -> str:
         if self.paused:
-            return f"failed={self.failed} {PAUSED}"
+            return f"failed={self.failed} {paused()}"
         return f"failed={self.failed} {rate_text(self.bytes_per_s())}"
 
     def elapsed(self) -> float:
@@ -117,10 +120,24 @@ class Progress:
         pct = 100.0 * finished / self.total if self.total else 100.0
         rate = self.rate()
         eta = (self.total - finished) / rate if rate > 0 else 0.0
-        tail = PAUSED if self.paused else f"Rate: {rate:.1f} files/s | ETA: {eta:.0f}s"
+        tail = (
+            paused()
+            if self.paused
+            else _("Rate: {rate:.1f} files/s | ETA: {eta:.0f}s").format(rate=rate, eta=eta)
+        )
+        line = _(
+            "Progress: {finished}/{total} ({pct:.1f}%) | Success: {done} | Failed: {failed} | "
+            "{tail}"
+        )
         print(
-            f"Progress: {finished}/{self.total} ({pct:.1f}%) | Success: {self.done} | "
-            f"Failed: {self.failed} | {tail}",
+            line.format(
+                finished=finished,
+                total=self.total,
+                pct=pct,
+                done=self.done,
+                failed=self.failed,
+                tail=tail,
+            ),
             flush=True,
         )
 
