@@ -105,6 +105,7 @@ import os
 import random
 import secrets
 import signal
+import ssl
 import threading
 import time
 import urllib.parse
@@ -486,6 +487,7 @@ class MaiAgentServer:
         kbs: Iterable[str] | Mapping[str, str] = ("kb-test",),
         faults: Faults | None = None,
         dialect: str = "docs",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {DIALECTS}, not {dialect!r}")
@@ -495,6 +497,10 @@ class MaiAgentServer:
         self._origin = ""
         self._host = "127.0.0.1"
         self._port = 0
+        self._ssl = ssl_context  # serve https with it
+        self.s3_origin: str | None = None
+        """The origin presigned S3 URLs name (another host name for this server, say);
+        default the origin the presign was asked at."""
         self._auth = f"Api-Key {api_key}"
         self._secret = secrets.token_bytes(32)
         names = dict(kbs) if isinstance(kbs, Mapping) else {kb: kb for kb in kbs}
@@ -578,10 +584,13 @@ class MaiAgentServer:
             return
         runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(runner, self._host, self._port, backlog=1024).start()
+        await web.TCPSite(
+            runner, self._host, self._port, backlog=1024, ssl_context=self._ssl
+        ).start()
         self._runner = runner
         self._port = runner.addresses[0][1]
-        self._origin = f"http://{self._host}:{self._port}"
+        scheme = "https" if self._ssl else "http"
+        self._origin = f"{scheme}://{self._host}:{self._port}"
         self.base_url = self._origin + API_PREFIX
 
     async def _unlisten(self) -> None:
@@ -1079,7 +1088,7 @@ class MaiAgentServer:
         size = body.get("fileSize")
         if type(size) is not int or size < 0:
             return _detail(400, "fileSize must be a non-negative integer.")
-        url = f"{request.url.origin()}/s3/{BUCKET}/"
+        url = f"{self.s3_origin or request.url.origin()}/s3/{BUCKET}/"
         if self._chance(self.faults.bad_presign_url_rate):
             url = BAD_URL
         return _json({"url": url, "fields": self._presigned_fields(self._new_key(filename))})

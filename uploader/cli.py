@@ -28,6 +28,7 @@ from . import (
     content,
     i18n,
     logs,
+    network,
     outage,
     presets,
     progress,
@@ -167,11 +168,35 @@ def _strip_key(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     return (value.strip() or None) if value is not None else None
 
 
+def _proxy(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """--proxy, and the environment's proxies checked: a bad one is one line now."""
+    try:
+        chosen = None if value is None else network.parse_proxy(value, "--proxy")
+        network.check_environment()
+    except network.NetworkError as exc:
+        raise UserError(str(exc)) from None
+    network.use(dataclasses.replace(network.current(), proxy=chosen))
+    ctx.call_on_close(lambda: network.use(network.Network()))
+
+
+def _ca_bundle(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    problem = network.ssl_cert_file_problem()
+    if problem:
+        raise UserError(problem)
+    if value is not None:
+        try:
+            network.check_ca_bundle(value)
+        except network.NetworkError as exc:
+            raise UserError(str(exc)) from None
+    network.use(dataclasses.replace(network.current(), ca_bundle=value))
+    ctx.call_on_close(lambda: network.use(network.Network()))
+
+
 def service_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--api-key, --base-url, --allow-http: how every command that calls the service reaches
     it (the command gets api_key, base_url, allow_http; `_check_service` insists on a key, so
     that its absence is one line naming MAIAGENT_API_KEY rather than click's "Missing
-    option")."""
+    option"). --proxy and --ca-bundle go to `network`, which every session reads."""
     options = [
         click.option(
             "--api-key",
@@ -190,6 +215,22 @@ def service_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             "--allow-http",
             is_flag=True,
             help="Allow plain http (the key in clear text) to a host other than this machine.",
+        ),
+        click.option(
+            "--proxy",
+            metavar="URL",
+            expose_value=False,
+            callback=_proxy,
+            help="HTTP(S) proxy for every request, http://[USER:PASSWORD@]HOST:PORT; default "
+            "HTTPS_PROXY/HTTP_PROXY (NO_PROXY applies to both).",
+        ),
+        click.option(
+            "--ca-bundle",
+            metavar="FILE",
+            expose_value=False,
+            callback=_ca_bundle,
+            help="Also trust the CA certificates in FILE (PEM or DER): a company proxy's that "
+            "inspects TLS.",
         ),
     ]
 

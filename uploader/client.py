@@ -31,7 +31,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
-from . import osfiles
+from . import network, osfiles
 from .content import digest_of, new_digest
 from .limits import is_out_of_files, out_of_files_message
 
@@ -665,6 +665,7 @@ class MaiAgentClient:
         self.gate: Gate | None = None
         """Set by the pool: every request waits on it, every answer below 500 is reported."""
         self._upload_url: str | None = None  # the S3 endpoint last posted to, for `probe`
+        self._router = network.Router(network.current())
 
     # --- uploading ---
 
@@ -1025,11 +1026,21 @@ class MaiAgentClient:
         gate = self.gate
         if gate is not None:
             await gate.wait_open()
+        route = self._router.route(url)
+        if route.headers:
+            headers = {**(headers or {}), **route.headers}
         sent_at = time.monotonic()
         start = time.perf_counter()
         try:
             async with self._session.request(
-                method, url, data=data, headers=headers, timeout=timeout, allow_redirects=False
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                proxy=route.proxy,
+                proxy_headers=route.proxy_headers,
             ) as resp:
                 ok = 200 <= resp.status < 300
                 body = await _read_capped(resp, self._max_body if ok else _ERROR_BODY, ok)
@@ -1059,6 +1070,8 @@ class MaiAgentClient:
         suffix = f": {detail}" if detail else ""
         if status in (401, 403):
             return self._error(f"API key rejected (HTTP {status}){suffix}", "fatal", "auth", status)
+        if status == 407:
+            return self._error(f"{op}: {_proxy_refused(status)}", "fatal", "proxy", status)
         if status == 404 and kb_id is not None:
             message = (
                 f"knowledge base {kb_id} not found (HTTP 404):"
@@ -1104,7 +1117,9 @@ class MaiAgentClient:
         self, op: str, exc: BaseException, seconds: float | None, unsafe: bool
     ) -> ApiError:
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            return self._error(f"{op}: TLS certificate rejected ({exc})", "fatal", "tls")
+            return self._error(f"{op}: {_untrusted(exc)}", "fatal", "tls")
+        if isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status < 500:
+            return self._error(f"{op}: {_proxy_refused(exc.status)}", "fatal", "proxy")
         if is_out_of_files(exc):
             return out_of_files(exc)  # type: ignore[arg-type]
         # Failing to connect is the one case where the request surely never left.
@@ -1172,14 +1187,39 @@ def _scrub_key(text: str, key: str) -> str:
 
 
 def make_session(workers: int) -> aiohttp.ClientSession:
-    """One session for the whole run (call it inside the event loop), pooled to the workers."""
-    connector = aiohttp.TCPConnector(limit=workers * 2 + 4, ttl_dns_cache=300)
+    """One session for the whole run (call it inside the event loop), pooled to the workers;
+    it trusts the CAs `network.current()` names (the proxy is chosen per request)."""
+    connector = aiohttp.TCPConnector(
+        limit=workers * 2 + 4,
+        ttl_dns_cache=300,
+        ssl=network.ssl_context(network.current().ca_bundle),
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(),
         raise_for_status=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+def _untrusted(exc: aiohttp.ClientConnectorCertificateError) -> str:
+    """A certificate the trusted CAs do not vouch for: behind a company proxy that inspects
+    TLS, the usual cause is the company's CA, which the user can add."""
+    cause = exc.certificate_error
+    why = getattr(cause, "verify_message", None) or _one_line(str(cause))
+    return (
+        f"the TLS certificate of {exc.host}:{exc.port} is not trusted ({why}); if a company"
+        " proxy inspects TLS, trust its CA with --ca-bundle FILE (or SSL_CERT_FILE)"
+    )
+
+
+def _proxy_refused(status: int) -> str:
+    if status == 407:
+        return (
+            "the proxy asks for a user and password (HTTP 407): put them in the proxy URL,"
+            " http://USER:PASSWORD@HOST:PORT (--proxy or HTTPS_PROXY)"
+        )
+    return f"the proxy refused the connection (HTTP {status})"
 
 
 def _timeout(total: float) -> aiohttp.ClientTimeout:

@@ -70,6 +70,7 @@ class ErrorKind(_Text):
     AUTH = "auth"
     KB_NOT_FOUND = "kb_not_found"
     TLS = "tls"
+    PROXY = "proxy"  # the proxy refused us (407: it wants a user and password)
     TIMEOUT = "timeout"
     NETWORK = "network"
     BAD_RESPONSE = "bad_response"

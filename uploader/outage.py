@@ -38,12 +38,14 @@ import enum
 import errno
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 import aiohttp
 
+from uploader import network
 from uploader.client import ApiError
 from uploader.model import ErrorKind
 
@@ -98,7 +100,7 @@ class ServiceUnreachable(ApiError):
     def at_start(cls, error: BaseException) -> ServiceUnreachable:
         """A service the run could not reach at all: "cannot reach HOST:PORT (why)"."""
         reason = describe(error)
-        message = reason if reason.startswith("cannot reach") else f"service unreachable: {reason}"
+        message = reason if reason.startswith("cannot ") else f"service unreachable: {reason}"
         return cls(Outage(time.time(), reason), message)
 
 
@@ -128,11 +130,15 @@ def describe(error: BaseException) -> str:
         error = cause
     if isinstance(error, aiohttp.ClientConnectorError):
         os_error = error.os_error
+        via = network.is_proxy_host(error.host)
+        if isinstance(os_error, socket.gaierror):
+            return network.unresolved(error.host, os_error, via)
         code = os_error.errno if isinstance(os_error, OSError) else None
         why = os.strerror(code).lower() if code else "connection failed"
         if code == errno.ECONNREFUSED:
             why = "connection refused"
-        return f"cannot reach {error.host}:{error.port} ({why})"
+        what = "the proxy " if via else ""
+        return f"cannot reach {what}{error.host}:{error.port} ({why})"
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:_REASON_CHARS]
 
