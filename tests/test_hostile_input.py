@@ -23,7 +23,7 @@ import pytest
 from tests.helpers import KB, enqueue, invoke, rows, run_args, run_cli, spawn
 from tests.maiagent_server import MaiAgentServer
 from uploader.exitcodes import ExitCode
-from uploader.queue import sqlite as queue_sqlite
+from uploader.store import sqlite as queue_sqlite
 
 
 def assert_one_line_error(output: str, *needles: str) -> None:

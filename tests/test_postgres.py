@@ -15,7 +15,8 @@ from tests.helpers import async_test
 from tests.pg_server import PASSWORD, PgServer
 from uploader.model import Outcome, OutcomeKind, ScanRow
 from uploader.queue import QueueError, open_queue, redact
-from uploader.queue.postgres import VERSION_TABLE, _migrations
+from uploader.store.migrations import series
+from uploader.store.postgres import VERSION_TABLE
 
 KB = "kb-pg"
 OWNER = "host-a:1:" + "a" * 32
@@ -36,7 +37,7 @@ async def test_processes_starting_at_once_migrate_once(pg_url: str) -> None:
         await q.close()
     versions = await _fetch(pg_url, f"SELECT version FROM {VERSION_TABLE} ORDER BY version")
     # every migration once (numbers are reserved ahead, so there may be gaps)
-    assert [r[0] for r in versions] == [number for number, _sql in _migrations()]
+    assert [r[0] for r in versions] == [m.number for m in series()]
 
 
 @async_test

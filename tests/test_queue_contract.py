@@ -561,17 +561,6 @@ async def test_a_write_cancelled_at_any_point_leaves_the_queue_usable(queue_targ
 
 
 @async_test
-async def test_label_ids_are_kept_per_knowledge_base(queue_target: str) -> None:
-    async with await open_queue(queue_target) as q:
-        assert await q.label_ids(KB) == {}
-        await q.store_labels(KB, [("hr", "id-1"), ("ops", "id-2")])
-        await q.store_labels("kb-other", [("hr", "id-9")])
-        await q.store_labels(KB, [("hr", "id-3"), ("hr", "id-3")])
-        assert await q.label_ids(KB) == {"hr": "id-3", "ops": "id-2"}
-        assert await q.label_ids("kb-other") == {"hr": "id-9"}
-
-
-@async_test
 async def test_a_run_keeps_the_reason_it_stopped(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
         stopped = await q.start_run(OWNER, {})

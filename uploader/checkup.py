@@ -46,6 +46,7 @@ from .outage import Evidence, classify
 from .queue import Queue
 from .reconcile import CLOCK_SKEW, PAGE_SIZE, open_client, transient
 from .retrying import Retry, retrying
+from .store.facts import FactsStore
 
 log = logging.getLogger("uploader.check")
 
@@ -559,7 +560,7 @@ async def remember(q: Queue, result: CheckResult) -> bool:
     before a register answered)."""
     if result.dry_run or "register_answer" not in result.facts:
         return False
-    await q.store_service_facts(
+    await FactsStore(q.engine).store_service_facts(
         ServiceFacts(
             result.base_url,
             result.kb_id,
@@ -581,7 +582,7 @@ async def register_batch(q: Queue, base_url: str, kb_ids: list[str], requested: 
     base = normal_base_url(base_url)
     unproven = []
     for kb_id in kb_ids:
-        known = await q.service_facts(base, kb_id)
+        known = await FactsStore(q.engine).service_facts(base, kb_id)
         if known is None or not known.batch_register:
             unproven.append(kb_id)
     if kb_ids and not unproven:
@@ -600,4 +601,6 @@ async def learned_from_run(q: Queue, base_url: str, proved: dict[str, bool]) -> 
     """What a run's batched register answers showed, per knowledge base, for later runs."""
     base = normal_base_url(base_url)
     for kb_id, ok in proved.items():
-        await q.store_service_facts(ServiceFacts(base, kb_id, time.time(), "run", ok, {}))
+        await FactsStore(q.engine).store_service_facts(
+            ServiceFacts(base, kb_id, time.time(), "run", ok, {})
+        )

@@ -5,7 +5,7 @@ A run's workers all want the same few labels at the same moment (16 files of `hr
 together), and a label must be created once: two POSTs of one name make a duplicate or a
 refusal. So within a run each (knowledge base, name) is resolved by one task that every
 worker asking for it awaits, and a knowledge base is listed by one task at a time. Across
-runs the ids are kept in the queue (`label_ids`/`store_labels`), so a second run asks the
+runs the ids are kept in the database (store/facts.py), so a second run asks the
 service nothing for labels it already knows. Across processes (several hosts, one queue) a
 create can still lose the race: the service answers that the name exists
 (`label_exists`), and the label is then read from a fresh listing.
@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from .client import ApiError, LabelForm, MaiAgentClient, Method
 from .model import ErrorKind
 from .queue import Queue
+from .store.facts import FactsStore
 
 log = logging.getLogger("uploader.run")
 
@@ -38,7 +39,7 @@ class LabelResolver:
 
     def __init__(self, client: MaiAgentClient, queue: Queue) -> None:
         self._client = client
-        self._queue = queue
+        self._facts = FactsStore(queue.engine)
         self._known: dict[str, dict[str, str]] = {}  # per knowledge base: name -> id
         self._loading: dict[str, asyncio.Task[None]] = {}  # the queue's ids, read once per kb
         self._listing: dict[str, asyncio.Task[None]] = {}  # the listing being read, per kb
@@ -116,7 +117,7 @@ class LabelResolver:
             return
 
     async def _load(self, kb_id: str) -> None:
-        self._known[kb_id] = await self._queue.label_ids(kb_id)
+        self._known[kb_id] = await self._facts.label_ids(kb_id)
 
     async def _resolve(self, kb_id: str, name: str) -> str:
         """A fresh listing first (the label may have been made in the web interface or by
@@ -143,7 +144,7 @@ class LabelResolver:
         self.created += 1
         log.info("label %r created in %s (id %s)", name, kb_id, label.id)
         known[name] = label.id
-        await self._queue.store_labels(kb_id, [(name, label.id)])
+        await self._facts.store_labels(kb_id, [(name, label.id)])
         return label.id
 
     async def _list(self, kb_id: str, again: bool = False) -> None:
@@ -161,7 +162,7 @@ class LabelResolver:
         pairs = [(label.name, label.id) for label in labels if label.name]
         self._known[kb_id].update(pairs)
         if pairs:
-            await self._queue.store_labels(kb_id, pairs)
+            await self._facts.store_labels(kb_id, pairs)
 
 
 async def _shared(

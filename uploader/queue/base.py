@@ -1,4 +1,4 @@
-"""The queue contract: what every backend (SQLite today, PostgreSQL next) guarantees.
+"""The job queue contract: what every backend (SQLite, PostgreSQL) guarantees.
 
 A `Queue` owns its connection(s), its transactions and its locking; callers (the pool, the
 attempt, reconcile, report, scan, the CLI) never see a connection or a line of SQL. Each
@@ -48,20 +48,15 @@ from ..model import (
     ReportRow,
     RequeueItem,
     ScanRow,
-    ServiceFacts,
     Superseded,
     SupersededEntry,
     SupersedeFailure,
     TagMismatch,
     VerificationItem,
 )
+from ..store.engine import Engine, QueueError
 
 Match = Callable[[str], bool]
-
-
-class QueueError(Exception):
-    """A database problem the user can act on; the message is one line that says what to do
-    (and never holds a password)."""
 
 
 class Queue(abc.ABC):
@@ -77,6 +72,12 @@ class Queue(abc.ABC):
     # name, nothing shared): what `enqueue_batch` records and what `claim`, `next_due`,
     # `kbs_with_work` and `pending_totals` are limited to.
     scope: HostScope = HostScope(socket.gethostname())
+
+    @property
+    @abc.abstractmethod
+    def engine(self) -> Engine:
+        """The database under this queue, for the stores of the other concerns
+        (uploader/store/): `FactsStore(q.engine)`."""
 
     @property
     def runs_folder(self) -> Path | None:
@@ -423,26 +424,6 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         """One transaction: the remote status reading an entry back showed."""
-
-    # --- what the service was seen to speak ----------------------------------------------
-
-    @abc.abstractmethod
-    async def store_service_facts(self, facts: ServiceFacts) -> None:
-        """One transaction: replace what is known of (base_url, kb_id) by `facts`, except
-        that a None `batch_register` or empty `facts` keep what is already known (a run
-        learns about batching only, and only when it batched)."""
-
-    @abc.abstractmethod
-    async def service_facts(self, base_url: str, kb_id: str) -> ServiceFacts | None:
-        """What is known of (base_url, kb_id), or None."""
-
-    @abc.abstractmethod
-    async def label_ids(self, kb_id: str) -> dict[str, str]:
-        """The label ids of `kb_id` by name, as `store_labels` kept them."""
-
-    @abc.abstractmethod
-    async def store_labels(self, kb_id: str, labels: Sequence[tuple[str, str]]) -> None:
-        """One transaction: (name, id) pairs of `kb_id`'s labels, replacing the id a name had."""
 
     # --- why a run stopped ------------------------------------------------------------------
 

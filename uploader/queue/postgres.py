@@ -21,13 +21,11 @@ pool lets the pool's claims, its writer and its lease keeper overlap.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -62,45 +60,14 @@ from ..model import (
     TagMismatch,
     VerificationItem,
 )
+from ..store.postgres import NOW, PgEngine, status_count
 from ..tags import EMPTY as EMPTY_TAGS
 from .base import Queue, QueueError
 from .sqlite_jobs import BACK_TO_PENDING, FORGET_CHANGED, FORGET_UPLOAD, RETRY_TO_PENDING
-from .target import HIDDEN, password_of, redact
 
 log = logging.getLogger("uploader.queue")
 
-POOL_SIZE = 4
-CONNECT_TIMEOUT = 15.0
-# pg_advisory_xact_lock key of the migrations ("uploader" in ASCII): one process migrates.
-MIGRATION_LOCK = 0x75706C6F61646572
-VERSION_TABLE = "uploader_schema"
-# A new measurement of the clocks' difference replaces the old one only beyond this: times
-# read, shifted and written back stay exactly what they were.
-SKEW_TOLERANCE = 0.5
-NOW = "extract(epoch from now())::float8"
 ANALYZE_AFTER = 1000
-
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
-
-
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("uploader.migrations").joinpath("postgresql")
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-def schema_version() -> int:
-    return _migrations()[-1][0]
-
-
-def _status_count(status: str) -> int:
-    """The row count of a command tag such as 'UPDATE 3' or 'INSERT 0 3'."""
-    return int(status.rsplit(" ", 1)[-1])
-
 
 # --- statements ------------------------------------------------------------------------------
 
@@ -495,13 +462,6 @@ ON CONFLICT (base_url, kb_id) DO UPDATE SET learned_at = excluded.learned_at,
     batch_register = COALESCE(excluded.batch_register, service_facts.batch_register)"""
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """A connection goes back to the pool as it is (asyncpg still rolls back a transaction
-    left open): the queue sets no session state (no SET, LISTEN, session advisory lock or
-    cursor outside a transaction), so asyncpg's default reset, four statements in one more
-    round trip at every release, only doubled the round trips of claims and completions."""
-
-
 def _rounds(outcomes: Sequence[Outcome]) -> list[list[Outcome]]:
     """The batch split so that no job appears twice in one round, each job's outcomes in
     their order (nearly always one round: an attempt's `uploaded` and its end rarely share a
@@ -530,152 +490,39 @@ def _run_dict(row: Sequence[Any], to_host: Callable[[float | None], float | None
 
 
 class PgQueue(Queue):
-    """The queue in one PostgreSQL database (or the schema its URL's search_path names)."""
+    """The queue in one PostgreSQL database, over one `PgEngine` (uploader/store/postgres.py),
+    which owns the pool, the transactions, the migrations and the clocks."""
 
     errors = (QueueError,)  # every driver error is turned into a one-line QueueError
 
-    def __init__(self, pool: asyncpg.Pool, target: str) -> None:
-        self._pool = pool
-        self._shown = redact(target)
-        self._password = password_of(target)
-        self._held: dict[asyncio.Task[Any], asyncpg.Connection] = {}
-        self._skew = 0.0  # the database's clock minus ours, in seconds
+    def __init__(self, engine: PgEngine) -> None:
+        self._engine = engine
+        self._pool = engine.pool
         self._enqueued = 0  # rows this queue added or re-queued since its last ANALYZE
         self._analyzed = 0  # ... and before it
-        self._closed = False
 
-    # --- life ----------------------------------------------------------------------------
+    @property
+    def engine(self) -> PgEngine:
+        return self._engine
 
     @classmethod
     async def open(cls, target: str, *, create: bool = True) -> PgQueue:
-        """Connect, check the schema's version and migrate; every failure a QueueError whose
-        message shows the URL without its password."""
-        shown = redact(target)
-        try:
-            pool = await asyncpg.create_pool(
-                target,
-                min_size=1,
-                max_size=POOL_SIZE,
-                timeout=CONNECT_TIMEOUT,
-                server_settings={"application_name": "uploader"},
-                reset=_keep_session,
-            )
-        except (*_DRIVER_ERRORS, ValueError) as exc:
-            raise QueueError(
-                _scrub(f"cannot connect to database {shown}: {_reason(exc)}", password_of(target))
-            ) from None
-        q = cls(pool, target)
-        try:
-            await q._migrate(create)
-            async with q._connection() as conn:
-                await q._sync_clock(conn, force=True)
-        except BaseException:
-            await q.close()
-            raise
-        return q
+        return cls(await PgEngine.open(target, create=create))
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(*_DRIVER_ERRORS):
-                await asyncio.wait_for(self._pool.close(), timeout=10)
+        await self._engine.close()
 
-    def _explain(self, exc: BaseException) -> str:
-        if isinstance(exc, asyncpg.PostgresError):
-            text = f"database {self._shown}: {_reason(exc)}"
-        else:
-            text = f"lost the connection to database {self._shown}: {_reason(exc)}"
-        return _scrub(text, self._password)
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        return self._engine.connection()
 
-    @contextlib.asynccontextmanager
-    async def _translated(self) -> AsyncIterator[None]:
-        try:
-            yield
-        except _DRIVER_ERRORS as exc:
-            raise QueueError(self._explain(exc)) from None
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """The task's transaction's connection when it is inside one, else one of the pool."""
-        held = self._held.get(asyncio.current_task())  # type: ignore[arg-type]
-        async with self._translated():
-            if held is not None:
-                yield held
-                return
-            async with self._pool.acquire() as conn:
-                yield conn
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """One transaction on one pooled connection; the same task opening another inside
-        it gets a savepoint on that connection (asyncpg nests them so)."""
-        task = asyncio.current_task()
-        assert task is not None
-        held = self._held.get(task)
-        if held is not None:
-            async with self._translated(), held.transaction():
-                yield held
-            return
-        async with self._connection() as conn, conn.transaction():
-            self._held[task] = conn
-            try:
-                yield conn
-            finally:
-                del self._held[task]
-
-    async def _migrate(self, create: bool) -> None:
-        """Apply the missing migrations in one transaction under an advisory lock, so that
-        processes starting at once against an empty database apply them once."""
-        latest = schema_version()
-        async with self.transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            if await conn.fetchval("SELECT to_regclass($1) IS NULL", VERSION_TABLE):
-                if not create:
-                    raise QueueError(
-                        f"no uploader queue in database {self._shown}: run `uploader "
-                        "enqueue DIR` first (or check --db)"
-                    )
-                if await conn.fetchval("SELECT to_regclass('jobs') IS NOT NULL"):
-                    raise QueueError(
-                        f"database {self._shown} has a jobs table that uploader did not "
-                        "make: give uploader its own database (or schema)"
-                    )
-                await conn.execute(
-                    f"CREATE TABLE {VERSION_TABLE} (version integer PRIMARY KEY,"
-                    " applied_at double precision NOT NULL)"
-                )
-            applied = {r[0] for r in await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")}
-            current = max(applied, default=0)
-            if current > latest:
-                raise QueueError(
-                    f"database {self._shown} was made by a newer version of uploader (schema "
-                    f"{current}, this version knows {latest}); upgrade uploader to use it"
-                )
-            # Each missing one, even below the newest applied: numbers are reserved ahead,
-            # so a migration may land after a higher-numbered one.
-            for number, sql in _migrations():
-                if number not in applied:
-                    await conn.execute(sql)
-                    await conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES ($1, {NOW})", number)
-                    log.info("database %s: migration %04d applied", self._shown, number)
-
-    # --- the two clocks ------------------------------------------------------------------
-
-    async def _sync_clock(self, conn: asyncpg.Connection, force: bool = False) -> None:
-        before = time.time()
-        db_now = await conn.fetchval("SELECT extract(epoch from clock_timestamp())::float8")
-        skew = db_now - (before + time.time()) / 2
-        if force or abs(skew - self._skew) > SKEW_TOLERANCE:
-            if abs(skew) > 5:
-                log.info("this host's clock is %.1f s off the database's", -skew)
-            self._skew = skew
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        return self._engine.transaction()
 
     def _to_host(self, t: float | None) -> float | None:
-        return None if t is None else t - self._skew
+        return self._engine.to_host(t)
 
     def _to_db(self, t: float | None) -> float | None:
-        """A host time as the database's; 0 (due at once) stays 0."""
-        return t + self._skew if t else t
+        return self._engine.to_db(t)
 
     # --- enqueue -------------------------------------------------------------------------
 
@@ -693,14 +540,12 @@ class PgQueue(Queue):
                 args = _enqueue_args(readable, host, shared)
                 if not shared:
                     foreign = await conn.fetchval(_FOREIGN, kb_id, args[0], host)
-                touched = _status_count(await conn.execute(_RECHECK, kb_id, *args))
+                touched = status_count(await conn.execute(_RECHECK, kb_id, *args))
                 await conn.execute(_SUPERSEDE, kb_id, *args)
-                changed = touched + _status_count(
-                    await conn.execute(_REQUEUE_CHANGED, kb_id, *args)
-                )
-                relabel = _status_count(await conn.execute(_RELABEL, kb_id, *args))
+                changed = touched + status_count(await conn.execute(_REQUEUE_CHANGED, kb_id, *args))
+                relabel = status_count(await conn.execute(_RELABEL, kb_id, *args))
                 await conn.execute(_RETAG, kb_id, *args)
-                new = _status_count(await conn.execute(_INSERT, kb_id, *args))
+                new = status_count(await conn.execute(_INSERT, kb_id, *args))
             if skipped:
                 args = _enqueue_args(skipped, host, shared)
                 await conn.execute(_RETAG, kb_id, *args)
@@ -838,7 +683,7 @@ class PgQueue(Queue):
         """Extend our leases by the database's clock (and measure the clocks again: the
         keeper calls this every third of a lease)."""
         async with self._connection() as conn:
-            await self._sync_clock(conn)
+            await self._engine.sync_clock(conn)
             rows = await conn.fetch(
                 f"UPDATE jobs SET lease_expires = {NOW} + $2 WHERE state = 'running'"
                 " AND lease_owner = $1 RETURNING id",
@@ -948,7 +793,7 @@ class PgQueue(Queue):
                 status = await conn.execute(
                     f"UPDATE jobs SET {RETRY_TO_PENDING} WHERE {where}", kb_id, kinds
                 )
-            return _status_count(status)
+            return status_count(status)
         async with self.transaction() as conn:
             rows = await conn.fetch(
                 f"SELECT id, relpath FROM jobs WHERE {where} FOR UPDATE", kb_id, kinds
@@ -957,7 +802,7 @@ class PgQueue(Queue):
             status = await conn.execute(
                 f"UPDATE jobs SET {RETRY_TO_PENDING} WHERE id = ANY($1::int8[])", ids
             )
-        return _status_count(status)
+        return status_count(status)
 
     async def report_totals(self) -> dict[str, Any]:
         async with self._connection() as conn:
@@ -1161,7 +1006,7 @@ class PgQueue(Queue):
         ids = list(job_ids)
         async with self.transaction() as conn:
             await conn.execute(_REMOVE_ENTRIES, ids)
-            return _status_count(await conn.execute(_MARK_REMOVED, ids))
+            return status_count(await conn.execute(_MARK_REMOVED, ids))
 
     async def settle_superseded(
         self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
@@ -1304,7 +1149,7 @@ class PgQueue(Queue):
             status = await conn.execute(
                 _REQUEUE_REMOTE, [j.job_id for j in jobs], [j.file_id for j in jobs]
             )
-        return _status_count(status)
+        return status_count(status)
 
     async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         if not statuses:
@@ -1432,14 +1277,3 @@ def _enqueue_args(rows: Sequence[ScanRow], host: str, shared: bool) -> list[Any]
         [r.parser for r in rows],
         [r.display_name for r in rows],
     ]
-
-
-def _reason(exc: BaseException) -> str:
-    """One line of what went wrong, without the driver's class names."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text and text[0] else type(exc).__name__
-
-
-def _scrub(text: str, password: str | None) -> str:
-    """A message that quotes the URL it failed with must still not show its password."""
-    return text.replace(password, HIDDEN) if password else text

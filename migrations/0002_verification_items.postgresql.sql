@@ -1,0 +1,1 @@
+-- Nothing to do on PostgreSQL: its 0001 made verification_items with the other tables.

@@ -1,0 +1,1 @@
+-- Nothing to do on PostgreSQL: its 0001 gave remote_files its file_key column and index.

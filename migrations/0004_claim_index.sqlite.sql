@@ -1,0 +1,2 @@
+-- Nothing to do on SQLite: its 0001 made the claim index it needs (PostgreSQL's is partial,
+-- see the PostgreSQL file of this number).

@@ -1,0 +1,1 @@
+-- Nothing to do on SQLite: a fill factor is PostgreSQL's (room for HOT updates of jobs).

@@ -1,0 +1,2 @@
+-- Nothing to do on SQLite: the row type of a batch of outcomes is PostgreSQL's (SQLite
+-- writes outcomes with executemany).

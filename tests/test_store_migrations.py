@@ -1,0 +1,232 @@
+"""The one migration series (migrations/, uploader/store/migrations.py): every number a pair,
+and the databases made before the two series were joined upgraded in place.
+
+The databases "made by today's code" are built here as the uploader of that time built them:
+its migration files, frozen in tests/fixtures/legacy_migrations/ (SQLite's and PostgreSQL's
+own numbering), applied by its rules (SQLite: `PRAGMA user_version`; PostgreSQL: the
+`uploader_schema` table). The frozen copies are held to the series byte for byte, so the
+join is proven a renaming, and an upgraded database must end with the schema of a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.helpers import ROOT, async_test
+from tests.pg_server import PgServer
+from uploader.model import HostScope, ScanRow
+from uploader.queue import QueueError, open_queue
+from uploader.store.migrations import LEGACY_POSTGRESQL, has_statements, series
+from uploader.store.postgres import LEGACY_REFUSAL, LEGACY_VERSION_TABLE, VERSION_TABLE
+
+LEGACY = ROOT / "tests" / "fixtures" / "legacy_migrations"
+KB = "kb-legacy"
+HOST = "host-legacy"
+OWNER = f"{HOST}:1:" + "a" * 32
+
+
+def _legacy(dialect: str) -> list[tuple[int, Path]]:
+    return sorted((int(p.name[:4]), p) for p in (LEGACY / dialect).glob("*.sql"))
+
+
+def test_every_number_is_a_pair_of_files() -> None:
+    names = {p.name for p in (ROOT / "migrations").glob("*.sql")}
+    for name in names:
+        assert re.fullmatch(r"\d{4}_\w+\.(sqlite|postgresql)\.sql", name), name
+        stem = name.rsplit(".", 2)[0]
+        assert {f"{stem}.sqlite.sql", f"{stem}.postgresql.sql"} <= names, name
+    assert len(series()) * 2 == len(names)
+
+
+def test_the_join_renamed_the_old_files_and_added_only_comments() -> None:
+    by_number = {m.number: m for m in series()}
+    legacy_max = max(n for news in LEGACY_POSTGRESQL.values() for n in news)
+    covered: set[tuple[int, str]] = set()
+    for number, path in _legacy("sqlite"):
+        assert by_number[number].sqlite == path.read_text(encoding="utf-8"), path.name
+        covered.add((number, "sqlite"))
+    for number, path in _legacy("postgresql"):
+        new = LEGACY_POSTGRESQL[number][0]
+        assert by_number[new].postgresql == path.read_text(encoding="utf-8"), path.name
+        covered.add((new, "postgresql"))
+    for m in series():
+        if m.number <= legacy_max:
+            for dialect in ("sqlite", "postgresql"):
+                if (m.number, dialect) not in covered:
+                    assert not has_statements(getattr(m, dialect)), (m.number, dialect)
+
+
+# --- SQLite ----------------------------------------------------------------------------------
+
+
+def _sqlite_schema(db: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        ).fetchall()
+
+
+def _build_legacy_sqlite(db: Path) -> None:
+    """As the uploader before the join: each file whose number is above user_version."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for number, path in _legacy("sqlite"):
+            for statement in _split(path.read_text(encoding="utf-8")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+        conn.execute(
+            "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, enqueued_at, host)"
+            " VALUES (?, ?, 'old.txt', 3, 1, 'pending', 1.0, ?)",
+            (KB, b"/legacy/old.txt", HOST),
+        )
+
+
+def _split(script: str) -> list[str]:
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer)
+            buffer = ""
+    return statements
+
+
+@async_test
+async def test_a_sqlite_database_of_the_old_series_upgrades_in_place(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.db", tmp_path / "new.db"
+    _build_legacy_sqlite(old)
+    scope = HostScope(HOST)
+    async with await open_queue(str(old), scope=scope) as q:
+        await q.enqueue_batch(KB, [ScanRow(b"/legacy/new.txt", "new.txt", 4, 2)])
+        claimed = await q.claim(OWNER, 10, 60.0)
+        assert sorted(j.relpath for j in claimed) == ["new.txt", "old.txt"]
+    async with await open_queue(str(new)):
+        pass
+    assert _sqlite_schema(old) == _sqlite_schema(new)
+    with contextlib.closing(sqlite3.connect(old)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == series()[-1].number
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def old_and_new(pg_server: PgServer) -> tuple[str, str]:
+    """Two empty schemas: one for a database of the old series, one for a new database."""
+    return pg_server.fresh_queue_url(), pg_server.fresh_queue_url()
+
+
+async def _build_legacy_pg(url: str, leave_out: frozenset[int] = frozenset()) -> None:
+    """As the uploader before the join: PostgreSQL's own files, numbered in `uploader_schema`."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                f"CREATE TABLE {LEGACY_VERSION_TABLE} (version integer PRIMARY KEY,"
+                " applied_at double precision NOT NULL)"
+            )
+            for number, path in _legacy("postgresql"):
+                if number in leave_out:
+                    continue
+                await conn.execute(path.read_text(encoding="utf-8"))
+                await conn.execute(f"INSERT INTO {LEGACY_VERSION_TABLE} VALUES ($1, 0)", number)
+        await conn.execute(
+            "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, enqueued_at, host)"
+            " VALUES ($1, $2, 'old.txt', 3, 1, 'pending', 1.0, $3)",
+            KB,
+            b"/legacy/old.txt",
+            HOST,
+        )
+    finally:
+        await conn.close()
+
+
+async def _pg_schema(url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Tables, columns, indexes, constraints, storage options and row types of the URL's
+    schema, with the schema's name taken out; the version tables left out."""
+    conn = await asyncpg.connect(url)
+    versions = (VERSION_TABLE, LEGACY_VERSION_TABLE)
+    try:
+        schema = await conn.fetchval("SELECT current_schema()")
+        queries = {
+            "columns": "SELECT table_name, column_name, data_type, is_nullable, column_default"
+            " FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND NOT (table_name = ANY($1::text[]))",
+            "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = current_schema() AND NOT (tablename = ANY($1::text[]))",
+            "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+            " FROM pg_constraint WHERE connamespace = current_schema()::regnamespace"
+            " AND NOT (conrelid::regclass::text = ANY($1::text[]))",
+            "options": "SELECT relname, reloptions FROM pg_class"
+            " WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r'"
+            " AND NOT (relname = ANY($1::text[]))",
+            "types": "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)"
+            " FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid"
+            " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'c'"
+            " AND a.attnum > 0 AND $1::text[] IS NOT NULL",
+        }
+        found = {}
+        for name, sql in queries.items():
+            rows = await conn.fetch(sql, list(versions))
+            found[name] = sorted(tuple(str(v).replace(f"{schema}.", "") for v in r) for r in rows)
+        return found
+    finally:
+        await conn.close()
+
+
+@async_test
+async def test_a_postgresql_database_of_the_old_series_upgrades_in_place(
+    old_and_new: tuple[str, str],
+) -> None:
+    old, new = old_and_new
+    await _build_legacy_pg(old)
+    async with await open_queue(old, create=False, scope=HostScope(HOST)) as q:
+        await q.enqueue_batch(KB, [ScanRow(b"/legacy/new.txt", "new.txt", 4, 2)])
+        claimed = await q.claim(OWNER, 10, 60.0)
+        assert sorted(j.relpath for j in claimed) == ["new.txt", "old.txt"]
+    async with await open_queue(new):
+        pass
+    assert await _pg_schema(old) == await _pg_schema(new)
+    conn = await asyncpg.connect(old)
+    try:
+        applied = [r[0] for r in await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")]
+        legacy = [r[0] for r in await conn.fetch(f"SELECT version FROM {LEGACY_VERSION_TABLE}")]
+    finally:
+        await conn.close()
+    assert sorted(applied) == [m.number for m in series()]
+    assert legacy == [LEGACY_REFUSAL]  # an uploader of the old series says "newer version"
+
+
+@async_test
+async def test_a_postgresql_database_missing_old_migrations_gets_them(
+    old_and_new: tuple[str, str],
+) -> None:
+    """The mapping is per number: an old database that never applied PostgreSQL's 0015 and
+    0016 (now 0005 and 0012, below numbers it has) gets exactly those."""
+    old, new = old_and_new
+    await _build_legacy_pg(old, leave_out=frozenset({15, 16}))
+    async with await open_queue(old):
+        pass
+    async with await open_queue(new):
+        pass
+    assert await _pg_schema(old) == await _pg_schema(new)
+
+
+@async_test
+async def test_an_old_series_number_this_version_does_not_know_is_refused(pg_url: str) -> None:
+    old = pg_url
+    await _build_legacy_pg(old)
+    conn = await asyncpg.connect(old)
+    try:
+        await conn.execute(f"INSERT INTO {LEGACY_VERSION_TABLE} VALUES (17, 0)")
+    finally:
+        await conn.close()
+    with pytest.raises(QueueError, match="newer version of uploader"):
+        await open_queue(old)

@@ -1,0 +1,298 @@
+"""The SQLite engine: one object owns the connection, its lock and its transactions.
+
+Connections are autocommit (`isolation_level=None`); each write is one explicit
+`BEGIN IMMEDIATE` transaction, so a writer waits for the lock up front (busy timeout)
+instead of failing half-way when a deferred read transaction turns into a write. Times are
+this host's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+
+from ..liveness import runs_dir
+from ..retrying import Growth, Retry, retrying
+from .engine import Dialect, Engine, QueueError, Sql
+from .migrations import has_statements, latest, series
+
+log = logging.getLogger("uploader.queue")
+
+BUSY_TIMEOUT_MS = 5000
+CACHE_KIB = 32 * 1024
+# after the busy timeout (another process holds the write lock), six more tries: 4.2 s more
+LOCKED = Retry(tries=7, first=0.2, growth=Growth.LINEAR)
+
+
+def _locked(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+def _said(_exc: Exception, retry: int) -> None:
+    log.warning("database is locked by another process; retrying (%d)", retry)
+
+
+def _create_private(path: str) -> None:
+    """The database holds file paths and history: readable by its owner only."""
+    if path == ":memory:" or os.path.exists(path):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise QueueError(f"cannot create database {path}: folder {folder} does not exist")
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise QueueError(f"cannot create database {path}: {exc.strerror}") from None
+
+
+def explain(path: str, exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"{path} is not a usable uploader database ({text}); move it aside and run "
+            "`uploader enqueue DIR` again to start a new one"
+        )
+    if "locked" in text or "busy" in text:
+        return f"database {path} is locked by another process; try again when it has finished"
+    return f"database {path}: {text}"
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer
+            buffer = ""
+    if has_statements(buffer):
+        raise sqlite3.DatabaseError(f"incomplete statement in migration: {buffer[:60]!r}")
+
+
+async def _to_completion(conn: aiosqlite.Connection, sql: str) -> None:
+    """BEGIN, COMMIT and ROLLBACK run in the database thread whatever happens to our task;
+    a cancel is let through only once the statement is over (rolling back a BEGIN it
+    interrupted), so the connection is never left inside a transaction nobody owns."""
+    statement = asyncio.ensure_future(conn.execute(sql))
+    cancelled = False
+    while not statement.done():
+        try:
+            await asyncio.shield(statement)
+        except asyncio.CancelledError:
+            cancelled = True
+    statement.result()
+    if cancelled:
+        if sql.startswith("BEGIN") and conn.in_transaction:
+            await _to_completion(conn, "ROLLBACK")
+        raise asyncio.CancelledError
+
+
+class SqliteEngine(Engine):
+    """One SQLite file (WAL, owner-only), migrated by `PRAGMA user_version`."""
+
+    dialect = Dialect.SQLITE
+    errors = (QueueError, sqlite3.Error)
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._holder: asyncio.Task[Any] | None = None  # the task inside the transaction
+        self._savepoints = 0
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str, *, create: bool = True) -> SqliteEngine:
+        """Open (and migrate) the database, turning every way it can fail into QueueError;
+        before changing a byte, refuse a file that is not ours."""
+        if os.path.isdir(path):
+            raise QueueError(f"database path {path} is a folder, not a file")
+        if not create and not os.path.exists(path):
+            raise QueueError(
+                f"no database at {path}: run `uploader enqueue DIR` first (or pass --db)"
+            )
+        _create_private(path)
+        try:
+            conn = await _connect(path)
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot open database {path}: {exc}") from None
+        engine = cls(conn, path)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await engine._check_version()
+            mode = await engine.fetchval("PRAGMA journal_mode = WAL")
+            if mode != "wal":
+                log.warning("database %s: journal mode %s, not WAL", path, mode)
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            # The default 2 MB page cache is outgrown at ~10,000 rows, after which every claim
+            # and completion reads its index pages back through system calls.
+            await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await engine._migrate()
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise QueueError(explain(path, exc)) from None
+        except BaseException:
+            await conn.close()
+            raise
+        return engine
+
+    @property
+    def runs_folder(self) -> Path | None:
+        """Run locks live beside the database file (see liveness.py)."""
+        return runs_dir(self.path)
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The connection, for the job queue's hand-tuned statements (and tests and benchmarks
+        that prepare rows by hand)."""
+        return self._conn
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._conn.close()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Damage found later than the opening (a page corrupted mid-file) is the same
+        one-line QueueError as at the opening, never a traceback."""
+        await self.close()
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise QueueError(explain(self.path, exc)) from None
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction; the tasks sharing the connection take turns (their statements
+        would otherwise interleave inside each other's transactions). Opened again by the
+        task already inside one, it is a savepoint (which waiting for our own lock would
+        deadlock): rolled back alone on error, its work committed with the outer one."""
+        task = asyncio.current_task()
+        if task is not None and self._holder is task:
+            async with self._savepoint():
+                yield self._conn
+            return
+        async with self._lock, self._begin_immediate():
+            self._holder = task
+            try:
+                yield self._conn
+            finally:
+                self._holder = None
+
+    def _inside(self) -> bool:
+        task = asyncio.current_task()
+        return task is not None and self._holder is task
+
+    @contextlib.asynccontextmanager
+    async def _savepoint(self) -> AsyncIterator[None]:
+        self._savepoints += 1
+        name = f"uploader_{self._savepoints}"
+        try:
+            await _to_completion(self._conn, f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                await _to_completion(self._conn, f"ROLLBACK TO {name}")
+                await _to_completion(self._conn, f"RELEASE {name}")
+                raise
+            await _to_completion(self._conn, f"RELEASE {name}")
+        finally:
+            self._savepoints -= 1
+
+    @contextlib.asynccontextmanager
+    async def _begin_immediate(self) -> AsyncIterator[None]:
+        """Wait out another process's lock (busy timeout, then a few retries), then say so."""
+        conn = self._conn
+        try:
+            await retrying(lambda: _to_completion(conn, "BEGIN IMMEDIATE"), LOCKED, _locked, _said)
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc):
+                raise
+            raise QueueError(
+                "the database is locked by another process beyond the busy timeout; "
+                "try again when it has finished"
+            ) from None
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                await _to_completion(conn, "ROLLBACK")
+            raise
+        else:
+            await _to_completion(conn, "COMMIT")
+
+    # --- statements ------------------------------------------------------------------------
+
+    async def execute(self, sql: Sql, params: Sequence[Any] = ()) -> int:
+        if not self._inside():
+            async with self.transaction():
+                return await self.execute(sql, params)
+        async with self._conn.execute(self.spelled(sql), params) as cur:
+            return cur.rowcount
+
+    async def executemany(self, sql: Sql, rows: Iterable[Sequence[Any]]) -> None:
+        async with self.transaction() if not self._inside() else contextlib.nullcontext():
+            await self._conn.executemany(self.spelled(sql), rows)
+
+    async def fetch(self, sql: Sql, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows = await self._conn.execute_fetchall(self.spelled(sql), params)
+        return [tuple(r) for r in rows]
+
+    # --- migrations ------------------------------------------------------------------------
+
+    async def _check_version(self) -> None:
+        """Refuse a database from a newer uploader or another program."""
+        current = await self.fetchval("PRAGMA user_version")
+        newest = latest()
+        if current > newest:
+            raise QueueError(
+                f"{self.path} was made by a newer version of uploader (schema {current}, this "
+                f"version knows {newest}); upgrade uploader to use it"
+            )
+        if current == 0 and await self.fetchval("SELECT COUNT(*) FROM sqlite_master"):
+            raise QueueError(
+                f"{self.path} is a SQLite database of another program, not an uploader queue"
+            )
+
+    async def _migrate(self) -> None:
+        """Apply the missing migrations in one transaction; the version is read inside it, so
+        two processes opening a new database at once do not both create the tables."""
+        async with self.transaction() as conn:
+            current = await self.fetchval("PRAGMA user_version")
+            for migration in series():
+                if migration.number > current:
+                    for statement in _statements(migration.sqlite):
+                        await conn.execute(statement)
+                    await conn.execute(f"PRAGMA user_version = {migration.number}")
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    """aiosqlite's connect, never abandoned half-way: cancelled (Ctrl+C at start-up), it is let
+    finish and closed, since its thread would otherwise answer a loop that is gone (a
+    'RuntimeError: Event loop is closed' traceback after the one-line message)."""
+    connecting = asyncio.ensure_future(aiosqlite.connect(path, isolation_level=None))
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await (await connecting).close()
+        raise
