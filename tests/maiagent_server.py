@@ -56,6 +56,11 @@ command line, and settable while running via `server.faults.x = ...` or POST /_c
   register_effect_delay: seconds after the request a register takes effect (entries appear)
   register_answer_early: with a delay, answer at once (listing lags) instead of at the effect
   file_types: comma list of extensions register accepts (e.g. "txt,pdf"); "" = any; else 400
+  failing_types: comma list of extensions whose register answers 500, nothing registered (a
+              parser broken for one type); "" = none
+  s3_bandwidth: bytes per second the S3 endpoint reads of all uploads together (a slow
+              uplink); 0 = unlimited
+  redirect_to: every API request answers 302 with this Location ("" = never)
   refuse_names: register refuses a filename containing this text with a field error
               400 {"files": [{}, {"filename": ["..."]}]} ("" = refuse none)
   list_order: listing order: newest (docs' promise), oldest, random (a fixed arbitrary order)
@@ -156,6 +161,7 @@ SIGNED_FIELDS = (*POLICY_FIELDS, "x-amz-signature")
 SMALL_OBJECT = 1 << 20  # objects up to this size keep their bytes by default
 MAX_FIELD = 64 << 10  # a non-file form part bigger than this is a client bug, not a field
 CHUNK = 256 << 10
+_PACED_CHUNK = 16 << 10
 _PADDING = b" " * CHUNK
 _URI_SAFE = "/~!*()'"  # django.utils.encoding.filepath_to_uri
 
@@ -229,6 +235,9 @@ class Faults:
     register_effect_delay: float = 0.0
     register_answer_early: bool = False
     file_types: str = ""
+    failing_types: str = ""
+    s3_bandwidth: int = 0
+    redirect_to: str = ""
     refuse_names: str = ""
     list_order: str = "newest"
     null_id_rate: float = 0.0
@@ -438,12 +447,17 @@ async def _read_field(part: BodyPartReader) -> str:
     return data.decode()
 
 
-async def _consume_file(part: BodyPartReader, keep: int) -> tuple[int, str, bytes | None]:
-    """Hash the file part while streaming it; keep the bytes only up to `keep` bytes."""
+async def _consume_file(
+    part: BodyPartReader, keep: int, pace: Callable[[int], Coroutine[Any, Any, None]] | None = None
+) -> tuple[int, str, bytes | None]:
+    """Hash the file part while streaming it; keep the bytes only up to `keep` bytes. `pace`
+    is awaited after each chunk (a slow uplink: the bytes are read no faster than it allows)."""
     digest = hashlib.sha256()
     size = 0
     kept: bytearray | None = bytearray()
-    while chunk := await part.read_chunk(CHUNK):
+    while chunk := await part.read_chunk(CHUNK if pace is None else _PACED_CHUNK):
+        if pace is not None:
+            await pace(len(chunk))
         digest.update(chunk)
         size += len(chunk)
         if kept is not None and size <= keep:
@@ -519,6 +533,7 @@ class MaiAgentServer:
         self._rng = random.Random(self._seed)
         self._last_ms = 0
         self._unavailable_until = 0.0
+        self._s3_next_byte = 0.0  # monotonic: when s3_bandwidth lets the next byte in
         self._tasks: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -754,6 +769,17 @@ class MaiAgentServer:
             self._rng = random.Random(self._seed)
         return self._rng.random()
 
+    async def _s3_pace(self, nbytes: int) -> None:
+        """One shared uplink for every upload: `nbytes` more take their share of the time."""
+        rate = self.faults.s3_bandwidth
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        slot = max(now, self._s3_next_byte)
+        self._s3_next_byte = slot + nbytes / rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self._random() < rate
 
@@ -957,6 +983,8 @@ class MaiAgentServer:
             if is_api:
                 return _detail(503, "Service temporarily unavailable, try again later.")
             return _s3_error(503, "SlowDown", "Please reduce your request rate.")
+        if is_api and faults.redirect_to:
+            return web.Response(status=302, headers={"Location": faults.redirect_to})
         if is_api:
             # DRF authenticates before it throttles.
             if request.headers.get("Authorization") != self._auth:
@@ -1157,7 +1185,8 @@ class MaiAgentServer:
         self, reader: MultipartReader, part: BodyPartReader, fields: dict[str, str]
     ) -> web.Response:
         low, high = self._check_policy(fields)
-        size, sha256, data = await _consume_file(part, self.faults.keep_bytes)
+        pace = self._s3_pace if self.faults.s3_bandwidth > 0 else None
+        size, sha256, data = await _consume_file(part, self.faults.keep_bytes, pace)
         if await reader.next() is not None:
             # S3 would silently ignore such parts; failing loudly catches client bugs.
             raise _S3Error(400, "InvalidArgument", "The file must be the last part of the form.")
@@ -1283,6 +1312,9 @@ class MaiAgentServer:
         except _BadRequest as exc:
             return _json(exc.body, 400)
         faults = self.faults
+        broken = {t.lower().lstrip(".") for t in _csv(faults.failing_types)}
+        if broken and any(_extension(f["filename"]).lower() in broken for f in files):
+            return _detail(500, "Internal Server Error")
         if faults.register_first_only:
             files = files[:1]
         created = [

@@ -254,6 +254,25 @@ async def test_the_key_never_appears_in_an_error_even_when_the_server_echoes_it(
 
 
 @async_test
+async def test_a_redirect_is_not_followed_and_its_error_names_where_it_pointed() -> None:
+    """A 302 (http for https, a login page in front of the API): the error says where it
+    pointed, without the query, user info or key a secret may hide in."""
+    signed = f"https://user:pw@login.example.com/sso/start?token=s3cr3t&key={KEY}#frag"
+    async with harness() as (fake, client):
+        fake.on(PRESIGN, reply(302, headers={"Location": signed}))
+        fake.on(KB_FILES, reply(301, headers={"Location": f"/v2/{KB_FILES}"}))
+        away = await fails(client.presign("a", 1))
+        moved = await fails(client.check_kb(KB))
+    assert str(away) == (
+        "presign: the service answered HTTP 302, a redirect to "
+        "https://login.example.com/sso/start?[redacted] (not followed)"
+    )
+    assert (away.kind, away.error_kind, away.status) == ("permanent", "http_3xx", 302)
+    assert f"a redirect to {fake.root}/v2/{KB_FILES} (not followed)" in str(moved)
+    assert "s3cr3t" not in str(away) and "pw" not in str(away)
+
+
+@async_test
 async def test_every_api_call_carries_the_key_and_json() -> None:
     async with harness() as (fake, client):
         fake.on(KB_FILES, reply(201, [{"id": "f1", "filename": "a.txt"}]))

@@ -352,7 +352,7 @@ async def test_a_probe_that_hangs_still_gives_up_on_time() -> None:
 
 def test_what_counts_as_an_outage() -> None:
     assert classify(_down()) is Evidence.OUTAGE
-    assert classify(_5xx()) is Evidence.OUTAGE
+    assert classify(_5xx()) is Evidence.SERVER_ERROR  # an answer, about that request
     assert classify(ApiError("t", kind="transient", error_kind="timeout")) is Evidence.OUTAGE
     assert classify(_refused_file()) is Evidence.ANSWER
     throttled = ApiError("429", kind="transient", error_kind="throttled", status=429)
@@ -406,3 +406,45 @@ async def test_covers_charges_failures_that_an_answer_proves_to_be_the_files_own
     assert await gate.covers(_refused_file(), "b", _LIMIT) is False, "an answer never waits"
     assert await gate.covers(_down(), "c", 0.01) is False, "no verdict in time: charged"
     assert gate.is_open
+
+
+class _Answers:
+    """A probe the service answers at once."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+
+
+@async_test
+async def test_5xx_of_many_files_while_the_probe_answers_are_the_files_own() -> None:
+    """A parser broken for one type: every such register answers 500, the service answers
+    everything else. The streak asks the probe, which answers: charged, never a pause."""
+    probe = _Answers()
+    states = States()
+    gate = OutageGate(probe, on_change=states, **_FAST)
+    failures = [gate.covers(_5xx(), f"file{n}", _LIMIT) for n in range(3)]
+    assert await asyncio.gather(*failures) == [False, False, False]
+    assert probe.calls == 1
+    for round_ in range(10):
+        more = [gate.covers(_5xx(), f"more{round_}.{n}", _LIMIT) for n in range(3)]
+        assert await asyncio.gather(*more) == [False, False, False]
+    assert gate.is_open and states.seen == []
+    await gate.aclose()
+
+
+@async_test
+async def test_5xx_of_many_files_while_the_probe_fails_too_close_the_gate() -> None:
+    """A service answering 503 to everything: the probe fails as well, so it is down."""
+
+    async def probe() -> None:
+        raise _5xx()
+
+    states = States()
+    gate = OutageGate(probe, on_change=states, **_FAST)
+    failures = [gate.covers(_5xx(), f"file{n}", _LIMIT) for n in range(3)]
+    assert await asyncio.gather(*failures) == [True, True, True]
+    assert gate.state is GateState.CLOSED
+    await gate.aclose()

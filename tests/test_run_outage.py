@@ -175,3 +175,46 @@ def test_an_unreachable_host_at_the_start_says_so_in_one_line_with_exit_4(
     assert result.stderr.strip() == "Error: cannot reach 127.0.0.1:1 (connection refused)"
     assert {job["state"] for job in rows(db)} == {"pending"}
     assert {job["attempts"] for job in rows(db)} == {0}
+
+
+def test_one_types_5xx_is_not_an_outage_and_spends_those_files_retries(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """A parser broken for one type (every .docx register answers 500) while the service
+    answers everything else: no pause, each .docx spends its own retries and fails."""
+    server = maiagent_factory(failing_types="docx")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(100):
+        (data / f"f{i:03d}.{'docx' if i % 4 == 0 else 'txt'}").write_text(f"file {i}")
+    db = tmp_path / "queue.db"
+    enqueue(db, data)
+    retries = 2
+
+    result = invoke(
+        db,
+        "run",
+        "--base-url",
+        server.base_url,
+        "--retry-delay",
+        "0.01",
+        "--timeout",
+        "8",
+        "--max-retries",
+        str(retries),
+        "--workers",
+        "10",
+    )
+
+    assert result.exit_code == 1, result.output
+    assert "unreachable" not in result.output and "paused" not in result.output
+    jobs = rows(db)
+    docx = [job for job in jobs if job["relpath"].endswith(".docx")]
+    assert {job["state"] for job in docx} == {"failed"}
+    assert {job["error_kind"] for job in docx} == {"http_5xx"}
+    assert {job["attempts"] for job in docx} == {1 + retries}
+    assert {job["state"] for job in jobs if job not in docx} == {"done"}
+    # every register that failed named a .docx, each .docx was sent once per attempt, and
+    # every other file's register succeeded once (a batch with a .docx in it fails whole)
+    others = len(jobs) - len(docx)
+    assert server.stats()["register"] <= len(docx) * (1 + retries) + others

@@ -42,7 +42,7 @@ from .client import (
 from .exitcodes import ExitCode
 from .interrupts import Interrupts
 from .model import ServiceFacts
-from .outage import Evidence, classify
+from .outage import classify
 from .queue import Queue
 from .reconcile import CLOCK_SKEW, PAGE_SIZE, open_client, transient
 from .retrying import Retry, retrying
@@ -107,7 +107,7 @@ class CheckResult:
         later is the upload path failing, not a service out of reach)."""
         return (
             self.error is not None
-            and classify(self.error) is Evidence.OUTAGE
+            and classify(self.error).outage_like
             and not any(step.ok for step in self.steps)
         )
 

@@ -785,7 +785,7 @@ def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) 
         if exc.error_kind == ErrorKind.KB_NOT_FOUND:
             raise ServiceError(exc) from None
         reason = exc
-        if outage.classify(exc) is outage.Evidence.OUTAGE:
+        if outage.classify(exc).outage_like:
             reason = outage.ServiceUnreachable.at_start(exc)
         click.echo(
             printable(
@@ -1599,7 +1599,7 @@ class ServiceError(click.ClickException):
         if error.kind == "fatal":
             super().__init__(str(error))
             self.exit_code = ExitCode.REFUSED
-        elif outage.classify(error) is outage.Evidence.OUTAGE:
+        elif outage.classify(error).outage_like:
             super().__init__(str(outage.ServiceUnreachable.at_start(error)))
             self.exit_code = ExitCode.UNREACHABLE
         else:

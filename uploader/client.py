@@ -1044,6 +1044,7 @@ class MaiAgentClient:
             ) as resp:
                 ok = 200 <= resp.status < 300
                 body = await _read_capped(resp, self._max_body if ok else _ERROR_BODY, ok)
+                location = resp.headers.get("Location") if 300 <= resp.status < 400 else None
         except _TooLarge:
             _log_request(method, where, "too large", start)
             message = f"{op}: bad answer: larger than {self._max_body // MIB or 1} MiB"
@@ -1054,6 +1055,8 @@ class MaiAgentClient:
         _log_request(method, where, resp.status, start)
         if gate is not None and resp.status < 500:
             gate.record_success(sent_at)
+        if 300 <= resp.status < 400:
+            raise self._redirected(op, resp.status, url, location)
         retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status == 429 else None
         return resp.status, body, retry_after
 
@@ -1096,6 +1099,14 @@ class MaiAgentClient:
         if status == 405:
             return self._error(message, "permanent", "method_not_allowed", status)
         return self._error(message, "permanent", f"http_{status // 100}xx", status)
+
+    def _redirected(self, op: str, status: int, url: str, location: str | None) -> ApiError:
+        """A redirect is never followed (the API key must not go where it points): the error
+        says where it pointed, so that a wrong --base-url (http for https, a missing /api/v1/,
+        a login page) shows itself, without the query or the user info a secret may hide in."""
+        where = _shown_location(url, location) if location else "nowhere (no Location)"
+        message = f"{op}: the service answered HTTP {status}, a redirect to {where} (not followed)"
+        return self._error(message, "permanent", "http_3xx", status)
 
     def _s3_error(self, status: int, body: bytes, retry_after: float | None) -> ApiError:
         code, detail = _s3_code(body), _detail(body)
@@ -1161,6 +1172,22 @@ class MaiAgentClient:
             retry_after=retry_after,
             maybe_applied=maybe_applied,
         )
+
+
+def _shown_location(url: str, location: str) -> str:
+    """A redirect's target made absolute, without user info, query or fragment (a signed
+    URL's signature, a token), which are shown as [redacted] when present."""
+    try:
+        parts = urlsplit(urljoin(url, location))
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an address that does not parse"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    shown = f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else parts.path
+    secret = parts.username or parts.password or parts.query or parts.fragment
+    return _one_line(shown + ("?[redacted]" if secret else ""))
 
 
 def _scrub_key(text: str, key: str) -> str:

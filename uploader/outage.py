@@ -10,9 +10,16 @@ failing" looks like from the outside, without having to bracket every request to
 in flight: while any request still gets an answer, the streak keeps being reset. "Different
 jobs" is what tells a down service from one bad file: a file that makes the service fail
 (a 5xx on that one register) retries alone and never closes the gate, however often it fails.
-A false alarm is cheap — one probe later the gate is open again and no attempt was charged —
-so the threshold can be low. Any answer counts as "the service is there": a 4xx or a 429 is
-a verdict on the request, not an outage; a local file error says nothing either way.
+Any answer counts as "the service is there": a 4xx or a 429 is a verdict on the request, not
+an outage; a local file error says nothing either way.
+
+**A 5xx is an answer too.** A request that could not connect or got no answer says the service
+is gone; a 5xx says only that this request failed, and a service broken for one kind of file
+(every `.docx` register answers 500) fails many files in a row while answering everything
+else. So a streak made of 5xx answers alone does not close the gate: it asks the probe first
+(one confirmation, while requests go on). The probe failing too closes the gate; the probe
+answering proves the 5xx are the files' own: the streak is dropped and each of those files
+spends its own retries.
 
 **While closed.** Nobody sends. `record_failure` returns True for an outage-like failure (the
 request was in flight when the service went away): the caller hands its job back without
@@ -51,7 +58,7 @@ from uploader.model import ErrorKind
 
 log = logging.getLogger("uploader.outage")
 
-_OUTAGE_KINDS = frozenset(("network", "timeout", "http_5xx"))
+_NO_ANSWER_KINDS = frozenset((ErrorKind.NETWORK, ErrorKind.TIMEOUT))
 _REASON_CHARS = 200
 # Set in the prober's own task (a task runs in a copy of its creator's context, so nothing
 # else sees it): requests made by the probe pass the gate.
@@ -67,9 +74,15 @@ class GateState(enum.Enum):
 class Evidence(enum.Enum):
     """What one failed request says about the service."""
 
-    OUTAGE = "outage"  # no answer: connection failed, timed out, or 5xx
+    OUTAGE = "outage"  # no answer: the connection failed or the request timed out
+    SERVER_ERROR = "server_error"  # a 5xx: this request failed, the service may be there
     ANSWER = "answer"  # the service answered (4xx, 429): it is there
     NEUTRAL = "neutral"  # nothing about the service (a local file error, a bad answer body)
+
+    @property
+    def outage_like(self) -> bool:
+        """May mean the service is down: counted in the streak that closes the gate."""
+        return self in (Evidence.OUTAGE, Evidence.SERVER_ERROR)
 
 
 @dataclass(frozen=True)
@@ -111,11 +124,13 @@ OnChange = Callable[[GateState, Outage], None]
 def classify(error: BaseException) -> Evidence:
     """The uploader's own errors by their kind; raw aiohttp and socket errors by their type."""
     if isinstance(error, ApiError):
-        if error.error_kind in _OUTAGE_KINDS:
+        if error.error_kind in _NO_ANSWER_KINDS:
             return Evidence.OUTAGE
+        if error.error_kind == ErrorKind.HTTP_5XX:
+            return Evidence.SERVER_ERROR
         return Evidence.ANSWER if error.status is not None else Evidence.NEUTRAL
     if isinstance(error, aiohttp.ClientResponseError):
-        return Evidence.OUTAGE if error.status >= 500 else Evidence.ANSWER
+        return Evidence.SERVER_ERROR if error.status >= 500 else Evidence.ANSWER
     if isinstance(error, (aiohttp.ClientConnectionError, asyncio.TimeoutError, ConnectionError)):
         return Evidence.OUTAGE
     return Evidence.NEUTRAL
@@ -177,6 +192,10 @@ class OutageGate:
         self._streak_jobs: set[Hashable] = set()
         self._streak_since = 0.0
         self._streak_began = 0.0  # the same moment, monotonic
+        self._streak_unanswered = 0  # failures of the streak that got no answer at all
+        self._streak_reason = ""  # the latest failure of the streak, one line
+        # A streak of 5xx answers alone: the probe asked whether the service is down.
+        self._confirming: asyncio.Task[None] | None = None
         self._outage: Outage | None = None
         self._closed_at = 0.0  # monotonic, for the timeout and the "after 42 s" line
         self.closed_since: float | None = None
@@ -235,9 +254,9 @@ class OutageGate:
             return True
         evidence = classify(error)
         if self._state is not GateState.OPEN:
-            if evidence is Evidence.OUTAGE and self._outage is not None:
+            if evidence.outage_like and self._outage is not None:
                 self._outage = Outage(self._outage.since, describe(error))
-            return evidence is Evidence.OUTAGE
+            return evidence.outage_like
         if evidence is Evidence.ANSWER:
             self.record_success()
             return False
@@ -246,14 +265,18 @@ class OutageGate:
         if self._streak == 0:
             self._streak_since = time.time()
             self._streak_began = time.monotonic()
+            self._streak_unanswered = 0
         self._streak += 1
+        self._streak_unanswered += evidence is Evidence.OUTAGE
+        self._streak_reason = describe(error)
         self._streak_jobs.add(job)
-        if (
-            self._streak >= self._failures_to_close
-            and len(self._streak_jobs) >= self._jobs_to_close
-        ):
-            self._close(describe(error))
+        if self._streak < self._failures_to_close or len(self._streak_jobs) < self._jobs_to_close:
+            return False
+        if self._streak_unanswered:
+            self._close(self._streak_reason)
             return True
+        if self._confirming is None:
+            self._confirming = asyncio.get_running_loop().create_task(self._confirm())
         return False
 
     async def covers(self, error: BaseException, job: Hashable, wait: float) -> bool:
@@ -263,10 +286,12 @@ class OutageGate:
         request in flight, not for the first ones to notice). True: hand the job back."""
         if self.record_failure(error, job):
             return True
-        if classify(error) is not Evidence.OUTAGE or self._state is not GateState.OPEN:
+        if not classify(error).outage_like or self._state is not GateState.OPEN:
             return False
         if self._verdict is None or self._verdict.done():
             self._verdict = asyncio.get_running_loop().create_future()
+        if self._confirming is not None:
+            wait = max(wait, self._probe_timeout)  # the probe is the verdict: hear it
         try:
             return await asyncio.wait_for(asyncio.shield(self._verdict), wait)
         except asyncio.TimeoutError:
@@ -279,10 +304,11 @@ class OutageGate:
     async def aclose(self) -> None:
         """Stop the prober, at the end of the run once the senders have stopped (a sender still
         in `wait_open` of a closed gate would wait on)."""
-        if self._prober is not None:
-            self._prober.cancel()
-            await asyncio.gather(self._prober, return_exceptions=True)
-            self._prober = None
+        for task in (self._prober, self._confirming):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._prober = self._confirming = None
 
     # --- transitions -----------------------------------------------------------------------
 
@@ -320,6 +346,31 @@ class OutageGate:
 
     # --- the prober ------------------------------------------------------------------------
 
+    async def _confirm(self) -> None:
+        """A streak of 5xx answers: down only if the probe fails too. Answered, the 5xx were
+        the files' own (each spends its retries) and the streak starts again."""
+        _PROBING.set(True)
+        try:
+            failed = await self._probe_once(self._probe_timeout)
+        finally:
+            self._confirming = None
+        if self._state is not GateState.OPEN or not self._streak:
+            return  # closed meanwhile by failures without an answer, or an answer broke it
+        if failed is not None:
+            self._streak_reason = failed
+            self._close(failed)
+            return
+        log.info(
+            "%d requests of %d files failed (%s) while the service answers: "
+            "counted as those files' failures",
+            self._streak,
+            len(self._streak_jobs),
+            self._streak_reason,
+        )
+        self._streak = 0
+        self._streak_jobs.clear()
+        self._resolve(False)
+
     async def _probe_until_answered(self) -> None:
         _PROBING.set(True)
         deadline = self._closed_at + self._outage_timeout
@@ -329,29 +380,27 @@ class OutageGate:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if await self._probe_once(min(self._probe_timeout, left)):
+            failed = await self._probe_once(min(self._probe_timeout, left))
+            if failed is None:
                 self._open()
                 return
+            assert self._outage is not None
+            self._outage = Outage(self._outage.since, failed)
             delay = min(delay * 2, self._probe_delay_cap)
         self._give_up()
 
-    async def _probe_once(self, timeout: float) -> bool:
-        """True when the service answered (success, or a refusal that is an answer)."""
+    async def _probe_once(self, timeout: float) -> str | None:
+        """None when the service answered (success, or a refusal that is an answer), else
+        why not, one line."""
         try:
             await asyncio.wait_for(self._probe(), timeout)
         except asyncio.TimeoutError:
-            self._probe_failed(f"the probe had no answer within {timeout:.3g} s")
-            return False
+            return f"the probe had no answer within {timeout:.3g} s"
         except Exception as exc:
             evidence = classify(exc)
             if evidence is Evidence.ANSWER:
-                return True
+                return None
             if evidence is Evidence.NEUTRAL:
                 log.warning("outage probe failed oddly: %s", describe(exc))
-            self._probe_failed(describe(exc))
-            return False
-        return True
-
-    def _probe_failed(self, reason: str) -> None:
-        assert self._outage is not None
-        self._outage = Outage(self._outage.since, reason)
+            return describe(exc)
+        return None

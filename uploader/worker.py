@@ -26,7 +26,7 @@ from .labels import LabelResolver
 from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
 from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind
-from .outage import Evidence, GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
+from .outage import GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .queue import Queue
 from .reconcile import RemoteIndex, delete_copies
 from .registrar import Registrar
@@ -631,7 +631,7 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiE
             if err.error_kind == ErrorKind.KB_NOT_FOUND:
                 unknown[kb_id] = err
                 continue
-            if err.kind != "fatal" and classify(err) is Evidence.OUTAGE:
+            if err.kind != "fatal" and classify(err).outage_like:
                 raise Fatal(ServiceUnreachable.at_start(err)) from None
             raise Fatal(err) from None
     return unknown
