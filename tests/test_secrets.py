@@ -164,7 +164,7 @@ def test_allow_http_allows_plain_http_with_a_warning(empty_queue: Path) -> None:
 
 @pytest.mark.parametrize("url", ["https://192.0.2.10/api/v1/", "http://localhost:1/api/v1/"])
 def test_https_and_loopback_need_no_flag(empty_queue: Path, url: str) -> None:
-    result = invoke(empty_queue, "run", "--api-key", SECRET, "--base-url", url)
+    result = invoke(empty_queue, "run", "--base-url", url, env={"MAIAGENT_API_KEY": SECRET})
 
     assert result.exit_code == 0, result.output
     assert "warning" not in result.output

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from . import (
     __version__,
@@ -162,9 +163,37 @@ def kb_option(required: bool) -> Callable[[Callable[..., Any]], Callable[..., An
     )
 
 
-def _strip_key(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+_KEY_FILE = "uploader.api_key_file"  # ctx.meta: the key --api-key-file read, and from where
+_KEY_TYPED = "uploader.api_key_typed"  # ctx.meta: the key was given by --api-key
+
+
+def _read_key_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--api-key-file (eager: read before --api-key's callback, which takes its key)."""
+    if value is None:
+        return
+    try:
+        with open(value, encoding="utf-8") as file:
+            key = file.read()
+    except OSError as exc:
+        raise UserError(f"cannot read --api-key-file {value}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--api-key-file {value} is not a text file") from None
+    ctx.meta[_KEY_FILE] = (key, ctx.get_parameter_source(param.name or ""))
+
+
+def _strip_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A key pasted with a space or read from a file with its line end still works; an empty
-    one is no key (the command says where to get one)."""
+    one is no key (the command says where to get one). A key file wins over the environment's
+    key; a key typed on the command line is marked for `_check_service`'s warning."""
+    typed = ctx.get_parameter_source(param.name or "") is ParameterSource.COMMANDLINE
+    if _KEY_FILE in ctx.meta:
+        key, source = ctx.meta[_KEY_FILE]
+        if typed and source is ParameterSource.COMMANDLINE:
+            raise UserError("give the key by --api-key or by --api-key-file, not both")
+        if not typed:
+            value = key
+    elif typed and value:
+        ctx.meta[_KEY_TYPED] = True
     return (value.strip() or None) if value is not None else None
 
 
@@ -202,7 +231,19 @@ def service_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             "--api-key",
             envvar="MAIAGENT_API_KEY",
             callback=_strip_key,
-            help="MaiAgent API key (env MAIAGENT_API_KEY); never printed, logged or stored.",
+            help="MaiAgent API key (env MAIAGENT_API_KEY); never printed, logged or stored, but "
+            "visible to other users in the process list while the command runs: prefer the "
+            "variable or --api-key-file.",
+        ),
+        click.option(
+            "--api-key-file",
+            metavar="PATH",
+            envvar="MAIAGENT_API_KEY_FILE",
+            is_eager=True,
+            expose_value=False,
+            callback=_read_key_file,
+            help="Read the API key from this file (env MAIAGENT_API_KEY_FILE); wins over "
+            "MAIAGENT_API_KEY.",
         ),
         click.option(
             "--base-url",
@@ -1634,6 +1675,14 @@ def _check_service(api_key: str | None, base_url: str, allow_http: bool, what: s
         raise UserError(str(exc)) from None
     if warning:
         click.echo(warning, err=True)
+    current = click.get_current_context(silent=True)
+    if current is not None and current.meta.get(_KEY_TYPED):
+        # a command line is readable by every local user while the command runs (`ps`)
+        click.echo(
+            "warning: a key given by --api-key is visible to every user of this machine in the "
+            "process list while the command runs: set MAIAGENT_API_KEY or use --api-key-file",
+            err=True,
+        )
 
 
 def on_queue_and_service(
