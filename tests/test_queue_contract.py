@@ -5,7 +5,6 @@ tests hold any backend to the same guarantees."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import pytest
@@ -141,23 +140,6 @@ async def test_a_write_ahead_is_written_only_under_a_live_lease_of_its_owner(
         assert await q.begin_register(OWNER, [a, b], time.time()) == set()
         assert await q.renew_leases(OWNER, LEASE) == [a.id, b.id]
         assert await q.begin_register(OWNER, [a, b, c], time.time()) == {a.id, b.id}
-
-
-@async_test
-async def test_runs_are_recorded_oldest_first(queue_target: str) -> None:
-    async with await open_queue(queue_target) as q:
-        first = await q.start_run(OWNER, {"workers": 2})
-        second = await q.start_run(OWNER, {})
-        await q.end_run(first, {"uploaded": 3}, 0)
-        runs = await q.runs()
-        assert [r["id"] for r in runs] == [first, second]
-        assert runs[0]["options"] == {"workers": 2} and runs[0]["counts"] == {"uploaded": 3}
-        assert runs[1]["ended_at"] is None and runs[1]["counts"] is None
-        assert [r["id"] for r in await q.runs(last=1)] == [second]
-        assert await q.open_runs() == [(second, OWNER)]
-        await q.end_run(second, {"lost": "died"}, None)
-        assert await q.open_runs() == []
-        assert (await q.runs(last=1))[0]["exit_code"] is None
 
 
 @async_test
@@ -523,56 +505,6 @@ async def test_remote_retry_requeues_jobs_still_pointing_at_their_entry(queue_ta
 
 
 @async_test
-async def test_a_nested_transaction_is_a_savepoint_not_a_deadlock(queue_target: str) -> None:
-    async with await open_queue(queue_target) as q:
-
-        async def nested() -> None:
-            async with q.transaction():
-                await q.start_run(OWNER, {"n": 1})
-                with contextlib.suppress(KeyError):
-                    async with q.transaction():
-                        await q.start_run(OWNER, {"n": 2})
-                        raise KeyError("the inner one rolls back alone")
-                await q.start_run(OWNER, {"n": 3})
-
-        await asyncio.wait_for(nested(), timeout=10)
-        assert [r["options"] for r in await q.runs()] == [{"n": 1}, {"n": 3}]
-        with pytest.raises(KeyError):
-            async with q.transaction():
-                await q.start_run(OWNER, {"n": 4})
-                raise KeyError("the outer one rolls everything back")
-        assert len(await q.runs()) == 2
-
-
-@async_test
-async def test_a_write_cancelled_at_any_point_leaves_the_queue_usable(queue_target: str) -> None:
-    """Ctrl+C or a fatal error cancels tasks mid-transaction; the next write must still work."""
-    async with await open_queue(queue_target) as q:
-        for steps in range(8):
-            task = asyncio.create_task(q.start_run("cancelled", {}))
-            for _ in range(steps):
-                await asyncio.sleep(0)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await q.start_run(OWNER, {"after": steps})
-        after = [r for r in await q.runs() if r["options"].get("after") is not None]
-        assert len(after) == 8
-
-
-@async_test
-async def test_a_run_keeps_the_reason_it_stopped(queue_target: str) -> None:
-    async with await open_queue(queue_target) as q:
-        stopped = await q.start_run(OWNER, {})
-        fine = await q.start_run(OWNER, {})
-        await q.set_run_fatal(stopped, "API key rejected (HTTP 401): Invalid API key")
-        await q.end_run(stopped, {}, 3)
-        await q.end_run(fine, {}, 0)
-        assert await q.run_fatal(stopped) == "API key rejected (HTTP 401): Invalid API key"
-        assert await q.run_fatal(fine) is None
-
-
-@async_test
 async def test_forget_counts_then_deletes_all_but_running_rows(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
         await q.enqueue_batch(KB, rows("a.pdf", "b.pdf", "c.txt", "d.pdf"))
@@ -591,22 +523,6 @@ async def test_forget_counts_then_deletes_all_but_running_rows(queue_target: str
         assert await states(q) == {"pending": 1, "running": 1}
         assert await states(q, "kb-other") == {"pending": 1}
         assert await q.forget_jobs(KB, None, apply=False) == {"pending": 1, "running": 1}
-
-
-@async_test
-async def test_scans_in_progress_are_listed_until_they_end(queue_target: str) -> None:
-    async with await open_queue(queue_target) as q:
-        first = await q.start_scan("host:1:a", KB)
-        second = await q.start_scan("host:2:b", "kb-other")
-        await q.touch_scan(first)
-
-        assert [owner for owner, _age in await q.scans(None)] == ["host:1:a", "host:2:b"]
-        ((owner, age),) = await q.scans(KB)
-        assert owner == "host:1:a" and 0 <= age < 60
-        await q.end_scan(first)
-        assert await q.scans(KB) == []
-        await q.end_scan(second)
-        assert await q.scans(None) == []
 
 
 @async_test

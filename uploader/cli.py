@@ -50,6 +50,7 @@ from .pipes import reader_gone
 from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
 from .scan import display
+from .store.runs import RunsStore
 
 T = TypeVar("T")
 R = TypeVar("R")  # a library call's result, per knowledge base
@@ -690,10 +691,10 @@ def enqueue(
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
         own = scan.OwnState.of(ctx.anchor)
         # Recorded, so that a `run` meanwhile waits for the walk's next batch.
-        scan_id = await q.start_scan(worker.make_owner(q.scope.host), kb_id)
+        scan_id = await RunsStore(q.engine).start_scan(worker.make_owner(q.scope.host), kb_id)
 
         async def batch_done(counts: EnqueueCounts) -> None:
-            await q.touch_scan(scan_id)
+            await RunsStore(q.engine).touch_scan(scan_id)
             meter.update(counts.scanned)
 
         try:
@@ -706,7 +707,7 @@ def enqueue(
             )
         finally:
             meter.close()
-            await q.end_scan(scan_id)
+            await RunsStore(q.engine).end_scan(scan_id)
 
     async def removing(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats, replace.Removed | None]:
         counts, stats = await body(q)
@@ -1169,7 +1170,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         )
         if result.fatal is not None and run_ids:
             run_logger.error("run %d stopped: %s", run_ids[0], result.fatal, extra=logs.FILE_ONLY)
-            await q.set_run_fatal(run_ids[0], str(result.fatal))
+            await RunsStore(q.engine).set_run_fatal(run_ids[0], str(result.fatal))
         for error in result.unknown_kbs.values():
             run_logger.error("%s: its rows left alone", error, extra=logs.FILE_ONLY)
         await checkup.learned_from_run(q, base_url, result.batch_proved)
@@ -1347,9 +1348,10 @@ def _pending_elsewhere(counts: list[Any], host_id: str) -> int:
 
 async def _status(q: Queue) -> dict[str, Any]:
     counts = await q.state_counts()
-    last = await q.runs(last=1)
+    runs = RunsStore(q.engine)
+    last = await runs.runs(last=1)
     if last:
-        last[0]["fatal"] = await q.run_fatal(last[0]["id"])
+        last[0]["fatal"] = await runs.run_fatal(last[0]["id"])
     return {
         "knowledge_bases": {kb: _every_state(states) for kb, states in counts.items()},
         "failed_by_kind": await q.error_kind_counts(),

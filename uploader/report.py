@@ -19,6 +19,7 @@ from . import osfiles, tags
 from .model import DeletionRow, DoneRow, FailedRow, SkippedRow, VerificationItem
 from .queue import Queue, anchor, is_url, redact
 from .scan import display
+from .store.runs import RunsStore
 
 
 def _default_folder(db_path: str) -> str:
@@ -119,7 +120,7 @@ async def write(q: Queue, out: IO[str], db_path: str) -> dict[str, Any]:
     out.write(',\n  "deletions": ')
     await _write_list(out, q.deletion_rows(), _deletion)
     out.write(",\n")
-    runs = [with_iso_times(run) for run in await q.runs()]
+    runs = [with_iso_times(run) for run in await RunsStore(q.engine).runs()]
     out.write(f'  "runs": {json.dumps(runs, ensure_ascii=False)}\n}}\n')
     return summary
 

@@ -31,6 +31,7 @@ from .queue import Queue
 from .reconcile import RemoteIndex, delete_copies
 from .registrar import Registrar
 from .retrying import Retry, retrying
+from .store.runs import RunsStore
 
 log = logging.getLogger("uploader.run")
 
@@ -146,7 +147,7 @@ async def scan_in_progress(queue: Queue, kb_id: str | None, me: str) -> bool:
     """An enqueue still walking into `kb_id` (any with None): its next batch is coming, so an
     empty queue is not the end of a run. A scan of a dead process does not count: by its pid
     on this host (`me`'s), elsewhere once unseen for SCAN_STALE seconds."""
-    scans = await queue.scans(kb_id)
+    scans = await RunsStore(queue.engine).scans(kb_id)
     dead = set(_dead_scanners(scans, me))
     return any(owner not in dead and age < SCAN_STALE for owner, age in scans)
 
@@ -715,11 +716,13 @@ class _Told:
 async def _end_dead_runs(queue: Queue, lock: RunLock) -> None:
     """Runs whose process died (kill -9, a power cut, a database locked at their end) never
     recorded their end: the ones whose lock proves them dead are ended now, exit unknown."""
-    runs = await queue.open_runs()
+    runs = await RunsStore(queue.engine).open_runs()
     dead = set(lock.dead_owners([owner for _id, owner in runs], remove=False))
     for run_id, owner in runs:
         if owner in dead:
-            await queue.end_run(run_id, {"lost": "its process died before the run ended"}, None)
+            await RunsStore(queue.engine).end_run(
+                run_id, {"lost": "its process died before the run ended"}, None
+            )
     # the lock files of dead runs are proof only while their rows are not taken back
     lock.sweep(keep=[o.owner for o in await queue.lease_owners()])
 
@@ -754,7 +757,7 @@ async def _execute(
 ) -> RunResult:
     if lock is not None:
         await _end_dead_runs(queue, lock)
-    run_id = await queue.start_run(owner, options)
+    run_id = await RunsStore(queue.engine).start_run(owner, options)
     if told.on_start is not None:
         told.on_start(run_id)
     result = RunResult()
@@ -821,5 +824,5 @@ async def _execute(
         "superseded_deleted": result.replaced.deleted,
         "copies_deleted": result.copies_deleted,
     }
-    await queue.end_run(run_id, counts, exit_code(result))
+    await RunsStore(queue.engine).end_run(run_id, counts, exit_code(result))
     return result

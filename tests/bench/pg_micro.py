@@ -22,6 +22,7 @@ from tests.pg_server import PgServer
 from uploader.model import Job, Outcome, OutcomeKind
 from uploader.queue import HostScope, Queue, open_queue
 from uploader.queue import postgres as pg
+from uploader.store.runs import RunsStore
 
 KB = "kb-micro"
 OWNER = "bench:0:micro"
@@ -82,7 +83,7 @@ async def drain_asyncpg(server: PgServer, url: str, jobs: int, batch: int) -> di
     q = await open_queue(url, scope=HostScope(HOST))
     try:
         await fill(q, jobs)
-        run_id = await q.start_run(OWNER, {})
+        run_id = await RunsStore(q.engine).start_run(OWNER, {})
         done = 0
         server_cpu = server.cpu_seconds()
         cpu, start = time.process_time(), time.perf_counter()
@@ -110,7 +111,7 @@ async def drain_psycopg(server: PgServer, url: str, jobs: int, batch: int) -> di
     q = await open_queue(url, scope=HostScope(HOST))  # migrations and the fill
     try:
         await fill(q, jobs)
-        run_id = await q.start_run(OWNER, {})
+        run_id = await RunsStore(q.engine).start_run(OWNER, {})
         assert isinstance(q, pg.PgQueue)
     finally:
         await q.close()

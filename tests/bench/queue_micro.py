@@ -18,6 +18,7 @@ import time
 
 from uploader.model import Job, Outcome, OutcomeKind
 from uploader.queue import Queue, open_queue
+from uploader.store.runs import RunsStore
 
 KB = "kb-micro"
 OWNER = "bench:0:micro"
@@ -58,7 +59,7 @@ async def drain(path: str, jobs: int, batch: int, uploaded: bool) -> dict:
     q = await open_queue(path)
     try:
         await fill(q, jobs)
-        run_id = await q.start_run(OWNER, {})
+        run_id = await RunsStore(q.engine).start_run(OWNER, {})
         done = 0
         cpu, start = time.process_time(), time.perf_counter()
         while claimed := await q.claim(OWNER, batch, 60.0, None):

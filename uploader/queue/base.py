@@ -186,25 +186,6 @@ class Queue(abc.ABC):
         written). Their doubt is what `begin_register` committed: a row reclaimed without it never
         sent a register. Returns how many."""
 
-    # --- runs ----------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def start_run(self, owner: str, options: dict[str, Any]) -> int:
-        """Record a run's start and options (never a secret); its id."""
-
-    @abc.abstractmethod
-    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int | None) -> None:
-        """Record a run's end, its counts and exit code (None: unknown, its process died)."""
-
-    @abc.abstractmethod
-    async def open_runs(self) -> list[tuple[int, str]]:
-        """(id, owner) of the runs not ended: running now, or dead before they could say so."""
-
-    @abc.abstractmethod
-    async def runs(self, last: int | None = None) -> list[dict[str, Any]]:
-        """Runs oldest first (or the `last` N, oldest first): id, started_at, ended_at,
-        options, counts (None until ended), exit_code."""
-
     # --- status, retry-failed, report ----------------------------------------------------
 
     @abc.abstractmethod
@@ -425,17 +406,6 @@ class Queue(abc.ABC):
     async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         """One transaction: the remote status reading an entry back showed."""
 
-    # --- why a run stopped ------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def set_run_fatal(self, run_id: int, reason: str) -> None:
-        """One transaction: the one line saying why run `run_id` stopped (a refused key, a
-        service out of reach), kept so that `status` shows it after the terminal is gone."""
-
-    @abc.abstractmethod
-    async def run_fatal(self, run_id: int) -> str | None:
-        """Why run `run_id` stopped, or None when it was not stopped by a fatal error."""
-
     # --- forget ---------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -443,22 +413,3 @@ class Queue(abc.ABC):
         """The rows of `kb_id` (relpath satisfying `match`), counted by state; with `apply`,
         in the same transaction, deleted with their attempts, except running ones (a live run
         holds them). The knowledge base itself is never touched."""
-
-    # --- scans in progress --------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def start_scan(self, owner: str, kb_id: str) -> int:
-        """Record an enqueue walking into `kb_id` (owner host:pid:token); returns its id."""
-
-    @abc.abstractmethod
-    async def touch_scan(self, scan_id: int) -> None:
-        """The scan is alive: renew its seen_at."""
-
-    @abc.abstractmethod
-    async def end_scan(self, scan_id: int) -> None:
-        """The scan has ended (its rows are committed): forget it."""
-
-    @abc.abstractmethod
-    async def scans(self, kb_id: str | None) -> list[tuple[str, float]]:
-        """Scans in progress into `kb_id` (any with None): (owner, seconds since last seen, by
-        the queue's clock)."""

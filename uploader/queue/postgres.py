@@ -477,18 +477,6 @@ def _rounds(outcomes: Sequence[Outcome]) -> list[list[Outcome]]:
     return rounds
 
 
-def _run_dict(row: Sequence[Any], to_host: Callable[[float | None], float | None]) -> dict:
-    run_id, started, ended, options, counts, code = row
-    return {
-        "id": run_id,
-        "started_at": to_host(started),
-        "ended_at": to_host(ended),
-        "options": json.loads(options),
-        "counts": json.loads(counts) if counts else None,
-        "exit_code": code,
-    }
-
-
 class PgQueue(Queue):
     """The queue in one PostgreSQL database, over one `PgEngine` (uploader/store/postgres.py),
     which owns the pool, the transactions, the migrations and the clocks."""
@@ -705,42 +693,6 @@ class PgQueue(Queue):
         back to pending: one statement."""
         async with self._connection() as conn:
             return int(await conn.fetchval(_RECLAIM, list(dead_owners)))
-
-    # --- runs ----------------------------------------------------------------------------
-
-    async def start_run(self, owner: str, options: dict[str, Any]) -> int:
-        async with self._connection() as conn:
-            return int(
-                await conn.fetchval(
-                    f"INSERT INTO runs (started_at, owner, options) VALUES ({NOW}, $1, $2)"
-                    " RETURNING id",
-                    owner,
-                    json.dumps(options, sort_keys=True),
-                )
-            )
-
-    async def open_runs(self) -> list[tuple[int, str]]:
-        async with self._connection() as conn:
-            rows = await conn.fetch("SELECT id, owner FROM runs WHERE ended_at IS NULL ORDER BY id")
-        return [(r[0], r[1]) for r in rows]
-
-    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int | None) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                f"UPDATE runs SET ended_at = {NOW}, counts = $1, exit_code = $2 WHERE id = $3",
-                json.dumps(counts, sort_keys=True),
-                exit_code,
-                run_id,
-            )
-
-    async def runs(self, last: int | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT id, started_at, ended_at, options, counts, exit_code FROM runs"
-        async with self._connection() as conn:
-            if last is None:
-                rows = await conn.fetch(sql + " ORDER BY id")
-            else:
-                rows = list(reversed(await conn.fetch(sql + " ORDER BY id DESC LIMIT $1", last)))
-        return [_run_dict(r, self._to_host) for r in rows]
 
     # --- status, retry-failed, report ----------------------------------------------------
 
@@ -1206,14 +1158,6 @@ class PgQueue(Queue):
                 list(by_name.values()),
             )
 
-    async def set_run_fatal(self, run_id: int, reason: str) -> None:
-        async with self._connection() as conn:
-            await conn.execute("UPDATE runs SET fatal = $1 WHERE id = $2", reason, run_id)
-
-    async def run_fatal(self, run_id: int) -> str | None:
-        async with self._connection() as conn:
-            return await conn.fetchval("SELECT fatal FROM runs WHERE id = $1", run_id)
-
     async def forget_jobs(
         self, kb_id: str, match: Callable[[str], bool] | None, apply: bool
     ) -> dict[str, int]:
@@ -1232,34 +1176,6 @@ class PgQueue(Queue):
                 await conn.execute("DELETE FROM attempts WHERE job_id = ANY($1::int8[])", ids)
                 await conn.execute("DELETE FROM jobs WHERE id = ANY($1::int8[])", ids)
         return counts
-
-    async def start_scan(self, owner: str, kb_id: str) -> int:
-        async with self._connection() as conn:
-            return int(
-                await conn.fetchval(
-                    "INSERT INTO scans (owner, kb_id, started_at, seen_at)"
-                    f" VALUES ($1, $2, {NOW}, {NOW}) RETURNING id",
-                    owner,
-                    kb_id,
-                )
-            )
-
-    async def touch_scan(self, scan_id: int) -> None:
-        async with self._connection() as conn:
-            await conn.execute(f"UPDATE scans SET seen_at = {NOW} WHERE id = $1", scan_id)
-
-    async def end_scan(self, scan_id: int) -> None:
-        async with self._connection() as conn:
-            await conn.execute("DELETE FROM scans WHERE id = $1", scan_id)
-
-    async def scans(self, kb_id: str | None) -> list[tuple[str, float]]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT owner, {NOW} - seen_at FROM scans"
-                " WHERE $1::text IS NULL OR kb_id = $1 ORDER BY id",
-                kb_id,
-            )
-        return [(r[0], float(r[1])) for r in rows]
 
 
 def _enqueue_args(rows: Sequence[ScanRow], host: str, shared: bool) -> list[Any]:

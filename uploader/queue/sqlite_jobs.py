@@ -275,18 +275,6 @@ WHERE state = 'running' AND (lease_expires < :now
       OR lease_owner IN (SELECT value FROM json_each(:owners)))"""
 
 
-def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
-    run_id, started, ended, owner, options, counts, code = row
-    return {
-        "id": run_id,
-        "started_at": started,
-        "ended_at": ended,
-        "options": json.loads(options),
-        "counts": json.loads(counts) if counts else None,
-        "exit_code": code,
-    }
-
-
 _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
     "done": (
         "SELECT kb_id, path, size, duration, file_id, filename, content_hash, tags FROM jobs"
@@ -479,37 +467,6 @@ class JobsMixin(SqliteBase):
             cur = await self._conn.execute(_RECLAIM, params)
         return cur.rowcount
 
-    async def start_run(self, owner: str, options: dict[str, Any]) -> int:
-        async with self.transaction():
-            cur = await self._conn.execute(
-                "INSERT INTO runs (started_at, owner, options) VALUES (?, ?, ?)",
-                (time.time(), owner, json.dumps(options, sort_keys=True)),
-            )
-        return int(cur.lastrowid or 0)
-
-    async def end_run(self, run_id: int, counts: dict[str, Any], exit_code: int | None) -> None:
-        async with self.transaction():
-            await self._conn.execute(
-                "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ? WHERE id = ?",
-                (time.time(), json.dumps(counts, sort_keys=True), exit_code, run_id),
-            )
-
-    async def open_runs(self) -> list[tuple[int, str]]:
-        rows = await self._conn.execute_fetchall(
-            "SELECT id, owner FROM runs WHERE ended_at IS NULL ORDER BY id"
-        )
-        return [(r[0], r[1]) for r in rows]
-
-    async def runs(self, last: int | None = None) -> list[dict[str, Any]]:
-        """Runs, oldest first (or the `last` N)."""
-        sql = "SELECT id, started_at, ended_at, owner, options, counts, exit_code FROM runs"
-        if last is None:
-            rows = await self._conn.execute_fetchall(sql + " ORDER BY id")
-        else:
-            rows = await self._conn.execute_fetchall(sql + " ORDER BY id DESC LIMIT ?", (last,))
-            rows = list(reversed(list(rows)))
-        return [_run_dict(r) for r in rows]
-
     async def state_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
         """{kb_id: {state: (files, bytes)}}, from the (kb_id, state, size) index alone."""
         rows = await self._conn.execute_fetchall(
@@ -619,13 +576,6 @@ class JobsMixin(SqliteBase):
             {"kb": kb_id},
         )
 
-    async def set_run_fatal(self, run_id: int, reason: str) -> None:
-        async with self.transaction():
-            await self._conn.execute("UPDATE runs SET fatal = ? WHERE id = ?", (reason, run_id))
-
-    async def run_fatal(self, run_id: int) -> str | None:
-        return await self._fetchval("SELECT fatal FROM runs WHERE id = ?", (run_id,))
-
     async def forget_jobs(
         self, kb_id: str, match: Callable[[str], bool] | None, apply: bool
     ) -> dict[str, int]:
@@ -642,29 +592,3 @@ class JobsMixin(SqliteBase):
                     f"DELETE FROM jobs WHERE {where} AND state != 'running'", (kb_id,)
                 )
         return {state: count for state, count in rows}
-
-    async def start_scan(self, owner: str, kb_id: str) -> int:
-        now = time.time()
-        async with self.transaction():
-            cur = await self._conn.execute(
-                "INSERT INTO scans (owner, kb_id, started_at, seen_at) VALUES (?, ?, ?, ?)",
-                (owner, kb_id, now, now),
-            )
-        return int(cur.lastrowid or 0)
-
-    async def touch_scan(self, scan_id: int) -> None:
-        async with self.transaction():
-            await self._conn.execute(
-                "UPDATE scans SET seen_at = ? WHERE id = ?", (time.time(), scan_id)
-            )
-
-    async def end_scan(self, scan_id: int) -> None:
-        async with self.transaction():
-            await self._conn.execute("DELETE FROM scans WHERE id = ?", (scan_id,))
-
-    async def scans(self, kb_id: str | None) -> list[tuple[str, float]]:
-        rows = await self._conn.execute_fetchall(
-            "SELECT owner, ? - seen_at FROM scans WHERE ? IS NULL OR kb_id = ? ORDER BY id",
-            (time.time(), kb_id, kb_id),
-        )
-        return [(owner, age) for owner, age in rows]

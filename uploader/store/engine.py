@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,11 @@ class Engine(abc.ABC):
     async def fetch(self, sql: Sql, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of a query."""
 
+    async def returning(self, sql: Sql, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one write with `RETURNING`; the rows it returns."""
+        async with self.transaction():
+            return await self.fetch(sql, params)
+
     async def fetchrow(self, sql: Sql, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = await self.fetch(sql, params)
         return rows[0] if rows else None
@@ -96,6 +102,10 @@ class Engine(abc.ABC):
     def to_host(self, t: float | None) -> float | None:
         """A time the database keeps, as this host's clock reads it."""
         return t
+
+    def now(self) -> float:
+        """Now, as the database's clock keeps it: what a store writes for "now"."""
+        return self.to_db(time.time()) or 0.0
 
     @abc.abstractmethod
     async def close(self) -> None:
