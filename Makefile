@@ -21,9 +21,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -n 2 --durations=10 -m "not slow"
 
+# the type check once per platform: a POSIX-only name used unguarded fails the win32 one
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --platform linux
+	$(BIN)/mypy --platform darwin
+	$(BIN)/mypy --platform win32
 
 demo: $(STAMP)
 	$(BIN)/python -m $(if $(PG),tests.demo_pg,tests.demo)

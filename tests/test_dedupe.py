@@ -195,3 +195,22 @@ def test_retry_failed_remote_records_the_entries_it_deletes(
     assert {(d["reason"], d["command"]) for d in recorded} == {
         ("remote_retry", "retry-failed --remote")
     }
+
+
+def test_json_names_each_group_the_entry_kept_and_the_entries_deleted(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db, _names = upload(tmp_path, maiagent, 3)
+    job = {j["filename"]: j for j in rows(db)}["f0001.txt"]
+    copy = maiagent.add_entry(KB, "f0001.txt", job["size"], key=job["s3_key"])["id"]
+
+    shown = invoke(db, "dedupe", "--json", *service(maiagent))
+
+    assert shown.exit_code == 0, shown.output
+    [result] = json.loads(shown.stdout)
+    [group] = result["groups"]
+    assert (group["filename"], group["keep"], group["delete"]) == (
+        "f0001.txt",
+        job["file_id"],
+        [copy],
+    )

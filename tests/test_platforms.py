@@ -1,6 +1,6 @@
 """The CLI where the POSIX-only parts of Python are missing, as on Windows: a child process
 whose `sitecustomize` (tests/no_posix) hides `fcntl`, `resource` and `termios`, removes
-`os.O_NOFOLLOW` (and O_NONBLOCK, O_CLOEXEC) and `select.poll`, and gives the event loop no
+`os.O_NOFOLLOW` (and O_NONBLOCK, O_CLOEXEC, pread) and `select.poll`, and gives the event loop no
 signal handlers. Each command must start, work and stop as it does on Linux."""
 
 from __future__ import annotations
@@ -61,8 +61,12 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def make_files(data: Path, count: int) -> dict[str, bytes]:
-    """Files whose bytes a text-mode read would change (CR LF, a Ctrl+Z, a NUL)."""
-    files = {}
+    """Files whose bytes a text-mode read would change (CR LF, a Ctrl+Z, a NUL), and one big
+    enough to be streamed in chunks (read at an offset where there is no pread)."""
+    big = b"".join(b"%08d\r\n\x1a" % i for i in range(60_000))  # 660,000 bytes
+    (data / "big.bin").parent.mkdir(parents=True, exist_ok=True)
+    (data / "big.bin").write_bytes(big)
+    files = {"big.bin": big}
     for i in range(count):
         rel = f"dir{i % 5}/doc{i // 5}.bin"
         content = f"line {i}\r\n".encode() * (1 + i % 3) + b"\x1a\x00 end"
@@ -79,7 +83,8 @@ def test_the_posix_modules_are_really_missing_in_the_child() -> None:
         "    try: importlib.import_module(name)\n"
         "    except ModuleNotFoundError: pass\n"
         "    else: raise SystemExit(name)\n"
-        "assert not hasattr(os, 'O_NOFOLLOW') and not hasattr(select, 'poll')\n"
+        "assert not hasattr(os, 'O_NOFOLLOW') and not hasattr(os, 'pread')\n"
+        "assert not hasattr(select, 'poll')\n"
         "async def main():\n"
         "    try: asyncio.get_running_loop().add_signal_handler(2, print)\n"
         "    except NotImplementedError: return\n"

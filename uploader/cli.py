@@ -45,7 +45,15 @@ from . import (
 from .exitcodes import ExitCode
 from .i18n import _
 from .manifest import ManifestError, parse_metadata_option
-from .model import FAILURE_KINDS, EnqueueCounts, ErrorKind, HostScope, JobState, VerificationItem
+from .model import (
+    FAILURE_KINDS,
+    EnqueueCounts,
+    ErrorKind,
+    FailedRow,
+    HostScope,
+    JobState,
+    VerificationItem,
+)
 from .pipes import reader_gone
 from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
@@ -361,7 +369,7 @@ def _common_ends(finished: bool) -> Iterator[None]:
     try:
         yield
     except click.ClickException as exc:
-        exc.message = printable(exc.message)
+        exc.message = printable(exc.message)  # type: ignore[misc]  # Final in click's types
         raise
     except KeyboardInterrupt:
         raise Interrupted() from None
@@ -462,21 +470,29 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) ->
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def _group_context(ctx: click.Context) -> Context:
+    """The group's Context, made before any command's own options are read."""
+    obj = ctx.find_object(Context)
+    if obj is None:
+        raise RuntimeError("an uploader option read outside the uploader group")
+    return obj
+
+
 def _late_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
-        ctx.find_object(Context).db = _db_target(ctx, param, value)
+        _group_context(ctx).db = _db_target(ctx, param, value)
 
 
 def _late_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
     if value:
-        obj = ctx.find_object(Context)
+        obj = _group_context(ctx)
         obj.verbose += value
         _setup_logging(obj.verbose, obj.quiet)
 
 
 def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
-        obj = ctx.find_object(Context)
+        obj = _group_context(ctx)
         obj.quiet = True
         _setup_logging(obj.verbose, obj.quiet)
 
@@ -718,7 +734,7 @@ def enqueue(
         return counts, stats, gone
 
     try:
-        counts, stats, gone = on_queue(ctx, removing, shared=shared)
+        counts, stats, removed = on_queue(ctx, removing, shared=shared)
     except ManifestError as exc:
         raise UserError(f"{exc}; nothing was queued") from None
     _warn_unreadable(stats)
@@ -729,8 +745,8 @@ def enqueue(
             "ignored": stats.ignored,
             "own_files_left_out": sorted(set(stats.own)),
             "unreadable_folders": [str(f) for f in stats.unreadable_folders],
-            "removed": len(gone.relpaths) if gone is not None else 0,
-            "left_unread": gone.left if gone is not None else 0,
+            "removed": len(removed.relpaths) if removed is not None else 0,
+            "left_unread": removed.left if removed is not None else 0,
         }
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
@@ -742,8 +758,8 @@ def enqueue(
             f"{counts.unchanged} unchanged, {counts.skipped} skipped"
             f" ({stats.ignored} ignored by filters, hidden or not regular files)"
         )
-        if gone is not None:
-            _print_removed(gone, directory, dry_run=False)
+        if removed is not None:
+            _print_removed(removed, directory, dry_run=False)
         if counts.relabel:
             click.echo(
                 f"{counts.relabel} uploaded files get new labels or metadata on the next run "
@@ -1456,7 +1472,7 @@ async def _failed(q: Queue, kb_id: str | None, limit: int | None = None) -> list
     rows = q.report_rows(JobState.FAILED)
     try:
         async for row in rows:
-            if kb_id not in (None, row.kb_id):
+            if not isinstance(row, FailedRow) or kb_id not in (None, row.kb_id):
                 continue
             if limit is not None and len(found) == limit:
                 break
@@ -1641,13 +1657,13 @@ class ServiceError(click.ClickException):
     def __init__(self, error: client.ApiError) -> None:
         if error.kind == "fatal":
             super().__init__(str(error))
-            self.exit_code = ExitCode.REFUSED
+            self.exit_code = ExitCode.REFUSED  # type: ignore[misc]  # per error, not per class
         elif outage.classify(error).outage_like:
             super().__init__(str(outage.ServiceUnreachable.at_start(error)))
-            self.exit_code = ExitCode.UNREACHABLE
+            self.exit_code = ExitCode.UNREACHABLE  # type: ignore[misc]  # per error, not per class
         else:
             super().__init__(str(error))
-            self.exit_code = ExitCode.FAILED
+            self.exit_code = ExitCode.FAILED  # type: ignore[misc]  # per error, not per class
 
 
 def get_a_key() -> str:
@@ -2030,7 +2046,7 @@ def _dedupe_json(kb: str, result: reconcile.Dedupe, yes: bool) -> dict[str, Any]
                 "filename": g.filename,
                 "size": g.size,
                 "extra": g.extra,
-                "keep": [e.id for e in g.keep],
+                "keep": g.keep,
                 "delete": [e.id for e in g.surplus],
             }
             for g in groups

@@ -235,7 +235,7 @@ class FilePage(NamedTuple):
     """
 
     entries: list[RemoteEntry]
-    count: int | None
+    count: int | None  # type: ignore[assignment]  # a field, beside tuple's count()
     next: str | None
 
     def newest_first(self) -> bool:
@@ -604,6 +604,7 @@ class _FilePart(aiohttp.Payload):
     def __init__(self, file: io.FileIO, size: int) -> None:
         super().__init__(file, content_type="application/octet-stream")
         self._size = size
+        self._length = size  # _size, typed as never None
         self.content_hash: str | None = None  # once every byte was written
 
     async def write(self, writer: AbstractStreamWriter) -> None:
@@ -614,8 +615,8 @@ class _FilePart(aiohttp.Payload):
         loop = asyncio.get_running_loop()
         fd, offset = self._value.fileno(), 0
         digest = new_digest()
-        while offset < self._size:
-            length = min(self._size - offset, _CHUNK)
+        while offset < self._length:
+            length = min(self._length - offset, _CHUNK)
             chunk = await loop.run_in_executor(None, _read_hashed, fd, length, offset, digest)
             if not chunk:
                 raise _Shrank("file shrank while it was being uploaded")
@@ -628,7 +629,7 @@ class _FilePart(aiohttp.Payload):
 
 
 def _read_hashed(fd: int, length: int, offset: int, digest: Any) -> bytes:
-    chunk = os.pread(fd, length, offset)
+    chunk = osfiles.read_at(fd, length, offset)
     digest.update(chunk)
     return chunk
 

@@ -20,6 +20,7 @@ run, and logged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -58,7 +59,7 @@ class LabelResolver:
         if missing:
             await asyncio.gather(
                 *(
-                    _shared(self._resolving, (kb_id, n), lambda n=n: self._resolve(kb_id, n))
+                    _shared(self._resolving, (kb_id, n), functools.partial(self._resolve, kb_id, n))
                     for n in missing
                 )
             )

@@ -42,7 +42,10 @@ import os
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _csv import Reader as CsvReader
 
 MetadataValue = str | int | float | bool
 
@@ -181,7 +184,7 @@ def _csv_rows(name: str, handle: IO[str]) -> Iterator[ManifestRow]:
         yield _csv_row(name, line, dict(zip(columns, record, strict=True)))
 
 
-def _next_record(name: str, reader: csv.Reader) -> tuple[int, list[str] | None]:
+def _next_record(name: str, reader: CsvReader) -> tuple[int, list[str] | None]:
     """The next non-blank record and the line it starts on; None at the end."""
     while True:
         line = reader.line_num + 1

@@ -340,7 +340,7 @@ class DuplicateItem(NamedTuple):
     filename: str
     size: Any
     status: Any
-    kept_id: str
+    kept_id: str | None
 
 
 class VerificationItem(NamedTuple):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 
 # The flags exist on some systems only: getattr, and 0 where a system has no such flag.
 _NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
@@ -55,3 +56,14 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o777) -> int:
 
 def _link(path: Path) -> OSError:
     return OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fsdecode(path))
+
+
+def read_at(fd: int, length: int, offset: int) -> bytes:
+    """Up to `length` bytes at `offset`, leaving the file's position alone where the system
+    can (`pread`): a read still running when its file is closed then cannot move the position
+    of whatever file reuses the descriptor number. Windows has no pread: there the position
+    is set, then read from (the file is the caller's alone until it closes it)."""
+    if sys.platform != "win32" and hasattr(os, "pread"):
+        return os.pread(fd, length, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, length)

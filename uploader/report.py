@@ -12,8 +12,8 @@ import errno
 import json
 import os
 import sys
-from collections.abc import AsyncGenerator, Callable
-from typing import IO, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import IO, Any, cast
 
 from . import osfiles, tags
 from .model import DeletionRow, DoneRow, FailedRow, SkippedRow, VerificationItem
@@ -72,14 +72,14 @@ SECTIONS: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
 
 
 async def _write_list(
-    out: IO[str], rows: AsyncGenerator[Any, None], shape: Callable[[Any], dict[str, Any]]
+    out: IO[str], rows: AsyncIterator[Any], shape: Callable[[Any], dict[str, Any]]
 ) -> None:
     """Stream `rows` as a JSON list. A failed write (a closed pipe, a full disk) closes the
     rows' generator at once, while the database is still open: left to the event loop's
     shutdown, it would be closed after the connection and complain on stderr."""
     first = True
     out.write("[")
-    async with contextlib.aclosing(rows):
+    async with contextlib.aclosing(cast(AsyncGenerator[Any, None], rows)):
         async for row in rows:
             out.write("\n    " if first else ",\n    ")
             out.write(json.dumps(shape(row), ensure_ascii=False))

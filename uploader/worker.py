@@ -418,10 +418,11 @@ class Pool:
         landed despite everything (a register taking effect after its doubt was settled):
         the entries listed since the run began are checked, and such copies deleted."""
         for kb_id in sorted(self._doubted):
+            errors: tuple[type[Exception], ...] = (ApiError, *self.queue.errors)
             try:
                 await self.index.refresh(kb_id, since, since)
                 deleted = await delete_copies(self.queue, self.client, kb_id, since, "run")
-            except (ApiError, *self.queue.errors) as exc:
+            except errors as exc:
                 log.warning("second entries of %s not looked for: %s", kb_id, exc)
                 continue
             self.result.copies_deleted += len(deleted)

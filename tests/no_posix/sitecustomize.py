@@ -2,7 +2,7 @@
 only POSIX has is gone before any of the program is imported.
 
 - `fcntl`, `resource` and `termios` cannot be imported (ModuleNotFoundError, as on Windows);
-- `os` has no O_NOFOLLOW, O_NONBLOCK or O_CLOEXEC, `select` no `poll`;
+- `os` has no O_NOFOLLOW, O_NONBLOCK, O_CLOEXEC or `pread`, `select` no `poll`;
 - the event loop has no signal handlers: `add_signal_handler` and `remove_signal_handler`
   raise NotImplementedError, as Windows' ProactorEventLoop does.
 """
@@ -30,7 +30,7 @@ class _Hidden(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Hidden())
 for _name in HIDDEN:
     sys.modules.pop(_name, None)
-for _flag in ("O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC"):
+for _flag in ("O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC", "pread"):
     if hasattr(os, _flag):
         delattr(os, _flag)
 if hasattr(select, "poll"):

@@ -575,7 +575,7 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             rows = await conn.fetch(_CLAIM, owner, lease_seconds, kb_id, limit, *self._reads())
         jobs = [
-            Job(*r[:9], self._to_host(r[9]), r[10], self._to_host(r[11]) or 0.0, *r[12:])  # type: ignore[arg-type]
+            Job(*r[:9], self._to_host(r[9]), r[10], self._to_host(r[11]) or 0.0, *r[12:])  # type: ignore[call-arg]
             for r in rows
         ]
         jobs.sort(key=lambda j: j.id)

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiosqlite
 
+from ..model import HostScope
 from ..store.engine import Engine
 from ..store.sqlite import SqliteEngine
 from .base import Queue
@@ -22,6 +23,8 @@ from .sqlite_remote import RemoteMixin
 
 class SqliteBase:
     """The engine's connection and transactions, as the statement mixins use them."""
+
+    scope: HostScope  # the Queue's (base.py), which every statement mixin reads
 
     def __init__(self, engine: SqliteEngine) -> None:
         self._engine = engine

@@ -302,7 +302,8 @@ class JobsMixin(SqliteBase):
         millionth file as at the first."""
         now = time.time()
         host, shared = self.scope.host, int(self.scope.shared)
-        readable, skipped = [], []
+        readable: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
         for r in rows:
             params = {
                 "host": host,
@@ -392,7 +393,7 @@ class JobsMixin(SqliteBase):
 
     async def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> None:
         """Write a batch of results in one transaction; a row is only written by its lease owner."""
-        by_kind: dict[str, list[dict[str, Any]]] = {}
+        by_kind: dict[OutcomeKind, list[dict[str, Any]]] = {}
         attempts = []
         for o in outcomes:
             params = _outcome_params(o, owner)
@@ -405,8 +406,8 @@ class JobsMixin(SqliteBase):
                 await self._conn.executemany(_ATTEMPT, attempts)
             if superseding:
                 await self._conn.executemany(_SUPERSEDE_AT_DONE, superseding)
-            for kind, params in by_kind.items():
-                await self._conn.executemany(_STATEMENTS[kind], params)
+            for kind, batch in by_kind.items():
+                await self._conn.executemany(_STATEMENTS[kind], batch)
 
     async def uploaded_as(self, kb_id: str, content_hash: str, job_id: int) -> str | None:
         return await self._fetchval(

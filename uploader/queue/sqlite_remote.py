@@ -369,7 +369,7 @@ class RemoteMixin(SqliteBase):
 
     async def superseded_listed(self, kb_id: str, since: float) -> list[SupersededEntry]:
         rows = await self._conn.execute_fetchall(_SUPERSEDED_LISTED, {"kb": kb_id, "since": since})
-        return [SupersededEntry(*r[:6], bool(r[6])) for r in rows]
+        return [SupersededEntry(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
         if not deletions:
