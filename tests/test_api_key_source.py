@@ -1,14 +1,15 @@
 """Where the API key comes from (issue 23): `--api-key` stays in the command line, readable by
 any local user (`ps`) for the whole run; its help and the README say so, a key given there is
-warned about (the warning never shows the key), and `--api-key-file` reads it from a file
-instead (env MAIAGENT_API_KEY_FILE), as a secret mounted by a service manager is."""
+warned about on a terminal (the warning never shows the key), and `--api-key-file` reads it
+from a file instead (env MAIAGENT_API_KEY_FILE), as a secret mounted by a service manager is."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import API_KEY, invoke, one_line_error, service
+from tests.helpers import API_KEY, invoke, one_line_error, service, spawn
 from tests.maiagent_server import MaiAgentServer
+from tests.test_progress import _Terminal
 
 NO_KEY = {"MAIAGENT_API_KEY": None}
 
@@ -16,12 +17,27 @@ NO_KEY = {"MAIAGENT_API_KEY": None}
 def test_a_key_on_the_command_line_works_with_a_warning_that_does_not_show_it(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
-    result = invoke(tmp_path / "q.db", "kbs", *service(maiagent), "--api-key", API_KEY, env=NO_KEY)
+    terminal = _Terminal()
+    proc = spawn(
+        tmp_path / "q.db",
+        "kbs",
+        *service(maiagent),
+        "--api-key",
+        API_KEY,
+        env=NO_KEY,
+        stderr=terminal.slave,
+        text=True,
+    )
+    out, _err = proc.communicate(timeout=60)
+    shown = terminal.text()
+    piped = invoke(tmp_path / "q.db", "kbs", *service(maiagent), "--api-key", API_KEY, env=NO_KEY)
 
-    assert result.exit_code == 0, result.output
-    assert "kb-test" in result.stdout
-    assert "process list" in result.stderr and "--api-key-file" in result.stderr
-    assert API_KEY not in result.stderr
+    assert proc.returncode == 0, shown
+    assert "kb-test" in out
+    assert "process list" in shown and "--api-key-file" in shown
+    assert API_KEY not in shown
+    # a script's stderr (not a terminal) keeps one line per error
+    assert piped.exit_code == 0 and piped.stderr == ""
 
 
 def test_a_key_from_the_environment_is_not_warned_about(

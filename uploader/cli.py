@@ -1566,7 +1566,7 @@ def retry_failed(  # type: ignore[no-untyped-def]
         return
 
     n = on_queue(ctx, lambda q: q.retry_failed(kb_id, kind, matches), create=False)
-    click.echo(f"{n} failed files back to pending; run `uploader run` to upload them")
+    ctx.echo(f"{n} failed files back to pending; run `uploader run` to upload them")
 
 
 # --- forget ----------------------------------------------------------------------------------
@@ -1694,8 +1694,9 @@ def _check_service(api_key: str | None, base_url: str, allow_http: bool, what: s
     if warning:
         click.echo(warning, err=True)
     current = click.get_current_context(silent=True)
-    if current is not None and current.meta.get(_KEY_TYPED):
-        # a command line is readable by every local user while the command runs (`ps`)
+    if current is not None and current.meta.get(_KEY_TYPED) and sys.stderr.isatty():
+        # A command line is readable by every local user while the command runs (`ps`): said
+        # to the person who typed it (a script's stderr keeps its one line per error).
         click.echo(
             "warning: a key given by --api-key is visible to every user of this machine in the "
             "process list while the command runs: set MAIAGENT_API_KEY or use --api-key-file",
@@ -1855,6 +1856,9 @@ def _verdict(c: dict[str, Any]) -> str:
 async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification) -> None:
     c = v.counts
     files = c["files"]
+    if ctx.quiet:  # the verdict alone: its exit code says the rest
+        click.echo(printable(f"knowledge base {v.kb_id}: {_verdict(c)}"))
+        return
     click.echo(printable(f"knowledge base {v.kb_id}: {c['entries']:,} entries"))
     click.echo(f"  remote      {_pairs(c['remote'])}")
     click.echo(
@@ -1876,16 +1880,14 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
             " their files ask (give `uploader enqueue` the same --label/--metadata/--manifest"
             " again, then `uploader run`)"
         )
-        if not ctx.quiet:
-            for m in c["tag_mismatch_examples"]:
-                click.echo(
-                    printable(
-                        f"    {m['file']}: asks {m['labels']} {m['metadata']},"
-                        f" entry has {m['entry_labels']} {m['entry_metadata']}"
-                    )
+        for m in c["tag_mismatch_examples"]:
+            click.echo(
+                printable(
+                    f"    {m['file']}: asks {m['labels']} {m['metadata']},"
+                    f" entry has {m['entry_labels']} {m['entry_metadata']}"
                 )
-    if not ctx.quiet:
-        await _print_lists(q, v)
+            )
+    await _print_lists(q, v)
     click.echo(f"  {_verdict(c)}")
 
 
@@ -2072,16 +2074,16 @@ def _retry_remote(
     r = on_queue_and_service(
         ctx, api_key, base_url, lambda q, api: reconcile.retry_remote(q, api, kb_id, matches)
     )
-    click.echo(
+    ctx.echo(
         f"{r.requeued:,} files back to pending ({r.deleted:,} failed entries deleted); "
         "run `uploader run` to upload them again"
     )
     if not (r.requeued or r.busy or r.recovered or r.errors):
-        click.echo("(`uploader verify` finds the entries that failed or are missing)")
+        ctx.echo("(`uploader verify` finds the entries that failed or are missing)")
     if r.busy:
-        click.echo(f"{r.busy:,} entries are being processed again: left as they are")
+        ctx.echo(f"{r.busy:,} entries are being processed again: left as they are")
     if r.recovered:
-        click.echo(f"{r.recovered:,} entries are no longer failed or missing: left as they are")
+        ctx.echo(f"{r.recovered:,} entries are no longer failed or missing: left as they are")
     for error in r.errors[:LIST_SHOWN]:
         click.echo(printable(f"error: {error}"), err=True)
     if r.errors:

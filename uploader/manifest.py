@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import stat
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
@@ -93,7 +94,7 @@ def read_manifest(
         seen: set[int] = set()
         for row in rows:
             if check_duplicates:
-                digest = _digest(row.path)
+                digest = _digest(unicodedata.normalize("NFC", row.path))
                 if digest in seen:
                     _duplicate(name, row)
                 seen.add(digest)
@@ -105,7 +106,7 @@ def resolve(folder: str | bytes, row: ManifestRow, follow_symlinks: bool = False
     `folder`; without `follow_symlinks` neither the file nor a folder on the way may be a
     symbolic link (as for a walk of the folder)."""
     root = os.path.realpath(os.fsencode(folder))
-    path = os.path.join(root, os.fsencode(row.path))
+    path = _stored(root, row)
     try:
         st = os.stat(path) if follow_symlinks else os.lstat(path)
     except OSError:
@@ -117,6 +118,39 @@ def resolve(folder: str | bytes, row: ManifestRow, follow_symlinks: bool = False
     if not stat.S_ISREG(st.st_mode):
         raise ManifestError(f"{row.where}: {_shown(row.path)} is not a regular file")
     return path
+
+
+def _stored(root: bytes, row: ManifestRow) -> bytes:
+    """The path `row` names as the disk stores it. Unicode has two forms of an accented name:
+    an export written in NFC (most software) names a file a Mac keeps in NFD, or the other way
+    round. A part that does not exist as written is the one entry of its folder equal to it
+    once both are normalised; two such entries are ambiguous, none leaves the path as written
+    (the caller says it names no file)."""
+    path = root
+    for part in os.fsencode(row.path).split(b"/"):
+        exact = os.path.join(path, part)
+        if os.path.lexists(exact):
+            path = exact
+            continue
+        wanted = unicodedata.normalize("NFC", os.fsdecode(part))
+        try:
+            with os.scandir(path) as entries:
+                same = [e.name for e in entries if _nfc(e.name) == wanted]
+        except OSError:
+            same = []
+        if len(same) > 1:
+            raise ManifestError(
+                f"{row.where}: {_shown(row.path)} matches {len(same)} files whose names differ "
+                "only in their Unicode form; name one by its exact form"
+            )
+        if not same:
+            return os.path.join(root, os.fsencode(row.path))
+        path = os.path.join(path, same[0])
+    return path
+
+
+def _nfc(name: bytes) -> str:
+    return unicodedata.normalize("NFC", os.fsdecode(name))
 
 
 def parse_metadata_option(text: str) -> tuple[str, str]:
@@ -388,7 +422,7 @@ def _duplicate(name: str, row: ManifestRow) -> None:
     this is the error path, and it keeps the happy path to one digest per row). A digest
     collision between two different paths is not a duplicate: then nothing is raised."""
     for earlier in _rows_before(name, row.line):
-        if earlier.path == row.path:
+        if unicodedata.normalize("NFC", earlier.path) == unicodedata.normalize("NFC", row.path):
             raise ManifestError(
                 f"{row.where}: path {_shown(row.path)} is listed twice (first on line"
                 f" {earlier.line})"

@@ -372,7 +372,7 @@ def manifest_rows(
     own = own or OwnState({}, frozenset())
     for row in read_manifest(manifest):
         path = resolve(root, row, follow_symlinks)
-        rel = os.fsencode(row.path)
+        rel = os.path.relpath(path, os.path.realpath(os.fsencode(root)))  # as stored (NFC/NFD)
         try:
             st = os.stat(path)
         except OSError as exc:
