@@ -32,6 +32,7 @@ from uploader.model import Outcome, ScanRow
 from uploader.queue import Queue, open_queue
 from uploader.reconcile import RemoteIndex
 from uploader.registrar import Registrar
+from uploader.store.status import StatusStore
 
 KB = "kb-life"
 TIMEOUT = 0.02  # the request timeout the attempts work with: late effects land within it
@@ -201,7 +202,7 @@ async def _schedule(folder: Path, seed: int) -> tuple[Service, list[dict[str, An
         for _ in range(400):
             await asyncio.sleep(0.002)  # doubtful rows wait until their register had time
             await _run_once(q, final)
-            if (await q.state_counts())[KB].keys() == {"done"}:
+            if (await StatusStore(q.engine).state_counts())[KB].keys() == {"done"}:
                 break
     await asyncio.sleep(TIMEOUT)
     service.land()

@@ -17,6 +17,7 @@ from uploader.model import Outcome, OutcomeKind, ScanRow
 from uploader.queue import QueueError, open_queue, redact
 from uploader.store.migrations import series
 from uploader.store.postgres import VERSION_TABLE
+from uploader.store.status import StatusStore
 
 KB = "kb-pg"
 OWNER = "host-a:1:" + "a" * 32
@@ -134,7 +135,7 @@ async def test_a_claim_and_its_completion_are_one_statement_each(pg_url: str) ->
             ended = time.time()
             await q.record_outcomes(OWNER, [Outcome(j, OutcomeKind.DONE, ended) for j in jobs])
         assert [query.split(None, 1)[0] for query in sent] == ["UPDATE", "WITH"]
-        assert await q.state_counts() == {KB: {"done": (4, 4)}}
+        assert await StatusStore(q.engine).state_counts() == {KB: {"done": (4, 4)}}
         # a transaction that failed is rolled back before the connection is used again
         with pytest.raises(QueueError):
             async with q.transaction() as conn:

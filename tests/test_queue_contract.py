@@ -29,6 +29,7 @@ from uploader.model import (
     TagMismatch,
 )
 from uploader.queue import Queue, open_queue
+from uploader.store.status import StatusStore
 from uploader.tags import EMPTY, encode
 
 __all__ = ["queue_target"]  # the fixture, imported for pytest
@@ -47,7 +48,7 @@ def outcome(job: Job, kind: OutcomeKind, **kw: object) -> Outcome:
 
 
 async def states(q: Queue, kb: str = KB) -> dict[str, int]:
-    return {s: n for s, (n, _b) in (await q.state_counts()).get(kb, {}).items()}
+    return {s: n for s, (n, _b) in (await StatusStore(q.engine).state_counts()).get(kb, {}).items()}
 
 
 @async_test
@@ -97,7 +98,7 @@ async def test_outcomes_are_written_only_by_the_lease_owner(queue_target: str) -
         await q.record_outcomes("host:9:intruder", [outcome(d, OutcomeKind.DONE, file_id="x")])
         assert await attempts_logged(queue_target, d.id) == []  # not written, not logged
         assert await states(q) == {"done": 1, "pending": 1, "failed": 1, "running": 1}
-        assert await q.error_kind_counts() == {"http_4xx": 1}
+        assert await StatusStore(q.engine).error_kind_counts() == {"http_4xx": 1}
         assert await q.failed_count(KB) == 1
         assert await q.next_due(KB) == 1.0
         await q.record_outcomes(OWNER, [outcome(d, OutcomeKind.RELEASED)])
@@ -155,30 +156,6 @@ async def test_retry_failed_selects_by_kind_and_relpath(queue_target: str) -> No
         assert await q.retry_failed(None, [], None) == 2
         assert await states(q) == {"pending": 3}
         assert all(j.attempts == 1 for j in await q.claim(OWNER, 3, LEASE, KB))
-
-
-@async_test
-async def test_the_report_is_streamed_per_state(queue_target: str) -> None:
-    async with await open_queue(queue_target) as q:
-        await q.enqueue_batch(KB, [*rows("a", "b"), ScanRow(b"/data/s", "s", 1, 1, "too big")])
-        a, b = await q.claim(OWNER, 2, LEASE, KB)
-        await q.record_outcomes(
-            OWNER,
-            [
-                outcome(a, OutcomeKind.DONE, file_id="file-a", filename="a"),
-                outcome(b, OutcomeKind.FAILED, error_kind="timeout", error="slow"),
-            ],
-        )
-        totals = await q.report_totals()
-        assert (totals["total_files"], totals["successful_uploads"]) == (3, 1)
-        assert (totals["failed_uploads"], totals["skipped"]) == (1, 1)
-        assert totals["knowledge_bases"] == [KB]
-        [done] = [r async for r in q.report_rows("done", chunk=1)]
-        assert (done.path, done.file_id, done.filename) == (b"/data/a", "file-a", "a")
-        [failed] = [r async for r in q.report_rows("failed")]
-        assert (failed.error, failed.attempts, failed.error_kind) == ("slow", 1, "timeout")
-        [skipped] = [r async for r in q.report_rows("skipped")]
-        assert skipped.reason == "too big"
 
 
 def tagged(name: str, tags: str | None, size: int = 10, **kw: str) -> ScanRow:
@@ -327,16 +304,18 @@ async def test_a_verification_keeps_its_lists_until_the_next(queue_target: str) 
         assert [(c.id, c.job_id) for c in candidates] == [("file-a", a.id), ("copy", None)]
         dup = DuplicateItem(a.id, "copy", "a", 10, "done", "file-a")
         vid = await q.record_verification(KB, now, {"ok": False}, [dup], ["copy"])
-        missing = [i async for i in q.verification_items(vid, "missing")]
+        missing = [i async for i in StatusStore(q.engine).verification_items(vid, "missing")]
         assert [(i.file_id, i.path) for i in missing] == [("file-b", b"/data/b")]
-        assert [i.file_id async for i in q.verification_items(vid, "extra")] == ["e"]
-        [copy] = [i async for i in q.verification_items(vid, "duplicate", 5)]
+        assert [
+            i.file_id async for i in StatusStore(q.engine).verification_items(vid, "extra")
+        ] == ["e"]
+        [copy] = [i async for i in StatusStore(q.engine).verification_items(vid, "duplicate", 5)]
         assert (copy.file_id, copy.kept_id, copy.path) == ("copy", "file-a", b"/data/a")
-        [last] = await q.last_verifications()
+        [last] = await StatusStore(q.engine).last_verifications()
         assert (last["id"], last["counts"]) == (vid, {"ok": False})
         newer = await q.record_verification(KB, now, {"ok": True}, [], [])
-        assert [i async for i in q.verification_items(vid, "missing")] == []
-        assert [v["id"] for v in await q.last_verifications()] == [newer]
+        assert [i async for i in StatusStore(q.engine).verification_items(vid, "missing")] == []
+        assert [v["id"] for v in await StatusStore(q.engine).last_verifications()] == [newer]
 
 
 @async_test
@@ -375,14 +354,14 @@ async def test_copies_are_told_by_the_keys_jobs_uploaded(queue_target: str) -> N
 async def test_deletions_are_kept_with_their_jobs_paths(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
         [a] = await _done(q, "a")
-        assert [d async for d in q.deletion_rows()] == []
+        assert [d async for d in StatusStore(q.engine).deletion_rows()] == []
         await q.record_deletions(
             [
                 Deletion(KB, "copy", "a", "copy", "copy of file-a", "dedupe", 100.0, a.id),
                 Deletion(KB, "other", None, "same_name_size", None, "dedupe", 101.0, None),
             ]
         )
-        found = [d async for d in q.deletion_rows(chunk=1)]
+        found = [d async for d in StatusStore(q.engine).deletion_rows(chunk=1)]
         assert [(d.entry_id, d.reason, d.command, d.deleted_at, d.path) for d in found] == [
             ("copy", "copy", "dedupe", 100.0, b"/data/a"),
             ("other", "same_name_size", "dedupe", 101.0, None),
@@ -417,7 +396,7 @@ async def test_a_changed_uploaded_file_remembers_its_entry_until_it_is_replaced(
         await q.settle_superseded([gone], [])
         assert await q.superseded_due(KB) == []
         assert not await q.any_remote_known(KB, ["file-a"])
-        assert [d.entry_id async for d in q.deletion_rows()] == ["file-a"]
+        assert [d.entry_id async for d in StatusStore(q.engine).deletion_rows()] == ["file-a"]
 
 
 @async_test
@@ -455,10 +434,12 @@ async def test_a_superseded_entry_another_job_points_to_is_never_due(queue_targe
         )
         due = await q.superseded_due(KB)
         assert [d.entry_id for d in due] == ["file-b"]
-        assert await q.content_counts() == {KB: {"superseded": 2}}
+        assert await StatusStore(q.engine).content_counts() == {KB: {"superseded": 2}}
         await q.keep_superseded(due)
         assert await q.superseded_due(KB) == []
-        assert await q.content_counts() == {KB: {"superseded": 1, "old_versions_kept": 1}}
+        assert await StatusStore(q.engine).content_counts() == {
+            KB: {"superseded": 1, "old_versions_kept": 1}
+        }
 
 
 @async_test
@@ -476,12 +457,12 @@ async def test_a_skipped_outcome_keeps_its_reason_and_hash_and_uploads_are_found
                 outcome(b, OutcomeKind.SKIPPED, error="same content as a", error_kind="skipped"),
             ],
         )
-        assert await q.content_counts() == {KB: {"hashed": 1}}
+        assert await StatusStore(q.engine).content_counts() == {KB: {"hashed": 1}}
         assert await q.uploaded_as(KB, "h1", b.id) == "a"
         assert await q.uploaded_as(KB, "h1", a.id) is None  # itself does not count
         assert await q.uploaded_as("kb-other", "h1", c.id) is None
         assert await states(q) == {"done": 1, "skipped": 1, "running": 1}
-        [skipped] = [r async for r in q.report_rows("skipped")]
+        [skipped] = [r async for r in StatusStore(q.engine).report_rows("skipped")]
         assert (skipped.path, skipped.reason) == (b"/data/b", "same content as a")
 
 

@@ -59,6 +59,7 @@ from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
 from .scan import display
 from .store.runs import RunsStore
+from .store.status import StatusStore
 
 T = TypeVar("T")
 R = TypeVar("R")  # a library call's result, per knowledge base
@@ -1167,7 +1168,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         run_logger.info("run %d started (log %s): %s", run_id, where, logs.readable(shown))
 
     async def body(q: Queue) -> tuple[worker.RunResult, dict[str, Any]]:
-        before = _states_of(await q.state_counts(), settings.kb_id)
+        before = _states_of(await StatusStore(q.engine).state_counts(), settings.kb_id)
         if before["done"] and not as_json:
             total = sum(before.values()) - before["skipped"]
             ctx.echo(f"resuming: {before['done']:,} of {total:,} files were uploaded before")
@@ -1191,12 +1192,14 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             run_logger.error("%s: its rows left alone", error, extra=logs.FILE_ONLY)
         await checkup.learned_from_run(q, base_url, result.batch_proved)
         left: dict[str, Any] = {"skipped": 0, "running": 0}
-        after = await q.state_counts()
+        after = await StatusStore(q.engine).state_counts()
         left["states"] = _states_of(after, settings.kb_id)
         left["unknown"] = {kb: sum(_states_of(after, kb).values()) for kb in result.unknown_kbs}
         left["skipped"], left["running"] = left["states"]["skipped"], left["states"]["running"]
         if not shared:
-            left["elsewhere"] = _pending_elsewhere(await q.host_counts(), ctx.host_id)
+            left["elsewhere"] = _pending_elsewhere(
+                await StatusStore(q.engine).host_counts(), ctx.host_id
+            )
         left["failed"] = (
             await _failed(q, settings.kb_id, FAILED_SHOWN) if result.failed_in_queue else []
         )
@@ -1311,7 +1314,7 @@ async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | N
         return None
     if await worker.scan_in_progress(q, kb_id, worker.make_owner(q.scope.host)):
         return None  # an enqueue is still walking: the run waits for its rows
-    counts = await q.state_counts()
+    counts = await StatusStore(q.engine).state_counts()
     if kb_id is not None and kb_id not in counts:
         holds = f"the queue holds: {', '.join(sorted(counts))}" if counts else "the queue is empty"
         raise UserError(f"nothing pending for {kb_id} ({holds})")
@@ -1323,7 +1326,7 @@ async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | N
         for kb, states in sorted(shown.items())
     )
     line = f"nothing pending{f' for {kb_id}' if kb_id else ''} ({held})"
-    elsewhere = _pending_elsewhere(await q.host_counts(), host_id)
+    elsewhere = _pending_elsewhere(await StatusStore(q.engine).host_counts(), host_id)
     if elsewhere:
         line += f"; {elsewhere:,} pending files were queued by other hosts (`run --shared`)"
     return line
@@ -1363,19 +1366,20 @@ def _pending_elsewhere(counts: list[Any], host_id: str) -> int:
 
 
 async def _status(q: Queue) -> dict[str, Any]:
-    counts = await q.state_counts()
+    reads = StatusStore(q.engine)
+    counts = await reads.state_counts()
     runs = RunsStore(q.engine)
     last = await runs.runs(last=1)
     if last:
         last[0]["fatal"] = await runs.run_fatal(last[0]["id"])
     return {
         "knowledge_bases": {kb: _every_state(states) for kb, states in counts.items()},
-        "failed_by_kind": await q.error_kind_counts(),
+        "failed_by_kind": await reads.error_kind_counts(),
         "last_run": report.with_iso_times(last[0]) if last else None,
-        "remote": {v["kb_id"]: report.with_iso_times(v) for v in await q.last_verifications()},
+        "remote": {v["kb_id"]: report.with_iso_times(v) for v in await reads.last_verifications()},
         "hosts": {
             label: {state.value: states.get(state, 0) for state in JobState}
-            for label, states in _hosts(await q.host_counts()).items()
+            for label, states in _hosts(await reads.host_counts()).items()
         },
         # what is known of the bytes behind the entries (their hash, as uploaded) and the entries
         # of changed or removed files' old versions still to delete
@@ -1387,7 +1391,7 @@ async def _status(q: Queue) -> dict[str, Any]:
                 "old_versions_kept": 0,
                 **c,
             }
-            for kb, c in (await q.content_counts()).items()
+            for kb, c in (await reads.content_counts()).items()
         },
     }
 
@@ -1469,7 +1473,7 @@ FAILED_SHOWN = 5  # failed files a run's summary names; `status --failed` lists 
 async def _failed(q: Queue, kb_id: str | None, limit: int | None = None) -> list[dict[str, Any]]:
     """The failed files (of --kb), oldest row first: path, kind, last error, attempts."""
     found: list[dict[str, Any]] = []
-    rows = q.report_rows(JobState.FAILED)
+    rows = StatusStore(q.engine).report_rows(JobState.FAILED)
     try:
         async for row in rows:
             if not isinstance(row, FailedRow) or kb_id not in (None, row.kb_id):
@@ -1590,7 +1594,7 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
         raise UserError(str(exc)) from None
 
     async def body(q: Queue) -> dict[str, int]:
-        counts = await q.state_counts()
+        counts = await StatusStore(q.engine).state_counts()
         if kb_id not in counts:
             holds = f"the queue holds: {', '.join(sorted(counts))}" if counts else "it is empty"
             raise UserError(f"the queue has no rows for {kb_id} ({holds})")
@@ -1726,7 +1730,7 @@ def on_queue_and_service(
 async def _kbs(q: Queue, kb_id: str | None) -> list[str]:
     if kb_id:
         return [kb_id]
-    kbs = sorted(await q.state_counts())
+    kbs = sorted(await StatusStore(q.engine).state_counts())
     if not kbs:
         raise UserError("the queue is empty: pass --kb KB_ID")
     return kbs
@@ -1821,7 +1825,7 @@ async def _print_lists(q: Queue, v: reconcile.Verification) -> None:
         if not total:
             continue
         click.echo(f"  {title}:")
-        async for row in q.verification_items(v.id, kind, LIST_SHOWN):
+        async for row in StatusStore(q.engine).verification_items(v.id, kind, LIST_SHOWN):
             click.echo(f"    {printable(_item_line(kind, row))}")
         if total > LIST_SHOWN:
             click.echo(f"    ... and {total - LIST_SHOWN:,} more (uploader export-report)")

@@ -37,6 +37,7 @@ from .model import (
 )
 from .queue import Queue, QueueError
 from .retrying import Retry, retrying
+from .store.status import StatusStore
 
 T = TypeVar("T")
 
@@ -723,7 +724,7 @@ class RunInProgress(QueueError):
 
 
 async def _refuse_during_a_run(q: Queue, kb_id: str) -> None:
-    running = (await q.state_counts()).get(kb_id, {}).get("running", (0, 0))[0]
+    running = (await StatusStore(q.engine).state_counts()).get(kb_id, {}).get("running", (0, 0))[0]
     if running:
         raise RunInProgress(
             f"a run is uploading {running} file(s) of {kb_id}: dedupe --yes deletes nothing "

@@ -20,6 +20,7 @@ from .model import DeletionRow, DoneRow, FailedRow, SkippedRow, VerificationItem
 from .queue import Queue, anchor, is_url, redact
 from .scan import display
 from .store.runs import RunsStore
+from .store.status import StatusStore
 
 
 def _default_folder(db_path: str) -> str:
@@ -102,7 +103,7 @@ def with_iso_times(record: dict[str, Any]) -> dict[str, Any]:
 
 async def write(q: Queue, out: IO[str], db_path: str) -> dict[str, Any]:
     """Write the whole report to `out`; returns its summary for the command's one-line answer."""
-    summary = await q.report_totals()
+    summary = await StatusStore(q.engine).report_totals()
     head = {
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "database": redact(db_path) if is_url(db_path) else os.path.abspath(db_path),
@@ -113,12 +114,12 @@ async def write(q: Queue, out: IO[str], db_path: str) -> dict[str, Any]:
         out.write(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)},\n")
     for key, state, shape in SECTIONS:
         out.write(f"  {json.dumps(key)}: ")
-        await _write_list(out, q.report_rows(state), shape)
+        await _write_list(out, StatusStore(q.engine).report_rows(state), shape)
         out.write(",\n")
     out.write('  "integrity": ')
     await _write_integrity(q, out)
     out.write(',\n  "deletions": ')
-    await _write_list(out, q.deletion_rows(), _deletion)
+    await _write_list(out, StatusStore(q.engine).deletion_rows(), _deletion)
     out.write(",\n")
     runs = [with_iso_times(run) for run in await RunsStore(q.engine).runs()]
     out.write(f'  "runs": {json.dumps(runs, ensure_ascii=False)}\n}}\n')
@@ -195,7 +196,7 @@ INTEGRITY_LISTS: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
 async def _write_integrity(q: Queue, out: IO[str]) -> None:
     """The last verify of each knowledge base, {} when none has run; its lists are streamed
     from the rows it recorded, so they describe the knowledge base as that verify saw it."""
-    verifications = await q.last_verifications()
+    verifications = await StatusStore(q.engine).last_verifications()
     out.write("{")
     for n, v in enumerate(verifications):
         out.write(f"{',' if n else ''}\n    {json.dumps(v['kb_id'], ensure_ascii=False)}: {{\n")
@@ -204,7 +205,7 @@ async def _write_integrity(q: Queue, out: IO[str]) -> None:
             out.write(f"      {json.dumps(key)}: {json.dumps(shown[key], ensure_ascii=False)},\n")
         for i, (key, kind, shape) in enumerate(INTEGRITY_LISTS):
             out.write(f"      {json.dumps(key)}: ")
-            await _write_list(out, q.verification_items(v["id"], kind), shape)
+            await _write_list(out, StatusStore(q.engine).verification_items(v["id"], kind), shape)
             out.write(",\n" if i + 1 < len(INTEGRITY_LISTS) else "\n")
         out.write("    }")
     out.write("\n  }" if verifications else "}")

@@ -23,6 +23,7 @@ from uploader.model import Job, Outcome, OutcomeKind
 from uploader.queue import HostScope, Queue, open_queue
 from uploader.queue import postgres as pg
 from uploader.store.runs import RunsStore
+from uploader.store.status import StatusStore
 
 KB = "kb-micro"
 OWNER = "bench:0:micro"
@@ -92,7 +93,7 @@ async def drain_asyncpg(server: PgServer, url: str, jobs: int, batch: int) -> di
             done += len(claimed)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         server_cpu = server.cpu_seconds() - server_cpu
-        left = await q.state_counts()
+        left = await StatusStore(q.engine).state_counts()
     finally:
         await q.close()
     if left.get(KB, {}).get("done", (0, 0))[0] != jobs:

@@ -19,6 +19,7 @@ import time
 from uploader.model import Job, Outcome, OutcomeKind
 from uploader.queue import Queue, open_queue
 from uploader.store.runs import RunsStore
+from uploader.store.status import StatusStore
 
 KB = "kb-micro"
 OWNER = "bench:0:micro"
@@ -69,7 +70,7 @@ async def drain(path: str, jobs: int, batch: int, uploaded: bool) -> dict:
             done += len(claimed)
         seconds = time.perf_counter() - start
         cpu = time.process_time() - cpu
-        left = await q.state_counts()
+        left = await StatusStore(q.engine).state_counts()
     finally:
         await q.close()
     if left.get(KB, {}).get("done", (0, 0))[0] != jobs:

@@ -30,11 +30,9 @@ from typing import Any
 
 from ..model import (
     Deletion,
-    DeletionRow,
     DuplicateItem,
     EnqueueCounts,
     Entry,
-    HostCount,
     HostScope,
     Job,
     KeyOwner,
@@ -45,14 +43,12 @@ from ..model import (
     QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
-    ReportRow,
     RequeueItem,
     ScanRow,
     Superseded,
     SupersededEntry,
     SupersedeFailure,
     TagMismatch,
-    VerificationItem,
 )
 from ..store.engine import Engine, QueueError
 
@@ -189,39 +185,12 @@ class Queue(abc.ABC):
     # --- status, retry-failed, report ----------------------------------------------------
 
     @abc.abstractmethod
-    async def state_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
-        """{kb_id: {state: (files, bytes)}}; states without rows are absent."""
-
-    @abc.abstractmethod
-    async def host_counts(self) -> list[HostCount]:
-        """Rows per (host, shared, state), ordered by host, shared, state."""
-
-    @abc.abstractmethod
-    async def content_counts(self) -> dict[str, dict[str, int]]:
-        """{kb_id: {"hashed": done jobs with a content hash, "superseded": entries waiting to
-        be deleted, "old_versions_kept": entries kept by --keep-old-versions}}; zeros absent."""
-
-    @abc.abstractmethod
-    async def error_kind_counts(self) -> dict[str, int]:
-        """Failed rows per error kind ('unknown' for none)."""
-
-    @abc.abstractmethod
     async def retry_failed(
         self, kb_id: str | None, kinds: Sequence[str], match: Match | None
     ) -> int:
         """One transaction: failed rows (of `kb_id`, of one of `kinds` if any, whose relpath
         satisfies `match` if given) back to pending with attempts reset; the attempts table
         keeps their past. Returns how many."""
-
-    @abc.abstractmethod
-    async def report_totals(self) -> dict[str, Any]:
-        """total_files, successful_uploads, failed_uploads, pending, running, skipped,
-        average_upload_time (of done rows, 3 decimals), knowledge_bases (sorted)."""
-
-    @abc.abstractmethod
-    def report_rows(self, state: str, chunk: int = 5000) -> AsyncIterator[ReportRow]:
-        """The rows of one report section ('done', 'failed', 'skipped') in id order,
-        streamed `chunk` at a time (memory independent of the table's size)."""
 
     @abc.abstractmethod
     async def kbs_with_work(self, kb_id: str | None) -> list[str]:
@@ -354,10 +323,6 @@ class Queue(abc.ABC):
     async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
         """One transaction: append these to the record of deleted entries."""
 
-    @abc.abstractmethod
-    def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
-        """Every recorded deletion, oldest first, with its job's local path, streamed."""
-
     # --- verifications -------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -374,18 +339,6 @@ class Queue(abc.ABC):
         the done jobs whose remote status is failed or missing, the extra entries (as
         `extra_count`), `duplicates` and `superseded` (kept_id: the entry replacing it); the
         previous verify of `kb_id` loses its items. Returns the verification id."""
-
-    @abc.abstractmethod
-    async def last_verifications(self) -> list[dict[str, Any]]:
-        """The newest verification per knowledge base, by kb_id: id, kb_id, started_at,
-        ended_at, counts."""
-
-    @abc.abstractmethod
-    def verification_items(
-        self, verification_id: int, kind: str, limit: int = -1
-    ) -> AsyncIterator[VerificationItem]:
-        """Items of one kind in insertion order (`limit` < 0: all), with the local path of
-        their job, streamed."""
 
     # --- retry-failed --remote -----------------------------------------------------------
 

@@ -32,13 +32,9 @@ import asyncpg
 
 from ..model import (
     Deletion,
-    DeletionRow,
-    DoneRow,
     DuplicateItem,
     EnqueueCounts,
     Entry,
-    FailedRow,
-    HostCount,
     Job,
     KeyOwner,
     LeaseOwner,
@@ -49,16 +45,13 @@ from ..model import (
     QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
-    ReportRow,
     RequeueItem,
     ScanRow,
     ServiceFacts,
-    SkippedRow,
     Superseded,
     SupersededEntry,
     SupersedeFailure,
     TagMismatch,
-    VerificationItem,
 )
 from ..store.postgres import NOW, PgEngine, status_count
 from ..tags import EMPTY as EMPTY_TAGS
@@ -273,22 +266,6 @@ FROM unnest($3::int8[], $4::text[], $5::text[], $6::int8[], $7::int8[])
 WHERE j.id = w.id AND j.state = 'running' AND j.lease_owner = $1 AND j.lease_expires > {NOW}
 RETURNING j.id"""
 
-_REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
-    "done": (
-        "SELECT kb_id, path, size, duration, file_id, filename, content_hash, tags FROM jobs"
-        " WHERE state = 'done' ORDER BY id",
-        DoneRow,
-    ),
-    "failed": (
-        "SELECT kb_id, path, last_error, attempts, error_kind FROM jobs"
-        " WHERE state = 'failed' ORDER BY id",
-        FailedRow,
-    ),
-    "skipped": (
-        "SELECT kb_id, path, last_error FROM jobs WHERE state = 'skipped' ORDER BY id",
-        SkippedRow,
-    ),
-}
 
 # See the SQLite backend's _ADOPTABLE: the key decides; name, size and time only for a
 # listing without `file`, and a name no other job of the knowledge base has.
@@ -415,17 +392,6 @@ UPDATE jobs SET state = 'removed', file_id = NULL, remote_status = NULL, step = 
        last_error = 'the file is gone from its folder', error_kind = NULL, finished_at = {NOW}
 WHERE id = ANY($1::int8[]) AND state NOT IN ('running', 'removed')"""
 
-_CONTENT_COUNTS = """
-SELECT kb_id, 'hashed', COUNT(*) FROM jobs
-WHERE state = 'done' AND content_hash IS NOT NULL GROUP BY kb_id
-UNION ALL
-SELECT kb_id, CASE WHEN kept THEN 'old_versions_kept' ELSE 'superseded' END, COUNT(*)
-FROM superseded GROUP BY 1, 2"""
-
-_DELETION_ROWS = """
-SELECT d.kb_id, d.entry_id, d.filename, d.reason, d.detail, d.command, d.deleted_at, j.path
-FROM deletions AS d LEFT JOIN jobs AS j ON j.id = d.job_id
-ORDER BY d.id"""
 
 _ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
 
@@ -696,40 +662,6 @@ class PgQueue(Queue):
 
     # --- status, retry-failed, report ----------------------------------------------------
 
-    async def state_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT kb_id, state, COUNT(*), COALESCE(SUM(size), 0) FROM jobs"
-                " GROUP BY kb_id, state ORDER BY kb_id, state"
-            )
-        result: dict[str, dict[str, tuple[int, int]]] = {}
-        for kb, state, count, size in rows:
-            result.setdefault(kb, {})[state] = (count, int(size))
-        return result
-
-    async def host_counts(self) -> list[HostCount]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT host, shared, state, COUNT(*) FROM jobs GROUP BY host, shared, state"
-                " ORDER BY host, shared, state"
-            )
-        return [HostCount(*r) for r in rows]
-
-    async def content_counts(self) -> dict[str, dict[str, int]]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(_CONTENT_COUNTS)
-        counts: dict[str, dict[str, int]] = {}
-        for kb, what, n in rows:
-            counts.setdefault(kb, {})[what] = n
-        return counts
-
-    async def error_kind_counts(self) -> dict[str, int]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT error_kind, COUNT(*) FROM jobs WHERE state = 'failed' GROUP BY error_kind"
-            )
-        return {kind or "unknown": count for kind, count in rows}
-
     async def retry_failed(
         self, kb_id: str | None, kinds: Sequence[str], match: Callable[[str], bool] | None
     ) -> int:
@@ -756,41 +688,12 @@ class PgQueue(Queue):
             )
         return status_count(status)
 
-    async def report_totals(self) -> dict[str, Any]:
-        async with self._connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT COUNT(*), COUNT(*) FILTER (WHERE state = 'done'),"
-                " COUNT(*) FILTER (WHERE state = 'failed'),"
-                " COUNT(*) FILTER (WHERE state = 'pending'),"
-                " COUNT(*) FILTER (WHERE state = 'running'),"
-                " COUNT(*) FILTER (WHERE state = 'skipped'),"
-                " AVG(duration) FILTER (WHERE state = 'done'),"
-                " array_agg(DISTINCT kb_id)"
-                " FROM jobs"
-            )
-        total, done, failed, pending, running, skipped, avg, kbs = row
-        return {
-            "total_files": total,
-            "successful_uploads": done,
-            "failed_uploads": failed,
-            "pending": pending,
-            "running": running,
-            "skipped": skipped,
-            "average_upload_time": round(avg or 0.0, 3),
-            "knowledge_bases": sorted(kbs) if kbs else [],
-        }
-
     async def _stream(self, sql: str, *args: Any, chunk: int = 5000) -> AsyncIterator[Any]:
         """Rows of a query through a server-side cursor, `chunk` at a time: memory is the
         same for a million rows as for ten."""
         async with self._connection() as conn, conn.transaction(readonly=True):
             async for row in conn.cursor(sql, *args, prefetch=chunk):
                 yield row
-
-    async def report_rows(self, state: str, chunk: int = 5000) -> AsyncIterator[ReportRow]:
-        sql, shape = _REPORT_ROWS[state]
-        async for row in self._stream(sql, chunk=chunk):
-            yield shape(*row)
 
     async def kbs_with_work(self, kb_id: str | None) -> list[str]:
         async with self._connection() as conn:
@@ -1010,10 +913,6 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             await conn.execute(_RECORD_DELETIONS, *columns)
 
-    async def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
-        async for row in self._stream(_DELETION_ROWS, chunk=chunk):
-            yield DeletionRow(*row)
-
     # --- verifications -------------------------------------------------------------------
 
     async def record_verification(
@@ -1047,28 +946,6 @@ class PgQueue(Queue):
                     columns = [list(c) for c in zip(*items, strict=True)]
                     await conn.execute(_RECORD_ITEMS, vid, kind, *columns)
         return int(vid)
-
-    async def last_verifications(self) -> list[dict[str, Any]]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT id, kb_id, started_at, ended_at, counts FROM verifications"
-                " WHERE id IN (SELECT MAX(id) FROM verifications GROUP BY kb_id) ORDER BY kb_id"
-            )
-        return [
-            {"id": vid, "kb_id": kb, "started_at": s, "ended_at": e, "counts": json.loads(c)}
-            for vid, kb, s, e, c in rows
-        ]
-
-    async def verification_items(
-        self, verification_id: int, kind: str, limit: int = -1
-    ) -> AsyncIterator[VerificationItem]:
-        sql = (
-            "SELECT j.path, i.file_id, i.filename, i.size, i.status, i.kept_id"
-            " FROM verification_items AS i LEFT JOIN jobs AS j ON j.id = i.job_id"
-            " WHERE i.verification_id = $1 AND i.kind = $2 ORDER BY i.item LIMIT $3"
-        )
-        async for row in self._stream(sql, verification_id, kind, None if limit < 0 else limit):
-            yield VerificationItem(*row)
 
     # --- retry-failed --remote -----------------------------------------------------------
 

@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..model import (
-    DoneRow,
     EnqueueCounts,
-    FailedRow,
-    HostCount,
     Job,
     LeaseOwner,
     Outcome,
     OutcomeKind,
-    ReportRow,
     ScanRow,
-    SkippedRow,
 )
 from ..tags import EMPTY as EMPTY_TAGS
 
@@ -251,14 +246,6 @@ def _outcome_params(o: Outcome, owner: str) -> dict[str, Any]:
     }
 
 
-_CONTENT_COUNTS = """
-SELECT kb_id, 'hashed', COUNT(*) FROM jobs
-WHERE state = 'done' AND content_hash IS NOT NULL GROUP BY kb_id
-UNION ALL
-SELECT kb_id, CASE WHEN kept THEN 'old_versions_kept' ELSE 'superseded' END, COUNT(*)
-FROM superseded GROUP BY 1, 2"""
-
-
 _LOST_ATTEMPTS = """
 INSERT INTO attempts (job_id, attempt, started_at, ended_at, outcome, step, error_kind, error)
 SELECT id, attempts, COALESCE(started_at, :now), :now, 'lost', step, 'lost',
@@ -273,24 +260,6 @@ UPDATE jobs SET state = 'pending', attempts = MAX(attempts - 1, 0), lease_owner 
        lease_expires = NULL
 WHERE state = 'running' AND (lease_expires < :now
       OR lease_owner IN (SELECT value FROM json_each(:owners)))"""
-
-
-_REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
-    "done": (
-        "SELECT kb_id, path, size, duration, file_id, filename, content_hash, tags FROM jobs"
-        " WHERE state = 'done' ORDER BY id",
-        DoneRow,
-    ),
-    "failed": (
-        "SELECT kb_id, path, last_error, attempts, error_kind FROM jobs"
-        " WHERE state = 'failed' ORDER BY id",
-        FailedRow,
-    ),
-    "skipped": (
-        "SELECT kb_id, path, last_error FROM jobs WHERE state = 'skipped' ORDER BY id",
-        SkippedRow,
-    ),
-}
 
 
 class JobsMixin(SqliteBase):
@@ -468,35 +437,6 @@ class JobsMixin(SqliteBase):
             cur = await self._conn.execute(_RECLAIM, params)
         return cur.rowcount
 
-    async def state_counts(self) -> dict[str, dict[str, tuple[int, int]]]:
-        """{kb_id: {state: (files, bytes)}}, from the (kb_id, state, size) index alone."""
-        rows = await self._conn.execute_fetchall(
-            "SELECT kb_id, state, COUNT(*), COALESCE(SUM(size), 0) FROM jobs GROUP BY kb_id, state"
-        )
-        result: dict[str, dict[str, tuple[int, int]]] = {}
-        for kb, state, count, size in rows:
-            result.setdefault(kb, {})[state] = (count, size)
-        return result
-
-    async def host_counts(self) -> list[HostCount]:
-        rows = await self._conn.execute_fetchall(
-            "SELECT host, shared, state, COUNT(*) FROM jobs GROUP BY host, shared, state"
-            " ORDER BY host, shared, state"
-        )
-        return [HostCount(host, bool(shared), state, n) for host, shared, state, n in rows]
-
-    async def content_counts(self) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
-        for kb, what, n in await self._conn.execute_fetchall(_CONTENT_COUNTS):
-            counts.setdefault(kb, {})[what] = n
-        return counts
-
-    async def error_kind_counts(self) -> dict[str, int]:
-        rows = await self._conn.execute_fetchall(
-            "SELECT error_kind, COUNT(*) FROM jobs WHERE state = 'failed' GROUP BY error_kind"
-        )
-        return {kind or "unknown": count for kind, count in rows}
-
     async def retry_failed(
         self,
         kb_id: str | None,
@@ -520,36 +460,6 @@ class JobsMixin(SqliteBase):
                 params,
             )
         return cur.rowcount
-
-    async def report_totals(self) -> dict[str, Any]:
-        row = await self._conn.execute_fetchall(
-            "SELECT COUNT(*),"
-            " COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(state = 'failed'), 0),"
-            " COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'running'), 0),"
-            " COALESCE(SUM(state = 'skipped'), 0),"
-            " AVG(CASE WHEN state = 'done' THEN duration END),"
-            " GROUP_CONCAT(DISTINCT kb_id)"
-            " FROM jobs"
-        )
-        total, done, failed, pending, running, skipped, avg, kbs = list(row)[0]
-        return {
-            "total_files": total,
-            "successful_uploads": done,
-            "failed_uploads": failed,
-            "pending": pending,
-            "running": running,
-            "skipped": skipped,
-            "average_upload_time": round(avg or 0.0, 3),
-            "knowledge_bases": sorted(kbs.split(",")) if kbs else [],
-        }
-
-    async def report_rows(self, state: str, chunk: int = 5000) -> AsyncIterator[ReportRow]:
-        """Stream the rows of one report section without holding them all."""
-        sql, shape = _REPORT_ROWS[state]
-        async with self._conn.execute(sql) as cur:
-            while rows := await cur.fetchmany(chunk):
-                for row in rows:
-                    yield shape(*row)
 
     async def kbs_with_work(self, kb_id: str | None) -> list[str]:
         """Knowledge bases that have rows left to upload: the run checks each before claiming."""

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..model import (
     Deletion,
-    DeletionRow,
     DuplicateItem,
     Entry,
     KeyOwner,
@@ -27,7 +26,6 @@ from ..model import (
     SupersededEntry,
     SupersedeFailure,
     TagMismatch,
-    VerificationItem,
 )
 from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD
 
@@ -166,10 +164,6 @@ _RECORD_DELETION = """
 INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 
-_DELETION_ROWS = """
-SELECT d.kb_id, d.entry_id, d.filename, d.reason, d.detail, d.command, d.deleted_at, j.path
-FROM deletions AS d LEFT JOIN jobs AS j ON j.id = d.job_id
-ORDER BY d.id"""
 
 _ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
 
@@ -377,12 +371,6 @@ class RemoteMixin(SqliteBase):
         async with self.transaction():
             await self._conn.executemany(_RECORD_DELETION, deletions)
 
-    async def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
-        async with self._conn.execute(_DELETION_ROWS) as cur:
-            while rows := await cur.fetchmany(chunk):
-                for row in rows:
-                    yield DeletionRow(*row)
-
     async def record_verification(
         self,
         kb_id: str,
@@ -420,31 +408,6 @@ class RemoteMixin(SqliteBase):
                 [(vid, *item) for item in superseded],
             )
         return vid
-
-    async def last_verifications(self) -> list[dict[str, Any]]:
-        """The newest verify of each knowledge base, by knowledge base id."""
-        rows = await self._conn.execute_fetchall(
-            "SELECT id, kb_id, started_at, ended_at, counts FROM verifications"
-            " WHERE id IN (SELECT MAX(id) FROM verifications GROUP BY kb_id) ORDER BY kb_id"
-        )
-        return [
-            {"id": vid, "kb_id": kb, "started_at": s, "ended_at": e, "counts": json.loads(c)}
-            for vid, kb, s, e, c in rows
-        ]
-
-    async def verification_items(
-        self, verification_id: int, kind: str, limit: int = -1
-    ) -> AsyncIterator[VerificationItem]:
-        """The items of one list of a verify, streamed."""
-        async with self._conn.execute(
-            "SELECT j.path, i.file_id, i.filename, i.size, i.status, i.kept_id"
-            " FROM verification_items AS i LEFT JOIN jobs AS j ON j.id = i.job_id"
-            " WHERE i.verification_id = ? AND i.kind = ? ORDER BY i.rowid LIMIT ?",
-            (verification_id, kind, limit),
-        ) as cur:
-            while rows := await cur.fetchmany(5000):
-                for row in rows:
-                    yield VerificationItem(*row)
 
     async def remote_retry_candidates(
         self, kb_id: str | None, match: Callable[[str], bool] | None

@@ -12,7 +12,7 @@ import abc
 import contextlib
 import enum
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -79,6 +79,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, sql: Sql, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of a query."""
+
+    @abc.abstractmethod
+    def stream(
+        self, sql: Sql, params: Sequence[Any] = (), chunk: int = 5000
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """The rows of a query, read `chunk` at a time: memory is the same for a million rows
+        as for ten."""
 
     async def returning(self, sql: Sql, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one write with `RETURNING`; the rows it returns."""

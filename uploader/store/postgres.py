@@ -209,6 +209,14 @@ class PgEngine(Engine):
             rows = await conn.fetch(numbered(self.spelled(sql)), *params)
         return [tuple(r) for r in rows]
 
+    async def stream(
+        self, sql: Sql, params: Sequence[Any] = (), chunk: int = 5000
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Through a server-side cursor, in a read-only transaction of its own connection."""
+        async with self.connection() as conn, conn.transaction(readonly=True):
+            async for row in conn.cursor(numbered(self.spelled(sql)), *params, prefetch=chunk):
+                yield tuple(row)
+
     # --- the two clocks ----------------------------------------------------------------------
 
     async def sync_clock(self, conn: asyncpg.Connection, force: bool = False) -> None:

@@ -257,6 +257,14 @@ class SqliteEngine(Engine):
         rows = await self._conn.execute_fetchall(self.spelled(sql), params)
         return [tuple(r) for r in rows]
 
+    async def stream(
+        self, sql: Sql, params: Sequence[Any] = (), chunk: int = 5000
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        async with self._conn.execute(self.spelled(sql), params) as cur:
+            while rows := await cur.fetchmany(chunk):
+                for row in rows:
+                    yield tuple(row)
+
     # --- migrations ------------------------------------------------------------------------
 
     async def _check_version(self) -> None:
