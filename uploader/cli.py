@@ -27,6 +27,7 @@ from . import (
     checkup,
     client,
     content,
+    guard,
     i18n,
     logs,
     network,
@@ -567,6 +568,88 @@ def _parser(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from None
 
 
+class DeletionsRefused(click.ClickException):
+    """The mass-deletion guard stopped --delete-removed: nothing marked, exit 5."""
+
+    exit_code = ExitCode.DELETIONS_REFUSED
+
+
+def _max_delete(_ctx: click.Context, _param: click.Parameter, value: str) -> guard.MaxDelete:
+    try:
+        return guard.MaxDelete.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def deletion_guard_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--max-delete and --allow-empty-source: how far --delete-removed may go."""
+    options = [
+        click.option(
+            "--max-delete",
+            default=str(guard.DEFAULT),
+            show_default=True,
+            callback=_max_delete,
+            metavar="N|N%",
+            help="With --delete-removed: refuse (delete none, exit 5) when more files than "
+            "this, or this share of the folder's uploaded files, are gone.",
+        ),
+        click.option(
+            "--allow-empty-source",
+            is_flag=True,
+            help="With --delete-removed: let a folder holding no file at all delete its "
+            "entries (refused by default: an unmounted share looks like that).",
+        ),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _judge(found: int, limit: guard.MaxDelete, allow_empty: bool) -> guard.Judge:
+    return functools.partial(guard.judge, found=found, limit=limit, allow_empty=allow_empty)
+
+
+def _refusal(refused: guard.Refusal, directory: str, dry_run: bool) -> str:
+    """The one line that says why --delete-removed deleted nothing, and how to allow it."""
+    if refused.why is guard.Why.EMPTY_SOURCE:
+        what = _(
+            "deletions refused: {folder} holds no file at all (a share not mounted?): "
+            "{n} of its {uploaded} uploaded files would be deleted"
+        )
+    else:
+        what = _(
+            "deletions refused: {n} of its {uploaded} uploaded files in {folder} are gone, "
+            "more than --max-delete {limit} allows"
+        )
+    if dry_run:
+        verdict = _("would be refused (if they really are gone: {advice})")
+    else:
+        verdict = _("nothing was marked removed nor deleted (if they really are gone: {advice})")
+    return (what + "; " + verdict).format(
+        folder=directory,
+        n=refused.deleting,
+        uploaded=refused.uploaded,
+        limit=refused.limit,
+        advice=refused.advice,
+    )
+
+
+def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
+    if refused is None:
+        return None
+    return {
+        "why": refused.why.value,
+        "would_delete": refused.deleting,
+        "uploaded": refused.uploaded,
+        "max_delete": str(refused.limit),
+        "allow_with": refused.advice,
+    }
+
+
 @cli.command()
 @click.argument("directory")
 @kb_option(required=True)
@@ -623,6 +706,7 @@ def _parser(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     is_flag=True,
     help="With --delete-removed: only list the files that would be marked; nothing is changed.",
 )
+@deletion_guard_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON only.")
 @click.option(
     "--no-kb-check",
@@ -649,6 +733,8 @@ def enqueue(
     parser: str | None,
     delete_removed: bool,
     dry_run: bool,
+    max_delete: guard.MaxDelete,
+    allow_empty_source: bool,
     as_json: bool,
     no_kb_check: bool,
     api_key: str | None,
@@ -691,13 +777,16 @@ def enqueue(
         # The same walk as the real one (queueing nothing): what it cannot read, it must not list.
         seen = scan.survey(directory, filters, follow_symlinks, scan.OwnState.of(ctx.anchor))
         unread = [f.path for f in seen.unreadable_folders]
+        judge = _judge(seen.found, max_delete, allow_empty_source)
         gone = on_queue(
             ctx,
-            lambda q: replace.removed_files(q, kb_id, directory, unread, dry_run=True),
+            lambda q: replace.removed_files(q, kb_id, directory, unread, dry_run=True, guard=judge),
             shared=shared,
         )
         _warn_unreadable(seen)
         _print_removed(gone, directory, dry_run=True)
+        if gone.refused is not None:
+            click.echo(_refusal(gone.refused, directory, dry_run=True))
         return
 
     if api_key and not no_kb_check:
@@ -731,7 +820,8 @@ def enqueue(
         if not delete_removed:
             return counts, stats, None
         unread = [f.path for f in stats.unreadable_folders]
-        gone = await replace.removed_files(q, kb_id, directory, unread, dry_run=False)
+        judge = _judge(counts.scanned, max_delete, allow_empty_source)
+        gone = await replace.removed_files(q, kb_id, directory, unread, dry_run=False, guard=judge)
         return counts, stats, gone
 
     try:
@@ -746,8 +836,9 @@ def enqueue(
             "ignored": stats.ignored,
             "own_files_left_out": sorted(set(stats.own)),
             "unreadable_folders": [str(f) for f in stats.unreadable_folders],
-            "removed": len(removed.relpaths) if removed is not None else 0,
+            "removed": len(removed.relpaths) if removed is not None and not removed.refused else 0,
             "left_unread": removed.left if removed is not None else 0,
+            "deletions_refused": _refused_json(removed.refused if removed is not None else None),
         }
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
@@ -759,7 +850,7 @@ def enqueue(
             f"{counts.unchanged} unchanged, {counts.skipped} skipped"
             f" ({stats.ignored} ignored by filters, hidden or not regular files)"
         )
-        if removed is not None:
+        if removed is not None and removed.refused is None:
             _print_removed(removed, directory, dry_run=False)
         if counts.relabel:
             click.echo(
@@ -773,6 +864,8 @@ def enqueue(
             "another path or knowledge base",
             err=True,
         )
+    if removed is not None and removed.refused is not None:
+        raise DeletionsRefused(_refusal(removed.refused, directory, dry_run=False))
 
 
 def _warn_unreadable(stats: scan.ScanStats) -> None:
@@ -948,8 +1041,16 @@ def _summary(result: worker.RunResult, skipped: int) -> str:
 
 def _refer(_ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value is not None:
-        said = presets.RENAMED[param.name or ""]
-        raise UserError(f"{param.opts[0]} is the reference script's setting: {said}")
+        instead = presets.RENAMED[param.name or ""]
+        if instead is None:
+            said = _(
+                "{option} is the reference script's setting; it has no equivalent here: the "
+                "folder's files are streamed in bounded batches, so memory stays flat however "
+                "many there are (--workers sets how many upload at once)"
+            )
+        else:
+            said = _("{option} is the reference script's setting: give {instead} here")
+        raise UserError(said.format(option=param.opts[0], instead=instead))
 
 
 def reference_names() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -986,7 +1087,11 @@ async def _auto_report(q: Queue, ctx: Context) -> str | None:
     try:
         await report.export(q, ctx.db, target)
     except OSError as exc:
-        click.echo(f"warning: cannot write the report {target}: {exc.strerror or exc}", err=True)
+        why = exc.strerror or str(exc)
+        click.echo(
+            _("warning: cannot write the report {target}: {why}").format(target=target, why=why),
+            err=True,
+        )
         return None
     return target
 
@@ -1303,7 +1408,7 @@ def _print_run(
                 "them (`run --shared` if this host sees their folders at the same paths)"
             )
         if left["report"] is not None:
-            click.echo(f"report: {left['report']}")
+            click.echo(_("report: {path}").format(path=left["report"]))
 
 
 async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | None:

@@ -310,6 +310,7 @@ class QueuedFile(NamedTuple):
     job_id: int
     path: bytes
     relpath: str
+    uploaded: bool  # it has an entry: marking it removed means deleting that entry
 
 
 class SupersedeFailure(NamedTuple):

@@ -57,13 +57,10 @@ def apply(
     return chosen
 
 
-# The script's UploadConfig fields whose name is not an option here, with what to give
-# instead (`max_retries` and `retry_delay` are options of the same name).
-RENAMED: Mapping[str, str] = {
-    "max_concurrent_uploads": "it is --workers N here (files uploading at once)",
-    "timeout_seconds": "it is --timeout SECONDS here (per request; uploads get one more "
-    "second per MiB)",
-    "batch_size": "it has no equivalent here: the queue streams the folder's files in "
-    "bounded batches by itself, so memory stays flat however many there are "
-    "(--workers sets how many upload at once)",
+# The script's UploadConfig fields whose name is not an option here, with the option to give
+# instead, None for none (`max_retries` and `retry_delay` are options of the same name).
+RENAMED: Mapping[str, str | None] = {
+    "max_concurrent_uploads": "--workers",
+    "timeout_seconds": "--timeout",
+    "batch_size": None,
 }

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from . import osfiles
 from .client import ApiError, MaiAgentClient
 from .content import new_digest
+from .guard import Judge, Refusal
 from .model import (
     Deletion,
     DeletionReason,
@@ -170,6 +171,9 @@ class Removed:
     relpaths: list[str] = field(default_factory=list)
     marked: int = 0
     left: int = 0
+    deleting: int = 0  # of them, files with an entry: marking them deletes that entry
+    uploaded: int = 0  # the folder's queued files with an entry, gone or not
+    refused: Refusal | None = None  # the mass-deletion guard's verdict: nothing was marked
 
 
 # lstat's answers that prove a path names nothing: no such entry, or a file where a folder
@@ -217,11 +221,22 @@ def _sort(
     return gone, left
 
 
+def _unguarded(_deleting: int, _uploaded: int) -> Refusal | None:
+    return None
+
+
 async def removed_files(
-    q: Queue, kb_id: str, root: str, unread: Sequence[bytes], *, dry_run: bool
+    q: Queue,
+    kb_id: str,
+    root: str,
+    unread: Sequence[bytes],
+    *,
+    dry_run: bool,
+    guard: Judge = _unguarded,
 ) -> Removed:
     """The queued files under `root` whose file no longer exists: marked `removed` unless
-    `dry_run`, so that the next run deletes their entries. A file is gone only when proven
+    `dry_run` or the `guard` refuses the deletions that would follow (then none is marked:
+    `refused` says why), so that the next run deletes their entries. A file is gone only when proven
     so: lstat says no such path, and no folder of its path up to `root` is among `unread`
     (the folders the walk could not read). One lstat per queued file, in a thread, a batch
     at a time. A queued file the filters now leave out is judged the same way: the filters
@@ -238,14 +253,17 @@ async def removed_files(
         for f in proven:
             gone.append(f.job_id)
             result.relpaths.append(f.relpath)
+            result.deleting += f.uploaded
         result.left += left
         batch.clear()
 
     async for queued in q.queued_under(kb_id, prefix):
         batch.append(queued)
+        result.uploaded += queued.uploaded
         if len(batch) >= STAT_BATCH:
             await settle()
     await settle()
-    if gone and not dry_run:
+    result.refused = guard(result.deleting, result.uploaded)
+    if gone and not dry_run and result.refused is None:
         result.marked = await q.mark_removed(gone)
     return result

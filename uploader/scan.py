@@ -254,6 +254,7 @@ class UnreadableFolder:
 @dataclass
 class ScanStats:
     ignored: int = 0
+    found: int = 0  # files the filters want (survey's count; enqueue's is its counts.scanned)
     unreadable_folders: list[UnreadableFolder] = field(default_factory=list)
     own: list[str] = field(default_factory=list)  # the uploader's own files met, left out
 
@@ -319,7 +320,7 @@ def survey(
     cannot be read, so that the dry run lists what the real one would mark, and warns alike."""
     stats = ScanStats()
     for _row in walk(os.fsencode(root), filters, follow_symlinks, stats, own):
-        pass
+        stats.found += 1
     return stats
 
 

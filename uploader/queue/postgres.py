@@ -375,7 +375,7 @@ WHERE s.kb_id = $1 AND {_NOT_POINTED_AT}
 ORDER BY s.superseded_at, s.entry_id"""
 
 _QUEUED_UNDER = f"""
-SELECT id, path, relpath FROM jobs
+SELECT id, path, relpath, file_id IS NOT NULL FROM jobs
 WHERE kb_id = $1 AND substring(path from 1 for length($2::bytea)) = $2::bytea
   AND state NOT IN ('running', 'removed') AND {_MAY_READ.replace("$5", "$3").replace("$6", "$4")}
 ORDER BY path"""

@@ -143,7 +143,7 @@ WHERE s.kb_id = :kb AND {_NOT_POINTED_AT}
 ORDER BY s.superseded_at, s.entry_id"""
 
 _QUEUED_UNDER = """
-SELECT id, path, relpath FROM jobs
+SELECT id, path, relpath, file_id IS NOT NULL FROM jobs
 WHERE kb_id = :kb AND substr(path, 1, length(:prefix)) = :prefix
   AND state NOT IN ('running', 'removed') AND (shared OR host IN ('', :host) OR :any_host)
 ORDER BY path"""
@@ -327,7 +327,7 @@ class RemoteMixin(SqliteBase):
         async with self._conn.execute(_QUEUED_UNDER, params) as cur:
             while rows := await cur.fetchmany(5000):
                 for row in rows:
-                    yield QueuedFile(*row)
+                    yield QueuedFile(row[0], row[1], row[2], bool(row[3]))
 
     async def mark_removed(self, job_ids: Sequence[int]) -> int:
         params = [{"id": i, "now": time.time()} for i in job_ids]
