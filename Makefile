@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench messages clean
+.PHONY: install test test-fast lint demo bench messages dist clean
 
 install: $(STAMP)
 
@@ -39,5 +39,14 @@ bench: $(STAMP)
 messages: $(STAMP)
 	$(BIN)/python -m tests.messages
 
+# the wheel (what `pipx install maiagent-uploader` installs) and, frozen from that same wheel,
+# the single-file executable dist/uploader (uploader.exe on Windows; PyInstaller)
+dist: $(STAMP)
+	rm -rf dist build/wheel-site build/pyinstaller
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/python -m pip install --quiet --no-deps --target build/wheel-site dist/*.whl
+	$(BIN)/python -m pip install --quiet '.[dist]'
+	$(BIN)/pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/uploader.spec
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -90,3 +90,14 @@ def s3() -> Iterator[Any]:
         yield client
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`@pytest.mark.posix_only("why")`: skipped where the system is not POSIX (Windows),
+    with the reason the test gives."""
+    if os.name == "posix":
+        return
+    for item in items:
+        for mark in item.iter_markers("posix_only"):
+            why = mark.args[0] if mark.args else mark.kwargs.get("reason", "needs POSIX")
+            item.add_marker(pytest.mark.skip(reason=f"POSIX only: {why}"))

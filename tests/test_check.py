@@ -295,6 +295,7 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -
         time.sleep(0.02)
 
 
+@pytest.mark.posix_only("sends a POSIX signal to a child process")
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["register in flight", "probes registered"])
 def test_ctrl_c_still_deletes_every_probe(

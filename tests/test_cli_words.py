@@ -137,6 +137,7 @@ def test_an_unreachable_host_is_exit_4_for_every_command(tmp_path: Path, args: l
     assert result.stderr.strip() == "Error: cannot reach 127.0.0.1:1 (connection refused)"
 
 
+@pytest.mark.posix_only("sends a POSIX signal to a child process")
 def test_ctrl_c_during_verify_wait_exits_130(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:
@@ -254,6 +255,7 @@ def _caught(pid: int) -> set[int]:
     return {n for n in range(1, 65) if mask >> (n - 1) & 1}
 
 
+@pytest.mark.posix_only("sends a POSIX signal to a child process")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_right_after_start_is_exit_130_in_one_line(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer], sig: signal.Signals

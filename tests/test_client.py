@@ -549,6 +549,7 @@ async def test_s3_policy_expired_message(tmp_path: Any) -> None:
     assert str(err) == "S3 upload rejected (HTTP 403): Policy expired"
 
 
+@pytest.mark.posix_only("makes a FIFO")
 @async_test
 async def test_local_file_problems_are_permanent_and_send_nothing(tmp_path: Any) -> None:
     fifo = tmp_path / "pipe"
@@ -574,6 +575,7 @@ async def upload_unreadable(path: str) -> None:
     assert (err.kind, err.error_kind) == ("permanent", "unreadable")
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_a_file_without_read_permission_is_unreadable(tmp_path: Any) -> None:
     """In a child process without root's right to read any file, so the mode bites."""
     path, _ = write_file(tmp_path, "secret", 10)

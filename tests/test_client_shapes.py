@@ -466,6 +466,7 @@ async def test_upload_returns_the_size_mtime_and_content_hash_it_sent(tmp_path: 
         assert sent == Uploaded(size, st.st_mtime_ns, digest)
 
 
+@pytest.mark.posix_only("makes symbolic links (a privilege on Windows)")
 @pytest.mark.parametrize("size", [10, 300 * 1024])
 @async_test
 async def test_a_symlink_swapped_in_after_enqueue_is_not_followed(

@@ -136,6 +136,7 @@ def test_the_knowledge_base_comes_from_the_environment(tmp_path: Path) -> None:
     assert jobs(db)["a.txt"]["kb_id"] == "kb-env"
 
 
+@pytest.mark.posix_only("makes a FIFO")
 def test_fifos_and_other_non_regular_files_are_ignored(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "docs", {"a.txt": 1})
     os.mkfifo(tree / "pipe")
@@ -145,6 +146,7 @@ def test_fifos_and_other_non_regular_files_are_ignored(tmp_path: Path) -> None:
     assert set(jobs(db)) == {"a.txt"}
 
 
+@pytest.mark.posix_only("makes symbolic links (a privilege on Windows)")
 def test_symlinks_are_not_followed_unless_asked(tmp_path: Path) -> None:
     outside = make_tree(tmp_path / "outside", {"linked.txt": 5, "dir/inner.txt": 6})
     tree = make_tree(tmp_path / "docs", {"real.txt": 1})
@@ -163,6 +165,7 @@ def test_symlinks_are_not_followed_unless_asked(tmp_path: Path) -> None:
     assert rows["file-link.txt"]["size"] == 5
 
 
+@pytest.mark.posix_only("makes symbolic links (a privilege on Windows)")
 def test_a_symlink_loop_with_follow_symlinks_ends_and_finds_each_file_once(
     tmp_path: Path,
 ) -> None:
@@ -271,6 +274,7 @@ def test_a_name_that_is_not_utf8_is_kept_as_bytes_and_shown_escaped(tmp_path: Pa
     assert enqueue(db, tree) == counts(1, unchanged=1)
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_an_unreadable_file_is_skipped_with_its_reason(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "docs", {"ok.txt": 2, "secret.txt": 3})
     (tree / "secret.txt").chmod(0)
@@ -342,6 +346,7 @@ def test_escapes_nested_braces_and_folder_excludes_work_as_in_rclone(
     assert set(jobs(db)) == expected
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_an_excluded_folder_is_not_entered(tmp_path: Path) -> None:
     """An unreadable folder inside an excluded one: entering it would warn that it cannot be
     read, so the absence of the warning shows the walk never went in."""

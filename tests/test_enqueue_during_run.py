@@ -69,6 +69,7 @@ def _stop_after_scan_started(proc: subprocess.Popen[str], db: Path) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_run_started_during_an_enqueue_uploads_every_file_of_it_in_one_go(

@@ -61,6 +61,7 @@ def test_enqueue_dot_beside_the_database_queues_none_of_its_files(
     assert queued(db) == {"a.txt", "sub/b.txt", "c.txt"}
 
 
+@pytest.mark.posix_only("makes symbolic links (a privilege on Windows)")
 def test_links_to_the_database_and_its_folder_do_not_bring_it_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -192,6 +192,7 @@ def _done(db: Path) -> int:
         return conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0]
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 @pytest.mark.slow
 @BOTH
 def test_sigkill_at_random_moments_then_resume(

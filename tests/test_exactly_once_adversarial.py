@@ -68,6 +68,7 @@ def _same_named_files(root: Path, count: int) -> None:
         (folder / "report.pdf").write_bytes(f"report number {i:06d}".encode())
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 @pytest.mark.slow
 @BOTH
 def test_same_named_files_killed_amid_lost_answers_each_keep_their_own_content(
@@ -141,6 +142,7 @@ def _suspend_outside_a_write(process: subprocess.Popen[bytes], db: Path) -> None
     raise AssertionError("the run held the database's write lock at every try")
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 @BOTH
 def test_a_run_suspended_past_its_lease_sends_no_register_for_rows_it_lost(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
@@ -217,6 +219,7 @@ def _in_own_pid_namespace(db: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.posix_only("uses fcntl, fork or namespaces")
 @BOTH
 def test_two_runs_in_separate_pid_namespaces_with_one_hostname_never_take_each_others_rows(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]

@@ -196,6 +196,7 @@ def test_a_target_below_a_file_fails_cleanly(tmp_path: Path) -> None:
     assert_nothing_partial(tmp_path)
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_a_read_only_folder_fails_cleanly(tmp_path: Path) -> None:
     db, _ = prepared(tmp_path)
     locked = tmp_path / "locked"

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -85,6 +84,7 @@ def test_file_modified_after_enqueue_uploads_its_current_content(
     assert (entry["id"], entry["size"]) == (job["file_id"], len(now))
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_file_made_unreadable_after_enqueue_fails_as_unreadable(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
@@ -110,6 +110,7 @@ def test_file_made_unreadable_after_enqueue_fails_as_unreadable(
     assert [e["filename"] for e in maiagent.entries(KB)] == ["open.txt"]
 
 
+@pytest.mark.posix_only("makes symbolic links (a privilege on Windows)")
 def test_file_replaced_by_a_symlink_loop_fails_as_unreadable(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
@@ -317,11 +318,14 @@ def _open_files_limit(limit: int) -> Callable[[], None]:
     the hard one (what a run does first) cannot help it."""
 
     def apply() -> None:
+        import resource
+
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     return apply
 
 
+@pytest.mark.posix_only("sets the child's open-file limit (resource)")
 def test_too_few_open_files_for_the_workers_stops_the_run_and_burns_no_file(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:

@@ -93,6 +93,7 @@ def _lock_file(folder: Path, owner: str) -> Path:
     return folder / f"{parsed.token}.lock"
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 def test_a_child_holding_its_lock_is_alive_and_dead_once_killed(folder: Path, me: RunLock) -> None:
     child = Child(folder)
     assert me.is_dead(child.owner) is False
@@ -104,6 +105,7 @@ def test_a_child_holding_its_lock_is_alive_and_dead_once_killed(folder: Path, me
     assert me.is_dead(child.owner) is None
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 def test_a_clean_exit_removes_the_lock_file(folder: Path, me: RunLock) -> None:
     child = Child(folder)
     assert _lock_file(folder, child.owner).exists()
@@ -122,6 +124,7 @@ def test_an_exit_by_an_error_keeps_the_file_as_the_proof_of_death(
     assert me.is_dead(owner) is True
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 def test_two_containers_with_one_hostname_and_one_pid_see_each_other_alive(folder: Path) -> None:
     first = Child(folder, host="box", pid="1")
     second = Child(folder, host="box", pid="1")
@@ -134,6 +137,7 @@ def test_two_containers_with_one_hostname_and_one_pid_see_each_other_alive(folde
     assert first.finish() == 0
 
 
+@pytest.mark.posix_only("uses fcntl, fork or namespaces")
 def test_two_real_pid_namespaces_both_pid_1_see_each_other_alive(folder: Path) -> None:
     unshare = shutil.which("unshare")
     probe = subprocess.run([unshare or "unshare", "--pid", "--fork", "--map-root-user", "true"])
@@ -151,6 +155,7 @@ def test_two_real_pid_namespaces_both_pid_1_see_each_other_alive(folder: Path) -
     assert first.finish() == 0
 
 
+@pytest.mark.posix_only("uses fcntl, fork or namespaces")
 def test_our_own_lock_is_never_dead(folder: Path, me: RunLock) -> None:
     # The kernel fact the module does not rely on, checked: a second open file of the same
     # process cannot take our flock either.
@@ -175,6 +180,7 @@ def test_owners_without_a_lock_are_unknown(folder: Path, me: RunLock) -> None:
     assert me.dead_owners([old_version, never_locked]) == []
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 def test_sweep_cleans_stale_files_but_spares_owners_that_hold_rows(
     folder: Path, me: RunLock
 ) -> None:
@@ -196,6 +202,7 @@ def test_the_folder_and_file_are_owner_only(folder: Path, me: RunLock) -> None:
     assert [p.name for p in folder.iterdir()] == [me.path.name], "no temporary file is left"
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_a_read_only_folder_is_one_clear_line(tmp_path: Path) -> None:
     launcher = without_dac_override()
     folder = tmp_path / "ro"
@@ -214,6 +221,7 @@ def test_take_refuses_an_owner_it_did_not_make(folder: Path) -> None:
         RunLock.take(folder, "box:1:deadbeef")
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 def test_without_remove_the_proof_stays_until_forget(folder: Path, me: RunLock) -> None:
     dead, alive = Child(folder), Child(folder)
     dead.kill()

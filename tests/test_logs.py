@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
     API_KEY,
     enqueue,
@@ -153,6 +155,7 @@ def test_a_file_named_logs_is_one_warning_and_the_run_goes_on(
     assert {job["state"] for job in rows(db)} == {"done"}
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_a_read_only_logs_folder_is_one_warning_and_no_logging_traceback(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:

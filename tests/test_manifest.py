@@ -204,6 +204,7 @@ def test_resolve_gives_the_exact_bytes_of_a_file_in_dir(tmp_path: Path) -> None:
     assert resolve(os.fsencode(root), rows[1]) == odd
 
 
+@pytest.mark.posix_only("makes symbolic links (a privilege on Windows)")
 def test_resolve_errors_name_the_line(tmp_path: Path) -> None:
     root = tmp_path / "docs"
     (root / "folder").mkdir(parents=True)

@@ -18,6 +18,8 @@ import pytest
 from tests.helpers import API_KEY, FAST, KB, UPLOADER, child_env, rows
 from tests.maiagent_server import MaiAgentServer
 
+pytestmark = pytest.mark.posix_only("makes a POSIX interpreter look like Windows' (tests/no_posix)")
+
 NO_POSIX = Path(__file__).parent / "no_posix"
 ROOT = Path(__file__).parent.parent
 

@@ -144,6 +144,7 @@ def test_three_hosts_on_shared_storage_upload_every_file_once(
     assert PASSWORD not in "".join(out for _, out in results)
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 @pytest.mark.slow
 def test_a_host_killed_mid_run_leaves_its_rows_to_the_others_after_its_lease(
     tmp_path: Path, pg_url: str, maiagent_factory: Callable[..., MaiAgentServer]
@@ -186,6 +187,7 @@ def test_a_hosts_own_folders_are_never_claimed_by_another_host(
     assert_exactly_once(maiagent, pg_url, relpaths)
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 @pytest.mark.slow
 def test_hosts_with_clocks_ten_minutes_off_neither_steal_nor_keep_rows(
     tmp_path: Path, pg_url: str, maiagent_factory: Callable[..., MaiAgentServer]

@@ -6,19 +6,22 @@ and how to resume, and during an outage the line says "paused: service unreachab
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
-import pty
 import re
 import signal
 import socket
 import struct
-import termios
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+if sys.platform != "win32":  # a pseudo-terminal: POSIX only
+    import fcntl
+    import pty
+    import termios
 
 from tests.helpers import (
     API_KEY,
@@ -77,6 +80,7 @@ def _queued_files(tmp_path: Path, count: int) -> Path:
     return db
 
 
+@pytest.mark.posix_only("draws on a pseudo-terminal (pty)")
 def test_the_bar_is_drawn_when_stderr_is_a_terminal(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
@@ -93,6 +97,7 @@ def test_the_bar_is_drawn_when_stderr_is_a_terminal(
     assert re.search(r"uploaded 20, failed 0, skipped 0 in .* files/s, [\d.]+ (B|kB)/s\)", out)
 
 
+@pytest.mark.posix_only("draws on a pseudo-terminal (pty)")
 def test_verify_draws_its_listing_and_parse_bars_on_a_terminal(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:
@@ -116,6 +121,7 @@ def test_verify_draws_its_listing_and_parse_bars_on_a_terminal(
     )
 
 
+@pytest.mark.posix_only("draws on a pseudo-terminal (pty)")
 def test_stderr_to_a_file_on_a_terminal_gets_plain_lines_not_bar_frames(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
@@ -158,6 +164,7 @@ def test_a_resumed_run_says_how_many_were_done_before(
     assert again.stdout.splitlines()[0] == "resuming: 3 of 5 files were uploaded before"
 
 
+@pytest.mark.posix_only("sends a POSIX signal to a child process")
 def test_an_interrupted_run_says_what_is_pending_and_how_to_resume(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:

@@ -121,6 +121,7 @@ def _two_folders(tmp_path: Path, server: MaiAgentServer) -> tuple[Path, Path, di
     return db, data, entries
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_files_under_a_folder_that_cannot_be_read_are_never_marked_removed(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
@@ -152,6 +153,7 @@ def test_files_under_a_folder_that_cannot_be_read_are_never_marked_removed(
     }
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_a_dry_run_warns_of_a_folder_that_cannot_be_read_and_lists_nothing_below_it(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
@@ -173,6 +175,7 @@ def test_a_dry_run_warns_of_a_folder_that_cannot_be_read_and_lists_nothing_below
     assert {j["state"] for j in rows(db)} == {"done"}
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_json_counts_the_files_left_under_folders_that_cannot_be_read(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:

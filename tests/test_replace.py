@@ -88,6 +88,7 @@ def test_an_edited_file_leaves_exactly_one_entry_the_new_one(
     assert last_counts(db)["superseded"] == 0
 
 
+@pytest.mark.posix_only("kills or suspends a child process with POSIX signals")
 def test_a_crash_between_register_and_delete_is_finished_by_the_next_run(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:

@@ -376,6 +376,7 @@ def test_a_file_replaced_by_a_folder_fails_as_unreadable(
     assert len(maiagent.entries(KB)) == 4
 
 
+@pytest.mark.posix_only("needs file modes that bind (chmod)")
 def test_a_file_without_read_permission_fails_as_unreadable(
     ws: Workspace, maiagent: MaiAgentServer, processes: list[Any]
 ) -> None:
@@ -407,6 +408,7 @@ def start_slow_run(
     return process, files
 
 
+@pytest.mark.posix_only("sends a POSIX signal to a child process")
 def test_ctrl_c_finishes_in_flight_files_and_a_second_run_completes_exactly_once(
     ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer], processes: list[Any]
 ) -> None:
@@ -434,6 +436,7 @@ def test_ctrl_c_finishes_in_flight_files_and_a_second_run_completes_exactly_once
     assert_exactly_once(ws, server, files)
 
 
+@pytest.mark.posix_only("sends a POSIX signal to a child process")
 def test_a_second_ctrl_c_quits_at_once_and_the_next_run_still_uploads_exactly_once(
     ws: Workspace, maiagent_factory: Callable[..., MaiAgentServer], processes: list[Any]
 ) -> None:

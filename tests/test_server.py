@@ -405,6 +405,7 @@ async def test_control_endpoints(maiagent: MaiAgentServer) -> None:
     assert maiagent.entries(KB) == []
 
 
+@pytest.mark.posix_only("sends a POSIX signal to a child process")
 def test_runs_as_a_process() -> None:
     command = [sys.executable, "-m", "tests.maiagent_server", "--port", "0", "--kb", "kb-x"]
     command += ["--kb", "kb-y=Contracts", "--api-key", "k", "--parse-delay", "5"]
