@@ -224,7 +224,7 @@ def test_status_verify_dedupe_retry_and_report_work_on_postgresql(
     enqueue(pg_url, tmp_path / "data", "host-a")
     ran = invoke(pg_url, "--host-id", "host-a", *run_args(server))  # type: ignore[arg-type]
     assert ran.exit_code == 0, ran.output
-    assert PASSWORD not in ran.output and "***" in ran.output  # the "report:" hint
+    assert PASSWORD not in ran.output and "report: " in ran.output  # the report it wrote
 
     status = invoke(pg_url, "--host-id", "host-a", "status", "--json")  # type: ignore[arg-type]
     data = json.loads(status.stdout)
