@@ -45,6 +45,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
+from . import paths
+
 if TYPE_CHECKING:
     from _csv import Reader as CsvReader
 
@@ -113,8 +115,12 @@ def resolve(folder: str | bytes, row: ManifestRow, follow_symlinks: bool = False
         raise ManifestError(
             f"{row.where}: {_shown(row.path)} names no file in {_dir(root)}"
         ) from None
-    if not follow_symlinks and os.path.realpath(path) != path:
-        raise ManifestError(f"{row.where}: {_shown(row.path)} goes through a symbolic link")
+    if not follow_symlinks:
+        # Windows' realpath gives the disk's case: a manifest's `A.TXT` is no link to `a.txt`
+        real = os.path.realpath(path)
+        if not paths.same_file_name(real, path):
+            raise ManifestError(f"{row.where}: {_shown(row.path)} goes through a symbolic link")
+        path = real  # one spelling per file, as a walk of the folder would store it
     if not stat.S_ISREG(st.st_mode):
         raise ManifestError(f"{row.where}: {_shown(row.path)} is not a regular file")
     return path

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import bracex
 from wcmatch import glob
 
-from . import queue
+from . import paths, queue
 from .manifest import ManifestError, read_manifest, resolve
 from .queue import EnqueueCounts, ScanRow
 from .tags import TagOptions
@@ -279,7 +279,7 @@ def walk(
         return
     seen = {root_id}
     stack = [(root, root_id)]
-    prefix = len(root.rstrip(b"/")) + 1
+    prefix = paths.prefix_length(root)
     while stack:
         folder, folder_id = stack.pop()
         own_here = own.names.get(folder_id, frozenset())
@@ -294,11 +294,12 @@ def walk(
                         st is not None and (st.st_dev, st.st_ino) in own.ids
                     ):
                         is_dir = st is not None and stat.S_ISDIR(st.st_mode)
-                        stats.own.append(display(entry.path[prefix:]) + ("/" if is_dir else ""))
+                        shown = display(paths.below(entry.path, prefix))
+                        stats.own.append(shown + ("/" if is_dir else ""))
                         continue
                     if st is not None and stat.S_ISDIR(st.st_mode):
                         entry_id = (st.st_dev, st.st_ino)
-                        if filters.pruned(os.fsdecode(entry.path[prefix:])):
+                        if filters.pruned(os.fsdecode(paths.below(entry.path, prefix))):
                             stats.ignored += 1
                         elif entry_id not in seen:
                             seen.add(entry_id)
@@ -339,7 +340,7 @@ def _row(
     """The queue row for a regular file the filters want; None for everything else."""
     if st is None or not stat.S_ISREG(st.st_mode):
         return None
-    rel = entry.path[prefix:]
+    rel = paths.below(entry.path, prefix)
     if not filters.wanted(os.fsdecode(rel)):
         return None
     return _file_row(entry.path, rel, st, filters, entry.is_symlink())
@@ -373,7 +374,8 @@ def manifest_rows(
     own = own or OwnState({}, frozenset())
     for row in read_manifest(manifest):
         path = resolve(root, row, follow_symlinks)
-        rel = os.path.relpath(path, os.path.realpath(os.fsencode(root)))  # as stored (NFC/NFD)
+        # as stored (NFC/NFD; Windows: the disk's case), `/`-separated
+        rel = paths.slashed(os.path.relpath(path, os.path.realpath(os.fsencode(root))))
         try:
             st = os.stat(path)
         except OSError as exc:
