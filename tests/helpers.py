@@ -90,7 +90,9 @@ def service(server: MaiAgentServer) -> list[str]:
 
 
 def run_args(server: MaiAgentServer, *extra: str) -> list[str]:
-    """A quiet `run` against `server` that retries fast and names entries by relative path."""
+    """A quiet `run` against `server` that retries fast and names entries by relative path,
+    one file per register call (what the fault knobs count: a test of batching says
+    `--register-batch auto` or N in `extra`, which wins)."""
     return [
         "-q",
         "run",
@@ -101,6 +103,8 @@ def run_args(server: MaiAgentServer, *extra: str) -> list[str]:
         "10",
         "--name",
         "relpath",
+        "--register-batch",
+        "1",
         *extra,
     ]
 

@@ -86,11 +86,16 @@ command line, and settable while running via `server.faults.x = ...` or POST /_c
     {"detail": M}, {"files": [{"file": [M]} or {}, ...]}, {"non_field_errors": [M]}
   page_size_default / page_size_max: the listing's page sizes; 0 = the dialect's
   page_size_params: comma list of query parameters read as the page size ("" = page_size)
+  list_shift: after each listing answer, this many entries of someone else are added (newest
+    first, the pages read next shift down: what a knowledge base others write to does)
+  list_count: the listing's `count` says this instead of the truth (0 = the truth): a stale
+    cache in front of the service
   seed: seeds every random choice (reseeded when changed)
 
 Beyond knobs: `outage(seconds, mode)` ("refuse": the port is closed, connections refused;
 "503": every request answers 503), `shutdown()`/`restart()` (same port, same state), request
-counters per endpoint (`stats()`, `reset_stats()`, GET/DELETE /_control/stats), what is stored
+counters per endpoint (`stats()`, `reset_stats()`, GET/DELETE /_control/stats), a knowledge base
+pre-filled with entries of someone else (`fill(kb, n)`, POST /_control/fill), what is stored
 (`records`, `entries_by_key`, `content`, `entry_content`, GET /media/<key>, /_control/...).
 """
 
@@ -146,7 +151,15 @@ ENDPOINTS = (
     "update_metadata",
 )
 # update_metadata counted once more by method; media (GET of a stored file) is not API traffic
-COUNTERS = (*ENDPOINTS, "update_metadata_patch", "update_metadata_post", "media", "total")
+# register_lost: register calls that took effect but whose answer was dropped (lost_register_rate)
+COUNTERS = (
+    *ENDPOINTS,
+    "update_metadata_patch",
+    "update_metadata_post",
+    "media",
+    "total",
+    "register_lost",
+)
 STATUSES = ("initial", "processing", "done", "failed")
 STATUS_MESSAGES = {
     "initial": "File uploaded, waiting to be processed.",
@@ -260,6 +273,8 @@ class Faults:
     page_size_default: int = 0
     page_size_max: int = 0
     page_size_params: str = ""
+    list_shift: int = 0
+    list_count: int = 0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -570,6 +585,7 @@ class MaiAgentServer:
                 web.delete("/_control/stats", self._control_reset_stats),
                 web.get("/_control/entries", self._control_entries),
                 web.post("/_control/entries", self._control_add_entry),
+                web.post("/_control/fill", self._control_fill),
                 web.delete("/_control/entries/{id}", self._control_delete_entry),
                 web.get("/_control/entries/{id}/content", self._control_entry_content),
                 web.get("/_control/records", self._control_records),
@@ -714,6 +730,10 @@ class MaiAgentServer:
         """Create an entry as if registered by someone else; `status` pins it (e.g. "failed",
         or any code the service might invent); `key` makes it point at that S3 key."""
         return self._on_loop(self._inject, kb, filename, size, status, key)
+
+    def fill(self, kb: str, count: int) -> None:
+        """`count` entries made as if by someone else (a knowledge base that is not new)."""
+        self._on_loop(self._fill, kb, count)
 
     def delete_entry(self, entry_id: str) -> bool:
         return self._on_loop(self._remove_id, entry_id)
@@ -926,6 +946,11 @@ class MaiAgentServer:
         self._insert(entry)
         return self._public(entry, time.monotonic(), self._render(with_size=True, garbage=False))
 
+    def _fill(self, kb: str, count: int, prefix: str = "existing") -> None:
+        for i in range(count):
+            name = f"{prefix}-{len(self._lists[kb]):07d}-{i}.txt"
+            self._insert(self._new_entry(kb, name, self._new_key(name), 1000))
+
     def _new_label(self, kb: str, name: str) -> dict[str, str]:
         if name in self._labels[kb].values():
             raise ValueError(f"label {name!r} exists")
@@ -1064,8 +1089,10 @@ class MaiAgentServer:
         request: web.Request,
         count: int,
         rows: Callable[[int, int], list[Any]],
+        said: int | None = None,
     ) -> web.Response:
-        """A paginated answer; `rows(start, stop)` gives the results of that slice."""
+        """A paginated answer; `rows(start, stop)` gives the results of that slice; `said`
+        is the count the answer claims (the true one unless a knob lies)."""
         page, size = self._page_request(request)
         start = (page - 1) * size
         if page < 1 or (start >= count and page > 1):
@@ -1073,7 +1100,7 @@ class MaiAgentServer:
         stop = min(start + size, count)
         return _json(
             {
-                "count": count,
+                "count": count if said is None else said,
                 "next": _page_url(request.url, page + 1) if stop < count else None,
                 "previous": _page_url(request.url, page - 1) if page > 1 else None,
                 "results": rows(start, stop),
@@ -1337,6 +1364,7 @@ class MaiAgentServer:
         else:
             await self._register_later(created, delay, faults.register_answer_early)
         if lost:
+            self._stats["register_lost"] += 1
             return _drop(request)
         render = self._render()
         now = time.monotonic()
@@ -1395,7 +1423,10 @@ class MaiAgentServer:
                         view["filename"] = [view["filename"]]
             return views
 
-        return self._page(request, count, rows)
+        answer = self._page(request, count, rows, self.faults.list_count or count)
+        if self.faults.list_shift > 0:
+            self._fill(kb, self.faults.list_shift, "shift")
+        return answer
 
     async def _get(self, request: web.Request) -> web.Response:
         entry = self._lookup(request.match_info["kb"], request.match_info["id"])
@@ -1538,6 +1569,17 @@ class MaiAgentServer:
         except (TypeError, ValueError) as exc:
             return _detail(400, str(exc))
         return _json(entry, 201)
+
+    async def _control_fill(self, request: web.Request) -> web.Response:
+        """{"kb": kb, "count": n}: see `fill`."""
+        body = await _read_json(request)
+        if not isinstance(body, dict) or body.get("kb") not in self._lists:
+            return _detail(404, "Not found.")
+        count = body.get("count")
+        if not isinstance(count, int) or count < 0:
+            return _detail(400, "Expected a count of entries.")
+        self._fill(body["kb"], count)
+        return web.Response(status=204)
 
     async def _control_delete_entry(self, request: web.Request) -> web.Response:
         if not self._remove_id(request.match_info["id"]):

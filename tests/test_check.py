@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import (
     KB,
     enqueue,
+    execute,
     invoke,
     make_flat_files,
     rows,
@@ -259,15 +260,22 @@ def test_register_batch_auto_batches_only_where_proven(
     db = tmp_path / "q.db"
     make_flat_files(tmp_path / "data", 40)
     enqueue(db, tmp_path / "data")
-    # Not proven: one file per call.
-    assert invoke(db, *run_args(server, "--workers", "20")).exit_code == 0
+    # Refused where a run saw it fail: one file per call.
+    execute(
+        db,
+        "INSERT INTO service_facts (base_url, kb_id, learned_at, source, batch_register, facts)"
+        " VALUES (?, ?, 0, 'run', 0, '{}')",
+        (server.base_url, KB),
+    )
+    auto = ("--workers", "20", "--register-batch", "auto")
+    assert invoke(db, *run_args(server, *auto)).exit_code == 0
     assert server.stats()["register"] == 40
     # Proven by check: the next files go in batches.
     assert check(db, server).exit_code == 0
     make_flat_files(tmp_path / "more", 40)
     enqueue(db, tmp_path / "more")
     server.reset_stats()
-    ran = invoke(db, *run_args(server, "--workers", "20"))
+    ran = invoke(db, *run_args(server, *auto))
     assert ran.exit_code == 0, ran.output
     assert server.stats()["register"] < 40
     assert len(server.records(KB)) == 80

@@ -5,6 +5,7 @@ tests hold any backend to the same guarantees."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -229,8 +230,9 @@ def listed(file_id: str, name: str, seen: float, created: float = 0.0) -> Listed
 
 @async_test
 async def test_a_doubtful_register_adopts_only_a_new_unowned_entry(queue_target: str) -> None:
-    """A listing that shows no keys leaves name, size and time: only a new entry nobody owns,
-    and never for a name that another job has (or may get, as a basename)."""
+    """A listing that shows no keys leaves name, size and time: only a new entry nobody owns
+    (other jobs of the same name are told apart by the caller: an infinite `since` while a
+    register of that name is in flight)."""
     async with await open_queue(queue_target) as q:
         await _done(q, "owned")
         await q.enqueue_batch(KB, rows("x", "sub/y", "y2"))
@@ -250,7 +252,8 @@ async def test_a_doubtful_register_adopts_only_a_new_unowned_entry(queue_target:
         assert await q.adoptable(KB, x.id, "x", 11, now - 10, "k") == []
         assert await q.adoptable(KB, y.id, "y", 10, now - 10, "k") == ["y-entry"]
         await q.enqueue_batch(KB, rows("other/y"))
-        assert await q.adoptable(KB, y.id, "y", 10, now - 10, "k") == []
+        assert await q.adoptable(KB, y.id, "y", 10, now - 10, "k") == ["y-entry"]
+        assert await q.adoptable(KB, y.id, "y", 10, math.inf, "k") == []
 
 
 @async_test

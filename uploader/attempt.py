@@ -104,6 +104,9 @@ class Shared:
     # job id → when a doubtful register of this run, which ended with an error, has had
     # time to land (its end and a margin); a row not in it waits Policy.settle_seconds
     settles: dict[int, float] = field(default_factory=dict)
+    # job ids whose key the service said it already holds (a duplicate-key answer): their
+    # entry exists, so their doubt is never dropped, only settled by the listing
+    proven: set[int] = field(default_factory=set)
 
 
 class Attempt:
@@ -288,11 +291,22 @@ class Attempt:
         attempt not counted); after, (None, None) and the doubt is dropped."""
         job = self.job
         assert job.unknown_since is not None
-        file_id = await self._s.index.adopt(job, job.filename or self._name())
-        if file_id is not None:
-            return file_id, None
+        index = self._s.index
+        adoption = await index.adopt(job, job.filename or self._name())
+        if adoption.file_id is not None:
+            return adoption.file_id, None
+        now = time.time()
+        if not adoption.covered:
+            later = max(index.next_full_read(job.kb_id), now + SETTLE_MARGIN)
+            log.info("the listing cannot settle %s yet: looking again later", job.relpath)
+            return None, self._outcome(OutcomeKind.RELEASED, next_attempt_at=later)
+        if job.id in self._s.proven:
+            # the service said it holds this key: its entry exists, the listing lags
+            later = now + SETTLE_MARGIN
+            log.info("%s is registered, its entry not listed yet: looking again", job.relpath)
+            return None, self._outcome(OutcomeKind.RELEASED, next_attempt_at=later)
         settles = self._s.settles.get(job.id, job.unknown_since + self._s.policy.settle_seconds)
-        if time.time() < settles:
+        if now < settles:
             log.info("a register of %s may still take effect: looking again later", job.relpath)
             return None, self._outcome(OutcomeKind.RELEASED, next_attempt_at=settles)
         job.unknown_since = None  # the listing shows no entry: it did not happen
@@ -400,6 +414,13 @@ class Attempt:
     def _after_error(self, err: ApiError) -> Outcome:
         if err.error_kind == ErrorKind.NAME_REFUSED:
             err = self._name_refused(err)
+        if err.error_kind == ErrorKind.DUPLICATE_KEY and self._registering_since is not None:
+            # Our own key, refused as already registered: proof that an earlier register of
+            # it landed. The entry is adopted from the listing, not failed or sent again.
+            self.doubted = True
+            self._s.proven.add(self.job.id)
+            log.info("%s: the service holds its key already: adopting its entry", self.job.relpath)
+            return self._outcome(OutcomeKind.RELEASED, err, next_attempt_at=time.time())
         self.error = err
         job, policy = self.job, self._s.policy
         if err.kind == "permanent" or job.attempts >= 1 + policy.max_retries:

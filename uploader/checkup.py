@@ -574,27 +574,37 @@ async def remember(q: Queue, result: CheckResult) -> bool:
 
 
 async def register_batch(q: Queue, base_url: str, kb_ids: list[str], requested: int | None) -> int:
-    """Files per register call for a run: `requested` when given; for auto (None),
-    AUTO_BATCH where every knowledge base of the run was seen to take a batch (by `check` or
-    an earlier run's answers), else one per call."""
+    """Files per register call for a run: `requested` when given; for auto (None), one per
+    call where some knowledge base of the run was seen not to take a batch (by `check` or an
+    earlier run's answers), else up to AUTO_BATCH. Where it was never seen either way, the
+    run learns it from its own first answers (`Registrar`: two files per call until an
+    answer names both)."""
     if requested is not None:
         return requested
     base = normal_base_url(base_url)
-    unproven = []
+    refused, unproven = [], []
     for kb_id in kb_ids:
         known = await FactsStore(q.engine).service_facts(base, kb_id)
-        if known is None or not known.batch_register:
+        if known is not None and known.batch_register is False:
+            refused.append(kb_id)
+        elif known is None or not known.batch_register:
             unproven.append(kb_id)
-    if kb_ids and not unproven:
-        log.info("register batching proven for %s: up to %d files per call", kb_ids, AUTO_BATCH)
-        return AUTO_BATCH
+    if refused:
+        log.info(
+            "register batching refused by %s: one file per call (`uploader check --kb` tests"
+            " it again)",
+            ", ".join(refused),
+        )
+        return 1
     if unproven:
         log.info(
-            "register batching not proven for %s: one file per call (`uploader check --kb` "
-            "tests it)",
+            "register batching not known for %s: learning it from this run's first register"
+            " of two files",
             ", ".join(unproven),
         )
-    return 1
+    elif kb_ids:
+        log.info("register batching proven for %s: up to %d files per call", kb_ids, AUTO_BATCH)
+    return AUTO_BATCH
 
 
 async def learned_from_run(q: Queue, base_url: str, proved: dict[str, bool]) -> None:

@@ -1280,6 +1280,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         settings.register_batch = await checkup.register_batch(
             q, base_url, await q.kbs_with_work(settings.kb_id), opts["register_batch"]
         )
+        settings.register_auto = opts["register_batch"] is None
         result = await worker.execute(
             q,
             settings,

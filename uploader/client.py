@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from . import network, osfiles
+from .clock import ServiceClock
 from .content import digest_of, new_digest
 from .limits import is_out_of_files, out_of_files_message
 
@@ -667,6 +668,8 @@ class MaiAgentClient:
         """Set by the pool: every request waits on it, every answer below 500 is reported."""
         self._upload_url: str | None = None  # the S3 endpoint last posted to, for `probe`
         self._router = network.Router(network.current())
+        self.clock = ServiceClock()
+        """The API's clock against ours, from every API answer's Date header."""
 
     # --- uploading ---
 
@@ -1031,6 +1034,7 @@ class MaiAgentClient:
         if route.headers:
             headers = {**(headers or {}), **route.headers}
         sent_at = time.monotonic()
+        sent_wall = time.time()
         start = time.perf_counter()
         try:
             async with self._session.request(
@@ -1043,6 +1047,8 @@ class MaiAgentClient:
                 proxy=route.proxy,
                 proxy_headers=route.proxy_headers,
             ) as resp:
+                if url.startswith(self._base):
+                    self.clock.observe_date(resp.headers.get("Date"), sent_wall, time.time())
                 ok = 200 <= resp.status < 300
                 body = await _read_capped(resp, self._max_body if ok else _ERROR_BODY, ok)
                 location = resp.headers.get("Location") if 300 <= resp.status < 400 else None

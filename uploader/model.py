@@ -85,6 +85,7 @@ class ErrorKind(_Text):
     UNREADABLE = "unreadable"
     CHANGED = "changed"
     LEASE = "lease"
+    DUPLICATE_KEY = "duplicate_key"  # register: the key is in the knowledge base already
     NAME_REFUSED = "name_refused"  # the service refused the name shown (--name, a manifest)
     OPEN_FILES = "open_files"  # a run only: this process ran out of file descriptors
     INTERNAL = "internal"

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -43,84 +44,169 @@ T = TypeVar("T")
 
 log = logging.getLogger("uploader.reconcile")
 
-# How far the service's clock may lag ours; entries this much older than a listing's start
-# are looked for again by the next refresh.
+# How far apart the service's clock and ours may be beyond what its answers' Date headers
+# told (`ServiceClock.uncertainty`): entries this much older than a listing's start are
+# looked for again by the next refresh.
 CLOCK_SKEW = 5.0
 PAGE_SIZE = 100
+# Where the listing is not newest first, a doubt is settled by reading it whole: such reads
+# begin at most once per this many seconds (or the last one's length, if longer), and each
+# settles every doubt that was waiting for it.
+FULL_READ_GAP = 10.0
 
 
 @dataclass
 class _Coverage:
     started: float  # when the last refresh began (our clock)
-    floor: float  # every entry created between floor and started - CLOCK_SKEW is stored
+    floor: float  # every entry created (service clock) between floor and then is stored
+
+
+@dataclass
+class _Look:
+    """What one knowledge base's listing showed lately, for deciding how to read it next."""
+
+    unordered: bool = False  # the last refresh saw an entry out of order: it read to the end
+    said: bool = False  # that was said in the log
+    full_after: float = 0.0  # no full read is begun before this (our clock)
+    keyless: bool = False  # the listing shows entries without their S3 key (`file`)
 
 
 class RemoteIndex:
-    """Where the listing is newest first (the docs say so; each refresh checks it), a refresh
-    reads only the pages created since the oldest doubt it must settle, and stops where the
-    previous refresh began."""
+    """Where the listing is newest first (the docs say so; each refresh checks it again), a
+    refresh reads only the pages created since the oldest doubt it must settle, and stops
+    where the previous refresh began. Where it is not, or where the service's clock is not
+    known, a refresh reads the whole listing, and those reads are rate-limited: a doubt that
+    must wait for one is told when (`next_full_read`)."""
 
     def __init__(self, q: Queue, client: MaiAgentClient) -> None:
         self._queue = q
         self._client = client
         self._lock = asyncio.Lock()
         self._coverage: dict[str, _Coverage] = {}
+        self._looks: dict[str, _Look] = {}
         self.taken: set[str] = set()  # knowledge-file ids some job of this process owns
-        self.unordered: set[str] = set()  # knowledge bases seen not to list newest first
+        # filenames of registers this process has sent and not yet had answered: an entry
+        # listed without its key and with such a name may be theirs, not a doubt's
+        self.registering: Counter[str] = Counter()
 
-    async def refresh(self, kb_id: str, floor: float, needed_after: float) -> None:
-        """Make sure every entry created since `floor` is stored, as seen by a listing that
-        began after `needed_after`."""
+    def registered(self, names: Iterable[str]) -> None:
+        """These registers were answered (or failed): no longer in flight."""
+        for name in names:
+            left = self.registering[name] - 1
+            if left > 0:
+                self.registering[name] = left
+            else:
+                del self.registering[name]
+
+    def service_time(self, ours: float) -> float:
+        """The earliest service time that may correspond to `ours` (-inf while unknown)."""
+        clock = self._client.clock
+        if not clock.known:
+            return -math.inf
+        return clock.to_service(ours) - clock.uncertainty - CLOCK_SKEW
+
+    def next_full_read(self, kb_id: str) -> float:
+        """When a refresh that reads the whole listing may begin (our clock)."""
+        look = self._looks.get(kb_id)
+        return look.full_after if look is not None else 0.0
+
+    async def refresh(
+        self, kb_id: str, floor: float, needed_after: float, *, force: bool = False
+    ) -> bool:
+        """Make sure every entry created since `floor` (our clock) is stored, as seen by a
+        listing that began after `needed_after`. False when that needs a whole read and one
+        may not begin yet (unless `force`): nothing is proven then."""
         async with self._lock:
+            stop_at = self.service_time(floor)
             cov = self._coverage.get(kb_id)
-            if cov and cov.started >= needed_after and cov.floor <= floor:
-                return
+            if cov and cov.started >= needed_after and cov.floor <= stop_at:
+                return True
+            look = self._looks.setdefault(kb_id, _Look())
+            whole = look.unordered or stop_at == -math.inf
+            if whole and not force and time.time() < look.full_after:
+                return False
             started = time.time()
-            stop_at = floor - CLOCK_SKEW
             # Below an entry the last refresh stored, everything down to its floor is known.
             contiguous = cov is not None and cov.floor <= stop_at
-            await self._read_newest(kb_id, stop_at, started, stop_at_known=contiguous)
+            to_end = await self._read_newest(kb_id, stop_at, started, contiguous, look)
+            if to_end:
+                stop_at = -math.inf
+            if to_end and (look.unordered or whole):
+                look.full_after = time.time() + max(FULL_READ_GAP, time.time() - started)
             new_floor = min(cov.floor, stop_at) if cov is not None and contiguous else stop_at
             self._coverage[kb_id] = _Coverage(started, new_floor)
+            return True
 
     async def _read_newest(
-        self, kb_id: str, stop_at: float, seen_at: float, stop_at_known: bool
-    ) -> None:
-        """Stops early only while the pages read so far prove newest first: where they do
-        not, this and every later refresh of `kb_id` reads the whole listing."""
+        self, kb_id: str, stop_at: float, seen_at: float, stop_at_known: bool, look: _Look
+    ) -> bool:
+        """Read from page 1 down to `stop_at` (service clock), or to the end where the pages
+        read so far do not prove newest first; True when it read to the end. Pages shift
+        while they are read (this run registers at the top meanwhile), so an entry already
+        seen on an earlier page is no evidence of disorder; one not seen before that is
+        newer than the previous page's oldest is."""
         page = 1
         previous: float | None = None  # the oldest createdAt of the page before
+        seen: set[str] = set()
+        look.unordered = False
         while True:
             data = await _call(self._client.list_files, kb_id, page, PAGE_SIZE)
             results = data.entries
-            if kb_id not in self.unordered and not _continues_newest_first(data, previous):
-                self.unordered.add(kb_id)
-                log.warning(
-                    "knowledge base %s does not list newest first: reading its whole listing"
-                    " on every refresh",
-                    kb_id,
-                )
-            ordered = kb_id not in self.unordered
+            if not look.unordered and not _continues_newest_first(data, previous, seen):
+                look.unordered = True
+                if not look.said:
+                    look.said = True
+                    log.warning(
+                        "knowledge base %s does not list newest first: a doubtful register"
+                        " is settled by reading its whole listing (at most one such read"
+                        " every %.0f s, settling every doubt waiting)",
+                        kb_id,
+                        FULL_READ_GAP,
+                    )
+            look.keyless = look.keyless or any(e.key is None for e in results)
+            ordered = not look.unordered
             known = False
             if results:
                 if stop_at_known and ordered:
                     known = await self._queue.any_remote_known(kb_id, [e.id for e in results])
-                await self._queue.store_listed(listed_rows(kb_id, results, seen_at, set()))
+                await self._queue.store_listed(listed_rows(kb_id, results, seen_at, seen))
             times = [e.created_at for e in results if e.created_at is not None]
             previous = min(times) if times else previous
             oldest = (results[-1].created_at or 0.0) if results else 0.0
             early = ordered and (known or oldest < stop_at)
-            if early or not data.next or not results:
-                return
+            if not data.next or not results:
+                return True
+            if early:
+                return False
             page += 1
 
-    async def adopt(self, job: Job, filename: str) -> str | None:
+    async def adopt(self, job: Job, filename: str) -> Adoption:
         """The entry a doubtful register of `job`'s key created, if the listing shows one."""
         assert job.s3_key is not None, "a row without a committed key never registered"
         since = job.unknown_since or job.started_at
-        await self.refresh(job.kb_id, since, job.started_at)
+        # a listing read for other doubts may show it already (one read settles them all)
+        found = await self._stored(job, filename, since)
+        if found is not None:
+            return Adoption(found, covered=True)
+        if not await self.refresh(job.kb_id, since, job.started_at):
+            return Adoption(None, covered=False)
+        found = await self._stored(job, filename, since)
+        confusable = self._confusable(job.kb_id, filename)
+        return Adoption(found, covered=found is not None or not confusable)
+
+    def _confusable(self, kb_id: str, filename: str) -> bool:
+        """An entry listed without its key is matched by name, size and time, unless a
+        register of that name is in flight: its entry would be indistinguishable."""
+        look = self._looks.get(kb_id)
+        return look is not None and look.keyless and self.registering[filename] > 0
+
+    async def _stored(self, job: Job, filename: str, since: float) -> str | None:
+        """The stored listing's entry for the doubt, which becomes the job's."""
+        confusable = self._confusable(job.kb_id, filename)
+        keyless_since = math.inf if confusable else self.service_time(since)
+        assert job.s3_key is not None
         for file_id in await self._queue.adoptable(
-            job.kb_id, job.id, filename, job.size, since - CLOCK_SKEW, job.s3_key
+            job.kb_id, job.id, filename, job.size, keyless_since, job.s3_key
         ):
             if file_id not in self.taken:
                 self.taken.add(file_id)
@@ -128,12 +214,26 @@ class RemoteIndex:
         return None
 
 
-def _continues_newest_first(page: FilePage, previous: float | None) -> bool:
-    """createdAt never increases down this page, nor from the page before to this one."""
+@dataclass(frozen=True)
+class Adoption:
+    """What the listing showed of a doubtful register: its entry (`file_id`), or none, which
+    proves nothing unless `covered` (the listing since the doubt was read, and no register of
+    the same name was in flight to be confused with it)."""
+
+    file_id: str | None
+    covered: bool
+
+
+def _continues_newest_first(page: FilePage, previous: float | None, seen: set[str]) -> bool:
+    """createdAt never increases down this page, nor from the page before to an entry of this
+    one not seen on an earlier page of the same listing."""
     if not page.newest_first():
         return False
-    first = next((e.created_at for e in page.entries if e.created_at is not None), None)
-    return previous is None or first is None or first <= previous
+    if previous is None:
+        return True
+    return all(
+        e.created_at is None or e.created_at <= previous or e.id in seen for e in page.entries
+    )
 
 
 # --- verify, dedupe, remote retry ------------------------------------------------------------
@@ -253,7 +353,10 @@ async def _read_listing(
 
     The page size is what the service actually returned on page 1 (it may cap the one asked
     for). Pages shift when entries come or go meanwhile; then the counts disagree or entries
-    are not all seen, and the listing is marked incomplete.
+    are not all seen, and the listing is marked incomplete. The count is believed only as far
+    as the pages bear it out: a page past the end (a 404, an empty page) or one without a
+    `next` ends the listing, whatever the count said (a stale cache may claim 10^12), and
+    pages are asked for a wave at a time, never all the count implies at once.
     """
     started = time.time()
     seen: set[str] = set()
@@ -267,18 +370,25 @@ async def _read_listing(
     pages = math.ceil(count / len(results)) if first.next and results else 1
     counts: set[Any] = {count}
     stored = len(results)
+    end = pages + 1  # the first page number past the end, as far as the pages showed
     if progress is not None:
         progress.listing(kb_id, stored, count)
 
     async def page(number: int) -> None:
-        nonlocal stored
+        nonlocal stored, end
         try:
             data = await _call(client.list_files, kb_id, number, LIST_PAGE_SIZE)
         except ApiError as err:
             if err.error_kind != "kb_not_found":
                 raise
-            counts.add(None)  # a page past the end: the knowledge base shrank meanwhile
+            data = None
+        if data is None or not data.entries:
+            # past the end: the knowledge base shrank meanwhile, or its count lies
+            counts.add(None)
+            end = min(end, number)
             return
+        if not data.next:
+            end = min(end, number + 1)
         counts.add(data.count)
         rows = listed_rows(kb_id, data.entries, started, seen)
         await q.store_listed(rows)
@@ -287,11 +397,16 @@ async def _read_listing(
             progress.listing(kb_id, stored, count)
 
     try:
-        await each(range(2, pages + 1), page)
+        number = 2
+        while number < end:
+            wave = range(number, min(end, number + LIST_CONCURRENCY))
+            await each(wave, page)
+            number = wave.stop
     finally:
         if progress is not None:
             progress.listing_done(kb_id)
-    return Listing(kb_id, started, len(seen), len(counts) == 1 and len(seen) == count)
+    complete = len(counts) == 1 and len(seen) == count
+    return Listing(kb_id, started, len(seen), complete)
 
 
 async def _look_up_unseen(q: Queue, client: MaiAgentClient, listing: Listing) -> None:

@@ -38,11 +38,22 @@ class Registrar:
     file's fence is passed just before its call is sent (and again before a re-send after a
     429): a file whose fence fails is left out and gets a `lease` error, never sent."""
 
-    def __init__(self, client: MaiAgentClient, index: RemoteIndex, size: int, delay: float):
+    def __init__(
+        self,
+        client: MaiAgentClient,
+        index: RemoteIndex,
+        size: int,
+        delay: float,
+        *,
+        learn: bool = False,
+    ):
         self._client = client
         self._index = index
         self.size = size
         self._delay = delay
+        # --register-batch auto where batching is not proven yet: two files per call until
+        # an answer names both (then up to `size`), one per call once one does not
+        self._learn = learn
         self._batches: dict[str, _Batch] = {}
         # Per knowledge base: whether every answer to a register of several files named them
         # all (absent: no such call was answered); kept for `--register-batch auto`.
@@ -58,11 +69,17 @@ class Registrar:
             return pending.fut.result()
         batch = self._batches.setdefault(kb_id, _Batch())
         batch.items.append(pending)
-        if len(batch.items) >= self.size:
+        if len(batch.items) >= self._limit(kb_id):
             self._send(kb_id)
         elif batch.timer is None:
             batch.timer = asyncio.get_running_loop().call_later(self._delay, self._send, kb_id)
         return await pending.fut
+
+    def _limit(self, kb_id: str) -> int:
+        """Files per call to `kb_id` now."""
+        if self._learn and not self.proved.get(kb_id):
+            return min(2, self.size)
+        return self.size
 
     def _send(self, kb_id: str) -> None:
         batch = self._batches.pop(kb_id, None)
@@ -86,6 +103,8 @@ class Registrar:
                 raise _fenced()
             return [p.item for p in sent]
 
+        names = [p.item.filename for p in pending]
+        self._index.registering.update(names)
         try:
             entries = await self._client.register(kb_id, [p.item for p in pending], fence=fence)
         except ApiError as exc:
@@ -97,9 +116,18 @@ class Registrar:
                 if not p.fut.done():
                     p.fut.set_exception(exc if p in sent else _fenced())
             return
+        finally:
+            self._index.registered(names)
         ids = self._match(entries, [(p.item.key, p.item.filename) for p in sent])
         if len(sent) > 1:
-            self.proved[kb_id] = self.proved.get(kb_id, True) and None not in ids
+            proved = self.proved.get(kb_id, True) and None not in ids
+            if proved and self._learn and kb_id not in self.proved:
+                log.info(
+                    "register batching proven for %s by this run: up to %d files per call",
+                    kb_id,
+                    self.size,
+                )
+            self.proved[kb_id] = proved
         for p, file_id in zip(sent, ids, strict=True):
             if p.fut.done():
                 continue

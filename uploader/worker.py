@@ -87,6 +87,8 @@ class Settings:
     kb_id: str | None = None
     name: str = "basename"
     register_batch: int = 1
+    # --register-batch auto: batching where proven, learned from the run's first answers
+    register_auto: bool = False
     register_delay: float = 0.1
     lease_seconds: float = 60.0
     grace: float = 5.0
@@ -293,7 +295,11 @@ class Pool:
         self.writer = Writer(queue, owner, self._committed)
         self.index = RemoteIndex(queue, client)
         self.registrar = Registrar(
-            client, self.index, settings.register_batch, settings.register_delay
+            client,
+            self.index,
+            settings.register_batch,
+            settings.register_delay,
+            learn=settings.register_auto,
         )
         self._shared = Shared(
             client=client,
@@ -420,7 +426,7 @@ class Pool:
         for kb_id in sorted(self._doubted):
             errors: tuple[type[Exception], ...] = (ApiError, *self.queue.errors)
             try:
-                await self.index.refresh(kb_id, since, since)
+                await self.index.refresh(kb_id, since, since, force=True)
                 deleted = await delete_copies(self.queue, self.client, kb_id, since, "run")
             except errors as exc:
                 log.warning("second entries of %s not looked for: %s", kb_id, exc)

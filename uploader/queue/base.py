@@ -217,8 +217,9 @@ class Queue(abc.ABC):
         """Listed entries a doubtful register of job `job_id`'s key may have created, not
         already some job's entry, oldest first. Where the listing shows an entry's key, only
         the key decides (equal, or a path ending with "/" + key). An entry listed without a
-        key matches by filename, created at or after `since` and size (when listed), and only
-        when no other job of the knowledge base has or may get that filename."""
+        key matches by filename, created at or after `since` and size (when listed): the
+        caller passes an infinite `since` while a register of that name is in flight, and
+        leaves out entries it already gave to another job."""
 
     @abc.abstractmethod
     async def store_listed(self, rows: Sequence[ListedRow]) -> None:

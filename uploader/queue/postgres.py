@@ -268,7 +268,7 @@ RETURNING j.id"""
 
 
 # See the SQLite backend's _ADOPTABLE: the key decides; name, size and time only for a
-# listing without `file`, and a name no other job of the knowledge base has.
+# listing without `file`.
 _ADOPTABLE = """
 SELECT r.id FROM remote_files AS r
 WHERE r.kb_id = $1
@@ -276,10 +276,6 @@ WHERE r.kb_id = $1
   AND CASE WHEN r.file_key IS NOT NULL
       THEN r.file_key = $5 OR right(r.file_key, length($5) + 1) = '/' || $5
       ELSE r.filename = $2 AND r.created_at >= $3 AND (r.size IS NULL OR r.size = $4)
-           AND NOT EXISTS (
-               SELECT 1 FROM jobs AS o WHERE o.kb_id = $1 AND o.id <> $6
-                 AND (o.filename = $2 OR o.relpath = $2
-                      OR right(o.relpath, length($2) + 1) = '/' || $2))
       END
 ORDER BY r.created_at, r.id"""
 
@@ -739,7 +735,7 @@ class PgQueue(Queue):
         self, kb_id: str, job_id: int, filename: str, size: int, since: float, s3_key: str
     ) -> list[str]:
         async with self._connection() as conn:
-            rows = await conn.fetch(_ADOPTABLE, kb_id, filename, since, size, s3_key, job_id)
+            rows = await conn.fetch(_ADOPTABLE, kb_id, filename, since, size, s3_key)
         return [r[0] for r in rows]
 
     async def store_listed(self, rows: Sequence[ListedRow]) -> None:

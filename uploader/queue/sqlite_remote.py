@@ -38,9 +38,9 @@ else:
 
 
 # An entry a doubtful register of this key made: the key decides where the listing shows one
-# (a URL-shaped `file` ends with it). A listing without `file` leaves name, size and time, and
-# only for a name no other job of the knowledge base has (or may get): a look-alike would be
-# another file's entry.
+# (a URL-shaped `file` ends with it). A listing without `file` leaves name, size and time
+# since the doubt; entries already some job's are out, and RemoteIndex keeps out the entries
+# of registers of that name still in flight (`since` infinite then).
 _ADOPTABLE = """
 SELECT r.id FROM remote_files AS r
 WHERE r.kb_id = :kb
@@ -48,10 +48,6 @@ WHERE r.kb_id = :kb
   AND CASE WHEN r.file_key IS NOT NULL
       THEN r.file_key = :s3_key OR substr(r.file_key, -length(:s3_key) - 1) = '/' || :s3_key
       ELSE r.filename = :filename AND r.created_at >= :since AND (r.size IS NULL OR r.size = :size)
-           AND NOT EXISTS (
-               SELECT 1 FROM jobs AS o WHERE o.kb_id = :kb AND o.id != :job
-                 AND (o.filename = :filename OR o.relpath = :filename
-                      OR substr(o.relpath, -length(:filename) - 1) = '/' || :filename))
       END
 ORDER BY r.created_at, r.id"""
 
@@ -204,7 +200,6 @@ class RemoteMixin(SqliteBase):
             _ADOPTABLE,
             {
                 "kb": kb_id,
-                "job": job_id,
                 "filename": filename,
                 "size": size,
                 "since": since,
