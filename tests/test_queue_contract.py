@@ -11,45 +11,37 @@ import time
 import pytest
 
 from tests.helpers import async_test
-from tests.queue_backends import attempts_logged, queue_target
+from tests.queue_backends import (
+    KB,
+    LEASE,
+    OWNER,
+    attempts_logged,
+    done_jobs,
+    listed,
+    outcome,
+    queue_target,
+    rows,
+    states,
+)
 from uploader.model import (
-    Deletion,
     DuplicateItem,
     EnqueueCounts,
     ErrorKind,
-    Job,
     ListedRow,
-    Outcome,
     OutcomeKind,
     RemoteStatus,
     RequeueItem,
     ScanRow,
     Step,
     Superseded,
-    SupersedeFailure,
     TagMismatch,
 )
-from uploader.queue import Queue, open_queue
+from uploader.queue import open_queue
 from uploader.store.status import StatusStore
+from uploader.store.superseded import SupersededStore
 from uploader.tags import EMPTY, encode
 
 __all__ = ["queue_target"]  # the fixture, imported for pytest
-
-KB = "kb-contract"
-OWNER = "host:1:contract"
-LEASE = 60.0
-
-
-def rows(*names: str, size: int = 10) -> list[ScanRow]:
-    return [ScanRow(f"/data/{n}".encode(), n, size, 1000) for n in names]
-
-
-def outcome(job: Job, kind: OutcomeKind, **kw: object) -> Outcome:
-    return Outcome(job=job, outcome=kind, ended_at=time.time(), **kw)  # type: ignore[arg-type]
-
-
-async def states(q: Queue, kb: str = KB) -> dict[str, int]:
-    return {s: n for s, (n, _b) in (await StatusStore(q.engine).state_counts()).get(kb, {}).items()}
 
 
 @async_test
@@ -211,30 +203,13 @@ async def test_what_an_enqueue_asks_of_the_entry_is_kept_per_job(queue_target: s
         assert (b4.step, b4.tags) == (Step.METADATA, ops)
 
 
-async def _done(q: Queue, *names: str) -> list[Job]:
-    await q.enqueue_batch(KB, rows(*names))
-    jobs = await q.claim(OWNER, len(names), LEASE, KB)
-    await q.record_outcomes(
-        OWNER,
-        [
-            outcome(j, OutcomeKind.DONE, file_id=f"file-{j.relpath}", filename=j.relpath)
-            for j in jobs
-        ],
-    )
-    return jobs
-
-
-def listed(file_id: str, name: str, seen: float, created: float = 0.0) -> ListedRow:
-    return ListedRow(KB, file_id, name, 10, "done", created, seen, None)
-
-
 @async_test
 async def test_a_doubtful_register_adopts_only_a_new_unowned_entry(queue_target: str) -> None:
     """A listing that shows no keys leaves name, size and time: only a new entry nobody owns
     (other jobs of the same name are told apart by the caller: an infinite `since` while a
     register of that name is in flight)."""
     async with await open_queue(queue_target) as q:
-        await _done(q, "owned")
+        await done_jobs(q, "owned")
         await q.enqueue_batch(KB, rows("x", "sub/y", "y2"))
         x, y, _y2 = await q.claim(OWNER, 3, LEASE, KB)
         now = time.time()
@@ -277,7 +252,7 @@ async def test_where_the_listing_shows_keys_only_the_key_adopts(queue_target: st
 @async_test
 async def test_a_listing_is_matched_to_the_done_jobs(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
-        await _done(q, "a", "b")
+        await done_jobs(q, "a", "b")
         old, now = time.time() - 50, time.time()
         await q.store_listed([listed("stale", "s", old)])
         await q.store_listed([listed("file-a", "a", now), listed("extra", "e", now)])
@@ -297,7 +272,7 @@ async def test_a_listing_is_matched_to_the_done_jobs(queue_target: str) -> None:
 @async_test
 async def test_a_verification_keeps_its_lists_until_the_next(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
-        [a, _b] = await _done(q, "a", "b")
+        [a, _b] = await done_jobs(q, "a", "b")
         now = time.time()
         await q.store_listed(
             [listed("file-a", "a", now, 1), listed("copy", "a", now, 2), listed("e", "e", now)]
@@ -354,55 +329,6 @@ async def test_copies_are_told_by_the_keys_jobs_uploaded(queue_target: str) -> N
 
 
 @async_test
-async def test_deletions_are_kept_with_their_jobs_paths(queue_target: str) -> None:
-    async with await open_queue(queue_target) as q:
-        [a] = await _done(q, "a")
-        assert [d async for d in StatusStore(q.engine).deletion_rows()] == []
-        await q.record_deletions(
-            [
-                Deletion(KB, "copy", "a", "copy", "copy of file-a", "dedupe", 100.0, a.id),
-                Deletion(KB, "other", None, "same_name_size", None, "dedupe", 101.0, None),
-            ]
-        )
-        found = [d async for d in StatusStore(q.engine).deletion_rows(chunk=1)]
-        assert [(d.entry_id, d.reason, d.command, d.deleted_at, d.path) for d in found] == [
-            ("copy", "copy", "dedupe", 100.0, b"/data/a"),
-            ("other", "same_name_size", "dedupe", 101.0, None),
-        ]
-
-
-@async_test
-async def test_a_changed_uploaded_file_remembers_its_entry_until_it_is_replaced(
-    queue_target: str,
-) -> None:
-    async with await open_queue(queue_target) as q:
-        [a, b] = await _done(q, "a", "b")
-        await q.enqueue_batch(KB, [*rows("a", size=11), *rows("b")])
-        assert await q.superseded_due(KB) == []  # no new version registered yet
-        [again] = await q.claim(OWNER, 5, LEASE, KB)
-        assert (again.id, again.step) == (a.id, None)
-        await q.record_outcomes(OWNER, [outcome(again, OutcomeKind.DONE, file_id="file-a2")])
-        [due] = await q.superseded_due(None)
-        assert due == Superseded(KB, "file-a", a.id, "a", "file-a2")
-        now = time.time()
-        await q.store_listed([listed("file-a", "a", now), listed("file-a2", "a", now)])
-        [shown] = await q.superseded_listed(KB, now)
-        assert (shown.entry_id, shown.job_id, shown.replaced_by, shown.kept) == (
-            "file-a",
-            a.id,
-            "file-a2",
-            False,
-        )
-        await q.settle_superseded([], [SupersedeFailure(KB, "file-a", "HTTP 409")])
-        assert await q.superseded_due(KB) == [due]
-        gone = Deletion(KB, "file-a", "a", "superseded", "replaced by file-a2", "run", now, a.id)
-        await q.settle_superseded([gone], [])
-        assert await q.superseded_due(KB) == []
-        assert not await q.any_remote_known(KB, ["file-a"])
-        assert [d.entry_id async for d in StatusStore(q.engine).deletion_rows()] == ["file-a"]
-
-
-@async_test
 async def test_an_entry_found_in_doubt_is_remembered_superseded_at_once_by_its_holder(
     queue_target: str,
 ) -> None:
@@ -416,33 +342,14 @@ async def test_an_entry_found_in_doubt_is_remembered_superseded_at_once_by_its_h
         await q.record_superseded("host:9:intruder", a.id, "file-elsewhere")
         await q.record_superseded(OWNER, a.id, "file-old")
         await q.record_outcomes(OWNER, [outcome(a, OutcomeKind.RELEASED)])
-        assert await q.superseded_due(KB) == []  # the new version is not registered yet
+        assert (
+            await SupersededStore(q.engine).superseded_due(KB) == []
+        )  # the new version is not registered yet
         [again] = await q.claim(OWNER, 1, LEASE, KB)
         await q.record_outcomes(OWNER, [outcome(again, OutcomeKind.DONE, file_id="file-new")])
-        assert await q.superseded_due(KB) == [Superseded(KB, "file-old", a.id, "a", "file-new")]
-
-
-@async_test
-async def test_a_superseded_entry_another_job_points_to_is_never_due(queue_target: str) -> None:
-    async with await open_queue(queue_target) as q:
-        await _done(q, "a", "b")
-        await q.enqueue_batch(KB, rows("a", "b", size=11))
-        a, b = await q.claim(OWNER, 5, LEASE, KB)
-        await q.record_outcomes(
-            OWNER,
-            [
-                outcome(a, OutcomeKind.DONE, file_id="file-a2"),
-                outcome(b, OutcomeKind.DONE, file_id="file-a"),  # b's entry now: never deleted
-            ],
-        )
-        due = await q.superseded_due(KB)
-        assert [d.entry_id for d in due] == ["file-b"]
-        assert await StatusStore(q.engine).content_counts() == {KB: {"superseded": 2}}
-        await q.keep_superseded(due)
-        assert await q.superseded_due(KB) == []
-        assert await StatusStore(q.engine).content_counts() == {
-            KB: {"superseded": 1, "old_versions_kept": 1}
-        }
+        assert await SupersededStore(q.engine).superseded_due(KB) == [
+            Superseded(KB, "file-old", a.id, "a", "file-new")
+        ]
 
 
 @async_test
@@ -472,7 +379,7 @@ async def test_a_skipped_outcome_keeps_its_reason_and_hash_and_uploads_are_found
 @async_test
 async def test_remote_retry_requeues_jobs_still_pointing_at_their_entry(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
-        [a, b] = await _done(q, "a.pdf", "b.txt")
+        [a, b] = await done_jobs(q, "a.pdf", "b.txt")
         now = time.time()
         await q.store_listed([listed("file-a.pdf", "a.pdf", now)])
         await q.match_remote(KB, now)

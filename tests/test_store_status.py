@@ -3,27 +3,13 @@ are made through the job queue, then read back."""
 
 from __future__ import annotations
 
-import time
-
 from tests.helpers import async_test
-from tests.queue_backends import queue_target
-from uploader.model import HostCount, HostScope, Job, Outcome, OutcomeKind, ScanRow
+from tests.queue_backends import KB, LEASE, OWNER, outcome, queue_target, rows
+from uploader.model import HostCount, HostScope, OutcomeKind, ScanRow
 from uploader.queue import open_queue
 from uploader.store.status import StatusStore
 
 __all__ = ["queue_target"]  # the fixture, imported for pytest
-
-KB = "kb-contract"
-OWNER = "host:1:contract"
-LEASE = 60.0
-
-
-def rows(*names: str, size: int = 10) -> list[ScanRow]:
-    return [ScanRow(f"/data/{n}".encode(), n, size, 1000) for n in names]
-
-
-def outcome(job: Job, kind: OutcomeKind, **kw: object) -> Outcome:
-    return Outcome(job=job, outcome=kind, ended_at=time.time(), **kw)  # type: ignore[arg-type]
 
 
 @async_test

@@ -61,6 +61,7 @@ from .queue import Queue, anchor, redact
 from .scan import display
 from .store.runs import RunsStore
 from .store.status import StatusStore
+from .store.superseded import SupersededStore
 
 T = TypeVar("T")
 R = TypeVar("R")  # a library call's result, per knowledge base
@@ -1416,7 +1417,7 @@ async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | N
     """None when this host has something to upload; else the line that says why not. A --kb
     the queue does not hold (a typo) is bad input, naming the ones it does hold. Entries of
     changed files' old versions still to delete are work too (the run deletes them)."""
-    if (await q.pending_totals(kb_id))[0] or await q.superseded_due(kb_id):
+    if (await q.pending_totals(kb_id))[0] or await SupersededStore(q.engine).superseded_due(kb_id):
         return None
     if await worker.scan_in_progress(q, kb_id, worker.make_owner(q.scope.host)):
         return None  # an enqueue is still walking: the run waits for its rows

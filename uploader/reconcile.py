@@ -39,6 +39,7 @@ from .model import (
 from .queue import Queue, QueueError
 from .retrying import Retry, retrying
 from .store.status import StatusStore
+from .store.superseded import SupersededStore
 
 T = TypeVar("T")
 
@@ -503,7 +504,7 @@ async def find_copies(q: Queue, kb_id: str, since: float) -> Copies:
     never copies, whatever their name and size; an entry whose key belongs to a job not done
     yet is left to that job (it may be adopting it right now). A changed file's old version
     is no copy either: it is superseded, for `run` to delete (`replace.py`)."""
-    superseded = await q.superseded_listed(kb_id, since)
+    superseded = await SupersededStore(q.engine).superseded_listed(kb_id, since)
     unowned = await q.unowned_keyed(kb_id, since)
     wanted = sorted({k for e in unowned for k in key_forms(e.file_key)})
     owners = {o.key: o for o in await q.key_owners(kb_id, wanted)}
@@ -818,7 +819,7 @@ async def _delete_recorded(
         return set()
     deleted = set(await _delete_many(client, kb_id, doomed, errors))
     await q.forget_remote(kb_id, sorted(deleted))
-    await q.record_deletions(
+    await SupersededStore(q.engine).record_deletions(
         [_deletion(kb_id, g, e, command) for g in groups for e in g.surplus if e.id in deleted]
     )
     return deleted
@@ -906,7 +907,7 @@ async def retry_remote(
     try:
         await each(await q.remote_retry_candidates(kb_id, match), settle)
     finally:
-        await q.record_deletions(deletions)
+        await SupersededStore(q.engine).record_deletions(deletions)
         await q.set_remote_status(statuses)
         result.requeued = await q.requeue_remote(requeue)
     return result

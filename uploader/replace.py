@@ -40,6 +40,7 @@ from .model import (
 )
 from .queue import Queue
 from .reconcile import delete_entry, each
+from .store.superseded import SupersededStore
 
 log = logging.getLogger("uploader.run")
 
@@ -67,12 +68,12 @@ async def drain(
     q: Queue, client: MaiAgentClient, kb_id: str | None, *, keep_old_versions: bool
 ) -> Replaced:
     """Delete (or, with `keep_old_versions`, keep) every superseded entry that is due."""
-    due = await q.superseded_due(kb_id)
+    due = await SupersededStore(q.engine).superseded_due(kb_id)
     result = Replaced()
     if not due:
         return result
     if keep_old_versions:
-        await q.keep_superseded(due)
+        await SupersededStore(q.engine).keep_superseded(due)
         result.kept = len(due)
         return result
     deleted: list[Deletion] = []
@@ -111,7 +112,7 @@ async def drain(
     except ApiError as err:
         result.fatal = err
     finally:
-        await q.settle_superseded(deleted, failed)
+        await SupersededStore(q.engine).settle_superseded(deleted, failed)
     result.removed = sum(1 for d in deleted if d.reason == DeletionReason.REMOVED)
     result.superseded = len(deleted) - result.removed
     result.errors = [f"{f.entry_id}: {f.error}" for f in failed]
@@ -257,7 +258,7 @@ async def removed_files(
         result.left += left
         batch.clear()
 
-    async for queued in q.queued_under(kb_id, prefix):
+    async for queued in SupersededStore(q.engine).queued_under(kb_id, prefix, q.scope):
         batch.append(queued)
         result.uploaded += queued.uploaded
         if len(batch) >= STAT_BATCH:
@@ -265,5 +266,5 @@ async def removed_files(
     await settle()
     result.refused = guard(result.deleting, result.uploaded)
     if gone and not dry_run and result.refused is None:
-        result.marked = await q.mark_removed(gone)
+        result.marked = await SupersededStore(q.engine).mark_removed(gone)
     return result

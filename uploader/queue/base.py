@@ -23,13 +23,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ..model import (
-    Deletion,
     DuplicateItem,
     EnqueueCounts,
     Entry,
@@ -40,14 +39,10 @@ from ..model import (
     Listed,
     ListedRow,
     Outcome,
-    QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
     RequeueItem,
     ScanRow,
-    Superseded,
-    SupersededEntry,
-    SupersedeFailure,
     TagMismatch,
 )
 from ..store.engine import Engine, QueueError
@@ -283,46 +278,6 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def key_owners(self, kb_id: str, keys: Sequence[str]) -> list[KeyOwner]:
         """The jobs of `kb_id` whose recorded S3 key is one of `keys` (exact equality)."""
-
-    # --- superseded entries (a changed file's old version) ------------------------------
-
-    @abc.abstractmethod
-    async def superseded_due(self, kb_id: str | None) -> list[Superseded]:
-        """Superseded entries, not kept, whose job is done again with another entry (or is
-        removed) and that no job points to: the ones `run` may delete now. Oldest first."""
-
-    @abc.abstractmethod
-    def queued_under(self, kb_id: str, prefix: bytes) -> AsyncIterator[QueuedFile]:
-        """This scope's jobs of `kb_id` whose path starts with `prefix`, neither running nor
-        removed, in path order, streamed."""
-
-    @abc.abstractmethod
-    async def mark_removed(self, job_ids: Sequence[int]) -> int:
-        """One transaction: these jobs (unless running or removed) become `removed`; the
-        entry of each that has one goes to the superseded record, for `run` to delete.
-        Returns how many were marked."""
-
-    @abc.abstractmethod
-    async def settle_superseded(
-        self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
-    ) -> None:
-        """One transaction: the `deleted` entries leave the superseded record and the stored
-        listing and join the deletions; each `failed` one counts an attempt and its error."""
-
-    @abc.abstractmethod
-    async def keep_superseded(self, entries: Sequence[Superseded]) -> None:
-        """One transaction: mark these kept (run --keep-old-versions): never due again."""
-
-    @abc.abstractmethod
-    async def superseded_listed(self, kb_id: str, since: float) -> list[SupersededEntry]:
-        """Superseded entries (kept or not) that the listing begun at `since` shows and no
-        job points to, oldest first."""
-
-    # --- deletions -----------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
-        """One transaction: append these to the record of deleted entries."""
 
     # --- verifications -------------------------------------------------------------------
 

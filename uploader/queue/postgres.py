@@ -25,13 +25,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
 
 from ..model import (
-    Deletion,
     DuplicateItem,
     EnqueueCounts,
     Entry,
@@ -42,15 +41,11 @@ from ..model import (
     ListedRow,
     Outcome,
     OutcomeKind,
-    QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
     RequeueItem,
     ScanRow,
     ServiceFacts,
-    Superseded,
-    SupersededEntry,
-    SupersedeFailure,
     TagMismatch,
 )
 from ..store.postgres import NOW, PgEngine, status_count
@@ -340,53 +335,6 @@ _KEY_OWNERS = """
 SELECT s3_key, id, state, file_id FROM jobs
 WHERE kb_id = $1 AND s3_key = ANY($2::text[])
 ORDER BY id"""
-
-_RECORD_DELETIONS = """
-INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
-SELECT kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::float8[], $8::int8[])
-     WITH ORDINALITY AS d(kb_id, entry_id, filename, reason, detail, command, deleted_at,
-                          job_id, n)
-ORDER BY n"""
-
-_NOT_POINTED_AT = (
-    "NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.file_id = s.entry_id AND o.kb_id = s.kb_id)"
-)
-
-_SUPERSEDED_DUE = f"""
-SELECT s.kb_id, s.entry_id, s.job_id, s.filename, j.file_id
-FROM superseded AS s JOIN jobs AS j ON j.id = s.job_id
-WHERE NOT s.kept AND ($1::text IS NULL OR s.kb_id = $1) AND {_NOT_POINTED_AT}
-  AND (j.state = 'removed' OR (j.state = 'done' AND j.file_id IS NOT NULL
-                               AND j.file_id <> s.entry_id))
-ORDER BY s.superseded_at, s.entry_id"""
-
-_SUPERSEDED_LISTED = f"""
-SELECT s.entry_id, s.job_id, r.filename, r.size, r.status, j.file_id, s.kept
-FROM superseded AS s
-JOIN remote_files AS r ON r.kb_id = s.kb_id AND r.id = s.entry_id AND r.seen_at >= $2
-LEFT JOIN jobs AS j ON j.id = s.job_id
-WHERE s.kb_id = $1 AND {_NOT_POINTED_AT}
-ORDER BY s.superseded_at, s.entry_id"""
-
-_QUEUED_UNDER = f"""
-SELECT id, path, relpath, file_id IS NOT NULL FROM jobs
-WHERE kb_id = $1 AND substring(path from 1 for length($2::bytea)) = $2::bytea
-  AND state NOT IN ('running', 'removed') AND {_MAY_READ.replace("$5", "$3").replace("$6", "$4")}
-ORDER BY path"""
-
-_REMOVE_ENTRIES = f"""
-INSERT INTO superseded (kb_id, entry_id, job_id, filename, s3_key, superseded_at)
-SELECT kb_id, file_id, id, filename, s3_key, {NOW} FROM jobs
-WHERE id = ANY($1::int8[]) AND file_id IS NOT NULL AND state NOT IN ('running', 'removed')
-ON CONFLICT (kb_id, entry_id) DO NOTHING"""
-
-_MARK_REMOVED = f"""
-UPDATE jobs SET state = 'removed', file_id = NULL, remote_status = NULL, step = NULL,
-       s3_key = NULL, unknown_since = NULL, content_hash = NULL, next_attempt_at = 0,
-       last_error = 'the file is gone from its folder', error_kind = NULL, finished_at = {NOW}
-WHERE id = ANY($1::int8[]) AND state NOT IN ('running', 'removed')"""
 
 
 _ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
@@ -684,13 +632,6 @@ class PgQueue(Queue):
             )
         return status_count(status)
 
-    async def _stream(self, sql: str, *args: Any, chunk: int = 5000) -> AsyncIterator[Any]:
-        """Rows of a query through a server-side cursor, `chunk` at a time: memory is the
-        same for a million rows as for ten."""
-        async with self._connection() as conn, conn.transaction(readonly=True):
-            async for row in conn.cursor(sql, *args, prefetch=chunk):
-                yield row
-
     async def kbs_with_work(self, kb_id: str | None) -> list[str]:
         async with self._connection() as conn:
             rows = await conn.fetch(
@@ -841,73 +782,6 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             rows = await conn.fetch(_KEY_OWNERS, kb_id, list(keys))
         return [KeyOwner(*r) for r in rows]
-
-    # --- superseded entries ----------------------------------------------------------------
-
-    async def superseded_due(self, kb_id: str | None) -> list[Superseded]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(_SUPERSEDED_DUE, kb_id)
-        return [Superseded(*r) for r in rows]
-
-    async def queued_under(self, kb_id: str, prefix: bytes) -> AsyncIterator[QueuedFile]:
-        async for row in self._stream(_QUEUED_UNDER, kb_id, prefix, *self._reads()):
-            yield QueuedFile(*row)
-
-    async def mark_removed(self, job_ids: Sequence[int]) -> int:
-        ids = list(job_ids)
-        async with self.transaction() as conn:
-            await conn.execute(_REMOVE_ENTRIES, ids)
-            return status_count(await conn.execute(_MARK_REMOVED, ids))
-
-    async def settle_superseded(
-        self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
-    ) -> None:
-        kbs, ids = [d.kb_id for d in deleted], [d.entry_id for d in deleted]
-        async with self.transaction() as conn:
-            if deleted:
-                for table, column in (("superseded", "entry_id"), ("remote_files", "id")):
-                    await conn.execute(
-                        f"DELETE FROM {table} AS t USING unnest($1::text[], $2::text[])"
-                        f" AS g(kb_id, id) WHERE t.kb_id = g.kb_id AND t.{column} = g.id",
-                        kbs,
-                        ids,
-                    )
-                await conn.execute(
-                    _RECORD_DELETIONS, *[list(c) for c in zip(*deleted, strict=True)]
-                )
-            if failed:
-                await conn.execute(
-                    "UPDATE superseded AS s SET attempts = s.attempts + 1, last_error = f.error"
-                    " FROM unnest($1::text[], $2::text[], $3::text[]) AS f(kb_id, id, error)"
-                    " WHERE s.kb_id = f.kb_id AND s.entry_id = f.id",
-                    [f.kb_id for f in failed],
-                    [f.entry_id for f in failed],
-                    [f.error for f in failed],
-                )
-
-    async def keep_superseded(self, entries: Sequence[Superseded]) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                "UPDATE superseded AS s SET kept = true"
-                " FROM unnest($1::text[], $2::text[]) AS k(kb_id, id)"
-                " WHERE s.kb_id = k.kb_id AND s.entry_id = k.id",
-                [e.kb_id for e in entries],
-                [e.entry_id for e in entries],
-            )
-
-    async def superseded_listed(self, kb_id: str, since: float) -> list[SupersededEntry]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(_SUPERSEDED_LISTED, kb_id, since)
-        return [SupersededEntry(*r) for r in rows]
-
-    # --- deletions -----------------------------------------------------------------------
-
-    async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
-        if not deletions:
-            return
-        columns = [list(c) for c in zip(*deletions, strict=True)]
-        async with self._connection() as conn:
-            await conn.execute(_RECORD_DELETIONS, *columns)
 
     # --- verifications -------------------------------------------------------------------
 

@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..model import (
-    Deletion,
     DuplicateItem,
     Entry,
     KeyOwner,
     Listed,
     ListedRow,
-    QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
     RequeueItem,
-    Superseded,
-    SupersededEntry,
-    SupersedeFailure,
     TagMismatch,
 )
 from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD
@@ -117,48 +112,6 @@ _KEY_OWNERS = """
 SELECT s3_key, id, state, file_id FROM jobs
 WHERE kb_id = :kb AND s3_key IN (SELECT value FROM json_each(:keys))
 ORDER BY id"""
-
-_NOT_POINTED_AT = (
-    "NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.file_id = s.entry_id AND o.kb_id = s.kb_id)"
-)
-
-_SUPERSEDED_DUE = f"""
-SELECT s.kb_id, s.entry_id, s.job_id, s.filename, j.file_id
-FROM superseded AS s JOIN jobs AS j ON j.id = s.job_id
-WHERE NOT s.kept AND (:kb IS NULL OR s.kb_id = :kb) AND {_NOT_POINTED_AT}
-  AND (j.state = 'removed' OR (j.state = 'done' AND j.file_id IS NOT NULL
-                               AND j.file_id != s.entry_id))
-ORDER BY s.superseded_at, s.entry_id"""
-
-_SUPERSEDED_LISTED = f"""
-SELECT s.entry_id, s.job_id, r.filename, r.size, r.status, j.file_id, s.kept
-FROM superseded AS s
-JOIN remote_files AS r ON r.kb_id = s.kb_id AND r.id = s.entry_id AND r.seen_at >= :since
-LEFT JOIN jobs AS j ON j.id = s.job_id
-WHERE s.kb_id = :kb AND {_NOT_POINTED_AT}
-ORDER BY s.superseded_at, s.entry_id"""
-
-_QUEUED_UNDER = """
-SELECT id, path, relpath, file_id IS NOT NULL FROM jobs
-WHERE kb_id = :kb AND substr(path, 1, length(:prefix)) = :prefix
-  AND state NOT IN ('running', 'removed') AND (shared OR host IN ('', :host) OR :any_host)
-ORDER BY path"""
-
-_REMOVE_ENTRY = """
-INSERT INTO superseded (kb_id, entry_id, job_id, filename, s3_key, superseded_at)
-SELECT kb_id, file_id, id, filename, s3_key, :now FROM jobs
-WHERE id = :id AND file_id IS NOT NULL AND state NOT IN ('running', 'removed')
-ON CONFLICT (kb_id, entry_id) DO NOTHING"""
-
-_MARK_REMOVED = """
-UPDATE jobs SET state = 'removed', file_id = NULL, remote_status = NULL, step = NULL,
-       s3_key = NULL, unknown_since = NULL, content_hash = NULL, next_attempt_at = 0,
-       last_error = 'the file is gone from its folder', error_kind = NULL, finished_at = :now
-WHERE id = :id AND state NOT IN ('running', 'removed')"""
-
-_RECORD_DELETION = """
-INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 _ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
@@ -307,64 +260,6 @@ class RemoteMixin(SqliteBase):
             _KEY_OWNERS, {"kb": kb_id, "keys": json.dumps(list(keys))}
         )
         return [KeyOwner(*r) for r in rows]
-
-    async def superseded_due(self, kb_id: str | None) -> list[Superseded]:
-        rows = await self._conn.execute_fetchall(_SUPERSEDED_DUE, {"kb": kb_id})
-        return [Superseded(*r) for r in rows]
-
-    async def queued_under(self, kb_id: str, prefix: bytes) -> AsyncIterator[QueuedFile]:
-        params = {
-            "kb": kb_id,
-            "prefix": prefix,
-            "host": self.scope.host,
-            "any_host": int(self.scope.shared),
-        }
-        async with self._conn.execute(_QUEUED_UNDER, params) as cur:
-            while rows := await cur.fetchmany(5000):
-                for row in rows:
-                    yield QueuedFile(row[0], row[1], row[2], bool(row[3]))
-
-    async def mark_removed(self, job_ids: Sequence[int]) -> int:
-        params = [{"id": i, "now": time.time()} for i in job_ids]
-        async with self.transaction():
-            await self._conn.executemany(_REMOVE_ENTRY, params)
-            cur = await self._conn.executemany(_MARK_REMOVED, params)
-        return cur.rowcount
-
-    async def settle_superseded(
-        self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
-    ) -> None:
-        gone = [(d.kb_id, d.entry_id) for d in deleted]
-        async with self.transaction():
-            await self._conn.executemany(
-                "DELETE FROM superseded WHERE kb_id = ? AND entry_id = ?", gone
-            )
-            await self._conn.executemany(
-                "DELETE FROM remote_files WHERE kb_id = ? AND id = ?", gone
-            )
-            await self._conn.executemany(_RECORD_DELETION, deleted)
-            await self._conn.executemany(
-                "UPDATE superseded SET attempts = attempts + 1, last_error = ?"
-                " WHERE kb_id = ? AND entry_id = ?",
-                [(f.error, f.kb_id, f.entry_id) for f in failed],
-            )
-
-    async def keep_superseded(self, entries: Sequence[Superseded]) -> None:
-        async with self.transaction():
-            await self._conn.executemany(
-                "UPDATE superseded SET kept = 1 WHERE kb_id = ? AND entry_id = ?",
-                [(e.kb_id, e.entry_id) for e in entries],
-            )
-
-    async def superseded_listed(self, kb_id: str, since: float) -> list[SupersededEntry]:
-        rows = await self._conn.execute_fetchall(_SUPERSEDED_LISTED, {"kb": kb_id, "since": since})
-        return [SupersededEntry(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
-
-    async def record_deletions(self, deletions: Sequence[Deletion]) -> None:
-        if not deletions:
-            return
-        async with self.transaction():
-            await self._conn.executemany(_RECORD_DELETION, deletions)
 
     async def record_verification(
         self,

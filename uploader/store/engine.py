@@ -36,6 +36,24 @@ class Pair:
     sqlite: str
     postgresql: str
 
+    @classmethod
+    def of(cls, template: str, **parts: Pair) -> Pair:
+        """A statement written once around the parts that differ: `{name}` in `template`
+        takes each dialect's spelling of the part."""
+        return cls(
+            template.format(**{k: p.sqlite for k, p in parts.items()}),
+            template.format(**{k: p.postgresql for k, p in parts.items()}),
+        )
+
+
+def in_array(column: str) -> Pair:
+    """`column` is one of a list given as one parameter (`Engine.array`): a JSON array that
+    SQLite reads with json_each, a PostgreSQL array."""
+    return Pair(
+        sqlite=f"{column} IN (SELECT value FROM json_each(?))",
+        postgresql=f"{column} = ANY(?)",
+    )
+
 
 Sql = str | Pair
 
@@ -99,6 +117,10 @@ class Engine(abc.ABC):
     async def fetchval(self, sql: Sql, params: Sequence[Any] = ()) -> Any:
         row = await self.fetchrow(sql, params)
         return None if row is None else row[0]
+
+    def array(self, values: Sequence[Any]) -> Any:
+        """A list as one parameter, for `in_array`."""
+        return list(values)
 
     def to_db(self, t: float | None) -> float | None:
         """A time of this host's clock as the database's clock keeps it (the same on SQLite,

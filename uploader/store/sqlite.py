@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -264,6 +265,9 @@ class SqliteEngine(Engine):
             while rows := await cur.fetchmany(chunk):
                 for row in rows:
                     yield tuple(row)
+
+    def array(self, values: Sequence[Any]) -> Any:
+        return json.dumps(list(values))
 
     # --- migrations ------------------------------------------------------------------------
 
