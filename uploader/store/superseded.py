@@ -91,7 +91,7 @@ class SupersededStore:
         """Superseded entries (kept or not) that the listing begun at `since` shows and no
         job points to, oldest first."""
         rows = await self._db.fetch(_LISTED, (since, kb_id))
-        return [SupersededEntry(*r[:6], bool(r[6])) for r in rows]
+        return [SupersededEntry(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     async def settle_superseded(
         self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
