@@ -175,8 +175,9 @@ def test_a_hosts_own_folders_are_never_claimed_by_another_host(
     other = host_run(pg_url, maiagent, "host-b", cwd=tmp_path)
     code, output = finish(other)
 
-    assert code == 0, output
-    assert "20 pending files were queued by other hosts" in output
+    # nothing of its own, and host-a's rows taken by no run: said, and not exit 0 (issue 23)
+    assert code == 2, output
+    assert "20 pending files were queued by host host-a (20)" in output
     assert maiagent.entries(KB) == []
     assert Counter(j["state"] for j in pg_rows(pg_url)) == {"pending": 20}
     status = invoke(pg_url, "--host-id", "host-b", "status")  # type: ignore[arg-type]

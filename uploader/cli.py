@@ -493,6 +493,11 @@ def _late_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> No
         _setup_logging(obj.verbose, obj.quiet)
 
 
+def _late_host_id(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_object(Context).host_id = _host_id(ctx, param, value)
+
+
 def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         obj = _group_context(ctx)
@@ -502,11 +507,12 @@ def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
 
 def _accept_global_options_after(group: click.Group) -> None:
     """`uploader run --db x.db -v` means what `uploader --db x.db -v run` does: every command
-    also takes --db, -v and -q (hidden from its --help, which would repeat the group's), and
+    also takes --db, --host-id, -v and -q (hidden from its --help, which would repeat the group's), and
     they win over the group's. Their callbacks run before the command, in the order given."""
     for command in group.commands.values():
         command.params += [
             click.Option(["--db"], expose_value=False, hidden=True, callback=_late_db),
+            click.Option(["--host-id"], expose_value=False, hidden=True, callback=_late_host_id),
             click.Option(
                 ["-v", "--verbose"],
                 count=True,
@@ -1435,8 +1441,43 @@ async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | N
     line = f"nothing pending{f' for {kb_id}' if kb_id else ''} ({held})"
     elsewhere = _pending_elsewhere(await StatusStore(q.engine).host_counts(), host_id)
     if elsewhere:
+        _left_to_no_one(await _pending_by_host(q, host_id, kb_id), host_id)
         line += f"; {elsewhere:,} pending files were queued by other hosts (`run --shared`)"
     return line
+
+
+async def _pending_by_host(q: Queue, host_id: str, kb_id: str | None) -> dict[str, int]:
+    """Pending rows only another host may upload, per host, of hosts with no run going on
+    now (a queue shared by several hosts: those rows are being taken)."""
+    if kb_id is not None:
+        return {}  # host_counts are of the whole queue: said, not judged, for one --kb
+    running = {
+        run["options"].get("host_id")
+        for run in await RunsStore(q.engine).runs(last=50)
+        if not run["ended_at"]
+    }
+    pending: dict[str, int] = {}
+    for c in await q.host_counts():
+        if c.state == JobState.PENDING and not c.shared and c.host not in ("", host_id):
+            if c.host not in running:
+                pending[c.host] = pending.get(c.host, 0) + c.files
+    return pending
+
+
+def _left_to_no_one(pending: dict[str, int], host_id: str) -> None:
+    """A database copied from another machine, or a host renamed: this run takes none of the
+    pending rows and no other run is taking them. Said as an error naming their hosts and
+    the ways to take them, not as `nothing pending` and exit 0."""
+    if not pending:
+        return
+    total = sum(pending.values())
+    hosts = ", ".join(f"{host} ({n:,})" for host, n in sorted(pending.items()))
+    first = min(pending)
+    raise UserError(
+        f"nothing pending for host {host_id}, but {total:,} pending files were queued by "
+        f"host {hosts}: if this machine sees their folders at the same paths, take them with "
+        f"`uploader --host-id {first} run`, or all hosts' with `uploader run --shared`"
+    )
 
 
 def _print_replaced(replaced: Any) -> None:
