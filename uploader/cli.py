@@ -507,8 +507,8 @@ def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
 
 def _accept_global_options_after(group: click.Group) -> None:
     """`uploader run --db x.db -v` means what `uploader --db x.db -v run` does: every command
-    also takes --db, --host-id, -v and -q (hidden from its --help, which would repeat the group's), and
-    they win over the group's. Their callbacks run before the command, in the order given."""
+    also takes --db, --host-id, -v and -q (hidden from its --help, which would repeat the
+    group's), and they win over the group's. Their callbacks run before the command, in the order given."""
     for command in group.commands.values():
         command.params += [
             click.Option(["--db"], expose_value=False, hidden=True, callback=_late_db),
@@ -1458,9 +1458,9 @@ async def _pending_by_host(q: Queue, host_id: str, kb_id: str | None) -> dict[st
     }
     pending: dict[str, int] = {}
     for c in await q.host_counts():
-        if c.state == JobState.PENDING and not c.shared and c.host not in ("", host_id):
-            if c.host not in running:
-                pending[c.host] = pending.get(c.host, 0) + c.files
+        others = c.host not in ("", host_id, *running)
+        if c.state == JobState.PENDING and not c.shared and others:
+            pending[c.host] = pending.get(c.host, 0) + c.files
     return pending
 
 
