@@ -495,7 +495,7 @@ def _late_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> No
 
 def _late_host_id(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
-        ctx.find_object(Context).host_id = _host_id(ctx, param, value)
+        _group_context(ctx).host_id = _host_id(ctx, param, value)
 
 
 def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -508,7 +508,8 @@ def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
 def _accept_global_options_after(group: click.Group) -> None:
     """`uploader run --db x.db -v` means what `uploader --db x.db -v run` does: every command
     also takes --db, --host-id, -v and -q (hidden from its --help, which would repeat the
-    group's), and they win over the group's. Their callbacks run before the command, in the order given."""
+    group's), and they win over the group's. Their callbacks run before the command, in the
+    order given."""
     for command in group.commands.values():
         command.params += [
             click.Option(["--db"], expose_value=False, hidden=True, callback=_late_db),
@@ -1457,7 +1458,7 @@ async def _pending_by_host(q: Queue, host_id: str, kb_id: str | None) -> dict[st
         if not run["ended_at"]
     }
     pending: dict[str, int] = {}
-    for c in await q.host_counts():
+    for c in await StatusStore(q.engine).host_counts():
         others = c.host not in ("", host_id, *running)
         if c.state == JobState.PENDING and not c.shared and others:
             pending[c.host] = pending.get(c.host, 0) + c.files
