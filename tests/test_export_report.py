@@ -158,6 +158,28 @@ def test_by_default_it_goes_to_reports_beside_the_database_owner_only(
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_report_of_the_same_second_is_written_beside_the_other(tmp_path: Path) -> None:
+    """A run writes its report at its end, and an export-report (or a sync) may follow within
+    the same second: the second report gets a name of its own instead of replacing the first."""
+    db, _ = prepared(tmp_path)
+    reports = db.parent / "reports"
+    reports.mkdir()
+    now = dt.datetime.now()
+    taken = {}
+    for ahead in range(3):  # every second the command can start in, taken by an earlier report
+        stamp = (now + dt.timedelta(seconds=ahead)).strftime("%Y%m%d_%H%M%S")
+        taken[reports / f"upload_report_{stamp}.json"] = f"earlier {ahead}"
+    for path, text in taken.items():
+        path.write_text(text)
+
+    result = invoke(db, "export-report")
+
+    assert result.exit_code == 0, result.output
+    new = set(reports.iterdir()) - set(taken)
+    assert len(new) == 1 and re.fullmatch(r"upload_report_\d{8}_\d{6}_2\.json", new.pop().name)
+    assert all(path.read_text() == text for path, text in taken.items())
+
+
 def test_an_explicit_path_holds_the_same_report_as_stdout(tmp_path: Path) -> None:
     db, _ = prepared(tmp_path)
     target = tmp_path / "out.json"

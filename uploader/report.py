@@ -28,8 +28,16 @@ def _default_folder(db_path: str) -> str:
 
 
 def default_path(db_path: str) -> str:
+    """The reference script's name, to the second; a run and an `export-report` (or two syncs)
+    can end in the same second, and a report never replaces another one: `_2`, `_3`… then."""
     stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    return os.path.join(_default_folder(db_path), f"upload_report_{stamp}.json")
+    folder = _default_folder(db_path)
+    path = os.path.join(folder, f"upload_report_{stamp}.json")
+    n = 1
+    while os.path.lexists(path):
+        n += 1
+        path = os.path.join(folder, f"upload_report_{stamp}_{n}.json")
+    return path
 
 
 def _success(row: DoneRow) -> dict[str, Any]:
