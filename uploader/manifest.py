@@ -107,7 +107,7 @@ def resolve(folder: str | bytes, row: ManifestRow, follow_symlinks: bool = False
     """The file of `folder` that `row` names, as bytes. It must be a regular file inside
     `folder`; without `follow_symlinks` neither the file nor a folder on the way may be a
     symbolic link (as for a walk of the folder)."""
-    root = os.path.realpath(os.fsencode(folder))
+    root = paths.canonical(os.fsencode(folder))
     path = _stored(root, row)
     try:
         st = os.stat(path) if follow_symlinks else os.lstat(path)
@@ -116,8 +116,8 @@ def resolve(folder: str | bytes, row: ManifestRow, follow_symlinks: bool = False
             f"{row.where}: {_shown(row.path)} names no file in {_dir(root)}"
         ) from None
     if not follow_symlinks:
-        # Windows' realpath gives the disk's case: a manifest's `A.TXT` is no link to `a.txt`
-        real = os.path.realpath(path)
+        # the disk's spelling (Windows, macOS): a manifest's `A.TXT` is no link to `a.txt`
+        real = paths.canonical(path)
         if not paths.same_file_name(real, path):
             raise ManifestError(f"{row.where}: {_shown(row.path)} goes through a symbolic link")
         path = real  # one spelling per file, as a walk of the folder would store it

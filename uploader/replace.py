@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import osfiles
+from . import osfiles, paths
 from .client import ApiError, MaiAgentClient
 from .content import new_digest
 from .guard import Judge, Refusal
@@ -242,7 +242,7 @@ async def removed_files(
     (the folders the walk could not read). One lstat per queued file, in a thread, a batch
     at a time. A queued file the filters now leave out is judged the same way: the filters
     say what to queue, not what vanished."""
-    real_root = os.path.realpath(os.fsencode(root))
+    real_root = paths.canonical(os.fsencode(root))
     prefix = os.path.join(real_root, b"")
     folders = frozenset(unread)  # as the walk named them, as it named the files it queued
     result = Removed()

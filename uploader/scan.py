@@ -271,7 +271,7 @@ def walk(
     With --follow-symlinks a folder already visited (by device and inode) is never entered
     twice, so link loops end. A folder an exclude matches whole is not entered at all."""
     own = own or OwnState({}, frozenset())
-    root = os.path.realpath(root)
+    root = paths.canonical(root)
     root_stat = os.stat(root)
     root_id = (root_stat.st_dev, root_stat.st_ino)
     if root_id in own.ids:
@@ -375,7 +375,7 @@ def manifest_rows(
     for row in read_manifest(manifest):
         path = resolve(root, row, follow_symlinks)
         # as stored (NFC/NFD; Windows: the disk's case), `/`-separated
-        rel = paths.slashed(os.path.relpath(path, os.path.realpath(os.fsencode(root))))
+        rel = paths.slashed(os.path.relpath(path, paths.canonical(os.fsencode(root))))
         try:
             st = os.stat(path)
         except OSError as exc:
