@@ -196,7 +196,7 @@ def test_resolve_gives_the_exact_bytes_of_a_file_in_dir(tmp_path: Path) -> None:
     with open(odd, "wb") as f:
         f.write(b"y")
     manifest = _write(tmp_path, "m.csv", b"path\nhr/./leave.pdf\ncaf\xe9.txt\n")
-    rows = list(read_manifest(manifest))
+    rows = list(read_manifest(manifest, encoding="utf-8"))  # --manifest-encoding utf-8
     assert [resolve(str(root), row) for row in rows] == [
         os.fsencode(root / "hr" / "leave.pdf"),
         odd,
@@ -230,7 +230,13 @@ def test_resolve_errors_name_the_line(tmp_path: Path) -> None:
 
 def test_a_label_that_is_not_utf8_is_refused_by_line(tmp_path: Path) -> None:
     manifest = _write(tmp_path, "m.csv", b"path,labels\na,ok\nb,caf\xe9\n")
-    assert _error(manifest) == f"{manifest} line 3: a label is not valid UTF-8"
+    with pytest.raises(ManifestError) as caught:
+        list(read_manifest(manifest, encoding="utf-8"))  # --manifest-encoding utf-8
+    assert str(caught.value) == f"{manifest} line 3: a label is not valid UTF-8"
+    assert _error(manifest) == (
+        f"{manifest}: neither UTF-8 nor cp950: save it as UTF-8 (Excel: CSV UTF-8) or name its"
+        " encoding with --manifest-encoding"
+    )
 
 
 # --- streaming ---------------------------------------------------------------------------------

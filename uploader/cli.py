@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import dataclasses
 import datetime as dt
@@ -45,7 +46,7 @@ from . import (
 )
 from .exitcodes import ExitCode
 from .i18n import _
-from .manifest import ManifestError, parse_metadata_option
+from .manifest import DEFAULT_ENCODING, ManifestError, encoding_of, is_utf8, parse_metadata_option
 from .model import (
     FAILURE_KINDS,
     EnqueueCounts,
@@ -551,6 +552,13 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
         raise UserError(f"--max-size: {exc}") from None
 
 
+def _encoding(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return codecs.lookup(value).name
+    except LookupError:
+        raise click.BadParameter(f"unknown encoding {value!r}") from None
+
+
 def _labels(
     _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[str, ...]:
@@ -699,8 +707,17 @@ def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
     "--manifest",
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="CSV or JSON Lines naming the files of DIRECTORY to queue, each with its labels, "
-    "metadata and name shown (see the README); all or nothing.",
+    help="CSV, JSON Lines or an Excel workbook (.xlsx) naming the files of DIRECTORY to "
+    "queue, each with its labels, metadata and name shown (see the README); all or nothing.",
+)
+@click.option(
+    "--manifest-encoding",
+    default=DEFAULT_ENCODING,
+    show_default=True,
+    callback=_encoding,
+    metavar="ENCODING",
+    help="The encoding of a text manifest that has no BOM and is not UTF-8 (cp950 is Big5, "
+    "Excel's CSV on Traditional Chinese Windows).",
 )
 @click.option("--parser", callback=_parser, metavar="ID", help="The parser of every file (a UUID).")
 @click.option(
@@ -738,6 +755,7 @@ def enqueue(
     labels_from_path: int | None,
     metadata: dict[str, str],
     manifest: str | None,
+    manifest_encoding: str,
     parser: str | None,
     delete_removed: bool,
     dry_run: bool,
@@ -800,6 +818,12 @@ def enqueue(
     if api_key and not no_kb_check:
         _check_kb_exists(api_key, base_url, allow_http, kb_id)
 
+    encoding = "utf-8"
+    if manifest is not None:
+        try:
+            encoding = encoding_of(manifest, manifest_encoding)
+        except ManifestError as exc:
+            raise UserError(str(exc)) from None
     meter = _ScanMeter(not ctx.quiet and not as_json and sys.stderr.isatty())
 
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
@@ -814,7 +838,7 @@ def enqueue(
         try:
             if manifest is not None:
                 return await scan.enqueue_manifest(
-                    q, directory, kb_id, manifest, filters, follow_symlinks, asked, own
+                    q, directory, kb_id, manifest, filters, follow_symlinks, asked, own, encoding
                 )
             return await scan.enqueue(
                 q, directory, kb_id, filters, follow_symlinks, own, tags=asked, on_batch=batch_done
@@ -836,6 +860,13 @@ def enqueue(
         counts, stats, removed = on_queue(ctx, removing, shared=shared)
     except ManifestError as exc:
         raise UserError(f"{exc}; nothing was queued") from None
+    if manifest is not None and encoding != "xlsx" and not is_utf8(encoding):
+        click.echo(
+            _("note: {file} is not UTF-8: read as {encoding} (--manifest-encoding)").format(
+                file=manifest, encoding=encoding
+            ),
+            err=True,
+        )
     _warn_unreadable(stats)
     if as_json:
         shown = {

@@ -4,10 +4,11 @@ export, plus the `--metadata KEY=VALUE` and `--labels-from-path N` helpers.
 Two formats, chosen by the extension (`.csv`; `.jsonl` or `.ndjson`), else by the first
 non-blank character (`{` → JSON Lines, anything else → CSV):
 
-CSV, UTF-8 (a BOM is fine), a header row naming the columns:
+CSV (or tab-separated: the header line says which), a header row naming the columns:
     path,labels,meta.source,meta.year,filename
     hr/leave.pdf,hr;policies,nas,2024,Leave policy.pdf
-- `path` (required): relative to DIR, `/`-separated.
+An Excel workbook (`.xlsx`) is read directly: its first sheet, the same columns.
+- `path` (required): relative to DIR, `/`- or `\\`-separated (Excel users write `合約\\a.txt`).
 - `labels`: names separated by `;` (what people type in a spreadsheet; a JSON array in a cell
   needs every quote doubled). A label containing `;` needs JSON Lines.
 - `meta.KEY` columns: one metadata key each, the cell its value, always a string (no type
@@ -25,9 +26,12 @@ Both: labels are stripped of surrounding blanks, must not be empty, and repeats 
 a path must not be absolute, contain `..`, or be listed twice (`a/./b` and `a/b` are the same).
 Any other column or key is an error, so a typo is never silently ignored.
 
-Paths are bytes elsewhere in the uploader: CSV is decoded with `surrogateescape` and JSON may
-carry `\\udcXX` escapes, so a file name that is not UTF-8 can still be named; `resolve` turns
-it back into the exact bytes.
+Text manifests are read in what Excel writes: a BOM names the encoding (UTF-8, or UTF-16 for
+Excel's "Unicode text"); else UTF-8 when every byte is; else the encoding given
+(`--manifest-encoding`, default cp950: Excel's "CSV" on Traditional Chinese Windows is Big5).
+Decoded as UTF-8, undecodable bytes are kept with `surrogateescape` (`--manifest-encoding
+utf-8` asks for that), so a file name that is not UTF-8 can still be named, as JSON's `\\udcXX`
+escapes can; `resolve` turns it back into the exact bytes.
 
 The file is streamed: rows come one at a time, and the duplicate check keeps an 8-byte digest
 per path, not the rows. Every error is one `ManifestError` line naming the file and line.
@@ -35,20 +39,22 @@ per path, not the rows. Every error is one `ManifestError` line naming the file 
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
+import datetime as dt
 import hashlib
 import json
 import os
+import re
 import stat
 import unicodedata
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from . import paths
-
-if TYPE_CHECKING:
-    from _csv import Reader as CsvReader
 
 MetadataValue = str | int | float | bool
 
@@ -57,8 +63,21 @@ _META = "meta."
 _JSON_KEYS = frozenset(("path", "labels", "metadata", "filename"))
 _CSV_EXTENSIONS = frozenset((".csv",))
 _JSONL_EXTENSIONS = frozenset((".jsonl", ".ndjson"))
+_XLSX_EXTENSIONS = frozenset((".xlsx", ".xlsm"))
 _SNIFF_CHARS = 4096
 _MAX_SHOWN = 80
+DEFAULT_ENCODING = "cp950"  # Excel's "CSV" on Traditional Chinese Windows (Big5)
+XLSX = "xlsx"  # what `encoding_of` says of a workbook: no text encoding
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_UTF8 = frozenset(("utf-8", "utf-8-sig"))
+_DRIVE = re.compile(r"[A-Za-z]:")
+_CHECK_CHUNK = 1 << 20
 
 
 class ManifestError(Exception):
@@ -75,32 +94,65 @@ class ManifestRow:
     labels: tuple[str, ...] = ()
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
     filename: str | None = None
+    unit: str = "line"  # "row" in a workbook
 
     @property
     def where(self) -> str:
-        return f"{self.file} line {self.line}"
+        return f"{self.file} {self.unit} {self.line}"
 
 
 def read_manifest(
-    manifest: str | os.PathLike[str], check_duplicates: bool = True
+    manifest: str | os.PathLike[str],
+    check_duplicates: bool = True,
+    encoding: str | None = None,
 ) -> Iterator[ManifestRow]:
     """The rows of a manifest, streamed, checked as they are read (see the module docstring).
     Raises ManifestError at the first bad row, naming the file and line.
 
-    The duplicate check costs about 60 bytes per row (an 8-byte digest in a set); a caller
-    whose database already refuses a path twice in one transaction may turn it off.
+    `encoding`: what `encoding_of` said (found again when None). The duplicate check costs
+    about 60 bytes per row (an 8-byte digest in a set); a caller whose database already
+    refuses a path twice in one transaction may turn it off.
     """
     name = os.fspath(manifest)
-    with _open(name) as handle:
-        rows = _jsonl_rows(name, handle) if _is_jsonl(name, handle) else _csv_rows(name, handle)
+    chosen = encoding or encoding_of(name)
+    with _rows(name, chosen) as rows:
         seen: set[int] = set()
         for row in rows:
             if check_duplicates:
                 digest = _digest(unicodedata.normalize("NFC", row.path))
                 if digest in seen:
-                    _duplicate(name, row)
+                    _duplicate(name, chosen, row)
                 seen.add(digest)
             yield row
+
+
+def encoding_of(name: str, fallback: str = DEFAULT_ENCODING) -> str:
+    """The encoding a manifest is read in: `XLSX` for a workbook; its BOM's; UTF-8 when every
+    byte of it is (one pass over the file, in chunks); else `fallback`."""
+    if os.path.splitext(name)[1].lower() in _XLSX_EXTENSIONS:
+        return XLSX
+    try:
+        with open(name, "rb") as file:
+            head = file.read(4)
+            for bom, encoding in _BOMS:
+                if head.startswith(bom):
+                    return encoding
+            file.seek(0)
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            try:
+                while chunk := file.read(_CHECK_CHUNK):
+                    decoder.decode(chunk)
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                return fallback
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {name}: {exc.strerror or exc}") from None
+    return "utf-8"
+
+
+def is_utf8(encoding: str) -> bool:
+    """Whether a manifest read in `encoding` was plain UTF-8 (nothing worth saying)."""
+    return encoding in _UTF8
 
 
 def resolve(folder: str | bytes, row: ManifestRow, follow_symlinks: bool = False) -> bytes:
@@ -183,11 +235,42 @@ def labels_from_path(relpath: str, depth: int) -> tuple[str, ...]:
     return tuple(dict.fromkeys(folders[:depth]))
 
 
-def _open(name: str) -> IO[str]:
+@contextlib.contextmanager
+def _rows(name: str, encoding: str) -> Iterator[Iterator[ManifestRow]]:
+    """The rows of the manifest in `encoding` (see `encoding_of`), unchecked for duplicates."""
+    if encoding == XLSX:
+        with _workbook(name) as records:
+            yield _table_rows(name, records, "row")
+        return
+    with _open(name, encoding) as handle:
+        rows = (
+            _jsonl_rows(name, handle)
+            if _is_jsonl(name, handle)
+            else _table_rows(name, _csv_records(name, handle), "line")
+        )
+        yield _decoded(name, encoding, rows)
+
+
+def _open(name: str, encoding: str) -> IO[str]:
+    errors = "surrogateescape" if is_utf8(encoding) else "strict"
     try:
-        return open(name, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        return open(name, encoding=encoding, errors=errors, newline="")
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {name}: {exc.strerror or exc}") from None
+    except LookupError:
+        raise ManifestError(f"{name}: unknown encoding {encoding!r}") from None
+
+
+def _decoded(name: str, encoding: str, rows: Iterator[ManifestRow]) -> Iterator[ManifestRow]:
+    """A byte the chosen encoding has no character for is an error naming the encoding (the
+    file is not UTF-8 either, or it would have been read so)."""
+    try:
+        yield from rows
+    except UnicodeDecodeError:
+        raise ManifestError(
+            f"{name}: neither UTF-8 nor {encoding}: save it as UTF-8 (Excel: CSV UTF-8) or"
+            " name its encoding with --manifest-encoding"
+        ) from None
 
 
 # --- format detection ------------------------------------------------------------------------
@@ -197,7 +280,11 @@ def _is_jsonl(name: str, handle: IO[str]) -> bool:
     extension = os.path.splitext(name)[1].lower()
     if extension in _CSV_EXTENSIONS:
         return False
-    start = handle.read(_SNIFF_CHARS).lstrip()
+    try:
+        start = handle.read(_SNIFF_CHARS).lstrip()
+    except UnicodeDecodeError:
+        start = ""  # said by `_decoded` when the rows are read
+    handle.seek(0)
     handle.seek(0)
     if extension not in _JSONL_EXTENSIONS and start.startswith("["):
         raise ManifestError(f"{name}: a JSON array is not JSON Lines (one object per line)")
@@ -207,54 +294,109 @@ def _is_jsonl(name: str, handle: IO[str]) -> bool:
 # --- CSV -------------------------------------------------------------------------------------
 
 
-def _csv_rows(name: str, handle: IO[str]) -> Iterator[ManifestRow]:
-    reader = csv.reader(handle, strict=True)
-    header_line, header = _next_record(name, reader)
-    if header is None:
+Record = tuple[int, list[str]]  # a line (a sheet's row) and its cells
+
+
+def _table_rows(name: str, records: Iterable[Record], unit: str) -> Iterator[ManifestRow]:
+    """CSV's and a workbook's rows: a header, then one file per non-blank record. A sheet's
+    row may end early (empty cells at its end are not stored): it is padded."""
+    rows = ((line, cells) for line, cells in records if any(cell.strip() for cell in cells))
+    first = next(rows, None)
+    if first is None:
         raise ManifestError(f"{name}: empty manifest (a CSV manifest needs a header row)")
-    columns = _header(name, header_line, header)
-    while True:
-        line, record = _next_record(name, reader)
-        if record is None:
-            return
+    columns = _header(name, first[0], first[1], unit)
+    for line, record in rows:
+        if unit == "row":
+            record = _fitted(record, len(columns))
         if len(record) != len(columns):
             raise ManifestError(
-                f"{name} line {line}: {len(record)} fields, the header has {len(columns)}"
+                f"{name} {unit} {line}: {len(record)} fields, the header has {len(columns)}"
             )
-        yield _csv_row(name, line, dict(zip(columns, record, strict=True)))
+        yield _csv_row(name, line, dict(zip(columns, record, strict=True)), unit)
 
 
-def _next_record(name: str, reader: CsvReader) -> tuple[int, list[str] | None]:
-    """The next non-blank record and the line it starts on; None at the end."""
+def _fitted(record: list[str], width: int) -> list[str]:
+    while len(record) > width and not record[-1].strip():
+        record = record[:-1]
+    return record + [""] * (width - len(record))
+
+
+def _csv_records(name: str, handle: IO[str]) -> Iterator[Record]:
+    """Comma- or tab-separated, as the header line shows (Excel's "Unicode text" is UTF-16
+    with tabs)."""
+    try:
+        first = handle.readline()
+    except UnicodeDecodeError:
+        first = ""  # said by `_decoded`
+    handle.seek(0)
+    delimiter = "\t" if first.count("\t") > first.count(",") else ","
+    reader = csv.reader(handle, delimiter=delimiter, strict=True)
     while True:
         line = reader.line_num + 1
         try:
             record = next(reader)
         except StopIteration:
-            return line, None
+            return
         except csv.Error as exc:
             raise ManifestError(f"{name} line {line}: malformed CSV ({exc})") from None
-        if any(cell.strip() for cell in record):
-            return line, record
+        yield line, record
 
 
-def _header(name: str, line: int, header: list[str]) -> list[str]:
+@contextlib.contextmanager
+def _workbook(name: str) -> Iterator[Iterator[Record]]:
+    """The first sheet of an Excel workbook, a row at a time (openpyxl's read-only mode)."""
+    from openpyxl import load_workbook  # slow to import: only for workbooks
+
+    try:
+        book = load_workbook(name, read_only=True, data_only=True)
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {name}: {exc.strerror or exc}") from None
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ManifestError(f"{name}: not an Excel workbook (.xlsx) ({exc})") from None
+    try:
+        sheet = book.worksheets[0]
+        yield (
+            (number, [_cell(value) for value in row])
+            for number, row in enumerate(sheet.iter_rows(values_only=True), start=1)
+        )
+    finally:
+        book.close()
+
+
+def _cell(value: object) -> str:
+    """A cell as the text Excel shows: 2024 not 2024.0, a date as 2024-03-01."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat() if value.time() == dt.time() else value.isoformat(" ")
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _header(name: str, line: int, header: list[str], unit: str) -> list[str]:
+    if unit == "row":
+        header = _fitted(header, 0)
     columns = [_column(cell) for cell in header]
     for column in columns:
         if column.startswith(_META):
             if not column[len(_META) :].strip():
-                raise ManifestError(f"{name} line {line}: column {column!r} names no key")
+                raise ManifestError(f"{name} {unit} {line}: column {column!r} names no key")
         elif column not in _COLUMNS:
             hint = " (use one meta.KEY column per key)" if column == "metadata" else ""
             raise ManifestError(
-                f"{name} line {line}: unknown column {column!r}{hint};"
+                f"{name} {unit} {line}: unknown column {column!r}{hint};"
                 " known: path, labels, filename, meta.KEY"
             )
     repeated = {c for c in columns if columns.count(c) > 1}
     if repeated:
-        raise ManifestError(f"{name} line {line}: column {sorted(repeated)[0]!r} appears twice")
+        raise ManifestError(f"{name} {unit} {line}: column {sorted(repeated)[0]!r} appears twice")
     if "path" not in columns:
-        raise ManifestError(f"{name} line {line}: no 'path' column in the header")
+        raise ManifestError(f"{name} {unit} {line}: no 'path' column in the header")
     return columns
 
 
@@ -267,8 +409,8 @@ def _column(cell: str) -> str:
     return name.lower() if name.lower() in _COLUMNS else name
 
 
-def _csv_row(name: str, line: int, cells: dict[str, str]) -> ManifestRow:
-    where = f"{name} line {line}"
+def _csv_row(name: str, line: int, cells: dict[str, str], unit: str) -> ManifestRow:
+    where = f"{name} {unit} {line}"
     labels = cells.get("labels", "")
     metadata = {
         column[len(_META) :]: _text(where, f"metadata {column[len(_META) :]!r}", value)
@@ -282,6 +424,7 @@ def _csv_row(name: str, line: int, cells: dict[str, str]) -> ManifestRow:
         labels=_labels(where, labels.split(";")) if labels.strip() else (),
         metadata=metadata,
         filename=_filename(where, cells.get("filename", "").strip() or None),
+        unit=unit,
     )
 
 
@@ -371,7 +514,8 @@ def _path(where: str, text: str) -> str:
         raise ManifestError(f"{where}: 'path' is empty")
     if "\0" in text:
         raise ManifestError(f"{where}: 'path' contains a NUL character")
-    if text.startswith("/"):
+    text = text.replace("\\", "/")
+    if text.startswith("/") or _DRIVE.match(text):
         raise ManifestError(f"{where}: path {_shown(text)} is absolute; give it relative to DIR")
     parts = [part for part in text.split("/") if part not in ("", ".")]
     if ".." in parts:
@@ -423,11 +567,11 @@ def _digest(path: str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def _duplicate(name: str, row: ManifestRow) -> None:
+def _duplicate(name: str, encoding: str, row: ManifestRow) -> None:
     """Raise for a path listed twice, naming the first line (found by reading the file again:
     this is the error path, and it keeps the happy path to one digest per row). A digest
     collision between two different paths is not a duplicate: then nothing is raised."""
-    for earlier in _rows_before(name, row.line):
+    for earlier in _rows_before(name, encoding, row.line):
         if unicodedata.normalize("NFC", earlier.path) == unicodedata.normalize("NFC", row.path):
             raise ManifestError(
                 f"{row.where}: path {_shown(row.path)} is listed twice (first on line"
@@ -435,10 +579,9 @@ def _duplicate(name: str, row: ManifestRow) -> None:
             )
 
 
-def _rows_before(name: str, line: int) -> Iterator[ManifestRow]:
+def _rows_before(name: str, encoding: str, line: int) -> Iterator[ManifestRow]:
     """The rows that start before `line`, without the duplicate check."""
-    with _open(name) as handle:
-        rows = _jsonl_rows(name, handle) if _is_jsonl(name, handle) else _csv_rows(name, handle)
+    with _rows(name, encoding) as rows:
         for row in rows:
             if row.line >= line:
                 return

@@ -367,12 +367,14 @@ def manifest_rows(
     tags: TagOptions,
     stats: ScanStats,
     own: OwnState | None = None,
+    encoding: str | None = None,
 ) -> Iterator[ScanRow]:
     """The files a manifest names, each with its labels, metadata and name shown; the first
     bad row (or one naming no file of `root`) raises ManifestError naming its line. The
-    filters and --max-size apply as to a walk; the manifest names files, so hidden ones too."""
+    filters and --max-size apply as to a walk; the manifest names files, so hidden ones too.
+    `encoding`: the manifest's (`manifest.encoding_of`; found again when None)."""
     own = own or OwnState({}, frozenset())
-    for row in read_manifest(manifest):
+    for row in read_manifest(manifest, encoding=encoding):
         path = resolve(root, row, follow_symlinks)
         # as stored (NFC/NFD; Windows: the disk's case), `/`-separated
         rel = paths.slashed(os.path.relpath(path, paths.canonical(os.fsencode(root))))
@@ -454,6 +456,7 @@ async def enqueue_manifest(
     follow_symlinks: bool,
     tags: TagOptions,
     own: OwnState | None = None,
+    encoding: str | None = None,
     batch_size: int = 2000,
 ) -> tuple[EnqueueCounts, ScanStats]:
     """The files a manifest names into the queue, all in one transaction: a bad row anywhere
@@ -461,7 +464,7 @@ async def enqueue_manifest(
     again. The rows are still streamed, a batch at a time."""
     stats = ScanStats()
     counts = EnqueueCounts()
-    rows = manifest_rows(root, manifest, filters, follow_symlinks, tags, stats, own)
+    rows = manifest_rows(root, manifest, filters, follow_symlinks, tags, stats, own, encoding)
     chunks = batches(rows, batch_size)
     async with q.transaction():
         while (batch := await asyncio.to_thread(next, chunks, None)) is not None:
