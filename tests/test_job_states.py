@@ -36,6 +36,7 @@ from uploader.client import parse_entry
 from uploader.model import Job, Outcome, ScanRow
 from uploader.queue import open_queue
 from uploader.reconcile import listed_rows
+from uploader.store.listing import ListingStore
 
 KB = "kb-test"
 NAME = "report.pdf"
@@ -195,10 +196,16 @@ class JobLife(RuleBasedStateMachine):
             )
             for e in self.server
         ]
-        self.run(self.queue.store_listed(listed_rows(KB, listed, time.time(), set())))
+        self.run(
+            ListingStore(self.queue.engine).store_listed(
+                listed_rows(KB, listed, time.time(), set())
+            )
+        )
         since = p.job.unknown_since or p.job.started_at
         found = self.run(
-            self.queue.adoptable(KB, p.job.id, NAME, SIZE, since - CLOCK_SKEW, p.job.s3_key)
+            ListingStore(self.queue.engine).adoptable(
+                KB, p.job.id, NAME, SIZE, since - CLOCK_SKEW, p.job.s3_key
+            )
         )
         if found:
             self.outcome(p, "done", file_id=found[0])

@@ -37,6 +37,7 @@ from uploader.model import (
     TagMismatch,
 )
 from uploader.queue import open_queue
+from uploader.store.listing import ListingStore
 from uploader.store.status import StatusStore
 from uploader.store.superseded import SupersededStore
 from uploader.tags import EMPTY, encode
@@ -209,11 +210,12 @@ async def test_a_doubtful_register_adopts_only_a_new_unowned_entry(queue_target:
     (other jobs of the same name are told apart by the caller: an infinite `since` while a
     register of that name is in flight)."""
     async with await open_queue(queue_target) as q:
+        listing = ListingStore(q.engine)
         await done_jobs(q, "owned")
         await q.enqueue_batch(KB, rows("x", "sub/y", "y2"))
         x, y, _y2 = await q.claim(OWNER, 3, LEASE, KB)
         now = time.time()
-        await q.store_listed(
+        await listing.store_listed(
             [
                 listed("file-owned", "x", now, now),
                 listed("old", "x", now, now - 100),
@@ -221,14 +223,14 @@ async def test_a_doubtful_register_adopts_only_a_new_unowned_entry(queue_target:
                 listed("y-entry", "y", now, now),
             ]
         )
-        assert await q.any_remote_known(KB, ["nope", "new"])
-        assert not await q.any_remote_known(KB, ["nope"])
-        assert await q.adoptable(KB, x.id, "x", 10, now - 10, "k") == ["new"]
-        assert await q.adoptable(KB, x.id, "x", 11, now - 10, "k") == []
-        assert await q.adoptable(KB, y.id, "y", 10, now - 10, "k") == ["y-entry"]
+        assert await listing.any_remote_known(KB, ["nope", "new"])
+        assert not await listing.any_remote_known(KB, ["nope"])
+        assert await listing.adoptable(KB, x.id, "x", 10, now - 10, "k") == ["new"]
+        assert await listing.adoptable(KB, x.id, "x", 11, now - 10, "k") == []
+        assert await listing.adoptable(KB, y.id, "y", 10, now - 10, "k") == ["y-entry"]
         await q.enqueue_batch(KB, rows("other/y"))
-        assert await q.adoptable(KB, y.id, "y", 10, now - 10, "k") == ["y-entry"]
-        assert await q.adoptable(KB, y.id, "y", 10, math.inf, "k") == []
+        assert await listing.adoptable(KB, y.id, "y", 10, now - 10, "k") == ["y-entry"]
+        assert await listing.adoptable(KB, y.id, "y", 10, math.inf, "k") == []
 
 
 @async_test
@@ -236,52 +238,55 @@ async def test_where_the_listing_shows_keys_only_the_key_adopts(queue_target: st
     """Same name, same size, newer: still another file's entry when its key differs. A
     URL-shaped `file` (docs dialect) names the key by ending with it."""
     async with await open_queue(queue_target) as q:
+        listing = ListingStore(q.engine)
         now = time.time()
         key = "media/chatbots/chatbot-file/ab12.txt"
-        await q.store_listed(
+        await listing.store_listed(
             [
                 ListedRow(KB, "other", "x", 10, "done", now, now, "media/chatbots/x/ff99.txt"),
                 ListedRow(KB, "mine", "renamed", 99, "done", now - 500, now, "cdn/" + key),
             ]
         )
-        assert await q.adoptable(KB, 1, "x", 10, now - 10, key) == ["mine"]
-        assert await q.adoptable(KB, 1, "x", 10, now - 10, "chatbot-file/zz.txt") == []
-        assert await q.adoptable(KB, 1, "x", 10, now - 10, "b12.txt") == []
+        assert await listing.adoptable(KB, 1, "x", 10, now - 10, key) == ["mine"]
+        assert await listing.adoptable(KB, 1, "x", 10, now - 10, "chatbot-file/zz.txt") == []
+        assert await listing.adoptable(KB, 1, "x", 10, now - 10, "b12.txt") == []
 
 
 @async_test
 async def test_a_listing_is_matched_to_the_done_jobs(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
+        listing = ListingStore(q.engine)
         await done_jobs(q, "a", "b")
         old, now = time.time() - 50, time.time()
-        await q.store_listed([listed("stale", "s", old)])
-        await q.store_listed([listed("file-a", "a", now), listed("extra", "e", now)])
-        assert await q.unseen_job_entries(KB, now) == ["file-b"]
-        await q.forget_unseen(KB, now)
-        assert not await q.any_remote_known(KB, ["stale"])
-        await q.match_remote(KB, now)
-        assert await q.job_remote_counts(KB) == {"done": 1, "missing": 1}
-        assert await q.remote_status_counts(KB, now) == {"done": 2}
-        assert await q.not_uploaded_count(KB) == 0
-        assert await q.extra_count(KB, now, []) == 1
-        assert await q.extra_count(KB, now, ["extra"]) == 0
-        await q.forget_remote(KB, ["extra"])
-        assert await q.extra_count(KB, now, []) == 0
+        await listing.store_listed([listed("stale", "s", old)])
+        await listing.store_listed([listed("file-a", "a", now), listed("extra", "e", now)])
+        assert await listing.unseen_job_entries(KB, now) == ["file-b"]
+        await listing.forget_unseen(KB, now)
+        assert not await listing.any_remote_known(KB, ["stale"])
+        await listing.match_remote(KB, now)
+        assert await listing.job_remote_counts(KB) == {"done": 1, "missing": 1}
+        assert await listing.remote_status_counts(KB, now) == {"done": 2}
+        assert await listing.not_uploaded_count(KB) == 0
+        assert await listing.extra_count(KB, now, []) == 1
+        assert await listing.extra_count(KB, now, ["extra"]) == 0
+        await listing.forget_remote(KB, ["extra"])
+        assert await listing.extra_count(KB, now, []) == 0
 
 
 @async_test
 async def test_a_verification_keeps_its_lists_until_the_next(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
+        listing = ListingStore(q.engine)
         [a, _b] = await done_jobs(q, "a", "b")
         now = time.time()
-        await q.store_listed(
+        await listing.store_listed(
             [listed("file-a", "a", now, 1), listed("copy", "a", now, 2), listed("e", "e", now)]
         )
-        await q.match_remote(KB, now)
-        candidates = await q.duplicate_candidates(KB, now)
+        await listing.match_remote(KB, now)
+        candidates = await listing.duplicate_candidates(KB, now)
         assert [(c.id, c.job_id) for c in candidates] == [("file-a", a.id), ("copy", None)]
         dup = DuplicateItem(a.id, "copy", "a", 10, "done", "file-a")
-        vid = await q.record_verification(KB, now, {"ok": False}, [dup], ["copy"])
+        vid = await listing.record_verification(KB, now, {"ok": False}, [dup], ["copy"])
         missing = [i async for i in StatusStore(q.engine).verification_items(vid, "missing")]
         assert [(i.file_id, i.path) for i in missing] == [("file-b", b"/data/b")]
         assert [
@@ -291,7 +296,7 @@ async def test_a_verification_keeps_its_lists_until_the_next(queue_target: str) 
         assert (copy.file_id, copy.kept_id, copy.path) == ("copy", "file-a", b"/data/a")
         [last] = await StatusStore(q.engine).last_verifications()
         assert (last["id"], last["counts"]) == (vid, {"ok": False})
-        newer = await q.record_verification(KB, now, {"ok": True}, [], [])
+        newer = await listing.record_verification(KB, now, {"ok": True}, [], [])
         assert [i async for i in StatusStore(q.engine).verification_items(vid, "missing")] == []
         assert [v["id"] for v in await StatusStore(q.engine).last_verifications()] == [newer]
 
@@ -299,6 +304,7 @@ async def test_a_verification_keeps_its_lists_until_the_next(queue_target: str) 
 @async_test
 async def test_copies_are_told_by_the_keys_jobs_uploaded(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
+        listing = ListingStore(q.engine)
         await q.enqueue_batch(KB, rows("a", "b"))
         a, b = await q.claim(OWNER, 2, LEASE, KB)
         await q.record_outcomes(
@@ -309,7 +315,7 @@ async def test_copies_are_told_by_the_keys_jobs_uploaded(queue_target: str) -> N
             ],
         )
         now = time.time()
-        await q.store_listed(
+        await listing.store_listed(
             [
                 ListedRow(KB, "file-a", "a", 10, "done", now - 9, now, "k/a"),
                 ListedRow(KB, "copy", "a", 10, "done", now - 5, now, "http/k/a"),
@@ -317,15 +323,15 @@ async def test_copies_are_told_by_the_keys_jobs_uploaded(queue_target: str) -> N
                 ListedRow(KB, "stale", "s", 10, "done", now - 3, now - 60, "k/s"),
             ]
         )
-        assert [(e.id, e.file_key) for e in await q.unowned_keyed(KB, now)] == [
+        assert [(e.id, e.file_key) for e in await listing.unowned_keyed(KB, now)] == [
             ("copy", "http/k/a")
         ]
-        owners = await q.key_owners(KB, ["k/a", "k/b", "k/none"])
+        owners = await listing.key_owners(KB, ["k/a", "k/b", "k/none"])
         assert [(o.key, o.job_id, o.state, o.file_id) for o in owners] == [
             ("k/a", a.id, "done", "file-a"),
             ("k/b", b.id, "running", None),
         ]
-        assert await q.key_owners("kb-other", ["k/a"]) == []
+        assert await listing.key_owners("kb-other", ["k/a"]) == []
 
 
 @async_test
@@ -379,11 +385,12 @@ async def test_a_skipped_outcome_keeps_its_reason_and_hash_and_uploads_are_found
 @async_test
 async def test_remote_retry_requeues_jobs_still_pointing_at_their_entry(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
+        listing = ListingStore(q.engine)
         [a, b] = await done_jobs(q, "a.pdf", "b.txt")
         now = time.time()
-        await q.store_listed([listed("file-a.pdf", "a.pdf", now)])
-        await q.match_remote(KB, now)
-        await q.set_remote_status([RemoteStatus("failed", a.id)])
+        await listing.store_listed([listed("file-a.pdf", "a.pdf", now)])
+        await listing.match_remote(KB, now)
+        await listing.set_remote_status([RemoteStatus("failed", a.id)])
         found = await q.remote_retry_candidates(None, None)
         assert [(c.job_id, c.remote_status) for c in found] == [(a.id, "failed"), (b.id, "missing")]
         assert [c.filename for c in found] == ["a.pdf", "b.txt"]
@@ -391,7 +398,7 @@ async def test_remote_retry_requeues_jobs_still_pointing_at_their_entry(queue_ta
         assert [c.job_id for c in only_pdf] == [a.id]
         moved = RequeueItem(b.id, KB, "another-entry")
         assert await q.requeue_remote([RequeueItem(a.id, KB, "file-a.pdf"), moved]) == 1
-        assert not await q.any_remote_known(KB, ["file-a.pdf"])
+        assert not await listing.any_remote_known(KB, ["file-a.pdf"])
         assert await states(q) == {"pending": 1, "done": 1}
 
 
@@ -422,20 +429,21 @@ async def test_entries_listed_with_other_tags_are_counted_and_taken_as_applied(
 ) -> None:
     hr = encode(["hr"], {"source": "nas"})
     async with await open_queue(queue_target) as q:
+        listing = ListingStore(q.engine)
         await q.enqueue_batch(KB, [tagged("a", hr), tagged("b", hr), tagged("c", None)])
         jobs = await q.claim(OWNER, 3, LEASE, KB)
         await q.record_outcomes(
             OWNER, [outcome(j, OutcomeKind.DONE, file_id=f"file-{j.relpath}") for j in jobs]
         )
         now = time.time()
-        await q.store_listed(
+        await listing.store_listed(
             [
                 ListedRow(KB, "file-a", "a", 10, "done", now, now, None, encode(["x"], {})),
                 ListedRow(KB, "file-b", "b", 10, "done", now, now, None, hr),
                 ListedRow(KB, "file-c", "c", 10, "done", now, now, None, encode(["y"], {})),
             ]
         )
-        count, [mismatch] = await q.record_tag_mismatches(KB, now, 5)
+        count, [mismatch] = await listing.record_tag_mismatches(KB, now, 5)
         assert count == 1, "c asked nothing: not compared"
         assert mismatch == TagMismatch("a", "file-a", hr, encode(["x"], {}))
         again = await q.enqueue_batch(KB, [tagged("a", hr), tagged("b", hr)])

@@ -9,6 +9,7 @@ from tests.helpers import async_test
 from tests.queue_backends import KB, LEASE, OWNER, done_jobs, listed, outcome, queue_target, rows
 from uploader.model import Deletion, OutcomeKind, Superseded, SupersedeFailure
 from uploader.queue import open_queue
+from uploader.store.listing import ListingStore
 from uploader.store.status import StatusStore
 from uploader.store.superseded import SupersededStore
 
@@ -38,6 +39,7 @@ async def test_a_changed_uploaded_file_remembers_its_entry_until_it_is_replaced(
     queue_target: str,
 ) -> None:
     async with await open_queue(queue_target) as q:
+        listing = ListingStore(q.engine)
         [a, b] = await done_jobs(q, "a", "b")
         await q.enqueue_batch(KB, [*rows("a", size=11), *rows("b")])
         assert (
@@ -49,7 +51,7 @@ async def test_a_changed_uploaded_file_remembers_its_entry_until_it_is_replaced(
         [due] = await SupersededStore(q.engine).superseded_due(None)
         assert due == Superseded(KB, "file-a", a.id, "a", "file-a2")
         now = time.time()
-        await q.store_listed([listed("file-a", "a", now), listed("file-a2", "a", now)])
+        await listing.store_listed([listed("file-a", "a", now), listed("file-a2", "a", now)])
         [shown] = await SupersededStore(q.engine).superseded_listed(KB, now)
         assert (shown.entry_id, shown.job_id, shown.replaced_by, shown.kept) == (
             "file-a",
@@ -64,7 +66,7 @@ async def test_a_changed_uploaded_file_remembers_its_entry_until_it_is_replaced(
         gone = Deletion(KB, "file-a", "a", "superseded", "replaced by file-a2", "run", now, a.id)
         await SupersededStore(q.engine).settle_superseded([gone], [])
         assert await SupersededStore(q.engine).superseded_due(KB) == []
-        assert not await q.any_remote_known(KB, ["file-a"])
+        assert not await listing.any_remote_known(KB, ["file-a"])
         assert [d.entry_id async for d in StatusStore(q.engine).deletion_rows()] == ["file-a"]
 
 

@@ -38,6 +38,7 @@ from .model import (
 )
 from .queue import Queue, QueueError
 from .retrying import Retry, retrying
+from .store.listing import ListingStore
 from .store.status import StatusStore
 from .store.superseded import SupersededStore
 
@@ -81,6 +82,7 @@ class RemoteIndex:
 
     def __init__(self, q: Queue, client: MaiAgentClient) -> None:
         self._queue = q
+        self._listing = ListingStore(q.engine)
         self._client = client
         self._lock = asyncio.Lock()
         self._coverage: dict[str, _Coverage] = {}
@@ -169,8 +171,8 @@ class RemoteIndex:
             known = False
             if results:
                 if stop_at_known and ordered:
-                    known = await self._queue.any_remote_known(kb_id, [e.id for e in results])
-                await self._queue.store_listed(listed_rows(kb_id, results, seen_at, seen))
+                    known = await self._listing.any_remote_known(kb_id, [e.id for e in results])
+                await self._listing.store_listed(listed_rows(kb_id, results, seen_at, seen))
             times = [e.created_at for e in results if e.created_at is not None]
             previous = min(times) if times else previous
             oldest = (results[-1].created_at or 0.0) if results else 0.0
@@ -206,7 +208,7 @@ class RemoteIndex:
         confusable = self._confusable(job.kb_id, filename)
         keyless_since = math.inf if confusable else self.service_time(since)
         assert job.s3_key is not None
-        for file_id in await self._queue.adoptable(
+        for file_id in await self._listing.adoptable(
             job.kb_id, job.id, filename, job.size, keyless_since, job.s3_key
         ):
             if file_id not in self.taken:
@@ -359,6 +361,7 @@ async def _read_listing(
     `next` ends the listing, whatever the count said (a stale cache may claim 10^12), and
     pages are asked for a wave at a time, never all the count implies at once.
     """
+    remote_files = ListingStore(q.engine)
     started = time.time()
     seen: set[str] = set()
     first = await _call(client.list_files, kb_id, 1, LIST_PAGE_SIZE)
@@ -367,7 +370,7 @@ async def _read_listing(
         raise ApiError(
             "list files: no count in the answer", kind="transient", error_kind="bad_response"
         )
-    await q.store_listed(listed_rows(kb_id, results, started, seen))
+    await remote_files.store_listed(listed_rows(kb_id, results, started, seen))
     pages = math.ceil(count / len(results)) if first.next and results else 1
     counts: set[Any] = {count}
     stored = len(results)
@@ -392,7 +395,7 @@ async def _read_listing(
             end = min(end, number + 1)
         counts.add(data.count)
         rows = listed_rows(kb_id, data.entries, started, seen)
-        await q.store_listed(rows)
+        await remote_files.store_listed(rows)
         stored += len(rows)
         if progress is not None:
             progress.listing(kb_id, stored, count)
@@ -413,6 +416,7 @@ async def _read_listing(
 async def _look_up_unseen(q: Queue, client: MaiAgentClient, listing: Listing) -> None:
     """After an incomplete listing, the jobs' entries it did not show are read one by one,
     so that none is called missing because the pages moved under the listing."""
+    remote_files = ListingStore(q.engine)
     found: list[RemoteEntry] = []
 
     async def look(file_id: str) -> None:
@@ -420,8 +424,8 @@ async def _look_up_unseen(q: Queue, client: MaiAgentClient, listing: Listing) ->
         if entry is not None:
             found.append(entry)
 
-    await each(await q.unseen_job_entries(listing.kb_id, listing.started), look)
-    await q.store_listed(listed_rows(listing.kb_id, found, listing.started, set()))
+    await each(await remote_files.unseen_job_entries(listing.kb_id, listing.started), look)
+    await remote_files.store_listed(listed_rows(listing.kb_id, found, listing.started, set()))
     listing.entries += len(found)
 
 
@@ -430,10 +434,11 @@ async def list_and_match(
 ) -> Listing:
     """Replace the stored listing of `kb_id` with a full one and set every done job's
     remote status from it ('missing' when its entry is not there)."""
+    remote_files = ListingStore(q.engine)
     for _ in range(LISTING_TRIES):
         listing = await _read_listing(q, client, kb_id, progress)
         if listing.complete:
-            await q.forget_unseen(kb_id, listing.started)
+            await remote_files.forget_unseen(kb_id, listing.started)
             break
         log.info("knowledge base %s changed while it was listed: listing it again", kb_id)
     else:
@@ -443,7 +448,7 @@ async def list_and_match(
             kb_id,
         )
         await _look_up_unseen(q, client, listing)
-    await q.match_remote(kb_id, listing.started)
+    await remote_files.match_remote(kb_id, listing.started)
     return listing
 
 
@@ -504,10 +509,11 @@ async def find_copies(q: Queue, kb_id: str, since: float) -> Copies:
     never copies, whatever their name and size; an entry whose key belongs to a job not done
     yet is left to that job (it may be adopting it right now). A changed file's old version
     is no copy either: it is superseded, for `run` to delete (`replace.py`)."""
+    remote_files = ListingStore(q.engine)
     superseded = await SupersededStore(q.engine).superseded_listed(kb_id, since)
-    unowned = await q.unowned_keyed(kb_id, since)
+    unowned = await remote_files.unowned_keyed(kb_id, since)
     wanted = sorted({k for e in unowned for k in key_forms(e.file_key)})
-    owners = {o.key: o for o in await q.key_owners(kb_id, wanted)}
+    owners = {o.key: o for o in await remote_files.key_owners(kb_id, wanted)}
     groups: dict[int, DuplicateGroup] = {}
     ours = {e.entry_id for e in superseded}
     for e in unowned:
@@ -521,7 +527,7 @@ async def find_copies(q: Queue, kb_id: str, since: float) -> Copies:
             owner.job_id, DuplicateGroup(e.filename, e.size, owner.file_id, [], owner.job_id)
         )
         group.surplus.append(Entry(e.id, e.filename, e.size, e.status, e.created_at, None))
-    candidates = await q.duplicate_candidates(kb_id, since)
+    candidates = await remote_files.duplicate_candidates(kb_id, since)
     owned = [e for e in candidates if e.job_id is not None]
     unknown = [
         e
@@ -592,12 +598,13 @@ async def verify(
 ) -> Verification:
     """List the knowledge base, match it to the jobs and record what is wrong; with `wait`,
     list again until none of this database's entries is initial/processing or `timeout`."""
+    remote_files = ListingStore(q.engine)
     deadline = time.monotonic() + timeout
     delay = WAIT_FIRST
     try:
         while True:
             listing = await list_and_match(q, client, kb_id, progress)
-            files = await q.job_remote_counts(kb_id)
+            files = await remote_files.job_remote_counts(kb_id)
             unsettled = sum(files.get(s, 0) for s in UNSETTLED)
             if not wait:
                 break
@@ -613,13 +620,14 @@ async def verify(
             progress.parsing_done(kb_id)
     deleted = await delete_copies(q, client, kb_id, listing.started, "verify")
     if deleted:
-        files = await q.job_remote_counts(kb_id)
+        files = await remote_files.job_remote_counts(kb_id)
     return await _record(q, listing, files, wait and unsettled > 0, len(deleted))
 
 
 async def _record(
     q: Queue, listing: Listing, files: dict[str, int], timed_out: bool, copies_deleted: int
 ) -> Verification:
+    remote_files = ListingStore(q.engine)
     kb_id, since = listing.kb_id, listing.started
     copies = await find_copies(q, kb_id, since)
     surplus = copies.surplus
@@ -633,8 +641,8 @@ async def _record(
         for e in copies.superseded
     ]
     pending = sum(1 for e in copies.superseded if not e.kept)
-    remote = await q.remote_status_counts(kb_id, since)
-    not_uploaded = await q.not_uploaded_count(kb_id)
+    remote = await remote_files.remote_status_counts(kb_id, since)
+    not_uploaded = await remote_files.not_uploaded_count(kb_id)
     counts: dict[str, Any] = {
         "entries": listing.entries,
         "remote": _with_statuses(remote),
@@ -642,7 +650,7 @@ async def _record(
         "not_uploaded": not_uploaded,
         "missing": files.get("missing", 0),
         "failed": files.get("failed", 0),
-        "extra": await q.extra_count(kb_id, since, sorted(copies.ours)),
+        "extra": await remote_files.extra_count(kb_id, since, sorted(copies.ours)),
         "duplicate_groups": len(copies.groups),
         "duplicates": len(surplus),
         "extra_duplicates": sum(len(g.surplus) for g in copies.unknown),
@@ -652,14 +660,16 @@ async def _record(
         "timed_out": timed_out,
         "copies_deleted": copies_deleted,  # second entries of one upload (delete_copies)
     }
-    mismatched, examples = await q.record_tag_mismatches(kb_id, since, TAG_EXAMPLES)
+    mismatched, examples = await remote_files.record_tag_mismatches(kb_id, since, TAG_EXAMPLES)
     counts["tag_mismatches"] = mismatched
     counts["tag_mismatch_examples"] = [
         {"file": m.relpath, "entry": m.file_id, **_tag_views(m.wanted, m.shown)} for m in examples
     ]
     done = files.get("done", 0) == sum(files.values())
     counts["ok"] = not_uploaded == 0 and not surplus and not pending and done and not mismatched
-    vid = await q.record_verification(kb_id, since, counts, items, sorted(copies.ours), old)
+    vid = await remote_files.record_verification(
+        kb_id, since, counts, items, sorted(copies.ours), old
+    )
     return Verification(kb_id, vid, counts)
 
 
@@ -814,11 +824,12 @@ async def _delete_recorded(
     errors: list[str],
 ) -> set[str]:
     """Delete every group's surplus; what went is forgotten from the listing and recorded."""
+    remote_files = ListingStore(q.engine)
     doomed = [e.id for g in groups for e in g.surplus]
     if not doomed:
         return set()
     deleted = set(await _delete_many(client, kb_id, doomed, errors))
-    await q.forget_remote(kb_id, sorted(deleted))
+    await remote_files.forget_remote(kb_id, sorted(deleted))
     await SupersededStore(q.engine).record_deletions(
         [_deletion(kb_id, g, e, command) for g in groups for e in g.surplus if e.id in deleted]
     )
@@ -868,6 +879,7 @@ async def retry_remote(
 ) -> RemoteRetry:
     """Jobs whose entry failed parsing or is missing (as the last verify saw it): delete the
     entry if it is there, then back to pending so that the next run uploads the file again."""
+    remote_files = ListingStore(q.engine)
     result = RemoteRetry()
     requeue: list[RequeueItem] = []
     statuses: list[RemoteStatus] = []
@@ -908,7 +920,7 @@ async def retry_remote(
         await each(await q.remote_retry_candidates(kb_id, match), settle)
     finally:
         await SupersededStore(q.engine).record_deletions(deletions)
-        await q.set_remote_status(statuses)
+        await remote_files.set_remote_status(statuses)
         result.requeued = await q.requeue_remote(requeue)
     return result
 

@@ -29,21 +29,14 @@ from types import TracebackType
 from typing import Any
 
 from ..model import (
-    DuplicateItem,
     EnqueueCounts,
-    Entry,
     HostScope,
     Job,
-    KeyOwner,
     LeaseOwner,
-    Listed,
-    ListedRow,
     Outcome,
     RemoteRetryCandidate,
-    RemoteStatus,
     RequeueItem,
     ScanRow,
-    TagMismatch,
 )
 from ..store.engine import Engine, QueueError
 
@@ -199,103 +192,6 @@ class Queue(abc.ABC):
     async def failed_count(self, kb_id: str | None) -> int:
         """Rows in state failed."""
 
-    # --- the remote listing --------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def any_remote_known(self, kb_id: str, ids: Sequence[str]) -> bool:
-        """Whether an earlier listing stored one of these entry ids."""
-
-    @abc.abstractmethod
-    async def adoptable(
-        self, kb_id: str, job_id: int, filename: str, size: int, since: float, s3_key: str
-    ) -> list[str]:
-        """Listed entries a doubtful register of job `job_id`'s key may have created, not
-        already some job's entry, oldest first. Where the listing shows an entry's key, only
-        the key decides (equal, or a path ending with "/" + key). An entry listed without a
-        key matches by filename, created at or after `since` and size (when listed): the
-        caller passes an infinite `since` while a register of that name is in flight, and
-        leaves out entries it already gave to another job."""
-
-    @abc.abstractmethod
-    async def store_listed(self, rows: Sequence[ListedRow]) -> None:
-        """One transaction: upsert listed entries by (kb_id, id)."""
-
-    @abc.abstractmethod
-    async def record_tag_mismatches(
-        self, kb_id: str, since: float, limit: int
-    ) -> tuple[int, list[TagMismatch]]:
-        """Done jobs that asked for labels or metadata (`tags`) whose entry, in the listing
-        begun at `since`, showed other ones (entries listed without them are not compared):
-        what the entry showed becomes the job's `tags_applied` (so an enqueue asking the
-        same again sends update-metadata), in one statement; how many, and the first
-        `limit` in id order."""
-
-    @abc.abstractmethod
-    async def forget_unseen(self, kb_id: str, since: float) -> None:
-        """Delete stored entries of `kb_id` not seen by the listing begun at `since`."""
-
-    @abc.abstractmethod
-    async def forget_remote(self, kb_id: str, ids: Sequence[str]) -> None:
-        """Delete these stored entries (they were deleted from the knowledge base)."""
-
-    @abc.abstractmethod
-    async def unseen_job_entries(self, kb_id: str, since: float) -> list[str]:
-        """file_ids of done jobs the listing begun at `since` did not show."""
-
-    @abc.abstractmethod
-    async def match_remote(self, kb_id: str, since: float) -> None:
-        """One transaction: each done job with a file_id takes its entry's status in the
-        listing begun at `since` ('unknown' when none given), or 'missing'; rows whose
-        status does not change are not written."""
-
-    @abc.abstractmethod
-    async def remote_status_counts(self, kb_id: str, since: float) -> dict[str, int]:
-        """Entries of the listing begun at `since` per status ('unknown' for none)."""
-
-    @abc.abstractmethod
-    async def job_remote_counts(self, kb_id: str) -> dict[str, int]:
-        """Done jobs per remote status ('unknown' for none)."""
-
-    @abc.abstractmethod
-    async def not_uploaded_count(self, kb_id: str) -> int:
-        """Jobs pending, running or failed."""
-
-    @abc.abstractmethod
-    async def duplicate_candidates(self, kb_id: str, since: float) -> list[Entry]:
-        """Entries of the listing begun at `since` whose filename is not unique, with the job
-        pointing to each (its size when the listing gives none), ordered by filename, then
-        created_at, then id."""
-
-    @abc.abstractmethod
-    async def extra_count(self, kb_id: str, since: float, ours: Sequence[str]) -> int:
-        """Entries of that listing no job points to, `ours` left out."""
-
-    @abc.abstractmethod
-    async def unowned_keyed(self, kb_id: str, since: float) -> list[Listed]:
-        """Entries of the listing begun at `since` that no job points to and whose S3 key the
-        listing showed, ordered by created_at, then id: the candidates for provable copies."""
-
-    @abc.abstractmethod
-    async def key_owners(self, kb_id: str, keys: Sequence[str]) -> list[KeyOwner]:
-        """The jobs of `kb_id` whose recorded S3 key is one of `keys` (exact equality)."""
-
-    # --- verifications -------------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def record_verification(
-        self,
-        kb_id: str,
-        since: float,
-        counts: dict[str, Any],
-        duplicates: Sequence[DuplicateItem],
-        ours: Sequence[str],
-        superseded: Sequence[DuplicateItem] = (),
-    ) -> int:
-        """One transaction: a verification row (counts kept as history) and its items:
-        the done jobs whose remote status is failed or missing, the extra entries (as
-        `extra_count`), `duplicates` and `superseded` (kept_id: the entry replacing it); the
-        previous verify of `kb_id` loses its items. Returns the verification id."""
-
     # --- retry-failed --remote -----------------------------------------------------------
 
     @abc.abstractmethod
@@ -310,10 +206,6 @@ class Queue(abc.ABC):
         """One transaction: forget each job's stored entry; back to pending, upload forgotten,
         each job still done and still pointing at `file_id` (a job re-uploaded meanwhile is
         left alone). Returns how many went back."""
-
-    @abc.abstractmethod
-    async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
-        """One transaction: the remote status reading an entry back showed."""
 
     # --- forget ---------------------------------------------------------------------------
 

@@ -31,22 +31,15 @@ from typing import Any
 import asyncpg
 
 from ..model import (
-    DuplicateItem,
     EnqueueCounts,
-    Entry,
     Job,
-    KeyOwner,
     LeaseOwner,
-    Listed,
-    ListedRow,
     Outcome,
     OutcomeKind,
     RemoteRetryCandidate,
-    RemoteStatus,
     RequeueItem,
     ScanRow,
     ServiceFacts,
-    TagMismatch,
 )
 from ..store.postgres import NOW, PgEngine, status_count
 from ..tags import EMPTY as EMPTY_TAGS
@@ -261,101 +254,6 @@ FROM unnest($3::int8[], $4::text[], $5::text[], $6::int8[], $7::int8[])
 WHERE j.id = w.id AND j.state = 'running' AND j.lease_owner = $1 AND j.lease_expires > {NOW}
 RETURNING j.id"""
 
-
-# See the SQLite backend's _ADOPTABLE: the key decides; name, size and time only for a
-# listing without `file`.
-_ADOPTABLE = """
-SELECT r.id FROM remote_files AS r
-WHERE r.kb_id = $1
-  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id)
-  AND CASE WHEN r.file_key IS NOT NULL
-      THEN r.file_key = $5 OR right(r.file_key, length($5) + 1) = '/' || $5
-      ELSE r.filename = $2 AND r.created_at >= $3 AND (r.size IS NULL OR r.size = $4)
-      END
-ORDER BY r.created_at, r.id"""
-
-_STORE_LISTED = """
-INSERT INTO remote_files (kb_id, id, filename, size, status, created_at, seen_at, file_key,
-                          tags)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
-                     $6::float8[], $7::float8[], $8::text[], $9::text[])
-ON CONFLICT (kb_id, id) DO UPDATE SET filename = excluded.filename, size = excluded.size,
-    status = excluded.status, created_at = excluded.created_at, seen_at = excluded.seen_at,
-    file_key = excluded.file_key, tags = excluded.tags"""
-
-# Done jobs that asked for labels or metadata, whose entry the listing begun at $2 showed
-# with others.
-_TAG_MISMATCHES = """
-FROM jobs AS j JOIN remote_files AS r ON r.kb_id = j.kb_id AND r.id = j.file_id
-WHERE j.kb_id = $1 AND j.state = 'done' AND j.tags IS NOT NULL AND r.seen_at >= $2
-  AND r.tags IS NOT NULL AND r.tags <> j.tags"""
-
-# ... and what their entries carry is what was applied, so an enqueue asking again sends it.
-_TAGS_SEEN = """
-UPDATE jobs SET tags_applied = r.tags FROM remote_files AS r
-WHERE r.kb_id = jobs.kb_id AND r.id = jobs.file_id AND jobs.kb_id = $1
-  AND jobs.state = 'done' AND jobs.tags IS NOT NULL AND r.seen_at >= $2
-  AND r.tags IS NOT NULL AND r.tags <> jobs.tags
-  AND jobs.tags_applied IS DISTINCT FROM r.tags"""
-
-_MATCH_REMOTE = """
-UPDATE jobs SET remote_status = m.status
-FROM (
-    SELECT j.id AS id,
-           CASE WHEN r.id IS NULL THEN 'missing' ELSE COALESCE(r.status, 'unknown') END AS status
-    FROM jobs AS j LEFT JOIN remote_files AS r
-         ON r.kb_id = j.kb_id AND r.id = j.file_id AND r.seen_at >= $2
-    WHERE j.kb_id = $1 AND j.state = 'done' AND j.file_id IS NOT NULL
-) AS m
-WHERE jobs.id = m.id AND jobs.remote_status IS DISTINCT FROM m.status"""
-
-_DUPLICATE_CANDIDATES = """
-SELECT r.id, r.filename, COALESCE(r.size, j.size), r.status, r.created_at, j.id
-FROM remote_files AS r
-LEFT JOIN jobs AS j ON j.file_id = r.id AND j.kb_id = r.kb_id
-WHERE r.kb_id = $1 AND r.seen_at >= $2 AND r.filename IN (
-    SELECT filename FROM remote_files WHERE kb_id = $1 AND seen_at >= $2
-    GROUP BY filename HAVING COUNT(*) > 1)
-ORDER BY r.filename, r.created_at, r.id"""
-
-_EXTRA_WHERE = """
-FROM remote_files AS r
-WHERE r.kb_id = $1 AND r.seen_at >= $2
-  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
-  AND NOT (r.id = ANY($3::text[]))"""
-
-_UNOWNED_KEYED = """
-SELECT r.id, r.filename, r.size, r.status, r.created_at, r.file_key
-FROM remote_files AS r
-WHERE r.kb_id = $1 AND r.seen_at >= $2 AND r.file_key IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.file_id = r.id AND j.kb_id = r.kb_id)
-ORDER BY r.created_at, r.id"""
-
-_KEY_OWNERS = """
-SELECT s3_key, id, state, file_id FROM jobs
-WHERE kb_id = $1 AND s3_key = ANY($2::text[])
-ORDER BY id"""
-
-
-_ITEM_COLUMNS = "verification_id, kind, job_id, file_id, filename, size, status, kept_id"
-
-_RECORD_EXTRA = f"""
-INSERT INTO verification_items ({_ITEM_COLUMNS})
-SELECT $4::int8, 'extra', NULL, r.id, r.filename, r.size, r.status, NULL {_EXTRA_WHERE}"""
-
-_RECORD_BAD = f"""
-INSERT INTO verification_items ({_ITEM_COLUMNS})
-SELECT $1, remote_status, id, file_id, filename, size,
-       CASE remote_status WHEN 'failed' THEN 'failed' END, NULL
-FROM jobs
-WHERE kb_id = $2 AND remote_status IN ('failed', 'missing') AND state = 'done'"""
-
-_RECORD_ITEMS = f"""
-INSERT INTO verification_items ({_ITEM_COLUMNS})
-SELECT $1, $2, d.job_id, d.file_id, d.filename, d.size, d.status, d.kept_id
-FROM unnest($3::int8[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[])
-     WITH ORDINALITY AS d(job_id, file_id, filename, size, status, kept_id, n)
-ORDER BY d.n"""
 
 _REQUEUE_REMOTE = f"""
 UPDATE jobs AS j SET {BACK_TO_PENDING}, {FORGET_UPLOAD}
@@ -661,162 +559,6 @@ class PgQueue(Queue):
                 kb_id,
             )
 
-    # --- the remote listing --------------------------------------------------------------
-
-    async def any_remote_known(self, kb_id: str, ids: Sequence[str]) -> bool:
-        async with self._connection() as conn:
-            found = await conn.fetchval(
-                "SELECT 1 FROM remote_files WHERE kb_id = $1 AND id = ANY($2::text[]) LIMIT 1",
-                kb_id,
-                list(ids),
-            )
-        return found is not None
-
-    async def adoptable(
-        self, kb_id: str, job_id: int, filename: str, size: int, since: float, s3_key: str
-    ) -> list[str]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(_ADOPTABLE, kb_id, filename, since, size, s3_key)
-        return [r[0] for r in rows]
-
-    async def store_listed(self, rows: Sequence[ListedRow]) -> None:
-        """One statement per page; an entry listed twice in a page is stored once (its last
-        sighting), as one INSERT … ON CONFLICT may change a row only once."""
-        last = {(r.kb_id, r.id): r for r in rows}
-        if not last:
-            return
-        columns = [list(c) for c in zip(*last.values(), strict=True)]
-        async with self._connection() as conn:
-            await conn.execute(_STORE_LISTED, *columns)
-
-    async def record_tag_mismatches(
-        self, kb_id: str, since: float, limit: int
-    ) -> tuple[int, list[TagMismatch]]:
-        async with self._connection() as conn:
-            await conn.execute(_TAGS_SEEN, kb_id, since)
-            count = await conn.fetchval("SELECT COUNT(*)" + _TAG_MISMATCHES, kb_id, since)
-            rows = await conn.fetch(
-                "SELECT j.relpath, j.file_id, j.tags, r.tags"
-                + _TAG_MISMATCHES
-                + " ORDER BY j.id LIMIT $3",
-                kb_id,
-                since,
-                limit,
-            )
-        return count, [TagMismatch(*row) for row in rows]
-
-    async def forget_unseen(self, kb_id: str, since: float) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                "DELETE FROM remote_files WHERE kb_id = $1 AND seen_at < $2", kb_id, since
-            )
-
-    async def forget_remote(self, kb_id: str, ids: Sequence[str]) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                "DELETE FROM remote_files WHERE kb_id = $1 AND id = ANY($2::text[])",
-                kb_id,
-                list(ids),
-            )
-
-    async def unseen_job_entries(self, kb_id: str, since: float) -> list[str]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT j.file_id FROM jobs AS j WHERE j.kb_id = $1 AND j.state = 'done'"
-                " AND j.file_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM remote_files AS r"
-                " WHERE r.kb_id = j.kb_id AND r.id = j.file_id AND r.seen_at >= $2)"
-                " ORDER BY j.id",
-                kb_id,
-                since,
-            )
-        return [r[0] for r in rows]
-
-    async def match_remote(self, kb_id: str, since: float) -> None:
-        async with self._connection() as conn:
-            await conn.execute(_MATCH_REMOTE, kb_id, since)
-
-    async def remote_status_counts(self, kb_id: str, since: float) -> dict[str, int]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT COALESCE(status, 'unknown'), COUNT(*) FROM remote_files"
-                " WHERE kb_id = $1 AND seen_at >= $2 GROUP BY 1",
-                kb_id,
-                since,
-            )
-        return {status: n for status, n in rows}
-
-    async def job_remote_counts(self, kb_id: str) -> dict[str, int]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT COALESCE(remote_status, 'unknown'), COUNT(*) FROM jobs"
-                " WHERE kb_id = $1 AND state = 'done' GROUP BY 1",
-                kb_id,
-            )
-        return {status: n for status, n in rows}
-
-    async def not_uploaded_count(self, kb_id: str) -> int:
-        async with self._connection() as conn:
-            return await conn.fetchval(
-                "SELECT COUNT(*) FROM jobs WHERE kb_id = $1"
-                " AND state IN ('pending', 'running', 'failed')",
-                kb_id,
-            )
-
-    async def duplicate_candidates(self, kb_id: str, since: float) -> list[Entry]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(_DUPLICATE_CANDIDATES, kb_id, since)
-        return [Entry(*r) for r in rows]
-
-    async def extra_count(self, kb_id: str, since: float, ours: Sequence[str]) -> int:
-        async with self._connection() as conn:
-            return await conn.fetchval(f"SELECT COUNT(*) {_EXTRA_WHERE}", kb_id, since, list(ours))
-
-    async def unowned_keyed(self, kb_id: str, since: float) -> list[Listed]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(_UNOWNED_KEYED, kb_id, since)
-        return [Listed(*r) for r in rows]
-
-    async def key_owners(self, kb_id: str, keys: Sequence[str]) -> list[KeyOwner]:
-        if not keys:
-            return []
-        async with self._connection() as conn:
-            rows = await conn.fetch(_KEY_OWNERS, kb_id, list(keys))
-        return [KeyOwner(*r) for r in rows]
-
-    # --- verifications -------------------------------------------------------------------
-
-    async def record_verification(
-        self,
-        kb_id: str,
-        since: float,
-        counts: dict[str, Any],
-        duplicates: Sequence[DuplicateItem],
-        ours: Sequence[str],
-        superseded: Sequence[DuplicateItem] = (),
-    ) -> int:
-        async with self.transaction() as conn:
-            vid = await conn.fetchval(
-                "INSERT INTO verifications (kb_id, started_at, ended_at, counts)"
-                " VALUES ($1, $2, $3, $4) RETURNING id",
-                kb_id,
-                since,
-                time.time(),
-                json.dumps(counts),
-            )
-            await conn.execute(
-                "DELETE FROM verification_items WHERE verification_id IN"
-                " (SELECT id FROM verifications WHERE kb_id = $1 AND id <> $2)",
-                kb_id,
-                vid,
-            )
-            await conn.execute(_RECORD_BAD, vid, kb_id)
-            await conn.execute(_RECORD_EXTRA, kb_id, since, list(ours), vid)
-            for kind, items in (("duplicate", duplicates), ("superseded", superseded)):
-                if items:
-                    columns = [list(c) for c in zip(*items, strict=True)]
-                    await conn.execute(_RECORD_ITEMS, vid, kind, *columns)
-        return int(vid)
-
     # --- retry-failed --remote -----------------------------------------------------------
 
     async def remote_retry_candidates(
@@ -849,17 +591,6 @@ class PgQueue(Queue):
                 _REQUEUE_REMOTE, [j.job_id for j in jobs], [j.file_id for j in jobs]
             )
         return status_count(status)
-
-    async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
-        if not statuses:
-            return
-        async with self._connection() as conn:
-            await conn.execute(
-                "UPDATE jobs SET remote_status = s.status"
-                " FROM unnest($1::text[], $2::int8[]) AS s(status, id) WHERE jobs.id = s.id",
-                [s.status for s in statuses],
-                [s.job_id for s in statuses],
-            )
 
     # --- what the service was seen to speak ----------------------------------------------
 
