@@ -39,6 +39,7 @@ from . import (
     reconcile,
     replace,
     report,
+    saved,
     scan,
     start,
     tags,
@@ -61,6 +62,7 @@ from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
 from .scan import display
 from .store.runs import RunsStore
+from .store.saved_jobs import SavedJobsStore
 from .store.status import StatusStore
 from .store.superseded import SupersededStore
 
@@ -453,6 +455,8 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) ->
     """Upload a folder of files into a MaiAgent knowledge base, exactly once.
 
     \b
+    uploader sync DIR --kb KB_ID        scan, upload and report in one; the job is saved
+    uploader jobs                       the saved sync jobs
     uploader kbs                        the knowledge bases the API key can see
     uploader check --kb KB_ID           prove the set-up with a probe file, first
     uploader enqueue DIR --kb KB_ID     scan DIR into the queue (safe to repeat)
@@ -465,7 +469,7 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) ->
     uploader export-report              the JSON report
 
     Exit codes: 0 done, 1 some failed, 2 bad input, 3 the service refused, 4 unreachable,
-    9 nothing to do (--error-on-nothing-to-do), 130 interrupted.
+    5 deletions refused, 9 nothing to do (--error-on-nothing-to-do), 130 interrupted.
     """
     _setup_logging(verbose, quiet)
     ctx.obj = Context(db, verbose, quiet, host_id)
@@ -847,7 +851,20 @@ def enqueue(
             meter.close()
             await RunsStore(q.engine).end_scan(scan_id)
 
+    asked_now = {
+        "include": include,
+        "exclude": exclude,
+        "max_size": max_size,
+        "follow_symlinks": follow_symlinks,
+        "labels": labels,
+        "labels_from_path": labels_from_path,
+        "metadata": metadata,
+        "manifest": manifest,
+        "parser": parser,
+    }
+
     async def removing(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats, replace.Removed | None]:
+        await _warn_saved_job(q, directory, kb_id, asked_now)
         counts, stats = await body(q)
         if not delete_removed:
             return counts, stats, None
@@ -905,6 +922,23 @@ def enqueue(
         )
     if removed is not None and removed.refused is not None:
         raise DeletionsRefused(_refusal(removed.refused, directory, dry_run=False))
+
+
+async def _warn_saved_job(q: Queue, directory: str, kb_id: str, asked: dict[str, Any]) -> None:
+    """An enqueue of a folder `sync` saved a job of, with other filters or labels: said, since
+    the weekly `enqueue DIR --kb KB` that forgot the first time's --include and --label let
+    excluded files back in and left new files without the labels that decide who sees them."""
+    folder = os.path.realpath(os.fsencode(directory))
+    for job in await SavedJobsStore(q.engine).jobs(folder):
+        if job.kb_id != kb_id:
+            continue
+        differs = saved.differences(job.options, saved.to_saved(asked), saved.SCAN_OPTIONS)
+        if differs:
+            said = _(
+                "warning: {folder} is a saved sync job of {kb} with other options: {changes}; "
+                "`uploader sync {folder}` repeats the saved job"
+            ).format(folder=directory, kb=kb_id, changes="; ".join(map(str, differs)))
+            click.echo(printable(said), err=True)
 
 
 def _warn_unreadable(stats: scan.ScanStats) -> None:
@@ -1109,13 +1143,23 @@ def _with_network(opts: dict[str, Any]) -> dict[str, Any]:
     """run's options with --network's preset applied where the user gave no value."""
     network = opts.pop("network")
     ctx = click.get_current_context()
-    explicit = {
-        name
-        for name in opts
-        if ctx.get_parameter_source(name)
-        in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
-    }
+    explicit = {name for name in opts if given(ctx, name)}
     return presets.apply(presets.Network(network) if network else None, opts, explicit)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave option `name` (typed, or by its environment variable) to this
+    command, or to the command that called it (`sync` calls `enqueue` and `run`)."""
+    current: click.Context | None = ctx
+    while current is not None:
+        source = current.get_parameter_source(name)
+        if source is not None:
+            return source in (
+                click.core.ParameterSource.COMMANDLINE,
+                click.core.ParameterSource.ENVIRONMENT,
+            )
+        current = current.parent
+    return False
 
 
 async def _auto_report(q: Queue, ctx: Context) -> str | None:
@@ -2393,6 +2437,8 @@ def check(
     if code:
         sys.exit(code)
 
+
+from . import cli_sync  # noqa: E402,F401  (the sync and jobs commands, made of the above)
 
 _accept_global_options_after(cli)
 

@@ -1,0 +1,200 @@
+"""`uploader sync`: the weekly job in one command. Scan, upload, replace changed files, delete
+removed ones (with --delete-removed, the deletion guard included) and write the report, with
+enqueue's and run's options; the job remembered in the database, so that the next sync of
+the folder repeats its filters and labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows
+from tests.maiagent_server import MaiAgentServer
+from uploader.exitcodes import ExitCode
+
+
+def sync(db: Path, server: MaiAgentServer, *args: str) -> Any:
+    return invoke(db, "sync", *args, "--base-url", server.base_url, *FAST)
+
+
+def _names(server: MaiAgentServer) -> list[str]:
+    return sorted(e["filename"] for e in server.entries(KB))
+
+
+def test_a_sync_uploads_the_folder_and_writes_the_report(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3, "sub/b.txt": 5, "sub/c.pdf": 7})
+    db = tmp_path / "uploader.db"
+
+    synced = sync(db, maiagent, str(data), "--kb", KB)
+
+    assert synced.exit_code == 0, synced.output
+    assert _names(maiagent) == ["a.txt", "b.txt", "c.pdf"]
+    assert "scanned 3: 3 new" in synced.stdout
+    (report,) = (tmp_path / "reports").glob("upload_report_*.json")
+    assert synced.stdout.strip().splitlines()[-1] == f"report: {report}"
+
+
+def test_a_second_sync_uploads_new_replaces_changed_deletes_removed(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {f"f{i}.txt": 3 for i in range(6)})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(data), "--kb", KB, "--delete-removed").exit_code == 0
+    first = {e["filename"]: e["id"] for e in maiagent.entries(KB)}
+
+    (data / "new.txt").write_bytes(b"new\n")
+    (data / "f0.txt").write_bytes(b"changed, longer\n")
+    (data / "f1.txt").unlink()
+    again = sync(db, maiagent, str(data), "--kb", KB, "--delete-removed")
+
+    assert again.exit_code == 0, again.output
+    now = {e["filename"]: e["id"] for e in maiagent.entries(KB)}
+    assert sorted(now) == ["f0.txt", "f2.txt", "f3.txt", "f4.txt", "f5.txt", "new.txt"]
+    assert now["f0.txt"] != first["f0.txt"]
+    assert all(now[name] == first[name] for name in ("f2.txt", "f3.txt", "f4.txt", "f5.txt"))
+    assert "deleted 1 entries of removed files" in again.stdout
+
+
+def test_sync_refuses_to_empty_the_knowledge_base_and_says_so(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {f"f{i}.txt": 3 for i in range(4)})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(data), "--kb", KB, "--delete-removed").exit_code == 0
+    for path in data.iterdir():
+        path.unlink()
+
+    refused = sync(db, maiagent, str(data), "--kb", KB, "--delete-removed")
+
+    assert refused.exit_code == ExitCode.DELETIONS_REFUSED, refused.output
+    assert "holds no file at all" in refused.stderr
+    assert len(maiagent.entries(KB)) == 4
+    assert {r["state"] for r in rows(db)} == {"done"}
+
+
+def _labels_of(server: MaiAgentServer) -> dict[str, set[str]]:
+    return {r["filename"]: {label["name"] for label in r["labels"]} for r in server.records(KB)}
+
+
+def test_a_second_sync_repeats_the_filters_and_labels_for_a_new_file(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3, "logo.png": 4, "setup.exe": 5})
+    db = tmp_path / "uploader.db"
+    first = sync(
+        db, maiagent, str(data), "--kb", KB, "--exclude", "*.{png,exe}",
+        "--label", "匯入-2024", "--label", "合約",
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    assert f"saved the job {data} -> {KB}" in first.stdout
+
+    make_tree(data, {"new-contract.txt": 6, "photo.png": 7})
+    again = sync(db, maiagent, str(data))  # the folder alone: its saved job
+
+    assert again.exit_code == 0, again.output
+    assert "scanned 2: 1 new" in again.stdout  # the .png files stay out
+    assert _labels_of(maiagent) == {
+        "a.txt": {"匯入-2024", "合約"},
+        "new-contract.txt": {"匯入-2024", "合約"},
+    }
+
+
+def test_sync_alone_repeats_every_saved_job(tmp_path: Path, maiagent: MaiAgentServer) -> None:
+    one = make_tree(tmp_path / "one", {"a.txt": 3})
+    two = make_tree(tmp_path / "two", {"b.txt": 3})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(one), "--kb", KB, "--label", "one").exit_code == 0
+    assert sync(db, maiagent, str(two), "--kb", KB, "--label", "two").exit_code == 0
+    make_tree(one, {"a2.txt": 4})
+    make_tree(two, {"b2.txt": 4})
+
+    everything = sync(db, maiagent)
+
+    assert everything.exit_code == 0, everything.output
+    assert _labels_of(maiagent) == {
+        "a.txt": {"one"},
+        "a2.txt": {"one"},
+        "b.txt": {"two"},
+        "b2.txt": {"two"},
+    }
+    assert len(list((tmp_path / "reports").glob("upload_report_*.json"))) >= 1
+
+
+def test_an_option_given_again_changes_the_saved_job_and_says_so(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(data), "--kb", KB, "--label", "old").exit_code == 0
+
+    changed = sync(db, maiagent, str(data), "--label", "new")
+    make_tree(data, {"b.txt": 4})
+    repeated = sync(db, maiagent, str(data))
+
+    assert changed.exit_code == 0, changed.output
+    assert f"changed the saved job {data} -> {KB}: --label new (was old)" in changed.stdout
+    assert repeated.exit_code == 0, repeated.output
+    assert _labels_of(maiagent) == {"a.txt": {"new"}, "b.txt": {"new"}}
+
+
+def test_enqueue_of_a_saved_folder_with_other_options_warns(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3, "b.png": 3})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(data), "--kb", KB, "--exclude", "*.png").exit_code == 0
+
+    plain = invoke(db, "enqueue", str(data), "--kb", KB)
+
+    assert plain.exit_code == 0, plain.output
+    assert f"{data} is a saved sync job of {KB} with other options" in plain.stderr
+    assert "--exclude none (was *.png)" in plain.stderr
+
+
+def test_jobs_lists_the_saved_jobs_and_one_can_be_removed(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(data), "--kb", KB, "--label", "x").exit_code == 0
+
+    listed = invoke(db, "jobs")
+    shown = json.loads(invoke(db, "jobs", "--json").stdout)
+    removed = invoke(db, "jobs", "--remove", str(shown[0]["id"]))
+    after = invoke(db, "sync", "--base-url", maiagent.base_url)
+
+    assert (
+        listed.exit_code == 0
+        and f"{data} -> {KB}" in listed.stdout
+        and "--label x" in listed.stdout
+    )
+    assert shown[0]["folder"] == str(data) and shown[0]["options"]["labels"] == ["x"]
+    assert removed.exit_code == 0, removed.output
+    assert after.exit_code == 2 and "no saved job" in after.stderr
+
+
+def test_the_first_sync_of_a_folder_needs_a_knowledge_base(tmp_path: Path) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3})
+    line = one_line_error(
+        invoke(tmp_path / "uploader.db", "sync", str(data), env={"MAIAGENT_KB_ID": None})
+    )
+    assert "needs --kb" in line
+
+
+def test_the_saved_job_works_on_postgresql(
+    tmp_path: Path, pg_url: str, maiagent: MaiAgentServer, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a server's logs/ and reports/ go to the current folder
+    data = make_tree(tmp_path / "share", {"a.txt": 3, "b.png": 4})
+    db: Any = pg_url
+    first = sync(db, maiagent, str(data), "--kb", KB, "--exclude", "*.png", "--label", "x")
+    make_tree(data, {"c.txt": 5})
+    again = sync(db, maiagent, str(data))
+
+    assert first.exit_code == 0, first.output
+    assert again.exit_code == 0, again.output
+    assert _labels_of(maiagent) == {"a.txt": {"x"}, "c.txt": {"x"}}
+    assert json.loads(invoke(db, "jobs", "--json").stdout)[0]["options"]["exclude"] == ["*.png"]

@@ -1,0 +1,262 @@
+"""`uploader sync` and `uploader jobs`: the weekly job in one command. Enqueue's scan, run's
+upload (changed files replaced, removed ones deleted with --delete-removed, the deletion guard
+included) and the report, with one set of options, remembered per folder and knowledge base.
+
+The command is made of the two it composes: its options are enqueue's and run's own (shared
+by name, as sqlite-utils shares its option decorators), and it calls their callbacks, so a
+change to either reaches `sync` without being written twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from . import saved
+from .cli import (
+    Context,
+    DeletionsRefused,
+    UserError,
+    cli,
+    enqueue,
+    given,
+    on_queue,
+    pass_ctx,
+    run,
+)
+from .exitcodes import ExitCode
+from .i18n import _
+from .printable import printable
+from .queue import Queue
+from .store.saved_jobs import SavedJob, SavedJobsStore
+
+# enqueue's and run's parameters that `sync` does not take from them: its folder argument is
+# its own, and enqueue's --dry-run (of --delete-removed alone) and both commands' --json
+# (two documents) say something else in a command that does both.
+_NOT_SHARED = frozenset({"directory", "dry_run", "as_json"})
+
+
+def _shared_params(commands: Iterable[click.Command]) -> list[click.Parameter]:
+    """The commands' parameters, each name once (the first command's wins: --kb, --shared and
+    the service options are in both), copied so that `sync` may change its own."""
+    seen: set[str] = set()
+    params: list[click.Parameter] = []
+    for command in commands:
+        for param in command.params:
+            if param.name is None or param.name in seen or param.name in _NOT_SHARED:
+                continue
+            if not param.expose_value and param.name in ("db", "verbose", "quiet"):
+                continue  # the group's own, added back to every command at the end
+            seen.add(param.name)
+            mine = copy.copy(param)
+            if param.name == "kb_id":
+                mine.required = False  # a saved job knows its knowledge base
+            params.append(mine)
+    return params
+
+
+def _names(command: click.Command) -> set[str]:
+    return {p.name for p in command.params if p.name is not None and p.expose_value}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One folder and knowledge base to sync, with the options it is synced with."""
+
+    folder: str
+    kb_id: str
+    options: dict[str, Any]
+
+
+async def _jobs(
+    q: Queue, directory: str | None, kb_id: str | None, opts: dict[str, Any], asked: set[str]
+) -> tuple[list[_Job], list[str]]:
+    """The jobs this sync does, the saved ones made or changed by what was `asked`; and the
+    lines that say what was saved."""
+    store = SavedJobsStore(q.engine)
+    changed = {name: opts[name] for name in saved.JOB_OPTIONS if name in asked}
+    if directory is None:
+        if changed:
+            names = ", ".join(saved.JOB_OPTIONS[name] for name in changed)
+            raise UserError(
+                _(
+                    "{options}: the options of a job go with its folder "
+                    "(`uploader sync DIR {options} ...` changes that folder's job)"
+                ).format(options=names)
+            )
+        found = [j for j in await store.jobs() if kb_id in (None, j.kb_id)]
+        if not found:
+            said = _("no saved job in this database")
+            if kb_id is not None:
+                said = _("no saved job of {kb} in this database").format(kb=kb_id)
+            raise UserError(
+                said + _(": `uploader sync DIR --kb KB_ID` syncs a folder and saves its job")
+            )
+        return [_job(job) for job in found], []
+    folder = os.path.realpath(os.fsencode(directory))
+    found = [j for j in await store.jobs(folder) if kb_id in (None, j.kb_id)]
+    if not found:
+        if kb_id is None:
+            raise UserError(
+                _(
+                    "{folder} has no saved job: its first sync needs --kb KB_ID (saved with "
+                    "the job, with its filters, labels and delete policy)"
+                ).format(folder=directory)
+            )
+        first = saved.to_saved(opts)
+        await store.save(folder, kb_id, first)
+        note = _(
+            "saved the job {folder} -> {kb}: `uploader sync {folder}` repeats it with these options"
+        ).format(folder=directory, kb=kb_id)
+        return [_Job(directory, kb_id, saved.from_saved(first))], [note]
+    jobs: list[_Job] = []
+    notes: list[str] = []
+    for job in found:
+        differs = saved.differences(job.options, saved.to_saved(changed))
+        options = job.options
+        if differs:
+            options = {**job.options, **saved.to_saved(changed)}
+            await store.save(folder, job.kb_id, options)
+            notes.append(
+                _("changed the saved job {folder} -> {kb}: {changes}").format(
+                    folder=directory, kb=job.kb_id, changes="; ".join(map(str, differs))
+                )
+            )
+        jobs.append(_Job(directory, job.kb_id, saved.from_saved(options)))
+    return jobs, notes
+
+
+def _job(job: SavedJob) -> _Job:
+    return _Job(os.fsdecode(job.folder), job.kb_id, saved.from_saved(job.options))
+
+
+def _sync(directory: str | None, **opts: Any) -> None:
+    """Scan DIRECTORY into the queue for knowledge base --kb, upload what is new or changed,
+    (with --delete-removed) delete the entries of removed files, and write the report: what
+    `uploader enqueue` then `uploader run` do, with the options of both.
+
+    The first sync of a folder saves its job (knowledge base, filters, labels, metadata,
+    manifest, parser, --name, delete policy): `uploader sync DIRECTORY` repeats it, and
+    `uploader sync` repeats every saved job of the database. An option given again changes
+    the saved job (and says so); `uploader jobs` lists them.
+
+    Exit codes: run's (0 all done, 1 some files failed, 3 refused, 4 unreachable, 130
+    interrupted), 2 bad input, 5 deletions refused by the guard (--max-delete,
+    --allow-empty-source): the upload still ran, nothing was deleted.
+    """
+    click_ctx = click.get_current_context()
+    ctx = click_ctx.find_object(Context)
+    assert ctx is not None
+    asked = {name for name in opts if given(click_ctx, name)}
+    if directory is not None and not os.path.isdir(directory):
+        what = _("does not exist") if not os.path.exists(directory) else _("is not a folder")
+        raise UserError(f"{directory} {what}")
+    jobs, notes = on_queue(ctx, lambda q: _jobs(q, directory, opts["kb_id"], opts, asked))
+    for note in notes:
+        ctx.echo(printable(note))
+    code = ExitCode.OK
+    for n, job in enumerate(jobs):
+        if len(jobs) > 1:
+            ctx.echo(printable(_("sync {folder} -> {kb}").format(folder=job.folder, kb=job.kb_id)))
+        code = max(code, _one(click_ctx, job, opts, last=n + 1 == len(jobs)))
+        if code == ExitCode.INTERRUPTED:
+            break
+    if code:
+        sys.exit(code)
+
+
+def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) -> ExitCode:
+    """One job: its enqueue, then its run (the report only after the last job's run, as it
+    covers the whole database)."""
+    scan_opts = {name: opts[name] for name in _names(enqueue) if name in opts}
+    scan_opts.update({k: v for k, v in job.options.items() if k in scan_opts})
+    refused = False
+    try:
+        click_ctx.invoke(
+            enqueue,
+            **{**scan_opts, "directory": job.folder, "kb_id": job.kb_id},
+            dry_run=False,
+            as_json=False,
+        )
+    except DeletionsRefused as exc:
+        exc.show()
+        refused = True
+    run_opts = {name: opts[name] for name in _names(run) if name in opts}
+    run_opts.update(
+        kb_id=job.kb_id,
+        name=job.options.get("name") or "basename",
+        shared=False,  # enqueue --shared made the folder's rows any host's already
+        as_json=False,
+        no_report=opts["no_report"] or not last,
+    )
+    code = ExitCode.OK
+    try:
+        click_ctx.invoke(run, **run_opts)
+    except SystemExit as exc:
+        code = ExitCode(int(exc.code or 0))
+    if code == ExitCode.OK and refused:
+        return ExitCode.DELETIONS_REFUSED
+    return code
+
+
+def _command() -> click.Command:
+    params: list[click.Parameter] = [click.Argument(["directory"], required=False)]
+    params += _shared_params([enqueue, run])
+    return click.Command(
+        "sync",
+        callback=_sync,
+        params=params,
+        help=inspect.cleandoc(_sync.__doc__ or ""),
+    )
+
+
+sync = _command()
+cli.add_command(sync)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the saved jobs as JSON.")
+@click.option(
+    "--remove",
+    type=int,
+    metavar="ID",
+    help="Forget saved job ID (its files stay queued, its entries in the knowledge base).",
+)
+@pass_ctx
+def jobs(ctx: Context, as_json: bool, remove: int | None) -> None:
+    """The saved sync jobs: each folder and knowledge base `uploader sync` repeats, with the
+    options it repeats them with."""
+    if remove is not None:
+        gone = on_queue(ctx, lambda q: SavedJobsStore(q.engine).remove(remove))
+        if not gone:
+            raise UserError(_("no saved job {id} (`uploader jobs` lists them)").format(id=remove))
+        click.echo(_("forgot saved job {id}").format(id=remove))
+        return
+    found = on_queue(ctx, lambda q: SavedJobsStore(q.engine).jobs())
+    if as_json:
+        shown = [
+            {"id": j.id, "folder": os.fsdecode(j.folder), "kb_id": j.kb_id, "options": j.options}
+            for j in found
+        ]
+        click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+        return
+    if not found:
+        click.echo(
+            _("no saved job: `uploader sync DIR --kb KB_ID` syncs a folder and saves its job")
+        )
+    for job in found:
+        asked = [
+            f"{saved.JOB_OPTIONS[name]} {saved.shown(value)}"
+            for name, value in job.options.items()
+            if name in saved.JOB_OPTIONS and saved.shown(value) != "none"
+        ]
+        line = f"{job.id}  {os.fsdecode(job.folder)} -> {job.kb_id}  {'  '.join(asked)}"
+        click.echo(printable(line))
