@@ -1076,7 +1076,8 @@ def _open_log(ctx: Context, path: str | None, level_name: str) -> logs.RunLog | 
 def _notice(text: str) -> None:
     """What a signal does to a run, shown even with -q on stderr (stdout may be `run --json`'s
     document) on a line of its own (after the terminal's ^C), above the bar; flushed before a
-    second Ctrl+C quits at once."""
+    second Ctrl+C quits at once. The run's log keeps it too."""
+    run_logger.warning("%s", text, extra=logs.FILE_ONLY)
     progress.write(f"\n{text}")
 
 
@@ -1392,7 +1393,16 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         left["failed"] = (
             await _failed(q, settings.kb_id, FAILED_SHOWN) if result.failed_in_queue else []
         )
-        run_logger.info("run ended: %s", _summary(result, left["skipped"]))
+        if result.interrupted:
+            run_logger.warning(
+                "run interrupted (Ctrl+C, SIGTERM or the terminal closed): %s; %d files "
+                "pending, `uploader run` resumes",
+                _summary(result, left["skipped"]),
+                left["states"]["pending"],
+                extra=logs.FILE_ONLY,
+            )
+        else:
+            run_logger.info("run ended: %s", _summary(result, left["skipped"]))
         left["report"] = await _auto_report(q, ctx) if with_report else None
         return result, left
 

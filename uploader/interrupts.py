@@ -23,9 +23,10 @@ Handler = Callable[[int, FrameType | None], object] | int | None
 
 
 def _signals() -> tuple[signal.Signals, ...]:
+    """SIGHUP (the terminal closed) where it exists: a run stops as for SIGTERM, recorded."""
     if sys.platform == "win32":
         return (signal.SIGINT, signal.SIGTERM, signal.SIGBREAK)
-    return (signal.SIGINT, signal.SIGTERM)
+    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupts:
@@ -64,15 +65,15 @@ class Interrupts:
     def _take(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             for sig in _signals():
-                loop.add_signal_handler(sig, self._fire)
+                loop.add_signal_handler(sig, self._fire, sig)
         except NotImplementedError:
             self._through_signal_module(loop)
         else:
             self._loop = loop
 
     def _through_signal_module(self, loop: asyncio.AbstractEventLoop) -> None:
-        def handler(_signum: int, _frame: FrameType | None) -> None:
-            loop.call_soon_threadsafe(self._fire)
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self._fire, signum)
 
         for sig in _signals():
             try:
@@ -80,6 +81,8 @@ class Interrupts:
             except ValueError:  # not the main thread: signals stay as they are
                 return
 
-    def _fire(self) -> None:
+    def _fire(self, signum: int) -> None:
+        if sys.platform != "win32" and signum == signal.SIGHUP:
+            start.detach_terminal()  # the callback's words would fail on a closed terminal
         if self._callback is not None:
             self._callback()
