@@ -260,16 +260,19 @@ def _caught(pid: int) -> set[int]:
 def test_a_signal_right_after_start_is_exit_130_in_one_line(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer], sig: signal.Signals
 ) -> None:
-    """Sent as soon as the program has taken the signals (its first act), or after 0.3 s at
-    most, then a little later each time: during the imports, the start-up, the queue's
-    opening. Whenever it lands: exit 130, one line, no row left running."""
+    """Sent as soon as the program has taken the signals (its first act), then a little later
+    each time: during the imports, the start-up, the queue's opening. Whenever it lands: exit
+    130, one line, no row left running. (Before its first act the interpreter itself is still
+    starting, and a signal ends it as it ends any program: not this test's concern; on a loaded
+    machine that start can take longer than a second.)"""
     server = maiagent_factory(latency=0.2)
     db = _queued(tmp_path, 50)
     for later in (0.0, 0.05, 0.1, 0.2, 0.4):
         proc = spawn(db, *run_args(server), text=True)
-        deadline = time.monotonic() + 0.3
+        deadline = time.monotonic() + 20
         while signal.SIGTERM not in _caught(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.002)
+        assert signal.SIGTERM in _caught(proc.pid), "the program never took the signals"
         time.sleep(later)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
