@@ -1,15 +1,19 @@
-"""The job queue contract: what every backend (SQLite, PostgreSQL) guarantees.
+"""The job queue contract: what every backend (SQLite, PostgreSQL) guarantees of the hot path
+(enqueue, claim, outcomes, the write-ahead of a register, leases, reclaim, the counts the pool
+needs) and of the commands that change job states (retry-failed, forget). Each backend keeps
+hand-tuned statements for it; the other concerns are stores over the same engine
+(uploader/store/: runs and scans, the remote listing, superseded entries, status reads,
+service facts), reached through `q.engine`.
 
-A `Queue` owns its connection(s), its transactions and its locking; callers (the pool, the
-attempt, reconcile, report, scan, the CLI) never see a connection or a line of SQL. Each
-method is one operation and, where it writes, one transaction: it either happens whole or
-not at all.
+Callers (the pool, the attempt, reconcile, report, scan, the CLI) never see a connection or a
+line of SQL. Each method is one operation and, where it writes, one transaction: it either
+happens whole or not at all.
 
 Opening: `open_queue(target)` returns an opened queue, which is an async context manager that
 closes it (and turns late database damage into QueueError):
 
     async with await open_queue(path, create=False) as q:
-        await q.state_counts()
+        await q.next_due()
 
 `opened(target)` is the same as one `async with`. Times are epoch-second floats (the Python
 clock, or the database's clock where the backend says so, consistently). `match` is a predicate
@@ -44,8 +48,8 @@ Match = Callable[[str], bool]
 
 
 class Queue(abc.ABC):
-    """The operations of the uploader's queue: jobs, runs and attempts, the remote listing,
-    verifications. Safe to share between the tasks of one event loop (writes take turns)."""
+    """The job queue of one database. Safe to share between the tasks of one event loop
+    (writes take turns)."""
 
     # What a failed operation may raise while the queue stays usable (a lock held too long,
     # a disk full for a moment): a caller that can wait (the pool's writer, its lease

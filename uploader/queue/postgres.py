@@ -2,17 +2,12 @@
 PostgreSQL job queues (River, Oban, Solid Queue): `FOR UPDATE SKIP LOCKED` claims, leases by
 the database's clock, rows of an expired lease taken back by any host.
 
-Why asyncpg: the claim + complete micro-benchmark (`python -m tests.bench.pg_drivers`) runs
-it at about twice psycopg 3's rate (binary protocol, statements prepared once per connection);
-see the README for the figures.
+Why asyncpg: the claim + complete micro-benchmark (`python -m tests.bench.pg_micro`, see
+docs/benchmark.md) runs it at about twice psycopg 3's rate (binary protocol, statements
+prepared once per connection).
 
-Clocks. Every time the database decides with is its own `now()`: when a row is due, when a
-lease expires, when a run started. Hosts keep working in their own clock (the pool, the
-attempt and reconcile compare `time.time()` with the times the queue gives them), so the
-queue translates: times read are shifted into the host's clock by the measured difference
-between the two clocks, times written are shifted back. A host whose clock is ten minutes
-off therefore neither reclaims rows whose lease has not expired nor sees its own leases
-expire early: only the database's clock is ever compared with a lease.
+Clocks: leases and due times are the database's `now()`; times read and written are
+translated by the engine (uploader/store/postgres.py).
 
 Round trips are what a distant server costs (20 ms each across a WAN), so every hot
 operation is one statement, batches are passed as arrays (`unnest`), and the connection

@@ -1,7 +1,6 @@
-"""The SQLite job queue and the stores not yet moved out of it, over one `SqliteEngine`
-(uploader/store/sqlite.py), which owns the connection, its lock, its transactions and the
-migrations. The statements live with their tables: `sqlite_jobs` (jobs, runs, attempts) and
-`sqlite_remote` (the remote listing, verifications).
+"""The SQLite job queue over one `SqliteEngine` (uploader/store/sqlite.py), which owns the
+connection, its lock, its transactions and the migrations. Its statements: `sqlite_jobs` (the
+hot path, retry-failed, forget) and `sqlite_remote` (retry-failed --remote).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The SQLite statements of the remote listing (remote_files) and of verifications: the
-lookups a doubtful register is settled by, and verify, dedupe and retry-failed --remote.
+"""The SQLite statements of retry-failed --remote: done jobs whose entry failed or is gone,
+back to pending (the listing itself is uploader/store/listing.py).
 
 A mixin of `SqliteQueue`, which owns `_conn`, `transaction()` and `_fetchval()`.
 """
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from .sqlite import SqliteBase
 else:
     SqliteBase = object
-
-# --- remote files (the knowledge base's listing) ---------------------------------------------
 
 
 _REQUEUE_REMOTE = f"""

@@ -17,8 +17,11 @@ Nothing else in uploader writes SQL.
   `FactsStore(q.engine).service_facts(...)` (`facts.py`: service facts and labels, the
   example to copy). Its contract tests run on both backends (tests/test_store_<concern>.py,
   fixture `store_engine`).
-- the job queue's hot path (claim, outcomes, write-ahead, leases, reclaim) keeps hand-tuned
-  statements per backend in uploader/queue/; the stores not yet moved out live there too.
+- the stores: `runs` (runs and scans), `listing` (the remote listing, adoption, verifications),
+  `superseded` (old entries, removed files, deletions), `status` (status and report reads),
+  `facts` (service facts and labels).
+- the job queue's hot path (enqueue, claim, outcomes, write-ahead, leases, reclaim) and the
+  commands that change job states keep hand-tuned statements per backend in uploader/queue/.
 """
 
 from __future__ import annotations
