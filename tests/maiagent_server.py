@@ -115,6 +115,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -557,7 +558,9 @@ class MaiAgentServer:
     # ----- lifecycle -----
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        # under s3_bandwidth a connection reads ahead little (see _narrow_socket)
+        narrow = {"read_bufsize": _PACED_CHUNK} if self.faults.s3_bandwidth > 0 else {}
+        app = web.Application(middlewares=[self._middleware], handler_args=narrow)
         kbs = API_PREFIX + "knowledge-bases/"
         files = kbs + "{kb}/files/"
         app.add_routes(
@@ -615,14 +618,27 @@ class MaiAgentServer:
             return
         runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(
-            runner, self._host, self._port, backlog=1024, ssl_context=self._ssl
-        ).start()
+        if self.faults.s3_bandwidth > 0:
+            await web.SockSite(runner, self._narrow_socket(), ssl_context=self._ssl).start()
+        else:
+            await web.TCPSite(
+                runner, self._host, self._port, backlog=1024, ssl_context=self._ssl
+            ).start()
         self._runner = runner
         self._port = runner.addresses[0][1]
         scheme = "https" if self._ssl else "http"
         self._origin = f"{scheme}://{self._host}:{self._port}"
         self.base_url = self._origin + API_PREFIX
+
+    def _narrow_socket(self) -> socket.socket:
+        """A listening socket whose connections take little into their receive buffers
+        (s3_bandwidth, set at start): the bytes then wait on the client's side, as behind a
+        slow link, instead of a loopback buffer grown to megabytes taking a file at once."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _PACED_CHUNK)
+        sock.bind((self._host, self._port))
+        return sock
 
     async def _unlisten(self) -> None:
         """Close the port and every connection: clients see connection refused until _listen."""

@@ -25,6 +25,7 @@ from click.core import ParameterSource
 
 from . import (
     __version__,
+    bandwidth,
     checkup,
     client,
     content,
@@ -561,6 +562,15 @@ def _encoding(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         return codecs.lookup(value).name
     except LookupError:
         raise click.BadParameter(f"unknown encoding {value!r}") from None
+
+
+def _bwlimit(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return bandwidth.parse_bwlimit(value)
+    except ValueError as exc:
+        raise UserError(f"--bwlimit: {exc}") from None
 
 
 def _labels(
@@ -1208,10 +1218,18 @@ async def _auto_report(q: Queue, ctx: Context) -> str | None:
     type=Finite(0.1),
     default=60.0,
     show_default=True,
-    help="Seconds per request; uploads get one more second per MiB.",
+    help="Seconds per API request; an S3 upload is cut only when none of its bytes moved for"
+    " that long.",
 )
 @kb_option(required=False)
 @click.option("--rate-limit", type=Finite(0.1), help="API requests per second.")
+@click.option(
+    "--bwlimit",
+    metavar="RATE",
+    callback=_bwlimit,
+    help="Cap the upload bandwidth of the run, rclone-style: 2M = 2 MiB/s, 512k; a bare"
+    " number is KiB/s.",
+)
 @click.option(
     "--name",
     type=click.Choice(["basename", "relpath"]),
@@ -1339,7 +1357,9 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         keep_old_versions=opts["keep_old_versions"],
         skip_same_content=opts["skip_same_content"],
     )
-    service = worker.Connection(base_url, api_key, opts["rate_limit"], opts["timeout"])
+    service = worker.Connection(
+        base_url, api_key, opts["rate_limit"], opts["timeout"], opts["bwlimit"]
+    )
     shared = opts.pop("shared")
     log_file, log_level = opts.pop("log_file"), opts.pop("log_level")
     recorded = {**opts, "base_url": base_url, "host_id": ctx.host_id, "shared": shared}

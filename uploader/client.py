@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from . import network, osfiles
+from .bandwidth import SLICE, Bandwidth, Progress, idle_watch
 from .clock import ServiceClock
 from .content import digest_of, new_digest
 from .limits import is_out_of_files, out_of_files_message
@@ -602,10 +603,14 @@ class _FilePart(aiohttp.Payload):
     meanwhile, and a file that shrinks fails the request instead of stalling it.
     """
 
-    def __init__(self, file: io.FileIO, size: int) -> None:
+    def __init__(
+        self, file: io.FileIO, size: int, progress: Progress, bandwidth: Bandwidth | None
+    ) -> None:
         super().__init__(file, content_type="application/octet-stream")
         self._size = size
         self._length = size  # _size, typed as never None
+        self._progress = progress
+        self._bandwidth = bandwidth
         self.content_hash: str | None = None  # once every byte was written
 
     async def write(self, writer: AbstractStreamWriter) -> None:
@@ -616,17 +621,54 @@ class _FilePart(aiohttp.Payload):
         loop = asyncio.get_running_loop()
         fd, offset = self._value.fileno(), 0
         digest = new_digest()
+        self._progress.attach(getattr(writer, "transport", None))
         while offset < self._length:
             length = min(self._length - offset, _CHUNK)
             chunk = await loop.run_in_executor(None, _read_hashed, fd, length, offset, digest)
             if not chunk:
                 raise _Shrank("file shrank while it was being uploaded")
-            await writer.write(chunk)
+            await _write(writer, chunk, self._progress, self._bandwidth)
             offset += len(chunk)
         self.content_hash = digest.hexdigest()
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file part is never decoded")
+
+
+class _FormBody(aiohttp.Payload):
+    """A small upload's whole form, in one buffer: one send, unless --bwlimit paces it."""
+
+    def __init__(
+        self, body: bytes, content_type: str, progress: Progress, bandwidth: Bandwidth | None
+    ) -> None:
+        super().__init__(body, content_type=content_type)
+        self._size = len(body)
+        self._progress = progress
+        self._bandwidth = bandwidth
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        self._progress.attach(getattr(writer, "transport", None))
+        await _write(writer, self._value, self._progress, self._bandwidth)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("an upload form is never decoded")
+
+
+async def _write(
+    writer: AbstractStreamWriter, data: bytes, progress: Progress, bandwidth: Bandwidth | None
+) -> None:
+    """Bytes of an upload onto the wire, counted for the idle watch and, under --bwlimit,
+    no faster than the run's share allows."""
+    if bandwidth is None:
+        await writer.write(data)
+        progress.handed += len(data)
+        return
+    view = memoryview(data)
+    for start in range(0, len(view), SLICE):
+        piece = view[start : start + SLICE]
+        await bandwidth.take(len(piece))
+        await writer.write(piece)
+        progress.handed += len(piece)
 
 
 def _read_hashed(fd: int, length: int, offset: int, digest: Any) -> bytes:
@@ -651,7 +693,11 @@ class MaiAgentClient:
         timeout: float = 60.0,
         throttle_retries: int = 8,
         max_body: int = MAX_BODY,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
+        """`timeout` bounds each API request, and is the S3 upload's idle timeout: an upload
+        is cut only when none of its bytes moved for that long (bandwidth.py); `bandwidth`
+        (--bwlimit) paces every upload's bytes together."""
         self._session = session
         self._base = base_url if base_url.endswith("/") else base_url + "/"
         self._origin = _origin(self._base)
@@ -661,6 +707,9 @@ class MaiAgentClient:
         self._throttle_retries = throttle_retries
         self._max_body = max_body
         self._api_timeout = _timeout(timeout)
+        # no total: a slow uplink's upload takes what it takes, the idle watch cuts a stall
+        self._upload_timeout = aiohttp.ClientTimeout(sock_connect=min(timeout, _CONNECT_TIMEOUT))
+        self._bandwidth = bandwidth
         # Built once: aiohttp copies them per request anyway.
         self._get_headers = {"Authorization": f"Api-Key {api_key}", "Accept": "application/json"}
         self._post_headers = {**self._get_headers, "Content-Type": "application/json"}
@@ -716,12 +765,11 @@ class MaiAgentClient:
         self._upload_url = p.url
         try:
             try:
-                form, headers, part = await _form(p.fields, content, size, filename)
-                timeout = _timeout(self._timeout + size / MIB)
-                where = urlsplit(p.url).path
-                status, body, retry_after = await self._send(
-                    "POST", p.url, where, form, headers, timeout, "S3 upload", False
+                progress = Progress()
+                form, part = await _form(
+                    p.fields, content, size, filename, progress, self._bandwidth
                 )
+                status, body, retry_after = await self._post_watched(p.url, form, progress)
             except (ApiError, _Shrank) as exc:
                 # A file cut short mid-stream shows up as a failed request: say what it was.
                 if not isinstance(content, bytes):
@@ -742,6 +790,27 @@ class MaiAgentClient:
             assert isinstance(part, _FilePart) and part.content_hash is not None
             digest = part.content_hash
         return Uploaded(before.st_size, before.st_mtime_ns, digest)
+
+    async def _post_watched(
+        self, url: str, form: aiohttp.Payload, progress: Progress
+    ) -> tuple[int, bytes, float | None]:
+        """The S3 POST, cut only once its bytes stop moving for --timeout seconds: a stalled
+        upload is a timeout (outage-like: nothing moves), a slow one is never cut."""
+        where = urlsplit(url).path
+        sending = asyncio.ensure_future(
+            self._send("POST", url, where, form, None, self._upload_timeout, "S3 upload", False)
+        )
+        try:
+            await idle_watch(progress, self._timeout, sending)
+        except TimeoutError:
+            await asyncio.gather(sending, return_exceptions=True)
+            message = f"S3 upload stalled: no bytes moved for {self._timeout:g} s"
+            raise self._error(message, "transient", "timeout") from None
+        finally:
+            if not sending.done():  # this task was cancelled: so is its upload
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)
+        return sending.result()
 
     async def register(
         self,
@@ -1058,7 +1127,8 @@ class MaiAgentClient:
             raise self._error(message, "transient", "bad_response", maybe_applied=unsafe) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             _log_request(method, where, type(exc).__name__, start)
-            raise self._network_error(op, exc, timeout.total, unsafe) from exc
+            limit = timeout.total if timeout.total is not None else timeout.sock_connect
+            raise self._network_error(op, exc, limit, unsafe) from exc
         _log_request(method, where, resp.status, start)
         if gate is not None and resp.status < 500:
             gate.record_success(sent_at)
@@ -1354,9 +1424,14 @@ def _changed(queued: int, now: str) -> ApiError:
 
 
 async def _form(
-    fields: dict[str, str], content: bytes | io.FileIO, size: int, filename: str
-) -> tuple[bytes | aiohttp.MultipartWriter, dict[str, str] | None, aiohttp.Payload]:
-    """The form body and its headers: the policy fields first, the file last (S3 ignores
+    fields: dict[str, str],
+    content: bytes | io.FileIO,
+    size: int,
+    filename: str,
+    progress: Progress,
+    bandwidth: Bandwidth | None,
+) -> tuple[aiohttp.Payload, aiohttp.Payload]:
+    """The form body and its file part: the policy fields first, the file last (S3 ignores
     whatever follows the file).
 
     A small form goes as one buffer: written part by part it costs a send() per piece.
@@ -1367,14 +1442,14 @@ async def _form(
     if isinstance(content, bytes):
         part: aiohttp.Payload = aiohttp.BytesPayload(content)
     else:
-        part = _FilePart(content, size)
+        part = _FilePart(content, size, progress, bandwidth)
     # A non-UTF-8 name arrives with surrogates, which cannot be quoted into a header.
     shown = filename.encode("utf-8", "replace").decode("utf-8")
     part.set_content_disposition("form-data", name="file", filename=shown)
     form.append_payload(part)
     if isinstance(content, bytes):
-        return await form.as_bytes(), {"Content-Type": form.content_type}, part
-    return form, None, part
+        return _FormBody(await form.as_bytes(), form.content_type, progress, bandwidth), part
+    return form, part
 
 
 def _default_pause(attempt: int) -> float:

@@ -58,13 +58,17 @@ class Registrar:
         # Per knowledge base: whether every answer to a register of several files named them
         # all (absent: no such call was answered); kept for `--register-batch auto`.
         self.proved: dict[str, bool] = {}
+        # S3 keys of files whose batch failed unrefused (a 5xx, a timeout): sent alone from
+        # then on, so that a file the service fails on (a parser broken for its type) spends
+        # its own retries, not its batch-mates'
+        self._alone: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def register(self, kb_id: str, item: RegisterItem, fence: FileFence) -> str:
         """The entry id of one file (its key, name shown, labels, metadata and parser), sent
         alone or in a batch with others of the same knowledge base once `fence` lets it."""
         pending = _Pending(item, fence, asyncio.get_running_loop().create_future())
-        if self.size <= 1:
+        if self.size <= 1 or item.key in self._alone:
             await self._call(kb_id, [pending])
             return pending.fut.result()
         batch = self._batches.setdefault(kb_id, _Batch())
@@ -112,6 +116,8 @@ class Registrar:
                 # A refusal (one file's name or type) fails the whole call, and nothing of it
                 # was registered: each file goes again alone, through its own fence.
                 await asyncio.gather(*(self._call(kb_id, [p]) for p in sent))
+            elif len(sent) > 1:
+                self._alone.update(p.item.key for p in sent)
             for p in pending:
                 if not p.fut.done():
                     p.fut.set_exception(exc if p in sent else _fenced())

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from . import processes, replace
 from .attempt import Attempt, Policy, Shared
+from .bandwidth import Bandwidth
 from .client import ApiError, MaiAgentClient, RateLimiter, make_session
 from .exitcodes import ExitCode
 from .interrupts import Interrupts
@@ -46,6 +47,9 @@ MAX_FAILURES_TO_CLOSE = 20
 # scan of another host not seen for this long (its process died without saying so).
 SCAN_POLL = 0.5
 SCAN_STALE = 600.0
+# No file finished for this many --timeout periods while uploads are in flight (5 minutes by
+# default): the run says so, with a hint.
+STALL_TIMEOUTS = 5
 
 
 class RunProgress(Protocol):
@@ -334,6 +338,7 @@ class Pool:
         self._unwritten: set[int] = set()
         self._doubted: set[str] = set()  # knowledge bases with a register in doubt this run
         self._claim_after = 0.0
+        self._finished_at = time.monotonic()  # when a file last came to an end (done, failed)
         self._on_outage = on_outage
         self.gate = OutageGate(
             lambda: client.probe(probe_kb),
@@ -392,6 +397,7 @@ class Pool:
         # committed ids are excluded from adoption by the database itself
         self.index.taken.difference_update(o.file_id for o in done)
         if done or failed:
+            self._finished_at = time.monotonic()
             self._on_progress(len(done), failed, nbytes)
         self._wake.set()
 
@@ -402,14 +408,16 @@ class Pool:
         await self._reclaim()
         writer = asyncio.create_task(self.writer.loop())
         keeper = asyncio.create_task(self._keep_leases())
+        watcher = asyncio.create_task(self._watch_progress())
         try:
             await self._feed()
             await self._drain()
         finally:
             await self.gate.aclose()
             keeper.cancel()
+            watcher.cancel()
             self.writer.stop()
-            await asyncio.gather(keeper, writer, return_exceptions=True)
+            await asyncio.gather(keeper, watcher, writer, return_exceptions=True)
             await self.registrar.close()
             await self.writer.flush()
         if not (self.result.interrupted or self.result.fatal):
@@ -570,6 +578,26 @@ class Pool:
             return False
         return await self.gate.covers(error, attempt.job.id, VERDICT_WAIT)
 
+    async def _watch_progress(self) -> None:
+        """Uploads in flight and none finishing for a long time (STALL_TIMEOUTS x --timeout),
+        the service answering: most often more workers than the uplink carries, each file
+        getting a sliver of it. Said once per period, with what to change."""
+        period = STALL_TIMEOUTS * self.client.timeout
+        said = 0.0
+        while True:
+            await asyncio.sleep(period / 4)
+            now = time.monotonic()
+            quiet = now - self._finished_at
+            if self._tasks and self.gate.is_open and quiet >= period and now - said >= period:
+                said = now
+                log.warning(
+                    "no file finished in the last %.0f s with %d uploads in flight: a slow"
+                    " uplink? fewer --workers (each file then gets more of it) or --bwlimit"
+                    " (leaving room for the rest of the network) lets files finish",
+                    quiet,
+                    len(self._tasks),
+                )
+
     async def _keep_leases(self) -> None:
         """Renew our leases while long uploads run; give back rows of dead processes."""
         while True:
@@ -609,6 +637,7 @@ class Connection:
     api_key: str = field(repr=False)
     rate_limit: float | None = None
     timeout: float = 60.0
+    bwlimit: float | None = None  # bytes per second of every upload together (--bwlimit)
 
 
 # up to 2 s, then up to 4 s (what backoff(attempt + 1, 1.0) gave before the policies)
@@ -775,6 +804,7 @@ async def _execute(
             service.api_key,
             RateLimiter(service.rate_limit),
             timeout=service.timeout,
+            bandwidth=Bandwidth(service.bwlimit) if service.bwlimit else None,
         )
         kbs = await queue.kbs_with_work(settings.kb_id)
         try:
