@@ -2132,6 +2132,12 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
     if c["old_versions_kept"]:
         superseded += f" (and {c['old_versions_kept']:,} kept: --keep-old-versions)"
     click.echo(f"  superseded  {superseded}")
+    if c.get("copies_deleted"):
+        click.echo(
+            f"  repaired    deleted {c['copies_deleted']:,} second entries of one upload (the "
+            "same S3 key as a file's entry: a register that landed after its answer was lost;"
+            " --no-repair leaves them)"
+        )
     if c.get("tag_mismatches"):
         click.echo(
             f"  labels      {c['tag_mismatches']:,} entries carry other labels or metadata than"
@@ -2163,6 +2169,14 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
     help="Seconds --wait waits at most.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print each knowledge base's counts as JSON.")
+@click.option(
+    "--no-repair",
+    "repair",
+    flag_value=False,
+    default=True,
+    help="Only read: leave second entries of one upload (same S3 key) in place, counted as "
+    "duplicates; by default verify deletes them.",
+)
 @pass_ctx
 def verify(
     ctx: Context,
@@ -2173,10 +2187,14 @@ def verify(
     wait: bool,
     timeout: float,
     as_json: bool,
+    repair: bool,
 ) -> None:
     """Check the knowledge base against this database: the parse status of every uploaded
     file, missing entries (uploaded, then gone), extra entries (not uploaded from here) and
     duplicates (copies of a file's entry, registered with the S3 key it uploaded).
+
+    A second entry of one upload (the same S3 key as the file's own entry) is deleted and
+    counted in the output; --no-repair makes verify read-only.
 
     Every knowledge base of the queue unless --kb. The outcome is kept for `status` and
     `export-report`. Exit codes: 0 every file uploaded and parsed (`done`), none missing or
@@ -2193,7 +2211,9 @@ def verify(
         api_key,
         base_url,
         kb_id,
-        lambda q, api, kb: reconcile.verify(q, api, kb, wait=wait, timeout=timeout, progress=drawn),
+        lambda q, api, kb: reconcile.verify(
+            q, api, kb, wait=wait, timeout=timeout, progress=drawn, repair=repair
+        ),
         None if as_json else shown,
         lambda kb, result: {"kb_id": kb, "ok": result.ok, "counts": result.counts},
         lambda result: result.ok,

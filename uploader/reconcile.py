@@ -595,9 +595,12 @@ async def verify(
     wait: bool = False,
     timeout: float = 3600.0,
     progress: ReadProgress | None = None,
+    repair: bool = True,
 ) -> Verification:
     """List the knowledge base, match it to the jobs and record what is wrong; with `wait`,
-    list again until none of this database's entries is initial/processing or `timeout`."""
+    list again until none of this database's entries is initial/processing or `timeout`.
+    With `repair`, second entries of one upload are deleted (`delete_copies`); without, verify
+    only reads, and they stay counted as duplicates."""
     remote_files = ListingStore(q.engine)
     deadline = time.monotonic() + timeout
     delay = WAIT_FIRST
@@ -618,7 +621,7 @@ async def verify(
     finally:
         if wait and progress is not None:
             progress.parsing_done(kb_id)
-    deleted = await delete_copies(q, client, kb_id, listing.started, "verify")
+    deleted = await delete_copies(q, client, kb_id, listing.started, "verify") if repair else []
     if deleted:
         files = await remote_files.job_remote_counts(kb_id)
     return await _record(q, listing, files, wait and unsettled > 0, len(deleted))
