@@ -224,3 +224,32 @@ def test_a_queued_file_an_exclude_now_leaves_out_is_removed_only_once_gone(
         "b/b1.txt",
     ]
     assert states["b/b2.txt"] == states["b/b3.txt"] == "done"
+
+
+def test_a_folder_renamed_away_can_have_its_files_marked_removed(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """`docs` renamed `docs-2024` and enqueued again: `enqueue docs --delete-removed` takes the
+    folder that is gone (a dry run lists its files), and, as for a folder that reads empty
+    (a share not mounted?), only with --allow-empty-source marks them removed."""
+    db, data, _entries = _uploaded(tmp_path, maiagent)
+    data.rename(tmp_path / "data-2024")
+
+    dry = invoke(db, "enqueue", str(data), "--kb", KB, "--delete-removed", "--dry-run")
+
+    assert dry.exit_code == 0, dry.output
+    assert "6 queued files" in dry.output and "dry run, nothing changed" in dry.output
+    assert "--allow-empty-source" in dry.output
+    refused = invoke(db, "enqueue", str(data), "--kb", KB, "--delete-removed")
+    assert refused.exit_code == 5, refused.output
+    assert {j["state"] for j in rows(db)} == {"done"}
+
+    args = ("--delete-removed", "--allow-empty-source", "--max-delete", "100%")
+    marked = invoke(db, "enqueue", str(data), "--kb", KB, *args)
+
+    assert marked.exit_code == 0, marked.output
+    assert {j["state"] for j in rows(db)} == {"removed"}
+    assert "deleted 6 entries of removed files" in _run(db, maiagent)
+    assert maiagent.entries(KB) == []
+    typo = invoke(db, "enqueue", str(tmp_path / "dcos"), "--kb", KB, "--delete-removed")
+    assert typo.exit_code == 2 and "does not exist" in typo.output

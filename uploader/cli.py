@@ -804,7 +804,10 @@ def enqueue(
     """
     if dry_run and not delete_removed:
         raise UserError("--dry-run goes with --delete-removed (it lists what would be removed)")
-    if not os.path.isdir(directory):
+    # A folder renamed or deleted: --delete-removed may still mark its queued files removed
+    # (the guard's --allow-empty-source decides, as for a folder that reads empty).
+    gone_folder = delete_removed and _gone(directory)
+    if not os.path.isdir(directory) and not gone_folder:
         what = "does not exist" if not os.path.exists(directory) else "is not a folder"
         raise UserError(f"{directory} {what}")
     try:
@@ -815,7 +818,10 @@ def enqueue(
     asked = tags.TagOptions(labels, labels_from_path, metadata, parser, manifest is not None)
     if dry_run:
         # The same walk as the real one (queueing nothing): what it cannot read, it must not list.
-        seen = scan.survey(directory, filters, follow_symlinks, scan.OwnState.of(ctx.anchor))
+        own_state = scan.OwnState.of(ctx.anchor)
+        seen = scan.ScanStats()
+        if not gone_folder:
+            seen = scan.survey(directory, filters, follow_symlinks, own_state)
         unread = [f.path for f in seen.unreadable_folders]
         judge = _judge(seen.found, max_delete, allow_empty_source)
         gone = on_queue(
@@ -823,6 +829,8 @@ def enqueue(
             lambda q: replace.removed_files(q, kb_id, directory, unread, dry_run=True, guard=judge),
             shared=shared,
         )
+        if gone_folder and not gone.relpaths:
+            raise UserError(f"{directory} does not exist (and the queue holds no file of it)")
         _warn_unreadable(seen)
         _print_removed(gone, directory, dry_run=True)
         if gone.refused is not None:
@@ -875,7 +883,7 @@ def enqueue(
 
     async def removing(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats, replace.Removed | None]:
         await _warn_saved_job(q, directory, kb_id, asked_now)
-        counts, stats = await body(q)
+        counts, stats = (EnqueueCounts(), scan.ScanStats()) if gone_folder else await body(q)
         if not delete_removed:
             return counts, stats, None
         unread = [f.path for f in stats.unreadable_folders]
@@ -887,6 +895,8 @@ def enqueue(
         counts, stats, removed = on_queue(ctx, removing, shared=shared)
     except ManifestError as exc:
         raise UserError(f"{exc}; nothing was queued") from None
+    if gone_folder and removed is not None and not removed.relpaths:
+        raise UserError(f"{directory} does not exist (and the queue holds no file of it)")
     if manifest is not None and encoding != "xlsx" and not is_utf8(encoding):
         click.echo(
             _("note: {file} is not UTF-8: read as {encoding} (--manifest-encoding)").format(
@@ -949,6 +959,17 @@ async def _warn_saved_job(q: Queue, directory: str, kb_id: str, asked: dict[str,
                 "`uploader sync {folder}` repeats the saved job"
             ).format(folder=directory, kb=kb_id, changes="; ".join(map(str, differs)))
             click.echo(printable(said), err=True)
+
+
+def _gone(directory: str) -> bool:
+    """The path names nothing (a folder renamed or deleted since it was enqueued)."""
+    try:
+        os.lstat(directory)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _warn_unreadable(stats: scan.ScanStats) -> None:
