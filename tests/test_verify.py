@@ -229,3 +229,21 @@ def test_bad_input_exits_2(tmp_path: Path, maiagent: MaiAgentServer) -> None:
     assert nothing.exit_code == 2 and "queue is empty" in nothing.output
     assert no_key.exit_code == 2 and "--api-key" in no_key.output
     assert no_db.exit_code == 2 and "no database" in no_db.output
+
+
+def test_uploaded_files_gone_from_disk_are_flagged(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """A folder renamed after its upload (`data` -> `data-2024`): verify says which uploaded
+    files no longer exist, and what deletes their entries, instead of a bare OK."""
+    db, names = upload(tmp_path, maiagent, 8)
+    (tmp_path / "data").rename(tmp_path / "data-2024")
+
+    result = invoke(db, "verify", *service(maiagent))
+
+    assert result.exit_code == 0, result.output
+    assert "8 uploaded files no longer exist" in result.output
+    assert "--delete-removed" in result.output
+    counts = last_counts(db)
+    assert counts["gone_from_disk"] == 8
+    assert set(counts["gone_from_disk_examples"]) <= set(names)

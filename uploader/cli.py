@@ -2172,6 +2172,15 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
                     f" entry has {m['entry_labels']} {m['entry_metadata']}"
                 )
             )
+    if c.get("gone_from_disk"):
+        shown = ", ".join(c["gone_from_disk_examples"])
+        click.echo(
+            printable(
+                f"  on disk     {c['gone_from_disk']:,} uploaded files no longer exist ({shown}"
+                f"{', ...' if c['gone_from_disk'] > len(c['gone_from_disk_examples']) else ''}):"
+                " their entries stay; `uploader enqueue DIR --delete-removed` deletes them"
+            )
+        )
     await _print_lists(q, v)
     click.echo(f"  {_verdict(c)}")
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -31,6 +32,7 @@ from .model import (
     Job,
     JobState,
     ListedRow,
+    QueuedFile,
     RemoteRetryCandidate,
     RemoteStatus,
     RequeueItem,
@@ -249,6 +251,7 @@ DELETES = Retry(tries=4, first=0.5)  # a delete whose error answer is checked by
 BATCH_DELETE = 100
 WAIT_FIRST = 0.25
 WAIT_MAX = 15.0
+GONE_BATCH = 1000  # uploaded files looked for on disk per thread hop
 TAG_EXAMPLES = 5  # entries whose labels or metadata differ, named in a verify's counts
 STATUSES = ("initial", "processing", "done", "failed")
 UNSETTLED = ("initial", "processing")
@@ -663,6 +666,9 @@ async def _record(
         "timed_out": timed_out,
         "copies_deleted": copies_deleted,  # second entries of one upload (delete_copies)
     }
+    gone, gone_examples = await gone_from_disk(q, kb_id)
+    counts["gone_from_disk"] = gone
+    counts["gone_from_disk_examples"] = gone_examples
     mismatched, examples = await remote_files.record_tag_mismatches(kb_id, since, TAG_EXAMPLES)
     counts["tag_mismatches"] = mismatched
     counts["tag_mismatch_examples"] = [
@@ -674,6 +680,36 @@ async def _record(
         kb_id, since, counts, items, sorted(copies.ours), old
     )
     return Verification(kb_id, vid, counts)
+
+
+async def gone_from_disk(q: Queue, kb_id: str) -> tuple[int, list[str]]:
+    """Uploaded files whose path names nothing any more (a folder renamed or deleted): their
+    entries stay (copy semantics) until `enqueue DIR --delete-removed` says otherwise, but a
+    user reading "every file is there once" should know. How many, and the first few."""
+    gone: list[str] = []
+    batch: list[QueuedFile] = []
+
+    def missing(files: list[QueuedFile]) -> list[str]:
+        return [f.relpath for f in files if _names_nothing(f.path)]
+
+    async for queued in SupersededStore(q.engine).queued_under(kb_id, b"", q.scope):
+        if queued.uploaded:
+            batch.append(queued)
+        if len(batch) >= GONE_BATCH:
+            gone += await asyncio.to_thread(missing, batch)
+            batch = []
+    gone += await asyncio.to_thread(missing, batch)
+    return len(gone), gone[:TAG_EXAMPLES]
+
+
+def _names_nothing(path: bytes) -> bool:
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # unreadable proves nothing
+    return False
 
 
 def _tag_views(wanted: str, shown: str) -> dict[str, Any]:

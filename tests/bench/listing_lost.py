@@ -35,7 +35,8 @@ def _one(
         up = Uploader(root, server)
         up.enqueue(folder)
         before = server.stats()
-        run, traffic = up.run("--workers", str(WORKERS))
+        # one file per register call: each lost answer is one doubt, as the issue measured
+        run, traffic = up.run("--workers", str(WORKERS), "--register-batch", "1")
         after = server.stats()
         calls = {k: after[k] - before[k] for k in ("list", "register", "register_lost", "get")}
         figures = upload_figures(files, run, traffic, None, 0)
