@@ -58,7 +58,7 @@ from .model import (
     JobState,
     VerificationItem,
 )
-from .pipes import reader_gone
+from .pipes import reader_gone, reader_went_away
 from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
 from .scan import display
@@ -380,7 +380,9 @@ def _common_ends(finished: bool) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         raise Interrupted() from None
-    except BrokenPipeError:
+    except OSError as exc:
+        if not reader_went_away(exc):
+            raise
         _closed_pipe()
     if finished and _reader_gone():
         _closed_pipe()

@@ -19,9 +19,13 @@ _taken_hangup = False  # and SIGHUP (not when nohup made this process ignore it)
 
 def _as_ctrl_c(_signum: int, _frame: object) -> None:
     """SIGTERM means what Ctrl+C means: it is handed to whoever handles SIGINT at the time
-    (Python's KeyboardInterrupt, asyncio's cancel of the command's coroutine). Raised, not
-    sent with os.kill: on Windows that would end the process instead."""
-    signal.raise_signal(signal.SIGINT)
+    (Python's KeyboardInterrupt, asyncio's cancel of the command's coroutine). Sent, so that
+    it is handled after this handler returns, as a Ctrl+C would be; on Windows raised, since
+    os.kill there ends the process instead of signalling it."""
+    if sys.platform == "win32":
+        signal.raise_signal(signal.SIGINT)
+    else:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _hung_up(_signum: int, frame: object) -> None:
