@@ -39,7 +39,7 @@ from ..model import (
 from ..store.postgres import NOW, PgEngine, status_count
 from ..tags import EMPTY as EMPTY_TAGS
 from .base import Queue, QueueError
-from .sqlite_jobs import BACK_TO_PENDING, FORGET_CHANGED, FORGET_UPLOAD, RETRY_TO_PENDING
+from .states import BACK_TO_PENDING, FORGET_CHANGED, FORGET_UPLOAD, RETRY_TO_PENDING
 
 log = logging.getLogger("uploader.queue")
 

@@ -13,7 +13,7 @@ from ..model import (
     RemoteRetryCandidate,
     RequeueItem,
 )
-from .sqlite_jobs import BACK_TO_PENDING, FORGET_UPLOAD
+from .states import BACK_TO_PENDING, FORGET_UPLOAD
 
 if TYPE_CHECKING:
     from .sqlite import SqliteBase
