@@ -6,10 +6,14 @@ the folder repeats its filters and labels."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows
+from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows, spawn
 from tests.maiagent_server import MaiAgentServer
 from uploader.exitcodes import ExitCode
 
@@ -198,3 +202,67 @@ def test_the_saved_job_works_on_postgresql(
     assert again.exit_code == 0, again.output
     assert _labels_of(maiagent) == {"a.txt": {"x"}, "c.txt": {"x"}}
     assert json.loads(invoke(db, "jobs", "--json").stdout)[0]["options"]["exclude"] == ["*.png"]
+
+
+def _wait_for(check: Any, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_watch_picks_up_a_new_file_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+    proc = spawn(
+        db, "sync", str(data), "--kb", KB, "--base-url", maiagent.base_url, *FAST,
+        "--watch", "--every", "2s", text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: len(maiagent.entries(KB)) == 1)
+        (data / "b.txt").write_bytes(b"new\n")
+        _wait_for(lambda: len(maiagent.entries(KB)) == 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 0, (out, err)
+    assert "Traceback" not in err
+    assert "cycle 1 ended" in out and "stopped:" in out
+    assert {r["state"] for r in rows(db)} == {"done"}  # nothing left running
+
+
+def test_the_metrics_endpoint_is_scraped(tmp_path: Path, maiagent: MaiAgentServer) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3, "b.txt": 4})
+    db = tmp_path / "uploader.db"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = spawn(
+        db, "sync", str(data), "--kb", KB, "--base-url", maiagent.base_url, *FAST,
+        "--watch", "--every", "1h", "--metrics-addr", f"127.0.0.1:{port}", text=True,
+    )  # fmt: skip
+    try:
+        scraped = ""
+
+        def done_counted() -> bool:
+            nonlocal scraped
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    scraped = r.read().decode()
+            except OSError:
+                return False
+            return "uploader_sync_cycles_total{" in scraped
+
+        _wait_for(done_counted)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+
+    assert f'uploader_files{{kb_id="{KB}",state="done"}} 2.0' in scraped
+    assert f'uploader_bytes{{kb_id="{KB}",state="done"}} 7.0' in scraped
+    assert 'uploader_sync_cycles_total{exit_code="0"} 1.0' in scraped
+    assert "uploader_sync_cycle_seconds" in scraped
+    assert proc.returncode == 0, (out, err)

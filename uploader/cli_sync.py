@@ -14,13 +14,14 @@ import inspect
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from . import saved
+from . import saved, watch
 from .cli import (
     Context,
     DeletionsRefused,
@@ -37,6 +38,7 @@ from .i18n import _
 from .printable import printable
 from .queue import Queue
 from .store.saved_jobs import SavedJob, SavedJobsStore
+from .store.status import StatusStore
 
 # enqueue's and run's parameters that `sync` does not take from them: its folder argument is
 # its own, and enqueue's --dry-run (of --delete-removed alone) and both commands' --json
@@ -138,7 +140,9 @@ def _job(job: SavedJob) -> _Job:
     return _Job(os.fsdecode(job.folder), job.kb_id, saved.from_saved(job.options))
 
 
-def _sync(directory: str | None, **opts: Any) -> None:
+def _sync(
+    directory: str | None, watching: bool, every: float, metrics_addr: str | None, **opts: Any
+) -> None:
     """Scan DIRECTORY into the queue for knowledge base --kb, upload what is new or changed,
     (with --delete-removed) delete the entries of removed files, and write the report: what
     `uploader enqueue` then `uploader run` do, with the options of both.
@@ -147,6 +151,11 @@ def _sync(directory: str | None, **opts: Any) -> None:
     manifest, parser, --name, delete policy): `uploader sync DIRECTORY` repeats it, and
     `uploader sync` repeats every saved job of the database. An option given again changes
     the saved job (and says so); `uploader jobs` lists them.
+
+    With --watch it keeps running: a cycle whenever the folders changed and then stayed still
+    for a few seconds (file-system events, where they work) and at least every --every (a
+    rescan: the only way on network shares); one line per cycle; SIGTERM or Ctrl+C finishes
+    what is in flight and stops, exit 0. --metrics-addr serves Prometheus metrics meanwhile.
 
     Exit codes: run's (0 all done, 1 some files failed, 3 refused, 4 unreachable, 130
     interrupted), 2 bad input, 5 deletions refused by the guard (--max-delete,
@@ -162,6 +171,16 @@ def _sync(directory: str | None, **opts: Any) -> None:
     jobs, notes = on_queue(ctx, lambda q: _jobs(q, directory, opts["kb_id"], opts, asked))
     for note in notes:
         ctx.echo(printable(note))
+    if watching:
+        _watch(click_ctx, ctx, jobs, opts, every, metrics_addr)
+        return
+    code = _cycle(click_ctx, ctx, jobs, opts)
+    if code:
+        sys.exit(code)
+
+
+def _cycle(click_ctx: click.Context, ctx: Context, jobs: list[_Job], opts: dict[str, Any]) -> int:
+    """Every job once: its code, the worst of them (an interrupted one ends the cycle)."""
     code = ExitCode.OK
     for n, job in enumerate(jobs):
         if len(jobs) > 1:
@@ -169,8 +188,67 @@ def _sync(directory: str | None, **opts: Any) -> None:
         code = max(code, _one(click_ctx, job, opts, last=n + 1 == len(jobs)))
         if code == ExitCode.INTERRUPTED:
             break
-    if code:
-        sys.exit(code)
+    return code
+
+
+# A watch stops on what another cycle cannot fix: bad input, a refused key or knowledge base.
+_STOPS_A_WATCH = (ExitCode.USAGE, ExitCode.REFUSED, ExitCode.INTERRUPTED)
+
+
+def _watch(
+    click_ctx: click.Context,
+    ctx: Context,
+    jobs: list[_Job],
+    opts: dict[str, Any],
+    every: float,
+    metrics_addr: str | None,
+) -> None:
+    """Cycles until a signal: SIGTERM and Ctrl+C finish what is in flight (the run puts the
+    rest back to pending) and end the watch with exit 0, the clean stop a service manager
+    expects; a cycle that cannot be fixed by another (bad input, a refused key) ends it with
+    its code."""
+    exporter = None
+    if metrics_addr is not None:
+        from .metrics import Metrics, parse_addr
+
+        try:
+            exporter = Metrics(*parse_addr(metrics_addr))
+        except (ValueError, OSError) as exc:
+            raise UserError(f"--metrics-addr {metrics_addr}: {exc}") from None
+    folders = [job.folder for job in jobs]
+    code = ExitCode.OK
+    n = 0
+    try:
+        while True:
+            n += 1
+            started = time.monotonic()
+            code = ExitCode(_cycle(click_ctx, ctx, jobs, opts))
+            took = time.monotonic() - started
+            if exporter is not None:
+                states, errors = on_queue(ctx, _counts)
+                exporter.cycle(took, code, states, errors)
+            click.echo(
+                _("cycle {n} ended at {at}: exit {code} in {took:.1f}s; watching").format(
+                    n=n, at=time.strftime("%H:%M:%S"), code=int(code), took=took
+                )
+            )
+            if code in _STOPS_A_WATCH:
+                break
+            watch.wait(folders, every, events=True)
+    except KeyboardInterrupt:
+        code = ExitCode.INTERRUPTED
+    finally:
+        if exporter is not None:
+            exporter.close()
+    if code == ExitCode.INTERRUPTED:
+        click.echo(_("stopped: nothing left running; the same command resumes"))
+        return
+    sys.exit(code)
+
+
+async def _counts(q: Queue) -> tuple[dict[str, dict[str, tuple[int, int]]], dict[str, int]]:
+    store = StatusStore(q.engine)
+    return await store.state_counts(), await store.error_kind_counts()
 
 
 def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) -> ExitCode:
@@ -207,8 +285,38 @@ def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) 
     return code
 
 
+def _every(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    try:
+        return watch.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _command() -> click.Command:
     params: list[click.Parameter] = [click.Argument(["directory"], required=False)]
+    params += [
+        click.Option(
+            ["--watch", "watching"],
+            is_flag=True,
+            help="Keep running: a cycle when the folders changed (and stayed still a few "
+            "seconds) and at least every --every; SIGTERM or Ctrl+C stops it cleanly.",
+        ),
+        click.Option(
+            ["--every"],
+            default="10m",
+            show_default=True,
+            callback=_every,
+            metavar="DURATION",
+            help="With --watch: rescan at least this often (30s, 10m, 1h); on a network "
+            "share, whose changes raise no events, the only trigger.",
+        ),
+        click.Option(
+            ["--metrics-addr"],
+            metavar="HOST:PORT",
+            help="With --watch: serve Prometheus metrics there (files by state, bytes, "
+            "failures by kind, cycle time).",
+        ),
+    ]
     params += _shared_params([enqueue, run])
     return click.Command(
         "sync",
