@@ -115,7 +115,7 @@ def test_the_last_run_is_shown(tmp_path: Path) -> None:
     assert run["options"] == {"workers": 4}
 
     text = invoke(db, "status").stdout
-    assert re.search(r"^last run #2: .*exit 1, uploaded 1, failed 2$", text, re.MULTILINE), text
+    assert re.search(r"^last run #2: .*exit 1: uploaded 1, failed 2 in 0.0s$", text, re.M), text
 
 
 def test_an_unfinished_run_says_so(tmp_path: Path) -> None:

@@ -1730,7 +1730,7 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
     if run:
         counts = run["counts"] or {}
         outcome = (
-            f"exit {run['exit_code']}, " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            f"exit {run['exit_code']}: {_run_counts(counts)}"
             if run["ended_at"]
             else "still running or interrupted"
         )
@@ -1742,6 +1742,27 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
                 f"{_when(run['ended_at'])}, {outcome}"
             )
         )
+
+
+# A run's recorded counts beyond uploaded and failed, in words; said only when not zero.
+_RUN_COUNT_WORDS = (
+    ("unchanged", "unchanged {} (same content)"),
+    ("relabelled", "relabelled {} (update-metadata, no upload)"),
+    ("adopted", "{} found registered after a lost answer"),
+    ("released", "{} left pending"),
+    ("superseded_deleted", "{} old entries deleted (changed or removed files)"),
+    ("copies_deleted", "{} second entries of one upload deleted"),
+)
+
+
+def _run_counts(counts: dict[str, Any]) -> str:
+    """`status`'s last run as the run's own summary says it: `uploaded 48, failed 0 in 40.8s`,
+    then what else happened, in words."""
+    others = counts.get("unchanged", 0) + counts.get("relabelled", 0)
+    words = [f"uploaded {counts.get('uploaded', 0) - others}, failed {counts.get('failed', 0)}"]
+    words[0] += f" in {counts.get('seconds', 0):.1f}s"
+    words += [text.format(counts[key]) for key, text in _RUN_COUNT_WORDS if counts.get(key)]
+    return ", ".join(words)
 
 
 FAILED_SHOWN = 5  # failed files a run's summary names; `status --failed` lists them all
@@ -1799,6 +1820,9 @@ def status(ctx: Context, as_json: bool, failed: bool, kb_id: str | None) -> None
             click.echo(printable(_failed_line(item)))
         return
     data = on_queue(ctx, _status, create=False)
+    if kb_id is not None:  # that knowledge base only
+        for part in ("knowledge_bases", "remote", "content"):
+            data[part] = {kb: v for kb, v in data[part].items() if kb == kb_id}
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
