@@ -44,6 +44,7 @@ from . import (
     scan,
     start,
     tags,
+    walkwait,
     worker,
 )
 from .exitcodes import ExitCode
@@ -1350,12 +1351,15 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     as_json = opts.pop("as_json")
     with_report = not opts.pop("no_report")
     opts = _with_network(opts)
-    idle = on_queue(
-        ctx,
-        lambda q: _nothing_pending(q, opts["kb_id"], ctx.host_id),
-        shared=opts["shared"],
-        create=False,
-    )
+    # An enqueue started with this run may not have made its database or recorded its scan yet.
+    until = walkwait.deadline()
+    walkwait.wait_for_database(ctx.db, until)
+
+    async def idle_now(q: Queue) -> str | None:
+        await walkwait.wait_for_enqueue(q, opts["kb_id"], until)
+        return await _nothing_pending(q, opts["kb_id"], ctx.host_id)
+
+    idle = on_queue(ctx, idle_now, shared=opts["shared"], create=False)
     if idle is not None:
         code = ExitCode.NOTHING_TO_DO if nothing_to_do else ExitCode.OK
         if as_json:

@@ -1,0 +1,71 @@
+"""A run started in the same instant as an enqueue of a large folder (issue 24, "a run beside
+a big walk"): the enqueue's scan is not yet recorded, its database perhaps not yet made, when
+the run looks. The run must wait for that enqueue and upload its files, not exit with
+"nothing pending"."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FAST, KB, enqueue, make_files, service, spawn
+from tests.maiagent_server import MaiAgentServer
+
+_FILES = 3000
+_WAIT = 300.0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("database", ["none yet", "made, empty"])
+def test_a_run_started_with_an_enqueue_waits_for_it_and_uploads_its_files(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer], database: str
+) -> None:
+    server = maiagent_factory()
+    # Where enqueue checks --kb: a service slow to answer holds the enqueue before its
+    # database is made, so a run started with it certainly looks before then.
+    checker = maiagent_factory(latency=1.0)
+    make_files(tmp_path / "data", _FILES)
+    db = tmp_path / "queue.db"
+    if database == "made, empty":  # the run opens it at once and finds no row and no scan
+        (tmp_path / "empty").mkdir()
+        enqueue(db, tmp_path / "empty")
+
+    # As a user runs it: with a key, enqueue first asks the service whether --kb exists.
+    walker = spawn(
+        db,
+        "enqueue",
+        str(tmp_path / "data"),
+        "--kb",
+        KB,
+        *service(checker),
+        env={"UPLOADER_NO_KB_CHECK": None},
+        text=True,
+    )
+    runner = spawn(
+        db,
+        "-q",
+        "run",
+        *service(server),
+        *FAST,
+        "--workers",
+        "8",
+        "--register-batch",
+        "20",
+        text=True,
+    )
+    walked, walk_err = walker.communicate(timeout=_WAIT)
+    out, err = runner.communicate(timeout=_WAIT)
+
+    assert walker.returncode == 0, walk_err
+    assert f"scanned {_FILES}: {_FILES} new" in walked
+    assert runner.returncode == 0, err
+    assert "nothing pending" not in out + err
+    assert f"uploaded {_FILES}, failed 0" in out
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        done = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0]
+    assert done == _FILES
+    assert len(server.records(KB)) == _FILES
