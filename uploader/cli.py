@@ -1526,17 +1526,23 @@ def _print_run(
         click.echo(_summary(result, left["skipped"]))
         _print_replaced(result.replaced)
         if result.failed_in_queue:
-            click.echo(f"{result.failed_in_queue} files failed:")
+            click.echo(_("{n} files failed:").format(n=result.failed_in_queue))
             for item in left["failed"]:
                 click.echo(f"  {printable(_failed_line(item))}")
             kb = f" --kb {kb_id}" if kb_id else ""
-            more = "all of them" if result.failed_in_queue > len(left["failed"]) else "again"
-            click.echo(f"{more}: uploader --db {ctx.shown_db} status --failed{kb}")
+            again = f"uploader --db {ctx.shown_db} status --failed{kb}"
+            more = (
+                _("all of them: {command}")
+                if result.failed_in_queue > len(left["failed"])
+                else _("again: {command}")
+            )
+            click.echo(more.format(command=again))
         if result.interrupted:
             kb = f" --kb {kb_id}" if kb_id else ""
             click.echo(
-                f"interrupted: {left['states']['pending']:,} files pending; "
-                f"`uploader --db {ctx.shown_db} run{kb}` resumes"
+                _("interrupted: {n:,} files pending; `{command}` resumes").format(
+                    n=left["states"]["pending"], command=f"uploader --db {ctx.shown_db} run{kb}"
+                )
             )
         if left["running"] and not result.interrupted:
             click.echo(
@@ -1704,29 +1710,49 @@ def _when(iso: str | None) -> str:
     return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _state_word(state: JobState) -> str:
+    """A state as `status` shows it (the JSON keeps the English value)."""
+    words = {
+        JobState.PENDING: _("pending"),
+        JobState.RUNNING: _("running"),
+        JobState.DONE: _("done"),
+        JobState.FAILED: _("failed"),
+        JobState.SKIPPED: _("skipped"),
+        JobState.REMOVED: _("removed"),
+    }
+    return words[state]
+
+
 def _print_status(data: dict[str, Any], host_id: str) -> None:
     if not data["knowledge_bases"]:
-        click.echo("the queue is empty: run `uploader enqueue DIR --kb KB_ID`")
+        click.echo(_("the queue is empty: run `uploader enqueue DIR --kb KB_ID`"))
     for kb, states in data["knowledge_bases"].items():
         total = sum(v["files"] for v in states.values())
-        click.echo(printable(f"knowledge base {kb}: {total} files"))
+        click.echo(printable(_("knowledge base {kb}: {total} files").format(kb=kb, total=total)))
         for state in JobState:
             v = states.get(state, {"files": 0, "bytes": 0})
-            click.echo(f"  {state.value:<8} {v['files']:>10,} files {_human(v['bytes']):>10}")
+            row = _("  {state:<8} {files:>10,} files {size:>10}")
+            click.echo(
+                row.format(state=_state_word(state), files=v["files"], size=_human(v["bytes"]))
+            )
         if kb in data["remote"]:
             click.echo(f"  {_remote_line(data['remote'][kb])}")
         waiting = data["content"].get(kb, {}).get("superseded", 0)
         if waiting:
             click.echo(
-                f"  {waiting:,} entries of changed or removed files' old versions to delete "
-                "(the next `uploader run`)"
+                _(
+                    "  {n:,} entries of changed or removed files' old versions to delete "
+                    "(the next `uploader run`)"
+                ).format(n=waiting)
             )
     if data["failed_by_kind"]:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(data["failed_by_kind"].items()))
-        click.echo(f"failed by kind: {kinds}")
+        click.echo(_("failed by kind: {kinds}").format(kinds=kinds))
     hosts = data["hosts"]
     if hosts and list(hosts) != [host_id]:
-        click.echo("hosts (files by the host that enqueued them; shared: any host uploads them):")
+        click.echo(
+            _("hosts (files by the host that enqueued them; shared: any host uploads them):")
+        )
         for label, states in hosts.items():
             line = ", ".join(f"{state.value} {states.get(state, 0):,}" for state in JobState)
             click.echo(printable(f"  {label:<24} {line}"))
