@@ -25,7 +25,7 @@ from uploader import i18n
 from uploader.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYWORDS = {"_": None, "ngettext": (1, 2)}
+KEYWORDS = {"_": None, "N_": None, "ngettext": (1, 2)}
 LANGS = [lang for lang in i18n.LANGUAGES if lang != "en"]  # the catalogues kept
 Message = str | tuple[str, str]
 

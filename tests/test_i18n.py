@@ -93,7 +93,7 @@ def test_a_missing_key_error_is_in_chinese(tmp_path: Path) -> None:
     assert lines[0].startswith("錯誤：run 需要 API 金鑰：請設定 MAIAGENT_API_KEY"), lines[0]
 
 
-def test_a_run_summary_and_progress_are_in_chinese(
+def test_a_run_summary_progress_and_status_are_in_chinese(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
     folder = make_tree(tmp_path / "合約", {"租賃合約.txt": 10, "採購合約.txt": 20})
@@ -118,6 +118,11 @@ def test_a_run_summary_and_progress_are_in_chinese(
     assert shown.returncode == 0, shown.stderr
     assert "進度：2/2 (100.0%) | 成功：2 | 失敗：0 |" in shown.stdout, shown.stdout
     assert "已上傳 2，失敗 0，略過 0" in shown.stdout, shown.stdout
+
+    status = uploader("--db", str(db), "status", LANG="zh_TW.UTF-8")
+    assert "知識庫 kb-test：2 個檔案" in status.stdout, status.stdout
+    assert "  完成" in status.stdout and "  待處理" in status.stdout
+    assert "上一次執行 #1：" in status.stdout and "結束代碼 0：已上傳 2，失敗 0" in status.stdout
 
 
 def test_json_keeps_chinese_as_text(tmp_path: Path, maiagent: MaiAgentServer) -> None:

@@ -48,7 +48,7 @@ from . import (
     worker,
 )
 from .exitcodes import ExitCode
-from .i18n import _
+from .i18n import N_, _
 from .manifest import DEFAULT_ENCODING, ManifestError, encoding_of, is_utf8, parse_metadata_option
 from .model import (
     FAILURE_KINDS,
@@ -1760,28 +1760,29 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
     if run:
         counts = run["counts"] or {}
         outcome = (
-            f"exit {run['exit_code']}: {_run_counts(counts)}"
+            _("exit {code}: {counts}").format(code=run["exit_code"], counts=_run_counts(counts))
             if run["ended_at"]
-            else "still running or interrupted"
+            else _("still running or interrupted")
         )
         if run.get("fatal"):
-            outcome += f"; stopped: {run['fatal']}"
-        click.echo(
-            printable(
-                f"last run #{run['id']}: {_when(run['started_at'])} to "
-                f"{_when(run['ended_at'])}, {outcome}"
-            )
+            outcome += _("; stopped: {why}").format(why=run["fatal"])
+        line = _("last run #{id}: {started} to {ended}, {outcome}").format(
+            id=run["id"],
+            started=_when(run["started_at"]),
+            ended=_when(run["ended_at"]),
+            outcome=outcome,
         )
+        click.echo(printable(line))
 
 
 # A run's recorded counts beyond uploaded and failed, in words; said only when not zero.
 _RUN_COUNT_WORDS = (
-    ("unchanged", "unchanged {} (same content)"),
-    ("relabelled", "relabelled {} (update-metadata, no upload)"),
-    ("adopted", "{} found registered after a lost answer"),
-    ("released", "{} left pending"),
-    ("superseded_deleted", "{} old entries deleted (changed or removed files)"),
-    ("copies_deleted", "{} second entries of one upload deleted"),
+    ("unchanged", N_("unchanged {} (same content)")),
+    ("relabelled", N_("relabelled {} (update-metadata, no upload)")),
+    ("adopted", N_("{} found registered after a lost answer")),
+    ("released", N_("{} left pending")),
+    ("superseded_deleted", N_("{} old entries deleted (changed or removed files)")),
+    ("copies_deleted", N_("{} second entries of one upload deleted")),
 )
 
 
@@ -1789,9 +1790,13 @@ def _run_counts(counts: dict[str, Any]) -> str:
     """`status`'s last run as the run's own summary says it: `uploaded 48, failed 0 in 40.8s`,
     then what else happened, in words."""
     others = counts.get("unchanged", 0) + counts.get("relabelled", 0)
-    words = [f"uploaded {counts.get('uploaded', 0) - others}, failed {counts.get('failed', 0)}"]
-    words[0] += f" in {counts.get('seconds', 0):.1f}s"
-    words += [text.format(counts[key]) for key, text in _RUN_COUNT_WORDS if counts.get(key)]
+    first = _("uploaded {uploaded}, failed {failed} in {seconds:.1f}s").format(
+        uploaded=counts.get("uploaded", 0) - others,
+        failed=counts.get("failed", 0),
+        seconds=counts.get("seconds", 0),
+    )
+    words = [first]
+    words += [_(text).format(counts[key]) for key, text in _RUN_COUNT_WORDS if counts.get(key)]
     return ", ".join(words)
 
 

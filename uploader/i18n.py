@@ -39,6 +39,11 @@ def _(message: str) -> str:
     return gettext.dgettext(DOMAIN, message)
 
 
+def N_(message: str) -> str:
+    """Marks a message kept in a table, translated where it is shown (`_(text)`)."""
+    return message
+
+
 def ngettext(singular: str, plural: str, n: int) -> str:
     return gettext.dngettext(DOMAIN, singular, plural, n)
 
