@@ -560,7 +560,9 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
         raise UserError(f"--max-size: {exc}") from None
 
 
-def _encoding(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+def _encoding(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
     try:
         return codecs.lookup(value).name
     except LookupError:
@@ -736,6 +738,13 @@ def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
     help="The encoding of a text manifest that has no BOM and is not UTF-8 (cp950 is Big5, "
     "Excel's CSV on Traditional Chinese Windows).",
 )
+@click.option(
+    "--filename-encoding",
+    callback=_encoding,
+    metavar="ENCODING",
+    help="The encoding of file names that are not UTF-8 (cp950 for Big5 names from an old "
+    "share); without it such files are skipped, with a warning.",
+)
 @click.option("--parser", callback=_parser, metavar="ID", help="The parser of every file (a UUID).")
 @click.option(
     "--delete-removed",
@@ -773,6 +782,7 @@ def enqueue(
     metadata: dict[str, str],
     manifest: str | None,
     manifest_encoding: str,
+    filename_encoding: str | None,
     parser: str | None,
     delete_removed: bool,
     dry_run: bool,
@@ -814,7 +824,7 @@ def enqueue(
         what = "does not exist" if not os.path.exists(directory) else "is not a folder"
         raise UserError(f"{directory} {what}")
     try:
-        filters = scan.Filters(include, exclude, max_size)
+        filters = scan.Filters(include, exclude, max_size, filename_encoding)
     except scan.PatternError as exc:
         raise UserError(str(exc)) from None
 
@@ -978,6 +988,14 @@ def _gone(directory: str) -> bool:
 def _warn_unreadable(stats: scan.ScanStats) -> None:
     for problem in stats.unreadable_folders:
         click.echo(printable(f"warning: cannot read folder {problem}"), err=True)
+    if stats.undecodable:
+        more = stats.undecodable - len(stats.undecodable_shown)
+        names = ", ".join(stats.undecodable_shown) + (f" and {more} more" if more else "")
+        message = _(
+            "warning: {count} file names are not valid UTF-8 and were skipped ({names}):"
+            " give their encoding with --filename-encoding (cp950 for Big5)"
+        ).format(count=stats.undecodable, names=names)
+        click.echo(printable(message), err=True)
 
 
 def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None:

@@ -55,6 +55,28 @@ def display(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+NOT_UTF8 = (
+    "the name is not valid UTF-8: give its encoding with --filename-encoding (cp950 for Big5)"
+)
+_SHOWN_UNDECODABLE = 5
+
+
+def name_text(rel: bytes, encoding: str | None) -> str | None:
+    """A relative path as the text the knowledge base shows: UTF-8, else decoded with
+    --filename-encoding (a Big5 name from an old Samba share); None when neither reads it,
+    for the file to be skipped rather than named with escape codes."""
+    try:
+        return rel.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if encoding is None:
+        return None
+    try:
+        return rel.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+
+
 class PatternError(ValueError):
     """A --include/--exclude/--match pattern that is invalid or can match nothing: said at
     once, because a typo that silently matches nothing reads as "scanned 0" (or, for an
@@ -156,6 +178,7 @@ class Filters:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     max_size: int | None = None
+    filename_encoding: str | None = None  # of names that are not UTF-8 (--filename-encoding)
     _inc: _Union | None = field(init=False, repr=False)
     _exc: _Union | None = field(init=False, repr=False)
     _prune: _Union | None = field(init=False, repr=False)
@@ -257,6 +280,14 @@ class ScanStats:
     found: int = 0  # files the filters want (survey's count; enqueue's is its counts.scanned)
     unreadable_folders: list[UnreadableFolder] = field(default_factory=list)
     own: list[str] = field(default_factory=list)  # the uploader's own files met, left out
+    undecodable: int = 0  # files skipped as NOT_UTF8
+    undecodable_shown: list[str] = field(default_factory=list)  # the first few, escaped
+
+    def count_undecodable(self, row: ScanRow) -> None:
+        if row.skip == NOT_UTF8:
+            self.undecodable += 1
+            if len(self.undecodable_shown) < _SHOWN_UNDECODABLE:
+                self.undecodable_shown.append(row.relpath)
 
 
 def walk(
@@ -309,6 +340,7 @@ def walk(
                     if row is None:
                         stats.ignored += 1
                     else:
+                        stats.count_undecodable(row)
                         yield row
         except OSError as exc:
             stats.unreadable_folders.append(UnreadableFolder(folder, exc.strerror or str(exc)))
@@ -341,7 +373,8 @@ def _row(
     if st is None or not stat.S_ISREG(st.st_mode):
         return None
     rel = paths.below(entry.path, prefix)
-    if not filters.wanted(os.fsdecode(rel)):
+    text = name_text(rel, filters.filename_encoding)
+    if not filters.wanted(os.fsdecode(rel) if text is None else text):
         return None
     return _file_row(entry.path, rel, st, filters, entry.is_symlink())
 
@@ -349,14 +382,17 @@ def _row(
 def _file_row(path: bytes, rel: bytes, st: os.stat_result, filters: Filters, link: bool) -> ScanRow:
     """The row of a regular file, with why it is skipped if it is."""
     skip = None
-    if filters.max_size is not None and st.st_size > filters.max_size:
+    text = name_text(rel, filters.filename_encoding)
+    if text is None:
+        skip = NOT_UTF8
+    elif filters.max_size is not None and st.st_size > filters.max_size:
         skip = f"larger than --max-size ({st.st_size} > {filters.max_size} bytes)"
     elif not os.access(path, os.R_OK):
         skip = "unreadable: permission denied"
     # The upload opens with O_NOFOLLOW (a link swapped in later is refused), so a link that
     # --follow-symlinks followed is queued as the file it leads to.
     real = os.path.realpath(path) if link else path
-    return ScanRow(real, display(rel), st.st_size, st.st_mtime_ns, skip)
+    return ScanRow(real, display(rel) if text is None else text, st.st_size, st.st_mtime_ns, skip)
 
 
 def manifest_rows(
@@ -391,6 +427,7 @@ def manifest_rows(
             stats.ignored += 1
             continue
         file_row = _file_row(path, rel, st, filters, os.path.islink(path))
+        stats.count_undecodable(file_row)
         yield dataclasses.replace(
             file_row,
             tags=tags.tags_for(file_row.relpath, row),
