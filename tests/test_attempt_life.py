@@ -26,6 +26,7 @@ from tests.helpers import async_test, rows
 from uploader import attempt as attempt_module
 from uploader.attempt import Attempt, Policy, Shared
 from uploader.client import ApiError, FilePage, Presigned, RegisterItem, RemoteEntry, Uploaded
+from uploader.clock import ServiceClock
 from uploader.labels import LabelResolver
 from uploader.liveness import make_owner
 from uploader.model import Outcome, ScanRow
@@ -72,6 +73,8 @@ class FakeClient:
 
     def __init__(self, service: Service, rng: random.Random, die_after: int | None) -> None:
         self.service, self.rng, self.die_after = service, rng, die_after
+        self.clock = ServiceClock()
+        self.clock.observe(-1.0, 1.0)  # the fake service stamps entries by this clock
 
     async def _step(self) -> None:
         await asyncio.sleep(0)
