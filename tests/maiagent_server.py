@@ -1,7 +1,8 @@
 """A MaiAgent-compatible server for tests, `make demo` and `make bench`.
 
 It speaks the subset of the MaiAgent API the uploader uses (presign, S3 POST, register,
-list/get/delete/reparse knowledge-base files, knowledge bases, labels, update-metadata) and adds
+list/get/delete/reparse knowledge-base files, a file's latest failed reason, the supported file
+types, knowledge bases, labels, update-metadata) and adds
 fault knobs, so the uploader can be exercised against the things that go wrong at scale: lost
 answers, throttling, dropped connections, slow or failed parsing, late commits, garbage answers,
 outages. Everything lives in memory; uploaded files are only hashed unless they are small, so a
@@ -31,6 +32,8 @@ server speaks either. `docs` (the default) answers as MaiAgent's public document
               "createdAt": 1728104372000, "labels": [{"id", "name"}], "rawUserDefineMetadata"}
     keys      media/chatbot-file/<uuid>/<filename>
     listing   page size 10 by default, 1000 at most; duplicate keys are registered again
+    calls     no `parsers/supported-file-types/` and no `latest-failed-reason/` (404), as an
+              older or on-premise deployment; batch-reparse is served
 
 The size field is `size` in both (the api notes say one example reads `file_size`: knob
 `size_field`). Every shape can also be overridden alone by a knob ("" = the dialect's choice).
@@ -56,6 +59,16 @@ command line, and settable while running via `server.faults.x = ...` or POST /_c
   register_effect_delay: seconds after the request a register takes effect (entries appear)
   register_answer_early: with a delay, answer at once (listing lags) instead of at the effect
   file_types: comma list of extensions register accepts (e.g. "txt,pdf"); "" = any; else 400
+    {"detail": "Unsupported file type: ..."}
+  supported_types: comma list GET parsers/supported-file-types/ answers ("" = the 12 the docs
+    list: doc docx txt pdf md xls xlsx csv ppt pptx json jsonl)
+  missing_calls: comma list of calls answered 404 as a service without them: supported_types,
+    failed_reason, reparse ("" = the dialect's choice, "none" = every call served)
+  reparse_failure_rate: share of reparsed entries whose parsing fails again (-1: as
+    parse_failure_rate); a reparse with an OCR parser (OCR_PARSER) always succeeds
+  stuck_rate: share of new entries that stay `processing` for ever (until reparsed)
+  delete_phase: seconds a deleted entry stays listed as `deleting` before it is gone
+  failure_reason: what latest-failed-reason/ answers for a failed entry ({"reason": text})
   failing_types: comma list of extensions whose register answers 500, nothing registered (a
               parser broken for one type); "" = none
   s3_bandwidth: bytes per second the S3 endpoint reads of all uploads together (a slow
@@ -145,6 +158,8 @@ ENDPOINTS = (
     "delete",
     "batch_delete",
     "reparse",
+    "failed_reason",
+    "supported_types",
     "kbs",
     "kb",
     "labels",
@@ -161,13 +176,21 @@ COUNTERS = (
     "total",
     "register_lost",
 )
-STATUSES = ("initial", "processing", "done", "failed")
+STATUSES = ("initial", "processing", "done", "failed", "deleting")
 STATUS_MESSAGES = {
     "initial": "File uploaded, waiting to be processed.",
     "processing": "File is being processed.",
     "done": "File processed successfully.",
     "failed": "File processing failed.",
+    "deleting": "File is being deleted.",
 }
+# The file types MaiAgent's docs list as supported, and the parsers the supported-types call
+# names for each (the default one, and an OCR one that reads scanned PDFs).
+DOCUMENTED_TYPES = "doc,docx,txt,pdf,md,xls,xlsx,csv,ppt,pptx,json,jsonl"
+DEFAULT_PARSER = "0b7c6c1e-5f0a-4b59-9d1a-000000000001"
+OCR_PARSER = "0b7c6c1e-5f0a-4b59-9d1a-000000000002"
+CALLS = ("supported_types", "failed_reason", "reparse")
+FAILURE_REASON = "No text could be extracted from the file (a scanned document needs an OCR parser)"
 DUPLICATE = "Duplicate File Upload"
 BAD_URL = "http://[::1"
 POLICY_FIELDS = ("key", "x-amz-algorithm", "x-amz-credential", "x-amz-date", "policy")
@@ -192,6 +215,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "page_size_default": 20,
         "page_size_max": 100,
         "page_size_params": "page_size",
+        "missing_calls": "none",
     },
     "examples": {
         "register_answer": "list",
@@ -204,6 +228,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "page_size_default": 10,
         "page_size_max": 1000,
         "page_size_params": "page_size",
+        "missing_calls": "supported_types,failed_reason",
     },
 }
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -249,6 +274,12 @@ class Faults:
     register_effect_delay: float = 0.0
     register_answer_early: bool = False
     file_types: str = ""
+    supported_types: str = ""
+    missing_calls: str = ""
+    reparse_failure_rate: float = -1.0
+    stuck_rate: float = 0.0
+    delete_phase: float = 0.0
+    failure_reason: str = FAILURE_REASON
     failing_types: str = ""
     s3_bandwidth: int = 0
     redirect_to: str = ""
@@ -296,6 +327,9 @@ class Faults:
             value = values.get(name, "")
             if value and value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+        calls = _csv(values.get("missing_calls", "")) - {"none"}
+        if calls - set(CALLS):
+            raise ValueError(f"missing_calls takes {CALLS} or none, not {sorted(calls)}")
 
 
 @dataclasses.dataclass(eq=False)
@@ -317,6 +351,8 @@ class _Entry:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     parser: str | None = None
     delete_attempts: int = 0
+    stuck: bool = False  # stays processing until reparsed (stuck_rate)
+    deleting: bool = False  # deleted, still listed as `deleting` (delete_phase)
 
 
 @dataclasses.dataclass
@@ -575,6 +611,16 @@ class MaiAgentServer:
                 web.get(files, self._list, name="list"),
                 web.post(files + "batch-delete/", self._batch_delete, name="batch_delete"),
                 web.patch(files + "batch-reparse/", self._reparse, name="reparse"),
+                web.get(
+                    files + "{id}/latest-failed-reason/",
+                    self._failed_reason,
+                    name="failed_reason",
+                ),
+                web.get(
+                    API_PREFIX + "parsers/supported-file-types/",
+                    self._supported_types,
+                    name="supported_types",
+                ),
                 web.get(files + "{id}/", self._get, name="get"),
                 web.delete(files + "{id}/", self._delete, name="delete"),
                 web.route(
@@ -840,6 +886,7 @@ class MaiAgentServer:
             created_at=0,
             parse_start=0.0,
             parse_fails=self._chance(self.faults.parse_failure_rate),
+            stuck=self._chance(self.faults.stuck_rate),
             **extra,
         )
 
@@ -857,10 +904,12 @@ class MaiAgentServer:
     def _status(self, entry: _Entry, now: float) -> str:
         if entry.forced_status is not None:
             return entry.forced_status
+        if entry.deleting:
+            return "deleting"
         elapsed, delay = now - entry.parse_start, self.faults.parse_delay
         if elapsed < delay / 2:
             return "initial"
-        if elapsed < delay:
+        if elapsed < delay or entry.stuck:
             return "processing"
         return "failed" if entry.parse_fails else "done"
 
@@ -1010,6 +1059,8 @@ class MaiAgentServer:
         stats["total"] += 1
         if name in stats:
             stats[name] += 1
+        if name in _csv(self._shape("missing_calls")):
+            return _detail(404, "Not found.")
         faults = self.faults
         if faults.latency > 0:
             await asyncio.sleep(faults.latency)
@@ -1466,7 +1517,7 @@ class MaiAgentServer:
             and self._status(entry, time.monotonic()) in ("initial", "processing")
         ):
             return _detail(409, "File is being processed and cannot be deleted yet.")
-        self._remove(entry)
+        self._delete_entry(entry)
         if self._chance(faults.delete_500_rate):
             return _detail(500, "A server error occurred.")
         return web.Response(status=204)
@@ -1482,11 +1533,31 @@ class MaiAgentServer:
         if not ids:
             return _json({"ids": ["This list may not be empty."]}, 400)
         doomed = {i for i in ids if self._lookup(kb, i) is not None}
-        if doomed:
+        if doomed and self.faults.delete_phase > 0:
+            for entry_id in doomed:
+                self._delete_entry(self._by_id[entry_id])
+        elif doomed:
             for entry_id in doomed:
                 self._forget_key(self._by_id.pop(entry_id))
             self._lists[kb][:] = [e for e in self._lists[kb] if e.id not in doomed]
         return web.Response(status=204)
+
+    def _delete_entry(self, entry: _Entry) -> None:
+        """Gone at once, or with `delete_phase` listed as `deleting` that long first."""
+        phase = self.faults.delete_phase
+        if phase <= 0:
+            self._remove(entry)
+            return
+        if entry.deleting:
+            return
+        entry.deleting = True
+        entry.forced_status = None
+
+        def gone() -> None:
+            if self._by_id.get(entry.id) is entry:
+                self._remove(entry)
+
+        asyncio.get_running_loop().call_later(phase, gone)
 
     async def _reparse(self, request: web.Request) -> web.Response:
         kb = request.match_info["kb"]
@@ -1498,14 +1569,36 @@ class MaiAgentServer:
         ):
             return _detail(400, 'Expected [{"id": id, "parser": ...}, ...].')
         now, render, reparsed = time.monotonic(), self._render(), []
+        rate = self.faults.reparse_failure_rate
+        if rate < 0:
+            rate = self.faults.parse_failure_rate
         for item in body:
             entry = self._lookup(kb, item["id"])
-            if entry is not None:
+            if entry is not None and not entry.deleting:
+                parser = item.get("parser")
+                if isinstance(parser, str) and parser:
+                    entry.parser = parser
                 entry.parse_start = now
-                entry.parse_fails = self._chance(self.faults.parse_failure_rate)
+                entry.parse_fails = parser != OCR_PARSER and self._chance(rate)
+                entry.stuck = False
                 entry.forced_status = None
                 reparsed.append(self._public(entry, now, render))
         return _json(reparsed)
+
+    async def _failed_reason(self, request: web.Request) -> web.Response:
+        entry = self._lookup(request.match_info["kb"], request.match_info["id"])
+        if entry is None:
+            return _detail(404, "Not found.")
+        failed = self._status(entry, time.monotonic()) == "failed"
+        return _json({"reason": self.faults.failure_reason if failed else None})
+
+    async def _supported_types(self, request: web.Request) -> web.Response:
+        types = _csv(self.faults.supported_types or DOCUMENTED_TYPES)
+        parsers = [
+            {"id": DEFAULT_PARSER, "name": "MaiAgent", "provider": "maiagent", "isDefault": True},
+            {"id": OCR_PARSER, "name": "OCR", "provider": "azure", "isDefault": False},
+        ]
+        return _json([{"fileType": t, "parsers": parsers} for t in sorted(types)])
 
     async def _update_metadata(self, request: web.Request) -> web.Response:
         method = request.method

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 import tracemalloc
@@ -443,13 +444,29 @@ async def test_a_duplicate_key_400_is_its_own_kind(body: dict) -> None:
 @async_test
 async def test_other_register_400s_stay_permanent_with_the_services_message() -> None:
     async with harness() as (fake, client):
-        fake.on(KB_FILES, reply(400, {"detail": "Unsupported file type: .exe"}))
+        fake.on(KB_FILES, reply(400, {"detail": "Invalid UUID: 'x'"}))
         err = await fails(client.register(KB, [ITEM]))
         fake.on(PRESIGN, reply(400, {"detail": "Duplicate File Upload"}))
         presign = await fails(client.presign("a", 1))
     assert (err.kind, err.error_kind, err.maybe_applied) == ("permanent", "http_4xx", False)
-    assert str(err) == "register failed (HTTP 400): Unsupported file type: .exe"
+    assert str(err) == "register failed (HTTP 400): Invalid UUID: 'x'"
     assert presign.error_kind == "http_4xx"  # only a register can be a duplicate key
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"detail": "Unsupported file type: .exe"},
+        {"files": [{"file": ["File type 'exe' is not supported."]}]},
+        {"detail": "不支援的檔案類型"},
+    ],
+)
+@async_test
+async def test_a_register_refused_for_its_type_is_unsupported_type_for_good(body: dict) -> None:
+    async with harness() as (fake, client):
+        fake.on(KB_FILES, reply(400, body))
+        err = await fails(client.register(KB, [ITEM]))
+    assert (err.kind, err.error_kind, err.maybe_applied) == ("permanent", "unsupported_type", False)
 
 
 # --- the file, as uploaded ------------------------------------------------------------------
@@ -659,3 +676,68 @@ def test_the_fixtures_speak_the_docs_by_default(
     assert maiagent.dialect == "docs"
     assert maiagent_factory().dialect == "docs"
     assert maiagent_factory(dialect="examples").dialect == "examples"
+
+
+# --- the parser calls: supported types, why an entry failed, reparse --------------------------
+
+TYPES = "parsers/supported-file-types/"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [{"fileType": "pdf", "parsers": []}, {"fileType": "TXT", "parsers": []}],
+        {"count": 2, "next": None, "results": [{"fileType": ".pdf"}, {"file_type": "txt"}]},
+        ["pdf", "txt"],
+    ],
+    ids=["docs", "page", "strings"],
+)
+@async_test
+async def test_supported_types_in_every_shape(answer: Any) -> None:
+    async with harness() as (fake, client):
+        fake.on(TYPES, reply(200, answer))
+        assert await client.supported_file_types() == frozenset({"pdf", "txt"})
+
+
+@pytest.mark.parametrize("status", [404, 405])
+@async_test
+async def test_a_service_without_the_calls_says_so_by_none_or_false(status: int) -> None:
+    async with harness() as (fake, client):
+        fake.on(TYPES, reply(status, {"detail": "Not found."}))
+        fake.on(f"{KB_FILES}e1/latest-failed-reason/", reply(status, {"detail": "Not found."}))
+        fake.on(f"{KB_FILES}batch-reparse/", reply(status, {"detail": "Not found."}))
+        assert await client.supported_file_types() is None
+        assert await client.latest_failed_reason(KB, "e1") == (False, None)
+        assert await client.batch_reparse(KB, [("e1", None)]) is False
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({"reason": "no text found"}, "no text found"),
+        ({"failedReason": "OCR needed"}, "OCR needed"),
+        ({"latestFailedReason": {"message": "timeout"}}, "timeout"),
+        (
+            {"status": {"code": "failed", "message": "Embedding model missing"}},
+            "Embedding model missing",
+        ),
+        ("plain words", "plain words"),
+        ({"reason": None}, None),
+    ],
+)
+@async_test
+async def test_a_failed_reason_in_every_shape(answer: Any, reason: str | None) -> None:
+    async with harness() as (fake, client):
+        fake.on(f"{KB_FILES}e1/latest-failed-reason/", reply(200, answer))
+        assert await client.latest_failed_reason(KB, "e1") == (True, reason)
+
+
+@pytest.mark.parametrize("answer", [[{"id": "e1"}], {"detail": "ok"}, None])
+@async_test
+async def test_reparse_sends_a_top_level_array_and_takes_any_success(answer: Any) -> None:
+    async with harness() as (fake, client):
+        fake.on(f"{KB_FILES}batch-reparse/", reply(202 if answer is None else 200, answer))
+        assert await client.batch_reparse(KB, [("e1", None), ("e2", "ocr-1")]) is True
+        [seen] = fake.requests(f"{KB_FILES}batch-reparse/")
+    assert seen.method == "PATCH"
+    assert json.loads(seen.body) == [{"id": "e1"}, {"id": "e2", "parser": "ocr-1"}]

@@ -43,7 +43,8 @@ def test_touching_1000_uploaded_files_uploads_nothing(
 
     stats = maiagent.stats()
     assert stats["presign"] == stats["s3"] == stats["register"] == stats["delete"] == 0
-    assert stats["total"] == stats["list"] == 1  # the run's preflight: a one-entry listing
+    # the run's preflight (a one-entry listing) and the accepted file types
+    assert stats["list"] == stats["supported_types"] == 1 and stats["total"] == 2
     assert "uploaded 0" in output and "unchanged 1000 (same content)" in output
     assert {j["relpath"]: j["file_id"] for j in rows(db)} == before
     assert {j["state"] for j in rows(db)} == {"done"}
@@ -81,7 +82,7 @@ def test_the_hash_of_what_was_uploaded_is_kept_and_reported(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    bodies = {"small.txt": b"small\n", "big.bin": os.urandom(3 << 20)}  # the big one streams
+    bodies = {"small.txt": b"small\n", "big.pdf": os.urandom(3 << 20)}  # the big one streams
     for name, body in bodies.items():
         (data / name).write_bytes(body)
     db = tmp_path / "queue.db"

@@ -184,7 +184,7 @@ def test_a_symlink_loop_with_follow_symlinks_ends_and_finds_each_file_once(
 
 
 def test_enqueue_again_is_idempotent_and_adds_only_new_files(tmp_path: Path) -> None:
-    tree = make_tree(tmp_path / "docs", {"a.txt": 1, "sub/b.txt": 2, "big.bin": 5000})
+    tree = make_tree(tmp_path / "docs", {"a.txt": 1, "sub/b.txt": 2, "big.pdf": 5000})
     db = tmp_path / "q.db"
 
     assert enqueue(db, tree, "--max-size", "1k") == counts(3, new=2, skipped=1)
@@ -195,7 +195,7 @@ def test_enqueue_again_is_idempotent_and_adds_only_new_files(tmp_path: Path) -> 
     make_tree(tree, {"sub/c.txt": 3})
     assert enqueue(db, tree, "--max-size", "1k") == counts(4, new=1, unchanged=2, skipped=1)
     after = jobs(db)
-    assert set(after) == {"a.txt", "sub/b.txt", "sub/c.txt", "big.bin"}
+    assert set(after) == {"a.txt", "sub/b.txt", "sub/c.txt", "big.pdf"}
     assert {rel: after[rel] for rel in before} == before
 
 

@@ -477,7 +477,7 @@ def test_a_file_rewritten_in_place_while_it_streams_is_never_registered_torn(
     server = maiagent_factory(latency=1.0, keep_bytes=size)
     data = tmp_path / "data"
     data.mkdir()
-    path = data / "big.bin"
+    path = data / "big.pdf"
     path.write_bytes(b"A" * size)
     db = tmp_path / "queue.db"
     enqueue(db, data)

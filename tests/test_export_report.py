@@ -19,7 +19,7 @@ FILES = {
     "ok2.txt": 20,
     "bad1.txt": 30,
     "bad2.txt": 40,
-    "big.bin": 5000,
+    "big.pdf": 5000,
     "wait.txt": 50,
 }
 
@@ -101,8 +101,8 @@ def test_the_report_has_the_reference_keys_and_numbers(tmp_path: Path) -> None:
     assert failed["bad2.txt"]["error"] == "rejected: unsupported file type"
 
     skipped = by_path(report["skipped_files"], docs)
-    assert set(skipped) == {"big.bin"}
-    assert "max-size" in skipped["big.bin"]["reason"]
+    assert set(skipped) == {"big.pdf"}
+    assert "max-size" in skipped["big.pdf"]["reason"]
 
     assert len(report["runs"]) == 1
     assert report["runs"][0]["exit_code"] == 1

@@ -133,7 +133,7 @@ def test_file_replaced_by_a_symlink_loop_fails_as_unreadable(
 def test_file_replaced_by_a_folder_fails_without_hanging_the_run(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
-    path = tmp_path / "data" / "became_a_folder"
+    path = tmp_path / "data" / "became_a_folder.txt"
     path.parent.mkdir()
     path.write_text("a file for now")
     db = tmp_path / "queue.db"
@@ -226,7 +226,7 @@ def _flat_folder(folder: Path, count: int) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         for i in range(count):
-            name = f"f{i:07d}"
+            name = f"f{i:07d}.txt"
             if i % 50_000 == 0:
                 source = name
                 os.close(os.open(source, os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))

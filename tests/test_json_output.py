@@ -82,6 +82,7 @@ def test_enqueue_json_has_every_count(tmp_path: Path) -> None:
         "unreadable_folders": [],
         "removed": 0,
         "left_unread": 0,
+        "unsupported_types": {},
         "deletions_refused": None,
     }
 

@@ -70,7 +70,7 @@ def make_files(data: Path, count: int) -> dict[str, bytes]:
     (data / "big.bin").write_bytes(big)
     files = {"big.bin": big}
     for i in range(count):
-        rel = f"dir{i % 5}/doc{i // 5}.bin"
+        rel = f"dir{i % 5}/doc{i // 5}.pdf"
         content = f"line {i}\r\n".encode() * (1 + i % 3) + b"\x1a\x00 end"
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).write_bytes(content)
@@ -175,7 +175,7 @@ def test_a_symbolic_link_swapped_in_after_enqueue_is_not_followed(
     db = tmp_path / "q.db"
     code, _out, err = finished(uploader(db, "enqueue", str(tmp_path / "data"), "--kb", KB))
     assert code == 0, err
-    swapped = tmp_path / "data" / "dir0" / "doc0.bin"
+    swapped = tmp_path / "data" / "dir0" / "doc0.pdf"
     swapped.unlink()
     swapped.symlink_to(secret)
 
@@ -183,11 +183,11 @@ def test_a_symbolic_link_swapped_in_after_enqueue_is_not_followed(
 
     assert code == 1, err
     by_path = {job["relpath"]: job for job in rows(db)}
-    assert (by_path["dir0/doc0.bin"]["state"], by_path["dir0/doc0.bin"]["error_kind"]) == (
+    assert (by_path["dir0/doc0.pdf"]["state"], by_path["dir0/doc0.pdf"]["error_kind"]) == (
         "failed",
         "unreadable",
     )
-    assert "symbolic link" in by_path["dir0/doc0.bin"]["last_error"]
+    assert "symbolic link" in by_path["dir0/doc0.pdf"]["last_error"]
     assert sorted(e["filename"] for e in maiagent.entries(KB)) == sorted(
-        rel for rel in files if rel != "dir0/doc0.bin"
+        rel for rel in files if rel != "dir0/doc0.pdf"
     )

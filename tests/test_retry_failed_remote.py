@@ -1,5 +1,7 @@
 """`uploader retry-failed --remote`: entries that failed parsing (or vanished) are deleted and
-their files uploaded again by the next run, through the service's delete quirks."""
+their files uploaded again by the next run, through the service's delete quirks. (Parsing
+again in place first, where the service offers it: tests/test_parse_state.py; here the
+entries fail their reparse too, or the service has no reparse.)"""
 
 from __future__ import annotations
 
@@ -32,7 +34,11 @@ def test_failed_entries_are_uploaded_again_until_every_file_is_done(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer], delete_500_rate: float
 ) -> None:
     server = maiagent_factory(
-        parse_delay=0.2, parse_failure_rate=0.25, seed=5, delete_500_rate=delete_500_rate
+        parse_delay=0.2,
+        parse_failure_rate=0.25,
+        reparse_failure_rate=1.0,
+        seed=5,
+        delete_500_rate=delete_500_rate,
     )
     db, names = upload(tmp_path, server, 80)
     assert invoke(db, "verify", *service(server), "--wait", "--timeout", "30").exit_code == 1
@@ -72,12 +78,15 @@ def test_an_entry_being_parsed_again_is_left_alone(
     parsed again, so its job stays as it is. (A reparse keeps an entry `initial` for half the
     parse delay, so the retry has a second to meet it there.)"""
     server = maiagent_factory(
-        parse_delay=2.0, parse_failure_rate=1.0, delete_conflict_while_processing=True
+        parse_delay=2.0,
+        parse_failure_rate=1.0,
+        delete_conflict_while_processing=True,
     )
     db, _names = upload(tmp_path, server, 12)
     assert invoke(db, "verify", *service(server), "--wait", "--timeout", "30").exit_code == 1
     busy = [e["id"] for e in server.entries(KB)[:4]]
     reparse(server, busy)
+    server.faults.missing_calls = "reparse"  # ours would parse all of them again
 
     result = invoke(db, "retry-failed", "--remote", *service(server))
 

@@ -321,7 +321,8 @@ def test_a_429_storm_slows_the_pool_and_the_run_still_finishes(
 
     assert result.exit_code == 0, result.output
     assert_exactly_once(ws, server, files)
-    needed = 2 * len(files) + 1  # presign and register per file, one preflight listing
+    # presign and register per file, one preflight listing, the accepted file types
+    needed = 2 * len(files) + 2
     throttled = api_requests(server) - needed
     assert 0 < throttled < len(files), "throttled, but the pool backed off together"
 
@@ -338,7 +339,7 @@ def test_a_rate_limit_below_the_service_limit_avoids_429s(
 
     assert result.exit_code == 0, result.output
     assert_exactly_once(ws, server, files)
-    assert api_requests(server) == 2 * len(files) + 1
+    assert api_requests(server) == 2 * len(files) + 2  # and the listing, the file types
 
 
 # --- files that changed under the queue ------------------------------------------------------
@@ -545,7 +546,7 @@ def test_a_1gb_file_uploads_with_little_memory(
     ws: Workspace, maiagent: MaiAgentServer, processes: list[Any]
 ) -> None:
     size = 1 << 30
-    with (ws.data / "big.bin").open("wb") as sparse:
+    with (ws.data / "big.pdf").open("wb") as sparse:
         sparse.truncate(size)
     ws.enqueue(maiagent)
 

@@ -903,6 +903,61 @@ async def test_file_types_knob_refuses_unsupported_types(
     assert accepted.status == 201
 
 
+@async_test
+async def test_parser_calls_served_by_the_docs_dialect_missing_in_the_examples(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    docs = maiagent_factory(dialect="docs", supported_types="txt,pdf", parse_failure_rate=1.0)
+    examples = maiagent_factory(dialect="examples")
+    async with api(docs) as client:
+        types = await (await client.call("GET", "parsers/supported-file-types/")).json()
+        key = await client.upload(b"hello")
+        await client.register(key)
+        entry = docs.records(KB)[-1]["id"]
+        reason = await client.call(
+            "GET", f"knowledge-bases/{KB}/files/{entry}/latest-failed-reason/"
+        )
+        reason_body = await reason.json()
+    async with api(examples) as client:
+        missing = [
+            (await client.call("GET", "parsers/supported-file-types/")).status,
+            (
+                await client.call("GET", f"knowledge-bases/{KB}/files/x/latest-failed-reason/")
+            ).status,
+        ]
+    assert [t["fileType"] for t in types] == ["pdf", "txt"]
+    assert all(t["parsers"][0]["isDefault"] for t in types)
+    assert reason.status == 200 and "OCR" in reason_body["reason"]
+    assert missing == [404, 404]
+
+
+@async_test
+async def test_stuck_entries_reparse_with_ocr_and_a_slow_deleting_phase(
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    from tests.maiagent_server import OCR_PARSER
+
+    server = maiagent_factory(stuck_rate=1.0, reparse_failure_rate=1.0, delete_phase=0.5)
+    async with api(server) as client:
+        for name in ("a.txt", "b.txt"):
+            await client.register(await client.upload(b"hello", filename=name))
+        a, b = (r["id"] for r in server.records(KB))
+        stuck = {r["status"] for r in server.records(KB)}
+        body = [{"id": a}, {"id": b, "parser": OCR_PARSER}]
+        reparsed = await client.call(
+            "PATCH", f"knowledge-bases/{KB}/files/batch-reparse/", json=body
+        )
+        after = {r["id"]: r["status"] for r in server.records(KB)}
+        deleted = await client.call("DELETE", f"knowledge-bases/{KB}/files/{a}/")
+        deleting = {r["id"]: r["status"] for r in server.records(KB)}
+        await asyncio.sleep(1.0)
+    assert stuck == {"processing"}
+    assert reparsed.status == 200
+    assert after == {a: "failed", b: "done"}  # an OCR parser reads what the default one cannot
+    assert deleted.status == 204 and deleting[a] == "deleting"
+    assert [r["id"] for r in server.records(KB)] == [b]
+
+
 # ----- update-metadata ---------------------------------------------------------------------
 
 

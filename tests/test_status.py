@@ -17,15 +17,15 @@ def two_knowledge_bases(tmp_path: Path) -> Path:
     """kb-one: 2 pending (300 B), 1 done (300 B); kb-two: 2 failed (3000 B), 1 skipped."""
     db = tmp_path / "q.db"
     one = make_tree(tmp_path / "one", {"a.txt": 100, "b.txt": 200, "c.pdf": 300})
-    two = make_tree(tmp_path / "two", {"x.bin": 1000, "y.bin": 2000, "big.bin": 5000})
+    two = make_tree(tmp_path / "two", {"x.pdf": 1000, "y.pdf": 2000, "big.pdf": 5000})
     assert invoke(db, "enqueue", str(one), "--kb", "kb-one").exit_code == 0
     assert invoke(db, "enqueue", str(two), "--kb", "kb-two", "--max-size", "4k").exit_code == 0
     execute(db, "UPDATE jobs SET state = 'done', duration = 1 WHERE relpath = 'c.pdf'")
     execute(
         db,
         "UPDATE jobs SET state = 'failed', attempts = 4, last_error = 'boom',"
-        " error_kind = CASE relpath WHEN 'x.bin' THEN 'transient' ELSE 'permanent' END"
-        " WHERE relpath IN ('x.bin', 'y.bin')",
+        " error_kind = CASE relpath WHEN 'x.pdf' THEN 'transient' ELSE 'permanent' END"
+        " WHERE relpath IN ('x.pdf', 'y.pdf')",
     )
     return db
 

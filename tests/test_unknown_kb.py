@@ -42,7 +42,8 @@ def test_enqueue_refuses_a_knowledge_base_the_service_does_not_know(
     )
     assert right.exit_code == 0, right.output
     assert {job["kb_id"] for job in rows(db)} == {KB}
-    assert maiagent.stats()["total"] == 2
+    assert maiagent.stats()["total"] == 3  # two listings, and the accepted file types once
+    assert maiagent.stats()["supported_types"] == 1
 
 
 def test_enqueue_offline_or_with_a_refused_key_warns_and_queues(

@@ -247,3 +247,55 @@ def test_uploaded_files_gone_from_disk_are_flagged(
     counts = last_counts(db)
     assert counts["gone_from_disk"] == 8
     assert set(counts["gone_from_disk_examples"]) <= set(names)
+
+
+def test_an_entry_being_deleted_is_neither_present_nor_missing_and_wait_waits_for_it(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """A deleted entry may stay listed as `deleting` for a while (the docs' statuses): verify
+    says so, and --wait lists again until it is gone, then calls it missing."""
+    server = maiagent_factory(delete_phase=2.0)
+    db, _names = upload(tmp_path, server, 6)
+    doomed = rows(db)[0]["file_id"]
+    answer = server_delete(server, doomed)
+
+    now = invoke(db, "verify", *service(server), "--json")
+    waited = invoke(db, "verify", *service(server), "--wait", "--timeout", "30", "--json")
+
+    assert answer == 204
+    assert now.exit_code == 1, now.output
+    [first] = json.loads(now.stdout)
+    assert first["counts"]["files"]["deleting"] == 1 and first["counts"]["missing"] == 0
+    assert waited.exit_code == 1, waited.output
+    [last] = json.loads(waited.stdout)
+    assert "deleting" not in last["counts"]["files"] and last["counts"]["missing"] == 1
+    assert not last["counts"]["timed_out"]
+    text = invoke(db, "verify", *service(server))
+    assert "1 missing" in text.output
+
+
+def test_being_deleted_is_said_in_the_verdict(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(delete_phase=60.0)
+    db, _names = upload(tmp_path, server, 3)
+    server_delete(server, rows(db)[0]["file_id"])
+
+    result = invoke(db, "verify", *service(server))
+
+    assert result.exit_code == 1
+    assert "1 being deleted (not present, not missing yet)" in result.output
+
+
+def server_delete(server: MaiAgentServer, entry_id: str) -> int:
+    """Someone deletes an entry through the API (the web interface, another tool)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{server.base_url}knowledge-bases/{KB}/files/{entry_id}/",
+        headers={"Authorization": f"Api-Key {API_KEY}"},
+        method="DELETE",
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as answer:
+        return int(answer.status)

@@ -43,7 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from . import tags
+from . import filetypes, tags
 from .client import ApiError, MaiAgentClient, RegisterItem, backoff
 from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
@@ -69,6 +69,9 @@ class Policy:
     # retrieval. Costs one more read of each file, to hash it before its upload.
     skip_same_content: bool = False
     timeout: float = 60.0  # seconds per API request (--timeout)
+    # the types the knowledge base accepts, learned at the start of the run (None: any): a
+    # file of another type not queued with --any-type is skipped at claim, nothing sent
+    file_types: frozenset[str] | None = None
 
     @property
     def settle_seconds(self) -> float:
@@ -101,6 +104,8 @@ class Shared:
     uploaded_as: Callable[[str, str, int], Awaitable[str | None]] | None = None
     # --skip-same-content: (kb_id, content hash) -> relpath of the first file of this run with them
     taken: dict[tuple[str, str], str] = field(default_factory=dict)
+    # whether a job was queued with --any-type (asked only of a file of a type not accepted)
+    any_type: Callable[[int], Awaitable[bool]] | None = None
     # job id → when a doubtful register of this run, which ended with an error, has had
     # time to land (its end and a margin); a row not in it waits Policy.settle_seconds
     settles: dict[int, float] = field(default_factory=dict)
@@ -198,6 +203,9 @@ class Attempt:
                 if relabelled is not None:
                     self.unchanged = True
                     return relabelled
+        fresh = job.step is None and job.unknown_since is None and job.s3_key is None
+        if fresh and (refused := await self._type_refused()) is not None:
+            return self._outcome(OutcomeKind.SKIPPED, refused)
         if self._s.policy.skip_same_content and job.step is None and job.unknown_since is None:
             other = await self._same_as_another()
             if other is not None:
@@ -217,6 +225,15 @@ class Attempt:
             self._s.record(self._outcome(OutcomeKind.UPLOADED))
         job.filename = job.filename or self._name()
         return None
+
+    async def _type_refused(self) -> ApiError | None:
+        """Why this file is not sent: a type the knowledge base does not accept (the list of
+        this run), unless it was queued with --any-type."""
+        types = self._s.policy.file_types
+        why = None if types is None else filetypes.refusal(self._name(), types)
+        if why is None or (self._s.any_type is not None and await self._s.any_type(self.job.id)):
+            return None
+        return ApiError(why, kind="permanent", error_kind=ErrorKind.SKIPPED)
 
     async def _same_as_another(self) -> str | None:
         """The file (relpath) whose bytes this one has, uploaded to the same knowledge base or

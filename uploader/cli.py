@@ -29,11 +29,13 @@ from . import (
     checkup,
     client,
     content,
+    filetypes,
     guard,
     i18n,
     logs,
     network,
     outage,
+    parsing,
     presets,
     progress,
     queue,
@@ -57,12 +59,14 @@ from .model import (
     FailedRow,
     HostScope,
     JobState,
+    SkippedRow,
     VerificationItem,
 )
 from .pipes import reader_gone, reader_went_away
 from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
 from .scan import display
+from .store.parse import ParseStore
 from .store.runs import RunsStore
 from .store.saved_jobs import SavedJobsStore
 from .store.status import StatusStore
@@ -697,6 +701,12 @@ def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
     help="Skip files larger (e.g. 500M; 'off' for no limit, the default).",
 )
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are cut).")
+@click.option(
+    "--any-type",
+    is_flag=True,
+    help="Queue files of every type; by default a type the knowledge base does not accept is "
+    "recorded skipped, with the reason (nothing of it is sent).",
+)
 @shared_option(
     "DIRECTORY is on storage every host sees at the same path: any host's `run` may upload "
     "its files."
@@ -776,6 +786,7 @@ def enqueue(
     exclude: tuple[str, ...],
     max_size: int | None,
     follow_symlinks: bool,
+    any_type: bool,
     shared: bool,
     labels: tuple[str, ...],
     labels_from_path: int | None,
@@ -812,8 +823,13 @@ def enqueue(
     --delete-removed the queued files of DIRECTORY that are gone are marked `removed`, and the
     next `uploader run` deletes their entries (and records it); --dry-run lists them only.
 
-    With an API key (MAIAGENT_API_KEY) the service is asked first whether --kb exists: an
-    unknown one queues nothing (exit 3); a service out of reach is a warning.
+    Files of a type the knowledge base does not accept (the service's list, else the 12
+    MaiAgent documents) are recorded skipped with the reason, never sent; --any-type queues
+    them anyway.
+
+    With an API key (MAIAGENT_API_KEY) the service is asked first whether --kb exists, and
+    which file types it accepts: an unknown knowledge base queues nothing (exit 3); a service
+    out of reach is a warning.
     """
     if dry_run and not delete_removed:
         raise UserError("--dry-run goes with --delete-removed (it lists what would be removed)")
@@ -850,8 +866,10 @@ def enqueue(
             click.echo(_refusal(gone.refused, directory, dry_run=True))
         return
 
-    if api_key and not no_kb_check:
-        _check_kb_exists(api_key, base_url, allow_http, kb_id)
+    # the service's file types are asked only of a service that just answered the check
+    ask = bool(api_key) and not no_kb_check
+    if ask:
+        ask = _check_kb_exists(api_key or "", base_url, allow_http, kb_id)
 
     encoding = "utf-8"
     if manifest is not None:
@@ -862,6 +880,12 @@ def enqueue(
     meter = _ScanMeter(not ctx.quiet and not as_json and sys.stderr.isatty())
 
     async def body(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats]:
+        nonlocal filters
+        if not any_type:
+            accepted = await _accepted_types(q, api_key if ask else None, base_url, kb_id)
+            if accepted.note:
+                click.echo(f"warning: {accepted.note}", err=True)
+            filters = dataclasses.replace(filters, types=accepted.types)
         own = scan.OwnState.of(ctx.anchor)
         # Recorded, so that a `run` meanwhile waits for the walk's next batch.
         scan_id = await RunsStore(q.engine).start_scan(worker.make_owner(q.scope.host), kb_id)
@@ -873,10 +897,27 @@ def enqueue(
         try:
             if manifest is not None:
                 return await scan.enqueue_manifest(
-                    q, directory, kb_id, manifest, filters, follow_symlinks, asked, own, encoding
+                    q,
+                    directory,
+                    kb_id,
+                    manifest,
+                    filters,
+                    follow_symlinks,
+                    asked,
+                    own,
+                    encoding,
+                    any_type=any_type,
                 )
             return await scan.enqueue(
-                q, directory, kb_id, filters, follow_symlinks, own, tags=asked, on_batch=batch_done
+                q,
+                directory,
+                kb_id,
+                filters,
+                follow_symlinks,
+                own,
+                tags=asked,
+                on_batch=batch_done,
+                any_type=any_type,
             )
         finally:
             meter.close()
@@ -928,6 +969,7 @@ def enqueue(
             "removed": len(removed.relpaths) if removed is not None and not removed.refused else 0,
             "left_unread": removed.left if removed is not None else 0,
             "deletions_refused": _refused_json(removed.refused if removed is not None else None),
+            "unsupported_types": dict(sorted(stats.unsupported.items())),
         }
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
@@ -939,6 +981,8 @@ def enqueue(
             f"{counts.unchanged} unchanged, {counts.skipped} skipped"
             f" ({stats.ignored} ignored by filters, hidden or not regular files)"
         )
+        if stats.unsupported:
+            click.echo(_unsupported_line(stats))
         if removed is not None and removed.refused is None:
             _print_removed(removed, directory, dry_run=False)
         if counts.relabel:
@@ -983,6 +1027,34 @@ def _gone(directory: str) -> bool:
     except OSError:
         return False
     return False
+
+
+async def _accepted_types(
+    q: Queue, api_key: str | None, base_url: str, kb_id: str
+) -> filetypes.Accepted:
+    """The types enqueue lets through: asked of the service when it may be asked (a key, the
+    check not turned off), else what was learned before, else the documented list."""
+    if api_key:
+        try:
+            async with reconcile.open_client(base_url, api_key, ENQUEUE_CHECK_TIMEOUT) as api:
+                return await filetypes.learn(q, api, base_url, [kb_id])
+        except client.ApiError:
+            pass  # a refused key is a warning already (_check_kb_exists)
+    return await filetypes.known(q, base_url, kb_id)
+
+
+def _unsupported_line(stats: scan.ScanStats) -> str:
+    """enqueue's word on the files skipped for their type."""
+    kinds = ", ".join(
+        f"{'.' + ext if ext else _('no extension')} {n:,}"
+        for ext, n in sorted(stats.unsupported.items())
+    )
+    total = sum(stats.unsupported.values())
+    return _(
+        "{total} of the skipped are of a type MaiAgent does not accept ({kinds}): nothing of "
+        "them is sent; `uploader status --skipped` lists them, `enqueue --any-type` queues them "
+        "anyway"
+    ).format(total=f"{total:,}", kinds=kinds)
 
 
 def _warn_unreadable(stats: scan.ScanStats) -> None:
@@ -1049,11 +1121,11 @@ class _ScanMeter:
 ENQUEUE_CHECK_TIMEOUT = 10.0  # seconds: a scan should not wait long for a service out of reach
 
 
-def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) -> None:
+def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) -> bool:
     """One listing call before a scan, so that a mistyped --kb is found before it fills the
     queue with rows no run can upload. Only a knowledge base the service says it does not
     know stops the enqueue: anything else (offline, a refused key: enqueue needs no key) is
-    a warning, and `run` checks again."""
+    a warning, and `run` checks again. True when the service answered."""
     _check_service(api_key, base_url, allow_http, "enqueue")
 
     try:
@@ -1071,6 +1143,8 @@ def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) 
             ),
             err=True,
         )
+        return False
+    return True
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -1139,6 +1213,41 @@ def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
         progress.write(printable(f"paused: {what.message}; probing until it answers"))
     elif state is outage.GateState.OPEN:
         progress.write("resumed: the service answers again")
+
+
+def wait_parsed_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--wait-parsed, --parse-timeout, --stuck-after: what `run` (and `sync`) take to wait,
+    after uploading, until the files are parsed (`ParseWait.of(opts)` pops them)."""
+    options = [
+        click.option(
+            "--wait-parsed",
+            is_flag=True,
+            help="After uploading, wait until the files are parsed (or --parse-timeout): done, "
+            "failed with the reason, still processing; exit 1 unless every one is done.",
+        ),
+        click.option(
+            "--parse-timeout",
+            type=Finite(0),
+            default=parsing.PARSE_TIMEOUT,
+            show_default=True,
+            help="Seconds --wait-parsed waits at most.",
+        ),
+        click.option(
+            "--stuck-after",
+            type=Finite(0),
+            default=parsing.STUCK_AFTER,
+            show_default=True,
+            help="Seconds after its upload (or reparse) a file still initial or processing is "
+            "reported as stuck (`retry-failed --remote` reparses it).",
+        ),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def _summary(result: worker.RunResult, skipped: int) -> str:
@@ -1354,6 +1463,7 @@ async def _auto_report(q: Queue, ctx: Context) -> str | None:
     is_flag=True,
     help="Do not write the JSON report at the end (reports/ beside the database).",
 )
+@wait_parsed_options()
 @reference_names()
 @pass_ctx
 def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any) -> None:
@@ -1368,6 +1478,7 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     nothing_to_do = opts.pop("error_on_nothing_to_do")
     as_json = opts.pop("as_json")
     with_report = not opts.pop("no_report")
+    waiting = ParseWait.of(opts)
     opts = _with_network(opts)
     # An enqueue started with this run may not have made its database or recorded its scan yet.
     until = walkwait.deadline()
@@ -1389,6 +1500,8 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             )
         else:
             click.echo(printable(idle))
+        if waiting.asked and code == ExitCode.OK:
+            code = waiting.wait(ctx, api_key, base_url, opts["kb_id"], as_json)
         sys.exit(code)
     settings = worker.Settings(
         workers=opts["workers"],
@@ -1483,8 +1596,103 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         click.echo(json.dumps(_run_json(result, left, run_ids, code), indent=2, ensure_ascii=False))
     else:
         _print_run(ctx, settings.kb_id, result, left)
+    if waiting.asked and code in (ExitCode.OK, ExitCode.FAILED):
+        code = max(code, waiting.wait(ctx, api_key, base_url, settings.kb_id, as_json))
     if code:
         sys.exit(code)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseWait:
+    """The options of `wait_parsed_options`, and the wait itself with its report."""
+
+    asked: bool
+    timeout: float
+    stuck_after: float
+
+    @classmethod
+    def of(cls, opts: dict[str, Any]) -> ParseWait:
+        return cls(opts.pop("wait_parsed"), opts.pop("parse_timeout"), opts.pop("stuck_after"))
+
+    def wait(
+        self, ctx: Context, api_key: str, base_url: str, kb_id: str | None, as_json: bool
+    ) -> ExitCode:
+        """Wait for the files of --kb (or of every knowledge base of the queue) to be parsed;
+        print where they stand; exit 1 unless every one is done."""
+        notes = parsing.Notes()
+
+        async def body(q: Queue, api: client.MaiAgentClient) -> parsing.Parsed:
+            return await parsing.wait_parsed(
+                q,
+                api,
+                await _kbs(q, kb_id),
+                timeout=self.timeout,
+                stuck_after=self.stuck_after,
+                notes=notes,
+            )
+
+        if not as_json and not ctx.quiet:
+            click.echo(_("waiting for the knowledge base to parse the files..."), err=True)
+        parsed = on_queue_and_service(ctx, api_key, base_url, body)
+        for note in notes.said:
+            click.echo(f"warning: {note}", err=True)
+        if as_json:
+            click.echo(json.dumps({"parsed": _parsed_json(parsed)}, indent=2, ensure_ascii=False))
+        else:
+            _print_parsed(parsed, self.stuck_after)
+        return ExitCode.OK if parsed.ok else ExitCode.FAILED
+
+
+def _parse_item(row: parsing.ParseRow) -> dict[str, Any]:
+    return {
+        "path": display(row.path),
+        "kb_id": row.kb_id,
+        "entry": row.file_id,
+        "status": row.status,
+        "reason": row.reason,
+        "seen_at": report.iso(row.seen_at),
+        "since": report.iso(row.since),
+    }
+
+
+def _parsed_json(parsed: parsing.Parsed) -> dict[str, Any]:
+    return {
+        "ok": parsed.ok,
+        "done": parsed.done,
+        "failed": [_parse_item(r) for r in parsed.failed],
+        "processing": [_parse_item(r) for r in parsed.waiting],
+        "stuck": [_parse_item(r) for r in parsed.stuck],
+        "deleting": parsed.deleting,
+        "missing": parsed.missing,
+        "other": parsed.other,
+        "timed_out": parsed.timed_out,
+    }
+
+
+def _print_parsed(parsed: parsing.Parsed, stuck_after: float) -> None:
+    click.echo(
+        _("parsed: done {done}, failed {failed}, still processing {waiting}, stuck {stuck}").format(
+            done=f"{parsed.done:,}",
+            failed=f"{len(parsed.failed):,}",
+            waiting=f"{len(parsed.waiting):,}",
+            stuck=f"{len(parsed.stuck):,}",
+        )
+    )
+    for row in parsed.failed[:FAILED_SHOWN]:
+        click.echo(printable(f"  {display(row.path)}  [parse failed] {row.reason or ''}".rstrip()))
+    for row in parsed.stuck[:FAILED_SHOWN]:
+        click.echo(
+            printable(f"  {display(row.path)}  [stuck] {row.status} for more than {stuck_after:g}s")
+        )
+    if parsed.timed_out:
+        click.echo(_("--parse-timeout passed while files were still being parsed"))
+    if parsed.failed or parsed.stuck:
+        click.echo(
+            _(
+                "`uploader status --failed` lists every parse failure; `uploader retry-failed "
+                "--remote` parses them again in place"
+            )
+        )
 
 
 def _states_of(counts: dict[str, dict[str, tuple[int, int]]], kb_id: str | None) -> dict[str, int]:
@@ -1680,6 +1888,8 @@ async def _status(q: Queue) -> dict[str, Any]:
     return {
         "knowledge_bases": {kb: _every_state(states) for kb, states in counts.items()},
         "failed_by_kind": await reads.error_kind_counts(),
+        # uploaded files per their entry's status as last seen (verify, run --wait-parsed)
+        "parsed": await ParseStore(q.engine).counts(),
         "last_run": report.with_iso_times(last[0]) if last else None,
         "remote": {v["kb_id"]: report.with_iso_times(v) for v in await reads.last_verifications()},
         "hosts": {
@@ -1753,6 +1963,9 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
             click.echo(
                 row.format(state=_state_word(state), files=v["files"], size=_human(v["bytes"]))
             )
+        parsed = data["parsed"].get(kb)
+        if parsed and set(parsed) != {"unseen"}:
+            click.echo(f"  parsed (as last seen): {_pairs(parsed)}")
         if kb in data["remote"]:
             click.echo(f"  {_remote_line(data['remote'][kb])}")
         waiting = data["content"].get(kb, {}).get("superseded", 0)
@@ -1821,6 +2034,22 @@ def _run_counts(counts: dict[str, Any]) -> str:
 FAILED_SHOWN = 5  # failed files a run's summary names; `status --failed` lists them all
 
 
+async def _parse_failures(q: Queue, kb_id: str | None) -> list[dict[str, Any]]:
+    """Uploaded files whose entry's parsing failed (as last seen), with the reason."""
+    return [
+        {
+            "path": display(r.path),
+            "kb_id": r.kb_id,
+            "kind": "parse_failed",
+            "last_error": r.reason,
+            "attempts": None,
+            "entry": r.file_id,
+            "seen_at": report.iso(r.seen_at),
+        }
+        for r in await ParseStore(q.engine).rows(kb_id, ("failed",))
+    ]
+
+
 async def _failed(q: Queue, kb_id: str | None, limit: int | None = None) -> list[dict[str, Any]]:
     """The failed files (of --kb), oldest row first: path, kind, last error, attempts."""
     found: list[dict[str, Any]] = []
@@ -1845,7 +2074,23 @@ async def _failed(q: Queue, kb_id: str | None, limit: int | None = None) -> list
     return found
 
 
+async def _skipped(q: Queue, kb_id: str | None) -> list[dict[str, Any]]:
+    """The skipped files (of --kb), oldest row first, with why each is not uploaded."""
+    found: list[dict[str, Any]] = []
+    rows = StatusStore(q.engine).report_rows(JobState.SKIPPED)
+    try:
+        async for row in rows:
+            if isinstance(row, SkippedRow) and kb_id in (None, row.kb_id):
+                found.append({"path": display(row.path), "kb_id": row.kb_id, "reason": row.reason})
+    finally:
+        await rows.aclose()  # type: ignore[attr-defined]
+    return found
+
+
 def _failed_line(item: dict[str, Any]) -> str:
+    if item["kind"] == "parse_failed":
+        why = item["last_error"] or ""
+        return f"{item['path']}  [parse failed, entry {item['entry']}] {why}".rstrip()
     tries = f"{item['attempts']} attempt{'s' if item['attempts'] != 1 else ''}"
     return f"{item['path']}  [{item['kind']}, {tries}] {item['last_error'] or ''}".rstrip()
 
@@ -1857,13 +2102,36 @@ def _failed_line(item: dict[str, Any]) -> str:
     is_flag=True,
     help="Instead: every failed file with its error kind, last error and attempts.",
 )
+@click.option(
+    "--skipped",
+    is_flag=True,
+    help="Instead: every skipped file with the reason (too large, unreadable, a type the "
+    "knowledge base does not accept, same content).",
+)
 @kb_option(required=False)
 @pass_ctx
-def status(ctx: Context, as_json: bool, failed: bool, kb_id: str | None) -> None:
+def status(ctx: Context, as_json: bool, failed: bool, skipped: bool, kb_id: str | None) -> None:
     """Files and bytes per state, per knowledge base, and the last run; with --failed, which
-    files failed and why (`uploader retry-failed --kind KIND` puts them back)."""
+    files failed and why (`uploader retry-failed --kind KIND` puts them back); with
+    --skipped, which files are not uploaded and why."""
+    if failed and skipped:
+        raise UserError("--failed and --skipped are two lists: ask for one")
+    if skipped:
+        items = on_queue(ctx, lambda q: _skipped(q, kb_id), create=False)
+        if as_json:
+            click.echo(json.dumps(items, indent=2, ensure_ascii=False))
+            return
+        if not items:
+            click.echo(_("no file skipped"))
+        for item in items:
+            click.echo(f"{item['path']}  {item['reason'] or ''}".rstrip())
+        return
     if failed:
-        items = on_queue(ctx, lambda q: _failed(q, kb_id), create=False)
+
+        async def both(q: Queue) -> list[dict[str, Any]]:
+            return await _failed(q, kb_id) + await _parse_failures(q, kb_id)
+
+        items = on_queue(ctx, both, create=False)
         if as_json:
             click.echo(json.dumps(items, indent=2, ensure_ascii=False))
             return
@@ -1897,8 +2165,30 @@ def status(ctx: Context, as_json: bool, failed: bool, kb_id: str | None) -> None
 @click.option(
     "--remote",
     is_flag=True,
-    help="Instead: files whose knowledge-base entry failed parsing or is missing (as the last "
-    "`uploader verify` saw); their entries are deleted.",
+    help="Instead: files whose knowledge-base entry failed parsing, is stuck, or is missing (as "
+    "last seen): parsed again in place (batch-reparse); those that fail again, and the missing "
+    "ones, are deleted and queued for upload.",
+)
+@click.option(
+    "--parser",
+    callback=_parser,
+    metavar="ID",
+    help="With --remote: parse again with this parser (a UUID), e.g. an OCR one for scans.",
+)
+@click.option(
+    "--stuck-after",
+    type=Finite(0),
+    default=parsing.STUCK_AFTER,
+    show_default=True,
+    help="With --remote: seconds after which an entry still initial or processing is stuck "
+    "(parsed again too).",
+)
+@click.option(
+    "--parse-timeout",
+    type=Finite(0),
+    default=parsing.REPAIR_TIMEOUT,
+    show_default=True,
+    help="With --remote: seconds to wait for the outcome of the reparse.",
 )
 @service_options()
 @pass_ctx
@@ -1908,20 +2198,28 @@ def retry_failed(  # type: ignore[no-untyped-def]
     kind: tuple[str, ...],
     match: tuple[str, ...],
     remote: bool,
+    parser: str | None,
+    stuck_after: float,
+    parse_timeout: float,
     **service: Any,
 ):
     """Put failed files back to pending, attempts reset, for the next `uploader run`.
 
-    With --remote: exit 0, or 1 when some entries could not be deleted, 3 when the service
-    refused (bad key, unknown knowledge base).
+    With --remote: entries whose parsing failed or is stuck are parsed again in place first
+    (same entry, labels and metadata; no upload), with --parser if given; only those that fail
+    again, and missing ones, are deleted and their files queued. Exit 0, or 1 when some
+    entries could not be deleted, 3 when the service refused (bad key, unknown knowledge base).
     """
     try:
         matches = scan.matcher(match) if match else None
     except scan.PatternError as exc:
         raise UserError(str(exc)) from None
     if remote:
-        _retry_remote(ctx, kb_id, kind, matches, **service)
+        repair = _Repair(parser, stuck_after, parse_timeout)
+        _retry_remote(ctx, kb_id, kind, matches, repair, **service)
         return
+    if parser is not None:
+        raise UserError("--parser goes with --remote (it parses entries again)")
 
     n = on_queue(ctx, lambda q: q.retry_failed(kb_id, kind, matches), create=False)
     ctx.echo(f"{n} failed files back to pending; run `uploader run` to upload them")
@@ -2167,7 +2465,7 @@ _LISTS = (
 )
 
 
-async def _print_lists(q: Queue, v: reconcile.Verification) -> None:
+async def _print_lists(q: Queue, v: reconcile.Verification, reasons: dict[str, str]) -> None:
     for kind, title in _LISTS:
         c = v.counts
         if kind == "duplicate":
@@ -2180,7 +2478,9 @@ async def _print_lists(q: Queue, v: reconcile.Verification) -> None:
             continue
         click.echo(f"  {title}:")
         async for row in StatusStore(q.engine).verification_items(v.id, kind, LIST_SHOWN):
-            click.echo(f"    {printable(_item_line(kind, row))}")
+            why = reasons.get(row.file_id or "") if kind == "failed" else None
+            line = _item_line(kind, row) + (f": {why}" if why else "")
+            click.echo(f"    {printable(line)}")
         if total > LIST_SHOWN:
             click.echo(f"    ... and {total - LIST_SHOWN:,} more (uploader export-report)")
 
@@ -2193,6 +2493,7 @@ def _verdict(c: dict[str, Any]) -> str:
         "failed parsing": files["failed"],
         "missing": files["missing"],
         "still parsing": files["initial"] + files["processing"],
+        "being deleted (not present, not missing yet)": files.get("deleting", 0),
         "duplicated": c["duplicates"],
         "superseded": c["superseded"],
         "not uploaded": c["not_uploaded"],
@@ -2211,7 +2512,9 @@ def _verdict(c: dict[str, Any]) -> str:
     return f"NOT OK: {found or 'see above'}" + "".join(f"; {h}" for h in hints)
 
 
-async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification) -> None:
+async def _print_verification(
+    q: Queue, ctx: Context, v: reconcile.Verification, reasons: dict[str, str]
+) -> None:
     c = v.counts
     files = c["files"]
     if ctx.quiet:  # the verdict alone: its exit code says the rest
@@ -2260,7 +2563,7 @@ async def _print_verification(q: Queue, ctx: Context, v: reconcile.Verification)
                 " their entries stay; `uploader enqueue DIR --delete-removed` deletes them"
             )
         )
-    await _print_lists(q, v)
+    await _print_lists(q, v, reasons)
     click.echo(f"  {_verdict(c)}")
 
 
@@ -2311,22 +2614,49 @@ def verify(
     """
     _check_service(api_key, base_url, allow_http, "verify")
     drawn = _read_bars(ctx, functools.partial(click.echo, err=True))
+    notes = parsing.Notes()
 
-    async def shown(q: Queue, _kb: str, result: reconcile.Verification) -> None:
-        await _print_verification(q, ctx, result)
+    async def verified(q: Queue, api: client.MaiAgentClient, kb: str) -> _Verified:
+        result = await reconcile.verify(
+            q, api, kb, wait=wait, timeout=timeout, progress=drawn, repair=repair
+        )
+        await parsing.read_reasons(q, api, kb, notes)
+        failures = await ParseStore(q.engine).rows(kb, ("failed",))
+        return _Verified(result, failures)
+
+    async def shown(q: Queue, _kb: str, found: _Verified) -> None:
+        for note in notes.said:
+            click.echo(f"warning: {note}", err=True)
+        notes.said.clear()
+        await _print_verification(q, ctx, found.verification, found.reasons)
 
     _each_kb(
         ctx,
         api_key,
         base_url,
         kb_id,
-        lambda q, api, kb: reconcile.verify(
-            q, api, kb, wait=wait, timeout=timeout, progress=drawn, repair=repair
-        ),
+        verified,
         None if as_json else shown,
-        lambda kb, result: {"kb_id": kb, "ok": result.ok, "counts": result.counts},
-        lambda result: result.ok,
+        lambda kb, found: {
+            "kb_id": kb,
+            "ok": found.verification.ok,
+            "counts": found.verification.counts,
+            "parse_failures": [_parse_item(r) for r in found.failures],
+        },
+        lambda found: found.verification.ok,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verified:
+    """A verify's outcome and the parse failures it saw, with their reasons."""
+
+    verification: reconcile.Verification
+    failures: list[parsing.ParseRow]
+
+    @property
+    def reasons(self) -> dict[str, str]:
+        return {r.file_id: r.reason for r in self.failures if r.reason}
 
 
 def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) -> None:
@@ -2443,29 +2773,63 @@ def _dedupe_json(kb: str, result: reconcile.Dedupe, yes: bool) -> dict[str, Any]
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class _Repair:
+    """retry-failed --remote's options for parsing again in place."""
+
+    parser: str | None
+    stuck_after: float
+    timeout: float
+
+
 def _retry_remote(
     ctx: Context,
     kb_id: str | None,
     kind: tuple[str, ...],
     matches: Callable[[str], bool] | None,
+    options: _Repair,
     api_key: str | None,
     base_url: str,
     allow_http: bool,
 ) -> None:
-    """retry-failed --remote: the entries the last verify found failed or missing."""
+    """retry-failed --remote: the entries last seen failed, stuck or missing."""
     if kind:
         raise UserError("--kind selects local failures; it does not go with --remote")
     _check_service(api_key, base_url, allow_http, "retry-failed --remote")
     assert api_key is not None
 
-    r = on_queue_and_service(
-        ctx, api_key, base_url, lambda q, api: reconcile.retry_remote(q, api, kb_id, matches)
-    )
+    async def body(q: Queue, api: client.MaiAgentClient) -> parsing.Repair:
+        return await parsing.repair(
+            q,
+            api,
+            await _kbs(q, kb_id),
+            matches,
+            parser=options.parser,
+            stuck_after=options.stuck_after,
+            timeout=options.timeout,
+        )
+
+    done = on_queue_and_service(ctx, api_key, base_url, body)
+    for note in done.notes.said:
+        click.echo(f"warning: {note}", err=True)
+    if done.reparsed:
+        ctx.echo(
+            _(
+                "{n} entries parsed again in place (batch-reparse, no upload): {ok} parsed now, "
+                "{failed} failed again, {waiting} still parsing"
+            ).format(
+                n=f"{done.reparsed:,}",
+                ok=f"{done.recovered:,}",
+                failed=f"{done.failed_again:,}",
+                waiting=f"{done.still_parsing:,}",
+            )
+        )
+    r = done.retry
     ctx.echo(
         f"{r.requeued:,} files back to pending ({r.deleted:,} failed entries deleted); "
         "run `uploader run` to upload them again"
     )
-    if not (r.requeued or r.busy or r.recovered or r.errors):
+    if not (r.requeued or r.busy or r.recovered or r.errors or done.reparsed):
         ctx.echo("(`uploader verify` finds the entries that failed or are missing)")
     if r.busy:
         ctx.echo(f"{r.busy:,} entries are being processed again: left as they are")

@@ -63,6 +63,14 @@ _DUPLICATE = re.compile(r"duplicat|already exist|重複|已存在", re.I)
 # A 400 about the name shown rather than the key: a field error on `filename` (DRF's shape,
 # alone or per file of the list), or a message naming it.
 _FILENAME = re.compile(r"file ?name|檔名|文件名", re.I)
+# The docs' 400 "unsupported file type" (and the service's own words for it).
+_UNSUPPORTED = re.compile(
+    r"unsupported (file )?type|file ?type .{0,40}not (supported|allowed|accepted)"
+    r"|不支援的檔案|不支持的文件|檔案類型不支援",
+    re.I,
+)
+# Keys a latest-failed-reason answer may carry its text under (the shape is not documented).
+_REASON_KEYS = ("reason", "failedReason", "failed_reason", "latestFailedReason", "message", "error")
 
 
 class ApiError(Exception):
@@ -224,6 +232,7 @@ class RemoteEntry(NamedTuple):
     labels: tuple[Label, ...] = ()
     metadata: dict[str, Any] | None = None
     file: str | None = None
+    status_message: str | None = None  # the docs' status object's `message`
 
     def has_key(self, key: str) -> bool:
         return key_matches(self.file, key)
@@ -400,6 +409,13 @@ def _status(value: Any, where: str) -> str | None:
     return _str(value, where)
 
 
+def _status_message(value: Any) -> str | None:
+    """The text beside a status code (docs: `{"code", "message"}`); None when there is none."""
+    if isinstance(value, dict) and isinstance(value.get("message"), str):
+        return _one_line(value["message"]) or None
+    return None
+
+
 def _created(value: Any, where: str) -> float | None:
     """Epoch milliseconds as a number or a string of digits, or an ISO 8601 string (taken as
     UTC when it has no offset); returns epoch seconds."""
@@ -464,6 +480,7 @@ def parse_entry(raw: Any, where: str = "entry") -> RemoteEntry:
         labels=_labels(raw.get("labels"), f"{where}.labels"),
         metadata=metadata,
         file=file,
+        status_message=_status_message(raw.get("status")),
     )
 
 
@@ -507,6 +524,43 @@ def _resolve(base: str, link: str) -> str:
         return urljoin(base, link)
     except ValueError:
         return link
+
+
+def _file_types(answer: Any) -> frozenset[str]:
+    """The extensions of a supported-file-types answer: a list (or a page's results) of
+    `{"fileType": "pdf", ...}` objects (the docs) or of bare strings; lower case, no dot."""
+    results, _, _ = _paginated(answer, "")
+    types = set()
+    for n, item in enumerate(results):
+        if isinstance(item, dict):
+            item = next(
+                (item[k] for k in ("fileType", "file_type", "type", "extension") if k in item),
+                None,
+            )
+        text = _str(item, f"results[{n}].fileType").strip().lstrip(".").lower()
+        if text:
+            types.add(text)
+    if not types:
+        raise _Bad("no file type in the answer")
+    return frozenset(types)
+
+
+def _reason(answer: Any) -> str | None:
+    """The text of a latest-failed-reason answer, whatever its shape: a string, or an object
+    with the reason under one of _REASON_KEYS (a nested status object's message too)."""
+    if isinstance(answer, str):
+        return _one_line(answer) or None
+    if isinstance(answer, dict):
+        for key in _REASON_KEYS:
+            value = answer.get(key)
+            if isinstance(value, (str, dict)):
+                found = _reason(value)
+                if found:
+                    return found
+        status = answer.get("status")
+        if isinstance(status, dict):
+            return _status_message(status)
+    return None
 
 
 def _presigned(answer: Any) -> Presigned:
@@ -897,6 +951,57 @@ class MaiAgentClient:
         path = _kb_path(kb_id) + "batch-delete/"
         await self._api("POST", path, "batch delete", {"ids": ids}, kb_id=kb_id)
 
+    async def supported_file_types(self) -> frozenset[str] | None:
+        """The file types the service accepts (`GET parsers/supported-file-types/`), or None
+        when it has no such call (404 or 405: an older or on-premise deployment)."""
+        try:
+            answer = await self._api_json(
+                "GET", "parsers/supported-file-types/", "supported file types", gone_ok=True
+            )
+        except ApiError as exc:
+            if exc.error_kind == "method_not_allowed":
+                return None
+            raise
+        if answer is _GONE:
+            return None
+        return self._parse("supported file types", _file_types, answer)
+
+    async def latest_failed_reason(self, kb_id: str, file_id: str) -> tuple[bool, str | None]:
+        """(offered, reason): why an entry's parsing failed, from
+        `.../files/{id}/latest-failed-reason/`. Not offered (False) on a 404 or a 405: the
+        call is documented for chatbot files, its knowledge-base twin is not proven."""
+        path = _file_path(kb_id, file_id) + "latest-failed-reason/"
+        try:
+            raw = await self._api("GET", path, "latest failed reason", gone_ok=True)
+        except ApiError as exc:
+            if exc.error_kind == "method_not_allowed":
+                return False, None
+            raise
+        if raw is None:
+            return False, None
+        try:
+            answer = json.loads(raw or b"")
+        except ValueError:
+            answer = raw.decode("utf-8", "replace")
+        return True, _reason(answer)
+
+    async def batch_reparse(self, kb_id: str, items: Sequence[tuple[str, str | None]]) -> bool:
+        """Parse these entries again in place (`PATCH .../files/batch-reparse/` with
+        `[{"id", "parser"}]`, the parser only when given): same id, labels and metadata, no
+        upload. False when the service has no such call (404 or 405); any 2xx answer is
+        taken as accepted, whatever its body."""
+        if not items:
+            return True
+        body = [{"id": i, **({"parser": p} if p else {})} for i, p in items]
+        path = _kb_path(kb_id) + "batch-reparse/"
+        try:
+            raw = await self._api("PATCH", path, "batch reparse", body, gone_ok=True)
+        except ApiError as exc:
+            if exc.error_kind == "method_not_allowed":
+                return False
+            raise
+        return raw is not None
+
     async def probe(self, kb_id: str) -> None:
         """Is the service there? A one-entry listing and, once an upload was made, a GET of
         the S3 endpoint; any answer but a 5xx counts (the outage gate's probe: an API that
@@ -1171,6 +1276,8 @@ class MaiAgentClient:
                 )
             if op == "create label":
                 return self._error(message, "permanent", "label_exists", status)
+        if status == 400 and op == "register" and _UNSUPPORTED.search(_body_text(body)):
+            return self._error(message, "permanent", "unsupported_type", status)
         if status == 400 and op in ("register", "presign") and _about_filename(body):
             return self._error(message, "permanent", "name_refused", status)
         if status == 405:

@@ -87,6 +87,7 @@ class ErrorKind(_Text):
     LEASE = "lease"
     DUPLICATE_KEY = "duplicate_key"  # register: the key is in the knowledge base already
     NAME_REFUSED = "name_refused"  # the service refused the name shown (--name, a manifest)
+    UNSUPPORTED_TYPE = "unsupported_type"  # register refused the file's type (never retried)
     OPEN_FILES = "open_files"  # a run only: this process ran out of file descriptors
     INTERNAL = "internal"
     SKIPPED = "skipped"  # a file enqueue did not queue for upload (too large, unreadable)
@@ -365,6 +366,8 @@ class DoneRow(NamedTuple):
     filename: str | None
     content_hash: str | None
     tags: str | None = None  # what the entry was asked to carry (uploader.tags)
+    parse_status: str | None = None  # its entry's status as last seen (None: never listed)
+    parse_error: str | None = None  # why its parsing failed, when it did
 
 
 class FailedRow(NamedTuple):

@@ -41,6 +41,7 @@ from .model import (
 from .queue import Queue, QueueError
 from .retrying import Retry, retrying
 from .store.listing import ListingStore
+from .store.parse import ParseStore
 from .store.status import StatusStore
 from .store.superseded import SupersededStore
 
@@ -255,6 +256,10 @@ GONE_BATCH = 1000  # uploaded files looked for on disk per thread hop
 TAG_EXAMPLES = 5  # entries whose labels or metadata differ, named in a verify's counts
 STATUSES = ("initial", "processing", "done", "failed")
 UNSETTLED = ("initial", "processing")
+# Being deleted: listed, but neither present nor gone yet; verify --wait waits for it too.
+DELETING = "deleting"
+# Gone, though a listing may still show it: never stored as an entry.
+DELETED = "deleted"
 
 
 class ReadProgress(Protocol):
@@ -334,6 +339,8 @@ def listed_rows(
     """The per-entry work of a verify: keep it to building one tuple."""
     rows = []
     for e in results:
+        if e.status == DELETED:
+            continue  # not an entry any more: what it was is missing
         seen.add(e.id)
         created = e.created_at if e.created_at is not None else 0.0
         rows.append(
@@ -424,7 +431,7 @@ async def _look_up_unseen(q: Queue, client: MaiAgentClient, listing: Listing) ->
 
     async def look(file_id: str) -> None:
         entry = await _call(client.get_file, listing.kb_id, file_id)
-        if entry is not None:
+        if entry is not None and entry.status != DELETED:
             found.append(entry)
 
     await each(await remote_files.unseen_job_entries(listing.kb_id, listing.started), look)
@@ -452,6 +459,7 @@ async def list_and_match(
         )
         await _look_up_unseen(q, client, listing)
     await remote_files.match_remote(kb_id, listing.started)
+    await ParseStore(q.engine).seen(kb_id, listing.started)
     return listing
 
 
@@ -611,7 +619,7 @@ async def verify(
         while True:
             listing = await list_and_match(q, client, kb_id, progress)
             files = await remote_files.job_remote_counts(kb_id)
-            unsettled = sum(files.get(s, 0) for s in UNSETTLED)
+            unsettled = sum(files.get(s, 0) for s in (*UNSETTLED, DELETING))
             if not wait:
                 break
             if progress is not None:
@@ -748,8 +756,8 @@ async def delete_entry(client: MaiAgentClient, kb_id: str, file_id: str) -> tupl
                 raise
             retry_after = err.retry_after
         entry = await _call(client.get_file, kb_id, file_id)
-        if entry is None:
-            return True, None
+        if entry is None or entry.status in (DELETING, DELETED):
+            return True, None  # a deletion under way ends by itself
         if entry.status in UNSETTLED:
             return False, entry.status
         await asyncio.sleep(DELETES.wait(attempt, retry_after))
@@ -973,7 +981,7 @@ async def _clear_entry(
         return "gone", None
     if status == "missing":
         entry = await _call(client.get_file, kb_id, file_id)
-        if entry is None:
+        if entry is None or entry.status in (DELETING, DELETED):
             return "gone", None
         if entry.status != "failed":
             return "present", entry.status

@@ -41,7 +41,7 @@ def default_path(db_path: str) -> str:
 
 
 def _success(row: DoneRow) -> dict[str, Any]:
-    kb, path, size, duration, file_id, filename, content_hash, asked = row
+    kb, path, size, duration, file_id, filename, content_hash, asked, parsed, why = row
     success = {
         "file_path": display(path),
         "file_size": size,
@@ -50,6 +50,8 @@ def _success(row: DoneRow) -> dict[str, Any]:
         "knowledge_file_id": file_id,
         "filename": filename,
         "content_hash": content_hash,
+        "parse_status": parsed,
+        "parse_error": why,
     }
     if asked is not None:  # the labels and metadata enqueue asked its entry to carry
         labels, metadata = tags.decode(asked)

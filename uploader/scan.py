@@ -11,15 +11,17 @@ import dataclasses
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import bracex
 from wcmatch import glob
 
-from . import paths, queue
+from . import filetypes, paths, queue
 from .manifest import ManifestError, read_manifest, resolve
 from .queue import EnqueueCounts, ScanRow
+from .store.parse import ParseStore
 from .tags import TagOptions
 
 CLUTTER = frozenset({b"thumbs.db", b"desktop.ini", b"ehthumbs.db"})
@@ -173,12 +175,15 @@ def _prune_rule(pattern: str) -> str | None:
 @dataclass
 class Filters:
     """--include / --exclude on the relative path: excludes win, includes (if any) must match.
-    An invalid pattern raises PatternError here, before any file is looked at."""
+    An invalid pattern raises PatternError here, before any file is looked at. `types`: the
+    file types the knowledge base accepts (None: any, --any-type); a file of another type is
+    recorded skipped with the reason, never uploaded."""
 
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     max_size: int | None = None
     filename_encoding: str | None = None  # of names that are not UTF-8 (--filename-encoding)
+    types: frozenset[str] | None = None
     _inc: _Union | None = field(init=False, repr=False)
     _exc: _Union | None = field(init=False, repr=False)
     _prune: _Union | None = field(init=False, repr=False)
@@ -289,6 +294,9 @@ class ScanStats:
             if len(self.undecodable_shown) < _SHOWN_UNDECODABLE:
                 self.undecodable_shown.append(row.relpath)
 
+    # files skipped for their type, per extension ("" for none): enqueue's summary names them
+    unsupported: Counter[str] = field(default_factory=Counter)
+
 
 def walk(
     root: bytes,
@@ -336,7 +344,7 @@ def walk(
                             seen.add(entry_id)
                             stack.append((entry.path, entry_id))
                         continue
-                    row = _row(entry, st, prefix, filters)
+                    row = _row(entry, st, prefix, filters, stats)
                     if row is None:
                         stats.ignored += 1
                     else:
@@ -367,7 +375,11 @@ def _stat(entry: os.DirEntry[bytes], follow: bool) -> os.stat_result | None:
 
 
 def _row(
-    entry: os.DirEntry[bytes], st: os.stat_result | None, prefix: int, filters: Filters
+    entry: os.DirEntry[bytes],
+    st: os.stat_result | None,
+    prefix: int,
+    filters: Filters,
+    stats: ScanStats,
 ) -> ScanRow | None:
     """The queue row for a regular file the filters want; None for everything else."""
     if st is None or not stat.S_ISREG(st.st_mode):
@@ -376,17 +388,32 @@ def _row(
     text = name_text(rel, filters.filename_encoding)
     if not filters.wanted(os.fsdecode(rel) if text is None else text):
         return None
-    return _file_row(entry.path, rel, st, filters, entry.is_symlink())
+    return _file_row(entry.path, rel, st, filters, entry.is_symlink(), stats)
 
 
-def _file_row(path: bytes, rel: bytes, st: os.stat_result, filters: Filters, link: bool) -> ScanRow:
-    """The row of a regular file, with why it is skipped if it is."""
+def _file_row(
+    path: bytes,
+    rel: bytes,
+    st: os.stat_result,
+    filters: Filters,
+    link: bool,
+    stats: ScanStats,
+    shown: str | None = None,
+) -> ScanRow:
+    """The row of a regular file, with why it is skipped if it is. Its type is the one of
+    the name it is shown under (`shown`, a manifest's), which is what the service reads."""
     skip = None
     text = name_text(rel, filters.filename_encoding)
+    refused = None
+    if filters.types is not None:
+        refused = filetypes.refusal(shown or display(rel), filters.types)
     if text is None:
         skip = NOT_UTF8
     elif filters.max_size is not None and st.st_size > filters.max_size:
         skip = f"larger than --max-size ({st.st_size} > {filters.max_size} bytes)"
+    elif refused is not None:
+        skip = refused
+        stats.unsupported[filetypes.extension(shown or display(rel))] += 1
     elif not os.access(path, os.R_OK):
         skip = "unreadable: permission denied"
     # The upload opens with O_NOFOLLOW (a link swapped in later is refused), so a link that
@@ -426,7 +453,7 @@ def manifest_rows(
         if not filters.wanted(os.fsdecode(rel)):
             stats.ignored += 1
             continue
-        file_row = _file_row(path, rel, st, filters, os.path.islink(path))
+        file_row = _file_row(path, rel, st, filters, os.path.islink(path), stats, row.filename)
         stats.count_undecodable(file_row)
         yield dataclasses.replace(
             file_row,
@@ -439,6 +466,15 @@ def manifest_rows(
 def _tagged(rows: Iterator[ScanRow], tags: TagOptions) -> Iterator[ScanRow]:
     for row in rows:
         yield dataclasses.replace(row, tags=tags.tags_for(row.relpath), parser=tags.parser)
+
+
+async def _write(q: queue.Queue, kb_id: str, batch: list[ScanRow], any_type: bool) -> EnqueueCounts:
+    """One batch into the queue; with --any-type its files are marked so that a run sends
+    them whatever their type."""
+    counts = await q.enqueue_batch(kb_id, batch)
+    if any_type:
+        await ParseStore(q.engine).mark_any_type(kb_id, [r.path for r in batch if r.skip is None])
+    return counts
 
 
 def batches(rows: Iterator[ScanRow], size: int) -> Iterator[list[ScanRow]]:
@@ -462,6 +498,7 @@ async def enqueue(
     batch_size: int = 2000,
     tags: TagOptions | None = None,
     on_batch: Callable[[EnqueueCounts], Awaitable[None]] | None = None,
+    any_type: bool = False,
 ) -> tuple[EnqueueCounts, ScanStats]:
     """Walk `root` into the queue, one transaction per batch; safe to run again. The walk
     runs in a thread so the next batch is scanned while the database writes this one.
@@ -481,7 +518,7 @@ async def enqueue(
                 await on_batch(counts)
         if batch is None:
             return counts, stats
-        writing = asyncio.create_task(q.enqueue_batch(kb_id, batch))
+        writing = asyncio.create_task(_write(q, kb_id, batch, any_type))
 
 
 async def enqueue_manifest(
@@ -495,6 +532,7 @@ async def enqueue_manifest(
     own: OwnState | None = None,
     encoding: str | None = None,
     batch_size: int = 2000,
+    any_type: bool = False,
 ) -> tuple[EnqueueCounts, ScanStats]:
     """The files a manifest names into the queue, all in one transaction: a bad row anywhere
     (ManifestError) leaves the queue as it was, so a fixed manifest can simply be given
@@ -505,5 +543,5 @@ async def enqueue_manifest(
     chunks = batches(rows, batch_size)
     async with q.transaction():
         while (batch := await asyncio.to_thread(next, chunks, None)) is not None:
-            counts.add(await q.enqueue_batch(kb_id, batch))
+            counts.add(await _write(q, kb_id, batch, any_type))
     return counts, stats

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import processes, replace
+from . import filetypes, processes, replace
 from .attempt import Attempt, Policy, Shared
 from .bandwidth import Bandwidth
 from .client import ApiError, MaiAgentClient, RateLimiter, make_session
@@ -32,6 +32,7 @@ from .queue import Queue
 from .reconcile import RemoteIndex, delete_copies
 from .registrar import Registrar
 from .retrying import Retry, retrying
+from .store.parse import ParseStore
 from .store.runs import RunsStore
 
 log = logging.getLogger("uploader.run")
@@ -99,6 +100,9 @@ class Settings:
     outage_timeout: float = 600.0
     keep_old_versions: bool = False
     skip_same_content: bool = False
+    # the types the knowledge base accepts (filetypes; set at the start of the run from the
+    # service, None: any)
+    file_types: frozenset[str] | None = None
 
 
 @dataclass
@@ -316,6 +320,7 @@ class Pool:
                 settings.lease_seconds,
                 skip_same_content=settings.skip_same_content,
                 timeout=client.timeout,
+                file_types=settings.file_types,
             ),
             run_id=run_id,
             slots=asyncio.Semaphore(settings.workers),
@@ -325,6 +330,7 @@ class Pool:
             lease_until=lambda job_id: self._lease_until.get(job_id, 0.0),
             labels=LabelResolver(client, queue),
             uploaded_as=queue.uploaded_as,
+            any_type=ParseStore(queue.engine).any_type,
         )
         # Claimed rows waiting for a slot keep every worker busy between claims; claims come
         # in batches of at least half the workers so the database is not asked per file.
@@ -814,6 +820,11 @@ async def _execute(
         known = [kb for kb in kbs if kb not in result.unknown_kbs]
         if result.fatal is None and kbs and not known:
             result.fatal = next(iter(result.unknown_kbs.values()))
+        if result.fatal is None and known:
+            accepted = await filetypes.learn(queue, client, service.base_url, known)
+            settings = dataclasses.replace(settings, file_types=accepted.types)
+            if accepted.note is not None and told.notice is not None:
+                told.notice(f"warning: {accepted.note}")
         if result.fatal is None:
             # One pool over every knowledge base; one per known one when some are unknown,
             # since a claim takes rows of one knowledge base or of all.

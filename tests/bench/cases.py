@@ -374,7 +374,7 @@ def case_5(opts: Options) -> Figures:
     with serve(0.0) as server, workspace() as root:
         folder = make_sparse(root, size)
         for i in range(opts.repeat):
-            plains.append(bare_client(server, "stream", os.path.join(folder, "big.bin"))[0])
+            plains.append(bare_client(server, "stream", os.path.join(folder, "big.pdf"))[0])
             up = Uploader(os.path.join(root, f"run{i}"), server)
             up.enqueue(folder)
             runs.append(up.run())

@@ -266,7 +266,7 @@ def make_sparse(root: str, size: int) -> str:
     """One big file that costs no disk: its bytes read as zeros."""
     folder = os.path.join(root, "big")
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "big.bin")
+    path = os.path.join(folder, "big.pdf")
     with open(path, "wb") as f:
         f.truncate(size)
     return folder

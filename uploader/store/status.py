@@ -21,8 +21,8 @@ from .engine import Engine, Pair
 
 _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
     "done": (
-        "SELECT kb_id, path, size, duration, file_id, filename, content_hash, tags FROM jobs"
-        " WHERE state = 'done' ORDER BY id",
+        "SELECT kb_id, path, size, duration, file_id, filename, content_hash, tags,"
+        " remote_status, remote_error FROM jobs WHERE state = 'done' ORDER BY id",
         DoneRow,
     ),
     "failed": (
