@@ -693,6 +693,12 @@ def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
 @click.argument("directory")
 @kb_option(required=True)
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching (repeatable).")
+@click.option(
+    "--ignore-case/--no-ignore-case",
+    default=None,
+    help="Match --include/--exclude without regard to case (default: on Windows and macOS, "
+    "whose volumes ignore case).",
+)
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching (repeatable).")
 @click.option(
     "--max-size",
@@ -794,6 +800,7 @@ def enqueue(
     manifest: str | None,
     manifest_encoding: str,
     filename_encoding: str | None,
+    ignore_case: bool | None,
     parser: str | None,
     delete_removed: bool,
     dry_run: bool,
@@ -840,7 +847,13 @@ def enqueue(
         what = "does not exist" if not os.path.exists(directory) else "is not a folder"
         raise UserError(f"{directory} {what}")
     try:
-        filters = scan.Filters(include, exclude, max_size, filename_encoding)
+        filters = scan.Filters(
+            include,
+            exclude,
+            max_size,
+            filename_encoding,
+            ignore_case=scan.IGNORE_CASE_DEFAULT if ignore_case is None else ignore_case,
+        )
     except scan.PatternError as exc:
         raise UserError(str(exc)) from None
 
@@ -959,6 +972,14 @@ def enqueue(
             err=True,
         )
     _warn_unreadable(stats)
+    for unmatched in filters.unmatched():
+        hint = ""
+        if "/" not in unmatched and not any(c in unmatched for c in "*?[{."):
+            hint = _(" (a folder's files: add /**)")
+        click.echo(
+            printable(_("warning: {filter} matched no file").format(filter=unmatched) + hint),
+            err=True,
+        )
     if as_json:
         shown = {
             "kb_id": kb_id,

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 import stat
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class PatternError(ValueError):
 # separator and `\` always an escape, whatever the platform.
 _FLAGS = glob.GLOBSTAR | glob.BRACE | glob.DOTGLOB | glob.FORCEUNIX
 _LIMIT = 1000  # brace alternatives per pattern, wcmatch's own default
+# Where names differ by case only in the eyes of the user: the volumes are case-insensitive.
+IGNORE_CASE_DEFAULT = sys.platform in ("win32", "darwin")
 _LEFTOVER_BRACE = re.compile(r"(?<!\\)[{}]")
 
 
@@ -130,12 +133,12 @@ def _check(pattern: str, role: str) -> str:
     return pattern
 
 
-def _regex(patterns: Sequence[str]) -> re.Pattern[str] | None:
+def _regex(patterns: Sequence[str], flags: int = _FLAGS) -> re.Pattern[str] | None:
     """One compiled regex for many wcmatch patterns: a path costs one `match`, not a wcmatch
     call per pattern."""
     if not patterns:
         return None
-    positive, _negative = glob.translate(patterns, flags=_FLAGS, limit=_LIMIT)
+    positive, _negative = glob.translate(patterns, flags=flags, limit=_LIMIT)
     return re.compile("|".join(f"(?:{p})" for p in positive))
 
 
@@ -151,12 +154,12 @@ class _Union:
     paths: re.Pattern[str] | None
 
     @classmethod
-    def of(cls, patterns: Sequence[str]) -> _Union | None:
+    def of(cls, patterns: Sequence[str], flags: int = _FLAGS) -> _Union | None:
         if not patterns:
             return None
         names = [p for p in patterns if "/" not in p]
         paths = [p[1:] if p.startswith("/") else "**/" + p for p in patterns if "/" in p]
-        return cls(_regex(names), _regex(paths))
+        return cls(_regex(names, flags), _regex(paths, flags))
 
     def match(self, relpath: str) -> bool:
         if self.names is not None and self.names.match(relpath.rpartition("/")[2]):
@@ -184,24 +187,61 @@ class Filters:
     max_size: int | None = None
     filename_encoding: str | None = None  # of names that are not UTF-8 (--filename-encoding)
     types: frozenset[str] | None = None
+    ignore_case: bool = IGNORE_CASE_DEFAULT  # --ignore-case: `*.PDF` matches `a.pdf`
+    backslash_separates: bool = sys.platform == "win32"  # `合約\\**` as `合約/**`
     _inc: _Union | None = field(init=False, repr=False)
     _exc: _Union | None = field(init=False, repr=False)
     _prune: _Union | None = field(init=False, repr=False)
+    _each: dict[str, _Union] = field(init=False, repr=False)  # "--include 'x'": its matcher
+    _unseen: set[str] = field(init=False, repr=False)  # filters that matched nothing yet
 
     def __post_init__(self) -> None:
+        if self.backslash_separates:
+            self.include = [p.replace("\\", "/") for p in self.include]
+            self.exclude = [p.replace("\\", "/") for p in self.exclude]
+        flags = _FLAGS | (glob.IGNORECASE if self.ignore_case else 0)
+        includes = [_check(p, "include") for p in self.include]
         excludes = [_check(p, "exclude") for p in self.exclude]
-        self._inc = _Union.of([_check(p, "include") for p in self.include])
-        self._exc = _Union.of(excludes)
-        self._prune = _Union.of([f for f in map(_prune_rule, excludes) if f is not None])
+        self._inc = _Union.of(includes, flags)
+        self._exc = _Union.of(excludes, flags)
+        self._prune = _Union.of([f for f in map(_prune_rule, excludes) if f is not None], flags)
+        self._each = {}
+        for role, given, checked in [
+            *(("include", g, c) for g, c in zip(self.include, includes, strict=True)),
+            *(("exclude", g, c) for g, c in zip(self.exclude, excludes, strict=True)),
+        ]:
+            union = _Union.of([checked], flags)
+            prune = _prune_rule(checked) if role == "exclude" else None
+            if union is not None:
+                self._each[f"--{role} {given!r}"] = union
+            if prune is not None and (folder := _Union.of([prune], flags)) is not None:
+                self._each[f"--{role} {given!r} "] = folder  # its folders, when pruned
+        self._unseen = {key.rstrip() for key in self._each}
 
     def wanted(self, relpath: str) -> bool:
+        if self._unseen:
+            self._seen(relpath, folder=False)
         if self._exc is not None and self._exc.match(relpath):
             return False
         return self._inc is None or self._inc.match(relpath)
 
     def pruned(self, relpath: str) -> bool:
         """True for a folder every file below which an exclude matches."""
-        return self._prune is not None and self._prune.match(relpath)
+        found = self._prune is not None and self._prune.match(relpath)
+        if found and self._unseen:
+            self._seen(relpath, folder=True)
+        return found
+
+    def _seen(self, relpath: str, folder: bool) -> None:
+        for key, union in self._each.items():
+            unseen = key.endswith(" ") == folder and key.rstrip() in self._unseen
+            if unseen and union.match(relpath):
+                self._unseen.discard(key.rstrip())
+
+    def unmatched(self) -> list[str]:
+        """The filters that matched no path of the walk (`--include '*.PDF'`), to be said:
+        a filter that matches nothing is most often a typo or a Windows habit."""
+        return sorted(self._unseen)
 
 
 def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
