@@ -201,7 +201,7 @@ def test_version() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert uploader.__version__ in result.stdout
-    assert uploader.__version__ == importlib.metadata.version("uploader")
+    assert uploader.__version__ == importlib.metadata.version("maiagent-uploader")
 
 
 @pytest.mark.parametrize(

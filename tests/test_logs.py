@@ -98,7 +98,7 @@ def test_a_fatal_stop_is_in_the_log_and_in_status(tmp_path: Path, maiagent: MaiA
     assert "sk-wrong-123" not in text
     (run,) = rows(db, "SELECT fatal FROM runs")
     assert run["fatal"] == "API key rejected (HTTP 401): Invalid API key"
-    assert "exit 3, " in status.stdout
+    assert "exit 3: " in status.stdout
     assert "stopped: API key rejected (HTTP 401): Invalid API key" in status.stdout
 
 

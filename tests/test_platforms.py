@@ -66,9 +66,9 @@ def make_files(data: Path, count: int) -> dict[str, bytes]:
     """Files whose bytes a text-mode read would change (CR LF, a Ctrl+Z, a NUL), and one big
     enough to be streamed in chunks (read at an offset where there is no pread)."""
     big = b"".join(b"%08d\r\n\x1a" % i for i in range(60_000))  # 660,000 bytes
-    (data / "big.bin").parent.mkdir(parents=True, exist_ok=True)
-    (data / "big.bin").write_bytes(big)
-    files = {"big.bin": big}
+    (data / "big.txt").parent.mkdir(parents=True, exist_ok=True)
+    (data / "big.txt").write_bytes(big)
+    files = {"big.txt": big}
     for i in range(count):
         rel = f"dir{i % 5}/doc{i // 5}.pdf"
         content = f"line {i}\r\n".encode() * (1 + i % 3) + b"\x1a\x00 end"

@@ -248,7 +248,9 @@ def test_status_verify_dedupe_retry_and_report_work_on_postgresql(
     server.faults.parse_failure_rate = 0.0
     retried = invoke(pg_url, "retry-failed", "--remote", *service(server))  # type: ignore[arg-type]
     assert retried.exit_code == 0, retried.output
-    assert f"{failed} files back to pending" in retried.output
+    # repaired in place by batch-reparse (issue 26): no upload, the entries keep their ids
+    assert f"{failed} entries parsed again in place" in retried.output
+    assert f"{failed} parsed now, 0 failed again" in retried.output
     again = invoke(pg_url, "--host-id", "host-a", *run_args(server))  # type: ignore[arg-type]
     assert again.exit_code == 0, again.output
     final = invoke(pg_url, "verify", "--wait", *service(server))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import abc
 import contextlib
 import enum
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -101,7 +101,7 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def stream(
         self, sql: Sql, params: Sequence[Any] = (), chunk: int = 5000
-    ) -> AsyncIterator[tuple[Any, ...]]:
+    ) -> AsyncGenerator[tuple[Any, ...], None]:
         """The rows of a query, read `chunk` at a time: memory is the same for a million rows
         as for ten."""
 

@@ -19,7 +19,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -211,7 +211,7 @@ class PgEngine(Engine):
 
     async def stream(
         self, sql: Sql, params: Sequence[Any] = (), chunk: int = 5000
-    ) -> AsyncIterator[tuple[Any, ...]]:
+    ) -> AsyncGenerator[tuple[Any, ...], None]:
         """Through a server-side cursor, in a read-only transaction of its own connection."""
         async with self.connection() as conn, conn.transaction(readonly=True):
             async for row in conn.cursor(numbered(self.spelled(sql)), *params, prefetch=chunk):

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -260,7 +260,7 @@ class SqliteEngine(Engine):
 
     async def stream(
         self, sql: Sql, params: Sequence[Any] = (), chunk: int = 5000
-    ) -> AsyncIterator[tuple[Any, ...]]:
+    ) -> AsyncGenerator[tuple[Any, ...], None]:
         async with self._conn.execute(self.spelled(sql), params) as cur:
             while rows := await cur.fetchmany(chunk):
                 for row in rows:

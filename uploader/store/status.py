@@ -4,6 +4,7 @@ Reads only; the tables are written by the other stores and the job queue."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -135,13 +136,15 @@ class StatusStore:
         """The rows of one report section ('done', 'failed', 'skipped') in id order,
         streamed `chunk` at a time (memory independent of the table's size)."""
         sql, shape = _REPORT_ROWS[state]
-        async for row in self._db.stream(sql, chunk=chunk):
-            yield shape(*row)
+        async with contextlib.aclosing(self._db.stream(sql, chunk=chunk)) as rows:
+            async for row in rows:
+                yield shape(*row)
 
     async def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
         """Every recorded deletion, oldest first, with its job's local path, streamed."""
-        async for row in self._db.stream(_DELETION_ROWS, chunk=chunk):
-            yield DeletionRow(*row)
+        async with contextlib.aclosing(self._db.stream(_DELETION_ROWS, chunk=chunk)) as rows:
+            async for row in rows:
+                yield DeletionRow(*row)
 
     async def last_verifications(self) -> list[dict[str, Any]]:
         """The newest verification per knowledge base, by kb_id: id, kb_id, started_at,
@@ -160,5 +163,6 @@ class StatusStore:
         params: tuple[Any, ...] = (verification_id, kind)
         if limit >= 0:
             sql, params = sql + " LIMIT ?", (*params, limit)
-        async for row in self._db.stream(sql, params):
-            yield VerificationItem(*row)
+        async with contextlib.aclosing(self._db.stream(sql, params)) as rows:
+            async for row in rows:
+                yield VerificationItem(*row)

@@ -9,6 +9,7 @@ by the job queue, under its lease."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from ..model import (
@@ -136,8 +137,9 @@ class SupersededStore:
         """`scope`'s jobs of `kb_id` whose path starts with `prefix`, neither running nor
         removed, in path order, streamed."""
         params = (kb_id, prefix, prefix, scope.host, scope.shared)
-        async for row in self._db.stream(_QUEUED_UNDER, params):
-            yield QueuedFile(row[0], bytes(row[1]), row[2], bool(row[3]))
+        async with contextlib.aclosing(self._db.stream(_QUEUED_UNDER, params)) as rows:
+            async for row in rows:
+                yield QueuedFile(row[0], bytes(row[1]), row[2], bool(row[3]))
 
     async def mark_removed(self, job_ids: Sequence[int]) -> int:
         """One transaction: these jobs (unless running or removed) become `removed`; the
