@@ -24,12 +24,13 @@ import pytest
 
 from tests.helpers import async_test, rows
 from uploader import attempt as attempt_module
-from uploader.attempt import Attempt, Policy, Shared
+from uploader.attempt import Attempt, Shared
 from uploader.client import ApiError, FilePage, Presigned, RegisterItem, RemoteEntry, Uploaded
 from uploader.clock import ServiceClock
 from uploader.labels import LabelResolver
 from uploader.liveness import make_owner
 from uploader.model import Outcome, ScanRow
+from uploader.options import RunOptions
 from uploader.queue import Queue, open_queue
 from uploader.reconcile import RemoteIndex
 from uploader.registrar import Registrar
@@ -144,7 +145,10 @@ def _process(q: Queue, service: Service, rng: random.Random, die_after: int | No
         client=client,  # type: ignore[arg-type]
         registrar=Registrar(client, index, 1, 0.0),  # type: ignore[arg-type]
         index=index,
-        policy=Policy(max_retries=50, retry_delay=0.0, lease_seconds=60.0, timeout=TIMEOUT),
+        options=RunOptions(
+            "http://127.0.0.1:9/", "", max_retries=50, retry_delay=0.0, timeout=TIMEOUT
+        ),
+        file_types=None,
         run_id=None,
         slots=asyncio.Semaphore(4),
         record=process.written.append,

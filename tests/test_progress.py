@@ -40,6 +40,7 @@ from tests.maiagent_server import MaiAgentServer
 from tests.test_run_outage import Run, _done, _queued, _wait_until
 from uploader import queue, worker
 from uploader.model import HostScope
+from uploader.options import RunOptions
 from uploader.progress import rate_text
 
 _WAIT = 60.0
@@ -215,13 +216,11 @@ def test_a_run_as_a_library_draws_nothing(
     """Output belongs to the CLI (issue 11, step 4): `worker.execute` given no progress and
     no notice uploads everything and prints nothing; the CLI's drawing is passed in."""
     db = _queued_files(tmp_path, 12)
-    settings = worker.Settings(workers=4, kb_id=KB, retry_delay=0.01)
+    options = RunOptions(maiagent.base_url, API_KEY, kb_id=KB, workers=4, retry_delay=0.01)
 
     async def upload() -> worker.RunResult:
         async with queue.opened(str(db), create=False, scope=HostScope(socket.gethostname())) as q:
-            return await worker.execute(
-                q, settings, worker.Connection(maiagent.base_url, API_KEY), {}
-            )
+            return await worker.execute(q, options, worker.Plan())
 
     capsys.readouterr()
     result = asyncio.run(upload())

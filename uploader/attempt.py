@@ -22,7 +22,7 @@ taken effect, at or after this time".
   since the doubt is read (`RemoteIndex.adopt`); the entry whose `file` is (or ends with) the
   key is adopted (the job is done, no second register). An entry listed without `file` is
   matched by name, size and time only when no other job has that name. No entry is proof that
-  the register did not happen only once it had time to land (`Policy.settle_seconds`: the
+  the register did not happen only once it had time to land (`Shared.settle_seconds`: the
   request timeout and a margin after it was sent); until then the row waits, and the register
   that follows sends the same key again, so a service that refuses duplicate keys (as the
   docs say MaiAgent does) protects us too.
@@ -47,6 +47,7 @@ from . import filetypes, tags
 from .client import ApiError, MaiAgentClient, RegisterItem, backoff
 from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
+from .options import RunOptions
 from .reconcile import RemoteIndex
 from .registrar import Registrar
 from .replace import file_digest, same_content
@@ -57,38 +58,16 @@ SETTLE_MARGIN = 2.0  # seconds a register may land after our request timed out
 
 
 @dataclass
-class Policy:
-    """The run's options that decide an attempt's course."""
-
-    max_retries: int = 3
-    retry_delay: float = 2.0
-    name: str = "basename"  # or "relpath": the filename shown in the knowledge base
-    lease_seconds: float = 60.0
-    # a file whose bytes equal a file's already uploaded to the same knowledge base (or being
-    # uploaded by this run) is recorded skipped, naming that file: duplicate chunks degrade
-    # retrieval. Costs one more read of each file, to hash it before its upload.
-    skip_same_content: bool = False
-    timeout: float = 60.0  # seconds per API request (--timeout)
-    # the types the knowledge base accepts, learned at the start of the run (None: any): a
-    # file of another type not queued with --any-type is skipped at claim, nothing sent
-    file_types: frozenset[str] | None = None
-
-    @property
-    def settle_seconds(self) -> float:
-        """How long after a register was sent it may still take effect, when nothing else is
-        known (its process died): the listing is not taken as proof that it did not until
-        then (a slow commit behind a proxy lands after our timeout)."""
-        return self.timeout + SETTLE_MARGIN
-
-
-@dataclass
 class Shared:
     """What every attempt of one run shares with the pool."""
 
     client: MaiAgentClient
     registrar: Registrar
     index: RemoteIndex
-    policy: Policy
+    options: RunOptions  # the run's: retries, backoff, --name, lease, --timeout...
+    # the types the knowledge base accepts, learned at the start of the run (None: any): a
+    # file of another type not queued with --any-type is skipped at claim, nothing sent
+    file_types: frozenset[str] | None
     run_id: int | None
     slots: asyncio.Semaphore  # the --workers uploads at once
     record: Callable[[Outcome], None]  # for the intermediate `uploaded` outcome
@@ -107,11 +86,18 @@ class Shared:
     # whether a job was queued with --any-type (asked only of a file of a type not accepted)
     any_type: Callable[[int], Awaitable[bool]] | None = None
     # job id → when a doubtful register of this run, which ended with an error, has had
-    # time to land (its end and a margin); a row not in it waits Policy.settle_seconds
+    # time to land (its end and a margin); a row not in it waits `settle_seconds`
     settles: dict[int, float] = field(default_factory=dict)
     # job ids whose key the service said it already holds (a duplicate-key answer): their
     # entry exists, so their doubt is never dropped, only settled by the listing
     proven: set[int] = field(default_factory=set)
+
+    @property
+    def settle_seconds(self) -> float:
+        """How long after a register was sent it may still take effect, when nothing else is
+        known (its process died): the listing is not taken as proof that it did not until
+        then (a slow commit behind a proxy lands after our timeout)."""
+        return self.options.timeout + SETTLE_MARGIN
 
 
 class Attempt:
@@ -206,7 +192,7 @@ class Attempt:
         fresh = job.step is None and job.unknown_since is None and job.s3_key is None
         if fresh and (refused := await self._type_refused()) is not None:
             return self._outcome(OutcomeKind.SKIPPED, refused)
-        if self._s.policy.skip_same_content and job.step is None and job.unknown_since is None:
+        if self._s.options.skip_same_content and job.step is None and job.unknown_since is None:
             other = await self._same_as_another()
             if other is not None:
                 return self._outcome(OutcomeKind.SKIPPED, _same_content(other))
@@ -229,7 +215,7 @@ class Attempt:
     async def _type_refused(self) -> ApiError | None:
         """Why this file is not sent: a type the knowledge base does not accept (the list of
         this run), unless it was queued with --any-type."""
-        types = self._s.policy.file_types
+        types = self._s.file_types
         why = None if types is None else filetypes.refusal(self._name(), types)
         if why is None or (self._s.any_type is not None and await self._s.any_type(self.job.id)):
             return None
@@ -322,7 +308,7 @@ class Attempt:
             later = now + SETTLE_MARGIN
             log.info("%s is registered, its entry not listed yet: looking again", job.relpath)
             return None, self._outcome(OutcomeKind.RELEASED, next_attempt_at=later)
-        settles = self._s.settles.get(job.id, job.unknown_since + self._s.policy.settle_seconds)
+        settles = self._s.settles.get(job.id, job.unknown_since + self._s.settle_seconds)
         if now < settles:
             log.info("a register of %s may still take effect: looking again later", job.relpath)
             return None, self._outcome(OutcomeKind.RELEASED, next_attempt_at=settles)
@@ -333,7 +319,7 @@ class Attempt:
     def _check_lease(self, doing: str) -> None:
         """Stalled (suspended, starved) near the end of our lease: another run may own the row
         soon; leave it to whoever holds it rather than act on a row that is not ours."""
-        margin = min(5.0, self._s.policy.lease_seconds / 4)
+        margin = min(5.0, self._s.options.lease / 4)
         if time.time() > self._s.lease_until(self.job.id) - margin:
             raise ApiError(
                 f"lease expired before {doing}", kind="transient", error_kind=ErrorKind.LEASE
@@ -416,7 +402,7 @@ class Attempt:
         if self.job.display_name:
             return self.job.display_name
         relpath = self.job.relpath
-        return relpath if self._s.policy.name == "relpath" else relpath.rsplit("/", 1)[-1]
+        return relpath if self._s.options.name == "relpath" else relpath.rsplit("/", 1)[-1]
 
     def _name_refused(self, err: ApiError) -> ApiError:
         """The name is this file's fault, and the way out is the other naming (or the
@@ -424,7 +410,7 @@ class Attempt:
         if self.job.display_name:
             fix = "give it another name in the manifest"
         else:
-            fix = f"try --name {'basename' if self._s.policy.name == 'relpath' else 'relpath'}"
+            fix = f"try --name {'basename' if self._s.options.name == 'relpath' else 'relpath'}"
         message = f"the service refused the name {self.job.filename!r} ({err}): {fix}"
         return ApiError(message, kind="permanent", error_kind=ErrorKind.NAME_REFUSED)
 
@@ -439,17 +425,17 @@ class Attempt:
             log.info("%s: the service holds its key already: adopting its entry", self.job.relpath)
             return self._outcome(OutcomeKind.RELEASED, err, next_attempt_at=time.time())
         self.error = err
-        job, policy = self.job, self._s.policy
-        if err.kind == "permanent" or job.attempts >= 1 + policy.max_retries:
+        job, options = self.job, self._s.options
+        if err.kind == "permanent" or job.attempts >= 1 + options.max_retries:
             log.error("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
             return self._outcome(OutcomeKind.FAILED, err)
-        delay = backoff(job.attempts, policy.retry_delay, err.retry_after)
+        delay = backoff(job.attempts, options.retry_delay, err.retry_after)
         if self._registering_since is not None and err.maybe_applied:
             delay = max(delay, SETTLE_MARGIN)  # no use looking before it may have landed
         log.warning(
             "retry %d/%d of %s in %.1fs: %s",
             job.attempts,
-            policy.max_retries,
+            options.max_retries,
             job.relpath,
             delay,
             err,

@@ -62,6 +62,7 @@ from .model import (
     SkippedRow,
     VerificationItem,
 )
+from .options import RunOptions
 from .pipes import reader_gone, reader_went_away
 from .printable import Formatter, printable
 from .queue import Queue, anchor, redact
@@ -1238,7 +1239,7 @@ def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
 
 def wait_parsed_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--wait-parsed, --parse-timeout, --stuck-after: what `run` (and `sync`) take to wait,
-    after uploading, until the files are parsed (`ParseWait.of(opts)` pops them)."""
+    after uploading, until the files are parsed (`ParseWait`)."""
     options = [
         click.option(
             "--wait-parsed",
@@ -1322,9 +1323,8 @@ def reference_names() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return decorate
 
 
-def _with_network(opts: dict[str, Any]) -> dict[str, Any]:
+def _with_network(opts: dict[str, Any], network: str | None) -> dict[str, Any]:
     """run's options with --network's preset applied where the user gave no value."""
-    network = opts.pop("network")
     ctx = click.get_current_context()
     explicit = {name for name in opts if given(ctx, name)}
     return presets.apply(presets.Network(network) if network else None, opts, explicit)
@@ -1487,7 +1487,20 @@ async def _auto_report(q: Queue, ctx: Context) -> str | None:
 @wait_parsed_options()
 @reference_names()
 @pass_ctx
-def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any) -> None:
+def run(
+    ctx: Context,
+    api_key: str,
+    base_url: str,
+    allow_http: bool,
+    as_json: bool,
+    error_on_nothing_to_do: bool,
+    no_report: bool,
+    network: str | None,
+    wait_parsed: bool,
+    parse_timeout: float,
+    stuck_after: float,
+    **opts: Any,
+) -> None:
     """Upload every pending file: presign, S3 POST, register, with retries and resume.
 
     Exit codes: 0 all done (or nothing pending), 1 some files failed, 2 bad input (a --kb
@@ -1496,22 +1509,21 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
     with --error-on-nothing-to-do, 130 interrupted. Running it again resumes.
     """
     _check_service(api_key, base_url, allow_http, "run")
-    nothing_to_do = opts.pop("error_on_nothing_to_do")
-    as_json = opts.pop("as_json")
-    with_report = not opts.pop("no_report")
-    waiting = ParseWait.of(opts)
-    opts = _with_network(opts)
+    waiting = ParseWait(wait_parsed, parse_timeout, stuck_after)
+    options = RunOptions(
+        base_url=base_url, api_key=api_key, host_id=ctx.host_id, **_with_network(opts, network)
+    )
     # An enqueue started with this run may not have made its database or recorded its scan yet.
     until = walkwait.deadline()
     walkwait.wait_for_database(ctx.db, until)
 
     async def idle_now(q: Queue) -> str | None:
-        await walkwait.wait_for_enqueue(q, opts["kb_id"], until)
-        return await _nothing_pending(q, opts["kb_id"], ctx.host_id)
+        await walkwait.wait_for_enqueue(q, options.kb_id, until)
+        return await _nothing_pending(q, options.kb_id, ctx.host_id)
 
-    idle = on_queue(ctx, idle_now, shared=opts["shared"], create=False)
+    idle = on_queue(ctx, idle_now, shared=options.shared, create=False)
     if idle is not None:
-        code = ExitCode.NOTHING_TO_DO if nothing_to_do else ExitCode.OK
+        code = ExitCode.NOTHING_TO_DO if error_on_nothing_to_do else ExitCode.OK
         if as_json:
             click.echo(
                 json.dumps(
@@ -1522,27 +1534,9 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         else:
             click.echo(printable(idle))
         if waiting.asked and code == ExitCode.OK:
-            code = waiting.wait(ctx, api_key, base_url, opts["kb_id"], as_json)
+            code = waiting.wait(ctx, api_key, base_url, options.kb_id, as_json)
         sys.exit(code)
-    settings = worker.Settings(
-        workers=opts["workers"],
-        max_retries=opts["max_retries"],
-        retry_delay=opts["retry_delay"],
-        kb_id=opts["kb_id"],
-        name=opts["name"],
-        grace=opts["grace"],
-        lease_seconds=opts["lease"],
-        outage_timeout=opts["outage_timeout"],
-        keep_old_versions=opts["keep_old_versions"],
-        skip_same_content=opts["skip_same_content"],
-    )
-    service = worker.Connection(
-        base_url, api_key, opts["rate_limit"], opts["timeout"], opts["bwlimit"]
-    )
-    shared = opts.pop("shared")
-    log_file, log_level = opts.pop("log_file"), opts.pop("log_level")
-    recorded = {**opts, "base_url": base_url, "host_id": ctx.host_id, "shared": shared}
-    run_log = _open_log(ctx, log_file, log_level)
+    run_log = _open_log(ctx, options.log_file, options.log_level)
     run_ids: list[int] = []
 
     def started(run_id: int) -> None:
@@ -1550,25 +1544,26 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         run_ids.append(run_id)
         where = "stderr only"
         if run_log is not None:
-            where = run_log.baseFilename if log_file else logs.name_for_run(run_log, run_id)
-        shown = {**recorded, "kb_id": recorded["kb_id"] or "all"}
-        shown["register_batch"] = recorded["register_batch"] or "auto"
+            where = run_log.baseFilename if options.log_file else logs.name_for_run(run_log, run_id)
+        shown = {
+            **options.recorded(),
+            "kb_id": options.kb_id or "all",
+            "register_batch": options.register_batch or "auto",
+        }
         run_logger.info("run %d started (log %s): %s", run_id, where, logs.readable(shown))
 
     async def body(q: Queue) -> tuple[worker.RunResult, dict[str, Any]]:
-        before = _states_of(await StatusStore(q.engine).state_counts(), settings.kb_id)
+        before = _states_of(await StatusStore(q.engine).state_counts(), options.kb_id)
         if before["done"] and not as_json:
             total = sum(before.values()) - before["skipped"]
             ctx.echo(f"resuming: {before['done']:,} of {total:,} files were uploaded before")
-        settings.register_batch = await checkup.register_batch(
-            q, base_url, await q.kbs_with_work(settings.kb_id), opts["register_batch"]
+        batch = await checkup.register_batch(
+            q, base_url, await q.kbs_with_work(options.kb_id), options.register_batch
         )
-        settings.register_auto = opts["register_batch"] is None
         result = await worker.execute(
             q,
-            settings,
-            service,
-            recorded,
+            options,
+            worker.Plan(register_batch=batch),
             progress=None if ctx.quiet or as_json else progress.Progress,
             notice=_notice,
             on_outage=None if ctx.quiet else _show_outage,
@@ -1582,15 +1577,15 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
         await checkup.learned_from_run(q, base_url, result.batch_proved)
         left: dict[str, Any] = {"skipped": 0, "running": 0}
         after = await StatusStore(q.engine).state_counts()
-        left["states"] = _states_of(after, settings.kb_id)
+        left["states"] = _states_of(after, options.kb_id)
         left["unknown"] = {kb: sum(_states_of(after, kb).values()) for kb in result.unknown_kbs}
         left["skipped"], left["running"] = left["states"]["skipped"], left["states"]["running"]
-        if not shared:
+        if not options.shared:
             left["elsewhere"] = _pending_elsewhere(
                 await StatusStore(q.engine).host_counts(), ctx.host_id
             )
         left["failed"] = (
-            await _failed(q, settings.kb_id, FAILED_SHOWN) if result.failed_in_queue else []
+            await _failed(q, options.kb_id, FAILED_SHOWN) if result.failed_in_queue else []
         )
         if result.interrupted:
             run_logger.warning(
@@ -1602,11 +1597,11 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             )
         else:
             run_logger.info("run ended: %s", _summary(result, left["skipped"]))
-        left["report"] = await _auto_report(q, ctx) if with_report else None
+        left["report"] = None if no_report else await _auto_report(q, ctx)
         return result, left
 
     try:
-        result, left = on_queue(ctx, body, shared=shared, create=False)
+        result, left = on_queue(ctx, body, shared=options.shared, create=False)
     finally:
         if run_log is not None:
             logs.close(run_log)
@@ -1616,9 +1611,9 @@ def run(ctx: Context, api_key: str, base_url: str, allow_http: bool, **opts: Any
             click.echo(printable(f"Error: {result.fatal}"), err=True)
         click.echo(json.dumps(_run_json(result, left, run_ids, code), indent=2, ensure_ascii=False))
     else:
-        _print_run(ctx, settings.kb_id, result, left)
+        _print_run(ctx, options.kb_id, result, left)
     if waiting.asked and code in (ExitCode.OK, ExitCode.FAILED):
-        code = max(code, waiting.wait(ctx, api_key, base_url, settings.kb_id, as_json))
+        code = max(code, waiting.wait(ctx, api_key, base_url, options.kb_id, as_json))
     if code:
         sys.exit(code)
 
@@ -1630,10 +1625,6 @@ class ParseWait:
     asked: bool
     timeout: float
     stuck_after: float
-
-    @classmethod
-    def of(cls, opts: dict[str, Any]) -> ParseWait:
-        return cls(opts.pop("wait_parsed"), opts.pop("parse_timeout"), opts.pop("stuck_after"))
 
     def wait(
         self, ctx: Context, api_key: str, base_url: str, kb_id: str | None, as_json: bool

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import filetypes, processes, replace
-from .attempt import Attempt, Policy, Shared
+from .attempt import Attempt, Shared
 from .bandwidth import Bandwidth
 from .client import ApiError, MaiAgentClient, RateLimiter, make_session
 from .exitcodes import ExitCode
@@ -27,6 +27,7 @@ from .labels import LabelResolver
 from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
 from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind
+from .options import RunOptions
 from .outage import GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .queue import Queue
 from .reconcile import RemoteIndex, delete_copies
@@ -51,6 +52,8 @@ SCAN_STALE = 600.0
 # No file finished for this many --timeout periods while uploads are in flight (5 minutes by
 # default): the run says so, with a hint.
 STALL_TIMEOUTS = 5
+# Seconds a batched register waits for its batch-mates after the first file is ready.
+REGISTER_DELAY = 0.1
 
 
 class RunProgress(Protocol):
@@ -84,24 +87,13 @@ class _Untold:
         """Nothing drawn, nothing to close."""
 
 
-@dataclass
-class Settings:
-    workers: int = 10
-    max_retries: int = 3
-    retry_delay: float = 2.0
-    kb_id: str | None = None
-    name: str = "basename"
+@dataclass(frozen=True)
+class Plan:
+    """What a run decided at its start, beside its options: the files per register call
+    (`--register-batch`, or auto's pick), and the types the knowledge base accepts (learned
+    from the service, `filetypes`; None: any)."""
+
     register_batch: int = 1
-    # --register-batch auto: batching where proven, learned from the run's first answers
-    register_auto: bool = False
-    register_delay: float = 0.1
-    lease_seconds: float = 60.0
-    grace: float = 5.0
-    outage_timeout: float = 600.0
-    keep_old_versions: bool = False
-    skip_same_content: bool = False
-    # the types the knowledge base accepts (filetypes; set at the start of the run from the
-    # service, None: any)
     file_types: frozenset[str] | None = None
 
 
@@ -281,7 +273,8 @@ class Pool:
         self,
         queue: Queue,
         client: MaiAgentClient,
-        settings: Settings,
+        options: RunOptions,
+        plan: Plan,
         owner: str,
         run_id: int,
         on_progress: Callable[[int, int, int], None],
@@ -294,7 +287,7 @@ class Pool:
         `probe_kb`)."""
         self.queue = queue
         self.client = client
-        self.s = settings
+        self.s = options
         self.owner = owner
         self.lock = lock  # this run's liveness lock, the judge of other owners (liveness.py)
         self.run_id = run_id
@@ -305,25 +298,18 @@ class Pool:
         self.registrar = Registrar(
             client,
             self.index,
-            settings.register_batch,
-            settings.register_delay,
-            learn=settings.register_auto,
+            plan.register_batch,
+            REGISTER_DELAY,
+            learn=options.register_batch is None,
         )
         self._shared = Shared(
             client=client,
             registrar=self.registrar,
             index=self.index,
-            policy=Policy(
-                settings.max_retries,
-                settings.retry_delay,
-                settings.name,
-                settings.lease_seconds,
-                skip_same_content=settings.skip_same_content,
-                timeout=client.timeout,
-                file_types=settings.file_types,
-            ),
+            options=options,
+            file_types=plan.file_types,
             run_id=run_id,
-            slots=asyncio.Semaphore(settings.workers),
+            slots=asyncio.Semaphore(options.workers),
             record=self.writer.put,
             begin_register=self.writer.begin_register,
             record_superseded=lambda job, entry: queue.record_superseded(owner, job.id, entry),
@@ -334,8 +320,8 @@ class Pool:
         )
         # Claimed rows waiting for a slot keep every worker busy between claims; claims come
         # in batches of at least half the workers so the database is not asked per file.
-        self._capacity = 2 * settings.workers + 2 * settings.register_batch
-        self._claim_min = max(1, settings.workers // 2)
+        self._capacity = 2 * options.workers + 2 * plan.register_batch
+        self._claim_min = max(1, options.workers // 2)
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -348,8 +334,8 @@ class Pool:
         self._on_outage = on_outage
         self.gate = OutageGate(
             lambda: client.probe(probe_kb),
-            outage_timeout=settings.outage_timeout,
-            failures_to_close=min(max(3, settings.workers), MAX_FAILURES_TO_CLOSE),
+            outage_timeout=options.outage_timeout,
+            failures_to_close=min(max(3, options.workers), MAX_FAILURES_TO_CLOSE),
             on_change=self._gate_changed,
         )
         client.gate = self.gate
@@ -455,7 +441,7 @@ class Pool:
             free = self._capacity - len(self._tasks)
             wanted = free >= self._claim_min or (free > 0 and not self._tasks)
             if wanted and time.time() >= self._claim_after:
-                jobs = await self.queue.claim(self.owner, free, self.s.lease_seconds, self.s.kb_id)
+                jobs = await self.queue.claim(self.owner, free, self.s.lease, self.s.kb_id)
                 if jobs:
                     for job in jobs:
                         self._spawn(job)
@@ -491,13 +477,13 @@ class Pool:
             return {
                 o.owner: o.expires
                 for o in owners
-                if o.owner != self.owner and o.expires - now <= self.s.lease_seconds
+                if o.owner != self.owner and o.expires - now <= self.s.lease
             }
 
         first = near(await self.queue.lease_owners())
         if not first:
             return None
-        await self._sleep(self.s.lease_seconds / 3 + 0.2)
+        await self._sleep(self.s.lease / 3 + 0.2)
         again = near(await self.queue.lease_owners())
         lapsing = [t for owner, t in again.items() if owner in first and t <= first[owner]]
         return min(lapsing) if lapsing else None
@@ -526,7 +512,7 @@ class Pool:
         we stalled (suspended past the lease) and put back to pending: that attempt goes on
         under the new lease, and no second one uploads the file again (its register under a
         second key would be a second entry no service refuses)."""
-        expires = job.started_at + self.s.lease_seconds
+        expires = job.started_at + self.s.lease
         if job.id in self._lease_until:
             log.info("%s claimed back while its attempt goes on: kept", job.relpath)
             self._lease_until[job.id] = expires
@@ -588,7 +574,7 @@ class Pool:
         """Uploads in flight and none finishing for a long time (STALL_TIMEOUTS x --timeout),
         the service answering: most often more workers than the uplink carries, each file
         getting a sliver of it. Said once per period, with what to change."""
-        period = STALL_TIMEOUTS * self.client.timeout
+        period = STALL_TIMEOUTS * self.s.timeout
         said = 0.0
         while True:
             await asyncio.sleep(period / 4)
@@ -607,17 +593,17 @@ class Pool:
     async def _keep_leases(self) -> None:
         """Renew our leases while long uploads run; give back rows of dead processes."""
         while True:
-            await asyncio.sleep(self.s.lease_seconds / 3)
+            await asyncio.sleep(self.s.lease / 3)
             renewing = time.time()
             try:
-                renewed = await self.queue.renew_leases(self.owner, self.s.lease_seconds)
+                renewed = await self.queue.renew_leases(self.owner, self.s.lease)
                 await self._reclaim()
             except self.queue.errors as exc:
                 log.warning("leases not renewed this time: %s", exc)
                 continue
             for job_id in renewed:
                 if job_id in self._lease_until:
-                    self._lease_until[job_id] = renewing + self.s.lease_seconds
+                    self._lease_until[job_id] = renewing + self.s.lease
 
     async def _reclaim(self) -> None:
         """Rows of owners whose lease expired, or whose run lock proves them dead."""
@@ -633,17 +619,6 @@ class Pool:
             if n:
                 log.info("reclaimed %d rows left running by a dead or expired run", n)
                 self._wake.set()
-
-
-@dataclass
-class Connection:
-    """Where and how to reach the service; the key lives only here, in memory."""
-
-    base_url: str
-    api_key: str = field(repr=False)
-    rate_limit: float | None = None
-    timeout: float = 60.0
-    bwlimit: float | None = None  # bytes per second of every upload together (--bwlimit)
 
 
 # up to 2 s, then up to 4 s (what backoff(attempt + 1, 1.0) gave before the policies)
@@ -680,12 +655,12 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiE
     return unknown
 
 
-async def _replace(queue: Queue, client: MaiAgentClient, settings: Settings) -> replace.Replaced:
+async def _replace(queue: Queue, client: MaiAgentClient, options: RunOptions) -> replace.Replaced:
     """After the pool: the entries changed files' new versions replace, deleted (or kept).
     The pool's outage gate is closed for good by now; these deletes retry on their own."""
     client.gate = None
     return await replace.drain(
-        queue, client, settings.kb_id, keep_old_versions=settings.keep_old_versions
+        queue, client, options.kb_id, keep_old_versions=options.keep_old_versions
     )
 
 
@@ -725,9 +700,8 @@ def _install_signals(signals: Interrupts, pool: Pool, notice: Callable[[str], No
 
 async def execute(
     queue: Queue,
-    settings: Settings,
-    service: Connection,
-    options: dict[str, object],
+    options: RunOptions,
+    plan: Plan,
     *,
     progress: ProgressFactory | None = None,
     notice: Callable[[str], None] | None = None,
@@ -742,7 +716,7 @@ async def execute(
     owner = make_owner(queue.scope.host)
     told = _Told(progress, notice, on_outage, on_start)
     with _run_lock(queue, owner) as lock, Interrupts() as signals:
-        return await _execute(queue, settings, service, options, told, owner, lock, signals)
+        return await _execute(queue, options, plan, told, owner, lock, signals)
 
 
 @dataclass(frozen=True)
@@ -789,9 +763,8 @@ def _run_lock(queue: Queue, owner: str) -> Iterator[RunLock | None]:
 
 async def _execute(
     queue: Queue,
-    settings: Settings,
-    service: Connection,
-    options: dict[str, object],
+    options: RunOptions,
+    plan: Plan,
     told: _Told,
     owner: str,
     lock: RunLock | None,
@@ -799,20 +772,20 @@ async def _execute(
 ) -> RunResult:
     if lock is not None:
         await _end_dead_runs(queue, lock)
-    run_id = await RunsStore(queue.engine).start_run(owner, options)
+    run_id = await RunsStore(queue.engine).start_run(owner, options.recorded())
     if told.on_start is not None:
         told.on_start(run_id)
     result = RunResult()
-    async with make_session(settings.workers) as session:
+    async with make_session(options.workers) as session:
         client = MaiAgentClient(
             session,
-            service.base_url,
-            service.api_key,
-            RateLimiter(service.rate_limit),
-            timeout=service.timeout,
-            bandwidth=Bandwidth(service.bwlimit) if service.bwlimit else None,
+            options.base_url,
+            options.api_key,
+            RateLimiter(options.rate_limit),
+            timeout=options.timeout,
+            bandwidth=Bandwidth(options.bwlimit) if options.bwlimit else None,
         )
-        kbs = await queue.kbs_with_work(settings.kb_id)
+        kbs = await queue.kbs_with_work(options.kb_id)
         try:
             result.unknown_kbs = await preflight(client, kbs)
         except Fatal as exc:
@@ -821,14 +794,14 @@ async def _execute(
         if result.fatal is None and kbs and not known:
             result.fatal = next(iter(result.unknown_kbs.values()))
         if result.fatal is None and known:
-            accepted = await filetypes.learn(queue, client, service.base_url, known)
-            settings = dataclasses.replace(settings, file_types=accepted.types)
+            accepted = await filetypes.learn(queue, client, options.base_url, known)
+            plan = dataclasses.replace(plan, file_types=accepted.types)
             if accepted.note is not None and told.notice is not None:
                 told.notice(f"warning: {accepted.note}")
         if result.fatal is None:
             # One pool over every knowledge base; one per known one when some are unknown,
             # since a claim takes rows of one knowledge base or of all.
-            scopes = known if result.unknown_kbs else [settings.kb_id]
+            scopes = known if result.unknown_kbs else [options.kb_id]
             totals = [await queue.pending_totals(kb) for kb in scopes]
             files, nbytes = sum(t[0] for t in totals), sum(t[1] for t in totals)
             progress = _Untold() if told.progress is None else told.progress(files, nbytes)
@@ -844,7 +817,8 @@ async def _execute(
                     pool = Pool(
                         queue,
                         client,
-                        dataclasses.replace(settings, kb_id=kb),
+                        dataclasses.replace(options, kb_id=kb),
+                        plan,
                         owner,
                         run_id,
                         progress.add,
@@ -859,7 +833,7 @@ async def _execute(
             finally:
                 progress.close()
             if result.fatal is None and not result.interrupted:
-                result.replaced = await _replace(queue, client, settings)
+                result.replaced = await _replace(queue, client, options)
                 result.fatal = result.replaced.fatal
     counts = {
         "uploaded": result.uploaded,
