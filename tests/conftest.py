@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import S3_BUCKET
-from tests.maiagent_server import Faults, MaiAgentServer
+from uploader.localserver import Faults, MaiAgentServer
 
 # The session's PostgreSQL server and a fresh queue on it: `pg_server`, `pg_url`.
 pytest_plugins = ["tests.pg_server"]

@@ -35,7 +35,7 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
     args = [
         sys.executable,
         "-m",
-        "tests.maiagent_server",
+        "uploader.localserver",
         "--port",
         "0",
         "--api-key",

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.maiagent_server import MaiAgentServer
 from uploader.cli import cli
+from uploader.localserver import MaiAgentServer
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key"

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers import API_KEY, invoke, one_line_error, service, spawn
-from tests.maiagent_server import MaiAgentServer
 from tests.test_progress import _Terminal
+from uploader.localserver import MaiAgentServer
 
 NO_KEY = {"MAIAGENT_API_KEY": None}
 

@@ -24,8 +24,8 @@ from tests.helpers import (
     service,
     spawn,
 )
-from tests.maiagent_server import DIALECTS, MaiAgentServer
 from uploader import checkup
+from uploader.localserver import DIALECTS, MaiAgentServer
 
 pytestmark = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 

@@ -33,9 +33,9 @@ from tests.helpers import (
     spawn,
     upload,
 )
-from tests.maiagent_server import MaiAgentServer
 from uploader.cli import cli
 from uploader.exitcodes import ExitCode
+from uploader.localserver import MaiAgentServer
 
 UNREACHABLE = ("--base-url", "http://127.0.0.1:1/api/v1/")
 

@@ -21,7 +21,6 @@ import pytest
 from aiohttp import web
 
 from tests.helpers import async_test
-from tests.maiagent_server import MaiAgentServer
 from tests.test_client import (
     FIELDS,
     KB,
@@ -44,6 +43,7 @@ from uploader.client import (
     key_matches,
 )
 from uploader.content import digest_of
+from uploader.localserver import MaiAgentServer
 
 KEY_SENT = "media/chatbots/chatbot-file/7f3c9a1e-0000-4000-8000-000000000001.xlsx"
 ODD_KEY = "media/chatbot-file/0b1e/Q3 report (final)#2.pdf"  # Django percent-encodes these

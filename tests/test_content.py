@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, KB, enqueue, invoke, make_files, rows, service
-from tests.maiagent_server import DIALECTS, MaiAgentServer
 from uploader.content import digest_of
+from uploader.localserver import DIALECTS, MaiAgentServer
 
 pytestmark = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 

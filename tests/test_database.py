@@ -248,6 +248,8 @@ def test_migrations_ship_with_a_built_copy_used_from_elsewhere(tmp_path: Path) -
         timeout=60,
     )
     assert sorted(p.name for p in (built / "uploader" / "migrations").glob("*.sql")) == MIGRATIONS
+    # the local MaiAgent server ships too: `python -m uploader.localserver` from an install
+    assert (built / "uploader" / "localserver" / "__main__.py").is_file()
 
     elsewhere = tmp_path / "elsewhere"
     tree = make_tree(elsewhere / "docs", {"a.txt": 1})

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import FAST, KB, enqueue, invoke, last_counts, rows, service, upload
-from tests.maiagent_server import DIALECTS, MaiAgentServer
+from uploader.localserver import DIALECTS, MaiAgentServer
 
 
 def test_dry_run_deletes_nothing_and_yes_leaves_exactly_one_of_each(

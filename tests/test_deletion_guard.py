@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import KB, invoke, rows, run_args, upload
-from tests.maiagent_server import MaiAgentServer
 from uploader.exitcodes import ExitCode
+from uploader.localserver import MaiAgentServer
 
 
 def _remove(data: Path, names: list[str]) -> None:

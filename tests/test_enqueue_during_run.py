@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, KB, enqueue, execute, make_files, rows, service, spawn
-from tests.maiagent_server import MaiAgentServer
 from tests.test_progress import _Terminal
+from uploader.localserver import MaiAgentServer
 
 _WAIT = 600.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import KB, invoke, make_tree, rows, run_args, summary_of
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 OWN = "left out the uploader's own files: "
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import KB, enqueue, execute, invoke, make_files, rows, run_args, spawn
-from tests.maiagent_server import DIALECTS, MaiAgentServer
+from uploader.localserver import DIALECTS, MaiAgentServer
 
 BOTH = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 

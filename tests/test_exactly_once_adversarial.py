@@ -36,8 +36,8 @@ from tests.helpers import (
     spawn,
     upload,
 )
-from tests.maiagent_server import DIALECTS, MaiAgentServer
 from tests.test_exactly_once import _done
+from uploader.localserver import DIALECTS, MaiAgentServer
 
 BOTH = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 

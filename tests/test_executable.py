@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import API_KEY, FAST, KB, child_env, rows
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 EXECUTABLE = (
     Path(__file__).parent.parent

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import FAST, KB, invoke, make_tree, rows, run_args, service, summary_of
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 FOLDER = {
     "report.pdf": 300,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, enqueue, invoke, rows, service
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 pytestmark = pytest.mark.skipif(
     sys.platform in ("win32", "darwin"), reason="the file system stores names as Unicode there"

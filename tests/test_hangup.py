@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, child_env, command, enqueue, make_files, rows, service
-from tests.maiagent_server import MaiAgentServer
 from tests.test_run_outage import _done, _wait_until
+from uploader.localserver import MaiAgentServer
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no SIGHUP on Windows")
 

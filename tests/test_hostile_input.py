@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import KB, enqueue, invoke, rows, run_args, run_cli, spawn
-from tests.maiagent_server import MaiAgentServer
 from uploader.exitcodes import ExitCode
+from uploader.localserver import MaiAgentServer
 from uploader.store import sqlite as queue_sqlite
 
 

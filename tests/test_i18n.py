@@ -13,8 +13,8 @@ import pytest
 
 from tests import messages
 from tests.helpers import UPLOADER, invoke, make_tree, one_line_error, run_args
-from tests.maiagent_server import MaiAgentServer
 from uploader.cli import cli
+from uploader.localserver import MaiAgentServer
 
 LOCALE_ENV = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import KB, enqueue, invoke, make_flat_files, run_args, service, upload
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 from uploader.model import JobState
 
 STATES = [state.value for state in JobState]

@@ -25,7 +25,7 @@ from tests.helpers import (
     service,
     spawn,
 )
-from tests.maiagent_server import DIALECTS, MaiAgentServer
+from uploader.localserver import DIALECTS, MaiAgentServer
 from uploader.tags import decode
 
 BOTH = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)

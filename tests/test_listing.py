@@ -22,7 +22,7 @@ from tests.helpers import (
     rows,
     run_args,
 )
-from tests.maiagent_server import DIALECTS, MaiAgentServer
+from uploader.localserver import DIALECTS, MaiAgentServer
 
 BOTH = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 DISORDER = "does not list newest first"

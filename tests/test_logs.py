@@ -22,7 +22,7 @@ from tests.helpers import (
     run_cli,
     service,
 )
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (DEBUG|INFO|NOTICE|WARNING|ERROR) \S+: "

@@ -30,8 +30,8 @@ from tests.helpers import (
     rows,
     service,
 )
-from tests.maiagent_server import MaiAgentServer
 from uploader.exitcodes import ExitCode
+from uploader.localserver import MaiAgentServer
 
 FILES = 20
 PROXY_VARIABLES = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers import FAST, invoke, make_flat_files, one_line_error, rows, service
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 
 def _queued_by(tmp_path: Path, host: str) -> Path:

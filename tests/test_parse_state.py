@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import FAST, KB, enqueue, invoke, make_flat_files, make_tree, rows, service
-from tests.maiagent_server import FAILURE_REASON, OCR_PARSER, MaiAgentServer
+from uploader.localserver import FAILURE_REASON, OCR_PARSER, MaiAgentServer
 
 WAIT = ("--parse-timeout", "30")
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import API_KEY, FAST, KB, UPLOADER, child_env, rows
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 pytestmark = pytest.mark.posix_only("makes a POSIX interpreter look like Windows' (tests/no_posix)")
 

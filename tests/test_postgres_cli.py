@@ -28,8 +28,8 @@ from tests.helpers import (
     run_args,
     service,
 )
-from tests.maiagent_server import MaiAgentServer
 from tests.pg_server import PASSWORD
+from uploader.localserver import MaiAgentServer
 from uploader.model import JobState
 
 LEASE = "3"

@@ -36,9 +36,9 @@ from tests.helpers import (
     spawn,
     upload,
 )
-from tests.maiagent_server import MaiAgentServer
 from tests.test_run_outage import Run, _done, _queued, _wait_until
 from uploader import queue, worker
+from uploader.localserver import MaiAgentServer
 from uploader.model import HostScope
 from uploader.options import RunOptions
 from uploader.progress import rate_text

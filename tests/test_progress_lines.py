@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import FAST, service, spawn
-from tests.maiagent_server import MaiAgentServer
 from tests.test_progress import _WAIT, _Terminal
 from tests.test_run_outage import _done, _queued, _wait_until
+from uploader.localserver import MaiAgentServer
 
 
 def _shown_so_far(terminal: _Terminal) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers import invoke, service, upload
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 
 def test_retry_failed_is_silent_with_q(tmp_path: Path, maiagent: MaiAgentServer) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import enqueue, invoke, make_flat_files, one_line_error, rows, run_args
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 
 def _run_options(db: Path) -> dict[str, object]:

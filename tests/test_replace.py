@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import FAST, KB, enqueue, invoke, last_counts, rows, service, spawn
-from tests.maiagent_server import DIALECTS, MaiAgentServer
+from uploader.localserver import DIALECTS, MaiAgentServer
 
 pytestmark = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 

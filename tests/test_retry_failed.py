@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import KB, execute, invoke, make_tree, one_line_error, run_args
-from tests.maiagent_server import MaiAgentServer
 from uploader.exitcodes import ExitCode
+from uploader.localserver import MaiAgentServer
 
 FAILURES = {
     ("kb-one", "a.txt"): "http_5xx",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import API_KEY, FAST, KB, invoke, rows, service, upload
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 
 def reparse(server: MaiAgentServer, ids: list[str]) -> None:

@@ -29,7 +29,7 @@ from tests.helpers import (
     spawn,
     without_dac_override,
 )
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 PROGRESS = re.compile(
     r"^Progress: (\d+)/(\d+) \(\d+\.\d%\) \| Success: (\d+) \| Failed: (\d+) \| "

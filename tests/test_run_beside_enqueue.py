@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, KB, enqueue, make_files, service, spawn
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 _FILES = 3000
 _WAIT = 300.0

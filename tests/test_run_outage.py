@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import KB, enqueue, invoke, make_files, rows, spawn
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 _WAIT = 60.0  # seconds any one step of these tests may take at most
 

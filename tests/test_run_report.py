@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from tests.helpers import API_KEY, KB, enqueue, invoke, make_flat_files, run_args
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 
 def test_a_run_writes_its_report_and_names_it_last(

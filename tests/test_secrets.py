@@ -19,8 +19,8 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from tests.helpers import KB, child_env, command, enqueue, invoke, make_files, one_line_error, rows
-from tests.maiagent_server import Faults, MaiAgentServer
 from uploader.cli import cli
+from uploader.localserver import Faults, MaiAgentServer
 
 SECRET = "sk-SECRET-1234567890"
 WRONG = "sk-WRONG-0987654321"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, KB, enqueue, invoke, rows, service
-from tests.maiagent_server import DIALECTS, MaiAgentServer
+from uploader.localserver import DIALECTS, MaiAgentServer
 
 pytestmark = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 

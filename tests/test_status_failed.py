@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from tests.helpers import KB, enqueue, invoke, make_flat_files, rows, run_args
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 from uploader.model import FAILURE_KINDS, ErrorKind
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers import enqueue, invoke, make_flat_files, upload
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 
 def test_status_kb_shows_only_that_knowledge_base(tmp_path: Path, maiagent: MaiAgentServer) -> None:

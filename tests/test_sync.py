@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows, spawn
-from tests.maiagent_server import MaiAgentServer
 from uploader.exitcodes import ExitCode
+from uploader.localserver import MaiAgentServer
 
 
 def sync(db: Path, server: MaiAgentServer, *args: str) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import FAST, child_env, command, enqueue, service
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 from uploader.printable import printable
 
 FORGED = "2026-12-03T09:46:12.001+00:00 INFO uploader.run: run 9 ended: uploaded 5, all fine"

@@ -19,8 +19,8 @@ from tests.helpers import (
     run_args,
     service,
 )
-from tests.maiagent_server import MaiAgentServer
 from uploader.exitcodes import ExitCode
+from uploader.localserver import MaiAgentServer
 
 CHECKED = {"UPLOADER_NO_KB_CHECK": None}  # the check the helpers turn off by default
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import KB, enqueue, invoke, one_line_error, rows, run_cli
-from tests.maiagent_server import MaiAgentServer
 from uploader.bandwidth import parse_bwlimit
+from uploader.localserver import MaiAgentServer
 
 MIB = 1 << 20
 

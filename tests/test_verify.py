@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import API_KEY, FAST, KB, invoke, last_counts, rows, service, upload
-from tests.maiagent_server import MaiAgentServer
 from uploader import queue, reconcile
 from uploader.client import MaiAgentClient
+from uploader.localserver import MaiAgentServer
 from uploader.model import HostScope
 
 

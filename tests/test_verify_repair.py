@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers import KB, invoke, rows, service, upload
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 
 def _with_copies(tmp_path: Path, server: MaiAgentServer) -> tuple[Path, set[str]]:

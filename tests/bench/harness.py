@@ -168,7 +168,7 @@ def module_argv(module: str) -> list[str]:
 
 
 class Server:
-    """A running `python -m tests.maiagent_server` process (see `serve`)."""
+    """A running `python -m uploader.localserver` process (see `serve`)."""
 
     def __init__(self, proc: subprocess.Popen[str], base_url: str, latency: float) -> None:
         self.proc = proc
@@ -188,7 +188,7 @@ class Server:
 @contextlib.contextmanager
 def serve(latency: float = 0.0, **knobs: object) -> Iterator[Server]:
     """The local server in its own process for the length of a case, stopped however it ends."""
-    argv = module_argv("tests.maiagent_server")
+    argv = module_argv("uploader.localserver")
     argv += ["--port", "0", "--api-key", API_KEY, "--kb", KB, "--latency", str(latency)]
     for name, value in knobs.items():
         argv += ["--" + name.replace("_", "-"), str(value)]

@@ -1,4 +1,5 @@
-"""The test server must behave like MaiAgent (and S3) where the uploader depends on it.
+"""The local MaiAgent server (uploader.localserver) must behave like MaiAgent (and S3) where the
+uploader depends on it, and say what each of its knobs does.
 
 Everything goes over real sockets with aiohttp, as the uploader will.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -26,8 +28,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+import uploader.localserver
 from tests.helpers import KB, ROOT, async_test
-from tests.maiagent_server import COUNTERS, DIALECTS, Faults, MaiAgentServer
+from uploader.localserver import COUNTERS, DIALECTS, Faults, MaiAgentServer
 
 
 @pytest.fixture
@@ -407,7 +410,7 @@ async def test_control_endpoints(maiagent: MaiAgentServer) -> None:
 
 @pytest.mark.posix_only("sends a POSIX signal to a child process")
 def test_runs_as_a_process() -> None:
-    command = [sys.executable, "-m", "tests.maiagent_server", "--port", "0", "--kb", "kb-x"]
+    command = [sys.executable, "-m", "uploader.localserver", "--port", "0", "--kb", "kb-x"]
     command += ["--kb", "kb-y=Contracts", "--api-key", "k", "--parse-delay", "5"]
     command += ["--dialect", "examples", "--list-order", "oldest"]
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
@@ -439,7 +442,7 @@ def test_runs_as_a_process() -> None:
 
 
 def test_a_bad_knob_value_on_the_command_line_is_one_line() -> None:
-    command = [sys.executable, "-m", "tests.maiagent_server", "--list-order", "sideways"]
+    command = [sys.executable, "-m", "uploader.localserver", "--list-order", "sideways"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
@@ -935,7 +938,7 @@ async def test_parser_calls_served_by_the_docs_dialect_missing_in_the_examples(
 async def test_stuck_entries_reparse_with_ocr_and_a_slow_deleting_phase(
     maiagent_factory: Callable[..., MaiAgentServer],
 ) -> None:
-    from tests.maiagent_server import OCR_PARSER
+    from uploader.localserver import OCR_PARSER
 
     server = maiagent_factory(stuck_rate=1.0, reparse_failure_rate=1.0, delete_phase=0.5)
     async with api(server) as client:
@@ -1127,3 +1130,13 @@ async def test_unavailable_knob_and_outage_control_endpoint(maiagent: MaiAgentSe
             await client.call("GET", f"knowledge-bases/{KB}/files/")
         await until_served(client, f"knowledge-bases/{KB}/files/")
     assert (s3.status, api_call.status) == (503, 503)
+
+
+@pytest.mark.parametrize("knob", [field.name for field in dataclasses.fields(Faults)])
+def test_every_knob_is_documented_in_the_package_and_its_page(knob: str) -> None:
+    """`--help` prints the package docstring; docs/localserver.md is where a reader finds it."""
+    page = (ROOT / "docs" / "localserver.md").read_text()
+    line = re.compile(rf"(^|[\s/`]){knob}`?( / `?\w+`?)?: ", re.M)
+
+    assert line.search(uploader.localserver.__doc__ or ""), knob
+    assert line.search(page), knob
