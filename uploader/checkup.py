@@ -1,9 +1,10 @@
 """`uploader check`: prove a set-up in seconds, and learn which of the documented shapes the
 service speaks, before a first real upload.
 
-The sources disagree (see maiagent-api.md) and nobody here can try the real service, so the
-check asks it: the key, the knowledge base, then tiny probe files through presign, S3 POST,
-register (one file, then two in one call), the listing, and delete. Every probe is deleted
+MaiAgent's documentation and its example code disagree (docs/localserver.md's dialects show
+both) and nobody here can try the real service, so the check asks it: the key, the knowledge
+base, then tiny probe files through presign, S3 POST, register (one file, then two in one
+call), the listing, and delete. Every probe is deleted
 again, also when the check is interrupted: a register whose answer was not seen (an error, a
 Ctrl+C mid-call) is looked for in the listing by the probe's unique name. What was learned is
 stored per API base URL and knowledge base, so `run --register-batch auto` batches only where

@@ -38,7 +38,7 @@ server speaks either. `docs` (the default) answers as MaiAgent's public document
     calls     no `parsers/supported-file-types/` and no `latest-failed-reason/` (404), as an
               older or on-premise deployment; batch-reparse is served
 
-The size field is `size` in both (the api notes say one example reads `file_size`: knob
+The size field is `size` in both (one of MaiAgent's examples reads `file_size`: knob
 `size_field`). Every shape can also be overridden alone by a knob ("" = the dialect's choice).
 
 Knobs (fields of `Faults`; each is a keyword of `maiagent_factory`, a `--flag-name` on the
