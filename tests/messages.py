@@ -2,6 +2,10 @@
 the code and the real command tree, keeps the translations the catalogues already hold, and
 compiles them; `tests/test_i18n.py` fails while one lacks a translation.
 
+`unwrapped()` finds what a user would read untranslated: a string literal with words in what
+is printed (`echo`, `secho`, a notice callback) or put into an exception, outside `_()` (an
+f-string there is the same defect: write `_("... {name} ...").format(name=...)`).
+
 Messages come from three places: `_()`/`ngettext()` calls in `uploader/` (babel's extractor),
 the help of every command and option (read off the click tree, as `i18n.help_text` looks them
 up), and the words click itself shows a user (`Usage:`, `Options`, its errors), which it
@@ -10,6 +14,7 @@ translates through the same catalogue.
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 from collections.abc import Iterator
@@ -152,7 +157,153 @@ def update(lang: str) -> tuple[int, int]:
     return len(new), missing
 
 
+# Calls whose first argument a user reads: printed, or a callback that prints it.
+PRINTERS = {"echo", "secho", "notice", "notify", "on_broken"}
+# Exceptions that are programming or packaging errors, never a user's message; a raise of
+# another one with this comment on its line or the line above is one too.
+INTERNAL = {"AssertionError", "NotImplementedError", "TypeError", "KeyError", "SeriesError"}
+NOT_SHOWN = "# a programming error, not shown"
+# Calls whose result shows their arguments' text (formatted, escaped, joined).
+PASS_THROUGH = {"format", "join", "str", "printable", "redact", "escape"}
+WRAPPERS = {"_", "N_", "ngettext"}
+WORDS = re.compile(r"[A-Za-z]{2,}")
+
+
+def _name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _exception_classes(trees: list[ast.Module]) -> set[str]:
+    """click's user errors and every class of `uploader/` that derives from an exception."""
+    known = {"ClickException", "BadParameter", "UsageError", "Abort"}
+    bases = {
+        node.name: [_name(base) or "" for base in node.bases]
+        for tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    }
+    while True:
+        more = {
+            name
+            for name, of in bases.items()
+            if name not in known
+            and any(b in known or b.endswith(("Error", "Exception")) for b in of)
+        }
+        if not more:
+            return known
+        known |= more
+
+
+def _assignments(function: ast.AST) -> dict[str, list[ast.expr]]:
+    found: dict[str, list[ast.expr]] = {}
+    for node in ast.walk(function):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and node.value:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    found.setdefault(target.id, []).append(node.value)
+    return found
+
+
+Function = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+class _Walk:
+    """Follows a message's expression through formatting, concatenation, the variables of its
+    function and the returns of `uploader/`'s own functions that build it."""
+
+    def __init__(self, functions: dict[str, Function]) -> None:
+        self.functions = functions
+        self.followed: set[str] = set()
+
+    def literals(self, node: ast.AST, assigned: dict[str, list[ast.expr]]) -> Iterator[ast.AST]:
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, str) and WORDS.search(node.value):
+                yield node
+        elif isinstance(node, ast.JoinedStr):
+            if any(isinstance(v, ast.Constant) and WORDS.search(str(v.value)) for v in node.values):
+                yield node
+            for value in node.values:
+                if isinstance(value, ast.FormattedValue):
+                    yield from self.literals(value.value, assigned)
+        elif isinstance(node, ast.BinOp):
+            yield from self.literals(node.left, assigned)
+            yield from self.literals(node.right, assigned)
+        elif isinstance(node, ast.IfExp):
+            yield from self.literals(node.body, assigned)
+            yield from self.literals(node.orelse, assigned)
+        elif isinstance(node, ast.BoolOp):
+            for value in node.values:
+                yield from self.literals(value, assigned)
+        elif isinstance(node, ast.Call):
+            yield from self._call(node, assigned)
+        elif isinstance(node, ast.Name) and node.id in assigned:
+            values = assigned.pop(node.id)
+            for value in values:
+                yield from self.literals(value, assigned)
+
+    def _call(self, node: ast.Call, assigned: dict[str, list[ast.expr]]) -> Iterator[ast.AST]:
+        name = _name(node.func)
+        if name in WRAPPERS:
+            return
+        if name in PASS_THROUGH:
+            if isinstance(node.func, ast.Attribute) and name != "join":
+                yield from self.literals(node.func.value, assigned)
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                yield from self.literals(arg, assigned)
+        elif name in self.functions and name not in self.followed:
+            self.followed.add(name)
+            function = self.functions[name]
+            own = _assignments(function)
+            for inner in ast.walk(function):
+                if isinstance(inner, ast.Return) and inner.value is not None:
+                    yield from self.literals(inner.value, own)
+
+
+def _shown(name: str, raised: set[str]) -> bool:
+    """A call whose first argument a user may read: a printer, or an exception's message."""
+    exception = name in raised or name.endswith(("Error", "Exception"))
+    return name in PRINTERS or (exception and name not in INTERNAL)
+
+
+def unwrapped(folder: Path = ROOT / "uploader") -> list[str]:
+    """`file:line: text` of every message shown untranslated."""
+    files = sorted(folder.rglob("*.py"))
+    sources = [path.read_text(encoding="utf-8") for path in files]
+    trees = [ast.parse(source, str(path)) for path, source in zip(files, sources, strict=True)]
+    raised = _exception_classes(trees)
+    found = []
+    for path, source, tree in zip(files, sources, trees, strict=True):
+        functions = {
+            node.name: node for node in ast.walk(tree) if isinstance(node, Function.__args__)
+        }
+        for function in functions.values():
+            lines = source.splitlines()
+            calls = [
+                node
+                for node in ast.walk(function)
+                if isinstance(node, ast.Call)
+                and _shown(_name(node.func) or "", raised)
+                and NOT_SHOWN not in "".join(lines[max(node.lineno - 2, 0) : node.lineno])
+            ]
+            for call in calls:
+                walk = _Walk(functions)
+                shown = [*call.args[:1], *(k.value for k in call.keywords if k.arg == "message")]
+                for arg in shown:
+                    for literal in walk.literals(arg, _assignments(function)):
+                        text = " ".join((ast.get_source_segment(source, literal) or "").split())
+                        found.append(f"{path.relative_to(ROOT)}:{literal.lineno}: {text[:80]}")
+    return sorted(set(found))
+
+
 if __name__ == "__main__":
     for lang in LANGS:
         total, missing = update(lang)
         print(f"{catalogue_path(lang).relative_to(ROOT)}: {total} messages, {missing} missing")
+    left = unwrapped()
+    if left:
+        print(f"{len(left)} messages shown untranslated (wrap them in _()):", *left, sep="\n  ")

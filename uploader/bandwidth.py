@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any
 
+from .i18n import _
+
 _RATE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([bkmgtp]?)(?:i?b)?\s*", re.I)
 _UNITS = {"b": 1, "": 1 << 10, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 SLICE = 64 * 1024  # bytes written at a time under a limit, so the pace stays even
@@ -47,8 +49,10 @@ def parse_bwlimit(text: str) -> float | None:
     match = _RATE.fullmatch(text)
     if not match:
         raise ValueError(
-            f"invalid rate {text!r}: use a number of KiB/s, or one with a suffix B, K, M or G"
-            " (2M = 2 MiB/s), or off"
+            _(
+                "invalid rate {text!r}: use a number of KiB/s, or one with a suffix B, K, M or G"
+                " (2M = 2 MiB/s), or off"
+            ).format(text=text)
         )
     rate = float(match.group(1)) * _UNITS[match.group(2).lower()]
     return rate or None
@@ -60,6 +64,7 @@ class Bandwidth:
 
     def __init__(self, rate: float) -> None:
         if rate <= 0:
+            # a programming error, not shown
             raise ValueError("a bandwidth limit must be positive")
         self._rate = rate
         self._next = 0.0  # monotonic: when the next byte may go

@@ -214,7 +214,9 @@ def _watch(
         try:
             exporter = Metrics(*parse_addr(metrics_addr))
         except (ValueError, OSError) as exc:
-            raise UserError(f"--metrics-addr {metrics_addr}: {exc}") from None
+            raise UserError(
+                _("--metrics-addr {addr}: {why}").format(addr=metrics_addr, why=exc)
+            ) from None
     folders = [job.folder for job in jobs]
     code = ExitCode.OK
     n = 0

@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .i18n import _
+
 _LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 
 
@@ -30,12 +32,14 @@ class MaxDelete:
     def parse(cls, text: str) -> MaxDelete:
         found = _LIMIT.match(text)
         if not found:
-            raise ValueError(f"{text!r} is neither a number of files nor a percentage (50%)")
+            raise ValueError(
+                _("{text!r} is neither a number of files nor a percentage (50%)").format(text=text)
+            )
         amount, percent = float(found.group(1)), bool(found.group(2))
         if percent and amount > 100:
-            raise ValueError(f"{text!r} is more than 100%")
+            raise ValueError(_("{text!r} is more than 100%").format(text=text))
         if not percent and amount != int(amount):
-            raise ValueError(f"{text!r} is not a whole number of files")
+            raise ValueError(_("{text!r} is not a whole number of files").format(text=text))
         return cls(amount, percent)
 
     def allowed(self, uploaded: int) -> int:

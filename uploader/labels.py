@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from .client import ApiError, LabelForm, MaiAgentClient, Method
+from .i18n import _
 from .model import ErrorKind
 from .queue import Queue
 from .store.facts import FactsStore
@@ -137,7 +138,9 @@ class LabelResolver:
             await self._list(kb_id, again=True)
             if name not in known:
                 raise ApiError(
-                    f"label {name!r} exists, the service says, but its listing does not show it",
+                    _(
+                        "label {name!r} exists, the service says, but its listing does not show it"
+                    ).format(name=name),
                     kind="transient",
                     error_kind=ErrorKind.BAD_RESPONSE,
                 ) from None

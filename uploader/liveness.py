@@ -44,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 
 from . import filelocks, osfiles
+from .i18n import _
 
 log = logging.getLogger("uploader.liveness")
 
@@ -118,12 +119,17 @@ class RunLock:
         owner = owner or make_owner()
         parsed = parse_owner(owner)
         if parsed is None:
+            # a programming error, not shown
             raise ValueError(f"not an owner id made by make_owner: {owner!r}")
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
             fd = _create_locked(folder, parsed.token, owner)
         except OSError as exc:
-            raise LockError(f"cannot create the run lock in {folder}: {_reason(exc)}") from None
+            raise LockError(
+                _("cannot create the run lock in {folder}: {why}").format(
+                    folder=folder, why=_reason(exc)
+                )
+            ) from None
         if fd is None:
             log.warning(
                 "no file locks in %s (a network file system?): a dead run's rows are taken "
@@ -244,7 +250,7 @@ def _create_locked(folder: Path, token: str, owner: str) -> int | None:
 
 def _lock_new(fd: int) -> None:
     """Lock a file this run just made; only a judge's passing look can hold it (Windows)."""
-    for _ in range(_LOCK_TRIES):
+    for _try in range(_LOCK_TRIES):
         if filelocks.try_lock(fd):
             return
         time.sleep(0.01)

@@ -9,12 +9,14 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from .i18n import _
+
 
 def parse_addr(text: str) -> tuple[str, int]:
     """HOST:PORT ([::1]:9100 for IPv6; :9100 for every interface)."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100)")
+        raise ValueError(_("{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100)").format(text=text))
     return host.strip("[]") or "0.0.0.0", int(port)
 
 

@@ -24,6 +24,8 @@ import urllib.request
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from .i18n import _
+
 _SCHEMES = ("http", "https")
 
 
@@ -76,11 +78,15 @@ def parse_proxy(value: str, source: str) -> Proxy:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        raise NetworkError(f"{source}: {redact(value)!r} is not a proxy URL") from None
+        raise NetworkError(
+            _("{source}: {value!r} is not a proxy URL").format(source=source, value=redact(value))
+        ) from None
     if parts.scheme.lower() not in _SCHEMES or not parts.hostname:
         raise NetworkError(
-            f"{source}: {redact(value)!r} is not an http:// or https:// proxy"
-            " (SOCKS proxies are not supported)"
+            _(
+                "{source}: {value!r} is not an http:// or https:// proxy (SOCKS proxies are not "
+                "supported)"
+            ).format(source=source, value=redact(value))
         )
     netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if port is not None:
@@ -212,7 +218,9 @@ def ssl_context(ca_bundle: str | None) -> ssl.SSLContext | bool:
             data = file.read()
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
-        raise NetworkError(f"--ca-bundle {ca_bundle}: cannot be read ({why.lower()})") from None
+        raise NetworkError(
+            _("--ca-bundle {path}: cannot be read ({why})").format(path=ca_bundle, why=why.lower())
+        ) from None
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
             context.load_verify_locations(cadata=data.decode("ascii", "replace"))
@@ -220,7 +228,9 @@ def ssl_context(ca_bundle: str | None) -> ssl.SSLContext | bool:
             context.load_verify_locations(cadata=data)
     except (ssl.SSLError, ValueError):
         raise NetworkError(
-            f"--ca-bundle {ca_bundle}: no CA certificate in it (PEM or DER expected)"
+            _("--ca-bundle {path}: no CA certificate in it (PEM or DER expected)").format(
+                path=ca_bundle
+            )
         ) from None
     return context
 

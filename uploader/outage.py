@@ -174,8 +174,10 @@ class OutageGate:
         on_change: OnChange | None = None,
     ) -> None:
         if failures_to_close < 1 or jobs_to_close < 1:
+            # a programming error, not shown
             raise ValueError("failures_to_close and jobs_to_close must be at least 1")
         if outage_timeout <= 0 or probe_delay <= 0 or probe_timeout <= 0:
+            # a programming error, not shown
             raise ValueError("outage_timeout, probe_delay and probe_timeout must be positive")
         self._probe = probe
         self._outage_timeout = outage_timeout

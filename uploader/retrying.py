@@ -63,4 +63,5 @@ async def retrying(
             if on_retry is not None:
                 on_retry(exc, attempt)
             await asyncio.sleep(policy.wait(attempt, getattr(exc, "retry_after", None)))
+    # a programming error, not shown
     raise ValueError(f"a retry policy needs at least one try, not {policy.tries}")

@@ -20,6 +20,7 @@ import bracex
 from wcmatch import glob
 
 from . import filetypes, paths, queue
+from .i18n import _
 from .manifest import ManifestError, read_manifest, resolve
 from .queue import EnqueueCounts, ScanRow
 from .store.parse import ParseStore
@@ -34,7 +35,9 @@ def parse_size(text: str) -> int:
     """'500M' -> bytes. Units are binary like rclone's (k = KiB, M = MiB, G = GiB)."""
     m = _SIZE.match(text)
     if not m:
-        raise ValueError(f"invalid size {text!r}: use a number with an optional k, M, G or T")
+        raise ValueError(
+            _("invalid size {text!r}: use a number with an optional k, M, G or T").format(text=text)
+        )
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
@@ -47,8 +50,10 @@ def parse_max_size(text: str) -> int | None:
     size = parse_size(text)
     if size == 0:
         raise ValueError(
-            f"{text!r} would skip every file that is not empty (0 means zero bytes, as in"
-            " rclone, not no limit): leave --max-size out, or give 'off', for no limit"
+            _(
+                "{text!r} would skip every file that is not empty (0 means zero bytes, as in"
+                " rclone, not no limit): leave --max-size out, or give 'off', for no limit"
+            ).format(text=text)
         )
     return size
 
@@ -107,29 +112,45 @@ def _check(pattern: str, role: str) -> str:
     saying what is wrong with it."""
     shown = f"--{role} {pattern!r}"
     if pattern in ("", "/"):
-        raise PatternError(f"{shown}: an empty pattern matches nothing")
+        raise PatternError(_("{pattern}: an empty pattern matches nothing").format(pattern=shown))
     if pattern.endswith("/"):
         if role != "exclude":
             raise PatternError(
-                f"{shown} names a folder and matches no file: use {pattern + '**'!r}"
+                _("{pattern} names a folder and matches no file: use {instead!r}").format(
+                    pattern=shown, instead=pattern + "**"
+                )
             )
         pattern += "**"  # rclone: excluding `dir/` excludes everything below it
     try:
         expanded = bracex.expand(pattern, keep_escapes=True, limit=_LIMIT)
     except bracex.ExpansionLimitException:
-        raise PatternError(f"{shown}: more than {_LIMIT} alternatives") from None
+        raise PatternError(
+            _("{pattern}: more than {limit} alternatives").format(pattern=shown, limit=_LIMIT)
+        ) from None
     if any(_LEFTOVER_BRACE.search(e) for e in expanded):
         if "{{" in pattern:
-            raise PatternError(f"{shown}: rclone's {{{{regexp}}}} syntax is not supported")
+            raise PatternError(
+                _("{pattern}: rclone's {{{{regexp}}}} syntax is not supported").format(
+                    pattern=shown
+                )
+            )
         raise PatternError(
-            f"{shown}: unbalanced {{ }} or a {{group}} without a comma (\\{{ for a literal brace)"
+            _(
+                "{pattern}: unbalanced {{ }} or a {{group}} without a comma (\\{{ for a literal "
+                "brace)"
+            ).format(pattern=shown)
         )
     hidden_too = role != "exclude"
     if all(_unmatchable(e.lstrip("/").split("/"), hidden_too) for e in expanded):
-        why = "paths relative to the folder have no empty, '.' or '..' element"
-        if hidden_too:
-            why += ", and hidden names are always left out"
-        raise PatternError(f"{shown} can match nothing: {why}")
+        why = (
+            _(
+                "paths relative to the folder have no empty, '.' or '..' element, and hidden "
+                "names are always left out"
+            )
+            if hidden_too
+            else _("paths relative to the folder have no empty, '.' or '..' element")
+        )
+        raise PatternError(_("{pattern} can match nothing: {why}").format(pattern=shown, why=why))
     return pattern
 
 
@@ -249,7 +270,7 @@ def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
     PatternError for an invalid or empty list."""
     union = _Union.of([_check(p, "match") for p in patterns])
     if union is None:
-        raise PatternError("--match needs a pattern")
+        raise PatternError(_("--match needs a pattern"))
     return union.match
 
 
@@ -485,7 +506,9 @@ def manifest_rows(
             st = os.stat(path)
         except OSError as exc:
             raise ManifestError(
-                f"{row.where}: cannot read {display(rel)}: {exc.strerror}"
+                _("{where}: cannot read {path}: {why}").format(
+                    where=row.where, path=display(rel), why=exc.strerror
+                )
             ) from None
         if (st.st_dev, st.st_ino) in own.ids:
             stats.own.append(display(rel))

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .i18n import _
 from .manifest import ManifestRow, MetadataValue, label_name, labels_from_path
 
 
@@ -47,8 +48,8 @@ def check_label(name: str) -> str:
     try:
         return label_name(name)
     except ValueError as exc:
-        shown = f"label {name!r}" if name.strip() else "a label name"
-        raise ValueError(f"{shown} {exc}") from None
+        shown = _("label {name!r}").format(name=name) if name.strip() else _("a label name")
+        raise ValueError(_("{label} {problem}").format(label=shown, problem=exc)) from None
 
 
 def check_parser(value: str) -> str:
@@ -57,7 +58,7 @@ def check_parser(value: str) -> str:
     try:
         uuid.UUID(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a parser id (a UUID)") from None
+        raise ValueError(_("{value!r} is not a parser id (a UUID)").format(value=value)) from None
     return value
 
 

@@ -10,6 +10,8 @@ import re
 import time
 from collections.abc import Sequence
 
+from .i18n import _
+
 SETTLE = 3.0  # seconds without an event before a change starts a cycle
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -19,10 +21,10 @@ def parse_duration(text: str) -> float:
     """`--every`: 90, 90s, 10m, 1h, 1d (rclone's units), at least one second."""
     found = _DURATION.match(text)
     if not found:
-        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 10m, 1h)")
+        raise ValueError(_("{text!r} is not a duration (e.g. 30s, 10m, 1h)").format(text=text))
     seconds = float(found.group(1)) * _UNIT[(found.group(2) or "s").lower()]
     if seconds < 1:
-        raise ValueError(f"{text!r} is less than a second")
+        raise ValueError(_("{text!r} is less than a second").format(text=text))
     return seconds
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from ..i18n import _
 from ..queue.target import HIDDEN, password_of, redact
 from .engine import Dialect, Engine, QueueError, Sql
 from .migrations import LEGACY_POSTGRESQL, has_statements, latest, series
@@ -131,7 +132,10 @@ class PgEngine(Engine):
             )
         except (*DRIVER_ERRORS, ValueError) as exc:
             raise QueueError(
-                scrub(f"cannot connect to database {shown}: {reason(exc)}", password_of(target))
+                scrub(
+                    _("cannot connect to database {db}: {why}").format(db=shown, why=reason(exc)),
+                    password_of(target),
+                )
             ) from None
         engine = cls(pool, target)
         try:
@@ -151,9 +155,11 @@ class PgEngine(Engine):
 
     def explain(self, exc: BaseException) -> str:
         if isinstance(exc, asyncpg.PostgresError):
-            text = f"database {self.shown}: {reason(exc)}"
+            text = _("database {path}: {why}").format(path=self.shown, why=reason(exc))
         else:
-            text = f"lost the connection to database {self.shown}: {reason(exc)}"
+            text = _("lost the connection to database {db}: {why}").format(
+                db=self.shown, why=reason(exc)
+            )
         return scrub(text, self._password)
 
     @contextlib.asynccontextmanager
@@ -248,8 +254,10 @@ class PgEngine(Engine):
             current = max(applied, default=0)
             if current > newest:
                 raise QueueError(
-                    f"database {self.shown} was made by a newer version of uploader (schema "
-                    f"{current}, this version knows {newest}); upgrade uploader to use it"
+                    _(
+                        "database {path} was made by a newer version of uploader (schema {schema}, "
+                        "this version knows {known}); upgrade uploader to use it"
+                    ).format(path=self.shown, schema=current, known=newest)
                 )
             # Each missing one, even below the newest applied: a database of PostgreSQL's own
             # series may miss a number that its mapping put below others.
@@ -269,13 +277,17 @@ class PgEngine(Engine):
         if not legacy:
             if not create:
                 raise QueueError(
-                    f"no uploader queue in database {self.shown}: run `uploader "
-                    "enqueue DIR` first (or check --db)"
+                    _(
+                        "no uploader queue in database {db}: run `uploader enqueue DIR` first "
+                        "(or check --db)"
+                    ).format(db=self.shown)
                 )
             if await conn.fetchval("SELECT to_regclass('jobs') IS NOT NULL"):
                 raise QueueError(
-                    f"database {self.shown} has a jobs table that uploader did not "
-                    "make: give uploader its own database (or schema)"
+                    _(
+                        "database {db} has a jobs table that uploader did not make: give "
+                        "uploader its own database (or schema)"
+                    ).format(db=self.shown)
                 )
         await conn.execute(
             f"CREATE TABLE {VERSION_TABLE} (version integer PRIMARY KEY,"
@@ -287,8 +299,10 @@ class PgEngine(Engine):
         if any(r[0] not in LEGACY_POSTGRESQL for r in old):
             newest = max(r[0] for r in old)
             raise QueueError(
-                f"database {self.shown} was made by a newer version of uploader (schema "
-                f"{newest}, this version knows {max(LEGACY_POSTGRESQL)}); upgrade uploader"
+                _(
+                    "database {path} was made by a newer version of uploader (schema {schema}, "
+                    "this version knows {known}); upgrade uploader to use it"
+                ).format(path=self.shown, schema=newest, known=max(LEGACY_POSTGRESQL))
             )
         mapped = {new: at for number, at in old for new in LEGACY_POSTGRESQL[number]}
         await conn.executemany(

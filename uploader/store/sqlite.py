@@ -21,6 +21,7 @@ from typing import Any
 
 import aiosqlite
 
+from ..i18n import _
 from ..liveness import runs_dir
 from ..retrying import Growth, Retry, retrying
 from .engine import Dialect, Engine, QueueError, Sql
@@ -50,25 +51,33 @@ def _create_private(path: str) -> None:
         return
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise QueueError(f"cannot create database {path}: folder {folder} does not exist")
+        raise QueueError(
+            _("cannot create database {path}: folder {folder} does not exist").format(
+                path=path, folder=folder
+            )
+        )
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         pass
     except OSError as exc:
-        raise QueueError(f"cannot create database {path}: {exc.strerror}") from None
+        raise QueueError(
+            _("cannot create database {path}: {why}").format(path=path, why=exc.strerror)
+        ) from None
 
 
 def explain(path: str, exc: sqlite3.DatabaseError) -> str:
     text = str(exc)
     if "not a database" in text or "malformed" in text:
-        return (
-            f"{path} is not a usable uploader database ({text}); move it aside and run "
+        return _(
+            "{path} is not a usable uploader database ({why}); move it aside and run "
             "`uploader enqueue DIR` again to start a new one"
-        )
+        ).format(path=path, why=text)
     if "locked" in text or "busy" in text:
-        return f"database {path} is locked by another process; try again when it has finished"
-    return f"database {path}: {text}"
+        return _(
+            "database {path} is locked by another process; try again when it has finished"
+        ).format(path=path)
+    return _("database {path}: {why}").format(path=path, why=text)
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -80,6 +89,7 @@ def _statements(script: str) -> Iterator[str]:
             yield buffer
             buffer = ""
     if has_statements(buffer):
+        # a programming error, not shown
         raise sqlite3.DatabaseError(f"incomplete statement in migration: {buffer[:60]!r}")
 
 
@@ -120,16 +130,20 @@ class SqliteEngine(Engine):
         """Open (and migrate) the database, turning every way it can fail into QueueError;
         before changing a byte, refuse a file that is not ours."""
         if os.path.isdir(path):
-            raise QueueError(f"database path {path} is a folder, not a file")
+            raise QueueError(_("database path {path} is a folder, not a file").format(path=path))
         if not create and not os.path.exists(path):
             raise QueueError(
-                f"no database at {path}: run `uploader enqueue DIR` first (or pass --db)"
+                _("no database at {path}: run `uploader enqueue DIR` first (or pass --db)").format(
+                    path=path
+                )
             )
         _create_private(path)
         try:
             conn = await _connect(path)
         except sqlite3.Error as exc:
-            raise QueueError(f"cannot open database {path}: {exc}") from None
+            raise QueueError(
+                _("cannot open database {path}: {why}").format(path=path, why=exc)
+            ) from None
         engine = cls(conn, path)
         try:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -229,8 +243,10 @@ class SqliteEngine(Engine):
             if not _locked(exc):
                 raise
             raise QueueError(
-                "the database is locked by another process beyond the busy timeout; "
-                "try again when it has finished"
+                _(
+                    "the database is locked by another process beyond the busy timeout; "
+                    "try again when it has finished"
+                )
             ) from None
         try:
             yield
@@ -277,12 +293,16 @@ class SqliteEngine(Engine):
         newest = latest()
         if current > newest:
             raise QueueError(
-                f"{self.path} was made by a newer version of uploader (schema {current}, this "
-                f"version knows {newest}); upgrade uploader to use it"
+                _(
+                    "{path} was made by a newer version of uploader (schema {schema}, this "
+                    "version knows {known}); upgrade uploader to use it"
+                ).format(path=self.path, schema=current, known=newest)
             )
         if current == 0 and await self.fetchval("SELECT COUNT(*) FROM sqlite_master"):
             raise QueueError(
-                f"{self.path} is a SQLite database of another program, not an uploader queue"
+                _("{path} is a SQLite database of another program, not an uploader queue").format(
+                    path=self.path
+                )
             )
 
     async def _migrate(self) -> None:
