@@ -11,18 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import Engine, Pair
+from .engine import Engine
 
-_SAVE = Pair(
-    sqlite="""
+_SAVE = """
 INSERT INTO saved_jobs (folder, kb_id, options, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (folder, kb_id) DO UPDATE SET options = excluded.options,
-    updated_at = excluded.updated_at""",
-    postgresql="""
-INSERT INTO saved_jobs (folder, kb_id, options, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (folder, kb_id) DO UPDATE SET options = EXCLUDED.options,
-    updated_at = EXCLUDED.updated_at""",
-)
+    updated_at = excluded.updated_at"""
 
 _COLUMNS = "SELECT id, folder, kb_id, options, created_at, updated_at FROM saved_jobs"
 
