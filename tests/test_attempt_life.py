@@ -29,7 +29,7 @@ from uploader.client import ApiError, FilePage, Presigned, RegisterItem, RemoteE
 from uploader.clock import ServiceClock
 from uploader.labels import LabelResolver
 from uploader.liveness import make_owner
-from uploader.model import Outcome, ScanRow
+from uploader.model import ErrorKind, Outcome, ScanRow, Severity
 from uploader.options import RunOptions
 from uploader.queue import Queue, open_queue
 from uploader.reconcile import RemoteIndex
@@ -112,7 +112,10 @@ class FakeClient:
         if fate == "answered":
             return made
         raise ApiError(
-            "register: timed out", kind="transient", error_kind="timeout", maybe_applied=True
+            "register: timed out",
+            kind=Severity.TRANSIENT,
+            error_kind=ErrorKind.TIMEOUT,
+            maybe_applied=True,
         )
 
     async def list_files(self, kb_id: str, page: int, page_size: int) -> FilePage:

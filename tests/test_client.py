@@ -35,6 +35,7 @@ from uploader.client import (
     check_base_url,
     make_session,
 )
+from uploader.model import ErrorKind, Severity
 
 KEY = "sk-live-THE-SECRET-KEY-0123456789"
 KB = "kb-x"
@@ -184,24 +185,73 @@ PRESIGN = "upload-presigned-url/"
 
 API_CASES = [
     # (call, path, answer, kind, error_kind, maybe_applied)
-    ("presign", PRESIGN, reply(401, {"detail": "bad"}), "fatal", "auth", False),
-    ("presign", PRESIGN, reply(403, {"detail": "no"}), "fatal", "auth", False),
-    ("list", KB_FILES, reply(404, {"detail": "Not found."}), "fatal", "kb_not_found", False),
-    ("presign", PRESIGN, reply(400, {"detail": "x"}), "permanent", "http_4xx", False),
-    ("presign", PRESIGN, reply(503, b"busy"), "transient", "http_5xx", False),
-    ("presign", PRESIGN, reply(408), "transient", "timeout", False),
-    ("presign", PRESIGN, reply(200, b"<html>"), "transient", "bad_response", False),
-    ("presign", PRESIGN, drop, "transient", "network", False),
-    ("register", KB_FILES, reply(503), "transient", "http_5xx", True),
-    ("register", KB_FILES, reply(502, b"<html>oops</html>"), "transient", "http_5xx", True),
-    ("register", KB_FILES, reply(400, {"files": ["bad"]}), "permanent", "http_4xx", False),
-    ("register", KB_FILES, reply(404), "fatal", "kb_not_found", False),
-    ("register", KB_FILES, reply(401), "fatal", "auth", False),
-    ("register", KB_FILES, reply(201, {"id": "1"}), "transient", "bad_response", True),
-    ("register", KB_FILES, reply(201, b"not json"), "transient", "bad_response", True),
-    ("register", KB_FILES, drop, "transient", "network", True),
-    ("batch_delete", KB_FILES + "batch-delete/", reply(404), "fatal", "kb_not_found", False),
-    ("list", KB_FILES, reply(200, {"count": 1}), "transient", "bad_response", False),
+    ("presign", PRESIGN, reply(401, {"detail": "bad"}), Severity.FATAL, ErrorKind.AUTH, False),
+    ("presign", PRESIGN, reply(403, {"detail": "no"}), Severity.FATAL, ErrorKind.AUTH, False),
+    (
+        "list",
+        KB_FILES,
+        reply(404, {"detail": "Not found."}),
+        Severity.FATAL,
+        ErrorKind.KB_NOT_FOUND,
+        False,
+    ),
+    (
+        "presign",
+        PRESIGN,
+        reply(400, {"detail": "x"}),
+        Severity.PERMANENT,
+        ErrorKind.HTTP_4XX,
+        False,
+    ),
+    ("presign", PRESIGN, reply(503, b"busy"), Severity.TRANSIENT, ErrorKind.HTTP_5XX, False),
+    ("presign", PRESIGN, reply(408), Severity.TRANSIENT, ErrorKind.TIMEOUT, False),
+    ("presign", PRESIGN, reply(200, b"<html>"), Severity.TRANSIENT, ErrorKind.BAD_RESPONSE, False),
+    ("presign", PRESIGN, drop, Severity.TRANSIENT, ErrorKind.NETWORK, False),
+    ("register", KB_FILES, reply(503), Severity.TRANSIENT, ErrorKind.HTTP_5XX, True),
+    (
+        "register",
+        KB_FILES,
+        reply(502, b"<html>oops</html>"),
+        Severity.TRANSIENT,
+        ErrorKind.HTTP_5XX,
+        True,
+    ),
+    (
+        "register",
+        KB_FILES,
+        reply(400, {"files": ["bad"]}),
+        Severity.PERMANENT,
+        ErrorKind.HTTP_4XX,
+        False,
+    ),
+    ("register", KB_FILES, reply(404), Severity.FATAL, ErrorKind.KB_NOT_FOUND, False),
+    ("register", KB_FILES, reply(401), Severity.FATAL, ErrorKind.AUTH, False),
+    (
+        "register",
+        KB_FILES,
+        reply(201, {"id": "1"}),
+        Severity.TRANSIENT,
+        ErrorKind.BAD_RESPONSE,
+        True,
+    ),
+    (
+        "register",
+        KB_FILES,
+        reply(201, b"not json"),
+        Severity.TRANSIENT,
+        ErrorKind.BAD_RESPONSE,
+        True,
+    ),
+    ("register", KB_FILES, drop, Severity.TRANSIENT, ErrorKind.NETWORK, True),
+    (
+        "batch_delete",
+        KB_FILES + "batch-delete/",
+        reply(404),
+        Severity.FATAL,
+        ErrorKind.KB_NOT_FOUND,
+        False,
+    ),
+    ("list", KB_FILES, reply(200, {"count": 1}), Severity.TRANSIENT, ErrorKind.BAD_RESPONSE, False),
 ]
 
 
@@ -218,7 +268,7 @@ def call(client: MaiAgentClient, name: str) -> Awaitable[Any]:
 @pytest.mark.parametrize(("name", "path", "answer", "kind", "error_kind", "maybe"), API_CASES)
 @async_test
 async def test_api_outcomes_are_classified(
-    name: str, path: str, answer: Action, kind: str, error_kind: str, maybe: bool
+    name: str, path: str, answer: Action, kind: Severity, error_kind: ErrorKind, maybe: bool
 ) -> None:
     async with harness() as (fake, client):
         fake.on(path, answer)
@@ -267,7 +317,11 @@ async def test_a_redirect_is_not_followed_and_its_error_names_where_it_pointed()
         "presign: the service answered HTTP 302, a redirect to "
         "https://login.example.com/sso/start?[redacted] (not followed)"
     )
-    assert (away.kind, away.error_kind, away.status) == ("permanent", "http_3xx", 302)
+    assert (away.kind, away.error_kind, away.status) == (
+        Severity.PERMANENT,
+        ErrorKind.HTTP_3XX,
+        302,
+    )
     assert f"a redirect to {fake.root}/v2/{KB_FILES} (not followed)" in str(moved)
     assert "s3cr3t" not in str(away) and "pw" not in str(away)
 
@@ -335,8 +389,8 @@ async def test_429_forever_becomes_transient_throttled() -> None:
         fake.on(KB_FILES, throttled, throttled, throttled, throttled)
         err = await fails(client.register(KB, [RegisterItem("k", "a")]))
     assert (err.kind, err.error_kind, err.status, err.retry_after) == (
-        "transient",
-        "throttled",
+        Severity.TRANSIENT,
+        ErrorKind.THROTTLED,
         429,
         0.0,
     )
@@ -408,11 +462,11 @@ async def test_timeouts_are_transient_and_doubtful_only_for_register() -> None:
         register = await fails(client.register(KB, [RegisterItem("k", "a")]))
         presign = await fails(client.presign("a", 1))
     assert (register.kind, register.error_kind, register.maybe_applied) == (
-        "transient",
-        "timeout",
+        Severity.TRANSIENT,
+        ErrorKind.TIMEOUT,
         True,
     )
-    assert (presign.error_kind, presign.maybe_applied) == ("timeout", False)
+    assert (presign.error_kind, presign.maybe_applied) == (ErrorKind.TIMEOUT, False)
 
 
 @async_test
@@ -424,7 +478,11 @@ async def test_refused_connection_is_known_not_to_have_registered() -> None:
     async with session:
         client = MaiAgentClient(session, f"http://127.0.0.1:{port}/", KEY, RateLimiter())
         err = await fails(client.register(KB, [RegisterItem("k", "a")]))
-    assert (err.kind, err.error_kind, err.maybe_applied) == ("transient", "network", False)
+    assert (err.kind, err.error_kind, err.maybe_applied) == (
+        Severity.TRANSIENT,
+        ErrorKind.NETWORK,
+        False,
+    )
 
 
 # --- upload to the stand-in S3 --------------------------------------------------------------
@@ -514,20 +572,28 @@ async def test_upload_accepts_a_non_utf8_file_name(tmp_path: Any) -> None:
 
 
 S3_CASES = [
-    (reply(403, s3_xml("AccessDenied", "Policy expired")), "transient", "policy_expired"),
-    (reply(400, s3_xml("EntityTooLarge", "Your proposed upload")), "permanent", "too_large"),
-    (reply(403, s3_xml("SignatureDoesNotMatch", "no")), "permanent", "s3_rejected"),
-    (reply(400, s3_xml("RequestTimeout", "Idle")), "transient", "timeout"),
-    (reply(503, s3_xml("SlowDown", "Reduce your rate")), "transient", "http_5xx"),
-    (reply(429), "transient", "throttled"),
-    (drop, "transient", "network"),
+    (
+        reply(403, s3_xml("AccessDenied", "Policy expired")),
+        Severity.TRANSIENT,
+        ErrorKind.POLICY_EXPIRED,
+    ),
+    (
+        reply(400, s3_xml("EntityTooLarge", "Your proposed upload")),
+        Severity.PERMANENT,
+        ErrorKind.TOO_LARGE,
+    ),
+    (reply(403, s3_xml("SignatureDoesNotMatch", "no")), Severity.PERMANENT, ErrorKind.S3_REJECTED),
+    (reply(400, s3_xml("RequestTimeout", "Idle")), Severity.TRANSIENT, ErrorKind.TIMEOUT),
+    (reply(503, s3_xml("SlowDown", "Reduce your rate")), Severity.TRANSIENT, ErrorKind.HTTP_5XX),
+    (reply(429), Severity.TRANSIENT, ErrorKind.THROTTLED),
+    (drop, Severity.TRANSIENT, ErrorKind.NETWORK),
 ]
 
 
 @pytest.mark.parametrize(("answer", "kind", "error_kind"), S3_CASES)
 @async_test
 async def test_s3_outcomes_are_classified(
-    tmp_path: Any, answer: Action, kind: str, error_kind: str
+    tmp_path: Any, answer: Action, kind: Severity, error_kind: ErrorKind
 ) -> None:
     path, _ = write_file(tmp_path, "a.bin", 300 * 1024)
     async with harness() as (fake, client):
@@ -556,15 +622,15 @@ async def test_local_file_problems_are_permanent_and_send_nothing(tmp_path: Any)
     os.mkfifo(fifo)
     small, _ = write_file(tmp_path, "small", 10)
     cases = [
-        (str(tmp_path / "nope"), 1, "missing"),
-        (str(tmp_path), 1, "unreadable"),  # a directory
-        (str(fifo), 1, "unreadable"),  # would block a thread forever without O_NONBLOCK
-        (os.path.join(small, "x"), 1, "unreadable"),  # a file used as a directory
+        (str(tmp_path / "nope"), 1, ErrorKind.MISSING),
+        (str(tmp_path), 1, ErrorKind.UNREADABLE),  # a directory
+        (str(fifo), 1, ErrorKind.UNREADABLE),  # would block a thread forever without O_NONBLOCK
+        (os.path.join(small, "x"), 1, ErrorKind.UNREADABLE),  # a file used as a directory
     ]
     async with harness() as (fake, client):
         for path, size, label in cases:
             err = await fails(client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, size, "x"))
-            assert (err.kind, err.error_kind) == ("permanent", label), path
+            assert (err.kind, err.error_kind) == (Severity.PERMANENT, label), path
     assert fake.requests("s3/") == []
 
 
@@ -572,7 +638,7 @@ async def upload_unreadable(path: str) -> None:
     """The test below, run in a child process that cannot read past file modes."""
     async with harness() as (fake, client):
         err = await fails(client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, 10, "x"))
-    assert (err.kind, err.error_kind) == ("permanent", "unreadable")
+    assert (err.kind, err.error_kind) == (Severity.PERMANENT, ErrorKind.UNREADABLE)
 
 
 @pytest.mark.posix_only("needs file modes that bind (chmod)")

@@ -44,6 +44,7 @@ from uploader.client import (
 )
 from uploader.content import digest_of
 from uploader.localserver import MaiAgentServer
+from uploader.model import ErrorKind, Severity
 
 KEY_SENT = "media/chatbots/chatbot-file/7f3c9a1e-0000-4000-8000-000000000001.xlsx"
 ODD_KEY = "media/chatbot-file/0b1e/Q3 report (final)#2.pdf"  # Django percent-encodes these
@@ -274,7 +275,7 @@ async def test_next_is_never_followed_off_the_api_host(where: str) -> None:
         kbs_err = await fails(client.list_knowledge_bases())
     assert asked == []
     for e in (err, kbs_err):
-        assert (e.kind, e.error_kind) == ("transient", "bad_response")
+        assert (e.kind, e.error_kind) == (Severity.TRANSIENT, ErrorKind.BAD_RESPONSE)
         assert "next points away from the API host" in str(e)
 
 
@@ -307,7 +308,11 @@ async def test_a_register_answer_of_garbage_is_a_doubtful_bad_response(
     async with harness() as (fake, client):
         fake.on(KB_FILES, reply(201, answer))
         err = await fails(client.register(KB, [ITEM]))
-    assert (err.kind, err.error_kind, err.maybe_applied) == ("transient", "bad_response", True)
+    assert (err.kind, err.error_kind, err.maybe_applied) == (
+        Severity.TRANSIENT,
+        ErrorKind.BAD_RESPONSE,
+        True,
+    )
     assert str(err).startswith("register: bad answer: ")
     assert names in str(err)
     assert "\n" not in str(err)
@@ -332,7 +337,11 @@ async def test_a_presign_answer_of_garbage_is_a_bad_response(answer: Any, names:
     async with harness() as (fake, client):
         fake.on(PRESIGN, reply(200, answer))
         err = await fails(client.presign("a.txt", 3))
-    assert (err.kind, err.error_kind, err.maybe_applied) == ("transient", "bad_response", False)
+    assert (err.kind, err.error_kind, err.maybe_applied) == (
+        Severity.TRANSIENT,
+        ErrorKind.BAD_RESPONSE,
+        False,
+    )
     assert str(err).startswith("presign: bad answer: ") and names in str(err)
 
 
@@ -348,7 +357,7 @@ async def test_a_listing_of_garbage_names_the_entry_and_field() -> None:
     assert str(bad_row) == "list files: bad answer: results[1].filename is a list, not a string"
     assert "count is a string" in str(bad_count)
     assert str(bad_get) == "get file: bad answer: entry.id is null, not an id"
-    assert all(e.error_kind == "bad_response" for e in (bad_row, bad_count, bad_get))
+    assert all(e.error_kind == ErrorKind.BAD_RESPONSE for e in (bad_row, bad_count, bad_get))
 
 
 async def endless(request: web.Request) -> web.StreamResponse:
@@ -386,7 +395,11 @@ async def test_a_huge_answer_is_cut_off_not_read_whole(answer: Action) -> None:
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert (err.kind, err.error_kind, err.maybe_applied) == ("transient", "bad_response", True)
+    assert (err.kind, err.error_kind, err.maybe_applied) == (
+        Severity.TRANSIENT,
+        ErrorKind.BAD_RESPONSE,
+        True,
+    )
     assert str(err) == "register: bad answer: larger than 16 MiB"
     assert peak < 48 * 1024 * 1024
     assert elapsed < 15  # not the 20 s timeout
@@ -413,7 +426,7 @@ async def test_a_long_error_body_is_not_read_whole() -> None:
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert (err.kind, err.error_kind) == ("permanent", "http_4xx")
+    assert (err.kind, err.error_kind) == (Severity.PERMANENT, ErrorKind.HTTP_4XX)
     assert peak < 16 * 1024 * 1024
 
 
@@ -433,8 +446,8 @@ async def test_a_duplicate_key_400_is_its_own_kind(body: dict) -> None:
         fake.on(KB_FILES, reply(400, body))
         err = await fails(client.register(KB, [ITEM]))
     assert (err.kind, err.error_kind, err.status, err.maybe_applied) == (
-        "transient",
-        "duplicate_key",
+        Severity.TRANSIENT,
+        ErrorKind.DUPLICATE_KEY,
         400,
         True,
     )
@@ -448,9 +461,13 @@ async def test_other_register_400s_stay_permanent_with_the_services_message() ->
         err = await fails(client.register(KB, [ITEM]))
         fake.on(PRESIGN, reply(400, {"detail": "Duplicate File Upload"}))
         presign = await fails(client.presign("a", 1))
-    assert (err.kind, err.error_kind, err.maybe_applied) == ("permanent", "http_4xx", False)
+    assert (err.kind, err.error_kind, err.maybe_applied) == (
+        Severity.PERMANENT,
+        ErrorKind.HTTP_4XX,
+        False,
+    )
     assert str(err) == "register failed (HTTP 400): Invalid UUID: 'x'"
-    assert presign.error_kind == "http_4xx"  # only a register can be a duplicate key
+    assert presign.error_kind == ErrorKind.HTTP_4XX  # only a register can be a duplicate key
 
 
 @pytest.mark.parametrize(
@@ -466,7 +483,11 @@ async def test_a_register_refused_for_its_type_is_unsupported_type_for_good(body
     async with harness() as (fake, client):
         fake.on(KB_FILES, reply(400, body))
         err = await fails(client.register(KB, [ITEM]))
-    assert (err.kind, err.error_kind, err.maybe_applied) == ("permanent", "unsupported_type", False)
+    assert (err.kind, err.error_kind, err.maybe_applied) == (
+        Severity.PERMANENT,
+        ErrorKind.UNSUPPORTED_TYPE,
+        False,
+    )
 
 
 # --- the file, as uploaded ------------------------------------------------------------------
@@ -499,7 +520,7 @@ async def test_a_symlink_swapped_in_after_enqueue_is_not_followed(
         assert fake.requests("s3/") == []
         # --follow-symlinks queued the link on purpose: then it is followed.
         await client.upload(target, str(link), size, "doc.bin", follow_symlinks=True)
-    assert (err.kind, err.error_kind) == ("permanent", "unreadable")
+    assert (err.kind, err.error_kind) == (Severity.PERMANENT, ErrorKind.UNREADABLE)
     assert str(err) == "local file unreadable (a symbolic link, not followed)"
     assert len(fake.requests("s3/")) == 1
 
@@ -514,7 +535,7 @@ async def test_a_file_that_grew_since_its_stat_is_retried_not_failed(
         f.write(b"appended")
     async with harness() as (fake, client):
         err = await fails(client.upload(Presigned(f"{fake.root}/s3/", FIELDS), path, size, "g"))
-    assert (err.kind, err.error_kind) == ("transient", "changed")
+    assert (err.kind, err.error_kind) == (Severity.TRANSIENT, ErrorKind.CHANGED)
     assert fake.requests("s3/") == []
 
 
@@ -540,7 +561,7 @@ async def test_a_file_rewritten_while_it_streams_is_not_taken_for_uploaded(
     async with serve(slow_s3) as s3, harness() as (_, client):
         err = await fails(client.upload(Presigned(f"{s3}/", FIELDS), path, size, "torn.bin"))
     assert received > size  # the whole request went, and S3 said 204
-    assert (err.kind, err.error_kind) == ("transient", "changed")
+    assert (err.kind, err.error_kind) == (Severity.TRANSIENT, ErrorKind.CHANGED)
     assert "written to while it was read" in str(err)
 
 
@@ -559,7 +580,7 @@ async def test_a_file_truncated_while_it_streams_is_changed(tmp_path: Path) -> N
 
     async with serve(slow_s3) as s3, harness() as (_, client):
         err = await fails(client.upload(Presigned(f"{s3}/", FIELDS), path, size, "s"))
-    assert (err.kind, err.error_kind) == ("transient", "changed")
+    assert (err.kind, err.error_kind) == (Severity.TRANSIENT, ErrorKind.CHANGED)
 
 
 # --- knowledge bases, labels, metadata, register extras --------------------------------------
@@ -581,7 +602,7 @@ async def test_knowledge_bases_are_listed_across_pages() -> None:
     assert kbs == [KnowledgeBase("kb1", "HR", 3), KnowledgeBase("kb2", "Legal", None)]
     assert one == KnowledgeBase(KB, "X", 0)
     assert [s.query for s in fake.requests("knowledge-bases/")] == ["", "page=2"]
-    assert (missing.kind, missing.error_kind) == ("fatal", "kb_not_found")
+    assert (missing.kind, missing.error_kind) == (Severity.FATAL, ErrorKind.KB_NOT_FOUND)
 
 
 @async_test
@@ -602,8 +623,12 @@ async def test_labels_are_listed_and_created() -> None:
     assert listed == [Label("l1", "hr"), Label("l2", "legal")]
     assert made == Label("l3", "batch-2026")
     assert fake.requests(labels)[1].body == b'{"name":"batch-2026"}'
-    assert (exists.kind, exists.error_kind, exists.status) == ("permanent", "label_exists", 400)
-    assert garbage.error_kind == "bad_response" and "results[0].id is null" in str(garbage)
+    assert (exists.kind, exists.error_kind, exists.status) == (
+        Severity.PERMANENT,
+        ErrorKind.LABEL_EXISTS,
+        400,
+    )
+    assert garbage.error_kind == ErrorKind.BAD_RESPONSE and "results[0].id is null" in str(garbage)
 
 
 @async_test
@@ -622,11 +647,11 @@ async def test_update_metadata_in_each_form_and_what_is_refused() -> None:
         entry = await client.update_metadata(KB, "f1", ["l1"], {"a": "b"}, "POST", "ids")
         empty = await client.update_metadata(KB, "f1", None, {"a": "b"})
     assert (wrong_method.kind, wrong_method.error_kind, wrong_method.status) == (
-        "permanent",
-        "method_not_allowed",
+        Severity.PERMANENT,
+        ErrorKind.METHOD_NOT_ALLOWED,
         405,
     )
-    assert (wrong_form.error_kind, wrong_form.status) == ("http_4xx", 400)
+    assert (wrong_form.error_kind, wrong_form.status) == (ErrorKind.HTTP_4XX, 400)
     assert entry is not None and entry.labels == (Label("l1"),)
     assert empty is None
     seen = fake.requests(path)
@@ -665,7 +690,7 @@ async def test_a_field_value_echoed_in_a_message_is_redacted() -> None:
     async with harness() as (fake, client):
         fake.on(KB_FILES, reply(201, [examples_entry(createdAt=KEY)]))
         err = await fails(client.register(KB, [ITEM]))  # `fails` checks the key is absent
-    assert err.error_kind == "bad_response" and "[redacted]" in str(err)
+    assert err.error_kind == ErrorKind.BAD_RESPONSE and "[redacted]" in str(err)
 
 
 def test_the_fixtures_speak_the_docs_by_default(

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from tests.helpers import async_test
 from uploader.client import ApiError
+from uploader.model import ErrorKind, Severity
 from uploader.outage import Evidence, GateState, OutageGate, ServiceUnreachable, classify
 
 # Short, but not a timing assertion: every wait below is on an event, with a generous limit.
@@ -243,24 +244,34 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 def _down() -> ApiError:
     return ApiError(
-        "list files: connection failed (refused)", kind="transient", error_kind="network"
+        "list files: connection failed (refused)",
+        kind=Severity.TRANSIENT,
+        error_kind=ErrorKind.NETWORK,
     )
 
 
 def _5xx() -> ApiError:
     return ApiError(
-        "register failed (HTTP 502)", kind="transient", error_kind="http_5xx", status=502
+        "register failed (HTTP 502)",
+        kind=Severity.TRANSIENT,
+        error_kind=ErrorKind.HTTP_5XX,
+        status=502,
     )
 
 
 def _refused_file() -> ApiError:
     return ApiError(
-        "register failed (HTTP 400)", kind="permanent", error_kind="http_4xx", status=400
+        "register failed (HTTP 400)",
+        kind=Severity.PERMANENT,
+        error_kind=ErrorKind.HTTP_4XX,
+        status=400,
     )
 
 
 def _local() -> ApiError:
-    return ApiError("local file missing (gone)", kind="permanent", error_kind="missing")
+    return ApiError(
+        "local file missing (gone)", kind=Severity.PERMANENT, error_kind=ErrorKind.MISSING
+    )
 
 
 class _Blocked:
@@ -353,9 +364,12 @@ async def test_a_probe_that_hangs_still_gives_up_on_time() -> None:
 def test_what_counts_as_an_outage() -> None:
     assert classify(_down()) is Evidence.OUTAGE
     assert classify(_5xx()) is Evidence.SERVER_ERROR  # an answer, about that request
-    assert classify(ApiError("t", kind="transient", error_kind="timeout")) is Evidence.OUTAGE
+    assert (
+        classify(ApiError("t", kind=Severity.TRANSIENT, error_kind=ErrorKind.TIMEOUT))
+        is Evidence.OUTAGE
+    )
     assert classify(_refused_file()) is Evidence.ANSWER
-    throttled = ApiError("429", kind="transient", error_kind="throttled", status=429)
+    throttled = ApiError("429", kind=Severity.TRANSIENT, error_kind=ErrorKind.THROTTLED, status=429)
     assert classify(throttled) is Evidence.ANSWER
     assert classify(_local()) is Evidence.NEUTRAL
     assert classify(ConnectionResetError()) is Evidence.OUTAGE

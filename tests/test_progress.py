@@ -38,6 +38,7 @@ from tests.helpers import (
 )
 from tests.test_run_outage import Run, _done, _queued, _wait_until
 from uploader import queue, worker
+from uploader.exitcodes import exit_code
 from uploader.localserver import MaiAgentServer
 from uploader.model import HostScope
 from uploader.options import RunOptions
@@ -225,5 +226,5 @@ def test_a_run_as_a_library_draws_nothing(
     capsys.readouterr()
     result = asyncio.run(upload())
 
-    assert result.uploaded == 12 and worker.exit_code(result) == 0
+    assert result.uploaded == 12 and exit_code(result.ending()) == 0
     assert capsys.readouterr() == ("", "")

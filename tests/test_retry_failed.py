@@ -153,6 +153,17 @@ def test_kind_offers_the_real_error_kinds(tmp_path: Path) -> None:
         assert kind in shown, kind
 
 
+@pytest.mark.parametrize("kind", ["method_not_allowed", "label_exists"])
+def test_kind_takes_a_kind_only_the_client_named(tmp_path: Path, kind: str) -> None:
+    """A register answered 405 fails its file as `method_not_allowed`; --kind took only the
+    kinds ErrorKind listed, so that row could not be chosen by its own kind."""
+    db = failed_queue(tmp_path)
+    execute(db, "UPDATE jobs SET error_kind = ? WHERE relpath = 'a.txt'", (kind,))
+
+    assert retry(db, "--kind", kind) == 1
+    assert rows(db)[("kb-one", "a.txt")]["state"] == "pending"
+
+
 def test_a_name_the_service_refuses_says_so_and_the_next_run_names_it_its_own_way(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:

@@ -79,6 +79,23 @@ def test_sync_refuses_to_empty_the_knowledge_base_and_says_so(
     assert {r["state"] for r in rows(db)} == {"done"}
 
 
+def test_refused_deletions_are_the_exit_code_with_nothing_to_upload_too(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """Nothing pending with --error-on-nothing-to-do is 9, but the guard's refusal is what a
+    script must hear: it said 9, the refusal only on stderr."""
+    data = make_tree(tmp_path / "share", {f"f{i}.txt": 3 for i in range(2)})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(data), "--kb", KB, "--delete-removed").exit_code == 0
+    for path in data.iterdir():
+        path.unlink()
+
+    refused = sync(db, maiagent, str(data), "--delete-removed", "--error-on-nothing-to-do")
+
+    assert refused.exit_code == ExitCode.DELETIONS_REFUSED, refused.output
+    assert len(maiagent.entries(KB)) == 2
+
+
 def _labels_of(server: MaiAgentServer) -> dict[str, set[str]]:
     return {r["filename"]: {label["name"] for label in r["labels"]} for r in server.records(KB)}
 
@@ -125,6 +142,27 @@ def test_sync_alone_repeats_every_saved_job(tmp_path: Path, maiagent: MaiAgentSe
         "b2.txt": {"two"},
     }
     assert len(list((tmp_path / "reports").glob("upload_report_*.json"))) >= 1
+
+
+def test_nothing_to_do_is_the_exit_code_only_when_no_job_had_anything_to_do(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """Two saved jobs, a new file in the first folder only: the second job finds nothing
+    pending (9 with --error-on-nothing-to-do), but the sync uploaded a file, so it is not
+    'nothing to do' (the highest of the jobs' codes made it 9)."""
+    one = make_tree(tmp_path / "one", {"a.txt": 3})
+    two = make_tree(tmp_path / "two", {"b.txt": 3})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(one), "--kb", KB).exit_code == 0
+    assert sync(db, maiagent, str(two), "--kb", KB).exit_code == 0
+    make_tree(one, {"a2.txt": 4})
+
+    everything = sync(db, maiagent, "--error-on-nothing-to-do")
+    idle = sync(db, maiagent, "--error-on-nothing-to-do")
+
+    assert everything.exit_code == ExitCode.OK, everything.output
+    assert _names(maiagent) == ["a.txt", "a2.txt", "b.txt"]
+    assert idle.exit_code == ExitCode.NOTHING_TO_DO, idle.output
 
 
 def test_an_option_given_again_changes_the_saved_job_and_says_so(

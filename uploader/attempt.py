@@ -44,9 +44,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from . import filetypes, tags
-from .client import ApiError, MaiAgentClient, RegisterItem, backoff
+from .client import MaiAgentClient, RegisterItem, backoff
+from .errors import ApiError
 from .labels import LabelResolver
-from .model import ErrorKind, Job, Outcome, OutcomeKind, Step
+from .model import ErrorKind, Job, Outcome, OutcomeKind, Severity, Step
 from .options import RunOptions
 from .reconcile import RemoteIndex
 from .registrar import Registrar
@@ -122,7 +123,7 @@ class Attempt:
         try:
             return await self._steps()
         except ApiError as err:
-            if err.kind == "fatal":
+            if err.fatal:
                 self.fatal = err
                 return self.released()
             return self._after_error(err)
@@ -130,7 +131,7 @@ class Attempt:
             log.exception("unexpected error on %s", self.job.relpath)
             error = ApiError(
                 f"internal error: {type(exc).__name__}: {exc}",
-                kind="transient",
+                kind=Severity.TRANSIENT,
                 error_kind=ErrorKind.INTERNAL,
                 maybe_applied=True,
             )
@@ -219,7 +220,7 @@ class Attempt:
         why = None if types is None else filetypes.refusal(self._name(), types)
         if why is None or (self._s.any_type is not None and await self._s.any_type(self.job.id)):
             return None
-        return ApiError(why, kind="permanent", error_kind=ErrorKind.SKIPPED)
+        return ApiError(why, kind=Severity.PERMANENT, error_kind=ErrorKind.SKIPPED)
 
     async def _same_as_another(self) -> str | None:
         """The file (relpath) whose bytes this one has, uploaded to the same knowledge base or
@@ -322,7 +323,7 @@ class Attempt:
         margin = min(5.0, self._s.options.lease / 4)
         if time.time() > self._s.lease_until(self.job.id) - margin:
             raise ApiError(
-                f"lease expired before {doing}", kind="transient", error_kind=ErrorKind.LEASE
+                f"lease expired before {doing}", kind=Severity.TRANSIENT, error_kind=ErrorKind.LEASE
             )
 
     async def _register(self) -> Outcome:
@@ -381,12 +382,12 @@ class Attempt:
             st = os.stat(job.path)
         except FileNotFoundError:
             raise ApiError(
-                "file no longer exists", kind="permanent", error_kind=ErrorKind.MISSING
+                "file no longer exists", kind=Severity.PERMANENT, error_kind=ErrorKind.MISSING
             ) from None
         except OSError as exc:
             raise ApiError(
                 f"cannot read file: {exc.strerror}",
-                kind="permanent",
+                kind=Severity.PERMANENT,
                 error_kind=ErrorKind.UNREADABLE,
             ) from None
         if st.st_size == job.size and st.st_mtime_ns == job.mtime_ns:
@@ -412,7 +413,7 @@ class Attempt:
         else:
             fix = f"try --name {'basename' if self._s.options.name == 'relpath' else 'relpath'}"
         message = f"the service refused the name {self.job.filename!r} ({err}): {fix}"
-        return ApiError(message, kind="permanent", error_kind=ErrorKind.NAME_REFUSED)
+        return ApiError(message, kind=Severity.PERMANENT, error_kind=ErrorKind.NAME_REFUSED)
 
     def _after_error(self, err: ApiError) -> Outcome:
         if err.error_kind == ErrorKind.NAME_REFUSED:
@@ -426,7 +427,7 @@ class Attempt:
             return self._outcome(OutcomeKind.RELEASED, err, next_attempt_at=time.time())
         self.error = err
         job, options = self.job, self._s.options
-        if err.kind == "permanent" or job.attempts >= 1 + options.max_retries:
+        if err.permanent or job.attempts >= 1 + options.max_retries:
             log.error("failed %s after %d attempt(s): %s", job.relpath, job.attempts, err)
             return self._outcome(OutcomeKind.FAILED, err)
         delay = backoff(job.attempts, options.retry_delay, err.retry_after)
@@ -483,6 +484,6 @@ def _same_content(other: str) -> ApiError:
     """The reason a --skip-same-content skip records."""
     return ApiError(
         f"same content as {other} (run --skip-same-content)",
-        kind="permanent",
+        kind=Severity.PERMANENT,
         error_kind=ErrorKind.SKIPPED,
     )

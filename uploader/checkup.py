@@ -31,7 +31,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .client import (
-    ApiError,
     FilePage,
     Forms,
     MaiAgentClient,
@@ -40,9 +39,10 @@ from .client import (
     RemoteEntry,
     backoff,
 )
-from .exitcodes import ExitCode
+from .errors import ApiError
+from .exitcodes import Ending, ExitCode, exit_code
 from .interrupts import Interrupts
-from .model import ServiceFacts
+from .model import ErrorKind, ServiceFacts, Severity
 from .outage import classify
 from .queue import Queue
 from .reconcile import CLOCK_SKEW, PAGE_SIZE, open_client, transient
@@ -117,13 +117,14 @@ class CheckResult:
         """0 the upload path works (or, dry, the reads do); 3 the service refused the key or
         the knowledge base; 4 it could not be reached at all; 130 interrupted; 1 anything else,
         a probe left behind included."""
-        if self.error is not None and self.error.kind == "fatal":
-            return ExitCode.REFUSED
-        if self.unreachable:
-            return ExitCode.UNREACHABLE
-        if self.interrupted:
-            return ExitCode.INTERRUPTED
-        return ExitCode.FAILED if self.error is not None or self.left_behind else ExitCode.OK
+        return exit_code(
+            Ending(
+                error=self.error,
+                unreachable=self.unreachable,
+                interrupted=self.interrupted,
+                failed=bool(self.left_behind),
+            )
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -260,7 +261,7 @@ class _Check:
         try:
             entries, forms = await self._register(probes)
         except ApiError as err:
-            if err.kind == "permanent":
+            if err.permanent:
                 self._facts["batch_register"] = False
             raise
         named = sum(e is not None for e in entries)
@@ -296,8 +297,8 @@ class _Check:
         if matched[0] is None and len(probes) == 1:
             raise ApiError(
                 f"register: the answer names no entry for {names[0]}",
-                kind="transient",
-                error_kind="bad_response",
+                kind=Severity.TRANSIENT,
+                error_kind=ErrorKind.BAD_RESPONSE,
             )
         return matched, forms
 
@@ -333,8 +334,8 @@ class _Check:
             raise ApiError(
                 f"list files: the probe is not in the listing {LISTING_WAIT:g} s after its "
                 f"register ({'; '.join(seen)})",
-                kind="permanent",
-                error_kind="bad_response",
+                kind=Severity.PERMANENT,
+                error_kind=ErrorKind.BAD_RESPONSE,
             )
         return None, f"probe on page {where}; " + "; ".join(seen)
 
@@ -446,11 +447,11 @@ class _Check:
                 await self._client.delete_file(self._kb, file_id)
             except ApiError as err:
                 failure = err
-            if failure is None or failure.kind != "fatal":
+            if failure is None or not failure.fatal:
                 with contextlib.suppress(ApiError):
                     if await self._client.get_file(self._kb, file_id) is None:
                         return None
-            if (failure is not None and failure.kind == "fatal") or time.monotonic() > deadline:
+            if (failure is not None and failure.fatal) or time.monotonic() > deadline:
                 why = failure or "still listed after its delete"
                 return f"{name} (entry {file_id}): {why}"
             await asyncio.sleep(min(backoff(attempt, POLL, None) + POLL, 5.0))

@@ -49,7 +49,7 @@ from . import (
     walkwait,
     worker,
 )
-from .exitcodes import ExitCode
+from .exitcodes import ExitCode, exit_code
 from .i18n import N_, _
 from .manifest import DEFAULT_ENCODING, ManifestError, encoding_of, is_utf8, parse_metadata_option
 from .model import (
@@ -1605,7 +1605,7 @@ def run(
     finally:
         if run_log is not None:
             logs.close(run_log)
-    code = worker.exit_code(result)
+    code = exit_code(result.ending())
     if as_json:
         if result.fatal is not None:
             click.echo(printable(f"Error: {result.fatal}"), err=True)
@@ -2318,20 +2318,17 @@ LIST_SHOWN = 10  # lines of each list verify prints; export-report has them all
 
 
 class ServiceError(click.ClickException):
-    """The service refused or kept failing: one line; exit 3 when it refused the key or the
-    knowledge base, 4 when it could not be reached ("cannot reach HOST:PORT (why)", as `run`
-    says), else 1."""
+    """The service refused or kept failing: one line, and the exit code `exit_code` gives the
+    error (3 a refused key or knowledge base, 4 a service not reached: "cannot reach
+    HOST:PORT (why)", as `run` says; 2 out of open files; else 1)."""
 
     def __init__(self, error: client.ApiError) -> None:
-        if error.kind == "fatal":
-            super().__init__(str(error))
-            self.exit_code = ExitCode.REFUSED  # type: ignore[misc]  # per error, not per class
-        elif outage.classify(error).outage_like:
+        code = exit_code(error)
+        if code is ExitCode.UNREACHABLE:
             super().__init__(str(outage.ServiceUnreachable.at_start(error)))
-            self.exit_code = ExitCode.UNREACHABLE  # type: ignore[misc]  # per error, not per class
         else:
             super().__init__(str(error))
-            self.exit_code = ExitCode.FAILED  # type: ignore[misc]  # per error, not per class
+        self.exit_code = code  # type: ignore[misc]  # per error, not per class
 
 
 def get_a_key() -> str:

@@ -33,7 +33,7 @@ from .cli import (
     pass_ctx,
     run,
 )
-from .exitcodes import ExitCode
+from .exitcodes import ExitCode, worst
 from .i18n import _
 from .printable import printable
 from .queue import Queue
@@ -181,14 +181,14 @@ def _sync(
 
 def _cycle(click_ctx: click.Context, ctx: Context, jobs: list[_Job], opts: dict[str, Any]) -> int:
     """Every job once: its code, the worst of them (an interrupted one ends the cycle)."""
-    code = ExitCode.OK
+    codes: list[ExitCode] = []
     for n, job in enumerate(jobs):
         if len(jobs) > 1:
             ctx.echo(printable(_("sync {folder} -> {kb}").format(folder=job.folder, kb=job.kb_id)))
-        code = max(code, _one(click_ctx, job, opts, last=n + 1 == len(jobs)))
-        if code == ExitCode.INTERRUPTED:
+        codes.append(_one(click_ctx, job, opts, last=n + 1 == len(jobs)))
+        if codes[-1] == ExitCode.INTERRUPTED:
             break
-    return code
+    return worst(codes)
 
 
 # A watch stops on what another cycle cannot fix: bad input, a refused key or knowledge base.
@@ -282,8 +282,8 @@ def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) 
         click_ctx.invoke(run, **run_opts)
     except SystemExit as exc:
         code = ExitCode(int(exc.code or 0))
-    if code == ExitCode.OK and refused:
-        return ExitCode.DELETIONS_REFUSED
+    if refused and code in (ExitCode.OK, ExitCode.NOTHING_TO_DO):
+        return ExitCode.DELETIONS_REFUSED  # the upload went well: the refusal is the news
     return code
 
 

@@ -35,9 +35,10 @@ from . import network, osfiles
 from .bandwidth import SLICE, Bandwidth, Progress, idle_watch
 from .clock import ServiceClock
 from .content import digest_of, new_digest
+from .errors import ApiError
 from .limits import is_out_of_files, out_of_files_message
+from .model import ErrorKind, Severity
 
-Kind = Literal["transient", "permanent", "fatal"]
 Method = Literal["PATCH", "POST"]
 LabelForm = Literal["objects", "ids"]
 T = TypeVar("T")
@@ -71,38 +72,6 @@ _UNSUPPORTED = re.compile(
 )
 # Keys a latest-failed-reason answer may carry its text under (the shape is not documented).
 _REASON_KEYS = ("reason", "failedReason", "failed_reason", "latestFailedReason", "message", "error")
-
-
-class ApiError(Exception):
-    """A failed call, classified so the worker can act on it without knowing HTTP.
-
-    `kind`: transient (retry later), permanent (this file fails), fatal (stop the run).
-    `error_kind`: a short stable label stored in the database and used by `retry-failed --kind`.
-    `maybe_applied`: the register call may have taken effect although it did not answer success,
-    so the caller must look in the knowledge-base listing before registering again.
-
-    Kinds a caller may want to single out: `duplicate_key` (register refused a key already in
-    the knowledge base: find the entry by key), `bad_response` (an answer of the wrong shape,
-    or larger than MAX_BODY), `changed` (transient: the local file moved while it was read),
-    `label_exists`, `method_not_allowed` (405), `kb_not_found`, `auth`, `throttled`.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        kind: Kind,
-        error_kind: str,
-        status: int | None = None,
-        retry_after: float | None = None,
-        maybe_applied: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.error_kind = error_kind
-        self.status = status
-        self.retry_after = retry_after
-        self.maybe_applied = maybe_applied
 
 
 class Gate(Protocol):
@@ -859,7 +828,7 @@ class MaiAgentClient:
         except TimeoutError:
             await asyncio.gather(sending, return_exceptions=True)
             message = f"S3 upload stalled: no bytes moved for {self._timeout:g} s"
-            raise self._error(message, "transient", "timeout") from None
+            raise self._error(message, Severity.TRANSIENT, ErrorKind.TIMEOUT) from None
         finally:
             if not sending.done():  # this task was cancelled: so is its upload
                 sending.cancel()
@@ -959,7 +928,7 @@ class MaiAgentClient:
                 "GET", "parsers/supported-file-types/", "supported file types", gone_ok=True
             )
         except ApiError as exc:
-            if exc.error_kind == "method_not_allowed":
+            if exc.error_kind is ErrorKind.METHOD_NOT_ALLOWED:
                 return None
             raise
         if answer is _GONE:
@@ -974,7 +943,7 @@ class MaiAgentClient:
         try:
             raw = await self._api("GET", path, "latest failed reason", gone_ok=True)
         except ApiError as exc:
-            if exc.error_kind == "method_not_allowed":
+            if exc.error_kind is ErrorKind.METHOD_NOT_ALLOWED:
                 return False, None
             raise
         if raw is None:
@@ -997,7 +966,7 @@ class MaiAgentClient:
         try:
             raw = await self._api("PATCH", path, "batch reparse", body, gone_ok=True)
         except ApiError as exc:
-            if exc.error_kind == "method_not_allowed":
+            if exc.error_kind is ErrorKind.METHOD_NOT_ALLOWED:
                 return False
             raise
         return raw is not None
@@ -1167,7 +1136,9 @@ class MaiAgentClient:
             self._limiter.pause(pause)
         else:
             message = f"{op}: still throttled after {self._throttle_retries} retries (HTTP 429)"
-            raise self._error(message, "transient", "throttled", status=429, retry_after=pause)
+            raise self._error(
+                message, Severity.TRANSIENT, ErrorKind.THROTTLED, status=429, retry_after=pause
+            )
         if 200 <= status < 300:
             return body
         if status == 404 and gone_ok:
@@ -1229,7 +1200,9 @@ class MaiAgentClient:
         except _TooLarge:
             _log_request(method, where, "too large", start)
             message = f"{op}: bad answer: larger than {self._max_body // MIB or 1} MiB"
-            raise self._error(message, "transient", "bad_response", maybe_applied=unsafe) from None
+            raise self._error(
+                message, Severity.TRANSIENT, ErrorKind.BAD_RESPONSE, maybe_applied=unsafe
+            ) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             _log_request(method, where, type(exc).__name__, start)
             limit = timeout.total if timeout.total is not None else timeout.sock_connect
@@ -1254,35 +1227,41 @@ class MaiAgentClient:
         detail = _detail(body)
         suffix = f": {detail}" if detail else ""
         if status in (401, 403):
-            return self._error(f"API key rejected (HTTP {status}){suffix}", "fatal", "auth", status)
+            return self._error(
+                f"API key rejected (HTTP {status}){suffix}", Severity.FATAL, ErrorKind.AUTH, status
+            )
         if status == 407:
-            return self._error(f"{op}: {_proxy_refused(status)}", "fatal", "proxy", status)
+            return self._error(
+                f"{op}: {_proxy_refused(status)}", Severity.FATAL, ErrorKind.PROXY, status
+            )
         if status == 404 and kb_id is not None:
             message = (
                 f"knowledge base {kb_id} not found (HTTP 404):"
                 " check --kb and that --base-url ends in /api/v1/"
             )
-            return self._error(message, "fatal", "kb_not_found", status)
+            return self._error(message, Severity.FATAL, ErrorKind.KB_NOT_FOUND, status)
         message = f"{op} failed (HTTP {status}){suffix}"
         if status == 408:
-            return self._error(message, "transient", "timeout", status)
+            return self._error(message, Severity.TRANSIENT, ErrorKind.TIMEOUT, status)
         if status >= 500:
-            return self._error(message, "transient", "http_5xx", status, maybe_applied=unsafe)
+            return self._error(
+                message, Severity.TRANSIENT, ErrorKind.HTTP_5XX, status, maybe_applied=unsafe
+            )
         if status == 400 and _DUPLICATE.search(_body_text(body)):
             if op == "register":
                 # The key is in the knowledge base already: a lost answer's register landed.
                 return self._error(
-                    message, "transient", "duplicate_key", status, maybe_applied=True
+                    message, Severity.TRANSIENT, ErrorKind.DUPLICATE_KEY, status, maybe_applied=True
                 )
             if op == "create label":
-                return self._error(message, "permanent", "label_exists", status)
+                return self._error(message, Severity.PERMANENT, ErrorKind.LABEL_EXISTS, status)
         if status == 400 and op == "register" and _UNSUPPORTED.search(_body_text(body)):
-            return self._error(message, "permanent", "unsupported_type", status)
+            return self._error(message, Severity.PERMANENT, ErrorKind.UNSUPPORTED_TYPE, status)
         if status == 400 and op in ("register", "presign") and _about_filename(body):
-            return self._error(message, "permanent", "name_refused", status)
+            return self._error(message, Severity.PERMANENT, ErrorKind.NAME_REFUSED, status)
         if status == 405:
-            return self._error(message, "permanent", "method_not_allowed", status)
-        return self._error(message, "permanent", f"http_{status // 100}xx", status)
+            return self._error(message, Severity.PERMANENT, ErrorKind.METHOD_NOT_ALLOWED, status)
+        return self._error(message, Severity.PERMANENT, ErrorKind.HTTP_4XX, status)
 
     def _redirected(self, op: str, status: int, url: str, location: str | None) -> ApiError:
         """A redirect is never followed (the API key must not go where it points): the error
@@ -1290,31 +1269,33 @@ class MaiAgentClient:
         a login page) shows itself, without the query or the user info a secret may hide in."""
         where = _shown_location(url, location) if location else "nowhere (no Location)"
         message = f"{op}: the service answered HTTP {status}, a redirect to {where} (not followed)"
-        return self._error(message, "permanent", "http_3xx", status)
+        return self._error(message, Severity.PERMANENT, ErrorKind.HTTP_3XX, status)
 
     def _s3_error(self, status: int, body: bytes, retry_after: float | None) -> ApiError:
         code, detail = _s3_code(body), _detail(body)
         suffix = f": {detail or code}" if detail or code else ""
         if status == 429 or status >= 500:
             message = f"S3 upload failed (HTTP {status}){suffix}"
-            label = "throttled" if status == 429 else "http_5xx"
-            return self._error(message, "transient", label, status, retry_after=retry_after)
+            label = ErrorKind.THROTTLED if status == 429 else ErrorKind.HTTP_5XX
+            return self._error(message, Severity.TRANSIENT, label, status, retry_after=retry_after)
         message = f"S3 upload rejected (HTTP {status}){suffix}"
         if status == 403 and "expired" in detail.lower():
-            return self._error(message, "transient", "policy_expired", status)
+            return self._error(message, Severity.TRANSIENT, ErrorKind.POLICY_EXPIRED, status)
         if code == "RequestTimeout" or status == 408:
-            return self._error(message, "transient", "timeout", status)
+            return self._error(message, Severity.TRANSIENT, ErrorKind.TIMEOUT, status)
         if code == "EntityTooLarge":
-            return self._error(message, "permanent", "too_large", status)
-        return self._error(message, "permanent", "s3_rejected", status)
+            return self._error(message, Severity.PERMANENT, ErrorKind.TOO_LARGE, status)
+        return self._error(message, Severity.PERMANENT, ErrorKind.S3_REJECTED, status)
 
     def _network_error(
         self, op: str, exc: BaseException, seconds: float | None, unsafe: bool
     ) -> ApiError:
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            return self._error(f"{op}: {_untrusted(exc)}", "fatal", "tls")
+            return self._error(f"{op}: {_untrusted(exc)}", Severity.FATAL, ErrorKind.TLS)
         if isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status < 500:
-            return self._error(f"{op}: {_proxy_refused(exc.status)}", "fatal", "proxy")
+            return self._error(
+                f"{op}: {_proxy_refused(exc.status)}", Severity.FATAL, ErrorKind.PROXY
+            )
         if is_out_of_files(exc):
             return out_of_files(exc)  # type: ignore[arg-type]
         # Failing to connect is the one case where the request surely never left.
@@ -1324,22 +1305,24 @@ class MaiAgentClient:
         if isinstance(exc, asyncio.TimeoutError):
             phase = "" if connected else " while connecting"
             message = f"{op} timed out{phase} (limit {seconds:g} s)"
-            return self._error(message, "transient", "timeout", maybe_applied=maybe)
+            return self._error(message, Severity.TRANSIENT, ErrorKind.TIMEOUT, maybe_applied=maybe)
         reason = _one_line(str(exc)) or type(exc).__name__
         if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
             message = f"{op}: connection failed ({reason})"
-            return self._error(message, "transient", "network", maybe_applied=maybe)
+            return self._error(message, Severity.TRANSIENT, ErrorKind.NETWORK, maybe_applied=maybe)
         message = f"{op}: bad response ({reason})"
-        return self._error(message, "transient", "bad_response", maybe_applied=maybe)
+        return self._error(message, Severity.TRANSIENT, ErrorKind.BAD_RESPONSE, maybe_applied=maybe)
 
     def _bad_response(self, op: str, why: str, unsafe: bool = False) -> ApiError:
-        return self._error(f"{op}: {why}", "transient", "bad_response", maybe_applied=unsafe)
+        return self._error(
+            f"{op}: {why}", Severity.TRANSIENT, ErrorKind.BAD_RESPONSE, maybe_applied=unsafe
+        )
 
     def _error(
         self,
         message: str,
-        kind: Kind,
-        error_kind: str,
+        kind: Severity,
+        error_kind: ErrorKind,
         status: int | None = None,
         *,
         retry_after: float | None = None,
@@ -1462,13 +1445,13 @@ def _open_content(
     try:
         fd = osfiles.open_file(path, flags) if follow else osfiles.open_nofollow(path, flags)
     except FileNotFoundError as exc:
-        raise _file_error("missing", exc) from exc
+        raise _file_error(ErrorKind.MISSING, exc) from exc
     except OSError as exc:
         if is_out_of_files(exc):
             raise out_of_files(exc) from exc
         if exc.errno == errno.ELOOP and not follow:
-            raise _file_error("unreadable", exc, "a symbolic link, not followed") from exc
-        raise _file_error("unreadable", exc) from exc
+            raise _file_error(ErrorKind.UNREADABLE, exc, "a symbolic link, not followed") from exc
+        raise _file_error(ErrorKind.UNREADABLE, exc) from exc
     try:
         before = _check_file(fd, size)
     except BaseException:
@@ -1481,7 +1464,7 @@ def _open_content(
         try:
             data = file.readall()
         except OSError as exc:
-            raise _file_error("unreadable", exc) from exc
+            raise _file_error(ErrorKind.UNREADABLE, exc) from exc
         if len(data) != size:
             raise _changed(size, f"{len(data)} bytes read")
         _same_file(fd, before)
@@ -1491,7 +1474,7 @@ def _open_content(
 def _check_file(fd: int, size: int) -> os.stat_result:
     st = _fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise _file_error("unreadable", None, "not a regular file")
+        raise _file_error(ErrorKind.UNREADABLE, None, "not a regular file")
     if st.st_size != size:
         raise _changed(size, f"{st.st_size} bytes now")
     return st
@@ -1501,7 +1484,7 @@ def _fstat(fd: int) -> os.stat_result:
     try:
         return os.fstat(fd)
     except OSError as exc:
-        raise _file_error("unreadable", exc) from exc
+        raise _file_error(ErrorKind.UNREADABLE, exc) from exc
 
 
 def _same_file(fd: int, before: os.stat_result) -> None:
@@ -1513,21 +1496,21 @@ def _same_file(fd: int, before: os.stat_result) -> None:
         raise _changed(before.st_size, "it was written to while it was read")
 
 
-def _file_error(label: str, exc: OSError | None, why: str = "") -> ApiError:
+def _file_error(label: ErrorKind, exc: OSError | None, why: str = "") -> ApiError:
     reason = why or (exc.strerror if exc and exc.strerror else str(exc))
-    return ApiError(f"local file {label} ({reason})", kind="permanent", error_kind=label)
+    return ApiError(f"local file {label} ({reason})", kind=Severity.PERMANENT, error_kind=label)
 
 
 def out_of_files(exc: OSError) -> ApiError:
     """Fatal: every other file and connection of the run would fail the same way."""
-    return ApiError(out_of_files_message(exc), kind="fatal", error_kind="open_files")
+    return ApiError(out_of_files_message(exc), kind=Severity.FATAL, error_kind=ErrorKind.OPEN_FILES)
 
 
 def _changed(queued: int, now: str) -> ApiError:
     """Transient: the next attempt stats the file again and uploads its current content;
     these bytes, whatever reached S3, are never registered."""
     message = f"local file changed while being uploaded ({queued} bytes expected, {now})"
-    return ApiError(message, kind="transient", error_kind="changed")
+    return ApiError(message, kind=Severity.TRANSIENT, error_kind=ErrorKind.CHANGED)
 
 
 async def _form(

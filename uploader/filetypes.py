@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from .checkup import normal_base_url
-from .client import ApiError, MaiAgentClient
+from .client import MaiAgentClient
+from .errors import ApiError
 from .model import ServiceFacts
 from .queue import Queue
 from .store.facts import FactsStore
@@ -89,7 +90,7 @@ async def learn(q: Queue, client: MaiAgentClient, base_url: str, kb_ids: list[st
     try:
         types = await client.supported_file_types()
     except ApiError as exc:
-        if exc.kind == "fatal":
+        if exc.fatal:
             raise
         log.warning("could not ask the service for its file types (%s): using what is known", exc)
         return (

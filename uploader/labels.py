@@ -25,9 +25,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from .client import ApiError, LabelForm, MaiAgentClient, Method
+from .client import LabelForm, MaiAgentClient, Method
+from .errors import ApiError
 from .i18n import _
-from .model import ErrorKind
+from .model import ErrorKind, Severity
 from .queue import Queue
 from .store.facts import FactsStore
 
@@ -94,7 +95,7 @@ class LabelResolver:
                     kb_id, file_id, label_ids, metadata, method, label_form
                 )
             except ApiError as exc:
-                if exc.error_kind == "method_not_allowed":
+                if exc.error_kind is ErrorKind.METHOD_NOT_ALLOWED:
                     method = "POST" if method == "PATCH" else "PATCH"
                 elif exc.status == 400 and label_ids:
                     label_form = "ids" if label_form == "objects" else "objects"
@@ -132,7 +133,7 @@ class LabelResolver:
         try:
             label = await self._client.create_label(kb_id, name)
         except ApiError as exc:
-            if exc.error_kind != "label_exists":
+            if exc.error_kind is not ErrorKind.LABEL_EXISTS:
                 raise
             log.info("label %r of %s was made elsewhere meanwhile: reading it back", name, kb_id)
             await self._list(kb_id, again=True)
@@ -141,7 +142,7 @@ class LabelResolver:
                     _(
                         "label {name!r} exists, the service says, but its listing does not show it"
                     ).format(name=name),
-                    kind="transient",
+                    kind=Severity.TRANSIENT,
                     error_kind=ErrorKind.BAD_RESPONSE,
                 ) from None
             return known[name]

@@ -63,9 +63,18 @@ class Step(_Text):
     RECHECK = "recheck"
 
 
+class Severity(_Text):
+    """What a failed call means for the work that made it (`errors.ApiError.kind`)."""
+
+    TRANSIENT = "transient"  # try again later: the same call may well succeed
+    PERMANENT = "permanent"  # this file (or this call) fails; the others go on
+    FATAL = "fatal"  # nothing else will succeed either (a refused key): stop the run
+
+
 class ErrorKind(_Text):
     """The short stable labels stored in `jobs.error_kind` and `attempts.error_kind`; the
-    client classifies service errors into them, the attempt adds its own."""
+    client classifies service errors into them, the attempt adds its own. Every label an
+    `ApiError` carries is one of these."""
 
     AUTH = "auth"
     KB_NOT_FOUND = "kb_not_found"
@@ -88,6 +97,8 @@ class ErrorKind(_Text):
     DUPLICATE_KEY = "duplicate_key"  # register: the key is in the knowledge base already
     NAME_REFUSED = "name_refused"  # the service refused the name shown (--name, a manifest)
     UNSUPPORTED_TYPE = "unsupported_type"  # register refused the file's type (never retried)
+    LABEL_EXISTS = "label_exists"  # create label: the name is taken (another run made it)
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # a 405: this deployment has no such call
     OPEN_FILES = "open_files"  # a run only: this process ran out of file descriptors
     INTERNAL = "internal"
     SKIPPED = "skipped"  # a file enqueue did not queue for upload (too large, unreadable)

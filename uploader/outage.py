@@ -53,12 +53,11 @@ from dataclasses import dataclass
 import aiohttp
 
 from uploader import network
-from uploader.client import ApiError
+from uploader.errors import ApiError, Unreachable
 from uploader.model import ErrorKind
 
 log = logging.getLogger("uploader.outage")
 
-_NO_ANSWER_KINDS = frozenset((ErrorKind.NETWORK, ErrorKind.TIMEOUT))
 _REASON_CHARS = 200
 # Set in the prober's own task (a task runs in a copy of its creator's context, so nothing
 # else sees it): requests made by the probe pass the gate.
@@ -99,14 +98,14 @@ class Outage:
         return f"service unreachable since {clock}: {self.reason}"
 
 
-class ServiceUnreachable(ApiError):
+class ServiceUnreachable(Unreachable):
     """Raised by `wait_open` once the gate has given up: stop the run (exit code 4). A fatal
-    `ApiError`, so an attempt that meets it stops the run with its rows released, as a
-    refused key does; `message` replaces the outage's own line (a run that never reached
-    the service says "cannot reach HOST:PORT (…)", not "unreachable since")."""
+    `ApiError` (`errors.Unreachable`), so an attempt that meets it stops the run with its rows
+    released, as a refused key does; `message` replaces the outage's own line (a run that never
+    reached the service says "cannot reach HOST:PORT (…)", not "unreachable since")."""
 
     def __init__(self, outage: Outage, message: str | None = None) -> None:
-        super().__init__(message or outage.message, kind="fatal", error_kind=ErrorKind.NETWORK)
+        super().__init__(message or outage.message)
         self.outage = outage
 
     @classmethod
@@ -124,9 +123,9 @@ OnChange = Callable[[GateState, Outage], None]
 def classify(error: BaseException) -> Evidence:
     """The uploader's own errors by their kind; raw aiohttp and socket errors by their type."""
     if isinstance(error, ApiError):
-        if error.error_kind in _NO_ANSWER_KINDS:
+        if error.unanswered:
             return Evidence.OUTAGE
-        if error.error_kind == ErrorKind.HTTP_5XX:
+        if error.error_kind is ErrorKind.HTTP_5XX:
             return Evidence.SERVER_ERROR
         return Evidence.ANSWER if error.status is not None else Evidence.NEUTRAL
     if isinstance(error, aiohttp.ClientResponseError):

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .client import ApiError, MaiAgentClient
+from .client import MaiAgentClient
+from .errors import ApiError
 from .queue import Queue
 from .reconcile import (
     DELETING,
@@ -253,7 +254,7 @@ async def _reparse(
         try:
             offered = await _call(client.batch_reparse, kb_id, [(r.file_id, parser) for r in batch])
         except ApiError as err:
-            if err.kind == "fatal":
+            if err.fatal:
                 raise
             log.warning("batch reparse failed (%s): those entries are uploaded again", err)
             continue

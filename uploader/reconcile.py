@@ -17,18 +17,19 @@ from typing import Any, Protocol, TypeVar
 
 from . import tags
 from .client import (
-    ApiError,
     FilePage,
     MaiAgentClient,
     RateLimiter,
     RemoteEntry,
     make_session,
 )
+from .errors import ApiError
 from .model import (
     Deletion,
     DeletionReason,
     DuplicateItem,
     Entry,
+    ErrorKind,
     Job,
     JobState,
     ListedRow,
@@ -36,6 +37,7 @@ from .model import (
     RemoteRetryCandidate,
     RemoteStatus,
     RequeueItem,
+    Severity,
     SupersededEntry,
 )
 from .queue import Queue, QueueError
@@ -291,7 +293,7 @@ async def open_client(
 def transient(exc: Exception) -> bool:
     """An answer worth asking again for (a 5xx, a timeout, a 429 past the client's own
     re-sends), as opposed to a refusal or a bad request."""
-    return isinstance(exc, ApiError) and exc.kind == "transient"
+    return isinstance(exc, ApiError) and exc.transient
 
 
 def _retrying_said(exc: Exception, _retry: int) -> None:
@@ -378,7 +380,9 @@ async def _read_listing(
     count, results = first.count, first.entries
     if count is None:
         raise ApiError(
-            "list files: no count in the answer", kind="transient", error_kind="bad_response"
+            "list files: no count in the answer",
+            kind=Severity.TRANSIENT,
+            error_kind=ErrorKind.BAD_RESPONSE,
         )
     await remote_files.store_listed(listed_rows(kb_id, results, started, seen))
     pages = math.ceil(count / len(results)) if first.next and results else 1
@@ -393,7 +397,7 @@ async def _read_listing(
         try:
             data = await _call(client.list_files, kb_id, number, LIST_PAGE_SIZE)
         except ApiError as err:
-            if err.error_kind != "kb_not_found":
+            if err.error_kind is not ErrorKind.KB_NOT_FOUND:
                 raise
             data = None
         if data is None or not data.entries:
@@ -752,7 +756,7 @@ async def delete_entry(client: MaiAgentClient, kb_id: str, file_id: str) -> tupl
             await client.delete_file(kb_id, file_id)
             return True, None
         except ApiError as err:
-            if err.kind == "fatal" or attempt == DELETES.tries:
+            if err.fatal or attempt == DELETES.tries:
                 raise
             retry_after = err.retry_after
         entry = await _call(client.get_file, kb_id, file_id)
@@ -774,7 +778,7 @@ async def _delete_many(
         try:
             gone, status = await delete_entry(client, kb_id, file_id)
         except ApiError as err:
-            if err.kind == "fatal":
+            if err.fatal:
                 raise
             errors.append(f"{file_id}: {err}")
             return
@@ -788,7 +792,7 @@ async def _delete_many(
         try:
             await _call(client.batch_delete, kb_id, chunk)
         except ApiError as err:
-            if err.kind == "fatal":
+            if err.fatal:
                 raise
             log.warning("batch delete failed (%s): deleting these one by one", err)
             await each(chunk, one)
@@ -937,7 +941,7 @@ async def retry_remote(
         try:
             outcome, now = await _clear_entry(client, kb, file_id, status)
         except ApiError as err:
-            if err.kind == "fatal":
+            if err.fatal:
                 raise
             result.errors.append(f"{file_id}: {err}")
             return

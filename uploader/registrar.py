@@ -8,8 +8,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from .client import ApiError, MaiAgentClient, RegisterItem, RemoteEntry
-from .model import ErrorKind
+from .client import MaiAgentClient, RegisterItem, RemoteEntry
+from .errors import ApiError
+from .model import ErrorKind, Severity
 from .reconcile import RemoteIndex
 
 log = logging.getLogger("uploader.run")
@@ -112,7 +113,7 @@ class Registrar:
         try:
             entries = await self._client.register(kb_id, [p.item for p in pending], fence=fence)
         except ApiError as exc:
-            if exc.kind == "permanent" and len(sent) > 1:
+            if exc.permanent and len(sent) > 1:
                 # A refusal (one file's name or type) fails the whole call, and nothing of it
                 # was registered: each file goes again alone, through its own fence.
                 await asyncio.gather(*(self._call(kb_id, [p]) for p in sent))
@@ -183,7 +184,7 @@ async def _passing(pending: list[_Pending]) -> list[_Pending]:
 def _fenced() -> ApiError:
     return ApiError(
         "not registered: this run's lease on the file ended (another run may hold it)",
-        kind="transient",
+        kind=Severity.TRANSIENT,
         error_kind=ErrorKind.LEASE,
     )
 
@@ -191,7 +192,7 @@ def _fenced() -> ApiError:
 def _unlisted(filename: str) -> ApiError:
     return ApiError(
         f"register answer has no entry for {filename!r}",
-        kind="transient",
+        kind=Severity.TRANSIENT,
         error_kind=ErrorKind.BAD_RESPONSE,
         maybe_applied=True,
     )

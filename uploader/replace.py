@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import osfiles, paths
-from .client import ApiError, MaiAgentClient
+from .client import MaiAgentClient
 from .content import new_digest
+from .errors import ApiError
 from .guard import Judge, Refusal
 from .model import (
     Deletion,
@@ -83,7 +84,7 @@ async def drain(
         try:
             gone, status = await delete_entry(client, row.kb_id, row.entry_id)
         except ApiError as err:
-            if err.kind == "fatal":
+            if err.fatal:
                 raise
             failed.append(SupersedeFailure(row.kb_id, row.entry_id, str(err)))
             return

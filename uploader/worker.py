@@ -20,13 +20,14 @@ from typing import Protocol
 from . import filetypes, processes, replace
 from .attempt import Attempt, Shared
 from .bandwidth import Bandwidth
-from .client import ApiError, MaiAgentClient, RateLimiter, make_session
-from .exitcodes import ExitCode
+from .client import MaiAgentClient, RateLimiter, make_session
+from .errors import ApiError
+from .exitcodes import Ending, ExitCode, exit_code
 from .interrupts import Interrupts
 from .labels import LabelResolver
 from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
-from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind
+from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind, Severity
 from .options import RunOptions
 from .outage import GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .queue import Queue
@@ -135,6 +136,15 @@ class RunResult:
         self.fatal = self.fatal or part.fatal
         self.interrupted = self.interrupted or part.interrupted
         self.batch_proved.update(part.batch_proved)
+
+    def ending(self) -> Ending:
+        """What the run came to, for its exit code (`exitcodes.exit_code`)."""
+        return Ending(
+            error=self.fatal,
+            interrupted=self.interrupted,
+            refused=bool(self.unknown_kbs),
+            failed=bool(self.failed_in_queue),
+        )
 
 
 class Fatal(Exception):
@@ -261,7 +271,7 @@ class Writer:
 def _not_written(exc: BaseException) -> ApiError:
     return ApiError(
         f"register not sent: its write-ahead failed: {exc}",
-        kind="transient",
+        kind=Severity.TRANSIENT,
         error_kind=ErrorKind.LEASE,
     )
 
@@ -627,11 +637,7 @@ PREFLIGHT = Retry(tries=3, first=2.0)
 
 def _check_again(exc: Exception) -> bool:
     """Preflight asks again unless the service answered: refused, or no such knowledge base."""
-    return (
-        isinstance(exc, ApiError)
-        and exc.error_kind != ErrorKind.KB_NOT_FOUND
-        and exc.kind != "fatal"
-    )
+    return isinstance(exc, ApiError) and exc.error_kind != ErrorKind.KB_NOT_FOUND and not exc.fatal
 
 
 async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiError]:
@@ -649,7 +655,7 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiE
             if err.error_kind == ErrorKind.KB_NOT_FOUND:
                 unknown[kb_id] = err
                 continue
-            if err.kind != "fatal" and classify(err).outage_like:
+            if not err.fatal and classify(err).outage_like:
                 raise Fatal(ServiceUnreachable.at_start(err)) from None
             raise Fatal(err) from None
     return unknown
@@ -662,20 +668,6 @@ async def _replace(queue: Queue, client: MaiAgentClient, options: RunOptions) ->
     return await replace.drain(
         queue, client, options.kb_id, keep_old_versions=options.keep_old_versions
     )
-
-
-def exit_code(result: RunResult) -> ExitCode:
-    if isinstance(result.fatal, ServiceUnreachable):
-        return ExitCode.UNREACHABLE
-    if result.fatal is not None and result.fatal.error_kind == ErrorKind.OPEN_FILES:
-        return ExitCode.USAGE  # --workers too many for this process's open-file limit
-    if result.fatal is not None:
-        return ExitCode.REFUSED
-    if result.interrupted:
-        return ExitCode.INTERRUPTED
-    if result.unknown_kbs:
-        return ExitCode.REFUSED
-    return ExitCode.FAILED if result.failed_in_queue else ExitCode.OK
 
 
 def _install_signals(signals: Interrupts, pool: Pool, notice: Callable[[str], None] | None) -> None:
@@ -846,5 +838,5 @@ async def _execute(
         "superseded_deleted": result.replaced.deleted,
         "copies_deleted": result.copies_deleted,
     }
-    await RunsStore(queue.engine).end_run(run_id, counts, exit_code(result))
+    await RunsStore(queue.engine).end_run(run_id, counts, exit_code(result.ending()))
     return result
