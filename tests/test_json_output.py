@@ -77,6 +77,7 @@ def test_enqueue_json_has_every_count(tmp_path: Path) -> None:
         "skipped": 0,
         "foreign": 0,
         "relabel": 0,
+        "moved": 0,
         "ignored": 1,
         "own_files_left_out": [],
         "unreadable_folders": [],

@@ -1003,6 +1003,13 @@ def enqueue(
             f"{counts.unchanged} unchanged, {counts.skipped} skipped"
             f" ({stats.ignored} ignored by filters, hidden or not regular files)"
         )
+        if counts.moved:
+            click.echo(
+                _(
+                    "{n} moved from another path (a folder renamed?): each keeps its entry"
+                    " and the name it was given, nothing to upload"
+                ).format(n=counts.moved)
+            )
         if stats.unsupported:
             click.echo(_unsupported_line(stats))
         if removed is not None and removed.refused is None:

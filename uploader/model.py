@@ -145,9 +145,13 @@ class EnqueueCounts:
     # uploaded files (among the unchanged) whose labels or metadata changed: update-metadata
     # on the next run
     relabel: int = 0
+    # files moved from another path (a folder renamed): their rows and entries follow them
+    # (uploader/moves.py), counted apart from the unchanged
+    moved: int = 0
 
     def add(self, other: EnqueueCounts) -> None:
-        for name in ("scanned", "new", "changed", "unchanged", "skipped", "foreign", "relabel"):
+        names = ("scanned", "new", "changed", "unchanged", "skipped", "foreign", "relabel", "moved")
+        for name in names:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 

@@ -142,6 +142,12 @@ def _digest(path: bytes, size: int) -> str | None:
     return digest.hexdigest()
 
 
+def digest_at(path: bytes, size: int) -> str | None:
+    """The content hash of the file at `path` if it is a regular file of `size` bytes (else
+    None), read as an upload reads it: what a move is recognised by (uploader/moves.py)."""
+    return _digest(path, size)
+
+
 async def file_digest(job: Job) -> str | None:
     """The content hash of a job's file as it is now (None: gone, not regular, or not its
     size)."""

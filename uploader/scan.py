@@ -22,6 +22,7 @@ from wcmatch import glob
 from . import filetypes, paths, queue
 from .i18n import _
 from .manifest import ManifestError, read_manifest, resolve
+from .moves import Moves
 from .queue import EnqueueCounts, ScanRow
 from .store.parse import ParseStore
 from .tags import TagOptions
@@ -531,10 +532,15 @@ def _tagged(rows: Iterator[ScanRow], tags: TagOptions) -> Iterator[ScanRow]:
         yield dataclasses.replace(row, tags=tags.tags_for(row.relpath), parser=tags.parser)
 
 
-async def _write(q: queue.Queue, kb_id: str, batch: list[ScanRow], any_type: bool) -> EnqueueCounts:
-    """One batch into the queue; with --any-type its files are marked so that a run sends
-    them whatever their type."""
+async def _write(
+    q: queue.Queue, kb_id: str, batch: list[ScanRow], any_type: bool, moves: Moves
+) -> EnqueueCounts:
+    """One batch into the queue, after its files that are uploaded files moved here took
+    their rows; with --any-type its files are marked so that a run sends them whatever their
+    type."""
+    moved = await moves.adopt(batch)
     counts = await q.enqueue_batch(kb_id, batch)
+    counts.moved, counts.unchanged = moved, counts.unchanged - moved
     if any_type:
         await ParseStore(q.engine).mark_any_type(kb_id, [r.path for r in batch if r.skip is None])
     return counts
@@ -572,6 +578,7 @@ async def enqueue(
     if tags is not None:
         rows = _tagged(rows, tags)
     chunks = batches(rows, batch_size)
+    moves = Moves(q.engine, q.scope, kb_id)
     writing: asyncio.Task[EnqueueCounts] | None = None
     while True:
         batch = await asyncio.to_thread(next, chunks, None)
@@ -581,7 +588,7 @@ async def enqueue(
                 await on_batch(counts)
         if batch is None:
             return counts, stats
-        writing = asyncio.create_task(_write(q, kb_id, batch, any_type))
+        writing = asyncio.create_task(_write(q, kb_id, batch, any_type, moves))
 
 
 async def enqueue_manifest(
@@ -604,7 +611,8 @@ async def enqueue_manifest(
     counts = EnqueueCounts()
     rows = manifest_rows(root, manifest, filters, follow_symlinks, tags, stats, own, encoding)
     chunks = batches(rows, batch_size)
+    moves = Moves(q.engine, q.scope, kb_id)
     async with q.transaction():
         while (batch := await asyncio.to_thread(next, chunks, None)) is not None:
-            counts.add(await _write(q, kb_id, batch, any_type))
+            counts.add(await _write(q, kb_id, batch, any_type, moves))
     return counts, stats

@@ -1,0 +1,86 @@
+"""Files moved rather than new: a folder renamed (`docs` -> `docs-2024`) or moved below another,
+then enqueued again. Its files are not uploaded again: a new file whose bytes (the content
+hash its upload recorded) are those of an uploaded file of the same knowledge base that is
+gone from its own path takes that file's row, and so its entry (`--delete-removed` semantics
+for the old path, except that the entry stays: it moves).
+
+Only a move is taken: the old path must name nothing now (a copy leaves it in place), and the
+file's own name must be the same (MaiAgent has no rename, so a renamed file's entry would keep
+a name that is no longer the file's: it is uploaded as a new file, and the old entry is
+`--delete-removed`'s). The name shown in the knowledge base is kept as it was registered; with
+a name that holds the folder (`--name folders`), it keeps the old folder until the file
+changes: sending every byte again to correct a name is what a rename must not cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+
+from .model import HostScope, ScanRow
+from .replace import digest_at
+from .store.engine import Engine
+from .store.moves import MovesStore, Uploaded
+
+log = logging.getLogger(__name__)
+
+
+def _gone(path: bytes) -> bool:
+    """The path names nothing now (an error other than "no such file" proves nothing)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _basename(relpath: str) -> str:
+    return relpath.rpartition("/")[2]
+
+
+class Moves:
+    """The moves of one enqueue: each uploaded file is stat'ed at most once, and taken by one
+    new file at most."""
+
+    def __init__(self, engine: Engine, scope: HostScope, kb_id: str) -> None:
+        self._store = MovesStore(engine, scope)
+        self._kb = kb_id
+        self._gone: dict[int, bool] = {}
+        self._taken: set[int] = set()
+
+    async def adopt(self, batch: Sequence[ScanRow]) -> int:
+        """Move the rows of the uploaded files this batch's new files are; how many moved.
+        Runs before the batch is written, so a moved file is never queued as new (and never
+        claimed by a run going on)."""
+        readable = [r for r in batch if r.skip is None]
+        candidates = await self._store.uploaded_of_sizes(
+            self._kb, sorted({r.size for r in readable})
+        )
+        by_size: dict[int, list[Uploaded]] = {}
+        for old in candidates:
+            if old.id in self._taken:
+                continue
+            if old.id not in self._gone:
+                self._gone[old.id] = await asyncio.to_thread(_gone, old.path)
+            if self._gone[old.id]:
+                by_size.setdefault(old.size, []).append(old)
+        moved = 0
+        for row in readable:
+            olds = [o for o in by_size.get(row.size, ()) if o.id not in self._taken]
+            olds = [o for o in olds if _basename(o.relpath) == _basename(row.relpath)]
+            if not olds or await self._store.queued(self._kb, row.path):
+                continue
+            digest = await asyncio.to_thread(digest_at, row.path, row.size)
+            same = [o for o in olds if o.content_hash == digest]
+            if not same:
+                continue
+            old = next((o for o in same if o.relpath == row.relpath), same[0])
+            if await self._store.move(old, row.path, row.relpath, row.mtime_ns):
+                self._taken.add(old.id)
+                moved += 1
+                log.info("%s is %s moved: its entry kept", row.relpath, old.relpath)
+        return moved
