@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from tests.helpers import FAST, KB, enqueue, invoke, make_tree, rows, service
-from tests.maiagent_server import MaiAgentServer
+from uploader.localserver import MaiAgentServer
 
 TREE = {"a/one.txt": 10, "a/two.txt": 20, "b/three.txt": 30, "four.txt": 40}
 
