@@ -212,6 +212,16 @@ def _assignments(function: ast.AST) -> dict[str, list[ast.expr]]:
     return found
 
 
+def _a_value(node: ast.expr, assigned: dict[str, list[ast.expr]]) -> bool:
+    """A placeholder's value that is one word such as an option's value (`relpath`): a name
+    of the program, not a word to translate."""
+    if isinstance(node, ast.Name):
+        return bool(assigned.get(node.id)) and all(_a_value(v, {}) for v in assigned[node.id])
+    if isinstance(node, ast.IfExp):
+        return _a_value(node.body, assigned) and _a_value(node.orelse, assigned)
+    return isinstance(node, ast.Constant) and bool(re.fullmatch(r"[\w.-]+", str(node.value)))
+
+
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
@@ -257,6 +267,8 @@ class _Walk:
             if isinstance(node.func, ast.Attribute) and name != "join":
                 yield from self.literals(node.func.value, assigned)
             for arg in [*node.args, *(k.value for k in node.keywords)]:
+                if name == "format" and _a_value(arg, assigned):
+                    continue
                 yield from self.literals(arg, assigned)
         elif name in self.functions and name not in self.followed:
             self.followed.add(name)

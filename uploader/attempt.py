@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from . import filetypes, tags
 from .client import MaiAgentClient, RegisterItem, backoff
 from .errors import ApiError
+from .i18n import _
 from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Severity, Step
 from .options import RunOptions
@@ -130,7 +131,7 @@ class Attempt:
         except Exception as exc:
             log.exception("unexpected error on %s", self.job.relpath)
             error = ApiError(
-                f"internal error: {type(exc).__name__}: {exc}",
+                _("internal error: {type}: {why}").format(type=type(exc).__name__, why=exc),
                 kind=Severity.TRANSIENT,
                 error_kind=ErrorKind.INTERNAL,
                 maybe_applied=True,
@@ -323,7 +324,9 @@ class Attempt:
         margin = min(5.0, self._s.options.lease / 4)
         if time.time() > self._s.lease_until(self.job.id) - margin:
             raise ApiError(
-                f"lease expired before {doing}", kind=Severity.TRANSIENT, error_kind=ErrorKind.LEASE
+                _("lease expired before {doing}").format(doing=doing),
+                kind=Severity.TRANSIENT,
+                error_kind=ErrorKind.LEASE,
             )
 
     async def _register(self) -> Outcome:
@@ -382,11 +385,11 @@ class Attempt:
             st = os.stat(job.path)
         except FileNotFoundError:
             raise ApiError(
-                "file no longer exists", kind=Severity.PERMANENT, error_kind=ErrorKind.MISSING
+                _("file no longer exists"), kind=Severity.PERMANENT, error_kind=ErrorKind.MISSING
             ) from None
         except OSError as exc:
             raise ApiError(
-                f"cannot read file: {exc.strerror}",
+                _("cannot read file: {why}").format(why=exc.strerror),
                 kind=Severity.PERMANENT,
                 error_kind=ErrorKind.UNREADABLE,
             ) from None
@@ -409,10 +412,13 @@ class Attempt:
         """The name is this file's fault, and the way out is the other naming (or the
         manifest's name); the next run decides the name afresh."""
         if self.job.display_name:
-            fix = "give it another name in the manifest"
+            fix = _("give it another name in the manifest")
         else:
-            fix = f"try --name {'basename' if self._s.options.name == 'relpath' else 'relpath'}"
-        message = f"the service refused the name {self.job.filename!r} ({err}): {fix}"
+            other = "basename" if self._s.options.name == "relpath" else "relpath"
+            fix = _("try --name {naming}").format(naming=other)
+        message = _("the service refused the name {name!r} ({why}): {fix}").format(
+            name=self.job.filename, why=err, fix=fix
+        )
         return ApiError(message, kind=Severity.PERMANENT, error_kind=ErrorKind.NAME_REFUSED)
 
     def _after_error(self, err: ApiError) -> Outcome:
@@ -483,7 +489,7 @@ class Attempt:
 def _same_content(other: str) -> ApiError:
     """The reason a --skip-same-content skip records."""
     return ApiError(
-        f"same content as {other} (run --skip-same-content)",
+        _("same content as {other} (run --skip-same-content)").format(other=other),
         kind=Severity.PERMANENT,
         error_kind=ErrorKind.SKIPPED,
     )

@@ -41,6 +41,7 @@ from .client import (
 )
 from .errors import ApiError
 from .exitcodes import Ending, ExitCode, exit_code
+from .i18n import _
 from .interrupts import Interrupts
 from .model import ErrorKind, ServiceFacts, Severity
 from .outage import classify
@@ -296,7 +297,7 @@ class _Check:
                 self._doubt.discard(name)
         if matched[0] is None and len(probes) == 1:
             raise ApiError(
-                f"register: the answer names no entry for {names[0]}",
+                _("register: the answer names no entry for {name}").format(name=names[0]),
                 kind=Severity.TRANSIENT,
                 error_kind=ErrorKind.BAD_RESPONSE,
             )
@@ -332,8 +333,10 @@ class _Check:
             seen.append(small)
         if where is None:
             raise ApiError(
-                f"list files: the probe is not in the listing {LISTING_WAIT:g} s after its "
-                f"register ({'; '.join(seen)})",
+                _(
+                    "list files: the probe is not in the listing {seconds:g} s after its "
+                    "register ({seen})"
+                ).format(seconds=LISTING_WAIT, seen="; ".join(seen)),
                 kind=Severity.PERMANENT,
                 error_kind=ErrorKind.BAD_RESPONSE,
             )
@@ -544,10 +547,10 @@ async def run_check(
             def on_signal() -> None:
                 if not result.interrupted:
                     result.interrupted = True
-                    notify("interrupted: deleting the probes before quitting")
+                    notify(_("interrupted: deleting the probes before quitting"))
                     steps.cancel()
                 else:
-                    notify("still deleting the probes; this ends on its own")
+                    notify(_("still deleting the probes; this ends on its own"))
 
             with Interrupts() as signals:
                 signals.on_interrupt(on_signal)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .checkup import normal_base_url
 from .client import MaiAgentClient
 from .errors import ApiError
+from .i18n import _
 from .model import ServiceFacts
 from .queue import Queue
 from .store.facts import FactsStore
@@ -61,16 +62,15 @@ def refusal(name: str, accepted: frozenset[str]) -> str | None:
     if ext in accepted:
         return None
     if not ext:
-        return "a file without an extension is not accepted by MaiAgent (--any-type sends it)"
-    return f"type .{ext} is not accepted by MaiAgent (--any-type sends it)"
+        return _("a file without an extension is not accepted by MaiAgent (--any-type sends it)")
+    return _("type .{ext} is not accepted by MaiAgent (--any-type sends it)").format(ext=ext)
 
 
 def _no_call(base_url: str) -> str:
-    return (
-        f"the service at {base_url} does not offer parsers/supported-file-types/: files of "
-        f"other types than the {len(DOCUMENTED)} MaiAgent documents are skipped "
-        "(--any-type sends them)"
-    )
+    return _(
+        "the service at {url} does not offer parsers/supported-file-types/: files of other "
+        "types than the {n} MaiAgent documents are skipped (--any-type sends them)"
+    ).format(url=base_url, n=len(DOCUMENTED))
 
 
 async def known(q: Queue, base_url: str, kb_id: str) -> Accepted:

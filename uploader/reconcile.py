@@ -24,6 +24,7 @@ from .client import (
     make_session,
 )
 from .errors import ApiError
+from .i18n import _
 from .model import (
     Deletion,
     DeletionReason,
@@ -380,7 +381,7 @@ async def _read_listing(
     count, results = first.count, first.entries
     if count is None:
         raise ApiError(
-            "list files: no count in the answer",
+            _("list files: no count in the answer"),
             kind=Severity.TRANSIENT,
             error_kind=ErrorKind.BAD_RESPONSE,
         )
@@ -449,7 +450,7 @@ async def list_and_match(
     """Replace the stored listing of `kb_id` with a full one and set every done job's
     remote status from it ('missing' when its entry is not there)."""
     remote_files = ListingStore(q.engine)
-    for _ in range(LISTING_TRIES):
+    for _try in range(LISTING_TRIES):
         listing = await _read_listing(q, client, kb_id, progress)
         if listing.complete:
             await remote_files.forget_unseen(kb_id, listing.started)
@@ -905,8 +906,10 @@ async def _refuse_during_a_run(q: Queue, kb_id: str) -> None:
     running = (await StatusStore(q.engine).state_counts()).get(kb_id, {}).get("running", (0, 0))[0]
     if running:
         raise RunInProgress(
-            f"a run is uploading {running} file(s) of {kb_id}: dedupe --yes deletes nothing "
-            "until it ends (a dead run's files come back when `uploader run` reclaims them)"
+            _(
+                "a run is uploading {n} file(s) of {kb}: dedupe --yes deletes nothing until it "
+                "ends (a dead run's files come back when `uploader run` reclaims them)"
+            ).format(n=running, kb=kb_id)
         )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .client import MaiAgentClient, RegisterItem, RemoteEntry
 from .errors import ApiError
+from .i18n import _
 from .model import ErrorKind, Severity
 from .reconcile import RemoteIndex
 
@@ -183,7 +184,7 @@ async def _passing(pending: list[_Pending]) -> list[_Pending]:
 
 def _fenced() -> ApiError:
     return ApiError(
-        "not registered: this run's lease on the file ended (another run may hold it)",
+        _("not registered: this run's lease on the file ended (another run may hold it)"),
         kind=Severity.TRANSIENT,
         error_kind=ErrorKind.LEASE,
     )
@@ -191,7 +192,7 @@ def _fenced() -> ApiError:
 
 def _unlisted(filename: str) -> ApiError:
     return ApiError(
-        f"register answer has no entry for {filename!r}",
+        _("register answer has no entry for {name!r}").format(name=filename),
         kind=Severity.TRANSIENT,
         error_kind=ErrorKind.BAD_RESPONSE,
         maybe_applied=True,

@@ -23,6 +23,7 @@ from .bandwidth import Bandwidth
 from .client import MaiAgentClient, RateLimiter, make_session
 from .errors import ApiError
 from .exitcodes import Ending, ExitCode, exit_code
+from .i18n import _
 from .interrupts import Interrupts
 from .labels import LabelResolver
 from .limits import raise_open_files_limit
@@ -270,7 +271,7 @@ class Writer:
 
 def _not_written(exc: BaseException) -> ApiError:
     return ApiError(
-        f"register not sent: its write-ahead failed: {exc}",
+        _("register not sent: its write-ahead failed: {why}").format(why=exc),
         kind=Severity.TRANSIENT,
         error_kind=ErrorKind.LEASE,
     )
@@ -678,12 +679,14 @@ def _install_signals(signals: Interrupts, pool: Pool, notice: Callable[[str], No
     def on_signal() -> None:
         if pool.result.interrupted:
             if notice is not None:
-                notice("interrupted again: quitting now")
+                notice(_("interrupted again: quitting now"))
             os._exit(ExitCode.INTERRUPTED)
         if notice is not None:
             notice(
-                f"stopping: finishing in-flight uploads for up to {pool.s.grace:.0f}s "
-                "(Ctrl+C again to quit at once)"
+                _(
+                    "stopping: finishing in-flight uploads for up to {seconds:.0f}s (Ctrl+C "
+                    "again to quit at once)"
+                ).format(seconds=pool.s.grace)
             )
         pool.stop()
 
@@ -789,7 +792,7 @@ async def _execute(
             accepted = await filetypes.learn(queue, client, options.base_url, known)
             plan = dataclasses.replace(plan, file_types=accepted.types)
             if accepted.note is not None and told.notice is not None:
-                told.notice(f"warning: {accepted.note}")
+                told.notice(_("warning: {note}").format(note=accepted.note))
         if result.fatal is None:
             # One pool over every knowledge base; one per known one when some are unknown,
             # since a claim takes rows of one knowledge base or of all.
