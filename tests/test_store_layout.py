@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +63,33 @@ def test_no_storage_contract_is_wider_than_25_methods(contract: type) -> None:
         if not name.startswith("_")
     ]
     assert len(methods) <= 25, (contract.__name__, len(methods))
+
+
+OPEN_A_QUEUE = """
+import asyncio, sys
+from uploader import queue
+from uploader.model import HostScope
+
+async def main():
+    async with queue.opened(sys.argv[1], create=True, scope=HostScope("h")) as q:
+        await q.pending_totals(None)
+
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m.split(".")[0] == "aiohttp"))
+"""
+
+
+def test_opening_a_sqlite_queue_does_not_import_the_http_library(tmp_path: Path) -> None:
+    """The store retries a busy database with `retrying`, which once imported the client (and
+    so aiohttp, a second of start-up on a slow disk) for its backoff."""
+    done = subprocess.run(
+        [sys.executable, "-c", OPEN_A_QUEUE, str(tmp_path / "q.db")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert (tmp_path / "q.db").exists()

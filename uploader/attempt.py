@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from . import filetypes, tags
-from .client import MaiAgentClient, RegisterItem, backoff
+from .client import MaiAgentClient, RegisterItem
 from .errors import ApiError
 from .i18n import _
 from .labels import LabelResolver
@@ -53,6 +53,7 @@ from .options import RunOptions
 from .reconcile import RemoteIndex
 from .registrar import Registrar
 from .replace import file_digest, same_content
+from .retrying import backoff
 
 log = logging.getLogger("uploader.attempt")
 

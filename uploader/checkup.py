@@ -37,7 +37,6 @@ from .client import (
     Presigned,
     RegisterItem,
     RemoteEntry,
-    backoff,
 )
 from .errors import ApiError
 from .exitcodes import Ending, ExitCode, exit_code
@@ -47,7 +46,7 @@ from .model import ErrorKind, ServiceFacts, Severity
 from .outage import classify
 from .queue import Queue
 from .reconcile import CLOCK_SKEW, PAGE_SIZE, open_client, transient
-from .retrying import Retry, retrying
+from .retrying import Retry, backoff, retrying
 from .store.facts import FactsStore
 
 log = logging.getLogger("uploader.check")

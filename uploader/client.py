@@ -7,6 +7,7 @@ The worker never looks at status codes or aiohttp exceptions: it gets a return v
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.utils
 import errno
 import functools
@@ -18,7 +19,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import stat
 import time
@@ -38,6 +38,7 @@ from .content import digest_of, new_digest
 from .errors import ApiError
 from .limits import is_out_of_files, out_of_files_message
 from .model import ErrorKind, Severity
+from .transport import AiohttpTransport, Request, Timeout, TooLarge, Transport
 
 Method = Literal["PATCH", "POST"]
 LabelForm = Literal["objects", "ids"]
@@ -57,7 +58,6 @@ _S3_OK = frozenset((200, 201, 204))
 _XML_TAG = re.compile(rb"<(Code|Message)>(.*?)</\1>", re.S)
 MAX_BODY = 16 * MIB  # an API answer larger than this is garbage, not something to hold in memory
 _ERROR_BODY = 64 * 1024  # of an error answer only the explanation at its head is used
-_READ_CHUNK = 64 * 1024
 _NUMBER = re.compile(r"\d+(\.\d*)?")
 # The docs' "Duplicate File Upload" 400; MaiAgent is a Taiwanese service, so its own words too.
 _DUPLICATE = re.compile(r"duplicat|already exist|重複|已存在", re.I)
@@ -594,30 +594,6 @@ class _Gone:
 _GONE = _Gone()
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int, strict: bool) -> bytes:
-    """The body, read chunk by chunk and never beyond `cap`: past it, `strict` raises
-    `_TooLarge` and otherwise the head is kept (the connection is not reused either way)."""
-    declared = resp.content_length
-    if strict and declared is not None and declared > cap:
-        resp.close()
-        raise _TooLarge
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await resp.content.read(_READ_CHUNK):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > cap:
-            resp.close()
-            if strict:
-                raise _TooLarge
-            break
-    return b"".join(chunks)[:cap]
-
-
 class _FilePart(aiohttp.Payload):
     """A file streamed from disk whose length is fixed when it is opened.
 
@@ -701,7 +677,8 @@ def _read_hashed(fd: int, length: int, offset: int, digest: Any) -> bytes:
 
 
 class MaiAgentClient:
-    """The MaiAgent API and the S3 POST, over one shared session.
+    """The MaiAgent API and the S3 POST, every request sent through one `Transport`
+    (transport.py: aiohttp over one shared session, or a test's in-memory service).
 
     Every answer is read in whichever shape either source shows (see maiagent-api.md) and
     validated field by field: a caller gets typed values or an `ApiError`, never a dict.
@@ -709,7 +686,7 @@ class MaiAgentClient:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport | aiohttp.ClientSession,
         base_url: str,
         api_key: str,
         limiter: RateLimiter,
@@ -717,11 +694,18 @@ class MaiAgentClient:
         throttle_retries: int = 8,
         max_body: int = MAX_BODY,
         bandwidth: Bandwidth | None = None,
+        *,
+        gate: Gate | None = None,
     ) -> None:
-        """`timeout` bounds each API request, and is the S3 upload's idle timeout: an upload
-        is cut only when none of its bytes moved for that long (bandwidth.py); `bandwidth`
-        (--bwlimit) paces every upload's bytes together."""
-        self._session = session
+        """`transport` sends the requests (a session: through `AiohttpTransport`); `timeout`
+        bounds each API request, and is the S3 upload's idle timeout: an upload is cut only
+        when none of its bytes moved for that long (bandwidth.py); `bandwidth` (--bwlimit)
+        paces every upload's bytes together; `gate`, the pool's outage gate, is waited on
+        before every request and hears of every answer below 500 (`with_gate`)."""
+        if isinstance(transport, aiohttp.ClientSession):
+            transport = AiohttpTransport(transport)
+        self._transport = transport
+        self._gate = gate
         self._base = base_url if base_url.endswith("/") else base_url + "/"
         self._origin = _origin(self._base)
         self._key = api_key
@@ -729,19 +713,23 @@ class MaiAgentClient:
         self._timeout = timeout
         self._throttle_retries = throttle_retries
         self._max_body = max_body
-        self._api_timeout = _timeout(timeout)
+        self._api_timeout = Timeout(timeout, min(timeout, _CONNECT_TIMEOUT))
         # no total: a slow uplink's upload takes what it takes, the idle watch cuts a stall
-        self._upload_timeout = aiohttp.ClientTimeout(sock_connect=min(timeout, _CONNECT_TIMEOUT))
+        self._upload_timeout = Timeout(None, min(timeout, _CONNECT_TIMEOUT))
         self._bandwidth = bandwidth
         # Built once: aiohttp copies them per request anyway.
         self._get_headers = {"Authorization": f"Api-Key {api_key}", "Accept": "application/json"}
         self._post_headers = {**self._get_headers, "Content-Type": "application/json"}
-        self.gate: Gate | None = None
-        """Set by the pool: every request waits on it, every answer below 500 is reported."""
         self._upload_url: str | None = None  # the S3 endpoint last posted to, for `probe`
-        self._router = network.Router(network.current())
         self.clock = ServiceClock()
         """The API's clock against ours, from every API answer's Date header."""
+
+    def with_gate(self, gate: Gate | None) -> MaiAgentClient:
+        """This client behind `gate` (None: behind none): the same transport, limiter and
+        clock, so one pool's requests share them with the rest of the run."""
+        gated = copy.copy(self)
+        gated._gate = gate
+        return gated
 
     # --- uploading ---
 
@@ -1149,8 +1137,8 @@ class MaiAgentClient:
         """The request body; a callable payload is made now, after every wait before the
         send (see `register`'s fence), and so again for each re-send."""
         if callable(payload):
-            if self.gate is not None:
-                await self.gate.wait_open()
+            if self._gate is not None:
+                await self._gate.wait_open()
             payload = await payload()
         return (
             None if payload is None else json.dumps(payload, separators=_JSON_SEPARATORS).encode()
@@ -1163,41 +1151,26 @@ class MaiAgentClient:
         where: str,
         data: Any,
         headers: dict[str, str] | None,
-        timeout: aiohttp.ClientTimeout,
+        timeout: Timeout,
         op: str,
         unsafe: bool,
     ) -> tuple[int, bytes, float | None]:
-        """One request on the wire; returns (status, body, Retry-After seconds of a 429).
+        """One request through the transport; returns (status, body, Retry-After seconds of
+        a 429).
 
         A success body is read up to `max_body` and an error body up to 64 KiB, chunk by
         chunk: a proxy's 400 MB answer costs a closed connection, not the memory.
         """
-        gate = self.gate
+        gate = self._gate
         if gate is not None:
             await gate.wait_open()
-        route = self._router.route(url)
-        if route.headers:
-            headers = {**(headers or {}), **route.headers}
         sent_at = time.monotonic()
         sent_wall = time.time()
         start = time.perf_counter()
+        request = Request(method, url, headers, data, timeout, self._max_body, _ERROR_BODY)
         try:
-            async with self._session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
-                proxy=route.proxy,
-                proxy_headers=route.proxy_headers,
-            ) as resp:
-                if url.startswith(self._base):
-                    self.clock.observe_date(resp.headers.get("Date"), sent_wall, time.time())
-                ok = 200 <= resp.status < 300
-                body = await _read_capped(resp, self._max_body if ok else _ERROR_BODY, ok)
-                location = resp.headers.get("Location") if 300 <= resp.status < 400 else None
-        except _TooLarge:
+            resp = await self._transport(request)
+        except TooLarge:
             _log_request(method, where, "too large", start)
             message = f"{op}: bad answer: larger than {self._max_body // MIB or 1} MiB"
             raise self._error(
@@ -1205,15 +1178,18 @@ class MaiAgentClient:
             ) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             _log_request(method, where, type(exc).__name__, start)
-            limit = timeout.total if timeout.total is not None else timeout.sock_connect
+            limit = timeout.total if timeout.total is not None else timeout.connect
             raise self._network_error(op, exc, limit, unsafe) from exc
+        if url.startswith(self._base):
+            self.clock.observe_date(resp.headers.get("Date"), sent_wall, resp.answered_at)
+        location = resp.headers.get("Location") if 300 <= resp.status < 400 else None
         _log_request(method, where, resp.status, start)
         if gate is not None and resp.status < 500:
             gate.record_success(sent_at)
         if 300 <= resp.status < 400:
             raise self._redirected(op, resp.status, url, location)
         retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status == 429 else None
-        return resp.status, body, retry_after
+        return resp.status, resp.body, retry_after
 
     def _json(self, body: bytes | None, op: str, unsafe: bool = False) -> Any:
         try:
@@ -1414,10 +1390,6 @@ def _proxy_refused(status: int) -> str:
             " http://USER:PASSWORD@HOST:PORT (--proxy or HTTPS_PROXY)"
         )
     return f"the proxy refused the connection (HTTP {status})"
-
-
-def _timeout(total: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=total, sock_connect=min(total, _CONNECT_TIMEOUT))
 
 
 def _kb_path(kb_id: str) -> str:
@@ -1625,12 +1597,3 @@ def _log_request(method: str, where: str, outcome: int | str, start: float) -> N
     if _log.isEnabledFor(logging.DEBUG):
         elapsed = (time.perf_counter() - start) * 1000
         _log.debug("%s %s %s %.0f ms", method, where, outcome, elapsed)
-
-
-BACKOFF_CAP = 60.0
-
-
-def backoff(attempt: int, base: float, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
-    delay = random.uniform(0, min(BACKOFF_CAP, base * 2 ** max(attempt - 1, 0)))
-    return max(delay, retry_after or 0.0)

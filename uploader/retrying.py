@@ -1,26 +1,34 @@
-"""The in-process retries' one vocabulary: a `Retry` policy (how many tries, how long between
-them) and `retrying`, which calls a function until it succeeds, fails for good or runs out of
-tries. A job's persisted retries (`client.backoff` over runs, with the job's own count) and
-the pool-wide 429 pause (`client.RateLimiter`, shared by every worker) are not these: they
-outlive one call."""
+"""The retries' one vocabulary: `backoff`, the jittered exponential wait every retry takes
+(a job's persisted retries over runs too, with the job's own count), a `Retry` policy (how many
+tries, how long between them) and `retrying`, which calls a function until it succeeds, fails
+for good or runs out of tries. The pool-wide 429 pause (`client.RateLimiter`, shared by every
+worker) is not these: it outlives one call. Nothing here imports the client (nor aiohttp):
+the store retries a busy database with it."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .client import backoff
-
 T = TypeVar("T")
+
+BACKOFF_CAP = 60.0
+
+
+def backoff(attempt: int, base: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
+    delay = random.uniform(0, min(BACKOFF_CAP, base * 2 ** max(attempt - 1, 0)))
+    return max(delay, retry_after or 0.0)
 
 
 class Growth(enum.Enum):
     """How the waits between tries grow."""
 
-    # client.backoff: a random wait up to first x 2^(n-1) (capped), so that callers failing
+    # backoff: a random wait up to first x 2^(n-1) (capped), so that callers failing
     # together (one outage) do not come back together
     DOUBLING = "doubling"
     # first, 2 x first, 3 x first ...: a lock held by another process of ours, where jitter

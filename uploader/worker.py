@@ -296,6 +296,13 @@ class Pool:
         """`on_progress(done, failed, bytes)` hears of every batch of results committed;
         `on_outage(state, outage)` of every pause and resume (the gate probes by listing
         `probe_kb`)."""
+        self.gate = OutageGate(
+            lambda: self.client.probe(probe_kb),
+            outage_timeout=options.outage_timeout,
+            failures_to_close=min(max(3, options.workers), MAX_FAILURES_TO_CLOSE),
+            on_change=self._gate_changed,
+        )
+        client = client.with_gate(self.gate)  # every request of the pool waits on its gate
         self.queue = queue
         self.client = client
         self.s = options
@@ -343,13 +350,6 @@ class Pool:
         self._claim_after = 0.0
         self._finished_at = time.monotonic()  # when a file last came to an end (done, failed)
         self._on_outage = on_outage
-        self.gate = OutageGate(
-            lambda: client.probe(probe_kb),
-            outage_timeout=options.outage_timeout,
-            failures_to_close=min(max(3, options.workers), MAX_FAILURES_TO_CLOSE),
-            on_change=self._gate_changed,
-        )
-        client.gate = self.gate
 
     # --- control ---------------------------------------------------------------------------
 
@@ -664,8 +664,8 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiE
 
 async def _replace(queue: Queue, client: MaiAgentClient, options: RunOptions) -> replace.Replaced:
     """After the pool: the entries changed files' new versions replace, deleted (or kept).
-    The pool's outage gate is closed for good by now; these deletes retry on their own."""
-    client.gate = None
+    The run's client is behind no gate (only the pools' are); these deletes retry on their
+    own."""
     return await replace.drain(
         queue, client, options.kb_id, keep_old_versions=options.keep_old_versions
     )
