@@ -159,6 +159,8 @@ def update(lang: str) -> tuple[int, int]:
 
 # Calls whose first argument a user reads: printed, or a callback that prints it.
 PRINTERS = {"echo", "secho", "notice", "notify", "on_broken"}
+# The client's error makers, by the position of the message they take.
+MAKERS = {"_error": 0, "_bad_response": 1, "_changed": 1, "_file_error": 2}
 # Exceptions that are programming or packaging errors, never a user's message; a raise of
 # another one with this comment on its line or the line above is one too.
 INTERNAL = {"AssertionError", "NotImplementedError", "TypeError", "KeyError", "SeriesError"}
@@ -213,13 +215,15 @@ def _assignments(function: ast.AST) -> dict[str, list[ast.expr]]:
 
 
 def _a_value(node: ast.expr, assigned: dict[str, list[ast.expr]]) -> bool:
-    """A placeholder's value that is one word such as an option's value (`relpath`): a name
-    of the program, not a word to translate."""
+    """A placeholder's value that is one word such as an option's value (`relpath`) or a
+    field's name (`'path'`): a name of the program, not a word to translate."""
     if isinstance(node, ast.Name):
         return bool(assigned.get(node.id)) and all(_a_value(v, {}) for v in assigned[node.id])
     if isinstance(node, ast.IfExp):
         return _a_value(node.body, assigned) and _a_value(node.orelse, assigned)
-    return isinstance(node, ast.Constant) and bool(re.fullmatch(r"[\w.-]+", str(node.value)))
+    if isinstance(node, ast.JoinedStr):
+        return all(_a_value(v, assigned) for v in node.values if isinstance(v, ast.Constant))
+    return isinstance(node, ast.Constant) and bool(re.fullmatch(r"'?[\w.-]+'?", str(node.value)))
 
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
@@ -282,7 +286,7 @@ class _Walk:
 def _shown(name: str, raised: set[str]) -> bool:
     """A call whose first argument a user may read: a printer, or an exception's message."""
     exception = name in raised or name.endswith(("Error", "Exception"))
-    return name in PRINTERS or (exception and name not in INTERNAL)
+    return name in PRINTERS or name in MAKERS or (exception and name not in INTERNAL)
 
 
 def unwrapped(folder: Path = ROOT / "uploader") -> list[str]:
@@ -307,7 +311,11 @@ def unwrapped(folder: Path = ROOT / "uploader") -> list[str]:
             ]
             for call in calls:
                 walk = _Walk(functions)
-                shown = [*call.args[:1], *(k.value for k in call.keywords if k.arg == "message")]
+                at = MAKERS.get(_name(call.func) or "", 0)
+                shown = [
+                    *call.args[at : at + 1],
+                    *(k.value for k in call.keywords if k.arg in ("message", "why")),
+                ]
                 for arg in shown:
                     for literal in walk.literals(arg, _assignments(function)):
                         text = " ".join((ast.get_source_segment(source, literal) or "").split())

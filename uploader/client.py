@@ -36,6 +36,7 @@ from .bandwidth import SLICE, Bandwidth, Progress, idle_watch
 from .clock import ServiceClock
 from .content import digest_of, new_digest
 from .errors import ApiError
+from .i18n import _
 from .limits import is_out_of_files, out_of_files_message
 from .model import ErrorKind, Severity
 from .transport import AiohttpTransport, Request, Timeout, TooLarge, Transport
@@ -132,21 +133,29 @@ def check_base_url(url: str, insecure: bool) -> str | None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # "Invalid IPv6 URL": a '[' without its ']'
-        raise ValueError(f"base URL {url!r} cannot be used: {exc}") from None
+        raise ValueError(
+            _("base URL {url!r} cannot be used: {why}").format(url=url, why=exc)
+        ) from None
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
     except ValueError:
-        raise ValueError(f"base URL {url!r}: its port must be a number from 0 to 65535") from None
+        raise ValueError(
+            _("base URL {url!r}: its port must be a number from 0 to 65535").format(url=url)
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base URL must look like https://host/path/, got {url!r}")
+        raise ValueError(
+            _("base URL must look like https://host/path/, got {url!r}").format(url=url)
+        )
     if parts.scheme == "https" or _is_loopback(parts.hostname):
         return None
     if not insecure:
         raise ValueError(
-            f"refusing to send the API key over plain http to {parts.hostname};"
-            " use https, or --allow-http if you really mean it"
+            _(
+                "refusing to send the API key over plain http to {host}; use https, or "
+                "--allow-http if you really mean it"
+            ).format(host=parts.hostname)
         )
-    return f"the API key goes over plain http to {parts.hostname}"
+    return _("the API key goes over plain http to {host}").format(host=parts.hostname)
 
 
 def _is_loopback(host: str) -> bool:
@@ -336,24 +345,24 @@ def _id(value: Any, where: str) -> str:
     """Ids are non-empty strings (integers are taken as their digits): `"id": null` must
     never become a file id "None"."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _Bad(f"{where} is {_what(value)}, not an id")
+        raise _Bad(_("{where} is {what}, not an id").format(where=where, what=_what(value)))
     text = str(value)
     if not text.strip():
-        raise _Bad(f"{where} is an empty id")
+        raise _Bad(_("{where} is an empty id").format(where=where))
     return text
 
 
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise _Bad(f"{where} is {_what(value)}, not a string")
+        raise _Bad(_("{where} is {what}, not a string").format(where=where, what=_what(value)))
     return value
 
 
 def _what(value: Any) -> str:
     if value is None:
-        return "null"
-    return {bool: "a boolean", dict: "an object", list: "a list", str: "a string"}.get(
-        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
+        return _("null")
+    return {bool: _("a boolean"), dict: _("an object"), list: _("a list"), str: _("a string")}.get(
+        type(value), _("a number") if isinstance(value, (int, float)) else type(value).__name__
     )
 
 
@@ -364,7 +373,7 @@ def _count(value: Any, where: str) -> int | None:
     if isinstance(value, str) and value.isdigit():
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Bad(f"{where} is {_what(value)}, not a count")
+        raise _Bad(_("{where} is {what}, not a count").format(where=where, what=_what(value)))
     return value
 
 
@@ -404,7 +413,11 @@ def _created(value: Any, where: str) -> float | None:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
             return when.timestamp()
-    raise _Bad(f"{where} is {_what(value)} that is not epoch ms or ISO 8601: {value!r:.40}")
+    raise _Bad(
+        _("{where} is {what} that is not epoch ms or ISO 8601: {value!r:.40}").format(
+            where=where, what=_what(value), value=value
+        )
+    )
 
 
 def _labels(value: Any, where: str) -> tuple[Label, ...]:
@@ -412,7 +425,7 @@ def _labels(value: Any, where: str) -> tuple[Label, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _Bad(f"{where} is {_what(value)}, not a list")
+        raise _Bad(_("{where} is {what}, not a list").format(where=where, what=_what(value)))
     labels = []
     for n, item in enumerate(value):
         if isinstance(item, dict):
@@ -431,14 +444,18 @@ def _labels(value: Any, where: str) -> tuple[Label, ...]:
 def parse_entry(raw: Any, where: str = "entry") -> RemoteEntry:
     """One entry in either source's shape; `_Bad` names the first field that is not usable."""
     if not isinstance(raw, dict):
-        raise _Bad(f"{where} is {_what(raw)}, not an object")
+        raise _Bad(_("{where} is {what}, not an object").format(where=where, what=_what(raw)))
     file = raw.get("file")
     if file is not None:
         file = _str(file, f"{where}.file")
     size = next((raw[k] for k in ("size", "fileSize", "file_size") if raw.get(k) is not None), None)
     metadata = raw.get("rawUserDefineMetadata")
     if metadata is not None and not isinstance(metadata, dict):
-        raise _Bad(f"{where}.rawUserDefineMetadata is {_what(metadata)}, not an object")
+        raise _Bad(
+            _("{where} is {what}, not an object").format(
+                where=f"{where}.rawUserDefineMetadata", what=_what(metadata)
+            )
+        )
     return RemoteEntry(
         id=_id(raw.get("id"), f"{where}.id"),
         filename=_str(raw.get("filename"), f"{where}.filename"),
@@ -455,7 +472,7 @@ def parse_entry(raw: Any, where: str = "entry") -> RemoteEntry:
 
 def _parse_kb(raw: Any, where: str) -> KnowledgeBase:
     if not isinstance(raw, dict):
-        raise _Bad(f"{where} is {_what(raw)}, not an object")
+        raise _Bad(_("{where} is {what}, not an object").format(where=where, what=_what(raw)))
     files = raw.get("filesCount", raw.get("files_count"))
     return KnowledgeBase(
         _id(raw.get("id"), f"{where}.id"),
@@ -466,7 +483,7 @@ def _parse_kb(raw: Any, where: str) -> KnowledgeBase:
 
 def _parse_label(raw: Any, where: str) -> Label:
     if not isinstance(raw, dict):
-        raise _Bad(f"{where} is {_what(raw)}, not an object")
+        raise _Bad(_("{where} is {what}, not an object").format(where=where, what=_what(raw)))
     return Label(_id(raw.get("id"), f"{where}.id"), _str(raw.get("name"), f"{where}.name"))
 
 
@@ -476,10 +493,14 @@ def _paginated(answer: Any, url: str) -> tuple[list[Any], int | None, str | None
     if isinstance(answer, list):
         return answer, len(answer), None
     if not isinstance(answer, dict):
-        raise _Bad(f"the answer is {_what(answer)}, not a list or a page")
+        raise _Bad(_("the answer is {what}, not a list or a page").format(what=_what(answer)))
     results = answer.get("results")
     if not isinstance(results, list):
-        raise _Bad("results is missing" if results is None else f"results is {_what(results)}")
+        raise _Bad(
+            _("{where} is missing").format(where="results")
+            if results is None
+            else _("{where} is {what}").format(where="results", what=_what(results))
+        )
     following = answer.get("next")
     if following is not None:
         following = _resolve(url, _str(following, "next")) if following else None
@@ -498,7 +519,7 @@ def _resolve(base: str, link: str) -> str:
 def _file_types(answer: Any) -> frozenset[str]:
     """The extensions of a supported-file-types answer: a list (or a page's results) of
     `{"fileType": "pdf", ...}` objects (the docs) or of bare strings; lower case, no dot."""
-    results, _, _ = _paginated(answer, "")
+    results, _count, _next = _paginated(answer, "")
     types = set()
     for n, item in enumerate(results):
         if isinstance(item, dict):
@@ -510,7 +531,7 @@ def _file_types(answer: Any) -> frozenset[str]:
         if text:
             types.add(text)
     if not types:
-        raise _Bad("no file type in the answer")
+        raise _Bad(_("no file type in the answer"))
     return frozenset(types)
 
 
@@ -534,17 +555,17 @@ def _reason(answer: Any) -> str | None:
 
 def _presigned(answer: Any) -> Presigned:
     if not isinstance(answer, dict):
-        raise _Bad(f"the answer is {_what(answer)}, not an object")
+        raise _Bad(_("the answer is {what}, not an object").format(what=_what(answer)))
     url = _str(answer.get("url"), "url")
     if not _is_http_url(url):
-        raise _Bad(f"url is not an http(s) URL with a host: {url!r:.80}")
+        raise _Bad(_("url is not an http(s) URL with a host: {url!r:.80}").format(url=url))
     fields = answer.get("fields")
     if not isinstance(fields, dict):
-        raise _Bad(f"fields is {_what(fields)}, not an object")
+        raise _Bad(_("{where} is {what}, not an object").format(where="fields", what=_what(fields)))
     for name, value in fields.items():
         _str(value, f"fields.{name}")
     if not fields.get("key"):
-        raise _Bad("fields.key is missing")
+        raise _Bad(_("{where} is missing").format(where="fields.key"))
     return Presigned(url, dict(fields))
 
 
@@ -565,19 +586,19 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 def _field(answer: Any, name: str) -> Any:
     if not isinstance(answer, dict):
-        raise _Bad(f"the answer is {_what(answer)}, not an object")
+        raise _Bad(_("the answer is {what}, not an object").format(what=_what(answer)))
     return answer.get(name)
 
 
 def _entries(answer: Any) -> list[RemoteEntry]:
-    results, _, _ = _paginated(answer, "")
+    results, _count, _next = _paginated(answer, "")
     return [parse_entry(raw, f"entry {n}") for n, raw in enumerate(results)]
 
 
 def _items_page(
     answer: Any, url: str, parse: Callable[[Any, str], T]
 ) -> tuple[list[T], str | None]:
-    results, _, following = _paginated(answer, url)
+    results, _count, following = _paginated(answer, url)
     return [parse(raw, f"results[{n}]") for n, raw in enumerate(results)], following
 
 
@@ -786,7 +807,7 @@ class MaiAgentClient:
                 if not isinstance(content, bytes):
                     _same_file(content.fileno(), before)
                 if isinstance(exc, _Shrank):
-                    raise _changed(size, "it shrank while it was read") from None
+                    raise _changed(size, _("it shrank while it was read")) from None
                 raise
             if not isinstance(content, bytes):
                 _same_file(content.fileno(), before)
@@ -815,7 +836,9 @@ class MaiAgentClient:
             await idle_watch(progress, self._timeout, sending)
         except TimeoutError:
             await asyncio.gather(sending, return_exceptions=True)
-            message = f"S3 upload stalled: no bytes moved for {self._timeout:g} s"
+            message = _("S3 upload stalled: no bytes moved for {seconds:g} s").format(
+                seconds=self._timeout
+            )
             raise self._error(message, Severity.TRANSIENT, ErrorKind.TIMEOUT) from None
         finally:
             if not sending.done():  # this task was cancelled: so is its upload
@@ -966,7 +989,7 @@ class MaiAgentClient:
         await self.check_kb(kb_id)
         if self._upload_url is not None:
             where = urlsplit(self._upload_url).path
-            status, body, _ = await self._send(
+            status, body, _retry_after = await self._send(
                 "GET", self._upload_url, where, None, None, self._api_timeout, "S3 probe", False
             )
             if status >= 500:
@@ -1049,7 +1072,7 @@ class MaiAgentClient:
         while target is not None:
             url = target if "://" in target else self._base + target
             if url in seen:
-                raise self._bad_response(op, "next points back to a page already read")
+                raise self._bad_response(op, _("next points back to a page already read"))
             seen.add(url)
             answer = await self._api_json("GET", target, op, kb_id=kb_id)
             parse_page = functools.partial(_items_page, url=url, parse=parse)
@@ -1061,14 +1084,16 @@ class MaiAgentClient:
     def _follow(self, next_url: str, op: str) -> str:
         if not _is_http_url(next_url) or _origin(next_url) != self._origin:
             shown = urlsplit(next_url).hostname if _is_http_url(next_url) else next_url[:80]
-            raise self._bad_response(op, f"next points away from the API host ({shown})")
+            raise self._bad_response(
+                op, _("next points away from the API host ({host})").format(host=shown)
+            )
         return next_url
 
     def _parse(self, op: str, parse: Callable[[Any], T], answer: Any, unsafe: bool = False) -> T:
         try:
             return parse(answer)
         except _Bad as bad:
-            raise self._bad_response(op, f"bad answer: {bad}", unsafe) from None
+            raise self._bad_response(op, _("bad answer: {why}").format(why=bad), unsafe) from None
 
     async def _api_json(
         self,
@@ -1123,7 +1148,9 @@ class MaiAgentClient:
             pause = retry_after if retry_after is not None else _default_pause(attempt)
             self._limiter.pause(pause)
         else:
-            message = f"{op}: still throttled after {self._throttle_retries} retries (HTTP 429)"
+            message = _("{op}: still throttled after {n} retries (HTTP 429)").format(
+                op=op, n=self._throttle_retries
+            )
             raise self._error(
                 message, Severity.TRANSIENT, ErrorKind.THROTTLED, status=429, retry_after=pause
             )
@@ -1172,7 +1199,9 @@ class MaiAgentClient:
             resp = await self._transport(request)
         except TooLarge:
             _log_request(method, where, "too large", start)
-            message = f"{op}: bad answer: larger than {self._max_body // MIB or 1} MiB"
+            message = _("{op}: bad answer: larger than {n} MiB").format(
+                op=op, n=self._max_body // MIB or 1
+            )
             raise self._error(
                 message, Severity.TRANSIENT, ErrorKind.BAD_RESPONSE, maybe_applied=unsafe
             ) from None
@@ -1195,7 +1224,7 @@ class MaiAgentClient:
         try:
             return json.loads(body or b"")
         except ValueError:
-            raise self._bad_response(op, "the answer is not JSON", unsafe) from None
+            raise self._bad_response(op, _("the answer is not JSON"), unsafe) from None
 
     def _status_error(
         self, op: str, status: int, body: bytes, kb_id: str | None, unsafe: bool
@@ -1204,19 +1233,24 @@ class MaiAgentClient:
         suffix = f": {detail}" if detail else ""
         if status in (401, 403):
             return self._error(
-                f"API key rejected (HTTP {status}){suffix}", Severity.FATAL, ErrorKind.AUTH, status
+                _("API key rejected (HTTP {status}){detail}").format(status=status, detail=suffix),
+                Severity.FATAL,
+                ErrorKind.AUTH,
+                status,
             )
         if status == 407:
             return self._error(
                 f"{op}: {_proxy_refused(status)}", Severity.FATAL, ErrorKind.PROXY, status
             )
         if status == 404 and kb_id is not None:
-            message = (
-                f"knowledge base {kb_id} not found (HTTP 404):"
-                " check --kb and that --base-url ends in /api/v1/"
-            )
+            message = _(
+                "knowledge base {kb} not found (HTTP 404): check --kb and that --base-url ends "
+                "in /api/v1/"
+            ).format(kb=kb_id)
             return self._error(message, Severity.FATAL, ErrorKind.KB_NOT_FOUND, status)
-        message = f"{op} failed (HTTP {status}){suffix}"
+        message = _("{op} failed (HTTP {status}){detail}").format(
+            op=op, status=status, detail=suffix
+        )
         if status == 408:
             return self._error(message, Severity.TRANSIENT, ErrorKind.TIMEOUT, status)
         if status >= 500:
@@ -1243,18 +1277,24 @@ class MaiAgentClient:
         """A redirect is never followed (the API key must not go where it points): the error
         says where it pointed, so that a wrong --base-url (http for https, a missing /api/v1/,
         a login page) shows itself, without the query or the user info a secret may hide in."""
-        where = _shown_location(url, location) if location else "nowhere (no Location)"
-        message = f"{op}: the service answered HTTP {status}, a redirect to {where} (not followed)"
+        where = _shown_location(url, location) if location else _("nowhere (no Location)")
+        message = _(
+            "{op}: the service answered HTTP {status}, a redirect to {where} (not followed)"
+        ).format(op=op, status=status, where=where)
         return self._error(message, Severity.PERMANENT, ErrorKind.HTTP_3XX, status)
 
     def _s3_error(self, status: int, body: bytes, retry_after: float | None) -> ApiError:
         code, detail = _s3_code(body), _detail(body)
         suffix = f": {detail or code}" if detail or code else ""
         if status == 429 or status >= 500:
-            message = f"S3 upload failed (HTTP {status}){suffix}"
+            message = _("S3 upload failed (HTTP {status}){detail}").format(
+                status=status, detail=suffix
+            )
             label = ErrorKind.THROTTLED if status == 429 else ErrorKind.HTTP_5XX
             return self._error(message, Severity.TRANSIENT, label, status, retry_after=retry_after)
-        message = f"S3 upload rejected (HTTP {status}){suffix}"
+        message = _("S3 upload rejected (HTTP {status}){detail}").format(
+            status=status, detail=suffix
+        )
         if status == 403 and "expired" in detail.lower():
             return self._error(message, Severity.TRANSIENT, ErrorKind.POLICY_EXPIRED, status)
         if code == "RequestTimeout" or status == 408:
@@ -1279,14 +1319,18 @@ class MaiAgentClient:
         connected = not isinstance(exc, never_sent)
         maybe = unsafe and connected
         if isinstance(exc, asyncio.TimeoutError):
-            phase = "" if connected else " while connecting"
-            message = f"{op} timed out{phase} (limit {seconds:g} s)"
+            timed_out = (
+                _("{op} timed out (limit {seconds:g} s)")
+                if connected
+                else _("{op} timed out while connecting (limit {seconds:g} s)")
+            )
+            message = timed_out.format(op=op, seconds=seconds)
             return self._error(message, Severity.TRANSIENT, ErrorKind.TIMEOUT, maybe_applied=maybe)
         reason = _one_line(str(exc)) or type(exc).__name__
         if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
-            message = f"{op}: connection failed ({reason})"
+            message = _("{op}: connection failed ({why})").format(op=op, why=reason)
             return self._error(message, Severity.TRANSIENT, ErrorKind.NETWORK, maybe_applied=maybe)
-        message = f"{op}: bad response ({reason})"
+        message = _("{op}: bad response ({why})").format(op=op, why=reason)
         return self._error(message, Severity.TRANSIENT, ErrorKind.BAD_RESPONSE, maybe_applied=maybe)
 
     def _bad_response(self, op: str, why: str, unsafe: bool = False) -> ApiError:
@@ -1324,7 +1368,7 @@ def _shown_location(url: str, location: str) -> str:
         parts = urlsplit(urljoin(url, location))
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
-        return "an address that does not parse"
+        return _("an address that does not parse")
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -1377,19 +1421,19 @@ def _untrusted(exc: aiohttp.ClientConnectorCertificateError) -> str:
     TLS, the usual cause is the company's CA, which the user can add."""
     cause = exc.certificate_error
     why = getattr(cause, "verify_message", None) or _one_line(str(cause))
-    return (
-        f"the TLS certificate of {exc.host}:{exc.port} is not trusted ({why}); if a company"
-        " proxy inspects TLS, trust its CA with --ca-bundle FILE (or SSL_CERT_FILE)"
-    )
+    return _(
+        "the TLS certificate of {host}:{port} is not trusted ({why}); if a company proxy "
+        "inspects TLS, trust its CA with --ca-bundle FILE (or SSL_CERT_FILE)"
+    ).format(host=exc.host, port=exc.port, why=why)
 
 
 def _proxy_refused(status: int) -> str:
     if status == 407:
-        return (
-            "the proxy asks for a user and password (HTTP 407): put them in the proxy URL,"
-            " http://USER:PASSWORD@HOST:PORT (--proxy or HTTPS_PROXY)"
+        return _(
+            "the proxy asks for a user and password (HTTP 407): put them in the proxy URL, "
+            "http://USER:PASSWORD@HOST:PORT (--proxy or HTTPS_PROXY)"
         )
-    return f"the proxy refused the connection (HTTP {status})"
+    return _("the proxy refused the connection (HTTP {status})").format(status=status)
 
 
 def _kb_path(kb_id: str) -> str:
@@ -1422,7 +1466,9 @@ def _open_content(
         if is_out_of_files(exc):
             raise out_of_files(exc) from exc
         if exc.errno == errno.ELOOP and not follow:
-            raise _file_error(ErrorKind.UNREADABLE, exc, "a symbolic link, not followed") from exc
+            raise _file_error(
+                ErrorKind.UNREADABLE, exc, _("a symbolic link, not followed")
+            ) from exc
         raise _file_error(ErrorKind.UNREADABLE, exc) from exc
     try:
         before = _check_file(fd, size)
@@ -1438,7 +1484,7 @@ def _open_content(
         except OSError as exc:
             raise _file_error(ErrorKind.UNREADABLE, exc) from exc
         if len(data) != size:
-            raise _changed(size, f"{len(data)} bytes read")
+            raise _changed(size, _("{n} bytes read").format(n=len(data)))
         _same_file(fd, before)
     return data, before
 
@@ -1446,9 +1492,9 @@ def _open_content(
 def _check_file(fd: int, size: int) -> os.stat_result:
     st = _fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise _file_error(ErrorKind.UNREADABLE, None, "not a regular file")
+        raise _file_error(ErrorKind.UNREADABLE, None, _("not a regular file"))
     if st.st_size != size:
-        raise _changed(size, f"{st.st_size} bytes now")
+        raise _changed(size, _("{n} bytes now").format(n=st.st_size))
     return st
 
 
@@ -1465,12 +1511,17 @@ def _same_file(fd: int, before: os.stat_result) -> None:
     after = _fstat(fd)
     then = (before.st_size, before.st_mtime_ns, before.st_ctime_ns)
     if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != then:
-        raise _changed(before.st_size, "it was written to while it was read")
+        raise _changed(before.st_size, _("it was written to while it was read"))
 
 
 def _file_error(label: ErrorKind, exc: OSError | None, why: str = "") -> ApiError:
     reason = why or (exc.strerror if exc and exc.strerror else str(exc))
-    return ApiError(f"local file {label} ({reason})", kind=Severity.PERMANENT, error_kind=label)
+    shown = (
+        _("local file missing ({why})")
+        if label == ErrorKind.MISSING
+        else _("local file unreadable ({why})")
+    )
+    return ApiError(shown.format(why=reason), kind=Severity.PERMANENT, error_kind=label)
 
 
 def out_of_files(exc: OSError) -> ApiError:
@@ -1481,7 +1532,9 @@ def out_of_files(exc: OSError) -> ApiError:
 def _changed(queued: int, now: str) -> ApiError:
     """Transient: the next attempt stats the file again and uploads its current content;
     these bytes, whatever reached S3, are never registered."""
-    message = f"local file changed while being uploaded ({queued} bytes expected, {now})"
+    message = _("local file changed while being uploaded ({size} bytes expected, {now})").format(
+        size=queued, now=now
+    )
     return ApiError(message, kind=Severity.TRANSIENT, error_kind=ErrorKind.CHANGED)
 
 

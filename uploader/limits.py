@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import sys
 
+from .i18n import _
+
 OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 
 
@@ -50,11 +52,11 @@ def is_out_of_files(exc: BaseException) -> bool:
 
 def out_of_files_message(exc: OSError) -> str:
     if exc.errno == errno.ENFILE:
-        return "too many open files on this system: lower --workers or close other programs"
+        return _("too many open files on this system: lower --workers or close other programs")
     soft = _soft_limit()
     if soft is None:
-        return "too many open files: lower --workers"
-    return (
-        f"too many open files (this process may open {soft}): lower --workers "
-        "or raise the limit (ulimit -n)"
-    )
+        return _("too many open files: lower --workers")
+    return _(
+        "too many open files (this process may open {n}): lower --workers or raise the limit "
+        "(ulimit -n)"
+    ).format(n=soft)

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from . import paths
+from .i18n import _
 
 MetadataValue = str | int | float | bool
 
@@ -98,7 +99,7 @@ class ManifestRow:
 
     @property
     def where(self) -> str:
-        return f"{self.file} {self.unit} {self.line}"
+        return _where(self.file, self.unit, self.line)
 
 
 def read_manifest(
@@ -146,7 +147,9 @@ def encoding_of(name: str, fallback: str = DEFAULT_ENCODING) -> str:
             except UnicodeDecodeError:
                 return fallback
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {name}: {exc.strerror or exc}") from None
+        raise ManifestError(
+            _("cannot read manifest {file}: {why}").format(file=name, why=exc.strerror or exc)
+        ) from None
     return "utf-8"
 
 
@@ -165,16 +168,26 @@ def resolve(folder: str | bytes, row: ManifestRow, follow_symlinks: bool = False
         st = os.stat(path) if follow_symlinks else os.lstat(path)
     except OSError:
         raise ManifestError(
-            f"{row.where}: {_shown(row.path)} names no file in {_dir(root)}"
+            _("{where}: {path} names no file in {folder}").format(
+                where=row.where, path=_shown(row.path), folder=_dir(root)
+            )
         ) from None
     if not follow_symlinks:
         # the disk's spelling (Windows, macOS): a manifest's `A.TXT` is no link to `a.txt`
         real = paths.canonical(path)
         if not paths.same_file_name(real, path):
-            raise ManifestError(f"{row.where}: {_shown(row.path)} goes through a symbolic link")
+            raise ManifestError(
+                _("{where}: {path} goes through a symbolic link").format(
+                    where=row.where, path=_shown(row.path)
+                )
+            )
         path = real  # one spelling per file, as a walk of the folder would store it
     if not stat.S_ISREG(st.st_mode):
-        raise ManifestError(f"{row.where}: {_shown(row.path)} is not a regular file")
+        raise ManifestError(
+            _("{where}: {path} is not a regular file").format(
+                where=row.where, path=_shown(row.path)
+            )
+        )
     return path
 
 
@@ -198,13 +211,21 @@ def _stored(root: bytes, row: ManifestRow) -> bytes:
             same = []
         if len(same) > 1:
             raise ManifestError(
-                f"{row.where}: {_shown(row.path)} matches {len(same)} files whose names differ "
-                "only in their Unicode form; name one by its exact form"
+                _(
+                    "{where}: {path} matches {n} files whose names differ only in their "
+                    "Unicode form; name one by its exact form"
+                ).format(where=row.where, path=_shown(row.path), n=len(same))
             )
         if not same:
             return os.path.join(root, os.fsencode(row.path))
         path = os.path.join(path, same[0])
     return path
+
+
+def _where(name: str, unit: str, line: int) -> str:
+    """`manifest.csv line 3`, or a workbook's `row 3`."""
+    shown = _("{file} row {n}") if unit == "row" else _("{file} line {n}")
+    return shown.format(file=name, n=line)
 
 
 def _nfc(name: bytes) -> str:
@@ -218,7 +239,9 @@ def parse_metadata_option(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ValueError(f"invalid metadata {text!r}: use KEY=VALUE, e.g. source=nas")
+        raise ValueError(
+            _("invalid metadata {text!r}: use KEY=VALUE, e.g. source=nas").format(text=text)
+        )
     return key, value
 
 
@@ -230,7 +253,7 @@ def labels_from_path(relpath: str, depth: int) -> tuple[str, ...]:
     gives none. Empty and `.` parts are skipped. Raises ValueError for a negative N.
     """
     if depth < 0:
-        raise ValueError("--labels-from-path must be 0 or more")
+        raise ValueError(_("--labels-from-path must be 0 or more"))
     folders = [part for part in relpath.split("/")[:-1] if part not in ("", ".")]
     return tuple(dict.fromkeys(folders[:depth]))
 
@@ -256,9 +279,13 @@ def _open(name: str, encoding: str) -> IO[str]:
     try:
         return open(name, encoding=encoding, errors=errors, newline="")
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {name}: {exc.strerror or exc}") from None
+        raise ManifestError(
+            _("cannot read manifest {file}: {why}").format(file=name, why=exc.strerror or exc)
+        ) from None
     except LookupError:
-        raise ManifestError(f"{name}: unknown encoding {encoding!r}") from None
+        raise ManifestError(
+            _("{file}: unknown encoding {encoding!r}").format(file=name, encoding=encoding)
+        ) from None
 
 
 def _decoded(name: str, encoding: str, rows: Iterator[ManifestRow]) -> Iterator[ManifestRow]:
@@ -268,8 +295,10 @@ def _decoded(name: str, encoding: str, rows: Iterator[ManifestRow]) -> Iterator[
         yield from rows
     except UnicodeDecodeError:
         raise ManifestError(
-            f"{name}: neither UTF-8 nor {encoding}: save it as UTF-8 (Excel: CSV UTF-8) or"
-            " name its encoding with --manifest-encoding"
+            _(
+                "{file}: neither UTF-8 nor {encoding}: save it as UTF-8 (Excel: CSV UTF-8) or "
+                "name its encoding with --manifest-encoding"
+            ).format(file=name, encoding=encoding)
         ) from None
 
 
@@ -287,7 +316,9 @@ def _is_jsonl(name: str, handle: IO[str]) -> bool:
     handle.seek(0)
     handle.seek(0)
     if extension not in _JSONL_EXTENSIONS and start.startswith("["):
-        raise ManifestError(f"{name}: a JSON array is not JSON Lines (one object per line)")
+        raise ManifestError(
+            _("{file}: a JSON array is not JSON Lines (one object per line)").format(file=name)
+        )
     return extension in _JSONL_EXTENSIONS or start.startswith("{")
 
 
@@ -303,14 +334,18 @@ def _table_rows(name: str, records: Iterable[Record], unit: str) -> Iterator[Man
     rows = ((line, cells) for line, cells in records if any(cell.strip() for cell in cells))
     first = next(rows, None)
     if first is None:
-        raise ManifestError(f"{name}: empty manifest (a CSV manifest needs a header row)")
+        raise ManifestError(
+            _("{file}: empty manifest (a CSV manifest needs a header row)").format(file=name)
+        )
     columns = _header(name, first[0], first[1], unit)
     for line, record in rows:
         if unit == "row":
             record = _fitted(record, len(columns))
         if len(record) != len(columns):
             raise ManifestError(
-                f"{name} {unit} {line}: {len(record)} fields, the header has {len(columns)}"
+                _("{where}: {n} fields, the header has {columns}").format(
+                    where=_where(name, unit, line), n=len(record), columns=len(columns)
+                )
             )
         yield _csv_row(name, line, dict(zip(columns, record, strict=True)), unit)
 
@@ -338,7 +373,11 @@ def _csv_records(name: str, handle: IO[str]) -> Iterator[Record]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ManifestError(f"{name} line {line}: malformed CSV ({exc})") from None
+            raise ManifestError(
+                _("{where}: malformed CSV ({why})").format(
+                    where=_where(name, "line", line), why=exc
+                )
+            ) from None
         yield line, record
 
 
@@ -350,9 +389,13 @@ def _workbook(name: str) -> Iterator[Iterator[Record]]:
     try:
         book = load_workbook(name, read_only=True, data_only=True)
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {name}: {exc.strerror or exc}") from None
+        raise ManifestError(
+            _("cannot read manifest {file}: {why}").format(file=name, why=exc.strerror or exc)
+        ) from None
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise ManifestError(f"{name}: not an Excel workbook (.xlsx) ({exc})") from None
+        raise ManifestError(
+            _("{file}: not an Excel workbook (.xlsx) ({why})").format(file=name, why=exc)
+        ) from None
     try:
         sheet = book.worksheets[0]
         yield (
@@ -382,21 +425,30 @@ def _header(name: str, line: int, header: list[str], unit: str) -> list[str]:
     if unit == "row":
         header = _fitted(header, 0)
     columns = [_column(cell) for cell in header]
+    where = _where(name, unit, line)
     for column in columns:
         if column.startswith(_META):
             if not column[len(_META) :].strip():
-                raise ManifestError(f"{name} {unit} {line}: column {column!r} names no key")
+                raise ManifestError(
+                    _("{where}: column {column!r} names no key").format(where=where, column=column)
+                )
         elif column not in _COLUMNS:
-            hint = " (use one meta.KEY column per key)" if column == "metadata" else ""
+            hint = _(" (use one meta.KEY column per key)") if column == "metadata" else ""
             raise ManifestError(
-                f"{name} {unit} {line}: unknown column {column!r}{hint};"
-                " known: path, labels, filename, meta.KEY"
+                _(
+                    "{where}: unknown column {column!r}{hint}; known: path, labels, filename, "
+                    "meta.KEY"
+                ).format(where=where, column=column, hint=hint)
             )
     repeated = {c for c in columns if columns.count(c) > 1}
     if repeated:
-        raise ManifestError(f"{name} {unit} {line}: column {sorted(repeated)[0]!r} appears twice")
+        raise ManifestError(
+            _("{where}: column {column!r} appears twice").format(
+                where=where, column=sorted(repeated)[0]
+            )
+        )
     if "path" not in columns:
-        raise ManifestError(f"{name} {unit} {line}: no 'path' column in the header")
+        raise ManifestError(_("{where}: no 'path' column in the header").format(where=where))
     return columns
 
 
@@ -410,10 +462,12 @@ def _column(cell: str) -> str:
 
 
 def _csv_row(name: str, line: int, cells: dict[str, str], unit: str) -> ManifestRow:
-    where = f"{name} {unit} {line}"
+    where = _where(name, unit, line)
     labels = cells.get("labels", "")
     metadata = {
-        column[len(_META) :]: _text(where, f"metadata {column[len(_META) :]!r}", value)
+        column[len(_META) :]: _text(
+            where, _("metadata {key!r}").format(key=column[len(_META) :]), value
+        )
         for column, value in cells.items()
         if column.startswith(_META) and value != ""
     }
@@ -438,29 +492,43 @@ def _jsonl_rows(name: str, handle: IO[str]) -> Iterator[ManifestRow]:
 
 
 def _jsonl_row(name: str, line: int, text: str) -> ManifestRow:
-    where = f"{name} line {line}"
+    where = _where(name, "line", line)
     try:
         obj = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
-        raise ManifestError(f"{where}: bad JSON ({exc})") from None
+        raise ManifestError(_("{where}: bad JSON ({why})").format(where=where, why=exc)) from None
     if not isinstance(obj, dict):
-        raise ManifestError(f"{where}: expected a JSON object, got {_json_type(obj)}")
+        raise ManifestError(
+            _("{where}: expected a JSON object, got {what}").format(
+                where=where, what=_json_type(obj)
+            )
+        )
     unknown = sorted(set(obj) - _JSON_KEYS)
     if unknown:
         raise ManifestError(
-            f"{where}: unknown key {unknown[0]!r}; known: path, labels, metadata, filename"
+            _("{where}: unknown key {key!r}; known: path, labels, metadata, filename").format(
+                where=where, key=unknown[0]
+            )
         )
     path = obj.get("path")
     if not isinstance(path, str):
-        raise ManifestError(f"{where}: 'path' must be a string, got {_json_type(path)}")
+        raise ManifestError(
+            _("{where}: {field} must be a string, got {what}").format(
+                where=where, field="'path'", what=_json_type(path)
+            )
+        )
     labels = obj.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ManifestError(f"{where}: 'labels' must be a list of strings")
+        raise ManifestError(_("{where}: 'labels' must be a list of strings").format(where=where))
     filename = obj.get("filename")
     if filename is not None and not isinstance(filename, str):
-        raise ManifestError(f"{where}: 'filename' must be a string, got {_json_type(filename)}")
+        raise ManifestError(
+            _("{where}: {field} must be a string, got {what}").format(
+                where=where, field="'filename'", what=_json_type(filename)
+            )
+        )
     if filename is not None and not filename.strip():
-        raise ManifestError(f"{where}: 'filename' is empty")
+        raise ManifestError(_("{where}: {field} is empty").format(where=where, field="'filename'"))
     return ManifestRow(
         file=name,
         line=line,
@@ -473,35 +541,40 @@ def _jsonl_row(name: str, line: int, text: str) -> ManifestRow:
 
 def _json_metadata(where: str, metadata: object) -> dict[str, MetadataValue]:
     if not isinstance(metadata, dict):
-        raise ManifestError(f"{where}: 'metadata' must be an object, got {_json_type(metadata)}")
+        raise ManifestError(
+            _("{where}: 'metadata' must be an object, got {what}").format(
+                where=where, what=_json_type(metadata)
+            )
+        )
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
         if not key.strip():
-            raise ManifestError(f"{where}: a metadata key is empty")
-        _text(where, "a metadata key", key)
+            raise ManifestError(_("{where}: a metadata key is empty").format(where=where))
+        _text(where, _("a metadata key"), key)
         if isinstance(value, str):
-            out[key] = _text(where, f"metadata {key!r}", value)
+            out[key] = _text(where, _("metadata {key!r}").format(key=key), value)
         elif isinstance(value, (bool, int, float)):
             out[key] = value
         else:
             raise ManifestError(
-                f"{where}: metadata {key!r} must be a string, number or boolean,"
-                f" got {_json_type(value)}"
+                _(
+                    "{where}: metadata {key!r} must be a string, number or boolean, got {what}"
+                ).format(where=where, key=key, what=_json_type(value))
             )
     return out
 
 
 def _no_constant(name: str) -> float:
     # NaN and Infinity are not JSON: the register request could not carry them.
-    raise ValueError(f"{name} is not a JSON number")
+    raise ValueError(_("{name} is not a JSON number").format(name=name))
 
 
 def _json_type(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    names = {dict: _("an object"), list: _("a list"), str: _("a string"), bool: _("a boolean")}
     if value is None:
-        return "null"
+        return _("null")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return "a number"
+        return _("a number")
     return names.get(type(value), type(value).__name__)
 
 
@@ -511,17 +584,29 @@ def _json_type(value: object) -> str:
 def _path(where: str, text: str) -> str:
     """A relative path, `.` and empty parts dropped; absolute, `..` or empty → error."""
     if not text:
-        raise ManifestError(f"{where}: 'path' is empty")
+        raise ManifestError(_("{where}: {field} is empty").format(where=where, field="'path'"))
     if "\0" in text:
-        raise ManifestError(f"{where}: 'path' contains a NUL character")
+        raise ManifestError(_("{where}: 'path' contains a NUL character").format(where=where))
     text = text.replace("\\", "/")
     if text.startswith("/") or _DRIVE.match(text):
-        raise ManifestError(f"{where}: path {_shown(text)} is absolute; give it relative to DIR")
+        raise ManifestError(
+            _("{where}: path {path} is absolute; give it relative to DIR").format(
+                where=where, path=_shown(text)
+            )
+        )
     parts = [part for part in text.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise ManifestError(f"{where}: path {_shown(text)} leaves DIR ('..' is not allowed)")
+        raise ManifestError(
+            _("{where}: path {path} leaves DIR ('..' is not allowed)").format(
+                where=where, path=_shown(text)
+            )
+        )
     if not parts:
-        raise ManifestError(f"{where}: path {_shown(text)} names DIR itself, not a file")
+        raise ManifestError(
+            _("{where}: path {path} names DIR itself, not a file").format(
+                where=where, path=_shown(text)
+            )
+        )
     return "/".join(parts)
 
 
@@ -531,11 +616,11 @@ def label_name(raw: str) -> str:
     saying why ('is empty', 'is not valid UTF-8'), for the caller to name the label."""
     label = raw.strip()
     if not label:
-        raise ValueError("is empty")
+        raise ValueError(_("is empty"))
     try:
         label.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("is not valid UTF-8") from None
+        raise ValueError(_("is not valid UTF-8")) from None
     return label
 
 
@@ -545,7 +630,9 @@ def _labels(where: str, names: list[str]) -> tuple[str, ...]:
         try:
             labels.append(label_name(raw))
         except ValueError as exc:
-            raise ManifestError(f"{where}: a label {exc}") from None
+            raise ManifestError(
+                _("{where}: a label {problem}").format(where=where, problem=exc)
+            ) from None
     return tuple(dict.fromkeys(labels))
 
 
@@ -558,7 +645,9 @@ def _text(where: str, what: str, value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ManifestError(f"{where}: {what} is not valid UTF-8") from None
+        raise ManifestError(
+            _("{where}: {what} is not valid UTF-8").format(where=where, what=what)
+        ) from None
     return value
 
 
@@ -574,8 +663,9 @@ def _duplicate(name: str, encoding: str, row: ManifestRow) -> None:
     for earlier in _rows_before(name, encoding, row.line):
         if unicodedata.normalize("NFC", earlier.path) == unicodedata.normalize("NFC", row.path):
             raise ManifestError(
-                f"{row.where}: path {_shown(row.path)} is listed twice (first on line"
-                f" {earlier.line})"
+                _("{where}: path {path} is listed twice (first on line {line})").format(
+                    where=row.where, path=_shown(row.path), line=earlier.line
+                )
             )
 
 
