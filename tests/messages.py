@@ -158,15 +158,25 @@ def update(lang: str) -> tuple[int, int]:
 
 
 # Calls whose first argument a user reads: printed, or a callback that prints it.
-PRINTERS = {"echo", "secho", "notice", "notify", "on_broken"}
+PRINTERS = {"echo", "secho", "notice", "notify", "on_broken", "fail"}
 # The client's error makers, by the position of the message they take.
-MAKERS = {"_error": 0, "_bad_response": 1, "_changed": 1, "_file_error": 2}
+MAKERS = {"_error": 0, "_bad_response": 1, "_changed": 1, "_file_error": 2, "_log_broken": 0}
 # Exceptions that are programming or packaging errors, never a user's message; a raise of
-# another one with this comment on its line or the line above is one too.
+# another one with a comment saying "not shown" on its line or the line above is one too.
 INTERNAL = {"AssertionError", "NotImplementedError", "TypeError", "KeyError", "SeriesError"}
-NOT_SHOWN = "# a programming error, not shown"
+NOT_SHOWN = re.compile(r"#.*\bnot shown\b")  # "# a programming error, not shown"
 # Calls whose result shows their arguments' text (formatted, escaped, joined).
-PASS_THROUGH = {"format", "join", "str", "printable", "redact", "escape"}
+PASS_THROUGH = {
+    "format",
+    "join",
+    "str",
+    "printable",
+    "redact",
+    "escape",
+    "strip",
+    "rstrip",
+    "lstrip",
+}
 WRAPPERS = {"_", "N_", "ngettext"}
 # The local MaiAgent-compatible server (tests, demo, bench): its words are the service's, and
 # the service answers in English.
@@ -214,16 +224,11 @@ def _assignments(function: ast.AST) -> dict[str, list[ast.expr]]:
     return found
 
 
-def _a_value(node: ast.expr, assigned: dict[str, list[ast.expr]]) -> bool:
-    """A placeholder's value that is one word such as an option's value (`relpath`) or a
-    field's name (`'path'`): a name of the program, not a word to translate."""
-    if isinstance(node, ast.Name):
-        return bool(assigned.get(node.id)) and all(_a_value(v, {}) for v in assigned[node.id])
-    if isinstance(node, ast.IfExp):
-        return _a_value(node.body, assigned) and _a_value(node.orelse, assigned)
-    if isinstance(node, ast.JoinedStr):
-        return all(_a_value(v, assigned) for v in node.values if isinstance(v, ast.Constant))
-    return isinstance(node, ast.Constant) and bool(re.fullmatch(r"'?[\w.-]+'?", str(node.value)))
+# A placeholder's value that is one word, such as an option's value (`relpath`) or a field's
+# name (`'path'`): a name of the program, not a word to translate.
+A_VALUE = re.compile(r"'?[\w.-]+'?")
+# ... or a command line to type (`uploader --db q.db run --kb kb1`, ` --kb kb1`).
+A_COMMAND = re.compile(r"\s*(uploader\b|--)")
 
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
@@ -236,13 +241,17 @@ class _Walk:
     def __init__(self, functions: dict[str, Function]) -> None:
         self.functions = functions
         self.followed: set[str] = set()
+        self.in_value = 0  # inside a .format() argument
 
     def literals(self, node: ast.AST, assigned: dict[str, list[ast.expr]]) -> Iterator[ast.AST]:
         if isinstance(node, ast.Constant):
-            if isinstance(node.value, str) and WORDS.search(node.value):
+            if isinstance(node.value, str) and self._words(node.value):
                 yield node
         elif isinstance(node, ast.JoinedStr):
-            if any(isinstance(v, ast.Constant) and WORDS.search(str(v.value)) for v in node.values):
+            first = node.values[0] if node.values else None
+            if self.in_value and isinstance(first, ast.Constant) and A_COMMAND.match(first.value):
+                return
+            if any(isinstance(v, ast.Constant) and self._words(str(v.value)) for v in node.values):
                 yield node
             for value in node.values:
                 if isinstance(value, ast.FormattedValue):
@@ -263,6 +272,10 @@ class _Walk:
             for value in values:
                 yield from self.literals(value, assigned)
 
+    def _words(self, text: str) -> bool:
+        value = A_VALUE.fullmatch(text) or A_COMMAND.match(text)
+        return bool(WORDS.search(text)) and not (self.in_value and value)
+
     def _call(self, node: ast.Call, assigned: dict[str, list[ast.expr]]) -> Iterator[ast.AST]:
         name = _name(node.func)
         if name in WRAPPERS:
@@ -270,10 +283,10 @@ class _Walk:
         if name in PASS_THROUGH:
             if isinstance(node.func, ast.Attribute) and name != "join":
                 yield from self.literals(node.func.value, assigned)
+            self.in_value += name == "format"
             for arg in [*node.args, *(k.value for k in node.keywords)]:
-                if name == "format" and _a_value(arg, assigned):
-                    continue
                 yield from self.literals(arg, assigned)
+            self.in_value -= name == "format"
         elif name in self.functions and name not in self.followed:
             self.followed.add(name)
             function = self.functions[name]
@@ -297,17 +310,16 @@ def unwrapped(folder: Path = ROOT / "uploader") -> list[str]:
     raised = _exception_classes(trees)
     found = []
     for path, source, tree in zip(files, sources, trees, strict=True):
-        functions = {
-            node.name: node for node in ast.walk(tree) if isinstance(node, Function.__args__)
-        }
-        for function in functions.values():
-            lines = source.splitlines()
+        every = [node for node in ast.walk(tree) if isinstance(node, Function.__args__)]
+        functions = {node.name: node for node in every}
+        lines = source.splitlines()
+        for function in every:
             calls = [
                 node
                 for node in ast.walk(function)
                 if isinstance(node, ast.Call)
                 and _shown(_name(node.func) or "", raised)
-                and NOT_SHOWN not in "".join(lines[max(node.lineno - 2, 0) : node.lineno])
+                and not NOT_SHOWN.search("\n".join(lines[max(node.lineno - 2, 0) : node.lineno]))
             ]
             for call in calls:
                 walk = _Walk(functions)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests import messages
-from tests.helpers import UPLOADER, invoke, make_tree, one_line_error, run_args
+from tests.helpers import UPLOADER, invoke, make_tree, one_line_error, run_args, service
 from uploader.cli import cli
 from uploader.localserver import MaiAgentServer
 
@@ -182,3 +183,78 @@ def test_every_message_a_user_reads_is_wrapped_for_translation() -> None:
     left = [line for line in messages.unwrapped() if line.split(":", 1)[0] not in NOT_YET]
 
     assert left == [], "\n".join(left)
+
+
+ZH = {"LANGUAGE": "zh_TW"}
+
+
+def test_an_error_the_library_raises_is_in_chinese(tmp_path: Path) -> None:
+    """Translated where it is raised (the scan's pattern check), shown as click shows it."""
+    folder = make_tree(tmp_path / "docs", {"a.txt": 1})
+
+    result = invoke(
+        tmp_path / "q.db", "enqueue", str(folder), "--kb", "kb", "--include", "", env=ZH
+    )
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["錯誤：--include ''：空的樣式比對不到任何檔案"]
+
+
+def test_a_refused_key_is_in_chinese(tmp_path: Path, maiagent: MaiAgentServer) -> None:
+    result = invoke(
+        tmp_path / "q.db", "kbs", *service(maiagent), env={**ZH, "MAIAGENT_API_KEY": "no"}
+    )
+
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == ["錯誤：API 金鑰被拒（HTTP 401）：Invalid API key"]
+
+
+def test_kbs_lines_up_chinese_names(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """A Chinese character takes two columns: the file counts stay in one column."""
+    server = maiagent_factory(kbs={"kb-a": "合約知識庫", "kb-b": "Contracts"})
+
+    result = invoke(tmp_path / "q.db", "kbs", *service(server), env=ZH)
+
+    assert result.exit_code == 0, result.output
+    head, *rows = result.stdout.splitlines()
+    assert head.split() == ["ID", "名稱", "檔案數"]
+    widths = {sum(2 if "\u4e00" <= c <= "\u9fff" else 1 for c in line) for line in (head, *rows)}
+    assert len(widths) == 1, result.stdout
+
+
+def test_enqueue_says_what_it_queued_in_chinese(tmp_path: Path) -> None:
+    folder = make_tree(tmp_path / "合約", {"租賃合約.txt": 10})
+
+    enqueued = invoke(tmp_path / "q.db", "enqueue", str(folder), "--kb", "kb-test", env=ZH)
+
+    assert enqueued.exit_code == 0, enqueued.output
+    assert enqueued.stdout.startswith("已掃描 1：新增 1，變更 0，未變更 0，略過 0"), enqueued.stdout
+
+
+def test_every_json_keeps_chinese_as_text(tmp_path: Path) -> None:
+    """enqueue --json, status --json and the report: 合約, not \\u5408\\u7d04; keys English."""
+    folder = make_tree(tmp_path / "合約", {"租賃合約.txt": 10, "掃描圖.png": 5})
+    db = tmp_path / "q.db"
+
+    shown = [
+        invoke(db, "enqueue", str(folder), "--kb", "知識庫", "--json", env=ZH).stdout,
+        invoke(db, "status", "--json", env=ZH).stdout,
+        invoke(db, "status", "--skipped", "--json", env=ZH).stdout,
+        invoke(db, "export-report", "-o", "-", env=ZH).stdout,
+    ]
+
+    for text in shown:
+        assert "\\u" not in text and "知識庫" in text, text
+        assert _keys(json.loads(text)) <= {"知識庫"}, text  # a knowledge base's id may key
+
+
+def _keys(value: object) -> set[str]:
+    """The keys of a JSON value that are not ASCII."""
+    if isinstance(value, dict):
+        inner = set().union(*(_keys(v) for v in value.values()))
+        return inner | {key for key in value if not key.isascii()}
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
+    return set()

@@ -16,6 +16,7 @@ import socket
 import stat
 import sys
 import time
+import unicodedata
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -50,7 +51,7 @@ from . import (
     worker,
 )
 from .exitcodes import ExitCode, exit_code
-from .i18n import N_, _
+from .i18n import N_, _, ngettext
 from .manifest import DEFAULT_ENCODING, ManifestError, encoding_of, is_utf8, parse_metadata_option
 from .model import (
     FAILURE_KINDS,
@@ -167,7 +168,7 @@ def _host_id(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     if value is None:
         return socket.gethostname()
     if not value.strip() or not value.isprintable():
-        raise click.BadParameter("a host id is a non-empty name without control characters")
+        raise click.BadParameter(_("a host id is a non-empty name without control characters"))
     return value
 
 
@@ -197,9 +198,13 @@ def _read_key_file(ctx: click.Context, param: click.Parameter, value: str | None
         with open(value, encoding="utf-8") as file:
             key = file.read()
     except OSError as exc:
-        raise UserError(f"cannot read --api-key-file {value}: {exc.strerror or exc}") from None
+        raise UserError(
+            _("cannot read --api-key-file {file}: {why}").format(
+                file=value, why=exc.strerror or exc
+            )
+        ) from None
     except UnicodeDecodeError:
-        raise UserError(f"--api-key-file {value} is not a text file") from None
+        raise UserError(_("--api-key-file {file} is not a text file").format(file=value)) from None
     ctx.meta[_KEY_FILE] = (key, ctx.get_parameter_source(param.name or ""))
 
 
@@ -211,7 +216,7 @@ def _strip_key(ctx: click.Context, param: click.Parameter, value: str | None) ->
     if _KEY_FILE in ctx.meta:
         key, source = ctx.meta[_KEY_FILE]
         if typed and source is ParameterSource.COMMANDLINE:
-            raise UserError("give the key by --api-key or by --api-key-file, not both")
+            raise UserError(_("give the key by --api-key or by --api-key-file, not both"))
         if not typed:
             value = key
     elif typed and value:
@@ -315,7 +320,7 @@ def _db_target(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         parts = urllib.parse.urlsplit(value)
     except ValueError:
         raise UserError(
-            "--db: the PostgreSQL URL has a '[' without its ']' (an IPv6 host is written [::1])"
+            _("--db: the PostgreSQL URL has a '[' without its ']' (an IPv6 host is written [::1])")
         ) from None
     ports = [
         host.rpartition("]")[2].partition(":")[2]  # "[::1]:5432", "h1:5432,h2:5433", "h"
@@ -327,7 +332,9 @@ def _db_target(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     if any(
         port and not (port.isascii() and port.isdigit() and int(port) <= 65535) for port in ports
     ):
-        raise UserError(f"--db {redact(value)}: a port must be a number from 0 to 65535")
+        raise UserError(
+            _("--db {db}: a port must be a number from 0 to 65535").format(db=redact(value))
+        )
     return value
 
 
@@ -491,6 +498,7 @@ def _group_context(ctx: click.Context) -> Context:
     """The group's Context, made before any command's own options are read."""
     obj = ctx.find_object(Context)
     if obj is None:
+        # a programming error, not shown
         raise RuntimeError("an uploader option read outside the uploader group")
     return obj
 
@@ -562,7 +570,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
     try:
         return scan.parse_max_size(value)
     except ValueError as exc:
-        raise UserError(f"--max-size: {exc}") from None
+        raise UserError(_("--max-size: {why}").format(why=exc)) from None
 
 
 def _encoding(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -571,7 +579,7 @@ def _encoding(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     try:
         return codecs.lookup(value).name
     except LookupError:
-        raise click.BadParameter(f"unknown encoding {value!r}") from None
+        raise click.BadParameter(_("unknown encoding {value!r}").format(value=value)) from None
 
 
 def _bwlimit(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
@@ -580,7 +588,7 @@ def _bwlimit(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     try:
         return bandwidth.parse_bwlimit(value)
     except ValueError as exc:
-        raise UserError(f"--bwlimit: {exc}") from None
+        raise UserError(_("--bwlimit: {why}").format(why=exc)) from None
 
 
 def _labels(
@@ -840,13 +848,17 @@ def enqueue(
     out of reach is a warning.
     """
     if dry_run and not delete_removed:
-        raise UserError("--dry-run goes with --delete-removed (it lists what would be removed)")
+        raise UserError(_("--dry-run goes with --delete-removed (it lists what would be removed)"))
     # A folder renamed or deleted: --delete-removed may still mark its queued files removed
     # (the guard's --allow-empty-source decides, as for a folder that reads empty).
     gone_folder = delete_removed and _gone(directory)
     if not os.path.isdir(directory) and not gone_folder:
-        what = "does not exist" if not os.path.exists(directory) else "is not a folder"
-        raise UserError(f"{directory} {what}")
+        what = (
+            _("{path} does not exist")
+            if not os.path.exists(directory)
+            else _("{path} is not a folder")
+        )
+        raise UserError(what.format(path=directory))
     try:
         filters = scan.Filters(
             include,
@@ -873,7 +885,7 @@ def enqueue(
             shared=shared,
         )
         if gone_folder and not gone.relpaths:
-            raise UserError(f"{directory} does not exist (and the queue holds no file of it)")
+            raise UserError(_gone_and_unknown(directory))
         _warn_unreadable(seen)
         _print_removed(gone, directory, dry_run=True)
         if gone.refused is not None:
@@ -898,7 +910,7 @@ def enqueue(
         if not any_type:
             accepted = await _accepted_types(q, api_key if ask else None, base_url, kb_id)
             if accepted.note:
-                click.echo(f"warning: {accepted.note}", err=True)
+                click.echo(_("warning: {note}").format(note=accepted.note), err=True)
             filters = dataclasses.replace(filters, types=accepted.types)
         own = scan.OwnState.of(ctx.anchor)
         # Recorded, so that a `run` meanwhile waits for the walk's next batch.
@@ -962,9 +974,9 @@ def enqueue(
     try:
         counts, stats, removed = on_queue(ctx, removing, shared=shared)
     except ManifestError as exc:
-        raise UserError(f"{exc}; nothing was queued") from None
+        raise UserError(_("{why}; nothing was queued").format(why=exc)) from None
     if gone_folder and removed is not None and not removed.relpaths:
-        raise UserError(f"{directory} does not exist (and the queue holds no file of it)")
+        raise UserError(_gone_and_unknown(directory))
     if manifest is not None and encoding != "xlsx" and not is_utf8(encoding):
         click.echo(
             _("note: {file} is not UTF-8: read as {encoding} (--manifest-encoding)").format(
@@ -997,11 +1009,19 @@ def enqueue(
     else:
         if stats.own:
             own = ", ".join(sorted(set(stats.own)))
-            ctx.echo(printable(f"left out the uploader's own files: {own}"))
+            ctx.echo(printable(_("left out the uploader's own files: {files}").format(files=own)))
         click.echo(
-            f"scanned {counts.scanned}: {counts.new} new, {counts.changed} changed, "
-            f"{counts.unchanged} unchanged, {counts.skipped} skipped"
-            f" ({stats.ignored} ignored by filters, hidden or not regular files)"
+            _(
+                "scanned {scanned}: {new} new, {changed} changed, {unchanged} unchanged, "
+                "{skipped} skipped ({ignored} ignored by filters, hidden or not regular files)"
+            ).format(
+                scanned=counts.scanned,
+                new=counts.new,
+                changed=counts.changed,
+                unchanged=counts.unchanged,
+                skipped=counts.skipped,
+                ignored=stats.ignored,
+            )
         )
         if counts.moved:
             click.echo(
@@ -1016,14 +1036,18 @@ def enqueue(
             _print_removed(removed, directory, dry_run=False)
         if counts.relabel:
             click.echo(
-                f"{counts.relabel} uploaded files get new labels or metadata on the next run "
-                "(update-metadata only, no upload)"
+                _(
+                    "{n} uploaded files get new labels or metadata on the next run "
+                    "(update-metadata only, no upload)"
+                ).format(n=counts.relabel)
             )
     if counts.foreign:
         click.echo(
-            f"warning: {counts.foreign} files are at paths another host queued, left to it: "
-            "use --shared if every host sees this folder at the same path, else give it "
-            "another path or knowledge base",
+            _(
+                "warning: {n} files are at paths another host queued, left to it: use --shared "
+                "if every host sees this folder at the same path, else give it another path or "
+                "knowledge base"
+            ).format(n=counts.foreign),
             err=True,
         )
     if removed is not None and removed.refused is not None:
@@ -1088,15 +1112,21 @@ def _unsupported_line(stats: scan.ScanStats) -> str:
 
 def _warn_unreadable(stats: scan.ScanStats) -> None:
     for problem in stats.unreadable_folders:
-        click.echo(printable(f"warning: cannot read folder {problem}"), err=True)
+        click.echo(printable(_("warning: cannot read folder {why}").format(why=problem)), err=True)
     if stats.undecodable:
         more = stats.undecodable - len(stats.undecodable_shown)
-        names = ", ".join(stats.undecodable_shown) + (f" and {more} more" if more else "")
+        names = ", ".join(stats.undecodable_shown)
+        if more:
+            names += _(" and {n} more").format(n=more)
         message = _(
             "warning: {count} file names are not valid UTF-8 and were skipped ({names}):"
             " give their encoding with --filename-encoding (cp950 for Big5)"
         ).format(count=stats.undecodable, names=names)
         click.echo(printable(message), err=True)
+
+
+def _gone_and_unknown(directory: str) -> str:
+    return _("{path} does not exist (and the queue holds no file of it)").format(path=directory)
 
 
 def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None:
@@ -1105,25 +1135,36 @@ def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None
     directory = printable(directory)
     if dry_run:
         click.echo(
-            f"{n} queued files of {directory} are gone: `enqueue --delete-removed` would mark "
-            "them removed and the next `uploader run` would delete their entries (dry run, "
-            "nothing changed)"
+            _(
+                "{n} queued files of {folder} are gone: `enqueue --delete-removed` would mark "
+                "them removed and the next `uploader run` would delete their entries (dry run, "
+                "nothing changed)"
+            ).format(n=n, folder=directory)
         )
     else:
         click.echo(
-            f"{gone.marked} queued files of {directory} are gone: marked removed; the next "
-            "`uploader run` deletes their entries"
+            _(
+                "{n} queued files of {folder} are gone: marked removed; the next "
+                "`uploader run` deletes their entries"
+            ).format(n=gone.marked, folder=directory)
         )
     for rel in gone.relpaths[:LIST_SHOWN]:
         click.echo(f"  {printable(rel)}")
     if n > LIST_SHOWN:
-        click.echo(f"  ... and {n - LIST_SHOWN:,} more")
+        click.echo(_("  ... and {n} more").format(n=f"{n - LIST_SHOWN:,}"))
     if gone.left:
-        were = "would be" if dry_run else "were"
-        click.echo(
-            f"{gone.left} queued files under folders that could not be read {were} left as they "
-            "are (let them be read and enqueue again to look at them)"
+        left = (
+            _(
+                "{n} queued files under folders that could not be read would be left as they "
+                "are (let them be read and enqueue again to look at them)"
+            )
+            if dry_run
+            else _(
+                "{n} queued files under folders that could not be read were left as they are "
+                "(let them be read and enqueue again to look at them)"
+            )
         )
+        click.echo(left.format(n=gone.left))
 
 
 class _ScanMeter:
@@ -1140,7 +1181,10 @@ class _ScanMeter:
         if self._show and now - self._drawn >= 0.2:
             self._drawn = now
             rate = scanned / max(now - self._started, 1e-9)
-            click.echo(f"\rscanning: {scanned:,} files ({rate:,.0f}/s)", err=True, nl=False)
+            shown = _("scanning: {n} files ({rate}/s)").format(
+                n=f"{scanned:,}", rate=f"{rate:,.0f}"
+            )
+            click.echo("\r" + shown, err=True, nl=False)
 
     def close(self) -> None:
         if self._show and self._drawn:
@@ -1167,8 +1211,10 @@ def _check_kb_exists(api_key: str, base_url: str, allow_http: bool, kb_id: str) 
             reason = outage.ServiceUnreachable.at_start(exc)
         click.echo(
             printable(
-                f"warning: could not check knowledge base {kb_id} ({reason}): queued anyway, "
-                "`uploader run` checks it again"
+                _(
+                    "warning: could not check knowledge base {kb} ({why}): queued anyway, "
+                    "`uploader run` checks it again"
+                ).format(kb=kb_id, why=reason)
             ),
             err=True,
         )
@@ -1187,7 +1233,7 @@ class Finite(click.FloatRange):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
+            self.fail(_("{value!r} is not a finite number").format(value=value), param, ctx)
         return number
 
 
@@ -1205,14 +1251,16 @@ class BatchSize(click.ParamType):
             try:
                 number = int(str(value))
             except ValueError:
-                self.fail(f"{value!r} is neither auto nor a number", param, ctx)
+                self.fail(
+                    _("{value!r} is neither auto nor a number").format(value=value), param, ctx
+                )
         if not 1 <= number <= 100:
-            self.fail(f"{number} is not in the range 1<=x<=100", param, ctx)
+            self.fail(_("{n} is not in the range 1<=x<=100").format(n=number), param, ctx)
         return number
 
 
 def _log_broken(message: str) -> None:
-    click.echo(f"warning: {message}: logging to stderr only", err=True)
+    click.echo(_("warning: {why}: logging to stderr only").format(why=message), err=True)
 
 
 def _open_log(ctx: Context, path: str | None, level_name: str) -> logs.RunLog | None:
@@ -1224,7 +1272,11 @@ def _open_log(ctx: Context, path: str | None, level_name: str) -> logs.RunLog | 
     try:
         return logs.open_file(target, level, _log_broken)
     except OSError as exc:
-        _log_broken(f"cannot write the log {target} ({exc.strerror or exc})")
+        _log_broken(
+            _("cannot write the log {target} ({why})").format(
+                target=target, why=exc.strerror or exc
+            )
+        )
         return None
 
 
@@ -1239,9 +1291,11 @@ def _notice(text: str) -> None:
 def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
     """The pool paused for an outage, or resumed."""
     if state is outage.GateState.CLOSED:
-        progress.write(printable(f"paused: {what.message}; probing until it answers"))
+        progress.write(
+            printable(_("paused: {why}; probing until it answers").format(why=what.message))
+        )
     elif state is outage.GateState.OPEN:
-        progress.write("resumed: the service answers again")
+        progress.write(_("resumed: the service answers again"))
 
 
 def wait_parsed_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -1563,7 +1617,11 @@ def run(
         before = _states_of(await StatusStore(q.engine).state_counts(), options.kb_id)
         if before["done"] and not as_json:
             total = sum(before.values()) - before["skipped"]
-            ctx.echo(f"resuming: {before['done']:,} of {total:,} files were uploaded before")
+            ctx.echo(
+                _("resuming: {done} of {total} files were uploaded before").format(
+                    done=f"{before['done']:,}", total=f"{total:,}"
+                )
+            )
         batch = await checkup.register_batch(
             q, base_url, await q.kbs_with_work(options.kb_id), options.register_batch
         )
@@ -1615,7 +1673,7 @@ def run(
     code = exit_code(result.ending())
     if as_json:
         if result.fatal is not None:
-            click.echo(printable(f"Error: {result.fatal}"), err=True)
+            click.echo(printable(_("Error: {message}").format(message=result.fatal)), err=True)
         click.echo(json.dumps(_run_json(result, left, run_ids, code), indent=2, ensure_ascii=False))
     else:
         _print_run(ctx, options.kb_id, result, left)
@@ -1654,7 +1712,7 @@ class ParseWait:
             click.echo(_("waiting for the knowledge base to parse the files..."), err=True)
         parsed = on_queue_and_service(ctx, api_key, base_url, body)
         for note in notes.said:
-            click.echo(f"warning: {note}", err=True)
+            click.echo(_("warning: {note}").format(note=note), err=True)
         if as_json:
             click.echo(json.dumps({"parsed": _parsed_json(parsed)}, indent=2, ensure_ascii=False))
         else:
@@ -1698,10 +1756,17 @@ def _print_parsed(parsed: parsing.Parsed, stuck_after: float) -> None:
         )
     )
     for row in parsed.failed[:FAILED_SHOWN]:
-        click.echo(printable(f"  {display(row.path)}  [parse failed] {row.reason or ''}".rstrip()))
+        failed = _("  {path}  [parse failed] {why}").format(
+            path=display(row.path), why=row.reason or ""
+        )
+        click.echo(printable(failed.rstrip()))
     for row in parsed.stuck[:FAILED_SHOWN]:
         click.echo(
-            printable(f"  {display(row.path)}  [stuck] {row.status} for more than {stuck_after:g}s")
+            printable(
+                _("  {path}  [stuck] {status} for more than {seconds:g}s").format(
+                    path=display(row.path), status=row.status, seconds=stuck_after
+                )
+            )
         )
     if parsed.timed_out:
         click.echo(_("--parse-timeout passed while files were still being parsed"))
@@ -1760,13 +1825,15 @@ def _print_run(
         for kb, error in result.unknown_kbs.items():
             click.echo(
                 printable(
-                    f"Error: {error}; its {left['unknown'][kb]:,} queued files were left alone "
-                    f"(`uploader forget --kb {kb}` drops them from the queue)"
+                    _(
+                        "Error: {message}; its {n} queued files were left alone "
+                        "(`uploader forget --kb {kb}` drops them from the queue)"
+                    ).format(message=error, n=f"{left['unknown'][kb]:,}", kb=kb)
                 ),
                 err=True,
             )
     if result.fatal is not None:
-        click.echo(printable(f"Error: {result.fatal}"), err=True)
+        click.echo(printable(_("Error: {message}").format(message=result.fatal)), err=True)
     else:
         click.echo(_summary(result, left["skipped"]))
         _print_replaced(result.replaced)
@@ -1791,13 +1858,17 @@ def _print_run(
             )
         if left["running"] and not result.interrupted:
             click.echo(
-                f"{left['running']} files are held by another uploader run (or one that died "
-                "on another host, until its lease expires): run again later to finish them"
+                _(
+                    "{n} files are held by another uploader run (or one that died on another "
+                    "host, until its lease expires): run again later to finish them"
+                ).format(n=left["running"])
             )
         if left.get("elsewhere"):
             click.echo(
-                f"{left['elsewhere']} pending files were queued by other hosts and are left to "
-                "them (`run --shared` if this host sees their folders at the same paths)"
+                _(
+                    "{n} pending files were queued by other hosts and are left to them "
+                    "(`run --shared` if this host sees their folders at the same paths)"
+                ).format(n=left["elsewhere"])
             )
         if left["report"] is not None:
             click.echo(_("report: {path}").format(path=left["report"]))
@@ -1813,20 +1884,35 @@ async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | N
         return None  # an enqueue is still walking: the run waits for its rows
     counts = await StatusStore(q.engine).state_counts()
     if kb_id is not None and kb_id not in counts:
-        holds = f"the queue holds: {', '.join(sorted(counts))}" if counts else "the queue is empty"
-        raise UserError(f"nothing pending for {kb_id} ({holds})")
+        holds = (
+            _("the queue holds: {kbs}").format(kbs=", ".join(sorted(counts)))
+            if counts
+            else _("the queue is empty")
+        )
+        raise UserError(_("nothing pending for {kb} ({holds})").format(kb=kb_id, holds=holds))
     if not counts:
-        return "nothing pending: the queue is empty (`uploader enqueue DIR --kb KB_ID` fills it)"
+        return _("nothing pending: the queue is empty (`uploader enqueue DIR --kb KB_ID` fills it)")
     shown = {kb: states for kb, states in counts.items() if kb_id in (None, kb)}
     held = "; ".join(
-        f"{kb}: " + ", ".join(f"{state} {n:,}" for state, (n, _b) in sorted(states.items()) if n)
+        f"{kb}: "
+        + ", ".join(
+            f"{_state_word(JobState(state))} {n:,}"
+            for state, (n, _b) in sorted(states.items())
+            if n
+        )
         for kb, states in sorted(shown.items())
     )
-    line = f"nothing pending{f' for {kb_id}' if kb_id else ''} ({held})"
+    line = (
+        _("nothing pending for {kb} ({held})").format(kb=kb_id, held=held)
+        if kb_id
+        else _("nothing pending ({held})").format(held=held)
+    )
     elsewhere = _pending_elsewhere(await StatusStore(q.engine).host_counts(), host_id)
     if elsewhere:
         _left_to_no_one(await _pending_by_host(q, host_id, kb_id), host_id)
-        line += f"; {elsewhere:,} pending files were queued by other hosts (`run --shared`)"
+        line += _("; {n} pending files were queued by other hosts (`run --shared`)").format(
+            n=f"{elsewhere:,}"
+        )
     return line
 
 
@@ -1858,9 +1944,11 @@ def _left_to_no_one(pending: dict[str, int], host_id: str) -> None:
     hosts = ", ".join(f"{host} ({n:,})" for host, n in sorted(pending.items()))
     first = min(pending)
     raise UserError(
-        f"nothing pending for host {host_id}, but {total:,} pending files were queued by "
-        f"host {hosts}: if this machine sees their folders at the same paths, take them with "
-        f"`uploader --host-id {first} run`, or all hosts' with `uploader run --shared`"
+        _(
+            "nothing pending for host {host}, but {n} pending files were queued by host "
+            "{hosts}: if this machine sees their folders at the same paths, take them with "
+            "`uploader --host-id {first} run`, or all hosts' with `uploader run --shared`"
+        ).format(host=host_id, n=f"{total:,}", hosts=hosts, first=first)
     )
 
 
@@ -1868,19 +1956,29 @@ def _print_replaced(replaced: Any) -> None:
     """What became of the entries of changed files' old versions and of removed files."""
     if replaced.superseded:
         click.echo(
-            f"deleted {replaced.superseded} superseded entries (old versions of changed files)"
+            _("deleted {n} superseded entries (old versions of changed files)").format(
+                n=replaced.superseded
+            )
         )
     if replaced.removed:
         click.echo(
-            f"deleted {replaced.removed} entries of removed files (enqueue --delete-removed)"
+            _("deleted {n} entries of removed files (enqueue --delete-removed)").format(
+                n=replaced.removed
+            )
         )
     if replaced.kept:
-        click.echo(f"kept {replaced.kept} old versions of changed files (--keep-old-versions)")
+        click.echo(
+            _("kept {n} old versions of changed files (--keep-old-versions)").format(
+                n=replaced.kept
+            )
+        )
     if replaced.errors:
         click.echo(
             printable(
-                f"{len(replaced.errors)} superseded entries not deleted yet (the next `uploader "
-                f"run` tries again): {'; '.join(replaced.errors[:3])}"
+                _(
+                    "{n} superseded entries not deleted yet (the next `uploader run` tries "
+                    "again): {errors}"
+                ).format(n=len(replaced.errors), errors="; ".join(replaced.errors[:3]))
             )
         )
 
@@ -1978,13 +2076,12 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
         click.echo(printable(_("knowledge base {kb}: {total} files").format(kb=kb, total=total)))
         for state in JobState:
             v = states.get(state, {"files": 0, "bytes": 0})
-            row = _("  {state:<8} {files:>10,} files {size:>10}")
-            click.echo(
-                row.format(state=_state_word(state), files=v["files"], size=_human(v["bytes"]))
-            )
+            row = _("  {state} {files:>10,} files {size:>10}")
+            word = _pad(_state_word(state), 8)  # 完成 is as wide as `done`
+            click.echo(row.format(state=word, files=v["files"], size=_human(v["bytes"])))
         parsed = data["parsed"].get(kb)
         if parsed and set(parsed) != {"unseen"}:
-            click.echo(f"  parsed (as last seen): {_pairs(parsed)}")
+            click.echo(_("  parsed (as last seen): {counts}").format(counts=_pairs(parsed)))
         if kb in data["remote"]:
             click.echo(f"  {_remote_line(data['remote'][kb])}")
         waiting = data["content"].get(kb, {}).get("superseded", 0)
@@ -2109,9 +2206,13 @@ async def _skipped(q: Queue, kb_id: str | None) -> list[dict[str, Any]]:
 def _failed_line(item: dict[str, Any]) -> str:
     if item["kind"] == "parse_failed":
         why = item["last_error"] or ""
-        return f"{item['path']}  [parse failed, entry {item['entry']}] {why}".rstrip()
-    tries = f"{item['attempts']} attempt{'s' if item['attempts'] != 1 else ''}"
-    return f"{item['path']}  [{item['kind']}, {tries}] {item['last_error'] or ''}".rstrip()
+        line = _("{path}  [parse failed, entry {entry}] {why}")
+        return line.format(path=item["path"], entry=item["entry"], why=why).rstrip()
+    tries = ngettext("{n} attempt", "{n} attempts", item["attempts"]).format(n=item["attempts"])
+    line = _("{path}  [{kind}, {tries}] {why}")
+    return line.format(
+        path=item["path"], kind=item["kind"], tries=tries, why=item["last_error"] or ""
+    ).rstrip()
 
 
 @cli.command()
@@ -2134,7 +2235,7 @@ def status(ctx: Context, as_json: bool, failed: bool, skipped: bool, kb_id: str 
     files failed and why (`uploader retry-failed --kind KIND` puts them back); with
     --skipped, which files are not uploaded and why."""
     if failed and skipped:
-        raise UserError("--failed and --skipped are two lists: ask for one")
+        raise UserError(_("--failed and --skipped are two lists: ask for one"))
     if skipped:
         items = on_queue(ctx, lambda q: _skipped(q, kb_id), create=False)
         if as_json:
@@ -2155,7 +2256,7 @@ def status(ctx: Context, as_json: bool, failed: bool, skipped: bool, kb_id: str 
             click.echo(json.dumps(items, indent=2, ensure_ascii=False))
             return
         if not items:
-            click.echo("no file failed")
+            click.echo(_("no file failed"))
         for item in items:
             click.echo(printable(_failed_line(item)))
         return
@@ -2238,10 +2339,10 @@ def retry_failed(  # type: ignore[no-untyped-def]
         _retry_remote(ctx, kb_id, kind, matches, repair, **service)
         return
     if parser is not None:
-        raise UserError("--parser goes with --remote (it parses entries again)")
+        raise UserError(_("--parser goes with --remote (it parses entries again)"))
 
     n = on_queue(ctx, lambda q: q.retry_failed(kb_id, kind, matches), create=False)
-    ctx.echo(f"{n} failed files back to pending; run `uploader run` to upload them")
+    ctx.echo(_("{n} failed files back to pending; run `uploader run` to upload them").format(n=n))
 
 
 # --- forget ----------------------------------------------------------------------------------
@@ -2267,23 +2368,35 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
     async def body(q: Queue) -> dict[str, int]:
         counts = await StatusStore(q.engine).state_counts()
         if kb_id not in counts:
-            holds = f"the queue holds: {', '.join(sorted(counts))}" if counts else "it is empty"
-            raise UserError(f"the queue has no rows for {kb_id} ({holds})")
+            holds = (
+                _("the queue holds: {kbs}").format(kbs=", ".join(sorted(counts)))
+                if counts
+                else _("it is empty")
+            )
+            raise UserError(
+                _("the queue has no rows for {kb} ({holds})").format(kb=kb_id, holds=holds)
+            )
         return await q.forget_jobs(kb_id, matches, yes)
 
     counts = on_queue(ctx, body, create=False)
     running = counts.pop(JobState.RUNNING, 0)
     total = sum(counts.values())
-    states = ", ".join(f"{state} {counts[state]:,}" for state in JobState if counts.get(state))
-    verb = "dropped" if yes else "would drop"
+    states = ", ".join(
+        f"{_state_word(state)} {counts[state]:,}" for state in JobState if counts.get(state)
+    )
+    dropped = (
+        _("dropped {n} rows of {kb} from the queue")
+        if yes
+        else _("would drop {n} rows of {kb} from the queue")
+    )
     shown = f" ({states})" if total else ""
-    click.echo(f"{verb} {total:,} rows of {kb_id} from the queue{shown}")
+    click.echo(dropped.format(n=f"{total:,}", kb=kb_id) + shown)
     if running:
-        click.echo(f"{running:,} files a run is uploading now were left alone")
+        click.echo(_("{n} files a run is uploading now were left alone").format(n=f"{running:,}"))
     if counts.get(JobState.DONE):
-        click.echo("the uploaded files' entries stay in the knowledge base")
+        click.echo(_("the uploaded files' entries stay in the knowledge base"))
     if total and not yes:
-        click.echo("dry run: add --yes to drop them")
+        click.echo(_("dry run: add --yes to drop them"))
 
 
 # --- export-report ---------------------------------------------------------------------------
@@ -2308,14 +2421,23 @@ def export_report(ctx: Context, output: str | None) -> None:
         except BrokenPipeError:
             raise  # `-o - | head`: the group's quiet 141, not a write error
         except OSError as exc:
-            raise UserError(f"cannot write report {target}: {exc.strerror}") from None
+            raise UserError(
+                _("cannot write report {target}: {why}").format(target=target, why=exc.strerror)
+            ) from None
 
     summary = on_queue(ctx, body, create=False)
     if target != "-":
         click.echo(
-            f"report written to {target}: {summary['successful_uploads']} uploaded, "
-            f"{summary['failed_uploads']} failed, {summary['pending']} pending, "
-            f"{summary['skipped']} skipped"
+            _(
+                "report written to {target}: {uploaded} uploaded, {failed} failed, "
+                "{pending} pending, {skipped} skipped"
+            ).format(
+                target=target,
+                uploaded=summary["successful_uploads"],
+                failed=summary["failed_uploads"],
+                pending=summary["pending"],
+                skipped=summary["skipped"],
+            )
         )
 
 
@@ -2356,8 +2478,10 @@ def _check_service(api_key: str | None, base_url: str, allow_http: bool, what: s
     bad = next((c for c in api_key if not c.isprintable() or ord(c) > 0xFF), None)
     if bad is not None:
         raise UserError(
-            f"the API key contains character U+{ord(bad):04X}, which cannot be sent (a stray line"
-            " end from a .env file?): check --api-key or MAIAGENT_API_KEY"
+            _(
+                "the API key contains character U+{code}, which cannot be sent (a stray line end "
+                "from a .env file?): check --api-key or MAIAGENT_API_KEY"
+            ).format(code=f"{ord(bad):04X}")
         )
     try:
         warning = client.check_base_url(base_url, allow_http)
@@ -2370,8 +2494,11 @@ def _check_service(api_key: str | None, base_url: str, allow_http: bool, what: s
         # A command line is readable by every local user while the command runs (`ps`): said
         # to the person who typed it (a script's stderr keeps its one line per error).
         click.echo(
-            "warning: a key given by --api-key is visible to every user of this machine in the "
-            "process list while the command runs: set MAIAGENT_API_KEY or use --api-key-file",
+            _(
+                "warning: a key given by --api-key is visible to every user of this machine in "
+                "the process list while the command runs: set MAIAGENT_API_KEY or use "
+                "--api-key-file"
+            ),
             err=True,
         )
 
@@ -2400,7 +2527,7 @@ async def _kbs(q: Queue, kb_id: str | None) -> list[str]:
         return [kb_id]
     kbs = sorted(await StatusStore(q.engine).state_counts())
     if not kbs:
-        raise UserError("the queue is empty: pass --kb KB_ID")
+        raise UserError(_("the queue is empty: pass --kb KB_ID"))
     return kbs
 
 
@@ -2451,33 +2578,41 @@ def _pairs(counts: dict[str, int]) -> str:
 def _remote_line(verification: dict[str, Any]) -> str:
     """`status`'s summary of the last verify of one knowledge base."""
     c = verification["counts"]
-    return (
-        f"remote (verify of {_when(verification['ended_at'])}): {_pairs(c['files'])}; "
-        f"extra {c['extra']:,}, duplicates {c['duplicates']:,}"
+    return _("remote (verify of {when}): {counts}; extra {extra}, duplicates {duplicates}").format(
+        when=_when(verification["ended_at"]),
+        counts=_pairs(c["files"]),
+        extra=f"{c['extra']:,}",
+        duplicates=f"{c['duplicates']:,}",
     )
 
 
 def _item_line(kind: str, item: VerificationItem) -> str:
     path, file_id, filename, size, status, kept_id = item
     if kind in ("missing", "failed"):
-        return f"{display(path) if path else filename} (entry {file_id})"
+        return _("{file} (entry {id})").format(file=display(path) if path else filename, id=file_id)
     shown = f"{filename} ({'?' if size is None else f'{size:,} B'}, {status or '?'})"
     if kind == "duplicate":
-        return f"{shown}: entry {file_id}, a copy of {kept_id}"
+        return _("{file}: entry {id}, a copy of {kept}").format(
+            file=shown, id=file_id, kept=kept_id
+        )
     if kind == "superseded":
         local = display(path) if path else "?"
         if kept_id is None:
-            return f"{shown}: entry {file_id} of {local}, removed from its folder"
-        return f"{shown}: entry {file_id}, the old version of {local} (now {kept_id})"
-    return f"{shown}: entry {file_id}"
+            return _("{file}: entry {id} of {local}, removed from its folder").format(
+                file=shown, id=file_id, local=local
+            )
+        return _("{file}: entry {id}, the old version of {local} (now {kept})").format(
+            file=shown, id=file_id, local=local, kept=kept_id
+        )
+    return _("{file}: entry {id}").format(file=shown, id=file_id)
 
 
 _LISTS = (
-    ("missing", "missing (uploaded, entry gone)"),
-    ("failed", "failed parsing"),
-    ("duplicate", "duplicates (surplus copies)"),
-    ("superseded", "superseded (old versions of changed files, still present)"),
-    ("extra", "extra (not uploaded from this database)"),
+    ("missing", N_("missing (uploaded, entry gone)")),
+    ("failed", N_("failed parsing")),
+    ("duplicate", N_("duplicates (surplus copies)")),
+    ("superseded", N_("superseded (old versions of changed files, still present)")),
+    ("extra", N_("extra (not uploaded from this database)")),
 )
 
 
@@ -2492,40 +2627,45 @@ async def _print_lists(q: Queue, v: reconcile.Verification, reasons: dict[str, s
             total = c[kind]
         if not total:
             continue
-        click.echo(f"  {title}:")
+        click.echo(_("  {title}:").format(title=_(title)))
         async for row in StatusStore(q.engine).verification_items(v.id, kind, LIST_SHOWN):
             why = reasons.get(row.file_id or "") if kind == "failed" else None
             line = _item_line(kind, row) + (f": {why}" if why else "")
             click.echo(f"    {printable(line)}")
         if total > LIST_SHOWN:
-            click.echo(f"    ... and {total - LIST_SHOWN:,} more (uploader export-report)")
+            click.echo(
+                _("    ... and {n} more (uploader export-report)").format(
+                    n=f"{total - LIST_SHOWN:,}"
+                )
+            )
 
 
 def _verdict(c: dict[str, Any]) -> str:
     if c["ok"]:
-        return "OK: every file is in the knowledge base once, parsed"
+        return _("OK: every file is in the knowledge base once, parsed")
     files = c["files"]
     problems = {
-        "failed parsing": files["failed"],
-        "missing": files["missing"],
-        "still parsing": files["initial"] + files["processing"],
-        "being deleted (not present, not missing yet)": files.get("deleting", 0),
-        "duplicated": c["duplicates"],
-        "superseded": c["superseded"],
-        "not uploaded": c["not_uploaded"],
-        "with other labels or metadata": c.get("tag_mismatches", 0),
+        _("{n} failed parsing"): files["failed"],
+        _("{n} missing"): files["missing"],
+        _("{n} still parsing"): files["initial"] + files["processing"],
+        _("{n} being deleted (not present, not missing yet)"): files.get("deleting", 0),
+        _("{n} duplicated"): c["duplicates"],
+        _("{n} superseded"): c["superseded"],
+        _("{n} not uploaded"): c["not_uploaded"],
+        _("{n} with other labels or metadata"): c.get("tag_mismatches", 0),
     }
-    found = ", ".join(f"{n:,} {what}" for what, n in problems.items() if n)
+    found = ", ".join(what.format(n=f"{n:,}") for what, n in problems.items() if n)
     hints = []
     if files["failed"] or files["missing"]:
-        hints.append("`uploader retry-failed --remote` then `uploader run` upload them again")
+        hints.append(_("`uploader retry-failed --remote` then `uploader run` upload them again"))
     if c["duplicates"]:
-        hints.append("`uploader dedupe` shows the copies it would delete")
+        hints.append(_("`uploader dedupe` shows the copies it would delete"))
     if c["superseded"]:
-        hints.append("`uploader run` deletes the old versions")
+        hints.append(_("`uploader run` deletes the old versions"))
     if c["timed_out"]:
-        hints.append("--wait timed out")
-    return f"NOT OK: {found or 'see above'}" + "".join(f"; {h}" for h in hints)
+        hints.append(_("--wait timed out"))
+    verdict = _("NOT OK: {problems}").format(problems=found or _("see above"))
+    return verdict + "".join(f"; {h}" for h in hints)
 
 
 async def _print_verification(
@@ -2534,49 +2674,79 @@ async def _print_verification(
     c = v.counts
     files = c["files"]
     if ctx.quiet:  # the verdict alone: its exit code says the rest
-        click.echo(printable(f"knowledge base {v.kb_id}: {_verdict(c)}"))
+        click.echo(
+            printable(_("knowledge base {kb}: {verdict}").format(kb=v.kb_id, verdict=_verdict(c)))
+        )
         return
-    click.echo(printable(f"knowledge base {v.kb_id}: {c['entries']:,} entries"))
-    click.echo(f"  remote      {_pairs(c['remote'])}")
     click.echo(
-        f"  our files   {sum(files.values()):,} uploaded: {_pairs(files)}; "
-        f"{c['not_uploaded']:,} not uploaded"
+        printable(_("knowledge base {kb}: {n} entries").format(kb=v.kb_id, n=f"{c['entries']:,}"))
     )
-    click.echo(f"  extra       {c['extra']:,} entries not uploaded from this database")
-    duplicates = f"{c['duplicates']:,} surplus copies in {c['duplicate_groups']:,} groups"
+    click.echo(_("  remote      {counts}").format(counts=_pairs(c["remote"])))
+    click.echo(
+        _("  our files   {n} uploaded: {counts}; {not_uploaded} not uploaded").format(
+            n=f"{sum(files.values()):,}",
+            counts=_pairs(files),
+            not_uploaded=f"{c['not_uploaded']:,}",
+        )
+    )
+    click.echo(
+        _("  extra       {n} entries not uploaded from this database").format(n=f"{c['extra']:,}")
+    )
+    duplicates = _("{n} surplus copies in {groups} groups").format(
+        n=f"{c['duplicates']:,}", groups=f"{c['duplicate_groups']:,}"
+    )
     if c["extra_duplicates"]:
-        duplicates += f" (and {c['extra_duplicates']:,} among extra entries)"
-    click.echo(f"  duplicates  {duplicates}")
-    superseded = f"{c['superseded']:,} old versions of changed files still present"
+        duplicates += _(" (and {n} among extra entries)").format(n=f"{c['extra_duplicates']:,}")
+    click.echo(_("  duplicates  {duplicates}").format(duplicates=duplicates))
+    superseded = _("{n} old versions of changed files still present").format(
+        n=f"{c['superseded']:,}"
+    )
     if c["old_versions_kept"]:
-        superseded += f" (and {c['old_versions_kept']:,} kept: --keep-old-versions)"
-    click.echo(f"  superseded  {superseded}")
+        superseded += _(" (and {n} kept: --keep-old-versions)").format(
+            n=f"{c['old_versions_kept']:,}"
+        )
+    click.echo(_("  superseded  {superseded}").format(superseded=superseded))
     if c.get("copies_deleted"):
         click.echo(
-            f"  repaired    deleted {c['copies_deleted']:,} second entries of one upload (the "
-            "same S3 key as a file's entry: a register that landed after its answer was lost;"
-            " --no-repair leaves them)"
+            _(
+                "  repaired    deleted {n} second entries of one upload (the same S3 key as a "
+                "file's entry: a register that landed after its answer was lost; --no-repair "
+                "leaves them)"
+            ).format(n=f"{c['copies_deleted']:,}")
         )
     if c.get("tag_mismatches"):
         click.echo(
-            f"  labels      {c['tag_mismatches']:,} entries carry other labels or metadata than"
-            " their files ask (give `uploader enqueue` the same --label/--metadata/--manifest"
-            " again, then `uploader run`)"
+            _(
+                "  labels      {n} entries carry other labels or metadata than their files ask "
+                "(give `uploader enqueue` the same --label/--metadata/--manifest again, then "
+                "`uploader run`)"
+            ).format(n=f"{c['tag_mismatches']:,}")
         )
         for m in c["tag_mismatch_examples"]:
             click.echo(
                 printable(
-                    f"    {m['file']}: asks {m['labels']} {m['metadata']},"
-                    f" entry has {m['entry_labels']} {m['entry_metadata']}"
+                    _(
+                        "    {file}: asks {labels} {metadata}, entry has {entry_labels} "
+                        "{entry_metadata}"
+                    ).format(
+                        file=m["file"],
+                        labels=m["labels"],
+                        metadata=m["metadata"],
+                        entry_labels=m["entry_labels"],
+                        entry_metadata=m["entry_metadata"],
+                    )
                 )
             )
     if c.get("gone_from_disk"):
         shown = ", ".join(c["gone_from_disk_examples"])
+        if c["gone_from_disk"] > len(c["gone_from_disk_examples"]):
+            shown += ", ..."
         click.echo(
             printable(
-                f"  on disk     {c['gone_from_disk']:,} uploaded files no longer exist ({shown}"
-                f"{', ...' if c['gone_from_disk'] > len(c['gone_from_disk_examples']) else ''}):"
-                " their entries stay; `uploader enqueue DIR --delete-removed` deletes them"
+                _(
+                    "  on disk     {n} uploaded files no longer exist ({files}): their entries "
+                    "stay; `uploader enqueue DIR --delete-removed` deletes them"
+                ).format(n=f"{c['gone_from_disk']:,}", files=shown)
             )
         )
     await _print_lists(q, v, reasons)
@@ -2642,7 +2812,7 @@ def verify(
 
     async def shown(q: Queue, _kb: str, found: _Verified) -> None:
         for note in notes.said:
-            click.echo(f"warning: {note}", err=True)
+            click.echo(_("warning: {note}").format(note=note), err=True)
         notes.said.clear()
         await _print_verification(q, ctx, found.verification, found.reasons)
 
@@ -2679,38 +2849,52 @@ def _print_dedupe(ctx: Context, kb: str, result: reconcile.Dedupe, yes: bool) ->
     doomed = {e.id for e in result.doomed}
     groups = [g for g in result.groups if any(e.id in doomed for e in g.surplus)]
     click.echo(
-        f"knowledge base {kb}: {len(doomed):,} surplus copies in {len(groups):,} duplicate groups"
+        _("knowledge base {kb}: {n} surplus copies in {groups} duplicate groups").format(
+            kb=kb, n=f"{len(doomed):,}", groups=f"{len(groups):,}"
+        )
     )
-    verb = "delete" if yes else "would delete"
+    group_line = (
+        _("  {file} ({size}){origin}: keep {keep}; delete {ids}")
+        if yes
+        else _("  {file} ({size}){origin}: keep {keep}; would delete {ids}")
+    )
     if any(g.extra for g in groups):
         click.echo(
-            "warning: entries not uploaded from this database are grouped by filename and size "
-            "only, which does not prove they are copies (two different documents can share "
-            "both); groups that share a name and size with an entry of this database are left "
-            "alone",
+            _(
+                "warning: entries not uploaded from this database are grouped by filename and "
+                "size only, which does not prove they are copies (two different documents can "
+                "share both); groups that share a name and size with an entry of this database "
+                "are left alone"
+            ),
             err=True,
         )
     if not ctx.quiet:
         for g in groups:
             size = "?" if g.size is None else f"{g.size:,} B"
-            origin = " (extra entries, same name and size)" if g.extra else ""
+            origin = _(" (extra entries, same name and size)") if g.extra else ""
             click.echo(
                 printable(
-                    f"  {g.filename} ({size}){origin}: keep {g.keep}; "
-                    f"{verb} {', '.join(e.id for e in g.surplus)}"
+                    group_line.format(
+                        file=g.filename,
+                        size=size,
+                        origin=origin,
+                        keep=g.keep,
+                        ids=", ".join(e.id for e in g.surplus),
+                    )
                 )
             )
     if result.spared_extra:
         click.echo(
-            f"  {result.spared_extra:,} copies among extra entries left alone "
-            "(--include-extra deletes them)"
+            _("  {n} copies among extra entries left alone (--include-extra deletes them)").format(
+                n=f"{result.spared_extra:,}"
+            )
         )
     for error in result.errors[:LIST_SHOWN]:
-        click.echo(printable(f"error: {error}"), err=True)
+        click.echo(printable(_("error: {message}").format(message=error)), err=True)
     if yes:
-        click.echo(f"  deleted {result.deleted:,} entries")
+        click.echo(_("  deleted {n} entries").format(n=f"{result.deleted:,}"))
     elif doomed:
-        click.echo("  dry run, nothing deleted: `uploader dedupe --yes` deletes them")
+        click.echo(_("  dry run, nothing deleted: `uploader dedupe --yes` deletes them"))
 
 
 @cli.command()
@@ -2810,7 +2994,7 @@ def _retry_remote(
 ) -> None:
     """retry-failed --remote: the entries last seen failed, stuck or missing."""
     if kind:
-        raise UserError("--kind selects local failures; it does not go with --remote")
+        raise UserError(_("--kind selects local failures; it does not go with --remote"))
     _check_service(api_key, base_url, allow_http, "retry-failed --remote")
     assert api_key is not None
 
@@ -2827,7 +3011,7 @@ def _retry_remote(
 
     done = on_queue_and_service(ctx, api_key, base_url, body)
     for note in done.notes.said:
-        click.echo(f"warning: {note}", err=True)
+        click.echo(_("warning: {note}").format(note=note), err=True)
     if done.reparsed:
         ctx.echo(
             _(
@@ -2842,19 +3026,30 @@ def _retry_remote(
         )
     r = done.retry
     ctx.echo(
-        f"{r.requeued:,} files back to pending ({r.deleted:,} failed entries deleted); "
-        "run `uploader run` to upload them again"
+        _(
+            "{n} files back to pending ({deleted} failed entries deleted); run `uploader run` "
+            "to upload them again"
+        ).format(n=f"{r.requeued:,}", deleted=f"{r.deleted:,}")
     )
     if not (r.requeued or r.busy or r.recovered or r.errors or done.reparsed):
-        ctx.echo("(`uploader verify` finds the entries that failed or are missing)")
+        ctx.echo(_("(`uploader verify` finds the entries that failed or are missing)"))
     if r.busy:
-        ctx.echo(f"{r.busy:,} entries are being processed again: left as they are")
+        ctx.echo(
+            _("{n} entries are being processed again: left as they are").format(n=f"{r.busy:,}")
+        )
     if r.recovered:
-        ctx.echo(f"{r.recovered:,} entries are no longer failed or missing: left as they are")
+        ctx.echo(
+            _("{n} entries are no longer failed or missing: left as they are").format(
+                n=f"{r.recovered:,}"
+            )
+        )
     for error in r.errors[:LIST_SHOWN]:
-        click.echo(printable(f"error: {error}"), err=True)
+        click.echo(printable(_("error: {message}").format(message=error)), err=True)
     if r.errors:
-        click.echo(f"{len(r.errors):,} entries could not be deleted; try again later", err=True)
+        click.echo(
+            _("{n} entries could not be deleted; try again later").format(n=f"{len(r.errors):,}"),
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -2880,20 +3075,32 @@ def kbs(api_key: str, base_url: str, allow_http: bool, as_json: bool) -> None:
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
         return
     if not found:
-        click.echo("no knowledge base is visible to this API key")
+        click.echo(_("no knowledge base is visible to this API key"))
         return
     rows = [(printable(k.id), printable(k.name), k.files_count) for k in found]
-    width = max(len("ID"), *(len(kb) for kb, _name, _n in rows))
-    name_width = max(len("NAME"), *(len(name) for _kb, name, _n in rows))
-    click.echo(f"{'ID':<{width}}  {'NAME':<{name_width}}  {'FILES':>9}")
+    heads = (_("ID"), _("NAME"), _("FILES"))
+    width = max(_columns(heads[0]), *(_columns(kb) for kb, _name, _n in rows))
+    name_width = max(_columns(heads[1]), *(_columns(name) for _kb, name, _n in rows))
+    click.echo(f"{_pad(heads[0], width)}  {_pad(heads[1], name_width)}  {_pad(heads[2], 9, True)}")
     for kb, name, count in rows:
         files = "?" if count is None else f"{count:,}"
-        click.echo(f"{kb:<{width}}  {name:<{name_width}}  {files:>9}")
+        click.echo(f"{_pad(kb, width)}  {_pad(name, name_width)}  {files:>9}")
+
+
+def _columns(text: str) -> int:
+    """The columns a terminal gives `text`: a Chinese character takes two (a knowledge base
+    named 合約 is as wide as `abcd`)."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int, right: bool = False) -> str:
+    fill = " " * max(width - _columns(text), 0)
+    return fill + text if right else text + fill
 
 
 def _step_line(step: checkup.StepResult) -> str:
-    verdict = "ok" if step.ok else "FAILED"
-    return f"  {str(step.step):<15} {verdict:<6} {step.seconds:6.2f}s  {step.saw}"
+    verdict = _("ok") if step.ok else _("FAILED")
+    return f"  {str(step.step):<15} {_pad(verdict, 6)} {step.seconds:6.2f}s  {step.saw}"
 
 
 @cli.command()
@@ -2931,8 +3138,12 @@ def check(
     """
     _check_service(api_key, base_url, allow_http, "check")
     if not as_json:
-        mode = "dry run, reads only" if dry_run else "probe upload"
-        click.echo(f"checking knowledge base {kb_id} at {base_url} ({mode})")
+        checking = (
+            _("checking knowledge base {kb} at {url} (dry run, reads only)")
+            if dry_run
+            else _("checking knowledge base {kb} at {url} (probe upload)")
+        )
+        click.echo(checking.format(kb=kb_id, url=base_url))
 
     def on_step(step: checkup.StepResult) -> None:
         if not as_json:
@@ -2957,22 +3168,30 @@ def check(
     code = result.exit_code
     if code is ExitCode.UNREACHABLE:
         assert result.error is not None
-        click.echo(
-            printable(f"Error: {outage.ServiceUnreachable.at_start(result.error)}"), err=True
-        )
+        unreachable = outage.ServiceUnreachable.at_start(result.error)
+        click.echo(printable(_("Error: {message}").format(message=unreachable)), err=True)
     elif result.error is not None:
-        click.echo(printable(f"Error: {result.error}"), err=True)
+        click.echo(printable(_("Error: {message}").format(message=result.error)), err=True)
     if result.left_behind:
         click.echo(
             printable(
-                f"Error: probe entries left behind in {kb_id}: {'; '.join(result.left_behind)}"
+                _("Error: probe entries left behind in {kb}: {entries}").format(
+                    kb=kb_id, entries="; ".join(result.left_behind)
+                )
             ),
             err=True,
         )
     if not as_json and code == 0:
-        done = "the key and the knowledge base answer" if dry_run else "the upload path works"
-        kept = f"; what it learned is kept in {ctx.shown_db} for `uploader run`" if stored else ""
-        click.echo(f"OK: {done}{kept}")
+        done = (
+            _("OK: the key and the knowledge base answer")
+            if dry_run
+            else _("OK: the upload path works")
+        )
+        if stored:
+            done += _("; what it learned is kept in {db} for `uploader run`").format(
+                db=ctx.shown_db
+            )
+        click.echo(done)
     if code:
         sys.exit(code)
 

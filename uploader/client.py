@@ -94,7 +94,7 @@ class RateLimiter:
 
     def __init__(self, rate: float | None = None) -> None:
         if rate is not None and rate <= 0:
-            raise ValueError("rate limit must be positive")
+            raise ValueError("rate limit must be positive")  # a programming error, not shown
         self._interval = 1.0 / rate if rate else 0.0
         self._next_slot = 0.0
         self._resume_at = 0.0
@@ -646,6 +646,7 @@ class _FilePart(aiohttp.Payload):
             length = min(self._length - offset, _CHUNK)
             chunk = await loop.run_in_executor(None, _read_hashed, fd, length, offset, digest)
             if not chunk:
+                # not shown: said as _changed's message
                 raise _Shrank("file shrank while it was being uploaded")
             await _write(writer, chunk, self._progress, self._bandwidth)
             offset += len(chunk)
@@ -1230,7 +1231,7 @@ class MaiAgentClient:
         self, op: str, status: int, body: bytes, kb_id: str | None, unsafe: bool
     ) -> ApiError:
         detail = _detail(body)
-        suffix = f": {detail}" if detail else ""
+        suffix = _(": {detail}").format(detail=detail) if detail else ""
         if status in (401, 403):
             return self._error(
                 _("API key rejected (HTTP {status}){detail}").format(status=status, detail=suffix),
@@ -1285,7 +1286,7 @@ class MaiAgentClient:
 
     def _s3_error(self, status: int, body: bytes, retry_after: float | None) -> ApiError:
         code, detail = _s3_code(body), _detail(body)
-        suffix = f": {detail or code}" if detail or code else ""
+        suffix = _(": {detail}").format(detail=detail or code) if detail or code else ""
         if status == 429 or status >= 500:
             message = _("S3 upload failed (HTTP {status}){detail}").format(
                 status=status, detail=suffix
