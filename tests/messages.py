@@ -77,6 +77,10 @@ CLICK_SHOWN = {
 }
 
 
+# click's words it translates from a variable (`_(extra["required"])`): no extractor sees them.
+CLICK_BY_NAME = ("required",)
+
+
 def _extracted(folder: Path, keep: set[str] | None = None) -> Iterator[Message]:
     for _file, _line, message, _comments, _context in extract_from_dir(
         str(folder), method_map=[("**.py", "python")], keywords=KEYWORDS
@@ -93,6 +97,7 @@ def messages() -> dict[str, Message]:
         *_extracted(ROOT / "uploader"),
         *i18n.help_messages(cli),
         *_extracted(Path(click.__file__).parent, CLICK_SHOWN),
+        *CLICK_BY_NAME,
     ):
         found.setdefault(message[0] if isinstance(message, tuple) else message, message)
     return found
