@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 
 from . import printable
+from .i18n import _
 
 NOTICE = 25  # rclone's default level: warnings and errors, not every file's progress
 logging.addLevelName(NOTICE, "NOTICE")
@@ -61,7 +62,9 @@ class RunLog(logging.FileHandler):
     def _break(self) -> None:
         if not self._broken:
             self._broken = True
-            self._on_broken(f"the log {self.baseFilename} cannot be written any more")
+            self._on_broken(
+                _("the log {path} cannot be written any more").format(path=self.baseFilename)
+            )
 
 
 def default_path(anchor: str) -> str:

@@ -153,7 +153,12 @@ class Router:
         value = found.get(scheme) or found.get("all")
         if not value:
             return None
-        return parse_proxy(value, f"the proxy for {scheme} URLs ({_variable(scheme)})")
+        return parse_proxy(
+            value,
+            _("the proxy for {scheme} URLs ({variable})").format(
+                scheme=scheme, variable=_variable(scheme)
+            ),
+        )
 
 
 def _bypassed(host: str) -> bool:
@@ -186,13 +191,15 @@ def is_proxy_host(host: str) -> bool:
 def unresolved(host: str, error: socket.gaierror, proxy: bool) -> str:
     """A name the resolver does not know: on a company network that reaches the internet
     only through a proxy, what the user is missing is the proxy."""
-    why = (error.strerror or "name lookup failed").lower()
+    why = (error.strerror or _("name lookup failed")).lower()
     if proxy:
-        return f"cannot resolve the proxy's name {host} ({why}): check --proxy or HTTPS_PROXY"
-    return (
-        f"cannot resolve {host} ({why}): is the name right? If this network reaches the"
-        " internet through a proxy, set HTTPS_PROXY or pass --proxy URL"
-    )
+        return _(
+            "cannot resolve the proxy's name {host} ({why}): check --proxy or HTTPS_PROXY"
+        ).format(host=host, why=why)
+    return _(
+        "cannot resolve {host} ({why}): is the name right? If this network reaches the "
+        "internet through a proxy, set HTTPS_PROXY or pass --proxy URL"
+    ).format(host=host, why=why)
 
 
 def check_environment() -> None:
@@ -240,5 +247,5 @@ def ssl_cert_file_problem() -> str | None:
     every HTTPS request would then fail with a puzzling certificate error."""
     path = os.environ.get("SSL_CERT_FILE")
     if path and not os.path.isfile(path):
-        return f"SSL_CERT_FILE names {path}, which is not a readable file"
+        return _("SSL_CERT_FILE names {path}, which is not a readable file").format(path=path)
     return None

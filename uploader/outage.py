@@ -54,6 +54,7 @@ import aiohttp
 
 from uploader import network
 from uploader.errors import ApiError, Unreachable
+from uploader.i18n import _
 from uploader.model import ErrorKind
 
 log = logging.getLogger("uploader.outage")
@@ -95,7 +96,7 @@ class Outage:
     @property
     def message(self) -> str:
         clock = time.strftime("%H:%M:%S", time.localtime(self.since))
-        return f"service unreachable since {clock}: {self.reason}"
+        return _("service unreachable since {clock}: {why}").format(clock=clock, why=self.reason)
 
 
 class ServiceUnreachable(Unreachable):
@@ -112,7 +113,9 @@ class ServiceUnreachable(Unreachable):
     def at_start(cls, error: BaseException) -> ServiceUnreachable:
         """A service the run could not reach at all: "cannot reach HOST:PORT (why)"."""
         reason = describe(error)
-        message = reason if reason.startswith("cannot ") else f"service unreachable: {reason}"
+        message = reason  # "cannot reach HOST:PORT (why)", "cannot resolve HOST (why)"
+        if _connector_error(error) is None:
+            message = _("service unreachable: {why}").format(why=reason)
         return cls(Outage(time.time(), reason), message)
 
 
@@ -135,24 +138,35 @@ def classify(error: BaseException) -> Evidence:
     return Evidence.NEUTRAL
 
 
+def _connector_error(error: BaseException) -> aiohttp.ClientConnectorError | None:
+    """The connection that could not be made, also behind the client's `ApiError`."""
+    cause = error.__cause__
+    if isinstance(error, ApiError) and isinstance(cause, aiohttp.ClientConnectorError):
+        return cause
+    return error if isinstance(error, aiohttp.ClientConnectorError) else None
+
+
 def describe(error: BaseException) -> str:
     """One line for the outage message: "cannot reach 127.0.0.1:8080 (connection refused)"
     rather than aiohttp's "Cannot connect to host … ssl:default [Connect call failed …]"
     (also when the client's `ApiError` wraps that error: it is the error's cause)."""
-    cause = error.__cause__
-    if isinstance(error, ApiError) and isinstance(cause, aiohttp.ClientConnectorError):
-        error = cause
-    if isinstance(error, aiohttp.ClientConnectorError):
-        os_error = error.os_error
+    connector = _connector_error(error)
+    if connector is not None:
+        error = connector
+        os_error = connector.os_error
         via = network.is_proxy_host(error.host)
         if isinstance(os_error, socket.gaierror):
             return network.unresolved(error.host, os_error, via)
         code = os_error.errno if isinstance(os_error, OSError) else None
-        why = os.strerror(code).lower() if code else "connection failed"
+        why = os.strerror(code).lower() if code else _("connection failed")
         if code == errno.ECONNREFUSED:
-            why = "connection refused"
-        what = "the proxy " if via else ""
-        return f"cannot reach {what}{error.host}:{error.port} ({why})"
+            why = _("connection refused")
+        cannot = (
+            _("cannot reach the proxy {host}:{port} ({why})")
+            if via
+            else _("cannot reach {host}:{port} ({why})")
+        )
+        return cannot.format(host=connector.host, port=connector.port, why=why)
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:_REASON_CHARS]
 
@@ -396,7 +410,7 @@ class OutageGate:
         try:
             await asyncio.wait_for(self._probe(), timeout)
         except asyncio.TimeoutError:
-            return f"the probe had no answer within {timeout:.3g} s"
+            return _("the probe had no answer within {seconds:.3g} s").format(seconds=timeout)
         except Exception as exc:
             evidence = classify(exc)
             if evidence is Evidence.ANSWER:

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import IO, Any, cast
 
 from . import osfiles, tags
+from .i18n import _
 from .model import DeletionRow, DoneRow, FailedRow, SkippedRow, VerificationItem
 from .queue import Queue, anchor, is_url, redact
 from .scan import display
@@ -245,4 +246,4 @@ def _ensure_folder(folder: str, db_path: str) -> None:
     if folder == _default_folder(db_path):
         os.makedirs(folder, mode=0o700, exist_ok=True)
     elif not os.path.lexists(folder):
-        raise FileNotFoundError(errno.ENOENT, f"folder {folder} does not exist")
+        raise FileNotFoundError(errno.ENOENT, _("folder {path} does not exist").format(path=folder))

@@ -20,7 +20,7 @@ import bracex
 from wcmatch import glob
 
 from . import filetypes, paths, queue
-from .i18n import _
+from .i18n import N_, _
 from .manifest import ManifestError, read_manifest, resolve
 from .moves import Moves
 from .queue import EnqueueCounts, ScanRow
@@ -64,7 +64,7 @@ def display(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
-NOT_UTF8 = (
+NOT_UTF8 = N_(
     "the name is not valid UTF-8: give its encoding with --filename-encoding (cp950 for Big5)"
 )
 _SHOWN_UNDECODABLE = 5
@@ -351,7 +351,7 @@ class ScanStats:
     undecodable_shown: list[str] = field(default_factory=list)  # the first few, escaped
 
     def count_undecodable(self, row: ScanRow) -> None:
-        if row.skip == NOT_UTF8:
+        if row.skip == _(NOT_UTF8):
             self.undecodable += 1
             if len(self.undecodable_shown) < _SHOWN_UNDECODABLE:
                 self.undecodable_shown.append(row.relpath)
@@ -470,9 +470,11 @@ def _file_row(
     if filters.types is not None:
         refused = filetypes.refusal(shown or display(rel), filters.types)
     if text is None:
-        skip = NOT_UTF8
+        skip = _(NOT_UTF8)
     elif filters.max_size is not None and st.st_size > filters.max_size:
-        skip = f"larger than --max-size ({st.st_size} > {filters.max_size} bytes)"
+        skip = _("larger than --max-size ({size} > {limit} bytes)").format(
+            size=st.st_size, limit=filters.max_size
+        )
     elif refused is not None:
         skip = refused
         stats.unsupported[filetypes.extension(shown or display(rel))] += 1
