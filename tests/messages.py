@@ -340,6 +340,28 @@ def unwrapped(folder: Path = ROOT / "uploader") -> list[str]:
     return sorted(set(found))
 
 
+LOGGERS = re.compile(r"(\w+_)?log(ger)?")
+LOG_CALLS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+
+
+def translated_logs(folder: Path = ROOT / "uploader") -> list[str]:
+    """`file:line` of every log call given a message through `_()`: log lines stay English."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LOG_CALLS
+                and LOGGERS.fullmatch(_name(node.func.value) or "")
+            ):
+                continue
+            inner = [n for arg in node.args for n in ast.walk(arg) if isinstance(n, ast.Call)]
+            if any(_name(call.func) in WRAPPERS for call in inner):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
 if __name__ == "__main__":
     for lang in LANGS:
         total, missing = update(lang)
