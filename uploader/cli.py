@@ -3050,7 +3050,7 @@ def _retry_remote(
             _("{n} entries could not be deleted; try again later").format(n=f"{len(r.errors):,}"),
             err=True,
         )
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
 
 
 # --- kbs, check ------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ class Outcome:
     outcome: OutcomeKind
     ended_at: float
     run_id: int | None = None
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     error: str | None = None
     file_id: str | None = None
     s3_key: str | None = None
