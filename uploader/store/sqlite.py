@@ -66,6 +66,13 @@ def _create_private(path: str) -> None:
         ) from None
 
 
+def _read_only(exc: sqlite3.DatabaseError) -> bool:
+    """A write refused because the file, its folder (where the -wal and -shm files go) or
+    the share it is on cannot be written."""
+    text = str(exc)
+    return "readonly" in text or "read-only" in text or "unable to open" in text
+
+
 def explain(path: str, exc: sqlite3.DatabaseError) -> str:
     text = str(exc)
     if "not a database" in text or "malformed" in text:
@@ -73,6 +80,11 @@ def explain(path: str, exc: sqlite3.DatabaseError) -> str:
             "{path} is not a usable uploader database ({why}); move it aside and run "
             "`uploader enqueue DIR` again to start a new one"
         ).format(path=path, why=text)
+    if "readonly" in text:
+        return _(
+            "database {path} is read-only (its file, its folder or the share it is on): this "
+            "command writes to it; status and export-report only read"
+        ).format(path=path)
     if "locked" in text or "busy" in text:
         return _(
             "database {path} is locked by another process; try again when it has finished"
@@ -158,12 +170,45 @@ class SqliteEngine(Engine):
             await conn.execute("PRAGMA foreign_keys = ON")
             await engine._migrate()
         except sqlite3.DatabaseError as exc:
+            if _read_only(exc):
+                return await cls._open_read_only(conn, path)
             await conn.close()
             raise QueueError(explain(path, exc)) from None
         except BaseException:
             await conn.close()
             raise
         return engine
+
+    @classmethod
+    async def _open_read_only(cls, first: aiosqlite.Connection, path: str) -> SqliteEngine:
+        """The database opened for reading only (status, export-report): without the WAL
+        index file when its folder cannot hold one (immutable: nobody can write it either).
+        A schema this version would migrate cannot be, and is refused in one line."""
+        await first.close()
+        uri = Path(os.path.abspath(path)).as_uri()
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            conn = await _connect(uri + query, uri=True)
+            engine = cls(conn, path)
+            try:
+                await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                current = await engine.fetchval("PRAGMA user_version")
+            except sqlite3.OperationalError:
+                await conn.close()
+                continue
+            if current < latest():
+                await conn.close()
+                raise QueueError(
+                    _(
+                        "database {path} is read-only and of an older version (schema "
+                        "{schema}, this version needs {known}): open it once where it can be "
+                        "written"
+                    ).format(path=path, schema=current, known=latest())
+                )
+            log.info("database %s is read-only: opened for reading", path)
+            return engine
+        raise QueueError(
+            _("cannot open database {path}: read-only, and unreadable").format(path=path)
+        )
 
     @property
     def runs_folder(self) -> Path | None:
@@ -317,11 +362,11 @@ class SqliteEngine(Engine):
                     await conn.execute(f"PRAGMA user_version = {migration.number}")
 
 
-async def _connect(path: str) -> aiosqlite.Connection:
+async def _connect(path: str, uri: bool = False) -> aiosqlite.Connection:
     """aiosqlite's connect, never abandoned half-way: cancelled (Ctrl+C at start-up), it is let
     finish and closed, since its thread would otherwise answer a loop that is gone (a
     'RuntimeError: Event loop is closed' traceback after the one-line message)."""
-    connecting = asyncio.ensure_future(aiosqlite.connect(path, isolation_level=None))
+    connecting = asyncio.ensure_future(aiosqlite.connect(path, isolation_level=None, uri=uri))
     try:
         return await asyncio.shield(connecting)
     except asyncio.CancelledError:
