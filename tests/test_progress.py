@@ -37,7 +37,7 @@ from tests.helpers import (
     upload,
 )
 from tests.test_run_outage import Run, _done, _queued, _wait_until
-from uploader import queue, worker
+from uploader import queue, runner, worker
 from uploader.exitcodes import exit_code
 from uploader.localserver import MaiAgentServer
 from uploader.model import HostScope
@@ -214,14 +214,14 @@ def test_the_plain_line_says_paused_during_an_outage(
 def test_a_run_as_a_library_draws_nothing(
     tmp_path: Path, maiagent: MaiAgentServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Output belongs to the CLI (issue 11, step 4): `worker.execute` given no progress and
-    no notice uploads everything and prints nothing; the CLI's drawing is passed in."""
+    """Output belongs to the CLI (issue 11, step 4): `runner.run` given no hooks uploads
+    everything and prints nothing; the CLI's drawing is passed in."""
     db = _queued_files(tmp_path, 12)
     options = RunOptions(maiagent.base_url, API_KEY, kb_id=KB, workers=4, retry_delay=0.01)
 
     async def upload() -> worker.RunResult:
         async with queue.opened(str(db), create=False, scope=HostScope(socket.gethostname())) as q:
-            return await worker.execute(q, options, worker.Plan())
+            return (await runner.run(q, options)).result
 
     capsys.readouterr()
     result = asyncio.run(upload())

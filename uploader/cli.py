@@ -43,15 +43,16 @@ from . import (
     reconcile,
     replace,
     report,
+    runner,
     saved,
     scan,
     start,
     tags,
     walkwait,
-    worker,
 )
 from .exitcodes import ExitCode, exit_code
 from .i18n import N_, _, ngettext
+from .liveness import make_owner
 from .manifest import DEFAULT_ENCODING, ManifestError, encoding_of, is_utf8, parse_metadata_option
 from .model import (
     FAILURE_KINDS,
@@ -72,7 +73,6 @@ from .store.parse import ParseStore
 from .store.runs import RunsStore
 from .store.saved_jobs import SavedJobsStore
 from .store.status import StatusStore
-from .store.superseded import SupersededStore
 
 T = TypeVar("T")
 R = TypeVar("R")  # a library call's result, per knowledge base
@@ -914,7 +914,7 @@ def enqueue(
             filters = dataclasses.replace(filters, types=accepted.types)
         own = scan.OwnState.of(ctx.anchor)
         # Recorded, so that a `run` meanwhile waits for the walk's next batch.
-        scan_id = await RunsStore(q.engine).start_scan(worker.make_owner(q.scope.host), kb_id)
+        scan_id = await RunsStore(q.engine).start_scan(make_owner(q.scope.host), kb_id)
 
         async def batch_done(counts: EnqueueCounts) -> None:
             await RunsStore(q.engine).touch_scan(scan_id)
@@ -1333,30 +1333,6 @@ def wait_parsed_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return decorate
 
 
-def _summary(result: worker.RunResult, skipped: int) -> str:
-    rate = (result.uploaded + result.failed) / result.elapsed if result.elapsed else 0.0
-    speed = progress.rate_text(result.bytes / result.elapsed if result.elapsed else 0.0)
-    unchanged = (
-        _(", unchanged {n} (same content)").format(n=result.unchanged) if result.unchanged else ""
-    )
-    if result.relabelled:
-        unchanged += _(", relabelled {n} (update-metadata, no upload)").format(n=result.relabelled)
-    uploaded = result.uploaded - result.unchanged - result.relabelled
-    summary = _(
-        "uploaded {uploaded}, failed {failed}, skipped {skipped}{unchanged} in {elapsed:.1f}s "
-        "({rate:.1f} files/s, {speed})"
-    )
-    return summary.format(
-        uploaded=uploaded,
-        failed=result.failed,
-        skipped=skipped,
-        unchanged=unchanged,
-        elapsed=result.elapsed,
-        rate=rate,
-        speed=speed,
-    )
-
-
 def _refer(_ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value is not None:
         instead = presets.RENAMED[param.name or ""]
@@ -1574,47 +1550,15 @@ def run(
     options = RunOptions(
         base_url=base_url, api_key=api_key, host_id=ctx.host_id, **_with_network(opts, network)
     )
-    # An enqueue started with this run may not have made its database or recorded its scan yet.
+    # An enqueue started with this run may not have made its database yet.
     until = walkwait.deadline()
     walkwait.wait_for_database(ctx.db, until)
+    run_log: list[logs.RunLog] = []  # opened once the run has work
 
-    async def idle_now(q: Queue) -> str | None:
-        await walkwait.wait_for_enqueue(q, options.kb_id, until)
-        return await _nothing_pending(q, options.kb_id, ctx.host_id)
-
-    idle = on_queue(ctx, idle_now, shared=options.shared, create=False)
-    if idle is not None:
-        code = ExitCode.NOTHING_TO_DO if error_on_nothing_to_do else ExitCode.OK
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {"nothing_pending": True, "message": idle, "exit_code": code},
-                    ensure_ascii=False,
-                )
-            )
-        else:
-            click.echo(printable(idle))
-        if waiting.asked and code == ExitCode.OK:
-            code = waiting.wait(ctx, api_key, base_url, options.kb_id, as_json)
-        sys.exit(code)
-    run_log = _open_log(ctx, options.log_file, options.log_level)
-    run_ids: list[int] = []
-
-    def started(run_id: int) -> None:
-        """The run has its id: the log takes it as its name and says what the run is."""
-        run_ids.append(run_id)
-        where = "stderr only"
-        if run_log is not None:
-            where = run_log.baseFilename if options.log_file else logs.name_for_run(run_log, run_id)
-        shown = {
-            **options.recorded(),
-            "kb_id": options.kb_id or "all",
-            "register_batch": options.register_batch or "auto",
-        }
-        run_logger.info("run %d started (log %s): %s", run_id, where, logs.readable(shown))
-
-    async def body(q: Queue) -> tuple[worker.RunResult, dict[str, Any]]:
-        before = _states_of(await StatusStore(q.engine).state_counts(), options.kb_id)
+    def begin(before: dict[str, int]) -> None:
+        """The run has work: its log opens, and a resumed run says how far it was."""
+        opened = _open_log(ctx, options.log_file, options.log_level)
+        run_log.extend([opened] if opened is not None else [])
         if before["done"] and not as_json:
             total = sum(before.values()) - before["skipped"]
             ctx.echo(
@@ -1622,61 +1566,65 @@ def run(
                     done=f"{before['done']:,}", total=f"{total:,}"
                 )
             )
-        batch = await checkup.register_batch(
-            q, base_url, await q.kbs_with_work(options.kb_id), options.register_batch
-        )
-        result = await worker.execute(
-            q,
-            options,
-            worker.Plan(register_batch=batch),
-            progress=None if ctx.quiet or as_json else progress.Progress,
-            notice=_notice,
-            on_outage=None if ctx.quiet else _show_outage,
-            on_start=started,
-        )
-        if result.fatal is not None and run_ids:
-            run_logger.error("run %d stopped: %s", run_ids[0], result.fatal, extra=logs.FILE_ONLY)
-            await RunsStore(q.engine).set_run_fatal(run_ids[0], str(result.fatal))
-        for error in result.unknown_kbs.values():
-            run_logger.error("%s: its rows left alone", error, extra=logs.FILE_ONLY)
-        await checkup.learned_from_run(q, base_url, result.batch_proved)
-        left: dict[str, Any] = {"skipped": 0, "running": 0}
-        after = await StatusStore(q.engine).state_counts()
-        left["states"] = _states_of(after, options.kb_id)
-        left["unknown"] = {kb: sum(_states_of(after, kb).values()) for kb in result.unknown_kbs}
-        left["skipped"], left["running"] = left["states"]["skipped"], left["states"]["running"]
-        if not options.shared:
-            left["elsewhere"] = _pending_elsewhere(
-                await StatusStore(q.engine).host_counts(), ctx.host_id
-            )
-        left["failed"] = (
-            await _failed(q, options.kb_id, FAILED_SHOWN) if result.failed_in_queue else []
-        )
-        if result.interrupted:
-            run_logger.warning(
-                "run interrupted (Ctrl+C, SIGTERM or the terminal closed): %s; %d files "
-                "pending, `uploader run` resumes",
-                _summary(result, left["skipped"]),
-                left["states"]["pending"],
-                extra=logs.FILE_ONLY,
-            )
-        else:
-            run_logger.info("run ended: %s", _summary(result, left["skipped"]))
-        left["report"] = None if no_report else await _auto_report(q, ctx)
-        return result, left
+
+    def started(run_id: int) -> None:
+        """The run has its id: the log takes it as its name and says what the run is."""
+        where = "stderr only"
+        for opened in run_log:
+            where = opened.baseFilename if options.log_file else logs.name_for_run(opened, run_id)
+        shown = {
+            **options.recorded(),
+            "kb_id": options.kb_id or "all",
+            "register_batch": options.register_batch or "auto",
+        }
+        run_logger.info("run %d started (log %s): %s", run_id, where, logs.readable(shown))
+
+    hooks = runner.Hooks(
+        begin=begin,
+        start=started,
+        progress=None if ctx.quiet or as_json else progress.Progress,
+        notice=_notice,
+        outage=None if ctx.quiet else _show_outage,
+    )
+
+    async def body(q: Queue) -> tuple[runner.RunOutcome, list[dict[str, Any]], str | None]:
+        outcome = await runner.run(q, options, hooks, until)
+        failed = []
+        if outcome.result.failed_in_queue:
+            failed = await _failed(q, options.kb_id, FAILED_SHOWN)
+        ran = outcome.idle is None and not no_report
+        return outcome, failed, await _auto_report(q, ctx) if ran else None
 
     try:
-        result, left = on_queue(ctx, body, shared=options.shared, create=False)
+        outcome, failed, report_path = on_queue(ctx, body, shared=options.shared, create=False)
+    except runner.RunRefused as exc:
+        raise UserError(str(exc)) from None
     finally:
-        if run_log is not None:
-            logs.close(run_log)
+        for opened in run_log:
+            logs.close(opened)
+    if outcome.idle is not None:
+        code = ExitCode.NOTHING_TO_DO if error_on_nothing_to_do else ExitCode.OK
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"nothing_pending": True, "message": outcome.idle, "exit_code": code},
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            click.echo(printable(outcome.idle))
+        if waiting.asked and code == ExitCode.OK:
+            code = waiting.wait(ctx, api_key, base_url, options.kb_id, as_json)
+        sys.exit(code)
+    result = outcome.result
     code = exit_code(result.ending())
     if as_json:
         if result.fatal is not None:
             click.echo(printable(_("Error: {message}").format(message=result.fatal)), err=True)
-        click.echo(json.dumps(_run_json(result, left, run_ids, code), indent=2, ensure_ascii=False))
+        shown = _run_json(outcome, failed, report_path, code)
+        click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
-        _print_run(ctx, options.kb_id, result, left)
+        _print_run(ctx, options.kb_id, outcome, failed, report_path)
     if waiting.asked and code in (ExitCode.OK, ExitCode.FAILED):
         code = max(code, waiting.wait(ctx, api_key, base_url, options.kb_id, as_json))
     if code:
@@ -1779,25 +1727,15 @@ def _print_parsed(parsed: parsing.Parsed, stuck_after: float) -> None:
         )
 
 
-def _states_of(counts: dict[str, dict[str, tuple[int, int]]], kb_id: str | None) -> dict[str, int]:
-    """Files per state (every state) of --kb, or of the whole queue."""
-    files = dict.fromkeys((state.value for state in JobState), 0)
-    for kb, states in counts.items():
-        if kb_id in (None, kb):
-            for state, (n, _bytes) in states.items():
-                files[state] += n
-    return files
-
-
 def _run_json(
-    result: worker.RunResult, left: dict[str, Any], run_ids: list[int], code: ExitCode
+    outcome: runner.RunOutcome, failed: list[dict[str, Any]], report: str | None, code: ExitCode
 ) -> dict[str, Any]:
     """`run --json`: the summary's numbers, every state of the queue after the run (zeros
     included) and the first failed files."""
-    elapsed = result.elapsed
+    result, elapsed = outcome.result, outcome.result.elapsed
     return {
         "nothing_pending": False,
-        "run_id": run_ids[0] if run_ids else None,
+        "run_id": outcome.run_id,
         "exit_code": int(code),
         "fatal": None if result.fatal is None else str(result.fatal),
         "interrupted": result.interrupted,
@@ -1810,17 +1748,22 @@ def _run_json(
         "files_per_second": round((result.uploaded + result.failed) / elapsed, 2) if elapsed else 0,
         "bytes_per_second": round(result.bytes / elapsed) if elapsed else 0,
         "failed_in_queue": result.failed_in_queue,
-        "first_failed": left["failed"],
-        "pending_elsewhere": left.get("elsewhere", 0),
+        "first_failed": failed,
+        "pending_elsewhere": outcome.elsewhere,
         "unknown_kbs": {kb: str(error) for kb, error in result.unknown_kbs.items()},
-        "states": left["states"],
-        "report": left["report"],
+        "states": outcome.states,
+        "report": report,
     }
 
 
 def _print_run(
-    ctx: Context, kb_id: str | None, result: worker.RunResult, left: dict[str, Any]
+    ctx: Context,
+    kb_id: str | None,
+    outcome: runner.RunOutcome,
+    failed: list[dict[str, Any]],
+    report_path: str | None,
 ) -> None:
+    result, states = outcome.result, outcome.states
     if result.fatal is None:
         for kb, error in result.unknown_kbs.items():
             click.echo(
@@ -1828,24 +1771,24 @@ def _print_run(
                     _(
                         "Error: {message}; its {n} queued files were left alone "
                         "(`uploader forget --kb {kb}` drops them from the queue)"
-                    ).format(message=error, n=f"{left['unknown'][kb]:,}", kb=kb)
+                    ).format(message=error, n=f"{outcome.unknown[kb]:,}", kb=kb)
                 ),
                 err=True,
             )
     if result.fatal is not None:
         click.echo(printable(_("Error: {message}").format(message=result.fatal)), err=True)
     else:
-        click.echo(_summary(result, left["skipped"]))
+        click.echo(runner.summary(result, outcome.skipped))
         _print_replaced(result.replaced)
         if result.failed_in_queue:
             click.echo(_("{n} files failed:").format(n=result.failed_in_queue))
-            for item in left["failed"]:
+            for item in failed:
                 click.echo(f"  {printable(_failed_line(item))}")
             kb = f" --kb {kb_id}" if kb_id else ""
             again = f"uploader --db {ctx.shown_db} status --failed{kb}"
             more = (
                 _("all of them: {command}")
-                if result.failed_in_queue > len(left["failed"])
+                if result.failed_in_queue > len(failed)
                 else _("again: {command}")
             )
             click.echo(more.format(command=again))
@@ -1853,103 +1796,25 @@ def _print_run(
             kb = f" --kb {kb_id}" if kb_id else ""
             click.echo(
                 _("interrupted: {n:,} files pending; `{command}` resumes").format(
-                    n=left["states"]["pending"], command=f"uploader --db {ctx.shown_db} run{kb}"
+                    n=states["pending"], command=f"uploader --db {ctx.shown_db} run{kb}"
                 )
             )
-        if left["running"] and not result.interrupted:
+        if states["running"] and not result.interrupted:
             click.echo(
                 _(
                     "{n} files are held by another uploader run (or one that died on another "
                     "host, until its lease expires): run again later to finish them"
-                ).format(n=left["running"])
+                ).format(n=states["running"])
             )
-        if left.get("elsewhere"):
+        if outcome.elsewhere:
             click.echo(
                 _(
                     "{n} pending files were queued by other hosts and are left to them "
                     "(`run --shared` if this host sees their folders at the same paths)"
-                ).format(n=left["elsewhere"])
+                ).format(n=outcome.elsewhere)
             )
-        if left["report"] is not None:
-            click.echo(_("report: {path}").format(path=left["report"]))
-
-
-async def _nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | None:
-    """None when this host has something to upload; else the line that says why not. A --kb
-    the queue does not hold (a typo) is bad input, naming the ones it does hold. Entries of
-    changed files' old versions still to delete are work too (the run deletes them)."""
-    if (await q.pending_totals(kb_id))[0] or await SupersededStore(q.engine).superseded_due(kb_id):
-        return None
-    if await worker.scan_in_progress(q, kb_id, worker.make_owner(q.scope.host)):
-        return None  # an enqueue is still walking: the run waits for its rows
-    counts = await StatusStore(q.engine).state_counts()
-    if kb_id is not None and kb_id not in counts:
-        holds = (
-            _("the queue holds: {kbs}").format(kbs=", ".join(sorted(counts)))
-            if counts
-            else _("the queue is empty")
-        )
-        raise UserError(_("nothing pending for {kb} ({holds})").format(kb=kb_id, holds=holds))
-    if not counts:
-        return _("nothing pending: the queue is empty (`uploader enqueue DIR --kb KB_ID` fills it)")
-    shown = {kb: states for kb, states in counts.items() if kb_id in (None, kb)}
-    held = "; ".join(
-        f"{kb}: "
-        + ", ".join(
-            f"{_state_word(JobState(state))} {n:,}"
-            for state, (n, _b) in sorted(states.items())
-            if n
-        )
-        for kb, states in sorted(shown.items())
-    )
-    line = (
-        _("nothing pending for {kb} ({held})").format(kb=kb_id, held=held)
-        if kb_id
-        else _("nothing pending ({held})").format(held=held)
-    )
-    elsewhere = _pending_elsewhere(await StatusStore(q.engine).host_counts(), host_id)
-    if elsewhere:
-        _left_to_no_one(await _pending_by_host(q, host_id, kb_id), host_id)
-        line += _("; {n} pending files were queued by other hosts (`run --shared`)").format(
-            n=f"{elsewhere:,}"
-        )
-    return line
-
-
-async def _pending_by_host(q: Queue, host_id: str, kb_id: str | None) -> dict[str, int]:
-    """Pending rows only another host may upload, per host, of hosts with no run going on
-    now (a queue shared by several hosts: those rows are being taken)."""
-    if kb_id is not None:
-        return {}  # host_counts are of the whole queue: said, not judged, for one --kb
-    running = {
-        run["options"].get("host_id")
-        for run in await RunsStore(q.engine).runs(last=50)
-        if not run["ended_at"]
-    }
-    pending: dict[str, int] = {}
-    for c in await StatusStore(q.engine).host_counts():
-        others = c.host not in ("", host_id, *running)
-        if c.state == JobState.PENDING and not c.shared and others:
-            pending[c.host] = pending.get(c.host, 0) + c.files
-    return pending
-
-
-def _left_to_no_one(pending: dict[str, int], host_id: str) -> None:
-    """A database copied from another machine, or a host renamed: this run takes none of the
-    pending rows and no other run is taking them. Said as an error naming their hosts and
-    the ways to take them, not as `nothing pending` and exit 0."""
-    if not pending:
-        return
-    total = sum(pending.values())
-    hosts = ", ".join(f"{host} ({n:,})" for host, n in sorted(pending.items()))
-    first = min(pending)
-    raise UserError(
-        _(
-            "nothing pending for host {host}, but {n} pending files were queued by host "
-            "{hosts}: if this machine sees their folders at the same paths, take them with "
-            "`uploader --host-id {first} run`, or all hosts' with `uploader run --shared`"
-        ).format(host=host_id, n=f"{total:,}", hosts=hosts, first=first)
-    )
+        if report_path is not None:
+            click.echo(_("report: {path}").format(path=report_path))
 
 
 def _print_replaced(replaced: Any) -> None:
@@ -1981,15 +1846,6 @@ def _print_replaced(replaced: Any) -> None:
                 ).format(n=len(replaced.errors), errors="; ".join(replaced.errors[:3]))
             )
         )
-
-
-def _pending_elsewhere(counts: list[Any], host_id: str) -> int:
-    """Pending rows only another host may upload."""
-    return sum(
-        c.files
-        for c in counts
-        if c.state == JobState.PENDING and not c.shared and c.host not in ("", host_id)
-    )
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -2055,19 +1911,6 @@ def _when(iso: str | None) -> str:
     return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _state_word(state: JobState) -> str:
-    """A state as `status` shows it (the JSON keeps the English value)."""
-    words = {
-        JobState.PENDING: _("pending"),
-        JobState.RUNNING: _("running"),
-        JobState.DONE: _("done"),
-        JobState.FAILED: _("failed"),
-        JobState.SKIPPED: _("skipped"),
-        JobState.REMOVED: _("removed"),
-    }
-    return words[state]
-
-
 def _print_status(data: dict[str, Any], host_id: str) -> None:
     if not data["knowledge_bases"]:
         click.echo(_("the queue is empty: run `uploader enqueue DIR --kb KB_ID`"))
@@ -2077,7 +1920,7 @@ def _print_status(data: dict[str, Any], host_id: str) -> None:
         for state in JobState:
             v = states.get(state, {"files": 0, "bytes": 0})
             row = _("  {state} {files:>10,} files {size:>10}")
-            word = _pad(_state_word(state), 8)  # 完成 is as wide as `done`
+            word = _pad(runner.state_word(state), 8)  # 完成 is as wide as `done`
             click.echo(row.format(state=word, files=v["files"], size=_human(v["bytes"])))
         parsed = data["parsed"].get(kb)
         if parsed and set(parsed) != {"unseen"}:
@@ -2382,7 +2225,7 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
     running = counts.pop(JobState.RUNNING, 0)
     total = sum(counts.values())
     states = ", ".join(
-        f"{_state_word(state)} {counts[state]:,}" for state in JobState if counts.get(state)
+        f"{runner.state_word(state)} {counts[state]:,}" for state in JobState if counts.get(state)
     )
     dropped = (
         _("dropped {n} rows of {kb} from the queue")

@@ -11,6 +11,7 @@ import os
 import time
 
 from . import worker
+from .liveness import make_owner
 from .queue import Queue, is_url
 from .store.status import StatusStore
 
@@ -38,7 +39,7 @@ def wait_for_database(target: str, until: float) -> None:
 async def wait_for_enqueue(q: Queue, kb_id: str | None, until: float) -> None:
     """Wait while the queue holds nothing for `kb_id` (any with None) and no scan into it is in
     progress, until `until`: an enqueue that has just started records its scan soon."""
-    me = worker.make_owner(q.scope.host)
+    me = make_owner(q.scope.host)
     while time.monotonic() < until and await _untouched(q, kb_id, me):
         await asyncio.sleep(POLL)
 

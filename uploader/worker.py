@@ -1,6 +1,7 @@
 """The pool: claims rows, runs one `Attempt` per row in a slot, writes their outcomes in
 batches, keeps its leases and gives back rows of dead runs. What one attempt does (and the
-rule for doubt that exactly once rests on) is in `attempt.py`.
+rule for doubt that exactly once rests on) is in `attempt.py`; the run around the pools
+(nothing pending, preflight, its record) in `runner.py`.
 """
 
 from __future__ import annotations
@@ -13,21 +14,19 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import filetypes, processes, replace
+from . import processes, replace
 from .attempt import Attempt, Shared
-from .bandwidth import Bandwidth
-from .client import MaiAgentClient, RateLimiter, make_session
+from .client import MaiAgentClient
 from .errors import ApiError
-from .exitcodes import Ending, ExitCode, exit_code
+from .exitcodes import Ending, ExitCode
 from .i18n import _
 from .interrupts import Interrupts
 from .labels import LabelResolver
-from .limits import raise_open_files_limit
-from .liveness import LockError, RunLock, make_owner
+from .liveness import RunLock
 from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind, Severity
 from .options import RunOptions
 from .outage import GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
@@ -76,7 +75,7 @@ class RunProgress(Protocol):
 ProgressFactory = Callable[[int, int], RunProgress]
 
 
-class _Untold:
+class Untold:
     """A run's progress where nobody draws it (-q, --json, a caller that wants none)."""
 
     def add(self, done: int = 0, failed: int = 0, nbytes: int = 0) -> None:
@@ -662,16 +661,7 @@ async def preflight(client: MaiAgentClient, kb_ids: list[str]) -> dict[str, ApiE
     return unknown
 
 
-async def _replace(queue: Queue, client: MaiAgentClient, options: RunOptions) -> replace.Replaced:
-    """After the pool: the entries changed files' new versions replace, deleted (or kept).
-    The run's client is behind no gate (only the pools' are); these deletes retry on their
-    own."""
-    return await replace.drain(
-        queue, client, options.kb_id, keep_old_versions=options.keep_old_versions
-    )
-
-
-def _install_signals(signals: Interrupts, pool: Pool, notice: Callable[[str], None] | None) -> None:
+def install_signals(signals: Interrupts, pool: Pool, notice: Callable[[str], None] | None) -> None:
     """First Ctrl+C or SIGTERM: stop claiming and finish in-flight files; second: quit now
     (the rows stay leased to a dead process, which the next run reclaims at once). Each is
     said through `notice` (the CLI's), which must have shown it when it returns."""
@@ -691,155 +681,3 @@ def _install_signals(signals: Interrupts, pool: Pool, notice: Callable[[str], No
         pool.stop()
 
     signals.on_interrupt(on_signal)
-
-
-async def execute(
-    queue: Queue,
-    options: RunOptions,
-    plan: Plan,
-    *,
-    progress: ProgressFactory | None = None,
-    notice: Callable[[str], None] | None = None,
-    on_outage: OnChange | None = None,
-    on_start: Callable[[int], None] | None = None,
-) -> RunResult:
-    """One `uploader run`: preflight, the pool until the queue is empty, the run's record.
-    What it reports goes to the CLI's callbacks (None: untold): `progress` makes the run's
-    progress once its totals are known, `notice` hears what a signal does, `on_outage` the
-    outage gate, `on_start` the run's id as soon as it has one (the log is named after it)."""
-    raise_open_files_limit()
-    owner = make_owner(queue.scope.host)
-    told = _Told(progress, notice, on_outage, on_start)
-    with _run_lock(queue, owner) as lock, Interrupts() as signals:
-        return await _execute(queue, options, plan, told, owner, lock, signals)
-
-
-@dataclass(frozen=True)
-class _Told:
-    """Whom `execute` reports to (the CLI's callbacks; None: nobody)."""
-
-    progress: ProgressFactory | None
-    notice: Callable[[str], None] | None
-    on_outage: OnChange | None
-    on_start: Callable[[int], None] | None
-
-
-async def _end_dead_runs(queue: Queue, lock: RunLock) -> None:
-    """Runs whose process died (kill -9, a power cut, a database locked at their end) never
-    recorded their end: the ones whose lock proves them dead are ended now, exit unknown."""
-    runs = await RunsStore(queue.engine).open_runs()
-    dead = set(lock.dead_owners([owner for _id, owner in runs], remove=False))
-    for run_id, owner in runs:
-        if owner in dead:
-            await RunsStore(queue.engine).end_run(
-                run_id, {"lost": "its process died before the run ended"}, None
-            )
-    # the lock files of dead runs are proof only while their rows are not taken back
-    lock.sweep(keep=[o.owner for o in await queue.lease_owners()])
-
-
-@contextlib.contextmanager
-def _run_lock(queue: Queue, owner: str) -> Iterator[RunLock | None]:
-    """This run's liveness lock for its whole life, where the queue's runs share a folder;
-    without one a dead run's rows come back only when their lease expires."""
-    folder = queue.runs_folder
-    if folder is None:
-        yield None
-        return
-    try:
-        lock = RunLock.take(folder, owner)
-    except LockError as exc:
-        log.warning("%s: a dead run's rows are taken back only when their lease expires", exc)
-        yield None
-        return
-    with lock:
-        yield lock
-
-
-async def _execute(
-    queue: Queue,
-    options: RunOptions,
-    plan: Plan,
-    told: _Told,
-    owner: str,
-    lock: RunLock | None,
-    signals: Interrupts,
-) -> RunResult:
-    if lock is not None:
-        await _end_dead_runs(queue, lock)
-    run_id = await RunsStore(queue.engine).start_run(owner, options.recorded())
-    if told.on_start is not None:
-        told.on_start(run_id)
-    result = RunResult()
-    async with make_session(options.workers) as session:
-        client = MaiAgentClient(
-            session,
-            options.base_url,
-            options.api_key,
-            RateLimiter(options.rate_limit),
-            timeout=options.timeout,
-            bandwidth=Bandwidth(options.bwlimit) if options.bwlimit else None,
-        )
-        kbs = await queue.kbs_with_work(options.kb_id)
-        try:
-            result.unknown_kbs = await preflight(client, kbs)
-        except Fatal as exc:
-            result.fatal = exc.error
-        known = [kb for kb in kbs if kb not in result.unknown_kbs]
-        if result.fatal is None and kbs and not known:
-            result.fatal = next(iter(result.unknown_kbs.values()))
-        if result.fatal is None and known:
-            accepted = await filetypes.learn(queue, client, options.base_url, known)
-            plan = dataclasses.replace(plan, file_types=accepted.types)
-            if accepted.note is not None and told.notice is not None:
-                told.notice(_("warning: {note}").format(note=accepted.note))
-        if result.fatal is None:
-            # One pool over every knowledge base; one per known one when some are unknown,
-            # since a claim takes rows of one knowledge base or of all.
-            scopes = known if result.unknown_kbs else [options.kb_id]
-            totals = [await queue.pending_totals(kb) for kb in scopes]
-            files, nbytes = sum(t[0] for t in totals), sum(t[1] for t in totals)
-            progress = _Untold() if told.progress is None else told.progress(files, nbytes)
-
-            def outage_seen(state: GateState, outage: Outage) -> None:
-                progress.pause(state is GateState.CLOSED)
-                if told.on_outage is not None:
-                    told.on_outage(state, outage)
-
-            try:
-                for kb in scopes:
-                    probe_kb = kb or (kbs[0] if kbs else "")
-                    pool = Pool(
-                        queue,
-                        client,
-                        dataclasses.replace(options, kb_id=kb),
-                        plan,
-                        owner,
-                        run_id,
-                        progress.add,
-                        probe_kb,
-                        outage_seen,
-                        lock,
-                    )
-                    _install_signals(signals, pool, told.notice)
-                    result.add(await pool.run())
-                    if result.fatal is not None or result.interrupted:
-                        break
-            finally:
-                progress.close()
-            if result.fatal is None and not result.interrupted:
-                result.replaced = await _replace(queue, client, options)
-                result.fatal = result.replaced.fatal
-    counts = {
-        "uploaded": result.uploaded,
-        "adopted": result.adopted,
-        "unchanged": result.unchanged,
-        "relabelled": result.relabelled,
-        "failed": result.failed,
-        "released": result.released,
-        "seconds": round(result.elapsed, 3),
-        "superseded_deleted": result.replaced.deleted,
-        "copies_deleted": result.copies_deleted,
-    }
-    await RunsStore(queue.engine).end_run(run_id, counts, exit_code(result.ending()))
-    return result
