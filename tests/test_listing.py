@@ -4,8 +4,10 @@ listing without keys where many files share a name, and a count that lies."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
+    API_KEY,
     KB,
     child_env,
     command,
@@ -23,6 +26,9 @@ from tests.helpers import (
     run_args,
 )
 from uploader.localserver import DIALECTS, MaiAgentServer
+from uploader.model import Job, Step
+from uploader.queue import open_queue
+from uploader.reconcile import Adoption, RemoteIndex, open_client
 
 BOTH = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 DISORDER = "does not list newest first"
@@ -195,3 +201,36 @@ def test_a_listing_without_keys_settles_doubts_of_a_name_many_files_share(
     assert_each_once_by_content(server, tmp_path / "data", relpaths)
     assert {r["state"] for r in rows(db)} == {"done"}
     assert len({r["file_id"] for r in rows(db)}) == len(relpaths)
+
+
+@BOTH
+def test_the_runs_last_look_for_second_entries_reads_down_to_its_first_doubt(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Others made 2,000 entries after the run began and a minute before its first doubt: the
+    run's last look for second entries of one upload (which only a register in doubt can
+    have made) reads a listing begun now down to that doubt, one page here, not down to the
+    run's start, which is every entry others made meanwhile (21 pages)."""
+    server = maiagent_factory(page_size_max=100)
+    began = time.time() - 120
+    server.fill(KB, 2000, age=60)
+    doubt = time.time() - 1
+    job = Job(
+        1, KB, b"/data/a.txt", "a.txt", 5, 0, 2, Step.UPLOADED, "k/a.txt", doubt, "a.txt", doubt
+    )
+
+    async def scenario() -> int:
+        q = await open_queue(str(tmp_path / "queue.db"))
+        try:
+            async with open_client(server.base_url, API_KEY) as client:
+                await client.list_files(KB, 1, 1)  # the service's clock is known from here
+                index = RemoteIndex(q, client)
+                adoption = await index.adopt(job, "a.txt")
+                assert adoption == Adoption(None, covered=True)
+                server.reset_stats()
+                await index.recheck(KB, began)
+                return server.stats()["list"]
+        finally:
+            await q.close()
+
+    assert asyncio.run(scenario()) == 1

@@ -93,6 +93,7 @@ class RemoteIndex:
         self._lock = asyncio.Lock()
         self._coverage: dict[str, _Coverage] = {}
         self._looks: dict[str, _Look] = {}
+        self._doubts: dict[str, float] = {}  # the earliest doubt settled, per knowledge base
         self.taken: set[str] = set()  # knowledge-file ids some job of this process owns
         # filenames of registers this process has sent and not yet had answered: an entry
         # listed without its key and with such a name may be theirs, not a doubt's
@@ -189,10 +190,23 @@ class RemoteIndex:
                 return False
             page += 1
 
+    async def recheck(self, kb_id: str, began: float) -> None:
+        """The run's last look for second entries of one upload (`delete_copies`), which only
+        a register in doubt can have made, at or after the earliest doubt settled (the run's
+        start where none was): the listing is read down to that doubt, not to the run's start,
+        which would read every entry others made meanwhile. Newest first, it is a listing
+        begun now (a register that landed after its doubt was settled is in it), most often
+        one page; otherwise a whole read, taken from earlier in the run where there was one."""
+        floor = self._doubts.get(kb_id, began)
+        look = self._looks.get(kb_id)
+        ordered = look is not None and not look.unordered
+        await self.refresh(kb_id, floor, time.time() if ordered else began, force=True)
+
     async def adopt(self, job: Job, filename: str) -> Adoption:
         """The entry a doubtful register of `job`'s key created, if the listing shows one."""
         assert job.s3_key is not None, "a row without a committed key never registered"
         since = job.unknown_since or job.started_at
+        self._doubts[job.kb_id] = min(since, self._doubts.get(job.kb_id, since))
         # a listing read for other doubts may show it already (one read settles them all)
         found = await self._stored(job, filename, since)
         if found is not None:

@@ -436,7 +436,7 @@ class Pool:
         for kb_id in sorted(self._doubted):
             errors: tuple[type[Exception], ...] = (ApiError, *self.queue.errors)
             try:
-                await self.index.refresh(kb_id, since, since, force=True)
+                await self.index.recheck(kb_id, since)
                 deleted = await delete_copies(self.queue, self.client, kb_id, since, "run")
             except errors as exc:
                 log.warning("second entries of %s not looked for: %s", kb_id, exc)

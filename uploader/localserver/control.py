@@ -47,9 +47,10 @@ class Control(ServerState):
         or any code the service might invent); `key` makes it point at that S3 key."""
         return self._on_loop(self._inject, kb, filename, size, status, key)
 
-    def fill(self, kb: str, count: int) -> None:
-        """`count` entries made as if by someone else (a knowledge base that is not new)."""
-        self._on_loop(self._fill, kb, count)
+    def fill(self, kb: str, count: int, age: float = 0.0) -> None:
+        """`count` entries made as if by someone else (a knowledge base that is not new),
+        `age` seconds ago (a millisecond apart) unless the knowledge base holds newer ones."""
+        self._on_loop(self._fill, kb, count, "existing", age)
 
     def delete_entry(self, entry_id: str) -> bool:
         return self._on_loop(self._remove_id, entry_id)
@@ -119,14 +120,17 @@ class Control(ServerState):
         return answer(entry, 201)
 
     async def _control_fill(self, request: web.Request) -> web.Response:
-        """{"kb": kb, "count": n}: see `fill`."""
+        """{"kb": kb, "count": n, "age": seconds (optional)}: see `fill`."""
         body = await read_json(request)
         if not isinstance(body, dict) or body.get("kb") not in self._lists:
             return detail(404, "Not found.")
         count = body.get("count")
         if not isinstance(count, int) or count < 0:
             return detail(400, "Expected a count of entries.")
-        self._fill(body["kb"], count)
+        age = body.get("age", 0)
+        if not isinstance(age, (int, float)) or age < 0:
+            return detail(400, "Expected an age in seconds.")
+        self._fill(body["kb"], count, "existing", float(age))
         return web.Response(status=204)
 
     async def _control_delete_entry(self, request: web.Request) -> web.Response:

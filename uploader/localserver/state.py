@@ -297,10 +297,13 @@ class ServerState:
         self._insert(entry)
         return self._public(entry, time.monotonic(), self._render(with_size=True, garbage=False))
 
-    def _fill(self, kb: str, count: int, prefix: str = "existing") -> None:
+    def _fill(self, kb: str, count: int, prefix: str = "existing", age: float = 0.0) -> None:
+        made = int((time.time() - age) * 1000) if age > 0 else 0
         for i in range(count):
             name = f"{prefix}-{len(self._lists[kb]):07d}-{i}.txt"
-            self._insert(self._new_entry(kb, name, self._new_key(name), 1000))
+            entry = self._new_entry(kb, name, self._new_key(name), 1000)
+            entry.created_at = made + i if made else 0
+            self._insert(entry)
 
     def _new_label(self, kb: str, name: str) -> dict[str, str]:
         if name in self._labels[kb].values():
