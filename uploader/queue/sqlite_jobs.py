@@ -267,18 +267,26 @@ class JobsMixin(SqliteBase):
             }
             (readable if r.skip is None else skipped).append(params)
         async with self.transaction():
+            # A path not queued yet needs its insert only: the five statements that compare
+            # a queued row with the file run for the queued ones (a first enqueue of a
+            # million files then costs one lookup per file instead of six).
+            queued = await self._queued(kb_id, [p["path"] for p in readable + skipped])
+            known = [p for p in readable if p["path"] in queued]
+            known_skipped = [p for p in skipped if p["path"] in queued]
             if shared:
-                await self._conn.executemany(_MAKE_SHARED, readable + skipped)
-            foreign = 0 if shared else await self._foreign(kb_id, [p["path"] for p in readable])
-            touched = (await self._conn.executemany(_RECHECK, readable)).rowcount
-            await self._conn.executemany(_SUPERSEDE, readable)
-            changed = touched + (await self._conn.executemany(_REQUEUE_CHANGED, readable)).rowcount
-            relabel = (await self._conn.executemany(_RELABEL, readable)).rowcount
-            await self._conn.executemany(_RETAG, readable + skipped)
-            new = (await self._conn.executemany(_INSERT, readable)).rowcount
+                await self._conn.executemany(_MAKE_SHARED, known + known_skipped)
+            foreign = 0 if shared else await self._foreign(kb_id, [p["path"] for p in known])
+            touched = (await self._conn.executemany(_RECHECK, known)).rowcount
+            await self._conn.executemany(_SUPERSEDE, known)
+            changed = touched + (await self._conn.executemany(_REQUEUE_CHANGED, known)).rowcount
+            relabel = (await self._conn.executemany(_RELABEL, known)).rowcount
+            await self._conn.executemany(_RETAG, known + known_skipped)
+            fresh = [p for p in readable if p["path"] not in queued]
+            new = (await self._conn.executemany(_INSERT, fresh)).rowcount
             if skipped:
-                await self._conn.executemany(_MARK_SKIPPED, skipped)
-                await self._conn.executemany(_INSERT, skipped)
+                await self._conn.executemany(_MARK_SKIPPED, known_skipped)
+                fresh_skipped = [p for p in skipped if p["path"] not in queued]
+                await self._conn.executemany(_INSERT, fresh_skipped)
         return EnqueueCounts(
             scanned=len(rows),
             new=new,
@@ -288,6 +296,18 @@ class JobsMixin(SqliteBase):
             foreign=foreign,
             relabel=relabel,
         )
+
+    async def _queued(self, kb_id: str, paths: list[bytes]) -> set[bytes]:
+        """Which of these paths the knowledge base's queue holds (any host's)."""
+        found: set[bytes] = set()
+        for start in range(0, len(paths), FOREIGN_CHUNK):
+            chunk = paths[start : start + FOREIGN_CHUNK]
+            rows = await self._conn.execute_fetchall(
+                f"SELECT path FROM jobs WHERE kb_id = ? AND path IN ({','.join('?' * len(chunk))})",
+                [kb_id, *chunk],
+            )
+            found.update(row[0] for row in rows)
+        return found
 
     async def _foreign(self, kb_id: str, paths: list[bytes]) -> int:
         """How many of these paths another host queued, not shared (its file, not ours)."""
