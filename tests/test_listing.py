@@ -234,3 +234,40 @@ def test_the_runs_last_look_for_second_entries_reads_down_to_its_first_doubt(
             await q.close()
 
     assert asyncio.run(scenario()) == 1
+
+
+@BOTH
+def test_a_refresh_stops_only_at_an_entry_an_earlier_listing_stored(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Others add 30 entries at the top between two page reads, so page 2 begins with entries
+    page 1 showed: they were stored by this very listing, and are no sign that the last
+    refresh read on from there. A doubt whose entry sits 250 entries down, below what page 2
+    reaches, is found (it was taken for a register that did not happen: sent again)."""
+    server = maiagent_factory(page_size_max=100, list_shift=30)
+    doubt = time.time() - 1
+    first = Job(
+        1, KB, b"/data/a.txt", "a.txt", 5, 0, 2, Step.UPLOADED, "k/a", doubt, "a.txt", doubt
+    )
+
+    async def scenario() -> tuple[str | None, str]:
+        q = await open_queue(str(tmp_path / "queue.db"))
+        try:
+            async with open_client(server.base_url, API_KEY) as client:
+                await client.list_files(KB, 1, 1)  # the service's clock is known from here
+                index = RemoteIndex(q, client)
+                assert (await index.adopt(first, "a.txt")).file_id is None
+                since = time.time()
+                server.fill(KB, 1)
+                ours = server.records(KB)[-1]
+                server.fill(KB, 250)
+                job = Job(
+                    2, KB, b"/data/b.txt", "b.txt", ours["size"], 0, 2, Step.UPLOADED,
+                    ours["key"], since, ours["filename"], time.time(),
+                )  # fmt: skip
+                return (await index.adopt(job, ours["filename"])).file_id, ours["id"]
+        finally:
+            await q.close()
+
+    found, entry = asyncio.run(scenario())
+    assert found == entry

@@ -178,7 +178,10 @@ class RemoteIndex:
             known = False
             if results:
                 if stop_at_known and ordered:
-                    known = await self._listing.any_remote_known(kb_id, [e.id for e in results])
+                    # only an entry an earlier listing stored proves that it read on from
+                    # there: one this listing stored is on this page because pages shifted
+                    earlier = [e.id for e in results if e.id not in seen]
+                    known = await self._listing.any_remote_known(kb_id, earlier)
                 await self._listing.store_listed(listed_rows(kb_id, results, seen_at, seen))
             times = [e.created_at for e in results if e.created_at is not None]
             previous = min(times) if times else previous
