@@ -50,7 +50,9 @@ COMMON = (
     "latency_limit",
     "ratio_to_limit",
     "requests_per_file",
+    "bare_requests_per_file",
     "cpu_s_per_1000",
+    "bare_cpu_s_per_1000",
     "peak_rss_mb",
     "target",
     "pass",
@@ -112,9 +114,15 @@ def inner_seconds(run: Measured) -> float | None:
 
 
 def upload_figures(
-    files: int, run: Measured, traffic: Traffic, bare: Measured | None, bare_files: int
+    files: int,
+    run: Measured,
+    traffic: Traffic,
+    bare: Measured | None,
+    bare_files: int,
+    bare_traffic: Traffic | None = None,
 ) -> Figures:
-    """The figures every upload case shares: rate, CPU, memory, requests, vs the bare client."""
+    """The figures every upload case shares: rate, CPU, memory, requests, vs the bare client
+    (its requests per file when its traffic was measured on a server of its own)."""
     rate = files / run.wall_s
     bare_rate = bare_files / bare.wall_s if bare else None
     inner = inner_seconds(run)
@@ -133,6 +141,8 @@ def upload_figures(
     if bare is not None:
         figures["bare_cpu_s_per_1000"] = rnd(per_1000(bare.cpu_s, bare_files))
         figures["bare_peak_rss_mb"] = rnd(bare.rss_mb, 1)
+    if bare_traffic is not None and bare_files:
+        figures["bare_requests_per_file"] = rnd(bare_traffic.requests / bare_files, 4)
     return figures
 
 
@@ -185,7 +195,7 @@ def latency_case(
             problems.append(run_ok(run, up.states(), files))
     bare, bare_traffic = min(bares, key=lambda b: b[0].wall_s)
     run, traffic, enqueue = min(runs, key=lambda r: r[0].wall_s)
-    figures = upload_figures(files, run, traffic, bare, bare.json()["files"])
+    figures = upload_figures(files, run, traffic, bare, bare.json()["files"], bare_traffic)
     figures = with_limits(figures, workers, latency, bare, bare_traffic)
     figures["enqueue_s"] = rnd(enqueue.wall_s)
     if opts.repeat > 1:
@@ -270,14 +280,14 @@ def case_3(opts: Options) -> Figures:
     window = files // 10
     with serve(0.0) as server, workspace() as root:
         folder = make_files(root, files, KIB)
-        bare, _ = run_bare(server, folder, 10, limit=1000 if opts.quick else 10_000)
+        bare, bare_traffic = run_bare(server, folder, 10, limit=1000 if opts.quick else 10_000)
         up = Uploader(root, server)
         enqueue = up.enqueue(folder)
         sampler = DoneSampler(up.db)
         run, traffic = up.run("--workers", "10", sampler=sampler)
         problem = run_ok(run, up.states(), files)
         times = up.finished_times()
-    figures = upload_figures(files, run, traffic, bare, bare.json()["files"])
+    figures = upload_figures(files, run, traffic, bare, bare.json()["files"], bare_traffic)
     first, last = flatness(times, window) if len(times) >= 2 * window else (None, None)
     figures.update(
         latency_limit=None,
@@ -619,7 +629,8 @@ def fmt(value: Any, digits: int = 1) -> str:
 def table(results: list[Figures], quick: bool) -> str:
     head = (
         f"{'case':<5}{'files':>9}{'wall s':>9}{'files/s':>10}{'bare/s':>9}{'x bare':>8}"
-        f"{'x limit':>8}{'req/file':>9}{'cpu s/1k':>9}{'rss MB':>8}  result  target"
+        f"{'x limit':>8}{'req/file':>9}{'bare':>7}{'cpu s/1k':>9}{'bare':>7}{'rss MB':>8}"
+        "  result  target"
     )
     lines = [f"uploader benchmark{' (quick)' if quick else ''} on {machine()}", head]
     for r in results:
@@ -627,7 +638,8 @@ def table(results: list[Figures], quick: bool) -> str:
             f"{r['case']:<5}{fmt(r['files']):>9}{fmt(r['wall_s']):>9}"
             f"{fmt(r['files_per_s']):>10}{fmt(r['bare_files_per_s']):>9}"
             f"{fmt(r['ratio_to_bare'], 2):>8}{fmt(r['ratio_to_limit'], 2):>8}"
-            f"{fmt(r['requests_per_file'], 3):>9}{fmt(r['cpu_s_per_1000'], 3):>9}"
+            f"{fmt(r['requests_per_file'], 3):>9}{fmt(r['bare_requests_per_file'], 2):>7}"
+            f"{fmt(r['cpu_s_per_1000'], 3):>9}{fmt(r['bare_cpu_s_per_1000'], 2):>7}"
             f"{fmt(r['peak_rss_mb']):>8}  {'PASS' if r['pass'] else 'FAIL':<6}  {r['target']}"
         )
     return "\n".join(lines)

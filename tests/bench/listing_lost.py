@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from .cases import Figures, Options, case, rnd, run_ok, upload_figures, verdict
-from .harness import KB, KIB, Server, Uploader, make_files, serve, workspace
+from .cases import Figures, Options, case, rnd, run_bare, run_ok, upload_figures, verdict
+from .harness import KB, KIB, Measured, Server, Traffic, Uploader, make_files, serve, workspace
 
 LATENCY = 0.020
 WORKERS = 10
@@ -30,8 +30,21 @@ def _fill(server: Server, entries: int) -> None:
         pass
 
 
+def _bare(folder: str, entries: int) -> tuple[Measured, Traffic]:
+    """The bare client on the same files, against a server of its own holding the same
+    entries (it loses no answer: it could not settle one)."""
+    with serve(LATENCY) as server:
+        _fill(server, entries)
+        return run_bare(server, folder, WORKERS)
+
+
 def _one(
-    root: str, folder: str, files: int, entries: int, lost: float
+    root: str,
+    folder: str,
+    files: int,
+    entries: int,
+    lost: float,
+    bare: tuple[Measured, Traffic] | None = None,
 ) -> tuple[Figures, str | None, dict[str, int]]:
     with serve(LATENCY, lost_register_rate=lost, seed=7) as server:
         _fill(server, entries)
@@ -42,7 +55,10 @@ def _one(
         run, traffic = up.run("--workers", str(WORKERS), "--register-batch", "1")
         after = server.stats()
         calls = {k: after[k] - before[k] for k in ("list", "register", "register_lost", "get")}
-        figures = upload_figures(files, run, traffic, None, 0)
+        if bare is None:
+            figures = upload_figures(files, run, traffic, None, 0)
+        else:
+            figures = upload_figures(files, run, traffic, bare[0], bare[0].json()["files"], bare[1])
         return figures, run_ok(run, up.states(), files), calls
 
 
@@ -51,8 +67,9 @@ def case_11(opts: Options) -> Figures:
     files, entries = (300, 2000) if opts.quick else (3000, 20000)
     with workspace() as root:
         folder = make_files(root, files, KIB)
+        bare = _bare(folder, entries)
         clean, problem_clean, clean_calls = _one(root + "/clean", folder, files, entries, 0.0)
-        figures, problem, calls = _one(root + "/lost", folder, files, entries, LOST)
+        figures, problem, calls = _one(root + "/lost", folder, files, entries, LOST, bare)
     lost = calls["register_lost"]
     per_lost = calls["list"] / lost if lost else None
     speed = figures["files_per_s"] / clean["files_per_s"] if clean["files_per_s"] else None
