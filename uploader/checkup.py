@@ -40,7 +40,7 @@ from .client import (
 )
 from .errors import ApiError
 from .exitcodes import Ending, ExitCode, exit_code
-from .i18n import _
+from .i18n import N_, _, ngettext
 from .interrupts import Interrupts
 from .model import ErrorKind, ServiceFacts, Severity
 from .outage import classify
@@ -213,12 +213,17 @@ class _Check:
 
     async def _key(self) -> tuple[None, str]:
         kbs = await self._client.list_knowledge_bases()
-        return None, f"accepted; {_plural(len(kbs), 'knowledge base')} visible to it"
+        visible = ngettext(
+            "accepted; {n} knowledge base visible to it",
+            "accepted; {n} knowledge bases visible to it",
+            len(kbs),
+        )
+        return None, visible.format(n=f"{len(kbs):,}")
 
     async def _knowledge_base(self) -> tuple[int | None, str]:
         kb = await self._client.get_knowledge_base(self._kb)
         files = "?" if kb.files_count is None else f"{kb.files_count:,}"
-        return kb.files_count, f"found: {kb.name!r}, {files} files"
+        return kb.files_count, _("found: {name!r}, {files} files").format(name=kb.name, files=files)
 
     async def _upload_probe(self, report: bool = False) -> tuple[str, str]:
         """Presign and S3-upload one probe file (each its own step when `report`); returns
@@ -237,13 +242,20 @@ class _Check:
             signed = await self._client.presign(name, len(PROBE_TEXT))
             held = name in signed.key
             self._facts["key_has_filename"] = held
-            return signed, f"key {signed.key} ({'holds' if held else 'without'} the filename)"
+            holds = (
+                _("key {key} (holds the filename)")
+                if held
+                else _("key {key} (without the filename)")
+            )
+            return signed, holds.format(key=signed.key)
 
         signed = await self._step(Step.PRESIGN, presign)
 
         async def upload() -> tuple[None, str]:
             sent = await self._client.upload(signed, path, len(PROBE_TEXT), name)
-            return None, f"{sent.size} bytes accepted by {urlsplit(signed.url).netloc}"
+            return None, _("{n} bytes accepted by {host}").format(
+                n=sent.size, host=urlsplit(signed.url).netloc
+            )
 
         await self._step(Step.S3, upload)
         return name, signed.key
@@ -253,7 +265,7 @@ class _Check:
         entry = entries[0]
         assert entry is not None
         self._facts.update(_forms_facts(forms))
-        return None, f"entry {entry.id}; {_describe(forms, entry)}"
+        return None, _("entry {id}; {forms}").format(id=entry.id, forms=_describe(forms, entry))
 
     async def _register_two(self) -> tuple[None, str]:
         """Two probes in one call: proven only when the answer names both."""
@@ -267,14 +279,14 @@ class _Check:
         named = sum(e is not None for e in entries)
         self._facts["batch_register"] = named == len(probes)
         if named < len(probes):
-            return None, (
-                f"not proven: the answer named {named} of {len(probes)} files; "
+            return None, _(
+                "not proven: the answer named {named} of {n} files; "
                 "`run --register-batch auto` sends one file per call"
-            )
-        return None, (
-            f"accepted: the answer named both files ({forms.answer}); "
-            f"`run --register-batch auto` sends up to {AUTO_BATCH} per call"
-        )
+            ).format(named=named, n=len(probes))
+        return None, _(
+            "accepted: the answer named both files ({answer}); "
+            "`run --register-batch auto` sends up to {most} per call"
+        ).format(answer=forms.answer, most=AUTO_BATCH)
 
     async def _register(
         self, probes: list[tuple[str, str]]
@@ -308,7 +320,7 @@ class _Check:
         if page.entries:
             self._facts.update(_forms_facts(forms, listing=True))
             entry = page.entries[0]
-            seen.append(f"entries: {_describe(forms, entry, register=False)}")
+            seen.append(_("entries: {forms}").format(forms=_describe(forms, entry, register=False)))
         seen.append(self._order(page))
         small = await self._small_page(page)
         if small:
@@ -339,7 +351,7 @@ class _Check:
                 kind=Severity.PERMANENT,
                 error_kind=ErrorKind.BAD_RESPONSE,
             )
-        return None, f"probe on page {where}; " + "; ".join(seen)
+        return None, _("probe on page {page}; {seen}").format(page=where, seen="; ".join(seen))
 
     async def _find_probes(self, first: FilePage) -> int | None:
         """The page number the first probe is on, reading on while the listing is not newest
@@ -364,9 +376,13 @@ class _Check:
         self._facts["page_size_asked"] = PAGE_SIZE
         self._facts["page_size_served"] = served if page.next else None
         if page.next:
-            return f"page size: asked {PAGE_SIZE}, served {served}"
+            return _("page size: asked {asked}, served {served}").format(
+                asked=PAGE_SIZE, served=served
+            )
         total = "?" if count is None else count
-        return f"page size: asked {PAGE_SIZE}, all {total} entries on one page"
+        return _("page size: asked {asked}, all {total} entries on one page").format(
+            asked=PAGE_SIZE, total=total
+        )
 
     async def _small_page(self, first: FilePage) -> str | None:
         """With more entries than SMALL_PAGE, ask for a page of SMALL_PAGE: whether the size
@@ -377,13 +393,17 @@ class _Check:
         page = await self._client.list_files(self._kb, 1, SMALL_PAGE)
         honoured = len(page.entries) == SMALL_PAGE
         self._facts["page_size_honoured"] = honoured
-        verdict = "honoured" if honoured else "not honoured"
-        return f"asked {SMALL_PAGE}, served {len(page.entries)} ({verdict})"
+        small = (
+            _("asked {asked}, served {served} (honoured)")
+            if honoured
+            else _("asked {asked}, served {served} (not honoured)")
+        )
+        return small.format(asked=SMALL_PAGE, served=len(page.entries))
 
     def _order(self, page: FilePage) -> str:
         order = listing_order(page.entries)
         self._facts["newest_first"] = {"newest first": True, "unknown": None}.get(order, False)
-        return f"order: {order}"
+        return _("order: {order}").format(order=_(order))
 
     # --- cleanup -------------------------------------------------------------------------
 
@@ -400,16 +420,26 @@ class _Check:
                 await self._look_for_doubtful()
             except ApiError as err:
                 looked = False
-                errors.append(f"could not look for {', '.join(sorted(self._doubt))}: {err}")
+                errors.append(
+                    _("could not look for {names}: {why}").format(
+                        names=", ".join(sorted(self._doubt)), why=err
+                    )
+                )
         deleted = await asyncio.gather(*map(self._delete, list(self._ids)))
         errors += [error for error in deleted if error]
         self._result.left_behind = errors
         gone = len(deleted) - sum(1 for error in deleted if error)
-        saw = f"{_plural(gone, 'probe entry', 'probe entries')} deleted, confirmed gone"
+        saw = ngettext(
+            "{n} probe entry deleted, confirmed gone",
+            "{n} probe entries deleted, confirmed gone",
+            gone,
+        ).format(n=f"{gone:,}")
         if self._doubt and looked:
-            saw += f"; not in the listing (never registered): {', '.join(sorted(self._doubt))}"
+            saw += _("; not in the listing (never registered): {names}").format(
+                names=", ".join(sorted(self._doubt))
+            )
         if errors:
-            saw += f"; left behind: {'; '.join(errors)}"
+            saw += _("; left behind: {errors}").format(errors="; ".join(errors))
         self._report(StepResult(Step.DELETE, not errors, time.monotonic() - start, saw))
 
     async def _look_for_doubtful(self) -> None:
@@ -454,8 +484,8 @@ class _Check:
                     if await self._client.get_file(self._kb, file_id) is None:
                         return None
             if (failure is not None and failure.fatal) or time.monotonic() > deadline:
-                why = failure or "still listed after its delete"
-                return f"{name} (entry {file_id}): {why}"
+                why = failure or _("still listed after its delete")
+                return _("{name} (entry {id}): {why}").format(name=name, id=file_id, why=why)
             await asyncio.sleep(min(backoff(attempt, POLL, None) + POLL, 5.0))
 
 
@@ -469,12 +499,12 @@ def listing_order(entries: list[RemoteEntry]) -> str:
     times = [e.created_at for e in entries if e.created_at is not None]
     steps = [b - a for a, b in itertools.pairwise(times)]
     if not any(steps):
-        return "unknown"
+        return N_("unknown")
     if all(s <= 0 for s in steps):
-        return "newest first"
+        return N_("newest first")
     if all(s >= 0 for s in steps):
-        return "oldest first"
-    return "no order"
+        return N_("oldest first")
+    return N_("no order")
 
 
 _FORM_NAMES = {
@@ -516,10 +546,6 @@ def _describe(forms: Forms, entry: RemoteEntry, register: bool = True) -> str:
         f"size as {forms.size_field or 'absent'}",
     ]
     return ", ".join(parts)
-
-
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 # --- running it ------------------------------------------------------------------------------
