@@ -163,7 +163,9 @@ def update(lang: str) -> tuple[int, int]:
 
 
 # Calls whose first argument a user reads: printed, or a callback that prints it.
-PRINTERS = {"echo", "secho", "notice", "notify", "on_broken", "fail"}
+PRINTERS = {"echo", "secho", "print", "notice", "notify", "on_broken", "_lines", "fail"}
+PRINTERS |= {"set_postfix_str", "set_description"}  # a progress bar's words
+BAR_WORDS = ("desc", "unit")  # a tqdm bar's keywords that a user reads
 # The client's error makers, by the position of the message they take.
 MAKERS = {"_error": 0, "_bad_response": 1, "_changed": 1, "_file_error": 2, "_log_broken": 0}
 # Exceptions that are programming or packaging errors, never a user's message; a raise of
@@ -323,7 +325,10 @@ def unwrapped(folder: Path = ROOT / "uploader") -> list[str]:
                 node
                 for node in ast.walk(function)
                 if isinstance(node, ast.Call)
-                and _shown(_name(node.func) or "", raised)
+                and (
+                    _shown(_name(node.func) or "", raised)
+                    or any(k.arg in BAR_WORDS for k in node.keywords)
+                )
                 and not NOT_SHOWN.search("\n".join(lines[max(node.lineno - 2, 0) : node.lineno]))
             ]
             for call in calls:
@@ -333,6 +338,7 @@ def unwrapped(folder: Path = ROOT / "uploader") -> list[str]:
                     *call.args[at : at + 1],
                     *(k.value for k in call.keywords if k.arg in ("message", "why")),
                 ]
+                shown += [k.value for k in call.keywords if k.arg in BAR_WORDS]
                 for arg in shown:
                     for literal in walk.literals(arg, _assignments(function)):
                         text = " ".join((ast.get_source_segment(source, literal) or "").split())

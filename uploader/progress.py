@@ -72,7 +72,7 @@ class Progress:
         # plain lines, not a file of bar frames.
         if sys.stderr.isatty():
             self._bar = tqdm(
-                total=total, unit="file", dynamic_ncols=True, smoothing=0.1, file=sys.stderr
+                total=total, unit=_("file"), dynamic_ncols=True, smoothing=0.1, file=sys.stderr
             )
 
     def add(self, done: int = 0, failed: int = 0, nbytes: int = 0) -> None:
@@ -98,9 +98,8 @@ class Progress:
             self.print_line()
 
     def _postfix(self) -> str:
-        if self.paused:
-            return f"failed={self.failed} {paused()}"
-        return f"failed={self.failed} {rate_text(self.bytes_per_s())}"
+        after = paused() if self.paused else rate_text(self.bytes_per_s())
+        return _("failed={n} {after}").format(n=self.failed, after=after)
 
     def elapsed(self) -> float:
         return max(time.monotonic() - self.started, 1e-9)
@@ -169,8 +168,8 @@ class ReadBars:
             self._listing = tqdm(
                 total=total,
                 initial=stored,
-                unit="entry",
-                desc=f"listing {kb_id}",
+                unit=_("entry"),
+                desc=_("listing {kb}").format(kb=kb_id),
                 leave=False,
                 dynamic_ncols=True,
             )
@@ -189,13 +188,22 @@ class ReadBars:
         if self._bars:
             if self._parsed is None:
                 self._parsed = tqdm(
-                    total=total, initial=parsed, desc=f"parsed {kb_id}", bar_format=self.PARSED
+                    total=total,
+                    initial=parsed,
+                    desc=_("parsed {kb}").format(kb=kb_id),
+                    bar_format=self.PARSED,
                 )
             self._parsed.total = total
             self._parsed.n = parsed
-            self._parsed.set_postfix_str(f"failed {files.get('failed', 0)}, {detail}")
+            self._parsed.set_postfix_str(
+                _("failed {n}, {detail}").format(n=files.get("failed", 0), detail=detail)
+            )
         elif self._lines is not None:
-            self._lines(f"{kb_id}: parsed {parsed}/{total} ({detail})")
+            self._lines(
+                _("{kb}: parsed {parsed}/{total} ({detail})").format(
+                    kb=kb_id, parsed=parsed, total=total, detail=detail
+                )
+            )
 
     def parsing_done(self, kb_id: str) -> None:
         if self._parsed is not None:
