@@ -119,6 +119,8 @@ def test_a_run_summary_progress_and_status_are_in_chinese(
     assert shown.returncode == 0, shown.stderr
     assert "進度：2/2 (100.0%) | 成功：2 | 失敗：0 |" in shown.stdout, shown.stdout
     assert "已上傳 2，失敗 0，略過 0" in shown.stdout, shown.stdout
+    (log,) = (tmp_path / "logs").iterdir()
+    assert "run ended: uploaded 2, failed 0, skipped 0" in log.read_text(encoding="utf-8")
 
     status = uploader("--db", str(db), "status", LANG="zh_TW.UTF-8")
     assert "知識庫 kb-test：2 個檔案" in status.stdout, status.stdout

@@ -67,6 +67,22 @@ def use(lang: str) -> None:
     os.environ["LANGUAGE"] = normalise(lang)
 
 
+@contextlib.contextmanager
+def in_english() -> Iterator[None]:
+    """Messages built inside are the source's English: for a log line made of what the user
+    was shown (a run's summary), since the log is read by operators and support, who grep it
+    across machines. Nothing awaits inside, so no other task sees the switch."""
+    chosen = os.environ.get("LANGUAGE")
+    os.environ["LANGUAGE"] = "en"
+    try:
+        yield
+    finally:
+        if chosen is None:
+            os.environ.pop("LANGUAGE", None)
+        else:
+            os.environ["LANGUAGE"] = chosen
+
+
 def _windows_display_language() -> str | None:
     if sys.platform != "win32":
         return None

@@ -20,7 +20,7 @@ from . import checkup, filetypes, logs, replace, walkwait
 from .bandwidth import Bandwidth
 from .client import MaiAgentClient, RateLimiter, make_session
 from .exitcodes import exit_code
-from .i18n import _
+from .i18n import _, in_english
 from .interrupts import Interrupts
 from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
@@ -113,16 +113,18 @@ async def run(
         await _record(queue, run_id, result)
     await checkup.learned_from_run(queue, options.base_url, result.batch_proved)
     outcome = await _after(queue, options, result, run_id)
+    with in_english():  # the log's words, whatever the user reads
+        said = summary(result, outcome.skipped)
     if result.interrupted:
         log.warning(
             "run interrupted (Ctrl+C, SIGTERM or the terminal closed): %s; %d files "
             "pending, `uploader run` resumes",
-            summary(result, outcome.skipped),
+            said,
             outcome.states[JobState.PENDING.value],
             extra=logs.FILE_ONLY,
         )
     else:
-        log.info("run ended: %s", summary(result, outcome.skipped))
+        log.info("run ended: %s", said)
     return outcome
 
 
