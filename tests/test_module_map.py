@@ -25,8 +25,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # `name.attr` or `Name.attr.more`, in backticks, maybe called: `scan.enqueue`, `Queue.claim()`
 DOTTED = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(\))?`")
-# a file of the project named by its path: uploader/store/runs.py, store/facts.py, attempt.py
-PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.py)\b")
+# a file of the project named by its path: uploader/store/runs.py, attempt.py, docs/install.md
+PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|md))\b")
 # the script our users come from (docs/migrating.md), theirs and not in this project
 REFERENCE_SCRIPT = "batch_upload_advanced.py"
 # `uploader.exe`, `uploader.db`: file names, not dotted names
@@ -144,6 +144,6 @@ def test_what_the_docstrings_name_exists(module: str) -> None:
 
 
 def _named_exists(ref: str, near: Path) -> bool:
-    if ref.endswith(".py"):
+    if ref.endswith((".py", ".md")):
         return _path_exists(ref, near)
     return _resolves(ref)

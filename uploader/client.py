@@ -702,8 +702,9 @@ class MaiAgentClient:
     """The MaiAgent API and the S3 POST, every request sent through one `Transport`
     (transport.py: aiohttp over one shared session, or a test's in-memory service).
 
-    Every answer is read in whichever shape either source shows (see maiagent-api.md) and
-    validated field by field: a caller gets typed values or an `ApiError`, never a dict.
+    Every answer is read in whichever shape either source shows (MaiAgent's documentation or
+    its example code; docs/localserver.md's dialects show both) and validated field by field:
+    a caller gets typed values or an `ApiError`, never a dict.
     """
 
     def __init__(
