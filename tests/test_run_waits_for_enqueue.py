@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,3 +70,47 @@ def test_a_run_started_with_an_enqueue_waits_for_it_and_uploads_its_files(
         done = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0]
     assert done == _FILES
     assert len(server.records(KB)) == _FILES
+
+
+@pytest.mark.timeout(300)
+def test_a_run_started_with_an_enqueue_waits_for_it_where_the_knowledge_base_has_done_files(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Last week's files are done: the queue holds rows of the knowledge base, none pending,
+    no scan recorded yet. The enqueue said it is starting, so the run waits for its scan
+    (held up by a slow --kb check) instead of exiting with 'nothing pending'."""
+    server = maiagent_factory()
+    checker = maiagent_factory(latency=1.5)
+    db = tmp_path / "queue.db"
+    make_files(tmp_path / "old", 3)
+    enqueue(db, tmp_path / "old")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE jobs SET state = 'done', file_id = 'f-' || id")
+        conn.commit()
+    files = 60
+    make_files(tmp_path / "data", files)
+
+    walker = spawn(
+        db,
+        "enqueue",
+        str(tmp_path / "data"),
+        "--kb",
+        KB,
+        *service(checker),
+        env={"UPLOADER_NO_KB_CHECK": None},
+        text=True,
+    )
+    announced = tmp_path / "queue.db.scans"
+    deadline = time.monotonic() + 60
+    while not list(announced.glob("*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the enqueue has said it is starting: its check of --kb comes next
+    runner = spawn(db, "-q", "run", *service(server), *FAST, "--workers", "4", text=True)
+    walked, walk_err = walker.communicate(timeout=_WAIT)
+    out, err = runner.communicate(timeout=_WAIT)
+
+    assert walker.returncode == 0, walk_err
+    assert runner.returncode == 0, err
+    assert "nothing pending" not in out + err
+    assert f"uploaded {files}, failed 0" in out
+    assert len(server.records(KB)) == files
+    assert not list(announced.glob("*.lock"))  # the enqueue took its word back

@@ -892,6 +892,7 @@ def enqueue(
             click.echo(_refusal(gone.refused, directory, dry_run=True))
         return
 
+    walkwait.announce(ctx.db)  # a run started with this enqueue waits for its scan
     # the service's file types are asked only of a service that just answered the check
     ask = bool(api_key) and not no_kb_check
     if ask:
@@ -915,6 +916,7 @@ def enqueue(
         own = scan.OwnState.of(ctx.anchor)
         # Recorded, so that a `run` meanwhile waits for the walk's next batch.
         scan_id = await RunsStore(q.engine).start_scan(make_owner(q.scope.host), kb_id)
+        walkwait.announced()
 
         async def batch_done(counts: EnqueueCounts) -> None:
             await RunsStore(q.engine).touch_scan(scan_id)

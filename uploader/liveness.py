@@ -219,6 +219,11 @@ class RunLock:
         return removed
 
 
+def is_held(path: Path) -> bool:
+    """Whether a live process holds the lock file at `path` (a dead one's file is removed)."""
+    return _judge(path, remove=True) is False
+
+
 def _create_locked(folder: Path, token: str, owner: str) -> int | None:
     """The locked fd of the new `<token>.lock`, or None when the file system has no locks.
 

@@ -284,7 +284,8 @@ def is_ignored_name(name: bytes) -> bool:
 # report._default_folder (reports/); test_enqueue_own_files runs both, then checks neither is
 # queued.
 OWN_FOLDERS = (b"logs", b"reports")
-_SIDE_FILES = (b"", b"-wal", b"-shm", b"-journal")
+# the database, SQLite's files beside it, and the folders of run and enqueue locks
+_SIDE_FILES = (b"", b"-wal", b"-shm", b"-journal", b".runs", b".scans")
 
 FileId = tuple[int, int]
 
