@@ -845,7 +845,9 @@ class MaiAgentClient:
         finally:
             if not sending.done():  # this task was cancelled: so is its upload
                 sending.cancel()
-                await asyncio.gather(sending, return_exceptions=True)
+            # its error is read here when this task is cancelled after the upload failed (a
+            # gate giving up stops the run): else asyncio logs it as never retrieved
+            await asyncio.gather(sending, return_exceptions=True)
         return sending.result()
 
     async def register(
