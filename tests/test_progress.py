@@ -28,6 +28,7 @@ from tests.helpers import (
     FAST,
     KB,
     enqueue,
+    execute,
     invoke,
     make_files,
     make_flat_files,
@@ -155,15 +156,25 @@ def test_rates_take_the_unit_that_shows_their_digits() -> None:
 def test_a_resumed_run_says_how_many_were_done_before(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
+    """Only after a run that stopped before its end (issue 23: a weekly incremental run said
+    "resuming" as if the last one had broken)."""
     db = _queued_files(tmp_path, 3)
     assert invoke(db, *run_args(maiagent)).exit_code == 0
     make_flat_files(tmp_path / "more", 2)
     enqueue(db, tmp_path / "more")
 
+    routine = invoke(db, *run_args(maiagent)[1:])
+
+    assert routine.exit_code == 0, routine.output
+    assert "resuming" not in routine.output
+    make_flat_files(tmp_path / "last", 1)
+    enqueue(db, tmp_path / "last")
+    execute(db, "UPDATE runs SET exit_code = 130 WHERE id = (SELECT MAX(id) FROM runs)")
+
     again = invoke(db, *run_args(maiagent)[1:])
 
     assert again.exit_code == 0, again.output
-    assert again.stdout.splitlines()[0] == "resuming: 3 of 5 files were uploaded before"
+    assert again.stdout.splitlines()[0] == "resuming: 5 of 6 files were uploaded before"
 
 
 @pytest.mark.posix_only("sends a POSIX signal to a child process")

@@ -49,6 +49,7 @@ from .errors import ApiError
 from .i18n import _
 from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Severity, Step
+from .naming import shown_name
 from .options import RunOptions
 from .reconcile import RemoteIndex
 from .registrar import Registrar
@@ -406,8 +407,8 @@ class Attempt:
         """The name shown: the manifest's, else the relpath or basename as --name says."""
         if self.job.display_name:
             return self.job.display_name
-        relpath = self.job.relpath
-        return relpath if self._s.options.name == "relpath" else relpath.rsplit("/", 1)[-1]
+        options = self._s.options
+        return shown_name(self.job.relpath, options.name, options.name_separator)
 
     def _name_refused(self, err: ApiError) -> ApiError:
         """The name is this file's fault, and the way out is the other naming (or the
@@ -415,7 +416,7 @@ class Attempt:
         if self.job.display_name:
             fix = _("give it another name in the manifest")
         else:
-            other = "basename" if self._s.options.name == "relpath" else "relpath"
+            other = "folders" if self._s.options.name == "relpath" else "basename"
             fix = _("try --name {naming}").format(naming=other)
         message = _("the service refused the name {name!r} ({why}): {fix}").format(
             name=self.job.filename, why=err, fix=fix

@@ -64,6 +64,7 @@ from .model import (
     SkippedRow,
     VerificationItem,
 )
+from .naming import DEFAULT_SEPARATOR, NameMode, check_separator
 from .options import RunOptions
 from .pipes import reader_gone, reader_went_away
 from .printable import Formatter, printable
@@ -162,6 +163,13 @@ def ask_service(
             return await call(api)
 
     return run_async(asked())
+
+
+def _name_separator(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return check_separator(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _host_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
@@ -1443,10 +1451,19 @@ async def _auto_report(q: Queue, ctx: Context) -> str | None:
 )
 @click.option(
     "--name",
-    type=click.Choice(["basename", "relpath"]),
+    type=click.Choice([m.value for m in NameMode]),
     default="basename",
     show_default=True,
-    help="The filename shown in the knowledge base.",
+    help="The filename shown in the knowledge base: basename (names may repeat across "
+    "folders), folders (the path below DIR, joined by --name-separator), relpath (with '/', "
+    "which MaiAgent refuses).",
+)
+@click.option(
+    "--name-separator",
+    default=DEFAULT_SEPARATOR,
+    show_default=True,
+    callback=_name_separator,
+    help="What joins the folders of a --name folders name.",
 )
 @click.option(
     "--register-batch",
@@ -1557,11 +1574,11 @@ def run(
     walkwait.wait_for_database(ctx.db, until)
     run_log: list[logs.RunLog] = []  # opened once the run has work
 
-    def begin(before: dict[str, int]) -> None:
+    def begin(before: dict[str, int], resumed: bool) -> None:
         """The run has work: its log opens, and a resumed run says how far it was."""
         opened = _open_log(ctx, options.log_file, options.log_level)
         run_log.extend([opened] if opened is not None else [])
-        if before["done"] and not as_json:
+        if before["done"] and resumed and not as_json:
             total = sum(before.values()) - before["skipped"]
             ctx.echo(
                 _("resuming: {done} of {total} files were uploaded before").format(

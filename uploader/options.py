@@ -25,7 +25,8 @@ class RunOptions:
     timeout: float = 60.0  # seconds per API request; an S3 upload's idle timeout
     rate_limit: float | None = None  # API requests per second
     bwlimit: float | None = None  # bytes per second of every upload together
-    name: str = "basename"  # or "relpath": the filename shown in the knowledge base
+    name: str = "basename"  # or "relpath", "folders": the filename shown (naming.py)
+    name_separator: str = " › "  # between the folders of a `folders` name
     register_batch: int | None = None  # files per register call; None: auto
     lease: float = 60.0  # seconds a claimed row stays this run's without renewal
     grace: float = 5.0  # seconds in-flight uploads get after Ctrl+C

@@ -29,6 +29,7 @@ from .options import RunOptions
 from .outage import GateState, OnChange, Outage
 from .progress import rate_text
 from .queue import Queue
+from .resume import resumes
 from .store.runs import RunsStore
 from .store.status import StatusStore
 from .store.superseded import SupersededStore
@@ -57,7 +58,7 @@ class Hooks:
     """Whom a run tells as it goes (the CLI draws and logs; None: nobody is told)."""
 
     # the run has work: the files per state before it (a resumed run says how far it was)
-    begin: Callable[[dict[str, int]], None] | None = None
+    begin: Callable[[dict[str, int], bool], None] | None = None  # and whether it resumes
     start: Callable[[int], None] | None = None  # the run's id, as soon as it has one
     progress: ProgressFactory | None = None  # made once the run's totals are known
     notice: Callable[[str], None] | None = None  # what a signal does to the run
@@ -94,7 +95,8 @@ async def run(
     if idle is not None:
         return RunOutcome(RunResult(), idle=idle)
     if hooks.begin is not None:
-        hooks.begin(states_of(await StatusStore(queue.engine).state_counts(), options.kb_id))
+        states = states_of(await StatusStore(queue.engine).state_counts(), options.kb_id)
+        hooks.begin(states, await resumes(queue.engine))
     kbs = await queue.kbs_with_work(options.kb_id)
     plan = Plan(
         register_batch=await checkup.register_batch(
