@@ -97,7 +97,7 @@ class FakeClient:
     ) -> list[RemoteEntry]:
         await self._step()
         if fence is not None:
-            items = await fence(items)
+            items, _since = await fence(items)
         await self._step()  # on the wire
         fate = self.rng.choice(FATES)
         made = [self.service.make(item) for item in items]

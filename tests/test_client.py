@@ -16,6 +16,7 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,9 @@ from uploader.client import (
     make_session,
 )
 from uploader.model import ErrorKind, Severity
+from uploader.queue import open_queue
+from uploader.reconcile import RemoteIndex
+from uploader.registrar import Registrar
 
 KEY = "sk-live-THE-SECRET-KEY-0123456789"
 KB = "kb-x"
@@ -467,6 +471,27 @@ async def test_timeouts_are_transient_and_doubtful_only_for_register() -> None:
         True,
     )
     assert (presign.error_kind, presign.maybe_applied) == (ErrorKind.TIMEOUT, False)
+
+
+@async_test
+async def test_a_register_stalled_past_its_write_ahead_and_timeout_is_not_sent(
+    tmp_path: Path,
+) -> None:
+    """A process stopped (SIGSTOP, starved) after a register's write-ahead, before its bytes
+    left: a run that takes the row over believes that register over by the write-ahead's time
+    plus the timeout (and a margin), then registers the key itself. The late send must not go."""
+    async with harness(timeout=0.3) as (fake, client), await open_queue(str(tmp_path / "q")) as q:
+        registrar = Registrar(client, RemoteIndex(q, client), 1, 0.0)
+
+        async def written_then_stopped() -> float | None:
+            since = time.time()  # the write-ahead commits...
+            await asyncio.sleep(0.5)  # ...and the process stops before the send
+            return since
+
+        fake.on(KB_FILES, reply(200, [{"id": "e1", "filename": "a", "file": "k"}]))
+        stopped = await fails(registrar.register(KB, RegisterItem("k", "a"), written_then_stopped))
+        assert fake.requests(KB_FILES) == []
+    assert (stopped.error_kind, stopped.maybe_applied) == (ErrorKind.LEASE, False)
 
 
 @async_test

@@ -12,7 +12,10 @@ taken effect, at or after this time".
   to this run and immediately before the request is sent (after the rate limiter, a 429 pause,
   an outage pause). That write is also the fence: when it finds the row no longer ours, the
   register is not sent. So a row that comes back from a dead process (`Queue.reclaim`) is in
-  doubt exactly when it may have registered, and always with the key that settles it.
+  doubt exactly when it may have registered, and always with the key that settles it. The
+  send is bounded by it too: made and over by the write-ahead's time plus the timeout, or not
+  at all (the client's `register`), since a run that takes the row over waits that long (and
+  a margin) before the listing's silence counts, however long this process stalled after it.
 - It is kept when a register is cut short: the call failed in a way that may have reached the
   service (a timeout, a lost connection, a 5xx, an answer that does not name the file:
   `ApiError.maybe_applied`), or the attempt was cancelled while registering.
@@ -339,13 +342,11 @@ class Attempt:
         assert job.s3_key is not None and job.filename is not None
         item = await self._register_item(job.s3_key, job.filename)
 
-        async def fence() -> bool:
+        async def fence() -> float | None:
             since = await self._s.begin_register(job)
-            if since is None:
-                return False
-            if self._registering_since is None:
+            if since is not None and self._registering_since is None:
                 self._registering_since = since
-            return True
+            return since
 
         file_id = await self._s.registrar.register(job.kb_id, item, fence)
         self._registering_since = None

@@ -300,8 +300,18 @@ class RegisterItem:
         return item
 
 
-# Awaited just before a register is sent: the items that may still go (see `register`).
-Fence = Callable[[Sequence[RegisterItem]], Awaitable[Sequence[RegisterItem]]]
+@dataclass(frozen=True)
+class _Due:
+    """A payload made by a register's fence: its body, and the time (wall clock) by which its
+    request must be over."""
+
+    body: object
+    by: float
+
+
+# Awaited just before a register is sent: the items that may still go, and the time of their
+# (earliest) write-ahead, which bounds when the request may still be made (see `register`).
+Fence = Callable[[Sequence[RegisterItem]], Awaitable[tuple[Sequence[RegisterItem], float]]]
 
 
 def key_matches(file_or_key: str | None, key: str) -> bool:
@@ -864,7 +874,11 @@ class MaiAgentClient:
 
         `fence`, when given, is awaited immediately before each send (after the rate limiter,
         a 429 pause, an outage pause) with the items, and returns those that may still be
-        sent: only they go (none: the call raises the fence's error).
+        sent: only they go (none: the call raises the fence's error). The request must be over
+        by the write-ahead's time it returns plus the timeout: a run that takes the rows over
+        believes a register of theirs over by then (and a margin), and then registers the keys
+        itself. A send delayed past it after the fence (a stopped or starved process, an outage
+        pause) is not made (a `lease` error), and one under way is cut at it.
 
         A 400 saying the key is already in the knowledge base is `duplicate_key`: transient
         and maybe applied, since it means an earlier register of ours took effect.
@@ -883,8 +897,11 @@ class MaiAgentClient:
         """`register`, and the forms its answer took (for `uploader check`)."""
 
         async def payload() -> object:
-            sending = items if fence is None else await fence(items)
-            return {"files": [item.body(label_form) for item in sending]}
+            if fence is None:
+                return {"files": [item.body(label_form) for item in items]}
+            sending, since = await fence(items)
+            body = {"files": [item.body(label_form) for item in sending]}
+            return _Due(body, since + self._timeout)
 
         answer = await self._api_json(
             "POST", _kb_path(kb_id), "register", payload, kb_id=kb_id, unsafe=True
@@ -1143,9 +1160,9 @@ class MaiAgentClient:
             url, where = self._base + target, target
         for attempt in range(self._throttle_retries + 1):
             await self._limiter.acquire()
-            data = await self._encode(payload)
+            data, due = await self._encode(payload)
             status, body, retry_after = await self._send(
-                method, url, where, data, headers, self._api_timeout, op, unsafe
+                method, url, where, data, headers, self._api_timeout, op, unsafe, due
             )
             if status != 429:
                 break
@@ -1164,16 +1181,20 @@ class MaiAgentClient:
             return None
         raise self._status_error(op, status, body, kb_id, unsafe)
 
-    async def _encode(self, payload: object) -> bytes | None:
-        """The request body; a callable payload is made now, after every wait before the
-        send (see `register`'s fence), and so again for each re-send."""
+    async def _encode(self, payload: object) -> tuple[bytes | None, float | None]:
+        """The request body, and the time by which its request must be over (None: any); a
+        callable payload is made now, after every wait before the send (see `register`'s
+        fence), and so again for each re-send."""
+        due = None
         if callable(payload):
             if self._gate is not None:
                 await self._gate.wait_open()
             payload = await payload()
-        return (
-            None if payload is None else json.dumps(payload, separators=_JSON_SEPARATORS).encode()
-        )
+            if isinstance(payload, _Due):
+                payload, due = payload.body, payload.by
+        if payload is None:
+            return None, due
+        return json.dumps(payload, separators=_JSON_SEPARATORS).encode(), due
 
     async def _send(
         self,
@@ -1185,9 +1206,10 @@ class MaiAgentClient:
         timeout: Timeout,
         op: str,
         unsafe: bool,
+        due: float | None = None,
     ) -> tuple[int, bytes, float | None]:
         """One request through the transport; returns (status, body, Retry-After seconds of
-        a 429).
+        a 429). `due` (wall clock): the request is not made after it, and cut at it.
 
         A success body is read up to `max_body` and an error body up to 64 KiB, chunk by
         chunk: a proxy's 400 MB answer costs a closed connection, not the memory.
@@ -1195,6 +1217,8 @@ class MaiAgentClient:
         gate = self._gate
         if gate is not None:
             await gate.wait_open()
+        if due is not None:
+            timeout = self._until(due, timeout)
         sent_at = time.monotonic()
         sent_wall = time.time()
         start = time.perf_counter()
@@ -1223,6 +1247,18 @@ class MaiAgentClient:
             raise self._redirected(op, resp.status, url, location)
         retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status == 429 else None
         return resp.status, resp.body, retry_after
+
+    def _until(self, due: float, timeout: Timeout) -> Timeout:
+        """`timeout` cut so that the request is over by `due`; refused (nothing sent) when
+        `due` has passed: the write-ahead that let it go no longer protects it."""
+        left = due - time.time()
+        if left <= 0:
+            message = _(
+                "not registered: this run's lease on the file ended (another run may hold it)"
+            )
+            raise self._error(message, Severity.TRANSIENT, ErrorKind.LEASE)
+        total = left if timeout.total is None else min(timeout.total, left)
+        return Timeout(total, min(timeout.connect, total))
 
     def _json(self, body: bytes | None, op: str, unsafe: bool = False) -> Any:
         try:

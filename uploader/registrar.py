@@ -17,8 +17,9 @@ from .reconcile import RemoteIndex
 log = logging.getLogger("uploader.run")
 
 
-# The attempt's write-ahead and fence for one file: True when the register may go now.
-FileFence = Callable[[], Awaitable[bool]]
+# The attempt's write-ahead and fence for one file: the time of its write-ahead when the
+# register may go now, None when it may not.
+FileFence = Callable[[], Awaitable[float | None]]
 
 
 @dataclass
@@ -103,11 +104,12 @@ class Registrar:
         """One register call for `pending`; every future is settled (a result or an error)."""
         sent: list[_Pending] = []
 
-        async def fence(_items: Sequence[RegisterItem]) -> list[RegisterItem]:
-            sent[:] = await _passing(pending)
+        async def fence(_items: Sequence[RegisterItem]) -> tuple[list[RegisterItem], float]:
+            passed = await _passing(pending)
+            sent[:] = [p for p, _since in passed]
             if not sent:
                 raise _fenced()
-            return [p.item for p in sent]
+            return [p.item for p in sent], min(since for _p, since in passed)
 
         names = [p.item.filename for p in pending]
         self._index.registering.update(names)
@@ -175,11 +177,12 @@ class Registrar:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def _passing(pending: list[_Pending]) -> list[_Pending]:
-    """The files whose fence lets them go now (cancelled waiters are dropped)."""
+async def _passing(pending: list[_Pending]) -> list[tuple[_Pending, float]]:
+    """The files whose fence lets them go now, with the time of their write-ahead (cancelled
+    waiters are dropped)."""
     waiting = [p for p in pending if not p.fut.done()]
     verdicts = await asyncio.gather(*(p.fence() for p in waiting))
-    return [p for p, ok in zip(waiting, verdicts, strict=True) if ok]
+    return [(p, since) for p, since in zip(waiting, verdicts, strict=True) if since is not None]
 
 
 def _fenced() -> ApiError:
