@@ -1191,7 +1191,8 @@ class MaiAgentClient:
                 await self._gate.wait_open()
             payload = await payload()
             if isinstance(payload, _Due):
-                payload, due = payload.body, payload.by
+                due = payload.by
+                payload = payload.body
         if payload is None:
             return None, due
         return json.dumps(payload, separators=_JSON_SEPARATORS).encode(), due
