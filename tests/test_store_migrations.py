@@ -10,15 +10,18 @@ join is proven a renaming, and an upgraded database must end with the schema of 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.helpers import ROOT, async_test
+from tests.helpers import ROOT, async_test, invoke
 from tests.pg_server import PgServer
 from uploader.model import HostScope, ScanRow
 from uploader.queue import QueueError, open_queue
@@ -230,3 +233,115 @@ async def test_an_old_series_number_this_version_does_not_know_is_refused(pg_url
         await conn.close()
     with pytest.raises(QueueError, match="newer version of uploader"):
         await open_queue(old)
+
+
+# --- a database made before a migration ------------------------------------------------------
+
+SAVED_JOBS = 20  # 0020_saved_jobs: `uploader sync` saves its jobs there
+
+
+def _build_sqlite_before(db: Path, number: int) -> None:
+    """A database of the joined series as an uploader without migration `number` made it,
+    holding an uploaded file and a queued one."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for migration in series():
+            if migration.number >= number:
+                break
+            for statement in _split(migration.sqlite):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {migration.number}")
+        conn.execute("COMMIT")
+        conn.execute(
+            "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, enqueued_at, host,"
+            " file_id) VALUES (?, ?, 'up.txt', 3, 1, 'done', 1.0, ?, 'entry-1')",
+            (KB, b"/legacy/up.txt", HOST),
+        )
+        conn.execute(
+            "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, enqueued_at, host)"
+            " VALUES (?, ?, 'queued.txt', 4, 1, 'pending', 1.0, ?)",
+            (KB, b"/legacy/queued.txt", HOST),
+        )
+
+
+async def _build_pg_before(url: str, number: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                f"CREATE TABLE {VERSION_TABLE} (version integer PRIMARY KEY,"
+                " applied_at double precision NOT NULL)"
+            )
+            for migration in series():
+                if migration.number >= number:
+                    break
+                if has_statements(migration.postgresql):
+                    await conn.execute(migration.postgresql)
+                await conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES ($1, 0)", migration.number)
+        for relpath, state, file_id in (
+            ("up.txt", "done", "entry-1"),
+            ("queued.txt", "pending", None),
+        ):
+            await conn.execute(
+                "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, enqueued_at, host,"
+                " file_id) VALUES ($1, $2, $3, 3, 1, $4, 1.0, $5, $6)",
+                KB,
+                b"/legacy/" + relpath.encode(),
+                relpath,
+                state,
+                HOST,
+                file_id,
+            )
+    finally:
+        await conn.close()
+
+
+def _opened_by_the_cli(db: Any, folder: Path) -> None:
+    """A database made before 0020, used by today's commands: its rows are kept, and `sync`
+    saves a job in the table the migration adds."""
+    before = invoke(db, "jobs")
+    status = invoke(db, "status", "--json")
+    folder.mkdir()
+    enqueued = invoke(db, "enqueue", str(folder), "--kb", KB)
+
+    assert before.exit_code == 0 and "no saved job" in before.stdout, before.output
+    assert status.exit_code == 0, status.output
+    states = json.loads(status.stdout)["knowledge_bases"][KB]
+    assert (states["done"]["files"], states["pending"]["files"]) == (1, 1), states
+    assert enqueued.exit_code == 0, enqueued.output
+
+
+def test_a_sqlite_database_made_before_saved_jobs_opens_with_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "before.db"
+    _build_sqlite_before(db, SAVED_JOBS)
+
+    _opened_by_the_cli(db, tmp_path / "empty")
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        kept = conn.execute("SELECT relpath, state, file_id FROM jobs ORDER BY id").fetchall()
+        assert conn.execute("SELECT COUNT(*) FROM saved_jobs").fetchone()[0] == 0
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == series()[-1].number
+    assert kept == [("up.txt", "done", "entry-1"), ("queued.txt", "pending", None)]
+
+
+def test_a_postgresql_database_made_before_saved_jobs_opens_with_its_rows(
+    tmp_path: Path, pg_url: str
+) -> None:
+    asyncio.run(_build_pg_before(pg_url, SAVED_JOBS))
+
+    _opened_by_the_cli(pg_url, tmp_path / "empty")
+
+    async def read() -> tuple[list[tuple[object, ...]], int, list[int]]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            kept = await conn.fetch("SELECT relpath, state, file_id FROM jobs ORDER BY id")
+            saved = await conn.fetchval("SELECT COUNT(*) FROM saved_jobs")
+            applied = await conn.fetch(f"SELECT version FROM {VERSION_TABLE} ORDER BY version")
+        finally:
+            await conn.close()
+        return [tuple(r) for r in kept], saved, [r[0] for r in applied]
+
+    kept, saved, applied = asyncio.run(read())
+    assert kept == [("up.txt", "done", "entry-1"), ("queued.txt", "pending", None)]
+    assert saved == 0
+    assert applied == [m.number for m in series()]
