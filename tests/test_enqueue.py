@@ -440,3 +440,27 @@ def test_max_size_zero_is_refused_and_off_means_no_limit(tmp_path: Path) -> None
 
     assert enqueue(db, tree, "--max-size", "off") == counts(2, new=2)
     assert {r["state"] for r in jobs(db).values()} == {"pending"}
+
+
+def test_verbose_names_every_file_left_out_and_why(tmp_path: Path) -> None:
+    data = make_tree(
+        tmp_path / "data",
+        {"a.txt": 3, "logo.png": 3, ".hidden.txt": 3, "drafts/x.txt": 3, "big.txt": 50,
+         "setup.exe": 3},
+    )  # fmt: skip
+    os.symlink(data / "a.txt", data / "link.txt")
+
+    result = invoke(
+        tmp_path / "q.db", "-v", "enqueue", str(data), "--kb", KB, "--exclude", "*.png",
+        "--exclude", "drafts/**", "--max-size", "10",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "left out" in line]
+    assert any("left out logo.png: excluded by --exclude '*.png'" in s for s in said), said
+    assert any("left out drafts/: excluded by --exclude 'drafts/**'" in s for s in said), said
+    assert any("left out .hidden.txt: hidden or system file" in s for s in said), said
+    assert any("left out link.txt: a symbolic link" in s for s in said), said
+    assert any("left out big.txt: skipped: larger than --max-size" in s for s in said), said
+    assert any("left out setup.exe: skipped:" in s for s in said), said
+    assert not any("a.txt" in s and "link" not in s for s in said), said

@@ -63,6 +63,7 @@ from .model import (
     JobState,
     SkippedRow,
     VerificationItem,
+    Waiting,
 )
 from .naming import DEFAULT_SEPARATOR, NameMode, check_separator
 from .options import RunOptions
@@ -2065,6 +2066,50 @@ async def _skipped(q: Queue, kb_id: str | None) -> list[dict[str, Any]]:
     return found
 
 
+async def _pending(q: Queue, kb_id: str | None) -> list[dict[str, Any]]:
+    """The files not uploaded yet (of --kb), oldest row first, with what each waits for."""
+    found: list[dict[str, Any]] = []
+    rows = StatusStore(q.engine).pending_rows(kb_id)
+    try:
+        async for row in rows:
+            found.append(
+                {
+                    "path": display(row.path),
+                    "kb_id": row.kb_id,
+                    "size": row.size,
+                    "waiting": Waiting.of(row).value,
+                    "attempts": row.attempts,
+                    "kind": row.error_kind,
+                    "last_error": row.error,
+                    "due_at": report.iso(row.next_attempt_at) if row.next_attempt_at else None,
+                }
+            )
+    finally:
+        await rows.aclose()  # type: ignore[attr-defined]
+    return found
+
+
+# What `status --pending` says a file waits for (the JSON keeps the English word).
+_WAITING = {
+    Waiting.RUNNING: N_("uploading now"),
+    Waiting.DOUBT: N_("a register may have landed: the listing settles it first"),
+    Waiting.REGISTER: N_("on S3: to register"),
+    Waiting.METADATA: N_("uploaded: labels or metadata to update (no upload)"),
+    Waiting.RECHECK: N_("uploaded: same size, new time; its bytes are compared first"),
+    Waiting.RETRY: N_("to retry"),
+    Waiting.UPLOAD: N_("to upload"),
+}
+
+
+def _pending_line(item: dict[str, Any]) -> str:
+    said = _(_WAITING[Waiting(item["waiting"])])
+    if item["waiting"] == Waiting.RETRY and item["due_at"]:
+        said += " " + _("at {time}").format(time=_when(item["due_at"]))
+    if item["last_error"]:
+        said += f" [{item['kind'] or 'unknown'}] {item['last_error']}"
+    return f"{item['path']}  {said}"
+
+
 def _failed_line(item: dict[str, Any]) -> str:
     if item["kind"] == "parse_failed":
         why = item["last_error"] or ""
@@ -2090,14 +2135,33 @@ def _failed_line(item: dict[str, Any]) -> str:
     help="Instead: every skipped file with the reason (too large, unreadable, a type the "
     "knowledge base does not accept, same content).",
 )
+@click.option(
+    "--pending",
+    is_flag=True,
+    help="Instead: every file not uploaded yet, with what it waits for (upload, retry, "
+    "register, a metadata update).",
+)
 @kb_option(required=False)
 @pass_ctx
-def status(ctx: Context, as_json: bool, failed: bool, skipped: bool, kb_id: str | None) -> None:
+def status(
+    ctx: Context, as_json: bool, failed: bool, skipped: bool, pending: bool, kb_id: str | None
+) -> None:
     """Files and bytes per state, per knowledge base, and the last run; with --failed, which
     files failed and why (`uploader retry-failed --kind KIND` puts them back); with
-    --skipped, which files are not uploaded and why."""
-    if failed and skipped:
-        raise UserError(_("--failed and --skipped are two lists: ask for one"))
+    --skipped, which files are not uploaded and why; with --pending, which files are still
+    to upload."""
+    if failed + skipped + pending > 1:
+        raise UserError(_("--failed, --skipped and --pending are separate lists: ask for one"))
+    if pending:
+        items = on_queue(ctx, lambda q: _pending(q, kb_id), create=False)
+        if as_json:
+            click.echo(json.dumps(items, indent=2, ensure_ascii=False))
+            return
+        if not items:
+            click.echo(_("no file pending"))
+        for item in items:
+            click.echo(printable(_pending_line(item)))
+        return
     if skipped:
         items = on_queue(ctx, lambda q: _skipped(q, kb_id), create=False)
         if as_json:

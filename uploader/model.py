@@ -399,6 +399,49 @@ class SkippedRow(NamedTuple):
     reason: str | None
 
 
+class PendingRow(NamedTuple):
+    """A file not uploaded yet (pending, or running now), with how far it got: `status
+    --pending`."""
+
+    kb_id: str
+    path: bytes
+    size: int
+    state: str
+    step: str | None
+    attempts: int
+    error: str | None  # the last attempt's, when it is waiting to be retried
+    error_kind: str | None
+    next_attempt_at: float | None  # this host's clock
+    in_doubt: bool  # a register may have taken effect: the listing settles it first
+
+
+class Waiting(_Text):
+    """What a pending file waits for (`status --pending`), from its row."""
+
+    RUNNING = "running"  # a run is uploading it now
+    DOUBT = "doubt"  # a register may have landed: the listing settles it before anything else
+    REGISTER = "register"  # on S3 already: the register is next
+    METADATA = "metadata"  # uploaded: its labels or metadata are to be updated, no upload
+    RECHECK = "recheck"  # uploaded: same size, another time; its bytes are compared first
+    RETRY = "retry"  # its last attempt failed transiently: retried when due
+    UPLOAD = "upload"  # never tried, or tried afresh
+
+    @classmethod
+    def of(cls, row: PendingRow) -> Waiting:
+        if row.state == JobState.RUNNING:
+            return cls.RUNNING
+        if row.in_doubt:
+            return cls.DOUBT
+        by_step = {
+            Step.UPLOADED.value: cls.REGISTER,
+            Step.METADATA.value: cls.METADATA,
+            Step.RECHECK.value: cls.RECHECK,
+        }
+        if row.step in by_step:
+            return by_step[row.step]
+        return cls.RETRY if row.error is not None else cls.UPLOAD
+
+
 ReportRow = DoneRow | FailedRow | SkippedRow
 
 

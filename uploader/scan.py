@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import re
 import stat
@@ -26,6 +27,8 @@ from .moves import Moves
 from .queue import EnqueueCounts, ScanRow
 from .store.parse import ParseStore
 from .tags import TagOptions
+
+log = logging.getLogger("uploader.scan")
 
 CLUTTER = frozenset({b"thumbs.db", b"desktop.ini", b"ehthumbs.db"})
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -247,6 +250,14 @@ class Filters:
             return False
         return self._inc is None or self._inc.match(relpath)
 
+    def why_not(self, relpath: str, folder: bool = False) -> str:
+        """Why `wanted` (or `pruned`, for a folder) left `relpath` out: the first filter that
+        did, for enqueue -v."""
+        for key, union in self._each.items():
+            if key.startswith("--exclude") and key.endswith(" ") == folder and union.match(relpath):
+                return f"excluded by {key.rstrip()}"
+        return "matched by no --include"
+
     def pruned(self, relpath: str) -> bool:
         """True for a folder every file below which an exclude matches."""
         found = self._prune is not None and self._prune.match(relpath)
@@ -390,6 +401,8 @@ def walk(
                 for entry in entries:
                     if is_ignored_name(entry.name):
                         stats.ignored += 1
+                        if log.isEnabledFor(logging.INFO):
+                            _left_out(paths.below(entry.path, prefix), "hidden or system file")
                         continue
                     st = _stat(entry, follow_symlinks)
                     if entry.name in own_here or (
@@ -401,16 +414,16 @@ def walk(
                         continue
                     if st is not None and stat.S_ISDIR(st.st_mode):
                         entry_id = (st.st_dev, st.st_ino)
-                        if filters.pruned(os.fsdecode(paths.below(entry.path, prefix))):
+                        below = os.fsdecode(paths.below(entry.path, prefix))
+                        if filters.pruned(below):
                             stats.ignored += 1
+                            _left_out(below + "/", filters.why_not(below, folder=True))
                         elif entry_id not in seen:
                             seen.add(entry_id)
                             stack.append((entry.path, entry_id))
                         continue
                     row = _row(entry, st, prefix, filters, stats)
-                    if row is None:
-                        stats.ignored += 1
-                    else:
+                    if row is not None:
                         stats.count_undecodable(row)
                         yield row
         except OSError as exc:
@@ -426,6 +439,12 @@ def survey(
     for _row in walk(os.fsencode(root), filters, follow_symlinks, stats, own):
         stats.found += 1
     return stats
+
+
+def _left_out(rel: bytes | str, why: str) -> None:
+    """enqueue -v names every file the walk leaves out, and why (the hot path asks
+    `log.isEnabledFor` first where naming it costs)."""
+    log.info("left out %s: %s", display(rel) if isinstance(rel, bytes) else rel, why)
 
 
 def _stat(entry: os.DirEntry[bytes], follow: bool) -> os.stat_result | None:
@@ -444,12 +463,22 @@ def _row(
     filters: Filters,
     stats: ScanStats,
 ) -> ScanRow | None:
-    """The queue row for a regular file the filters want; None for everything else."""
-    if st is None or not stat.S_ISREG(st.st_mode):
-        return None
+    """The queue row for a regular file the filters want; None for everything else (counted
+    ignored, and named at -v)."""
     rel = paths.below(entry.path, prefix)
+    if st is None or not stat.S_ISREG(st.st_mode):
+        stats.ignored += 1
+        if log.isEnabledFor(logging.INFO):
+            link = st is None and entry.is_symlink()
+            why = "a symbolic link (--follow-symlinks follows it)" if link else "not a file"
+            _left_out(rel, why)
+        return None
     text = name_text(rel, filters.filename_encoding)
-    if not filters.wanted(os.fsdecode(rel) if text is None else text):
+    name = os.fsdecode(rel) if text is None else text
+    if not filters.wanted(name):
+        stats.ignored += 1
+        if log.isEnabledFor(logging.INFO):
+            _left_out(rel, filters.why_not(name))
         return None
     return _file_row(entry.path, rel, st, filters, entry.is_symlink(), stats)
 
@@ -484,6 +513,8 @@ def _file_row(
     # The upload opens with O_NOFOLLOW (a link swapped in later is refused), so a link that
     # --follow-symlinks followed is queued as the file it leads to.
     real = os.path.realpath(path) if link else path
+    if skip is not None:
+        _left_out(rel, f"skipped: {skip}")
     return ScanRow(real, display(rel) if text is None else text, st.st_size, st.st_mtime_ns, skip)
 
 
@@ -519,6 +550,8 @@ def manifest_rows(
             continue
         if not filters.wanted(os.fsdecode(rel)):
             stats.ignored += 1
+            if log.isEnabledFor(logging.INFO):
+                _left_out(rel, filters.why_not(os.fsdecode(rel)))
             continue
         file_row = _file_row(path, rel, st, filters, os.path.islink(path), stats, row.filename)
         stats.count_undecodable(file_row)

@@ -14,6 +14,7 @@ from ..model import (
     DoneRow,
     FailedRow,
     HostCount,
+    PendingRow,
     ReportRow,
     SkippedRow,
     VerificationItem,
@@ -36,6 +37,12 @@ _REPORT_ROWS: dict[str, tuple[str, type[ReportRow]]] = {
         SkippedRow,
     ),
 }
+
+_PENDING_ROWS = """
+SELECT kb_id, path, size, state, step, attempts, last_error, error_kind, next_attempt_at,
+       unknown_since IS NOT NULL
+FROM jobs WHERE state IN ('pending', 'running')
+  AND (kb_id = ? OR CAST(? AS TEXT) IS NULL) ORDER BY id"""
 
 _REPORT_TOTALS = """
 SELECT COUNT(*),
@@ -139,6 +146,18 @@ class StatusStore:
         async with contextlib.aclosing(self._db.stream(sql, chunk=chunk)) as rows:
             async for row in rows:
                 yield shape(*row)
+
+    async def pending_rows(self, kb_id: str | None, chunk: int = 5000) -> AsyncIterator[PendingRow]:
+        """The files not uploaded yet (of `kb_id`; None: all), pending or running, in id
+        order, streamed."""
+        params = (kb_id, kb_id)
+        async with contextlib.aclosing(self._db.stream(_PENDING_ROWS, params, chunk)) as rows:
+            async for r in rows:
+                kb, path, size, state, step, attempts, error, kind, due, doubt = r
+                due = self._db.to_host(due) if due else None  # 0: due at once
+                yield PendingRow(
+                    kb, path, size, state, step, attempts, error, kind, due, bool(doubt)
+                )
 
     async def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
         """Every recorded deletion, oldest first, with its job's local path, streamed."""
