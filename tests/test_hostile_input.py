@@ -376,7 +376,7 @@ def test_a_run_stopped_by_a_lock_held_mid_run_is_ended_by_the_next_run(
     enqueue(db, tmp_path / "data")
     monkeypatch.setattr(queue_sqlite, "BUSY_TIMEOUT_MS", 100)
     monkeypatch.setattr(queue_sqlite, "LOCKED", dataclasses.replace(queue_sqlite.LOCKED, tries=3))
-    blocker = threading.Timer(0.5, _hold_write_lock, (db, 3.0))
+    blocker = threading.Thread(target=_hold_write_lock_mid_run, args=(db, server))
     blocker.start()
     try:
         first = invoke(db, *run_args(server, "--workers", "2", "--lease", "600"))
@@ -395,6 +395,14 @@ def test_a_run_stopped_by_a_lock_held_mid_run_is_ended_by_the_next_run(
     assert {job["state"] for job in rows(db)} == {"done"}
     assert len(server.entries(KB)) == 40
     assert list(Path(f"{db}.runs").iterdir()) == []
+
+
+def _hold_write_lock_mid_run(db: Path, server: MaiAgentServer) -> None:
+    """Once the run has registered a file (it is mid-run, whatever its start took)."""
+    deadline = time.monotonic() + 30
+    while not server.entries(KB) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _hold_write_lock(db, 3.0)
 
 
 def _hold_write_lock(db: Path, seconds: float) -> None:

@@ -28,6 +28,7 @@ from . import (
     __version__,
     bandwidth,
     checkup,
+    cli_existing,
     client,
     content,
     filetypes,
@@ -1542,6 +1543,7 @@ async def _auto_report(q: Queue, ctx: Context) -> str | None:
     help="Do not write the JSON report at the end (reports/ beside the database).",
 )
 @wait_parsed_options()
+@cli_existing.options()
 @reference_names()
 @pass_ctx
 def run(
@@ -1573,6 +1575,7 @@ def run(
     # An enqueue started with this run may not have made its database yet.
     until = walkwait.deadline()
     walkwait.wait_for_database(ctx.db, until)
+    cli_existing.check(lambda call: on_queue_and_service(ctx, api_key, base_url, call), options)
     run_log: list[logs.RunLog] = []  # opened once the run has work
 
     def begin(before: dict[str, int], resumed: bool) -> None:

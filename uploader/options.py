@@ -34,6 +34,11 @@ class RunOptions:
     shared: bool = False  # claim any host's rows, not only this host's
     skip_same_content: bool = False
     keep_old_versions: bool = False
+    # before this database's first upload to a knowledge base that holds entries like the
+    # files (uploader/existing.py): adopt them (from a reference checkpoint), or upload anyway
+    adopt_existing: bool = False
+    from_checkpoint: str | None = None
+    upload_anyway: bool = False
     log_file: str | None = None  # the run's log (None: logs/ beside the database)
     log_level: str = "INFO"
 
