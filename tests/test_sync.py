@@ -304,3 +304,37 @@ def test_the_metrics_endpoint_is_scraped(tmp_path: Path, maiagent: MaiAgentServe
     assert 'uploader_sync_cycles_total{exit_code="0"} 1.0' in scraped
     assert "uploader_sync_cycle_seconds" in scraped
     assert proc.returncode == 0, (out, err)
+
+
+def test_watch_uploads_a_file_once_it_stopped_changing(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """A file written a little at a time for longer than the file-system events are grouped
+    (and than several --every periods) is uploaded once, whole: a cycle leaves out a file
+    modified in the last few seconds (it may be half-written) and looks again soon."""
+    data = make_tree(tmp_path / "share", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+    proc = spawn(
+        db, "sync", str(data), "--kb", KB, "--base-url", maiagent.base_url, *FAST,
+        "--watch", "--every", "1s", text=True,
+    )  # fmt: skip
+    first, rest = b"the first half of a copy,\n", b"and the rest of it, a while later\n"
+    try:
+        _wait_for(lambda: len(maiagent.entries(KB)) == 1)
+        with open(data / "slow.txt", "wb") as f:
+            f.write(first)
+            f.flush()
+            for _ in range(12):  # a slow copy: a write every half second for six seconds
+                time.sleep(0.5)
+                f.write(b".")
+                f.flush()
+            f.write(rest)
+        _wait_for(lambda: len(maiagent.entries(KB)) == 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 0, (out, err)
+    (slow,) = [e for e in maiagent.entries(KB) if e["filename"] == "slow.txt"]
+    assert maiagent.entry_content(slow["id"]) == first + b"." * 12 + rest
+    assert maiagent.stats()["register"] == 2  # a.txt, then slow.txt once: never its first half

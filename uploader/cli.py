@@ -50,6 +50,7 @@ from . import (
     start,
     tags,
     walkwait,
+    watch,
 )
 from .exitcodes import ExitCode, exit_code
 from .i18n import N_, _, ngettext
@@ -696,6 +697,20 @@ def _refusal(refused: guard.Refusal, directory: str, dry_run: bool) -> str:
     )
 
 
+def _min_age(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None or value.strip() in ("0", "off"):
+        return None
+    try:
+        return watch.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+# What the last enqueue left out for --min-age, for `sync --watch` (click's meta is shared by
+# the commands sync calls).
+YOUNG_LEFT_OUT = "uploader.young_left_out"
+
+
 def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
     if refused is None:
         return None
@@ -726,6 +741,13 @@ def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
     help="Skip files larger (e.g. 500M; 'off' for no limit, the default).",
 )
 @click.option("--follow-symlinks", is_flag=True, help="Follow symbolic links (loops are cut).")
+@click.option(
+    "--min-age",
+    callback=_min_age,
+    metavar="DURATION",
+    help="Leave out files modified less than this long ago (30s, 5m), perhaps still being "
+    "written: a later scan queues them (sync --watch: 3s unless given).",
+)
 @click.option(
     "--any-type",
     is_flag=True,
@@ -811,6 +833,7 @@ def enqueue(
     exclude: tuple[str, ...],
     max_size: int | None,
     follow_symlinks: bool,
+    min_age: float | None,
     any_type: bool,
     shared: bool,
     labels: tuple[str, ...],
@@ -876,6 +899,7 @@ def enqueue(
             max_size,
             filename_encoding,
             ignore_case=scan.IGNORE_CASE_DEFAULT if ignore_case is None else ignore_case,
+            newer_than_ns=None if not min_age else time.time_ns() - int(min_age * 1e9),
         )
     except scan.PatternError as exc:
         raise UserError(str(exc)) from None
@@ -1016,6 +1040,7 @@ def enqueue(
             "left_unread": removed.left if removed is not None else 0,
             "deletions_refused": _refused_json(removed.refused if removed is not None else None),
             "unsupported_types": dict(sorted(stats.unsupported.items())),
+            "left_for_later": stats.young,
         }
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
@@ -1044,6 +1069,12 @@ def enqueue(
             )
         if stats.unsupported:
             click.echo(_unsupported_line(stats))
+        if stats.young:
+            click.echo(
+                _(
+                    "{n} files were modified less than {age} ago (--min-age): left for a later scan"
+                ).format(n=f"{stats.young:,}", age=f"{min_age:g}s")
+            )
         if removed is not None and removed.refused is None:
             _print_removed(removed, directory, dry_run=False)
         if counts.relabel:
@@ -1053,6 +1084,9 @@ def enqueue(
                     "(update-metadata only, no upload)"
                 ).format(n=counts.relabel)
             )
+    # sync --watch comes back for them soon, not a whole --every later
+    meta = click.get_current_context().meta
+    meta[YOUNG_LEFT_OUT] = meta.get(YOUNG_LEFT_OUT, 0) + stats.young
     if counts.foreign:
         click.echo(
             _(

@@ -23,6 +23,7 @@ import click
 
 from . import saved, watch
 from .cli import (
+    YOUNG_LEFT_OUT,
     Context,
     DeletionsRefused,
     UserError,
@@ -172,6 +173,8 @@ def _sync(
     for note in notes:
         ctx.echo(printable(note))
     if watching:
+        if "min_age" not in asked:
+            opts["min_age"] = watch.SETTLE  # a file still being written waits for a later cycle
         _watch(click_ctx, ctx, jobs, opts, every, metrics_addr)
         return
     code = _cycle(click_ctx, ctx, jobs, opts)
@@ -224,6 +227,7 @@ def _watch(
         while True:
             n += 1
             started = time.monotonic()
+            click_ctx.meta[YOUNG_LEFT_OUT] = 0
             code = ExitCode(_cycle(click_ctx, ctx, jobs, opts))
             took = time.monotonic() - started
             if exporter is not None:
@@ -236,7 +240,10 @@ def _watch(
             )
             if code in _STOPS_A_WATCH:
                 break
-            watch.wait(folders, every, events=True)
+            # files left out as still changing are looked at again once they may have settled
+            young = click_ctx.meta.get(YOUNG_LEFT_OUT, 0)
+            soon = (opts["min_age"] or watch.SETTLE) + 1
+            watch.wait(folders, min(every, soon) if young else every, events=True)
     except KeyboardInterrupt:
         code = ExitCode.INTERRUPTED
     finally:
@@ -269,6 +276,12 @@ def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) 
     except DeletionsRefused as exc:
         exc.show()
         refused = True
+    ctx = click_ctx.find_object(Context)
+    assert ctx is not None
+    if not on_queue(ctx, lambda q: _holds_rows(q, job.kb_id)):
+        # nothing queued yet (an empty folder, files still being written): nothing to run,
+        # which is no error for a watch's cycle
+        return ExitCode.DELETIONS_REFUSED if refused else ExitCode.OK
     run_opts = {name: opts[name] for name in _names(run) if name in opts}
     run_opts.update(
         kb_id=job.kb_id,
@@ -285,6 +298,10 @@ def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) 
     if refused and code in (ExitCode.OK, ExitCode.NOTHING_TO_DO):
         return ExitCode.DELETIONS_REFUSED  # the upload went well: the refusal is the news
     return code
+
+
+async def _holds_rows(q: Queue, kb_id: str) -> bool:
+    return kb_id in await StatusStore(q.engine).state_counts()
 
 
 def _every(_ctx: click.Context, _param: click.Parameter, value: str) -> float:

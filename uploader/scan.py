@@ -214,6 +214,9 @@ class Filters:
     types: frozenset[str] | None = None
     ignore_case: bool = IGNORE_CASE_DEFAULT  # --ignore-case: `*.PDF` matches `a.pdf`
     backslash_separates: bool = sys.platform == "win32"  # `合約\\**` as `合約/**`
+    # --min-age: a file modified after this (ns since the epoch) is still being written,
+    # perhaps: left out of this scan, queued by a later one (sync --watch: a few seconds)
+    newer_than_ns: int | None = None
     _inc: _Union | None = field(init=False, repr=False)
     _exc: _Union | None = field(init=False, repr=False)
     _prune: _Union | None = field(init=False, repr=False)
@@ -361,6 +364,7 @@ class ScanStats:
     own: list[str] = field(default_factory=list)  # the uploader's own files met, left out
     undecodable: int = 0  # files skipped as NOT_UTF8
     undecodable_shown: list[str] = field(default_factory=list)  # the first few, escaped
+    young: int = 0  # files modified too recently (--min-age), left for a later scan
 
     def count_undecodable(self, row: ScanRow) -> None:
         if row.skip == _(NOT_UTF8):
@@ -480,6 +484,10 @@ def _row(
         if log.isEnabledFor(logging.INFO):
             _left_out(rel, filters.why_not(name))
         return None
+    if filters.newer_than_ns is not None and st.st_mtime_ns > filters.newer_than_ns:
+        stats.young += 1
+        _left_out(rel, "modified too recently (--min-age): for a later scan")
+        return None
     return _file_row(entry.path, rel, st, filters, entry.is_symlink(), stats)
 
 
@@ -552,6 +560,10 @@ def manifest_rows(
             stats.ignored += 1
             if log.isEnabledFor(logging.INFO):
                 _left_out(rel, filters.why_not(os.fsdecode(rel)))
+            continue
+        if filters.newer_than_ns is not None and st.st_mtime_ns > filters.newer_than_ns:
+            stats.young += 1
+            _left_out(rel, "modified too recently (--min-age): for a later scan")
             continue
         file_row = _file_row(path, rel, st, filters, os.path.islink(path), stats, row.filename)
         stats.count_undecodable(file_row)
