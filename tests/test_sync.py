@@ -280,7 +280,8 @@ def test_the_metrics_endpoint_is_scraped(tmp_path: Path, maiagent: MaiAgentServe
         port = s.getsockname()[1]
     proc = spawn(
         db, "sync", str(data), "--kb", KB, "--base-url", maiagent.base_url, *FAST,
-        "--watch", "--every", "1h", "--metrics-addr", f"127.0.0.1:{port}", text=True,
+        "--watch", "--every", "1h", "--metrics-addr", f"127.0.0.1:{port}", "--min-age", "0",
+        text=True,
     )  # fmt: skip
     try:
         scraped = ""

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .client import MaiAgentClient
+from .i18n import _
 from .model import ListedRow
 from .queue import Queue
 from .reconcile import PAGE_SIZE, listed_rows
@@ -45,10 +46,12 @@ class Checkpoint:
         except OSError as exc:
             raise CheckpointError(f"{path}: {exc.strerror or exc}") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path}: not the reference script's JSON ({exc})") from None
+            said = _("{path}: not the reference script's JSON ({why})")
+            raise CheckpointError(said.format(path=path, why=exc)) from None
         completed = data.get("completed_files") if isinstance(data, dict) else None
         if not isinstance(completed, list) or not all(isinstance(p, str) for p in completed):
-            raise CheckpointError(f"{path}: no completed_files list (a list of file paths)")
+            said = _("{path}: no completed_files list (a list of file paths)")
+            raise CheckpointError(said.format(path=path))
         return cls(path, frozenset(_real(p) for p in completed))
 
     def names(self, file: NeverSent) -> bool:
