@@ -28,9 +28,11 @@ from . import (
     __version__,
     bandwidth,
     checkup,
+    cli_dryrun,
     cli_existing,
     client,
     content,
+    dryrun,
     filetypes,
     guard,
     i18n,
@@ -1578,6 +1580,12 @@ async def _auto_report(q: Queue, ctx: Context) -> str | None:
 )
 @wait_parsed_options()
 @cli_existing.options()
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only list what the run would upload, replace, relabel and delete; nothing is sent "
+    "and nothing changes.",
+)
 @reference_names()
 @pass_ctx
 def run(
@@ -1592,6 +1600,7 @@ def run(
     wait_parsed: bool,
     parse_timeout: float,
     stuck_after: float,
+    dry_run: bool,
     **opts: Any,
 ) -> None:
     """Upload every pending file: presign, S3 POST, register, with retries and resume.
@@ -1601,6 +1610,9 @@ def run(
     4 the service was unreachable (at the start, or past --outage-timeout), 9 nothing pending
     with --error-on-nothing-to-do, 130 interrupted. Running it again resumes.
     """
+    if dry_run:
+        cli_dryrun.show(on_queue(ctx, lambda q: dryrun.plan(q, opts["kb_id"]), create=False))
+        return
     _check_service(api_key, base_url, allow_http, "run")
     waiting = ParseWait(wait_parsed, parse_timeout, stuck_after)
     options = RunOptions(

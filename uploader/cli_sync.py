@@ -10,6 +10,8 @@ change to either reaches `sync` without being written twice.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -21,7 +23,7 @@ from typing import Any
 
 import click
 
-from . import saved, watch
+from . import cli_dryrun, dryrun, filetypes, replace, saved, scan, watch
 from .cli import (
     YOUNG_LEFT_OUT,
     Context,
@@ -40,6 +42,7 @@ from .printable import printable
 from .queue import Queue
 from .store.saved_jobs import SavedJob, SavedJobsStore
 from .store.status import StatusStore
+from .tags import TagOptions
 
 # enqueue's and run's parameters that `sync` does not take from them: its folder argument is
 # its own, and enqueue's --dry-run (of --delete-removed alone) and both commands' --json
@@ -80,10 +83,15 @@ class _Job:
 
 
 async def _jobs(
-    q: Queue, directory: str | None, kb_id: str | None, opts: dict[str, Any], asked: set[str]
+    q: Queue,
+    directory: str | None,
+    kb_id: str | None,
+    opts: dict[str, Any],
+    asked: set[str],
+    save: bool = True,
 ) -> tuple[list[_Job], list[str]]:
-    """The jobs this sync does, the saved ones made or changed by what was `asked`; and the
-    lines that say what was saved."""
+    """The jobs this sync does, the saved ones made or changed by what was `asked` (unless
+    not `save`: a dry run); and the lines that say what was saved."""
     store = SavedJobsStore(q.engine)
     changed = {name: opts[name] for name in saved.JOB_OPTIONS if name in asked}
     if directory is None:
@@ -115,7 +123,8 @@ async def _jobs(
                 ).format(folder=directory)
             )
         first = saved.to_saved(opts)
-        await store.save(folder, kb_id, first)
+        if save:
+            await store.save(folder, kb_id, first)
         note = _(
             "saved the job {folder} -> {kb}: `uploader sync {folder}` repeats it with these options"
         ).format(folder=directory, kb=kb_id)
@@ -127,7 +136,8 @@ async def _jobs(
         options = job.options
         if differs:
             options = {**job.options, **saved.to_saved(changed)}
-            await store.save(folder, job.kb_id, options)
+            if save:
+                await store.save(folder, job.kb_id, options)
             notes.append(
                 _("changed the saved job {folder} -> {kb}: {changes}").format(
                     folder=directory, kb=job.kb_id, changes="; ".join(map(str, differs))
@@ -142,7 +152,12 @@ def _job(job: SavedJob) -> _Job:
 
 
 def _sync(
-    directory: str | None, watching: bool, every: float, metrics_addr: str | None, **opts: Any
+    directory: str | None,
+    watching: bool,
+    every: float,
+    metrics_addr: str | None,
+    dry_run: bool,
+    **opts: Any,
 ) -> None:
     """Scan DIRECTORY into the queue for knowledge base --kb, upload what is new or changed,
     (with --delete-removed) delete the entries of removed files, and write the report: what
@@ -169,7 +184,17 @@ def _sync(
     if directory is not None and not os.path.isdir(directory):
         what = _("does not exist") if not os.path.exists(directory) else _("is not a folder")
         raise UserError(f"{directory} {what}")
-    jobs, notes = on_queue(ctx, lambda q: _jobs(q, directory, opts["kb_id"], opts, asked))
+    jobs, notes = on_queue(
+        ctx, lambda q: _jobs(q, directory, opts["kb_id"], opts, asked, save=not dry_run)
+    )
+    if dry_run:
+        for job in jobs:
+            if len(jobs) > 1:
+                ctx.echo(
+                    printable(_("sync {folder} -> {kb}").format(folder=job.folder, kb=job.kb_id))
+                )
+            cli_dryrun.show(on_queue(ctx, functools.partial(_dry, ctx=ctx, job=job, opts=opts)))
+        return
     for note in notes:
         ctx.echo(printable(note))
     if watching:
@@ -300,6 +325,50 @@ def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) 
     return code
 
 
+class _RolledBack(Exception):
+    def __init__(self, plan: dryrun.Plan) -> None:
+        self.plan = plan
+
+
+async def _dry(q: Queue, ctx: Context, job: _Job, opts: dict[str, Any]) -> dryrun.Plan:
+    """What syncing `job` would do: its scan written in a transaction rolled back once the
+    plan is read from it (so that new, changed and relabelled files are judged by the same
+    statements as for real), and the removed files it would delete."""
+    o = {**opts, **job.options}
+    if o.get("manifest"):
+        raise UserError(_("sync --dry-run of a job with --manifest: not yet; use enqueue and run"))
+    filters = scan.Filters(
+        o.get("include") or (),
+        o.get("exclude") or (),
+        o.get("max_size"),
+        o.get("filename_encoding"),
+        ignore_case=scan.IGNORE_CASE_DEFAULT if o.get("ignore_case") is None else o["ignore_case"],
+    )
+    if not o.get("any_type"):
+        accepted = await filetypes.known(q, opts["base_url"], job.kb_id)
+        filters = dataclasses.replace(filters, types=accepted.types)
+    tags = TagOptions(
+        tuple(o.get("labels") or ()),
+        o.get("labels_from_path"),
+        o.get("metadata") or {},
+        o.get("parser"),
+    )
+    own = scan.OwnState.of(ctx.anchor)
+    try:
+        async with q.transaction():
+            counts, stats = await scan.enqueue_here(
+                q, job.folder, job.kb_id, filters, bool(o.get("follow_symlinks")), own, tags
+            )
+            found = await dryrun.plan(q, job.kb_id)
+            if o.get("delete_removed"):
+                unread = [f.path for f in stats.unreadable_folders]
+                gone = await replace.removed_files(q, job.kb_id, job.folder, unread, dry_run=True)
+                found.delete += gone.relpaths
+            raise _RolledBack(found)
+    except _RolledBack as done:
+        return done.plan
+
+
 async def _holds_rows(q: Queue, kb_id: str) -> bool:
     return kb_id in await StatusStore(q.engine).state_counts()
 
@@ -314,6 +383,12 @@ def _every(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
 def _command() -> click.Command:
     params: list[click.Parameter] = [click.Argument(["directory"], required=False)]
     params += [
+        click.Option(
+            ["--dry-run"],
+            is_flag=True,
+            help="Only list what the sync would upload, replace, relabel and delete; nothing "
+            "is sent, nothing changes (nor is the job saved).",
+        ),
         click.Option(
             ["--watch", "watching"],
             is_flag=True,

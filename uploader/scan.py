@@ -642,6 +642,26 @@ async def enqueue(
         writing = asyncio.create_task(_write(q, kb_id, batch, any_type, moves))
 
 
+async def enqueue_here(
+    q: queue.Queue,
+    root: str,
+    kb_id: str,
+    filters: Filters,
+    follow_symlinks: bool,
+    own: OwnState | None,
+    tags: TagOptions,
+    batch_size: int = 2000,
+) -> tuple[EnqueueCounts, ScanStats]:
+    """`enqueue`'s walk written by the calling task, batch after batch: for a caller inside a
+    transaction it rolls back after reading what the queue then holds (sync --dry-run)."""
+    stats = ScanStats()
+    counts = EnqueueCounts()
+    rows = _tagged(walk(os.fsencode(root), filters, follow_symlinks, stats, own), tags)
+    for batch in batches(rows, batch_size):
+        counts.add(await q.enqueue_batch(kb_id, batch))
+    return counts, stats
+
+
 async def enqueue_manifest(
     q: queue.Queue,
     root: str,

@@ -44,6 +44,15 @@ SELECT kb_id, path, size, state, step, attempts, last_error, error_kind, next_at
 FROM jobs WHERE state IN ('pending', 'running')
   AND (kb_id = ? OR CAST(? AS TEXT) IS NULL) ORDER BY id"""
 
+# What a run would do (run --dry-run): the rows it would upload (replacing an old entry when
+# one is superseded), relabel, or whose entries it would delete.
+_PLAN_ROWS = """
+SELECT j.path, j.size, j.state, j.step,
+       EXISTS (SELECT 1 FROM superseded AS s WHERE s.job_id = j.id AND NOT s.kept),
+       j.file_id IS NOT NULL
+FROM jobs AS j WHERE j.state IN ('pending', 'running', 'removed')
+  AND (j.kb_id = ? OR CAST(? AS TEXT) IS NULL) ORDER BY j.id"""
+
 _REPORT_TOTALS = """
 SELECT COUNT(*),
        COALESCE(SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END), 0),
@@ -158,6 +167,16 @@ class StatusStore:
                 yield PendingRow(
                     kb, path, size, state, step, attempts, error, kind, due, bool(doubt)
                 )
+
+    async def plan_rows(
+        self, kb_id: str | None, chunk: int = 5000
+    ) -> AsyncIterator[tuple[bytes, int, str, str | None, bool, bool]]:
+        """(path, size, state, step, replaces an entry, has an entry) of the rows a run would
+        work on (of `kb_id`; None: all), in id order, streamed."""
+        params = (kb_id, kb_id)
+        async with contextlib.aclosing(self._db.stream(_PLAN_ROWS, params, chunk)) as rows:
+            async for path, size, state, step, replaces, has_entry in rows:
+                yield bytes(path), size, state, step, bool(replaces), bool(has_entry)
 
     async def deletion_rows(self, chunk: int = 5000) -> AsyncIterator[DeletionRow]:
         """Every recorded deletion, oldest first, with its job's local path, streamed."""
