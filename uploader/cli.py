@@ -1621,7 +1621,11 @@ def run(
     # An enqueue started with this run may not have made its database yet.
     until = walkwait.deadline()
     walkwait.wait_for_database(ctx.db, until)
-    cli_existing.check(lambda call: on_queue_and_service(ctx, api_key, base_url, call), options)
+    cli_existing.check(
+        lambda call: on_queue_and_service(ctx, api_key, base_url, call),
+        options,
+        (lambda text: click.echo(text, err=True)) if as_json else ctx.echo,
+    )
     run_log: list[logs.RunLog] = []  # opened once the run has work
 
     def begin(before: dict[str, int], resumed: bool) -> None:

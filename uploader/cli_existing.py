@@ -62,9 +62,9 @@ def options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return decorate
 
 
-def check(service: Service, options: RunOptions) -> None:
+def check(service: Service, options: RunOptions, echo: Callable[[str], None]) -> None:
     """Before the first upload of each knowledge base with work: stop on entries like the
-    files (nothing sent), or adopt them as asked."""
+    files (nothing sent), or adopt them as asked; what was adopted is said by `echo`."""
     adopt = options.adopt_existing
     if adopt and options.upload_anyway:
         raise click.UsageError(_("--adopt-existing and --upload-anyway: choose one"))
@@ -99,7 +99,7 @@ def check(service: Service, options: RunOptions) -> None:
         raise
     for found, adopted in done:
         if adopt:
-            _say_adopted(found, adopted, checkpoint)
+            _say_adopted(found, adopted, checkpoint, echo)
 
 
 def _names(relpaths: list[str]) -> str:
@@ -127,24 +127,27 @@ def _stop(found: existing.Found) -> None:
 
 
 def _say_adopted(
-    found: existing.Found, adopted: int, checkpoint: existing.Checkpoint | None
+    found: existing.Found,
+    adopted: int,
+    checkpoint: existing.Checkpoint | None,
+    echo: Callable[[str], None],
 ) -> None:
     if not found.alike and not found.without_entry:
         return
-    click.echo(
+    echo(
         _("adopted {n} existing entries of {kb}: those files are not uploaded again").format(
             n=f"{adopted:,}", kb=found.kb_id
         )
     )
     if found.ambiguous:
-        click.echo(
+        echo(
             _(
                 "{n} files are like several entries, or share theirs with other files: left "
                 "for upload ({names})"
             ).format(n=f"{len(found.ambiguous):,}", names=_names(found.ambiguous))
         )
     if checkpoint is not None and found.without_entry:
-        click.echo(
+        echo(
             _(
                 "{n} files of {checkpoint} have no entry like them: left for upload ({names})"
             ).format(
@@ -154,7 +157,7 @@ def _say_adopted(
             )
         )
     if found.not_in_checkpoint:
-        click.echo(
+        echo(
             _("{n} files not in the checkpoint are like entries: left for upload ({names})").format(
                 n=f"{len(found.not_in_checkpoint):,}", names=_names(found.not_in_checkpoint)
             )
