@@ -2159,7 +2159,8 @@ def _pending_line(item: dict[str, Any]) -> str:
     if item["waiting"] == Waiting.RETRY and item["due_at"]:
         said += " " + _("at {time}").format(time=_when(item["due_at"]))
     if item["last_error"]:
-        said += f" [{item['kind'] or 'unknown'}] {item['last_error']}"
+        kind = f"[{item['kind']}] " if item["kind"] else ""
+        said += f" {kind}{item['last_error']}"
     return f"{item['path']}  {said}"
 
 
