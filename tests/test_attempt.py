@@ -27,13 +27,10 @@ from uploader import attempt as attempt_module
 from uploader.attempt import Attempt, Shared
 from uploader.client import ApiError, FilePage, Presigned, RegisterItem, RemoteEntry, Uploaded
 from uploader.clock import ServiceClock
-from uploader.labels import LabelResolver
 from uploader.liveness import make_owner
-from uploader.model import ErrorKind, Outcome, ScanRow, Severity
-from uploader.options import RunOptions
+from uploader.model import ErrorKind, Job, Outcome, ScanRow, Severity
+from uploader.options import Plan, RunOptions
 from uploader.queue import Queue, open_queue
-from uploader.reconcile import RemoteIndex
-from uploader.registrar import Registrar
 from uploader.store.status import StatusStore
 
 KB = "kb-life"
@@ -125,42 +122,44 @@ class FakeClient:
         return FilePage(newest, len(newest), None)
 
 
-@dataclass
 class Process:
-    owner: str
-    client: FakeClient
-    shared: Shared
-    written: list[Outcome] = field(default_factory=list)
+    """One uploader process: its client (which may die) and its books (the attempt's Ledger,
+    kept in memory: outcomes written only when the process gets to write them)."""
 
+    def __init__(self, q: Queue, service: Service, rng: random.Random, die: int | None) -> None:
+        self.q, self.owner = q, make_owner("life-host")
+        self.client = FakeClient(service, rng, die)
+        self.written: list[Outcome] = []
+        options = RunOptions(
+            "http://127.0.0.1:9/",
+            "",
+            workers=4,
+            max_retries=50,
+            retry_delay=0.0,
+            register_batch=1,
+            timeout=TIMEOUT,
+        )
+        self.shared = Shared.of(self.client, q, self, options, Plan())  # type: ignore[arg-type]
 
-def _process(q: Queue, service: Service, rng: random.Random, die_after: int | None) -> Process:
-    owner = make_owner("life-host")
-    client = FakeClient(service, rng, die_after)
-    index = RemoteIndex(q, client)  # type: ignore[arg-type]
-    process = Process(owner, client, None)  # type: ignore[arg-type]
+    def record(self, outcome: Outcome) -> None:
+        self.written.append(outcome)
 
-    async def begin_register(job: Any) -> float | None:
-        await client._step()
+    async def begin_register(self, job: Job) -> float | None:
+        await self.client._step()
         since = time.time()
-        return since if job.id in await q.begin_register(owner, [job], since) else None
+        return since if job.id in await self.q.begin_register(self.owner, [job], since) else None
 
-    process.shared = Shared(
-        client=client,  # type: ignore[arg-type]
-        registrar=Registrar(client, index, 1, 0.0),  # type: ignore[arg-type]
-        index=index,
-        options=RunOptions(
-            "http://127.0.0.1:9/", "", max_retries=50, retry_delay=0.0, timeout=TIMEOUT
-        ),
-        file_types=None,
-        run_id=None,
-        slots=asyncio.Semaphore(4),
-        record=process.written.append,
-        begin_register=begin_register,
-        record_superseded=lambda job, entry: q.record_superseded(process.owner, job.id, entry),
-        lease_until=lambda _job_id: time.time() + 60.0,
-        labels=LabelResolver(client, q),  # type: ignore[arg-type]
-    )
-    return process
+    async def record_superseded(self, job: Job, entry: str) -> None:
+        await self.q.record_superseded(self.owner, job.id, entry)
+
+    def lease_until(self, job_id: int) -> float:
+        return time.time() + 60.0
+
+    async def uploaded_as(self, kb_id: str, digest: str, job_id: int) -> str | None:
+        return None
+
+    async def any_type(self, job_id: int) -> bool:
+        return False
 
 
 async def _run_once(q: Queue, p: Process) -> bool:
@@ -200,7 +199,7 @@ async def _schedule(folder: Path, seed: int) -> tuple[Service, list[dict[str, An
     async with await open_queue(str(db)) as q:
         await q.enqueue_batch(KB, [_file(folder, d) for d in "ab"])
         for _round in range(rng.randint(1, 8)):
-            p = _process(q, service, rng, rng.choice([None, rng.randint(0, 12)]))
+            p = Process(q, service, rng, rng.choice([None, rng.randint(0, 12)]))
             if not await _run_once(q, p):
                 if rng.random() < 0.5:
                     await q.reclaim([p.owner])  # proved dead by its lock
@@ -208,7 +207,7 @@ async def _schedule(folder: Path, seed: int) -> tuple[Service, list[dict[str, An
                     await _expire(q, p.owner)
                     await q.reclaim([])
         await q.retry_failed(KB, (), None)
-        final = _process(q, service, rng, None)
+        final = Process(q, service, rng, None)
         for _ in range(400):
             await asyncio.sleep(0.002)  # doubtful rows wait until their register had time
             await _run_once(q, final)

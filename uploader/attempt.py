@@ -45,6 +45,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import filetypes, tags
 from .client import MaiAgentClient, RegisterItem
@@ -53,7 +54,8 @@ from .i18n import _
 from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Severity, Step
 from .naming import shown_name
-from .options import RunOptions
+from .options import Plan, RunOptions
+from .queue import Queue
 from .reconcile import RemoteIndex
 from .registrar import Registrar
 from .replace import file_digest, same_content
@@ -62,6 +64,36 @@ from .retrying import backoff
 log = logging.getLogger("uploader.attempt")
 
 SETTLE_MARGIN = 2.0  # seconds a register may land after our request timed out
+# Seconds a batched register waits for its batch-mates after the first file is ready.
+REGISTER_DELAY = 0.1
+
+
+class Ledger(Protocol):
+    """The run's books as one attempt reads and writes them. In a run they are the pool's
+    (`worker.PoolLedger`: its batched writer, its leases, the queue); a test may keep them
+    in memory."""
+
+    def record(self, outcome: Outcome) -> None:
+        """An intermediate outcome (`uploaded`), written with the next batch."""
+
+    async def begin_register(self, job: Job) -> float | None:
+        """The write-ahead and fence of a register: the time from which it may take effect,
+        or None when the row is no longer ours (then it is not sent)."""
+
+    async def record_superseded(self, job: Job, entry: str) -> None:
+        """The entry of an older content, found by the key of its doubtful register,
+        remembered as superseded before the row forgets that key."""
+
+    def lease_until(self, job_id: int) -> float:
+        """When our lease on the job ends, as last renewed."""
+
+    async def uploaded_as(self, kb_id: str, digest: str, job_id: int) -> str | None:
+        """--skip-same-content: the file of the knowledge base already uploaded with these
+        bytes, if any."""
+
+    async def any_type(self, job_id: int) -> bool:
+        """Whether the job was queued with --any-type (asked only of a file of a type the
+        knowledge base does not accept)."""
 
 
 @dataclass
@@ -69,25 +101,15 @@ class Shared:
     """What every attempt of one run shares with the pool."""
 
     client: MaiAgentClient
-    registrar: Registrar
-    index: RemoteIndex
+    ledger: Ledger
     options: RunOptions  # the run's: retries, backoff, --name, lease, --timeout...
     # the types the knowledge base accepts, learned at the start of the run (None: any): a
     # file of another type not queued with --any-type is skipped at claim, nothing sent
     file_types: frozenset[str] | None
-    run_id: int | None
-    slots: asyncio.Semaphore  # the --workers uploads at once
-    record: Callable[[Outcome], None]  # for the intermediate `uploaded` outcome
-    # the write-ahead and fence of a register (Writer.begin_register): the time from which
-    # it may take effect, or None when the row is no longer ours
-    begin_register: Callable[[Job], Awaitable[float | None]]
-    # the entry of an older content, found by the key of its doubtful register, remembered
-    # as superseded before the row forgets that key (Queue.record_superseded)
-    record_superseded: Callable[[Job, str], Awaitable[None]]
-    lease_until: Callable[[int], float]  # when our lease on a job id ends, as last renewed
+    registrar: Registrar
+    index: RemoteIndex
     labels: LabelResolver  # label names to ids, per knowledge base
-    # --skip-same-content: the relpath of a done job of the knowledge base with these bytes
-    uploaded_as: Callable[[str, str, int], Awaitable[str | None]] | None = None
+    run_id: int | None = None
     # --skip-same-content: (kb_id, content hash) -> relpath of the first file of this run with them
     taken: dict[tuple[str, str], str] = field(default_factory=dict)
     # whether a job was queued with --any-type (asked only of a file of a type not accepted)
@@ -98,6 +120,27 @@ class Shared:
     # job ids whose key the service said it already holds (a duplicate-key answer): their
     # entry exists, so their doubt is never dropped, only settled by the listing
     proven: set[int] = field(default_factory=set)
+    slots: asyncio.Semaphore = field(init=False)  # the --workers uploads at once
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.options.workers)
+
+    @classmethod
+    def of(
+        cls,
+        client: MaiAgentClient,
+        queue: Queue,
+        ledger: Ledger,
+        options: RunOptions,
+        plan: Plan,
+        run_id: int | None = None,
+    ) -> Shared:
+        """A run's: its registrar, remote index and labels over `client` and `queue`."""
+        index = RemoteIndex(queue, client)
+        learn = options.register_batch is None  # --register-batch auto
+        registrar = Registrar(client, index, plan.register_batch, REGISTER_DELAY, learn=learn)
+        labels = LabelResolver(client, queue)
+        return cls(client, ledger, options, plan.file_types, registrar, index, labels, run_id)
 
     @property
     def settle_seconds(self) -> float:
@@ -215,7 +258,7 @@ class Attempt:
             uploaded = await client.upload(presigned, job.path, job.size, job.filename)
             job.s3_key, job.content_hash = presigned.fields["key"], uploaded.content_hash
             job.step = Step.UPLOADED
-            self._s.record(self._outcome(OutcomeKind.UPLOADED))
+            self._s.ledger.record(self._outcome(OutcomeKind.UPLOADED))
         job.filename = job.filename or self._name()
         return None
 
@@ -224,7 +267,7 @@ class Attempt:
         this run), unless it was queued with --any-type."""
         types = self._s.file_types
         why = None if types is None else filetypes.refusal(self._name(), types)
-        if why is None or (self._s.any_type is not None and await self._s.any_type(self.job.id)):
+        if why is None or await self._s.ledger.any_type(self.job.id):
             return None
         return ApiError(why, kind=Severity.PERMANENT, error_kind=ErrorKind.SKIPPED)
 
@@ -237,8 +280,7 @@ class Attempt:
         if digest is None:
             return None
         job.content_hash = digest  # kept by a skip; the upload computes its own
-        assert shared.uploaded_as is not None
-        uploaded = await shared.uploaded_as(job.kb_id, digest, job.id)
+        uploaded = await shared.ledger.uploaded_as(job.kb_id, digest, job.id)
         if uploaded is not None:
             return uploaded
         first = shared.taken.setdefault((job.kb_id, digest), job.relpath)
@@ -289,7 +331,7 @@ class Attempt:
                 log.info(
                     "%s changed: %s, its older content's entry, is superseded", job.relpath, old
                 )
-                await self._s.record_superseded(job, old)
+                await self._s.ledger.record_superseded(job, old)
         job.s3_key, job.unknown_since = None, None
         self._s.settles.pop(job.id, None)
         return None
@@ -327,7 +369,7 @@ class Attempt:
         """Stalled (suspended, starved) near the end of our lease: another run may own the row
         soon; leave it to whoever holds it rather than act on a row that is not ours."""
         margin = min(5.0, self._s.options.lease / 4)
-        if time.time() > self._s.lease_until(self.job.id) - margin:
+        if time.time() > self._s.ledger.lease_until(self.job.id) - margin:
             raise ApiError(
                 _("lease expired before {doing}").format(doing=doing),
                 kind=Severity.TRANSIENT,
@@ -343,7 +385,7 @@ class Attempt:
         item = await self._register_item(job.s3_key, job.filename)
 
         async def fence() -> float | None:
-            since = await self._s.begin_register(job)
+            since = await self._s.ledger.begin_register(job)
             if since is not None and self._registering_since is None:
                 self._registering_since = since
             return since

@@ -49,3 +49,13 @@ class RunOptions:
         for private in ("api_key", "log_file", "log_level"):
             del kept[private]
         return kept
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run decided at its start, beside its options: the files per register call
+    (`--register-batch`, or auto's pick), and the types the knowledge base accepts (learned
+    from the service, `filetypes`; None: any)."""
+
+    register_batch: int = 1
+    file_types: frozenset[str] | None = None

@@ -25,7 +25,7 @@ from .interrupts import Interrupts
 from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
 from .model import JobState
-from .options import RunOptions
+from .options import Plan, RunOptions
 from .outage import GateState, OnChange, Outage
 from .progress import rate_text
 from .queue import Queue
@@ -35,7 +35,6 @@ from .store.status import StatusStore
 from .store.superseded import SupersededStore
 from .worker import (
     Fatal,
-    Plan,
     Pool,
     ProgressFactory,
     RunResult,

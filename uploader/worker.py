@@ -25,14 +25,12 @@ from .errors import ApiError
 from .exitcodes import Ending, ExitCode
 from .i18n import _
 from .interrupts import Interrupts
-from .labels import LabelResolver
 from .liveness import RunLock
 from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind, Severity
-from .options import RunOptions
+from .options import Plan, RunOptions
 from .outage import GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
 from .queue import Queue
-from .reconcile import RemoteIndex, delete_copies
-from .registrar import Registrar
+from .reconcile import delete_copies
 from .retrying import Retry, retrying
 from .store.parse import ParseStore
 from .store.runs import RunsStore
@@ -53,8 +51,6 @@ SCAN_STALE = 600.0
 # No file finished for this many --timeout periods while uploads are in flight (5 minutes by
 # default): the run says so, with a hint.
 STALL_TIMEOUTS = 5
-# Seconds a batched register waits for its batch-mates after the first file is ready.
-REGISTER_DELAY = 0.1
 
 
 class RunProgress(Protocol):
@@ -86,16 +82,6 @@ class Untold:
 
     def close(self) -> None:
         """Nothing drawn, nothing to close."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a run decided at its start, beside its options: the files per register call
-    (`--register-batch`, or auto's pick), and the types the knowledge base accepts (learned
-    from the service, `filetypes`; None: any)."""
-
-    register_batch: int = 1
-    file_types: frozenset[str] | None = None
 
 
 @dataclass
@@ -276,6 +262,32 @@ def _not_written(exc: BaseException) -> ApiError:
     )
 
 
+class PoolLedger:
+    """The `Ledger` of a pool's attempts: outcomes and write-aheads go through its `Writer`
+    (batched), leases are as the pool last renewed them, the rest is the queue's."""
+
+    def __init__(self, queue: Queue, owner: str, writer: Writer, leases: dict[int, float]) -> None:
+        self._queue, self._owner, self._writer, self._leases = queue, owner, writer, leases
+
+    def record(self, outcome: Outcome) -> None:
+        self._writer.put(outcome)
+
+    async def begin_register(self, job: Job) -> float | None:
+        return await self._writer.begin_register(job)
+
+    async def record_superseded(self, job: Job, entry: str) -> None:
+        await self._queue.record_superseded(self._owner, job.id, entry)
+
+    def lease_until(self, job_id: int) -> float:
+        return self._leases.get(job_id, 0.0)
+
+    async def uploaded_as(self, kb_id: str, digest: str, job_id: int) -> str | None:
+        return await self._queue.uploaded_as(kb_id, digest, job_id)
+
+    async def any_type(self, job_id: int) -> bool:
+        return await ParseStore(self._queue.engine).any_type(job_id)
+
+
 class Pool:
     """Runs jobs until the queue is empty, a fatal error, or a stop request."""
 
@@ -311,30 +323,10 @@ class Pool:
         self._on_progress = on_progress
         self.result = RunResult()
         self.writer = Writer(queue, owner, self._committed)
-        self.index = RemoteIndex(queue, client)
-        self.registrar = Registrar(
-            client,
-            self.index,
-            plan.register_batch,
-            REGISTER_DELAY,
-            learn=options.register_batch is None,
-        )
-        self._shared = Shared(
-            client=client,
-            registrar=self.registrar,
-            index=self.index,
-            options=options,
-            file_types=plan.file_types,
-            run_id=run_id,
-            slots=asyncio.Semaphore(options.workers),
-            record=self.writer.put,
-            begin_register=self.writer.begin_register,
-            record_superseded=lambda job, entry: queue.record_superseded(owner, job.id, entry),
-            lease_until=lambda job_id: self._lease_until.get(job_id, 0.0),
-            labels=LabelResolver(client, queue),
-            uploaded_as=queue.uploaded_as,
-            any_type=ParseStore(queue.engine).any_type,
-        )
+        self._lease_until: dict[int, float] = {}  # the jobs whose attempt is running here
+        ledger = PoolLedger(queue, owner, self.writer, self._lease_until)
+        self._shared = Shared.of(client, queue, ledger, options, plan, run_id)
+        self.index, self.registrar = self._shared.index, self._shared.registrar
         # Claimed rows waiting for a slot keep every worker busy between claims; claims come
         # in batches of at least half the workers so the database is not asked per file.
         self._capacity = 2 * options.workers + 2 * plan.register_batch
@@ -342,7 +334,6 @@ class Pool:
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._lease_until: dict[int, float] = {}  # the jobs whose attempt is running here
         # jobs whose final outcome waits in the writer: still leased to us until it is written
         self._unwritten: set[int] = set()
         self._doubted: set[str] = set()  # knowledge bases with a register in doubt this run
