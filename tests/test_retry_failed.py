@@ -183,6 +183,7 @@ def test_a_name_the_service_refuses_says_so_and_the_next_run_names_it_its_own_wa
     for relpath, job in failed.items():
         assert job["error_kind"] == "name_refused"
         assert f"refused the name {relpath!r}" in job["last_error"]
+        assert "--name folders" in job["last_error"]  # keeps the folders, without a /
         assert "--name basename" in job["last_error"]
         assert job["attempts"] == 1
     assert [e["filename"] for e in server.entries(KB)] == ["top.txt"]

@@ -459,8 +459,7 @@ class Attempt:
         if self.job.display_name:
             fix = _("give it another name in the manifest")
         else:
-            other = "folders" if self._s.options.name == "relpath" else "basename"
-            fix = _("try --name {naming}").format(naming=other)
+            fix = _other_naming(self._s.options.name)
         message = _("the service refused the name {name!r} ({why}): {fix}").format(
             name=self.job.filename, why=err, fix=fix
         )
@@ -529,6 +528,14 @@ class Attempt:
             unknown_since=unknown,
             supersedes=supersedes,
         )
+
+
+def _other_naming(naming: str) -> str:
+    """The ways out of a refused name: a relative path's `/` is what MaiAgent refuses, and
+    both other modes avoid it (folders keeps where the file sits, basename is shortest)."""
+    if naming == "relpath":
+        return _("try --name {first} or --name {second}").format(first="folders", second="basename")
+    return _("try --name {naming}").format(naming="basename" if naming == "folders" else "folders")
 
 
 def _same_content(other: str) -> ApiError:
