@@ -107,6 +107,7 @@ class PgServer:
         self._names = itertools.count(1)
         self._running = False
         self._tests_db = False
+        self._options = ""
 
     @property
     def data(self) -> Path:
@@ -184,6 +185,7 @@ class PgServer:
         for attempt in range(3):
             self.port = _free_port()
             options = " ".join(f"-c {k}={v}" for k, v in {**settings, "port": self.port}.items())
+            self._options = options
             try:
                 self._run(
                     self.bin / "pg_ctl",
@@ -211,6 +213,42 @@ class PgServer:
             with contextlib.suppress(PgServerError, subprocess.TimeoutExpired):
                 self._run(self.bin / "pg_ctl", "-D", self._data, "-m", "immediate", "-w", "stop")
         shutil.rmtree(self._base, ignore_errors=True)
+
+    def restart(self) -> None:
+        """`pg_ctl restart -m fast`, what a maintenance window or a failover does: every
+        connection is closed, the server is away for a moment and comes back on its port."""
+        self._run(
+            self.bin / "pg_ctl",
+            "-D",
+            self._data,
+            "-l",
+            self._base / "server.log",
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "restart",
+        )
+
+    def pause(self) -> None:
+        """Stop the server (`pg_ctl stop -m fast`); `resume` starts it again on its port."""
+        self._run(self.bin / "pg_ctl", "-D", self._data, "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._run(
+            self.bin / "pg_ctl",
+            "-D",
+            self._data,
+            "-l",
+            self._base / "server.log",
+            "-o",
+            self._options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def __enter__(self) -> PgServer:
         return self.start()
@@ -266,6 +304,8 @@ def pg_server() -> Iterator[PgServer]:
 
 
 @pytest.fixture
-def pg_url(pg_server: PgServer) -> str:
-    """A fresh, empty queue on the session's server, as a URL with the password."""
+def pg_url(pg_server: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty queue on the session's server, as a URL with the password. The run
+    locks of its runs (kept in the user's state folder) go to the test's own folder."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     return pg_server.fresh_queue_url()

@@ -55,7 +55,7 @@ from .labels import LabelResolver
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Severity, Step
 from .naming import shown_name
 from .options import Plan, RunOptions
-from .queue import Queue
+from .queue import Queue, QueueError
 from .reconcile import RemoteIndex
 from .registrar import Registrar
 from .replace import file_digest, same_content
@@ -176,6 +176,8 @@ class Attempt:
                 self.fatal = err
                 return self.released()
             return self._after_error(err)
+        except QueueError:
+            raise  # the database's, not the file's: the pool decides (worker.Pool._task_done)
         except Exception as exc:
             log.exception("unexpected error on %s", self.job.relpath)
             error = ApiError(

@@ -54,7 +54,7 @@ from . import (
     walkwait,
     watch,
 )
-from .exitcodes import ExitCode, exit_code
+from .exitcodes import Ending, ExitCode, exit_code
 from .i18n import N_, _, ngettext
 from .liveness import make_owner
 from .manifest import DEFAULT_ENCODING, ManifestError, encoding_of, is_utf8, parse_metadata_option
@@ -93,11 +93,14 @@ class UserError(click.ClickException):
 
 
 class Context:
-    def __init__(self, db: str, verbose: int, quiet: bool, host_id: str) -> None:
+    def __init__(
+        self, db: str, verbose: int, quiet: bool, host_id: str, db_timeout: float = 60.0
+    ) -> None:
         self.db = db
         self.verbose = verbose
         self.quiet = quiet
         self.host_id = host_id
+        self.db_timeout = db_timeout
 
     @property
     def shown_db(self) -> str:
@@ -112,6 +115,12 @@ class Context:
     def echo(self, text: str) -> None:
         if not self.quiet:
             click.echo(text)
+
+
+class DatabaseGone(click.ClickException):
+    """The database stayed out of reach for --db-timeout: one line, exit 4."""
+
+    exit_code = exit_code(Ending(error=queue.DatabaseUnreachable()))
 
 
 class Interrupted(click.ClickException):
@@ -130,6 +139,8 @@ def run_async(coro: Awaitable[T]) -> T:
     group's exit 130 (`_Uploader`)."""
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
+    except queue.DatabaseUnreachable as exc:
+        raise DatabaseGone(str(exc)) from None
     except queue.QueueError as exc:
         raise UserError(str(exc)) from None
     finally:
@@ -148,7 +159,12 @@ def on_queue(
     is a one-line error and Ctrl+C exit 130 (run_async)."""
 
     async def opened() -> T:
-        async with queue.opened(ctx.db, scope=HostScope(ctx.host_id, shared), create=create) as q:
+        async with queue.opened(
+            ctx.db,
+            scope=HostScope(ctx.host_id, shared),
+            create=create,
+            db_timeout=ctx.db_timeout,
+        ) as q:
             return await call(q)
 
     return run_async(opened())
@@ -175,6 +191,13 @@ def _name_separator(_ctx: click.Context, _param: click.Parameter, value: str) ->
         return check_separator(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """A number of seconds, 0 or more (nan and inf pass click's own ranges)."""
+    if not math.isfinite(value) or value < 0:
+        raise click.BadParameter(_("a number of seconds, 0 or more"))
+    return value
 
 
 def _host_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
@@ -468,6 +491,16 @@ class _Uploader(click.Group):
     help="This host's name in the queue (env UPLOADER_HOST_ID; default the host name): rows "
     "are claimed by the host that enqueued them unless shared.",
 )
+@click.option(
+    "--db-timeout",
+    type=float,
+    callback=_seconds,
+    default=60.0,
+    show_default=True,
+    envvar="UPLOADER_DB_TIMEOUT",
+    help="Seconds a command waits for a database that stopped answering (a restart, a "
+    "failover, dropped connections) before it stops (exit 4).",
+)
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (HTTP calls at -v).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final summary.")
 @click.option(
@@ -480,7 +513,9 @@ class _Uploader(click.Group):
     "LC_MESSAGES or LANG).",
 )
 @click.pass_context
-def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) -> None:
+def cli(
+    ctx: click.Context, db: str, db_timeout: float, verbose: int, quiet: bool, host_id: str
+) -> None:
     """Upload a folder of files into a MaiAgent knowledge base, exactly once.
 
     \b
@@ -501,7 +536,7 @@ def cli(ctx: click.Context, db: str, verbose: int, quiet: bool, host_id: str) ->
     5 deletions refused, 9 nothing to do (--error-on-nothing-to-do), 130 interrupted.
     """
     _setup_logging(verbose, quiet)
-    ctx.obj = Context(db, verbose, quiet, host_id)
+    ctx.obj = Context(db, verbose, quiet, host_id, db_timeout)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -528,6 +563,11 @@ def _late_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> No
         _setup_logging(obj.verbose, obj.quiet)
 
 
+def _late_db_timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
+    if value is not None:
+        _group_context(ctx).db_timeout = _seconds(ctx, param, value)
+
+
 def _late_host_id(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
         _group_context(ctx).host_id = _host_id(ctx, param, value)
@@ -548,6 +588,13 @@ def _accept_global_options_after(group: click.Group) -> None:
     for command in group.commands.values():
         command.params += [
             click.Option(["--db"], expose_value=False, hidden=True, callback=_late_db),
+            click.Option(
+                ["--db-timeout"],
+                type=float,
+                expose_value=False,
+                hidden=True,
+                callback=_late_db_timeout,
+            ),
             click.Option(["--host-id"], expose_value=False, hidden=True, callback=_late_host_id),
             click.Option(
                 ["-v", "--verbose"],

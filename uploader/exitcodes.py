@@ -11,6 +11,7 @@ from enum import IntEnum
 
 from .errors import ApiError, Unreachable
 from .model import ErrorKind
+from .store.reach import DatabaseUnreachable
 
 
 class ExitCode(IntEnum):
@@ -20,7 +21,9 @@ class ExitCode(IntEnum):
     FAILED = 1  # some files failed (or entries could not be deleted, a check failed)
     USAGE = 2  # bad input: an option, a path, a pattern, a database that cannot be used
     REFUSED = 3  # the service refused the run: the API key, an unknown knowledge base
-    UNREACHABLE = 4  # the service could not be reached (at the start, or past --outage-timeout)
+    # the service could not be reached (at the start, or past --outage-timeout), or the
+    # database (past --db-timeout)
+    UNREACHABLE = 4
     # --delete-removed refused: more files gone than --max-delete allows, or a folder that
     # holds no file at all (an unmounted share) where the job had uploaded files
     DELETIONS_REFUSED = 5
@@ -61,6 +64,8 @@ RULES: tuple[tuple[ExitCode, Callable[[Ending], bool]], ...] = (
     # this process ran out of file descriptors (--workers beyond the limit): bad input
     (ExitCode.USAGE, lambda e: _error_kind(e) is ErrorKind.OPEN_FILES),
     (ExitCode.UNREACHABLE, lambda e: isinstance(e.error, Unreachable) or e.unreachable),
+    # the database stayed out of reach past --db-timeout
+    (ExitCode.UNREACHABLE, lambda e: isinstance(e.error, DatabaseUnreachable)),
     (ExitCode.REFUSED, _fatal),
     (ExitCode.INTERRUPTED, lambda e: e.interrupted),
     (ExitCode.REFUSED, lambda e: e.refused),

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -88,6 +89,19 @@ def runs_dir(db_path: str | os.PathLike[str]) -> Path:
     return Path(os.fspath(db_path) + ".runs")
 
 
+def server_runs_dir(database: str) -> Path:
+    """The folder of run locks of this user's runs on a database server (`database` names
+    it, its password left out): in the user's state folder (XDG_STATE_HOME, or LOCALAPPDATA
+    on Windows), one per database. It judges the runs of this machine only; another host's
+    run has no file here, and its rows come back when its lease expires."""
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+    else:
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    digest = hashlib.sha256(database.encode()).hexdigest()[:16]
+    return Path(base) / "uploader" / "runs" / digest
+
+
 class RunLock:
     """This run's lock, held from `take` to `release`, and the judge of other owners."""
 
@@ -122,7 +136,7 @@ class RunLock:
             # a programming error, not shown
             raise ValueError(f"not an owner id made by make_owner: {owner!r}")
         try:
-            folder.mkdir(mode=0o700, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = _create_locked(folder, parsed.token, owner)
         except OSError as exc:
             raise LockError(

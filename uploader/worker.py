@@ -14,9 +14,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import processes, replace
 from .attempt import Attempt, Shared
@@ -25,11 +25,12 @@ from .errors import ApiError
 from .exitcodes import Ending, ExitCode
 from .i18n import _
 from .interrupts import Interrupts
+from .leases import Leases
 from .liveness import RunLock
-from .model import ErrorKind, Job, LeaseOwner, Outcome, OutcomeKind, Severity
+from .model import ErrorKind, Job, Outcome, OutcomeKind, Severity
 from .options import Plan, RunOptions
 from .outage import GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
-from .queue import Queue
+from .queue import DatabaseUnreachable, Queue, QueueError
 from .reconcile import delete_copies
 from .retrying import Retry, retrying
 from .store.parse import ParseStore
@@ -235,19 +236,26 @@ class Writer:
         """Flush every few milliseconds (write-aheads at once) until stopped. It is stopped,
         not cancelled: a cancel arriving just after a COMMIT would put committed results back
         for a second write. A database error only delays the results (they stay in memory,
-        the rows leased to us); a write-ahead it hit is not sent."""
-        while not self._stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), FLUSH_INTERVAL)
-            self._kick.clear()
-            try:
-                await self._write_fences()
-                await self.flush()
-            except self._queue.errors as exc:
-                log.warning("results not written yet: %s", exc)
-        for _job, fut in self._fences:
-            if not fut.done():
-                fut.set_result(None)
+        the rows leased to us); a write-ahead it hit is not sent. A database out of reach past
+        --db-timeout ends the loop, and with it the run; a write-ahead asked after that is
+        not sent."""
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), FLUSH_INTERVAL)
+                self._kick.clear()
+                try:
+                    await self._write_fences()
+                    await self.flush()
+                except DatabaseUnreachable:
+                    raise
+                except self._queue.errors as exc:
+                    log.warning("results not written yet: %s", exc)
+        finally:
+            self._stop.set()
+            for _job, fut in self._fences:
+                if not fut.done():
+                    fut.set_result(None)
 
     def stop(self) -> None:
         self._stop.set()
@@ -266,7 +274,9 @@ class PoolLedger:
     """The `Ledger` of a pool's attempts: outcomes and write-aheads go through its `Writer`
     (batched), leases are as the pool last renewed them, the rest is the queue's."""
 
-    def __init__(self, queue: Queue, owner: str, writer: Writer, leases: dict[int, float]) -> None:
+    def __init__(
+        self, queue: Queue, owner: str, writer: Writer, leases: Callable[[int], float]
+    ) -> None:
         self._queue, self._owner, self._writer, self._leases = queue, owner, writer, leases
 
     def record(self, outcome: Outcome) -> None:
@@ -279,7 +289,7 @@ class PoolLedger:
         await self._queue.record_superseded(self._owner, job.id, entry)
 
     def lease_until(self, job_id: int) -> float:
-        return self._leases.get(job_id, 0.0)
+        return self._leases(job_id)
 
     async def uploaded_as(self, kb_id: str, digest: str, job_id: int) -> str | None:
         return await self._queue.uploaded_as(kb_id, digest, job_id)
@@ -323,8 +333,7 @@ class Pool:
         self._on_progress = on_progress
         self.result = RunResult()
         self.writer = Writer(queue, owner, self._committed)
-        self._lease_until: dict[int, float] = {}  # the jobs whose attempt is running here
-        ledger = PoolLedger(queue, owner, self.writer, self._lease_until)
+        ledger = PoolLedger(queue, owner, self.writer, self.leases_until)
         self._shared = Shared.of(client, queue, ledger, options, plan, run_id)
         self.index, self.registrar = self._shared.index, self._shared.registrar
         # Claimed rows waiting for a slot keep every worker busy between claims; claims come
@@ -334,6 +343,10 @@ class Pool:
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self.leases = Leases(queue, owner, options.lease, lock, self._wake.set)
+        # what ended the run from one of its tasks (a database out of reach past
+        # --db-timeout, a bug): raised by `run` once everything is stopped
+        self._died: BaseException | None = None
         # jobs whose final outcome waits in the writer: still leased to us until it is written
         self._unwritten: set[int] = set()
         self._doubted: set[str] = set()  # knowledge bases with a register in doubt this run
@@ -397,13 +410,17 @@ class Pool:
     # --- the main loop ---------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        """The attempts until the queue is empty, a fatal error or a stop request. Its tasks
+        (the writer, the lease keeper, the progress watch) live as long as the feeding of
+        attempts: one that ends first takes the run down, and its error is raised here once
+        every attempt is stopped and what could be written is."""
         started, began = time.monotonic(), time.time()
-        await self._reclaim()
-        writer = asyncio.create_task(self.writer.loop())
-        keeper = asyncio.create_task(self._keep_leases())
-        watcher = asyncio.create_task(self._watch_progress())
+        await self.leases.reclaim()
+        writer = asyncio.create_task(self.writer.loop(), name="writer")
+        keeper = asyncio.create_task(self.leases.keep(), name="lease keeper")
+        watcher = asyncio.create_task(self._watch_progress(), name="progress watch")
         try:
-            await self._feed()
+            await self._supervised(self._feed(), (writer, keeper, watcher))
             await self._drain()
         finally:
             await self.gate.aclose()
@@ -413,12 +430,53 @@ class Pool:
             await asyncio.gather(keeper, watcher, writer, return_exceptions=True)
             await self.registrar.close()
             await self.writer.flush()
+        if self._died is not None:
+            raise self._died
         if not (self.result.interrupted or self.result.fatal):
             await self._delete_copies(began)
         self.result.elapsed = time.monotonic() - started
         self.result.failed_in_queue = await self.queue.failed_count(self.s.kb_id)
         self.result.batch_proved = dict(self.registrar.proved)
         return self.result
+
+    async def _supervised(
+        self, feed: Coroutine[Any, Any, None], helpers: tuple[asyncio.Task[None], ...]
+    ) -> None:
+        """`feed` to its end, unless one of `helpers` (which end only when stopped) ends
+        first: then the run goes down with that task's error."""
+        feeder = asyncio.create_task(feed, name="feeder")
+        try:
+            await asyncio.wait({feeder, *helpers}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+        if feeder.done() and not feeder.cancelled() and self._died is None:
+            feeder.result()  # its error, if it failed
+            return
+        ended = next((t for t in helpers if t.done()), None)
+        if ended is not None:
+            error = None if ended.cancelled() else ended.exception()
+            stopped = _("the run's {task} stopped").format(task=ended.get_name())
+            self._down(error or RuntimeError(stopped))
+
+    def _down(self, error: BaseException) -> None:
+        """One of the run's tasks died: every attempt is stopped (its row released), and the
+        error ends the run."""
+        if self._died is None:
+            self._died = error
+            if isinstance(error, QueueError):
+                log.error("stopping: %s", error)
+        self._stopping = True
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        self._wake.set()
+
+    def leases_until(self, job_id: int) -> float:
+        """When our lease of `job_id` ends, for its attempt (0: none)."""
+        return self.leases.until(job_id)
 
     async def _delete_copies(self, since: float) -> None:
         """Where a register was in doubt this run, a second entry of one upload may have
@@ -457,37 +515,15 @@ class Pool:
                     if await self._scan_in_progress():
                         await self._sleep(SCAN_POLL)
                         continue
-                    expiring = await self._lapsing_lease()
+                    expiring = await self.leases.lapsing(self._sleep)
                     if expiring is None:
                         return
                     await self._sleep(expiring - time.time() + 0.1)
-                    await self._reclaim()
+                    await self.leases.reclaim()
                     continue
                 await self._sleep(due - time.time())
             else:
                 await self._sleep(1.0)
-
-    async def _lapsing_lease(self) -> float | None:
-        """When the queue is empty but another owner's rows run under a lease of our scale that
-        is not being renewed (its holder died or stalled: a live run renews every third of its
-        lease), the earliest such expiry: this run waits for it and takes the rows over. A
-        lease renewed meanwhile means a live holder; the run then ends and leaves them to it."""
-
-        def near(owners: list[LeaseOwner]) -> dict[str, float]:
-            now = time.time()
-            return {
-                o.owner: o.expires
-                for o in owners
-                if o.owner != self.owner and o.expires - now <= self.s.lease
-            }
-
-        first = near(await self.queue.lease_owners())
-        if not first:
-            return None
-        await self._sleep(self.s.lease / 3 + 0.2)
-        again = near(await self.queue.lease_owners())
-        lapsing = [t for owner, t in again.items() if owner in first and t <= first[owner]]
-        return min(lapsing) if lapsing else None
 
     async def _scan_in_progress(self) -> bool:
         return await scan_in_progress(self.queue, self.s.kb_id, self.owner)
@@ -514,9 +550,9 @@ class Pool:
         under the new lease, and no second one uploads the file again (its register under a
         second key would be a second entry no service refuses)."""
         expires = job.started_at + self.s.lease
-        if job.id in self._lease_until:
+        if self.leases.holds(job.id):
             log.info("%s claimed back while its attempt goes on: kept", job.relpath)
-            self._lease_until[job.id] = expires
+            self.leases.hold(job.id, expires)
             return
         if job.id in self._unwritten:
             # Handed back: written after that outcome, this release applies only where the
@@ -524,7 +560,7 @@ class Pool:
             # ended our lease and the release matches nothing.
             self.writer.put(Attempt(job, self._shared).released())
             return
-        self._lease_until[job.id] = expires
+        self.leases.hold(job.id, expires)
         attempt = Attempt(job, self._shared)
         task = asyncio.create_task(self._attempt(attempt))
         self._tasks.add(task)
@@ -543,13 +579,23 @@ class Pool:
         a task cancelled before it first ran (a fatal error right after a claim) never runs its
         coroutine, so no handler inside it could report the row."""
         self._tasks.discard(task)
-        self._lease_until.pop(attempt.job.id, None)
+        self.leases.drop(attempt.job.id)
         self._unwritten.add(attempt.job.id)
         self._wake.set()
         if task.cancelled():
             self.writer.put(attempt.released())
             return
         error = task.exception()
+        if isinstance(error, DatabaseUnreachable):
+            self.writer.put(attempt.released())
+            self._down(error)
+            return
+        if isinstance(error, QueueError):
+            # a database error the engine did not try again (inside a transaction): the file
+            # waits for a later attempt, none counted
+            log.warning("%s: put back for later: %s", attempt.job.relpath, error)
+            self.writer.put(attempt.released())
+            return
         if error is not None:
             log.error("unexpected error on %s", attempt.job.relpath, exc_info=error)
             self.writer.put(attempt.released())
@@ -590,36 +636,6 @@ class Pool:
                     quiet,
                     len(self._tasks),
                 )
-
-    async def _keep_leases(self) -> None:
-        """Renew our leases while long uploads run; give back rows of dead processes."""
-        while True:
-            await asyncio.sleep(self.s.lease / 3)
-            renewing = time.time()
-            try:
-                renewed = await self.queue.renew_leases(self.owner, self.s.lease)
-                await self._reclaim()
-            except self.queue.errors as exc:
-                log.warning("leases not renewed this time: %s", exc)
-                continue
-            for job_id in renewed:
-                if job_id in self._lease_until:
-                    self._lease_until[job_id] = renewing + self.s.lease
-
-    async def _reclaim(self) -> None:
-        """Rows of owners whose lease expired, or whose run lock proves them dead."""
-        owners = await self.queue.lease_owners()
-        if owners:
-            others = [o.owner for o in owners if o.owner != self.owner]
-            lock = self.lock
-            dead = lock.dead_owners(others, remove=False) if lock is not None else []
-            n = await self.queue.reclaim(dead)
-            if lock is not None:
-                for owner in dead:  # their rows are back: the proof is no longer needed
-                    lock.forget(owner)
-            if n:
-                log.info("reclaimed %d rows left running by a dead or expired run", n)
-                self._wake.set()
 
 
 # up to 2 s, then up to 4 s (what backoff(attempt + 1, 1.0) gave before the policies)

@@ -11,10 +11,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ..model import EnqueueCounts, HostScope, Job, Outcome, ScanRow
+from ..store.reach import DEFAULT_TIMEOUT, DatabaseUnreachable
 from .base import Queue, QueueError
 from .target import anchor, is_url, redact
 
 __all__ = [
+    "DatabaseUnreachable",
     "EnqueueCounts",
     "HostScope",
     "Job",
@@ -30,19 +32,26 @@ __all__ = [
 ]
 
 
-async def open_queue(target: str, *, create: bool = True, scope: HostScope | None = None) -> Queue:
+async def open_queue(
+    target: str,
+    *,
+    create: bool = True,
+    scope: HostScope | None = None,
+    db_timeout: float = DEFAULT_TIMEOUT,
+) -> Queue:
     """The queue at `target`, opened and migrated; every way that can fail is a QueueError.
     `create=False` refuses a target that holds no queue yet. `scope` says which host this
-    process is (default: this machine's host name, nothing shared)."""
+    process is (default: this machine's host name, nothing shared). A database out of reach
+    later is waited for up to `db_timeout` seconds (store/reach.py)."""
     q: Queue
     if is_url(target):
         from .postgres import PgQueue
 
-        q = await PgQueue.open(target, create=create)
+        q = await PgQueue.open(target, create=create, db_timeout=db_timeout)
     else:
         from .sqlite import SqliteQueue
 
-        q = await SqliteQueue.open(target, create=create)
+        q = await SqliteQueue.open(target, create=create, db_timeout=db_timeout)
     if scope is not None:
         q.scope = scope
     return q
@@ -50,8 +59,12 @@ async def open_queue(target: str, *, create: bool = True, scope: HostScope | Non
 
 @contextlib.asynccontextmanager
 async def opened(
-    target: str, *, create: bool = True, scope: HostScope | None = None
+    target: str,
+    *,
+    create: bool = True,
+    scope: HostScope | None = None,
+    db_timeout: float = DEFAULT_TIMEOUT,
 ) -> AsyncIterator[Queue]:
     """The queue for one command, closed at the end."""
-    async with await open_queue(target, create=create, scope=scope) as q:
+    async with await open_queue(target, create=create, scope=scope, db_timeout=db_timeout) as q:
         yield q

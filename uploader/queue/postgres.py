@@ -17,11 +17,14 @@ pool lets the pool's claims, its writer and its lease keeper overlap.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -37,6 +40,7 @@ from ..model import (
     ServiceFacts,
 )
 from ..store.postgres import NOW, PgEngine, status_count
+from ..store.reach import DEFAULT_TIMEOUT
 from ..tags import EMPTY as EMPTY_TAGS
 from .base import Queue, QueueError
 from .states import BACK_TO_PENDING, FORGET_CHANGED, FORGET_UPLOAD, RETRY_TO_PENDING
@@ -280,6 +284,30 @@ def _rounds(outcomes: Sequence[Outcome]) -> list[list[Outcome]]:
     return rounds
 
 
+Q = TypeVar("Q", bound=type)
+
+
+def _reaching(cls: Q) -> Q:
+    """Every operation of the queue tried again while the database is out of reach for less
+    than --db-timeout (store/reach.py): each is one statement or one transaction, matched by
+    state and lease owner, so a second run of one that had committed finds its work done."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or name in ("open", "close"):
+            continue
+        if inspect.iscoroutinefunction(method):
+            setattr(cls, name, _reached(method))
+    return cls
+
+
+def _reached(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def reached(self: PgQueue, *args: Any, **kwargs: Any) -> Any:
+        return await self.engine.reached(lambda: method(self, *args, **kwargs))
+
+    return reached
+
+
+@_reaching
 class PgQueue(Queue):
     """The queue in one PostgreSQL database, over one `PgEngine` (uploader/store/postgres.py),
     which owns the pool, the transactions, the migrations and the clocks."""
@@ -296,9 +324,15 @@ class PgQueue(Queue):
     def engine(self) -> PgEngine:
         return self._engine
 
+    @property
+    def runs_folder(self) -> Path | None:
+        return self._engine.runs_folder
+
     @classmethod
-    async def open(cls, target: str, *, create: bool = True) -> PgQueue:
-        return cls(await PgEngine.open(target, create=create))
+    async def open(
+        cls, target: str, *, create: bool = True, db_timeout: float = DEFAULT_TIMEOUT
+    ) -> PgQueue:
+        return cls(await PgEngine.open(target, create=create, db_timeout=db_timeout))
 
     async def close(self) -> None:
         await self._engine.close()

@@ -14,6 +14,7 @@ import aiosqlite
 
 from ..model import HostScope
 from ..store.engine import Engine
+from ..store.reach import DEFAULT_TIMEOUT
 from ..store.sqlite import SqliteEngine
 from .base import Queue
 from .sqlite_jobs import JobsMixin
@@ -58,8 +59,10 @@ class SqliteQueue(JobsMixin, RemoteMixin, SqliteBase, Queue):
     errors = SqliteEngine.errors
 
     @classmethod
-    async def open(cls, path: str, *, create: bool = True) -> SqliteQueue:
-        return cls(await SqliteEngine.open(path, create=create))
+    async def open(
+        cls, path: str, *, create: bool = True, db_timeout: float = DEFAULT_TIMEOUT
+    ) -> SqliteQueue:
+        return cls(await SqliteEngine.open(path, create=create, db_timeout=db_timeout))
 
     async def close(self) -> None:
         await self._engine.close()

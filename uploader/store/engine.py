@@ -16,7 +16,14 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from .reach import Reach
+
+T = TypeVar("T")
 
 
 class Dialect(str, enum.Enum):
@@ -69,6 +76,8 @@ class Engine(abc.ABC):
     # What a failed operation may raise while the engine stays usable (a lock held too long,
     # a disk full for a moment): a caller that can wait catches these and tries again later.
     errors: tuple[type[Exception], ...] = (QueueError,)
+    # How long the database may be out of reach before an operation gives up (reach.py)
+    reach: Reach
 
     @property
     def runs_folder(self) -> Path | None:
@@ -107,8 +116,24 @@ class Engine(abc.ABC):
 
     async def returning(self, sql: Sql, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one write with `RETURNING`; the rows it returns."""
-        async with self.transaction():
-            return await self.fetch(sql, params)
+
+        async def once() -> list[tuple[Any, ...]]:
+            async with self.transaction():
+                return await self.fetch(sql, params)
+
+        return await self.reached(once)
+
+    def inside_transaction(self) -> bool:
+        """The calling task is inside a transaction of this engine."""
+        return False
+
+    async def reached(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """`operation()`, tried again while the database is out of reach for less than
+        --db-timeout (reach.py). Inside a transaction it runs once: the transaction, not
+        one of its statements, is what can be tried again."""
+        if self.inside_transaction():
+            return await operation()
+        return await self.reach.run(operation)
 
     async def fetchrow(self, sql: Sql, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = await self.fetch(sql, params)

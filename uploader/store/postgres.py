@@ -9,7 +9,10 @@ the measured difference between the two clocks, times written are shifted back. 
 clock is ten minutes off therefore neither reclaims rows whose lease has not expired nor sees
 its own leases expire early: only the database's clock is ever compared with a lease.
 
-Every driver error becomes a one-line QueueError that shows the URL without its password.
+Every driver error becomes a one-line QueueError that shows the URL without its password; a
+lost connection (a restart, a failover, a backend terminated) is a DatabaseLost, whose
+operation is tried again while the database is out of reach for less than --db-timeout
+(reach.py). A connection that broke is closed, never handed to the next operation.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from ..i18n import _
+from ..liveness import server_runs_dir
 from ..queue.target import HIDDEN, password_of, redact
 from .engine import Dialect, Engine, QueueError, Sql
 from .migrations import LEGACY_POSTGRESQL, has_statements, latest, series
+from .reach import DEFAULT_TIMEOUT, DatabaseLost, Reach
 
 log = logging.getLogger("uploader.queue")
 
@@ -46,7 +52,27 @@ LEGACY_REFUSAL = 9999
 SKEW_TOLERANCE = 0.5
 NOW = "extract(epoch from now())::float8"
 
-DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
+# A connection that broke or cannot be made, or a server shutting down or starting: the
+# operation is tried again (a protocol left half-way by a dropped connection shows as an
+# InternalClientError on the next use of that connection).
+LOST_ERRORS = (
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 def reason(exc: BaseException) -> str:
@@ -109,8 +135,11 @@ class PgEngine(Engine):
 
     dialect = Dialect.POSTGRESQL
 
-    def __init__(self, pool: asyncpg.Pool, target: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, target: str, db_timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.pool = pool
+        self.reach = Reach(db_timeout)
         self.shown = redact(target)
         self._password = password_of(target)
         self._held: dict[asyncio.Task[Any], asyncpg.Connection] = {}
@@ -118,9 +147,15 @@ class PgEngine(Engine):
         self._closed = False
 
     @classmethod
-    async def open(cls, target: str, *, create: bool = True) -> PgEngine:
-        """Connect, check the schema's version and migrate."""
+    async def open(
+        cls, target: str, *, create: bool = True, db_timeout: float = DEFAULT_TIMEOUT
+    ) -> PgEngine:
+        """Connect, check the schema's version and migrate. A database out of reach later is
+        waited for up to `db_timeout` seconds (reach.py)."""
         shown = redact(target)
+        # the pool keeps its floor of connections itself and logs each failed reconnection
+        # with a traceback; the one line the run says is reach.py's
+        logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
         try:
             pool = await asyncpg.create_pool(
                 target,
@@ -137,7 +172,7 @@ class PgEngine(Engine):
                     password_of(target),
                 )
             ) from None
-        engine = cls(pool, target)
+        engine = cls(pool, target, db_timeout)
         try:
             await engine._migrate(create)
             async with engine.connection() as conn:
@@ -153,6 +188,14 @@ class PgEngine(Engine):
             with contextlib.suppress(*DRIVER_ERRORS):
                 await asyncio.wait_for(self.pool.close(), timeout=10)
 
+    @property
+    def runs_folder(self) -> Path | None:
+        """This machine's runs on this database keep their liveness locks in the user's state
+        folder (liveness.py): a run that died or gave up (the database out of reach) is known
+        dead at once by the next run here, which closes its record and takes its rows back
+        instead of waiting for their lease."""
+        return server_runs_dir(self.shown)
+
     def explain(self, exc: BaseException) -> str:
         if isinstance(exc, asyncpg.PostgresError):
             text = _("database {path}: {why}").format(path=self.shown, why=reason(exc))
@@ -166,8 +209,13 @@ class PgEngine(Engine):
     async def translated(self) -> AsyncIterator[None]:
         try:
             yield
+        except LOST_ERRORS as exc:
+            raise DatabaseLost(self.explain(exc)) from None
         except DRIVER_ERRORS as exc:
             raise QueueError(self.explain(exc)) from None
+
+    def inside_transaction(self) -> bool:
+        return asyncio.current_task() in self._held
 
     # --- connections and transactions ------------------------------------------------------
 
@@ -180,7 +228,11 @@ class PgEngine(Engine):
                 yield held
                 return
             async with self.pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except (*LOST_ERRORS, DatabaseLost):
+                    conn.terminate()
+                    raise
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -203,17 +255,27 @@ class PgEngine(Engine):
     # --- statements ------------------------------------------------------------------------
 
     async def execute(self, sql: Sql, params: Sequence[Any] = ()) -> int:
-        async with self.connection() as conn:
-            return status_count(await conn.execute(numbered(self.spelled(sql)), *params))
+        async def once() -> int:
+            async with self.connection() as conn:
+                return status_count(await conn.execute(numbered(self.spelled(sql)), *params))
+
+        return await self.reached(once)
 
     async def executemany(self, sql: Sql, rows: Iterable[Sequence[Any]]) -> None:
-        async with self.transaction() as conn:
-            await conn.executemany(numbered(self.spelled(sql)), list(rows))
+        listed = list(rows)
+
+        async def once() -> None:
+            async with self.transaction() as conn:
+                await conn.executemany(numbered(self.spelled(sql)), listed)
+
+        await self.reached(once)
 
     async def fetch(self, sql: Sql, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self.connection() as conn:
-            rows = await conn.fetch(numbered(self.spelled(sql)), *params)
-        return [tuple(r) for r in rows]
+        async def once() -> list[asyncpg.Record]:
+            async with self.connection() as conn:
+                return await conn.fetch(numbered(self.spelled(sql)), *params)  # type: ignore[no-any-return]
+
+        return [tuple(r) for r in await self.reached(once)]
 
     async def stream(
         self, sql: Sql, params: Sequence[Any] = (), chunk: int = 5000

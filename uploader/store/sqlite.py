@@ -26,6 +26,7 @@ from ..liveness import runs_dir
 from ..retrying import Growth, Retry, retrying
 from .engine import Dialect, Engine, QueueError, Sql
 from .migrations import has_statements, latest, series
+from .reach import DEFAULT_TIMEOUT, Reach
 
 log = logging.getLogger("uploader.queue")
 
@@ -129,16 +130,21 @@ class SqliteEngine(Engine):
     dialect = Dialect.SQLITE
     errors = (QueueError, sqlite3.Error)
 
-    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, path: str, db_timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self._conn = conn
         self.path = path
+        self.reach = Reach(db_timeout)
         self._lock = asyncio.Lock()
         self._holder: asyncio.Task[Any] | None = None  # the task inside the transaction
         self._savepoints = 0
         self._closed = False
 
     @classmethod
-    async def open(cls, path: str, *, create: bool = True) -> SqliteEngine:
+    async def open(
+        cls, path: str, *, create: bool = True, db_timeout: float = DEFAULT_TIMEOUT
+    ) -> SqliteEngine:
         """Open (and migrate) the database, turning every way it can fail into QueueError;
         before changing a byte, refuse a file that is not ours."""
         if os.path.isdir(path):
@@ -156,7 +162,7 @@ class SqliteEngine(Engine):
             raise QueueError(
                 _("cannot open database {path}: {why}").format(path=path, why=exc)
             ) from None
-        engine = cls(conn, path)
+        engine = cls(conn, path, db_timeout)
         try:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await engine._check_version()
@@ -257,6 +263,9 @@ class SqliteEngine(Engine):
                 yield self._conn
             finally:
                 self._holder = None
+
+    def inside_transaction(self) -> bool:
+        return self._inside()
 
     def _inside(self) -> bool:
         task = asyncio.current_task()

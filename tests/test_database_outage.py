@@ -1,0 +1,178 @@
+"""A database that goes away in the middle of a run: PostgreSQL restarted (a maintenance
+window, a failover), its connections terminated (a DBA, a pooler restart), or out of reach
+for longer than --db-timeout; a task of the pool that dies. The run, a child process, waits
+for the database and goes on; past --db-timeout it stops in one line (exit 4), and the next
+run closes its record and takes its rows back at once. Never a traceback, never a hang."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import KB, child_env, invoke, make_flat_files, run_args
+from tests.pg_server import PASSWORD, PgServer
+from tests.test_postgres_cli import pg_rows
+from uploader.localserver import MaiAgentServer
+
+FILES = 300
+# a lease long enough that a test waiting it out would time out (the run's own subprocess
+# timeout is shorter): the next run must know the last one ended, not wait for its leases
+LONG_LEASE = "60"
+NEXT_RUN_TIMEOUT = 40
+
+
+def start_run(
+    url: str, server: MaiAgentServer, cwd: Path, *extra: str, boot: str = ""
+) -> subprocess.Popen[str]:
+    """`uploader run` against `url` in a process of its own (`boot`: Python run first)."""
+    command = [
+        sys.executable,
+        "-c",
+        f"{boot}from uploader.cli import main; main()",
+        "--db",
+        url,
+        *run_args(server, *extra),
+    ]
+    return subprocess.Popen(
+        command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+    )
+
+
+def done_count(url: str) -> int:
+    return int(pg_rows(url, "SELECT count(*) AS n FROM jobs WHERE state = 'done'")[0]["n"])
+
+
+def wait_until_done(url: str, count: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while done_count(url) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.05)
+
+
+def terminate_connections(server: PgServer) -> int:
+    """pg_terminate_backend of every connection of uploader's (its application_name)."""
+    rows = pg_rows(
+        server.url("postgres"),
+        "SELECT pg_terminate_backend(pid) AS t FROM pg_stat_activity"
+        " WHERE application_name = 'uploader' AND pid <> pg_backend_pid()",
+    )
+    return len(rows)
+
+
+def assert_every_file_once(server: MaiAgentServer, url: str, names: list[str]) -> None:
+    assert sorted(e["filename"] for e in server.entries(KB)) == sorted(names)
+    assert Counter(j["state"] for j in pg_rows(url)) == {"done": len(names)}
+    runs = pg_rows(url, "SELECT ended_at FROM runs")
+    assert all(r["ended_at"] is not None for r in runs), runs
+
+
+def assert_clean(output: str) -> None:
+    assert "Traceback" not in output, output
+    assert PASSWORD not in output
+
+
+def enqueue_files(url: str, tmp_path: Path) -> list[str]:
+    names = make_flat_files(tmp_path / "data", FILES)
+    result = invoke(url, "enqueue", str(tmp_path / "data"), "--kb", KB)  # type: ignore[arg-type]
+    assert result.exit_code == 0, result.output
+    return names
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_mid_run_is_waited_for_and_the_run_goes_on(
+    tmp_path: Path,
+    pg_server: PgServer,
+    pg_url: str,
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(latency=0.02)
+    names = enqueue_files(pg_url, tmp_path)
+    proc = start_run(pg_url, server, tmp_path, "--lease", LONG_LEASE)
+    wait_until_done(pg_url, FILES // 5, proc)
+
+    pg_server.restart()
+    out, err = proc.communicate(timeout=90)
+
+    assert proc.returncode == 0, out + err
+    assert_clean(out + err)
+    assert_every_file_once(server, pg_url, names)
+
+
+@pytest.mark.slow
+def test_connections_terminated_ten_times_mid_run_are_made_again(
+    tmp_path: Path,
+    pg_server: PgServer,
+    pg_url: str,
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(latency=0.02)
+    names = enqueue_files(pg_url, tmp_path)
+    proc = start_run(pg_url, server, tmp_path, "--lease", LONG_LEASE)
+    wait_until_done(pg_url, FILES // 5, proc)
+
+    for _ in range(10):
+        terminate_connections(pg_server)
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=90)
+
+    assert proc.returncode == 0, out + err
+    assert_clean(out + err)
+    assert_every_file_once(server, pg_url, names)
+
+
+@pytest.mark.slow
+def test_a_database_away_past_db_timeout_stops_the_run_in_one_line_and_the_next_finishes(
+    tmp_path: Path,
+    pg_server: PgServer,
+    pg_url: str,
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    server = maiagent_factory(latency=0.02)
+    names = enqueue_files(pg_url, tmp_path)
+    proc = start_run(pg_url, server, tmp_path, "--lease", LONG_LEASE, "--db-timeout", "2")
+    wait_until_done(pg_url, FILES // 5, proc)
+
+    pg_server.pause()
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        pg_server.resume()
+
+    assert proc.returncode == 4, out + err
+    assert_clean(out + err)
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "--db-timeout" in errors[0], err
+    # the next run closes the record of the one that gave up and takes its rows back at
+    # once (its lock proves it dead), instead of waiting out their 60 s leases
+    again = start_run(pg_url, server, tmp_path, "--lease", LONG_LEASE)
+    out, err = again.communicate(timeout=NEXT_RUN_TIMEOUT)
+    assert again.returncode == 0, out + err
+    assert_clean(out + err)
+    assert_every_file_once(server, pg_url, names)
+
+
+def test_a_pool_task_that_dies_takes_the_run_down(tmp_path: Path, maiagent: MaiAgentServer) -> None:
+    """The writer dies of an error nobody expected (before: its lease keeper went on renewing
+    the leases of the rows it held while every upload waited for it, for ever)."""
+    db = tmp_path / "queue.db"
+    make_flat_files(tmp_path / "data", 20)
+    assert invoke(db, "enqueue", str(tmp_path / "data"), "--kb", KB).exit_code == 0
+    boot = (
+        "import uploader.queue.sqlite_jobs as m\n"
+        "async def broken(*args, **kwargs):\n"
+        "    raise RuntimeError('the writer broke')\n"
+        "m.JobsMixin.begin_register = broken\n"
+    )
+    proc = start_run(str(db), maiagent, tmp_path, boot=boot)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode != 0
+    assert "the writer broke" in err
+    assert maiagent.entries(KB) == []
