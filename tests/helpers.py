@@ -147,8 +147,12 @@ def child_env(env: Env | None = None) -> dict[str, str]:
     return {name: value for name, value in merged.items() if value is not None}
 
 
-def command(db: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[str]:
-    return [*launcher, *UPLOADER, "--db", str(db), *args]
+def command(
+    db: Path | str, *args: str, launcher: tuple[str, ...] = (), boot: str = ""
+) -> list[str]:
+    """`boot`: Python run in the child before the program (a fault put in, a clock set off)."""
+    python, flag, entry = UPLOADER
+    return [*launcher, python, flag, boot + entry, "--db", str(db), *args]
 
 
 def run_cli(
@@ -168,13 +172,20 @@ def run_cli(
 
 
 def spawn(
-    db: Path, *args: str, env: Env | None = None, launcher: tuple[str, ...] = (), **popen: Any
+    db: Path | str,
+    *args: str,
+    env: Env | None = None,
+    launcher: tuple[str, ...] = (),
+    boot: str = "",
+    **popen: Any,
 ) -> subprocess.Popen[Any]:
     """`uploader ...` as a process of its own, for signals, crashes, memory and dropped rights;
     its output goes to pipes unless `stdout`/`stderr` say otherwise."""
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen(command(db, *args, launcher=launcher), env=child_env(env), **popen)
+    return subprocess.Popen(
+        command(db, *args, launcher=launcher, boot=boot), env=child_env(env), **popen
+    )
 
 
 # --- folders of files --------------------------------------------------------------------------

@@ -7,7 +7,6 @@ run closes its record and takes its rows back at once. Never a traceback, never 
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import KB, child_env, invoke, make_flat_files, run_args
+from tests.helpers import KB, invoke, make_flat_files, run_args, spawn
 from tests.pg_server import PASSWORD, PgServer
 from tests.test_postgres_cli import pg_rows
 from uploader.localserver import MaiAgentServer
@@ -31,17 +30,7 @@ def start_run(
     url: str, server: MaiAgentServer, cwd: Path, *extra: str, boot: str = ""
 ) -> subprocess.Popen[str]:
     """`uploader run` against `url` in a process of its own (`boot`: Python run first)."""
-    command = [
-        sys.executable,
-        "-c",
-        f"{boot}from uploader.cli import main; main()",
-        "--db",
-        url,
-        *run_args(server, *extra),
-    ]
-    return subprocess.Popen(
-        command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
-    )
+    return spawn(url, *run_args(server, *extra), boot=boot, text=True, cwd=cwd)
 
 
 def done_count(url: str) -> int:

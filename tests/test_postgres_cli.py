@@ -9,7 +9,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -21,12 +20,12 @@ import pytest
 
 from tests.helpers import (
     KB,
-    child_env,
     invoke,
     make_files,
     one_line_error,
     run_args,
     service,
+    spawn,
 )
 from tests.pg_server import PASSWORD
 from uploader.localserver import MaiAgentServer
@@ -59,24 +58,8 @@ def host_run(
     """`uploader run` as host `host` in a process of its own, in `cwd` (its logs/ go there);
     with `skew`, that process's clock (time.time) runs that many seconds off."""
     boot = f"import time; _t = time.time; time.time = lambda: _t() + {skew!r}; " if skew else ""
-    command = [
-        sys.executable,
-        "-c",
-        f"{boot}from uploader.cli import main; main()",
-        "--db",
-        url,
-        "--host-id",
-        host,
-        *run_args(server, "--lease", LEASE, *extra),
-    ]
-    return subprocess.Popen(
-        command,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=cwd,
-    )
+    args = run_args(server, "--lease", LEASE, *extra)
+    return spawn(url, "--host-id", host, *args, boot=boot, text=True, cwd=cwd)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 180) -> tuple[int, str]:
