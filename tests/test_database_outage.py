@@ -67,11 +67,26 @@ def assert_clean(output: str) -> None:
     assert PASSWORD not in output
 
 
-def enqueue_files(url: str, tmp_path: Path) -> list[str]:
+def run_a_fifth(
+    url: str, server: MaiAgentServer, tmp_path: Path, *extra: str
+) -> tuple[list[str], subprocess.Popen[str]]:
+    """FILES enqueued and a run of them in a process of its own, a fifth of them done."""
     names = make_flat_files(tmp_path / "data", FILES)
     result = invoke(url, "enqueue", str(tmp_path / "data"), "--kb", KB)  # type: ignore[arg-type]
     assert result.exit_code == 0, result.output
-    return names
+    proc = start_run(url, server, tmp_path, "--lease", LONG_LEASE, *extra)
+    wait_until_done(url, FILES // 5, proc)
+    return names, proc
+
+
+def assert_finished(
+    proc: subprocess.Popen[str], timeout: float, server: MaiAgentServer, url: str, names: list[str]
+) -> None:
+    """The run ends by itself, exit 0, with every file uploaded once."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out + err
+    assert_clean(out + err)
+    assert_every_file_once(server, url, names)
 
 
 @pytest.mark.slow
@@ -82,16 +97,11 @@ def test_a_postgresql_restart_mid_run_is_waited_for_and_the_run_goes_on(
     maiagent_factory: Callable[..., MaiAgentServer],
 ) -> None:
     server = maiagent_factory(latency=0.02)
-    names = enqueue_files(pg_url, tmp_path)
-    proc = start_run(pg_url, server, tmp_path, "--lease", LONG_LEASE)
-    wait_until_done(pg_url, FILES // 5, proc)
+    names, proc = run_a_fifth(pg_url, server, tmp_path)
 
     pg_server.restart()
-    out, err = proc.communicate(timeout=90)
 
-    assert proc.returncode == 0, out + err
-    assert_clean(out + err)
-    assert_every_file_once(server, pg_url, names)
+    assert_finished(proc, 90, server, pg_url, names)
 
 
 @pytest.mark.slow
@@ -102,18 +112,13 @@ def test_connections_terminated_ten_times_mid_run_are_made_again(
     maiagent_factory: Callable[..., MaiAgentServer],
 ) -> None:
     server = maiagent_factory(latency=0.02)
-    names = enqueue_files(pg_url, tmp_path)
-    proc = start_run(pg_url, server, tmp_path, "--lease", LONG_LEASE)
-    wait_until_done(pg_url, FILES // 5, proc)
+    names, proc = run_a_fifth(pg_url, server, tmp_path)
 
     for _ in range(10):
         terminate_connections(pg_server)
         time.sleep(0.1)
-    out, err = proc.communicate(timeout=90)
 
-    assert proc.returncode == 0, out + err
-    assert_clean(out + err)
-    assert_every_file_once(server, pg_url, names)
+    assert_finished(proc, 90, server, pg_url, names)
 
 
 @pytest.mark.slow
@@ -124,9 +129,7 @@ def test_a_database_away_past_db_timeout_stops_the_run_in_one_line_and_the_next_
     maiagent_factory: Callable[..., MaiAgentServer],
 ) -> None:
     server = maiagent_factory(latency=0.02)
-    names = enqueue_files(pg_url, tmp_path)
-    proc = start_run(pg_url, server, tmp_path, "--lease", LONG_LEASE, "--db-timeout", "2")
-    wait_until_done(pg_url, FILES // 5, proc)
+    names, proc = run_a_fifth(pg_url, server, tmp_path, "--db-timeout", "2")
 
     pg_server.pause()
     try:
@@ -141,10 +144,7 @@ def test_a_database_away_past_db_timeout_stops_the_run_in_one_line_and_the_next_
     # the next run closes the record of the one that gave up and takes its rows back at
     # once (its lock proves it dead), instead of waiting out their 60 s leases
     again = start_run(pg_url, server, tmp_path, "--lease", LONG_LEASE)
-    out, err = again.communicate(timeout=NEXT_RUN_TIMEOUT)
-    assert again.returncode == 0, out + err
-    assert_clean(out + err)
-    assert_every_file_once(server, pg_url, names)
+    assert_finished(again, NEXT_RUN_TIMEOUT, server, pg_url, names)
 
 
 def test_a_pool_task_that_dies_takes_the_run_down(tmp_path: Path, maiagent: MaiAgentServer) -> None:
