@@ -184,22 +184,11 @@ class PgServer:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         for attempt in range(3):
             self.port = _free_port()
-            options = " ".join(f"-c {k}={v}" for k, v in {**settings, "port": self.port}.items())
-            self._options = options
+            self._options = " ".join(
+                f"-c {k}={v}" for k, v in {**settings, "port": self.port}.items()
+            )
             try:
-                self._run(
-                    self.bin / "pg_ctl",
-                    "-D",
-                    self._data,
-                    "-l",
-                    self._base / "server.log",
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                )
+                self.resume()
                 break
             except PgServerError:
                 if attempt == 2:  # the port may have been taken between probe and bind
@@ -236,6 +225,8 @@ class PgServer:
         self._run(self.bin / "pg_ctl", "-D", self._data, "-m", "fast", "-w", "stop")
 
     def resume(self) -> None:
+        """`pg_ctl start` with the settings and port `start` chose: its first start, and the
+        server's return after `pause`."""
         self._run(
             self.bin / "pg_ctl",
             "-D",
