@@ -5,19 +5,33 @@ the run looks. The run must wait for that enqueue and upload its files, not exit
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, KB, enqueue, make_files, service, spawn
+from tests.helpers import FAST, KB, enqueue, execute, make_files, rows, service, spawn
 from uploader.localserver import MaiAgentServer
 
 _FILES = 3000
 _WAIT = 300.0
+
+
+def _walk(db: Path, folder: Path, checker: MaiAgentServer) -> subprocess.Popen[str]:
+    """`enqueue FOLDER` in a process of its own, as a user runs it: with a key, it first asks
+    `checker` whether --kb exists."""
+    return spawn(
+        db,
+        "enqueue",
+        str(folder),
+        "--kb",
+        KB,
+        *service(checker),
+        env={"UPLOADER_NO_KB_CHECK": None},
+        text=True,
+    )
 
 
 @pytest.mark.timeout(600)
@@ -35,17 +49,7 @@ def test_a_run_started_with_an_enqueue_waits_for_it_and_uploads_its_files(
         (tmp_path / "empty").mkdir()
         enqueue(db, tmp_path / "empty")
 
-    # As a user runs it: with a key, enqueue first asks the service whether --kb exists.
-    walker = spawn(
-        db,
-        "enqueue",
-        str(tmp_path / "data"),
-        "--kb",
-        KB,
-        *service(checker),
-        env={"UPLOADER_NO_KB_CHECK": None},
-        text=True,
-    )
+    walker = _walk(db, tmp_path / "data", checker)
     runner = spawn(
         db,
         "-q",
@@ -66,9 +70,7 @@ def test_a_run_started_with_an_enqueue_waits_for_it_and_uploads_its_files(
     assert runner.returncode == 0, err
     assert "nothing pending" not in out + err
     assert f"uploaded {_FILES}, failed 0" in out
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        done = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'done'").fetchone()[0]
-    assert done == _FILES
+    assert rows(db, "SELECT COUNT(*) AS n FROM jobs WHERE state = 'done'") == [{"n": _FILES}]
     assert len(server.records(KB)) == _FILES
 
 
@@ -84,22 +86,11 @@ def test_a_run_started_with_an_enqueue_waits_for_it_where_the_knowledge_base_has
     db = tmp_path / "queue.db"
     make_files(tmp_path / "old", 3)
     enqueue(db, tmp_path / "old")
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.execute("UPDATE jobs SET state = 'done', file_id = 'f-' || id")
-        conn.commit()
+    execute(db, "UPDATE jobs SET state = 'done', file_id = 'f-' || id")
     files = 60
     make_files(tmp_path / "data", files)
 
-    walker = spawn(
-        db,
-        "enqueue",
-        str(tmp_path / "data"),
-        "--kb",
-        KB,
-        *service(checker),
-        env={"UPLOADER_NO_KB_CHECK": None},
-        text=True,
-    )
+    walker = _walk(db, tmp_path / "data", checker)
     announced = tmp_path / "queue.db.scans"
     deadline = time.monotonic() + 60
     while not list(announced.glob("*.lock")) and time.monotonic() < deadline:
