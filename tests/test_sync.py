@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows, spawn
+from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows, service, spawn
 from uploader.exitcodes import ExitCode
 from uploader.localserver import MaiAgentServer
 
@@ -242,6 +243,13 @@ def test_the_saved_job_works_on_postgresql(
     assert json.loads(invoke(db, "jobs", "--json").stdout)[0]["options"]["exclude"] == ["*.png"]
 
 
+def _watch(db: Path, data: Path, server: MaiAgentServer, *extra: str) -> subprocess.Popen[str]:
+    """`sync DATA --watch` in a process of its own (stopped by the test with SIGTERM)."""
+    return spawn(
+        db, "sync", str(data), "--kb", KB, *service(server), *FAST, "--watch", *extra, text=True
+    )
+
+
 def _wait_for(check: Any, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while not check():
@@ -254,10 +262,7 @@ def test_watch_picks_up_a_new_file_and_stops_cleanly_on_sigterm(
 ) -> None:
     data = make_tree(tmp_path / "share", {"a.txt": 3})
     db = tmp_path / "uploader.db"
-    proc = spawn(
-        db, "sync", str(data), "--kb", KB, "--base-url", maiagent.base_url, *FAST,
-        "--watch", "--every", "2s", text=True,
-    )  # fmt: skip
+    proc = _watch(db, data, maiagent, "--every", "2s")
     try:
         _wait_for(lambda: len(maiagent.entries(KB)) == 1)
         (data / "b.txt").write_bytes(b"new\n")
@@ -278,11 +283,9 @@ def test_the_metrics_endpoint_is_scraped(tmp_path: Path, maiagent: MaiAgentServe
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = spawn(
-        db, "sync", str(data), "--kb", KB, "--base-url", maiagent.base_url, *FAST,
-        "--watch", "--every", "1h", "--metrics-addr", f"127.0.0.1:{port}", "--min-age", "0",
-        text=True,
-    )  # fmt: skip
+    proc = _watch(
+        db, data, maiagent, "--every", "1h", "--metrics-addr", f"127.0.0.1:{port}", "--min-age", "0"
+    )
     try:
         scraped = ""
 
@@ -315,10 +318,7 @@ def test_watch_uploads_a_file_once_it_stopped_changing(
     modified in the last few seconds (it may be half-written) and looks again soon."""
     data = make_tree(tmp_path / "share", {"a.txt": 3})
     db = tmp_path / "uploader.db"
-    proc = spawn(
-        db, "sync", str(data), "--kb", KB, "--base-url", maiagent.base_url, *FAST,
-        "--watch", "--every", "1s", text=True,
-    )  # fmt: skip
+    proc = _watch(db, data, maiagent, "--every", "1s")
     first, rest = b"the first half of a copy,\n", b"and the rest of it, a while later\n"
     try:
         _wait_for(lambda: len(maiagent.entries(KB)) == 1)
