@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +76,20 @@ def _sqlite_schema(db: Path) -> list[tuple[str, str]]:
         ).fetchall()
 
 
+def _migrate_sqlite(conn: sqlite3.Connection, steps: Iterable[tuple[int, str]]) -> None:
+    """Each (number, script) applied and its number set as user_version, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    for number, script in steps:
+        for statement in _split(script):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute("COMMIT")
+
+
 def _build_legacy_sqlite(db: Path) -> None:
     """As the uploader before the join: each file whose number is above user_version."""
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        for number, path in _legacy("sqlite"):
-            for statement in _split(path.read_text(encoding="utf-8")):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
-        conn.execute("COMMIT")
+        _migrate_sqlite(conn, ((n, p.read_text(encoding="utf-8")) for n, p in _legacy("sqlite")))
         conn.execute(
             "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, enqueued_at, host)"
             " VALUES (?, ?, 'old.txt', 3, 1, 'pending', 1.0, ?)",
@@ -126,20 +132,32 @@ def old_and_new(pg_server: PgServer) -> tuple[str, str]:
     return pg_server.fresh_queue_url(), pg_server.fresh_queue_url()
 
 
+async def _migrate_pg(
+    conn: asyncpg.Connection, table: str, steps: Iterable[tuple[int, str]]
+) -> None:
+    """The version table `table` made, each (number, script) applied and its number recorded
+    there, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(
+            f"CREATE TABLE {table} (version integer PRIMARY KEY,"
+            " applied_at double precision NOT NULL)"
+        )
+        for number, script in steps:
+            if has_statements(script):
+                await conn.execute(script)
+            await conn.execute(f"INSERT INTO {table} VALUES ($1, 0)", number)
+
+
 async def _build_legacy_pg(url: str, leave_out: frozenset[int] = frozenset()) -> None:
     """As the uploader before the join: PostgreSQL's own files, numbered in `uploader_schema`."""
     conn = await asyncpg.connect(url)
     try:
-        async with conn.transaction():
-            await conn.execute(
-                f"CREATE TABLE {LEGACY_VERSION_TABLE} (version integer PRIMARY KEY,"
-                " applied_at double precision NOT NULL)"
-            )
-            for number, path in _legacy("postgresql"):
-                if number in leave_out:
-                    continue
-                await conn.execute(path.read_text(encoding="utf-8"))
-                await conn.execute(f"INSERT INTO {LEGACY_VERSION_TABLE} VALUES ($1, 0)", number)
+        steps = [
+            (number, path.read_text(encoding="utf-8"))
+            for number, path in _legacy("postgresql")
+            if number not in leave_out
+        ]
+        await _migrate_pg(conn, LEGACY_VERSION_TABLE, steps)
         await conn.execute(
             "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, enqueued_at, host)"
             " VALUES ($1, $2, 'old.txt', 3, 1, 'pending', 1.0, $3)",
@@ -244,14 +262,7 @@ def _build_sqlite_before(db: Path, number: int) -> None:
     """A database of the joined series as an uploader without migration `number` made it,
     holding an uploaded file and a queued one."""
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        for migration in series():
-            if migration.number >= number:
-                break
-            for statement in _split(migration.sqlite):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {migration.number}")
-        conn.execute("COMMIT")
+        _migrate_sqlite(conn, ((m.number, m.sqlite) for m in series() if m.number < number))
         conn.execute(
             "INSERT INTO jobs (kb_id, path, relpath, size, mtime_ns, state, enqueued_at, host,"
             " file_id) VALUES (?, ?, 'up.txt', 3, 1, 'done', 1.0, ?, 'entry-1')",
@@ -267,17 +278,8 @@ def _build_sqlite_before(db: Path, number: int) -> None:
 async def _build_pg_before(url: str, number: int) -> None:
     conn = await asyncpg.connect(url)
     try:
-        async with conn.transaction():
-            await conn.execute(
-                f"CREATE TABLE {VERSION_TABLE} (version integer PRIMARY KEY,"
-                " applied_at double precision NOT NULL)"
-            )
-            for migration in series():
-                if migration.number >= number:
-                    break
-                if has_statements(migration.postgresql):
-                    await conn.execute(migration.postgresql)
-                await conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES ($1, 0)", migration.number)
+        steps = [(m.number, m.postgresql) for m in series() if m.number < number]
+        await _migrate_pg(conn, VERSION_TABLE, steps)
         for relpath, state, file_id in (
             ("up.txt", "done", "entry-1"),
             ("queued.txt", "pending", None),
