@@ -275,7 +275,7 @@ class JobsMixin(SqliteBase):
             known_skipped = [p for p in skipped if p["path"] in queued]
             if shared:
                 await self._conn.executemany(_MAKE_SHARED, known + known_skipped)
-            foreign = 0 if shared else await self._foreign(kb_id, [p["path"] for p in known])
+            foreign = 0 if shared else sum(queued[path] for path in {p["path"] for p in known})
             touched = (await self._conn.executemany(_RECHECK, known)).rowcount
             await self._conn.executemany(_SUPERSEDE, known)
             changed = touched + (await self._conn.executemany(_REQUEUE_CHANGED, known)).rowcount
@@ -297,28 +297,19 @@ class JobsMixin(SqliteBase):
             relabel=relabel,
         )
 
-    async def _queued(self, kb_id: str, paths: list[bytes]) -> set[bytes]:
-        """Which of these paths the knowledge base's queue holds (any host's)."""
-        found: set[bytes] = set()
+    async def _queued(self, kb_id: str, paths: list[bytes]) -> dict[bytes, bool]:
+        """Which of these paths the knowledge base's queue holds (any host's), each with
+        whether another host queued it, not shared (its file, not ours): one lookup per
+        FOREIGN_CHUNK paths answers both."""
+        found: dict[bytes, bool] = {}
         for start in range(0, len(paths), FOREIGN_CHUNK):
             chunk = paths[start : start + FOREIGN_CHUNK]
             rows = await self._conn.execute_fetchall(
-                f"SELECT path FROM jobs WHERE kb_id = ? AND path IN ({','.join('?' * len(chunk))})",
-                [kb_id, *chunk],
+                "SELECT path, NOT shared AND host NOT IN ('', ?) FROM jobs"
+                f" WHERE kb_id = ? AND path IN ({','.join('?' * len(chunk))})",
+                [self.scope.host, kb_id, *chunk],
             )
-            found.update(row[0] for row in rows)
-        return found
-
-    async def _foreign(self, kb_id: str, paths: list[bytes]) -> int:
-        """How many of these paths another host queued, not shared (its file, not ours)."""
-        found = 0
-        for start in range(0, len(paths), FOREIGN_CHUNK):
-            chunk = paths[start : start + FOREIGN_CHUNK]
-            found += await self._fetchval(
-                "SELECT COUNT(*) FROM jobs WHERE kb_id = ? AND NOT shared"
-                f" AND host NOT IN ('', ?) AND path IN ({','.join('?' * len(chunk))})",
-                [kb_id, self.scope.host, *chunk],
-            )
+            found.update((path, bool(foreign)) for path, foreign in rows)
         return found
 
     def _reads(self) -> dict[str, Any]:
