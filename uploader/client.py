@@ -955,29 +955,18 @@ class MaiAgentClient:
     async def supported_file_types(self) -> frozenset[str] | None:
         """The file types the service accepts (`GET parsers/supported-file-types/`), or None
         when it has no such call (404 or 405: an older or on-premise deployment)."""
-        try:
-            answer = await self._api_json(
-                "GET", "parsers/supported-file-types/", "supported file types", gone_ok=True
-            )
-        except ApiError as exc:
-            if exc.error_kind is ErrorKind.METHOD_NOT_ALLOWED:
-                return None
-            raise
-        if answer is _GONE:
+        op = "supported file types"
+        raw = await self._offered("GET", "parsers/supported-file-types/", op)
+        if raw is None:
             return None
-        return self._parse("supported file types", _file_types, answer)
+        return self._parse(op, _file_types, self._json(raw, op))
 
     async def latest_failed_reason(self, kb_id: str, file_id: str) -> tuple[bool, str | None]:
         """(offered, reason): why an entry's parsing failed, from
         `.../files/{id}/latest-failed-reason/`. Not offered (False) on a 404 or a 405: the
         call is documented for chatbot files, its knowledge-base twin is not proven."""
         path = _file_path(kb_id, file_id) + "latest-failed-reason/"
-        try:
-            raw = await self._api("GET", path, "latest failed reason", gone_ok=True)
-        except ApiError as exc:
-            if exc.error_kind is ErrorKind.METHOD_NOT_ALLOWED:
-                return False, None
-            raise
+        raw = await self._offered("GET", path, "latest failed reason")
         if raw is None:
             return False, None
         try:
@@ -995,13 +984,19 @@ class MaiAgentClient:
             return True
         body = [{"id": i, **({"parser": p} if p else {})} for i, p in items]
         path = _kb_path(kb_id) + "batch-reparse/"
+        return await self._offered("PATCH", path, "batch reparse", body) is not None
+
+    async def _offered(
+        self, method: str, path: str, op: str, payload: object = None
+    ) -> bytes | None:
+        """A call an older or on-premise deployment may lack: its answer's body, or None when
+        the service has no such call (404 or 405)."""
         try:
-            raw = await self._api("PATCH", path, "batch reparse", body, gone_ok=True)
+            return await self._api(method, path, op, payload, gone_ok=True)
         except ApiError as exc:
             if exc.error_kind is ErrorKind.METHOD_NOT_ALLOWED:
-                return False
+                return None
             raise
-        return raw is not None
 
     async def probe(self, kb_id: str) -> None:
         """Is the service there? A one-entry listing and, once an upload was made, a GET of
