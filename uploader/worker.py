@@ -366,6 +366,11 @@ class Pool:
         if self.result.fatal is None:
             self.result.fatal = error
             log.info("stopping: %s", error)
+        self._halt()
+
+    def _halt(self) -> None:
+        """Claim nothing more and cancel every attempt but the caller's (each releases its
+        row): what a fatal error and a dead task of the run both do."""
         self._stopping = True
         current = asyncio.current_task()
         for task in self._tasks:
@@ -467,12 +472,7 @@ class Pool:
             self._died = error
             if isinstance(error, QueueError):
                 log.error("stopping: %s", error)
-        self._stopping = True
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-        self._wake.set()
+        self._halt()
 
     def leases_until(self, job_id: int) -> float:
         """When our lease of `job_id` ends, for its attempt (0: none)."""
