@@ -274,9 +274,7 @@ class PoolLedger:
     """The `Ledger` of a pool's attempts: outcomes and write-aheads go through its `Writer`
     (batched), leases are as the pool last renewed them, the rest is the queue's."""
 
-    def __init__(
-        self, queue: Queue, owner: str, writer: Writer, leases: Callable[[int], float]
-    ) -> None:
+    def __init__(self, queue: Queue, owner: str, writer: Writer, leases: Leases) -> None:
         self._queue, self._owner, self._writer, self._leases = queue, owner, writer, leases
 
     def record(self, outcome: Outcome) -> None:
@@ -289,7 +287,7 @@ class PoolLedger:
         await self._queue.record_superseded(self._owner, job.id, entry)
 
     def lease_until(self, job_id: int) -> float:
-        return self._leases(job_id)
+        return self._leases.until(job_id)
 
     async def uploaded_as(self, kb_id: str, digest: str, job_id: int) -> str | None:
         return await self._queue.uploaded_as(kb_id, digest, job_id)
@@ -316,7 +314,8 @@ class Pool:
     ) -> None:
         """`on_progress(done, failed, bytes)` hears of every batch of results committed;
         `on_outage(state, outage)` of every pause and resume (the gate probes by listing
-        `probe_kb`)."""
+        `probe_kb`); `lock`, this run's liveness lock (the judge of other owners,
+        liveness.py), is its `Leases`'."""
         self.gate = OutageGate(
             lambda: self.client.probe(probe_kb),
             outage_timeout=options.outage_timeout,
@@ -328,12 +327,12 @@ class Pool:
         self.client = client
         self.s = options
         self.owner = owner
-        self.lock = lock  # this run's liveness lock, the judge of other owners (liveness.py)
-        self.run_id = run_id
         self._on_progress = on_progress
         self.result = RunResult()
         self.writer = Writer(queue, owner, self._committed)
-        ledger = PoolLedger(queue, owner, self.writer, self.leases_until)
+        self._wake = asyncio.Event()
+        self.leases = Leases(queue, owner, options.lease, lock, self._wake.set)
+        ledger = PoolLedger(queue, owner, self.writer, self.leases)
         self._shared = Shared.of(client, queue, ledger, options, plan, run_id)
         self.index, self.registrar = self._shared.index, self._shared.registrar
         # Claimed rows waiting for a slot keep every worker busy between claims; claims come
@@ -341,9 +340,7 @@ class Pool:
         self._capacity = 2 * options.workers + 2 * plan.register_batch
         self._claim_min = max(1, options.workers // 2)
         self._tasks: set[asyncio.Task[Outcome]] = set()
-        self._wake = asyncio.Event()
         self._stopping = False
-        self.leases = Leases(queue, owner, options.lease, lock, self._wake.set)
         # what ended the run from one of its tasks (a database out of reach past
         # --db-timeout, a bug): raised by `run` once everything is stopped
         self._died: BaseException | None = None
@@ -473,10 +470,6 @@ class Pool:
             if isinstance(error, QueueError):
                 log.error("stopping: %s", error)
         self._halt()
-
-    def leases_until(self, job_id: int) -> float:
-        """When our lease of `job_id` ends, for its attempt (0: none)."""
-        return self.leases.until(job_id)
 
     async def _delete_copies(self, since: float) -> None:
         """Where a register was in doubt this run, a second entry of one upload may have
