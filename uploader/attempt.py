@@ -43,7 +43,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -112,8 +111,6 @@ class Shared:
     run_id: int | None = None
     # --skip-same-content: (kb_id, content hash) -> relpath of the first file of this run with them
     taken: dict[tuple[str, str], str] = field(default_factory=dict)
-    # whether a job was queued with --any-type (asked only of a file of a type not accepted)
-    any_type: Callable[[int], Awaitable[bool]] | None = None
     # job id → when a doubtful register of this run, which ended with an error, has had
     # time to land (its end and a margin); a row not in it waits `settle_seconds`
     settles: dict[int, float] = field(default_factory=dict)
