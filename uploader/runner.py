@@ -110,7 +110,7 @@ async def run(
         run_id = await RunsStore(queue.engine).start_run(owner, options.recorded())
         if hooks.start is not None:
             hooks.start(run_id)
-        result = await _upload(queue, options, plan, hooks, owner, run_id, lock, signals)
+        result = await _upload(queue, options, plan, kbs, hooks, owner, run_id, lock, signals)
         await _record(queue, run_id, result)
     await checkup.learned_from_run(queue, options.base_url, result.batch_proved)
     outcome = await _after(queue, options, result, run_id)
@@ -133,14 +133,16 @@ async def _upload(
     queue: Queue,
     options: RunOptions,
     plan: Plan,
+    kbs: list[str],
     hooks: Hooks,
     owner: str,
     run_id: int,
     lock: RunLock | None,
     signals: Interrupts,
 ) -> RunResult:
-    """Preflight, one pool over the queue (one per known knowledge base when some are
-    unknown), then the old versions' entries replaced."""
+    """Preflight of `kbs` (those with work, read when the register batch was picked), one
+    pool over the queue (one per known knowledge base when some are unknown), then the old
+    versions' entries replaced."""
     result = RunResult()
     async with make_session(options.workers) as session:
         client = MaiAgentClient(
@@ -151,7 +153,6 @@ async def _upload(
             timeout=options.timeout,
             bandwidth=Bandwidth(options.bwlimit) if options.bwlimit else None,
         )
-        kbs = await queue.kbs_with_work(options.kb_id)
         try:
             result.unknown_kbs = await preflight(client, kbs)
         except Fatal as exc:
