@@ -79,6 +79,21 @@ def test_ambiguous_matches_are_listed_and_uploaded(
     assert sorted(e["filename"] for e in maiagent.entries(KB)) == ["only.txt"] + ["r.txt"] * 4
 
 
+def test_names_are_compared_as_name_folders_shows_them(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    data = make_tree(tmp_path / "share", {"2024/r.txt": 4, "2025/r.txt": 4})
+    maiagent.add_entry(KB, "2024 › r.txt", 4)  # another database's --name folders upload
+    db = tmp_path / "uploader.db"
+
+    adopted = sync(db, maiagent, str(data), "--kb", KB, "--name", "folders", "--adopt-existing")
+
+    assert adopted.exit_code == 0, adopted.output
+    assert "adopted 1 existing entries" in adopted.stdout
+    shown = sorted(e["filename"] for e in maiagent.entries(KB))
+    assert shown == ["2024 › r.txt", "2025 › r.txt"]
+
+
 def test_upload_anyway_uploads_a_second_copy(tmp_path: Path, maiagent: MaiAgentServer) -> None:
     data = make_tree(tmp_path / "share", {"a.txt": 3})
     maiagent.add_entry(KB, "a.txt", 3)

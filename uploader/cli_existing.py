@@ -84,7 +84,9 @@ def check(service: Service, options: RunOptions, echo: Callable[[str], None]) ->
         for kb in await q.kbs_with_work(options.kb_id):
             if not await existing.first_upload(q, kb):
                 continue
-            found = await existing.look(q, api, kb, options.name, checkpoint)
+            found = await existing.look(
+                q, api, kb, options.name, options.name_separator, checkpoint
+            )
             if found.alike and not adopt:
                 _stop(found)
             adopted = await existing.adopt(q, found.unique) if adopt else 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from .client import MaiAgentClient
 from .i18n import _
 from .model import ListedRow
+from .naming import shown_name
 from .queue import Queue
 from .reconcile import PAGE_SIZE, listed_rows
 from .reconcile import _call as call
@@ -96,7 +97,12 @@ async def first_upload(q: Queue, kb_id: str) -> bool:
 
 
 async def look(
-    q: Queue, api: MaiAgentClient, kb_id: str, name_mode: str, checkpoint: Checkpoint | None
+    q: Queue,
+    api: MaiAgentClient,
+    kb_id: str,
+    name_mode: str,
+    separator: str,
+    checkpoint: Checkpoint | None,
 ) -> Found:
     """List `kb_id` and compare the files of it nothing of which was sent with its entries
     (none is this database's: it never uploaded there), by name shown and size (an entry
@@ -117,7 +123,7 @@ async def look(
     groups: dict[tuple[str, int], list[NeverSent]] = defaultdict(list)
     named: list[NeverSent] = []  # a checkpoint's files
     async for file in store.never_sent(kb_id):
-        name = shown_name(file, name_mode)
+        name = _shown(file, name_mode, separator)
         alike = (name, file.size) in sized or name in unsized
         if checkpoint is not None and checkpoint.names(file):
             named.append(file)
@@ -156,11 +162,9 @@ async def _listing(api: MaiAgentClient, kb_id: str) -> list[ListedRow]:
         page += 1
 
 
-def shown_name(file: NeverSent, name_mode: str) -> str:
+def _shown(file: NeverSent, name_mode: str, separator: str) -> str:
     """The name the file's entry would get (as the attempt names it)."""
-    if file.display_name:
-        return file.display_name
-    return file.relpath if name_mode == "relpath" else file.relpath.rsplit("/", 1)[-1]
+    return file.display_name or shown_name(file.relpath, name_mode, separator)
 
 
 async def adopt(q: Queue, pairs: Iterable[Pair]) -> int:
