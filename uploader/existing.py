@@ -121,12 +121,10 @@ async def look(
         else:
             sized[(entry.filename, entry.size)].append(entry)
     groups: dict[tuple[str, int], list[NeverSent]] = defaultdict(list)
-    named: list[NeverSent] = []  # a checkpoint's files
     async for file in store.never_sent(kb_id):
         name = _shown(file, name_mode, separator)
         alike = (name, file.size) in sized or name in unsized
         if checkpoint is not None and checkpoint.names(file):
-            named.append(file)
             if alike:
                 groups[(name, file.size)].append(file)
             else:
