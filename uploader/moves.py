@@ -55,24 +55,31 @@ class Moves:
     async def adopt(self, batch: Sequence[ScanRow]) -> int:
         """Move the rows of the uploaded files this batch's new files are; how many moved.
         Runs before the batch is written, so a moved file is never queued as new (and never
-        claimed by a run going on)."""
+        claimed by a run going on). Only the files no row holds are looked at, and only the
+        uploaded files of their size and name are stat'ed: a re-enqueue of files already
+        queued costs a lookup of their paths, not a read of every uploaded file of their sizes."""
         readable = [r for r in batch if r.skip is None]
-        candidates = await self._store.uploaded_of_sizes(
-            self._kb, sorted({r.size for r in readable})
-        )
-        by_size: dict[int, list[Uploaded]] = {}
+        queued = await self._store.queued(self._kb, [r.path for r in readable])
+        new = [r for r in readable if r.path not in queued]
+        if not new:
+            return 0
+        wanted = {(r.size, _basename(r.relpath)) for r in new}
+        candidates = [
+            old
+            for old in await self._store.uploaded_of_sizes(self._kb, sorted({r.size for r in new}))
+            if old.id not in self._taken and (old.size, _basename(old.relpath)) in wanted
+        ]
+        unknown = [old for old in candidates if old.id not in self._gone]
+        self._gone.update(await asyncio.to_thread(lambda: {o.id: _gone(o.path) for o in unknown}))
+        alike: dict[tuple[int, str], list[Uploaded]] = {}
         for old in candidates:
-            if old.id in self._taken:
-                continue
-            if old.id not in self._gone:
-                self._gone[old.id] = await asyncio.to_thread(_gone, old.path)
             if self._gone[old.id]:
-                by_size.setdefault(old.size, []).append(old)
+                alike.setdefault((old.size, _basename(old.relpath)), []).append(old)
         moved = 0
-        for row in readable:
-            olds = [o for o in by_size.get(row.size, ()) if o.id not in self._taken]
-            olds = [o for o in olds if _basename(o.relpath) == _basename(row.relpath)]
-            if not olds or await self._store.queued(self._kb, row.path):
+        for row in new:
+            olds = alike.get((row.size, _basename(row.relpath)), [])
+            olds = [o for o in olds if o.id not in self._taken]
+            if not olds:
                 continue
             digest = await asyncio.to_thread(digest_at, row.path, row.size)
             same = [o for o in olds if o.content_hash == digest]

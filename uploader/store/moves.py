@@ -31,6 +31,8 @@ ORDER BY id""",
     sizes=in_array("size"),
 )
 
+_CHUNK = 500  # paths per lookup (bound variables)
+
 # The row takes the new path only while it is still the uploaded file at the old one and no
 # row holds the new path (an enqueue of it since).
 _MOVE = """
@@ -53,12 +55,16 @@ class MovesStore:
         rows = await self._db.fetch(_OF_SIZES, params)
         return [Uploaded(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
 
-    async def queued(self, kb_id: str, path: bytes) -> bool:
-        """Whether a row of the knowledge base holds this path."""
-        found = await self._db.fetchval(
-            "SELECT 1 FROM jobs WHERE kb_id = ? AND path = ?", (kb_id, path)
-        )
-        return found is not None
+    async def queued(self, kb_id: str, paths: Sequence[bytes]) -> set[bytes]:
+        """Which of these paths a row of the knowledge base holds (any host's)."""
+        found: set[bytes] = set()
+        for start in range(0, len(paths), _CHUNK):
+            chunk = paths[start : start + _CHUNK]
+            sql = (
+                f"SELECT path FROM jobs WHERE kb_id = ? AND path IN ({','.join('?' * len(chunk))})"
+            )
+            found.update(bytes(r[0]) for r in await self._db.fetch(sql, (kb_id, *chunk)))
+        return found
 
     async def move(self, old: Uploaded, path: bytes, relpath: str, mtime_ns: int) -> bool:
         """The row of `old` now names the file at `path`, its entry kept; False when the row
