@@ -5,11 +5,12 @@ listing without keys where many files share a name, and a count that lies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,15 @@ def assert_each_once_by_content(
     )
     assert {c: n for c, n in held.items() if n > 1} == {}
     assert set(held) == wanted
+
+
+@contextlib.asynccontextmanager
+async def remote_index(db: Path, server: MaiAgentServer) -> AsyncIterator[RemoteIndex]:
+    """The run's index of the knowledge base over a queue at `db`, once a first listing has
+    made the service's clock known."""
+    async with await open_queue(str(db)) as q, open_client(server.base_url, API_KEY) as client:
+        await client.list_files(KB, 1, 1)
+        yield RemoteIndex(q, client)
 
 
 def upload_with(
@@ -220,18 +230,12 @@ def test_the_runs_last_look_for_second_entries_reads_down_to_its_first_doubt(
     )
 
     async def scenario() -> int:
-        q = await open_queue(str(tmp_path / "queue.db"))
-        try:
-            async with open_client(server.base_url, API_KEY) as client:
-                await client.list_files(KB, 1, 1)  # the service's clock is known from here
-                index = RemoteIndex(q, client)
-                adoption = await index.adopt(job, "a.txt")
-                assert adoption == Adoption(None, covered=True)
-                server.reset_stats()
-                await index.recheck(KB, began)
-                return server.stats()["list"]
-        finally:
-            await q.close()
+        async with remote_index(tmp_path / "queue.db", server) as index:
+            adoption = await index.adopt(job, "a.txt")
+            assert adoption == Adoption(None, covered=True)
+            server.reset_stats()
+            await index.recheck(KB, began)
+            return server.stats()["list"]
 
     assert asyncio.run(scenario()) == 1
 
@@ -251,23 +255,17 @@ def test_a_refresh_stops_only_at_an_entry_an_earlier_listing_stored(
     )
 
     async def scenario() -> tuple[str | None, str]:
-        q = await open_queue(str(tmp_path / "queue.db"))
-        try:
-            async with open_client(server.base_url, API_KEY) as client:
-                await client.list_files(KB, 1, 1)  # the service's clock is known from here
-                index = RemoteIndex(q, client)
-                assert (await index.adopt(first, "a.txt")).file_id is None
-                since = time.time()
-                server.fill(KB, 1)
-                ours = server.records(KB)[-1]
-                server.fill(KB, 250)
-                job = Job(
-                    2, KB, b"/data/b.txt", "b.txt", ours["size"], 0, 2, Step.UPLOADED,
-                    ours["key"], since, ours["filename"], time.time(),
-                )  # fmt: skip
-                return (await index.adopt(job, ours["filename"])).file_id, ours["id"]
-        finally:
-            await q.close()
+        async with remote_index(tmp_path / "queue.db", server) as index:
+            assert (await index.adopt(first, "a.txt")).file_id is None
+            since = time.time()
+            server.fill(KB, 1)
+            ours = server.records(KB)[-1]
+            server.fill(KB, 250)
+            job = Job(
+                2, KB, b"/data/b.txt", "b.txt", ours["size"], 0, 2, Step.UPLOADED,
+                ours["key"], since, ours["filename"], time.time(),
+            )  # fmt: skip
+            return (await index.adopt(job, ours["filename"])).file_id, ours["id"]
 
     found, entry = asyncio.run(scenario())
     assert found == entry
