@@ -21,6 +21,7 @@ from tests.helpers import (
     rows,
     run_cli,
     service,
+    upload,
 )
 from uploader.localserver import DIALECTS, MaiAgentServer
 
@@ -28,13 +29,8 @@ BOTH = pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
 
 
 def _uploaded(tmp_path: Path, server: MaiAgentServer) -> tuple[Path, Path, dict[str, str]]:
-    data = tmp_path / "data"
-    make_flat_files(data, 6)
-    db = tmp_path / "queue.db"
-    enqueue(db, data)
-    ran = invoke(db, "run", *service(server), *FAST)
-    assert ran.exit_code == 0, ran.output
-    return db, data, {j["relpath"]: j["file_id"] for j in rows(db)}
+    db, _names = upload(tmp_path, server, 6)
+    return db, tmp_path / "data", {j["relpath"]: j["file_id"] for j in rows(db)}
 
 
 def _run(db: Path, server: MaiAgentServer) -> str:
