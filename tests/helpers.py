@@ -109,6 +109,14 @@ def run_args(server: MaiAgentServer, *extra: str) -> list[str]:
     ]
 
 
+def queued(tmp_path: Path, count: int = 3, kb: str = KB) -> Path:
+    """`count` files of tmp_path/data enqueued into tmp_path/queue.db; the database."""
+    make_flat_files(tmp_path / "data", count)
+    db = tmp_path / "queue.db"
+    enqueue(db, tmp_path / "data", kb=kb)
+    return db
+
+
 def upload(tmp_path: Path, server: MaiAgentServer, count: int) -> tuple[Path, list[str]]:
     """Files enqueued and uploaded with the real `run`: the database and the file names."""
     names = make_flat_files(tmp_path / "data", count)

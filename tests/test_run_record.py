@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import API_KEY, KB, enqueue, make_flat_files
+from tests.helpers import API_KEY, KB, queued
 from uploader import queue, runner
 from uploader.checkup import normal_base_url
 from uploader.localserver import MaiAgentServer
@@ -17,13 +17,6 @@ from uploader.model import HostScope
 from uploader.options import RunOptions
 from uploader.store.facts import FactsStore
 from uploader.store.runs import RunsStore
-
-
-def _queued(tmp_path: Path, count: int) -> Path:
-    make_flat_files(tmp_path / "data", count)
-    db = tmp_path / "queue.db"
-    enqueue(db, tmp_path / "data")
-    return db
 
 
 def _runs(db: Path, options: RunOptions, times: int = 1) -> list[Any]:
@@ -44,7 +37,7 @@ def _runs(db: Path, options: RunOptions, times: int = 1) -> list[Any]:
 def test_a_library_run_refused_records_why_it_stopped(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
-    db = _queued(tmp_path, 3)
+    db = queued(tmp_path, 3)
     options = RunOptions(maiagent.base_url, "not-the-key", kb_id=KB, retry_delay=0.01)
 
     [outcome], record, fatal, _facts = _runs(db, options)
@@ -57,7 +50,7 @@ def test_a_library_run_refused_records_why_it_stopped(
 def test_a_library_run_records_what_it_learned_and_returns_the_states_after(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
-    db = _queued(tmp_path, 3)
+    db = queued(tmp_path, 3)
     options = RunOptions(maiagent.base_url, API_KEY, kb_id=KB, retry_delay=0.01)
 
     [first, second], record, fatal, facts = _runs(db, options, times=2)

@@ -27,6 +27,7 @@ from tests.helpers import (
     invoke,
     make_flat_files,
     one_line_error,
+    queued,
     rows,
     run_args,
     service,
@@ -40,16 +41,9 @@ from uploader.localserver import MaiAgentServer
 UNREACHABLE = ("--base-url", "http://127.0.0.1:1/api/v1/")
 
 
-def _queued(tmp_path: Path, count: int = 3, kb: str = KB) -> Path:
-    make_flat_files(tmp_path / "data", count)
-    db = tmp_path / "queue.db"
-    enqueue(db, tmp_path / "data", kb=kb)
-    return db
-
-
 @pytest.mark.parametrize("args", [["run"], ["verify"], ["kbs"], ["check", "--kb", KB]])
 def test_no_key_names_the_variable_and_where_to_get_one(tmp_path: Path, args: list[str]) -> None:
-    db = _queued(tmp_path)
+    db = queued(tmp_path)
 
     line = one_line_error(invoke(db, *args, env={"MAIAGENT_API_KEY": None}))
 
@@ -61,7 +55,7 @@ def test_no_key_names_the_variable_and_where_to_get_one(tmp_path: Path, args: li
 def test_a_key_with_surrounding_whitespace_is_used_stripped(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
-    db = _queued(tmp_path)
+    db = queued(tmp_path)
 
     result = invoke(db, *run_args(maiagent), env={"MAIAGENT_API_KEY": f"  {API_KEY}\n"})
 
@@ -72,7 +66,7 @@ def test_a_key_with_surrounding_whitespace_is_used_stripped(
 def test_db_v_and_q_are_taken_after_the_command_too(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
-    db = _queued(tmp_path)
+    db = queued(tmp_path)
     elsewhere = tmp_path / "not-this.db"
     runner = CliRunner()
     env = {"MAIAGENT_API_KEY": API_KEY}
@@ -93,7 +87,7 @@ def test_db_v_and_q_are_taken_after_the_command_too(
 def test_a_mistyped_kb_names_the_ones_the_queue_holds(
     tmp_path: Path, maiagent: MaiAgentServer
 ) -> None:
-    db = _queued(tmp_path, kb="kb-demo")
+    db = queued(tmp_path, kb="kb-demo")
 
     line = one_line_error(invoke(db, *run_args(maiagent), "--kb", "kb-dmeo"))
 
@@ -129,7 +123,7 @@ def test_nothing_pending_says_so_and_exits_9_only_when_asked(
     [["run", "--retry-delay", "0"], ["kbs"], ["verify"], ["dedupe"], ["check", "--kb", KB]],
 )
 def test_an_unreachable_host_is_exit_4_for_every_command(tmp_path: Path, args: list[str]) -> None:
-    db = _queued(tmp_path)
+    db = queued(tmp_path)
 
     result = invoke(db, *args, *UNREACHABLE)
 
@@ -185,7 +179,7 @@ def test_export_report_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 def test_plain_http_elsewhere_is_allowed_by_allow_http_and_insecure_is_gone(
     tmp_path: Path,
 ) -> None:
-    db = _queued(tmp_path)
+    db = queued(tmp_path)
     elsewhere = ("--base-url", "http://192.0.2.10/api/v1/")
 
     refused = one_line_error(invoke(db, "kbs", *elsewhere))
@@ -236,7 +230,7 @@ BAD_PORTS = [
 def test_a_bad_port_in_the_base_url_is_one_line_and_touches_no_row(
     tmp_path: Path, url: str, args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = _queued(tmp_path)
+    db = queued(tmp_path)
     before = rows(db)
     monkeypatch.chdir(tmp_path)
 
@@ -266,7 +260,7 @@ def test_a_signal_right_after_start_is_exit_130_in_one_line(
     starting, and a signal ends it as it ends any program: not this test's concern; on a loaded
     machine that start can take longer than a second.)"""
     server = maiagent_factory(latency=0.2)
-    db = _queued(tmp_path, 50)
+    db = queued(tmp_path, 50)
     for later in (0.0, 0.05, 0.1, 0.2, 0.4):
         proc = spawn(db, *run_args(server), text=True)
         deadline = time.monotonic() + 20
@@ -324,7 +318,7 @@ def test_every_command_to_a_closed_pipe_ends_quietly_with_141(
     ],
 )
 def test_a_number_that_is_not_finite_is_refused(tmp_path: Path, args: list[str]) -> None:
-    db = _queued(tmp_path)
+    db = queued(tmp_path)
     before = rows(db)
 
     result = invoke(db, *args)
