@@ -579,19 +579,16 @@ class Pool:
             self.writer.put(attempt.released())
             return
         error = task.exception()
-        if isinstance(error, DatabaseUnreachable):
-            self.writer.put(attempt.released())
-            self._down(error)
-            return
-        if isinstance(error, QueueError):
-            # a database error the engine did not try again (inside a transaction): the file
-            # waits for a later attempt, none counted
-            log.warning("%s: put back for later: %s", attempt.job.relpath, error)
-            self.writer.put(attempt.released())
-            return
         if error is not None:
-            log.error("unexpected error on %s", attempt.job.relpath, exc_info=error)
             self.writer.put(attempt.released())
+            if isinstance(error, DatabaseUnreachable):
+                self._down(error)
+            elif isinstance(error, QueueError):
+                # a database error the engine did not try again (inside a transaction): the
+                # file waits for a later attempt, none counted
+                log.warning("%s: put back for later: %s", attempt.job.relpath, error)
+            else:
+                log.error("unexpected error on %s", attempt.job.relpath, exc_info=error)
             return
         self.writer.put(task.result())
         self.result.adopted += attempt.adopted
