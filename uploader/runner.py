@@ -24,7 +24,7 @@ from .i18n import _, in_english
 from .interrupts import Interrupts
 from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
-from .model import JobState
+from .model import HostCount, JobState
 from .options import Plan, RunOptions
 from .outage import GateState, OnChange, Outage
 from .progress import rate_text
@@ -312,9 +312,10 @@ async def nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | No
         if kb_id
         else _("nothing pending ({held})").format(held=held)
     )
-    elsewhere = pending_elsewhere(await StatusStore(q.engine).host_counts(), host_id)
+    hosts = await StatusStore(q.engine).host_counts()
+    elsewhere = pending_elsewhere(hosts, host_id)
     if elsewhere:
-        _left_to_no_one(await _pending_by_host(q, host_id, kb_id), host_id)
+        _left_to_no_one(await _pending_by_host(q, hosts, host_id, kb_id), host_id)
         line += _("; {n} pending files were queued by other hosts (`run --shared`)").format(
             n=f"{elsewhere:,}"
         )
@@ -334,9 +335,12 @@ def state_word(state: JobState) -> str:
     return words[state]
 
 
-async def _pending_by_host(q: Queue, host_id: str, kb_id: str | None) -> dict[str, int]:
-    """Pending rows only another host may upload, per host, of hosts with no run going on
-    now (a queue shared by several hosts: those rows are being taken)."""
+async def _pending_by_host(
+    q: Queue, hosts: list[HostCount], host_id: str, kb_id: str | None
+) -> dict[str, int]:
+    """Pending rows only another host may upload, per host (of `hosts`, the queue's
+    host_counts), of hosts with no run going on now (a queue shared by several hosts: those
+    rows are being taken)."""
     if kb_id is not None:
         return {}  # host_counts are of the whole queue: said, not judged, for one --kb
     running = {
@@ -345,7 +349,7 @@ async def _pending_by_host(q: Queue, host_id: str, kb_id: str | None) -> dict[st
         if not run["ended_at"]
     }
     pending: dict[str, int] = {}
-    for c in await StatusStore(q.engine).host_counts():
+    for c in hosts:
         others = c.host not in ("", host_id, *running)
         if c.state == JobState.PENDING and not c.shared and others:
             pending[c.host] = pending.get(c.host, 0) + c.files
