@@ -28,7 +28,7 @@ from tests.helpers import (
     spawn,
 )
 from tests.pg_server import PASSWORD
-from uploader.localserver import MaiAgentServer
+from uploader.localserver import DIALECTS, MaiAgentServer
 from uploader.model import JobState
 
 LEASE = "3"
@@ -194,6 +194,34 @@ def test_hosts_with_clocks_ten_minutes_off_neither_steal_nor_keep_rows(
     # the dead host's rows were taken back after its lease, not ten minutes later (the runs
     # ended), and no live host's row was taken as expired
     assert left and lost_jobs(pg_url) == sorted(left)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, indirect=True)
+def test_hosts_ten_minutes_off_with_lost_answers_upload_each_file_once_by_content(
+    tmp_path: Path, pg_url: str, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Issue 23's clock test on a shared queue: hosts 10 minutes ahead and behind (of the
+    service and of the database) beside one whose clock is right, 5% of register answers lost,
+    pages of 10. A doubt is settled by the listing read far enough by the service's offset
+    (page 1 alone would hide the entry), its settle time by the database's clock translated to
+    each host's: no second register of a landed one, no failed [duplicate_key]."""
+    server = maiagent_factory(lost_register_rate=0.05, seed=23, page_size_max=10)
+    relpaths = make_files(tmp_path / "nas", 240)
+    enqueue(pg_url, tmp_path / "nas", "host-a", "--shared")
+
+    hosts = {"host-ahead": 600.0, "host-behind": -600.0, "host-right": 0.0}
+    procs = [host_run(pg_url, server, h, skew=skew, cwd=tmp_path) for h, skew in hosts.items()]
+    results = [finish(p) for p in procs]
+
+    assert [code for code, _ in results] == [0, 0, 0], results
+    assert_exactly_once(server, pg_url, relpaths)
+    for entry in server.entries(KB):
+        assert (
+            server.entry_content(entry["id"]) == (tmp_path / "nas" / entry["filename"]).read_bytes()
+        )
+    assert server.stats()["register_lost"] >= 5  # the knob did lose answers
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert logs.count("off the service's") >= 2  # the two hosts that are off said so
 
 
 def test_status_verify_dedupe_retry_and_report_work_on_postgresql(
