@@ -103,20 +103,23 @@ async def test_outcomes_are_written_only_by_the_lease_owner(queue_target: str) -
 @async_test
 async def test_reclaim_keeps_only_the_doubt_a_write_ahead_committed(queue_target: str) -> None:
     """A dead run's row is in doubt only if its register's write-ahead was committed: a row
-    killed while uploading never sent one."""
+    killed while uploading never sent one. The doubt comes back with its sender's deadline
+    (whatever the --timeout of the run that takes it)."""
     async with await open_queue(queue_target) as q:
         await q.enqueue_batch(KB, rows("a", "b", "c"))
         a, b = await q.claim("host:1:dead", 2, LEASE, KB)
         [c] = await q.claim(OWNER, 1, LEASE, KB)
         b.s3_key, b.filename = "key-b", "b"
         since = time.time()
-        assert await q.begin_register("host:1:dead", [b], since) == {b.id}
+        assert await q.begin_register("host:1:dead", [b], since, since + 60) == {b.id}
         assert await q.renew_leases(OWNER, LEASE) == [c.id]
         assert await q.reclaim(["host:1:dead"]) == 2
         again = {j.id: j for j in await q.claim(OWNER, 2, LEASE, KB)}
         assert again[a.id].attempts == 1 and again[a.id].unknown_since is None
         assert again[a.id].s3_key is None
         assert again[b.id].unknown_since == pytest.approx(since)
+        assert again[b.id].register_due == pytest.approx(since + 60)
+        assert again[a.id].register_due is None
         assert (again[b.id].s3_key, again[b.id].filename) == ("key-b", "b")
 
 

@@ -25,8 +25,9 @@ taken effect, at or after this time".
   since the doubt is read (`RemoteIndex.adopt`); the entry whose `file` is (or ends with) the
   key is adopted (the job is done, no second register). An entry listed without `file` is
   matched by name, size and time only when no other job has that name. No entry is proof that
-  the register did not happen only once it had time to land (`Shared.settle_seconds`: the
-  request timeout and a margin after it was sent); until then the row waits, and the register
+  the register did not happen only once it had time to land (`Shared.settled_at`: its sender's
+  deadline, kept on the row, and a margin: the sender's --timeout, not the settling run's,
+  bounds when it may land); until then the row waits, and the register
   that follows sends the same key again, so a service that refuses duplicate keys (as the
   docs say MaiAgent does) protects us too.
 - It is dropped when what may have been registered no longer counts: the file changed since
@@ -112,7 +113,7 @@ class Shared:
     # --skip-same-content: (kb_id, content hash) -> relpath of the first file of this run with them
     taken: dict[tuple[str, str], str] = field(default_factory=dict)
     # job id → when a doubtful register of this run, which ended with an error, has had
-    # time to land (its end and a margin); a row not in it waits `settle_seconds`
+    # time to land (its end and a margin); a row not in it waits until `settled_at`
     settles: dict[int, float] = field(default_factory=dict)
     # job ids whose key the service said it already holds (a duplicate-key answer): their
     # entry exists, so their doubt is never dropped, only settled by the listing
@@ -139,12 +140,17 @@ class Shared:
         labels = LabelResolver(client, queue)
         return cls(client, ledger, options, plan.file_types, registrar, index, labels, run_id)
 
-    @property
-    def settle_seconds(self) -> float:
-        """How long after a register was sent it may still take effect, when nothing else is
-        known (its process died): the listing is not taken as proof that it did not until
-        then (a slow commit behind a proxy lands after our timeout)."""
-        return self.options.timeout + SETTLE_MARGIN
+    def settled_at(self, job: Job) -> float:
+        """Until when the doubtful register of `job` may still take effect, when this run did
+        not see it end (its process died, or another run sent it): the listing is not taken as
+        proof that it did not until then (a slow commit behind a proxy lands after our timeout).
+        The sender's deadline kept on the row, since its --timeout, not ours, bounded the
+        request: a run with a shorter one registered the file again while the first register
+        could still land. A row written before the deadline was kept: its doubt and our own."""
+        assert job.unknown_since is not None
+        if job.register_due is not None:
+            return job.register_due + SETTLE_MARGIN
+        return job.unknown_since + self.options.timeout + SETTLE_MARGIN
 
 
 class Attempt:
@@ -356,7 +362,7 @@ class Attempt:
             later = now + SETTLE_MARGIN
             log.info("%s is registered, its entry not listed yet: looking again", job.relpath)
             return None, self._outcome(OutcomeKind.RELEASED, next_attempt_at=later)
-        settles = self._s.settles.get(job.id, job.unknown_since + self._s.settle_seconds)
+        settles = self._s.settles.get(job.id) or self._s.settled_at(job)
         if now < settles:
             log.info("a register of %s may still take effect: looking again later", job.relpath)
             return None, self._outcome(OutcomeKind.RELEASED, next_attempt_at=settles)

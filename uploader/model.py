@@ -198,6 +198,9 @@ class Job:
     parser: str | None = None
     display_name: str | None = None
     content_hash: str | None = None  # of the bytes behind s3_key / file_id (content.py)
+    # by when the register `unknown_since` is about is over: its sender's write-ahead plus that
+    # run's --timeout (None: not kept, the row is older than the column)
+    register_due: float | None = None
 
     def __post_init__(self) -> None:
         if self.step is not None:

@@ -178,11 +178,18 @@ class Writer:
     flushed at once since a register waits for its own."""
 
     def __init__(
-        self, queue: Queue, owner: str, on_commit: Callable[[list[Outcome]], None]
+        self,
+        queue: Queue,
+        owner: str,
+        on_commit: Callable[[list[Outcome]], None],
+        register_timeout: float,
     ) -> None:
         self._queue = queue
         self._owner = owner
         self._on_commit = on_commit
+        # the client cuts a register at its write-ahead plus this (client.register): kept on
+        # the row as its deadline, which a run that takes the row over waits for
+        self._register_timeout = register_timeout
         self._items: list[Outcome] = []
         self._fences: list[tuple[Job, asyncio.Future[float | None]]] = []
         self._lock = asyncio.Lock()
@@ -209,8 +216,10 @@ class Writer:
             if not fences:
                 return
             since = time.time()
+            due = since + self._register_timeout
+            jobs = [j for j, _ in fences]
             try:
-                ours = await self._queue.begin_register(self._owner, [j for j, _ in fences], since)
+                ours = await self._queue.begin_register(self._owner, jobs, since, due)
             except BaseException as exc:
                 for _job, fut in fences:
                     if not fut.done():
@@ -329,7 +338,7 @@ class Pool:
         self.owner = owner
         self._on_progress = on_progress
         self.result = RunResult()
-        self.writer = Writer(queue, owner, self._committed)
+        self.writer = Writer(queue, owner, self._committed, options.timeout)
         self._wake = asyncio.Event()
         self.leases = Leases(queue, owner, options.lease, lock, self._wake.set)
         ledger = PoolLedger(queue, owner, self.writer, self.leases)

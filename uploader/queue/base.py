@@ -145,11 +145,15 @@ class Queue(abc.ABC):
         this content hash, if any (an index lookup)."""
 
     @abc.abstractmethod
-    async def begin_register(self, owner: str, jobs: Sequence[Job], since: float) -> set[int]:
+    async def begin_register(
+        self, owner: str, jobs: Sequence[Job], since: float, due: float | None = None
+    ) -> set[int]:
         """The write-ahead and the fence of a register, in one transaction: each job that
         `owner` still holds by an unexpired lease gets its S3 key, filename, size, mtime and
         step 'uploaded' written with unknown_since = `since` ("a register of this key may take
-        effect from now on"); the ids written are returned. A job not among them must not be
+        effect from now on") and register_due = `due` (by when that request is over: `since`
+        plus the sender's --timeout, which a run that takes the row over must wait for, whatever
+        its own --timeout); the ids written are returned. A job not among them must not be
         registered: its row is another run's now, or soon will be."""
 
     @abc.abstractmethod

@@ -148,7 +148,7 @@ ON CONFLICT (kb_id, path) DO NOTHING"""
 
 _JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
-    "filename, started_at, file_id, tags, parser, display_name, content_hash"
+    "filename, started_at, file_id, tags, parser, display_name, content_hash, register_due"
 )
 
 # The rows a run may take ($5 host, $6 any host): its host's, shared ones, those of no
@@ -247,7 +247,7 @@ SELECT count(*) FROM back"""
 # The write-ahead and fence of a register (Queue.begin_register), by the database's clock.
 _BEGIN_REGISTER = f"""
 UPDATE jobs AS j SET step = 'uploaded', s3_key = w.s3_key, filename = w.filename,
-       size = w.size, mtime_ns = w.mtime_ns, unknown_since = $2
+       size = w.size, mtime_ns = w.mtime_ns, unknown_since = $2, register_due = $8
 FROM unnest($3::int8[], $4::text[], $5::text[], $6::int8[], $7::int8[])
      AS w(id, s3_key, filename, size, mtime_ns)
 WHERE j.id = w.id AND j.state = 'running' AND j.lease_owner = $1 AND j.lease_expires > {NOW}
@@ -412,7 +412,14 @@ class PgQueue(Queue):
         async with self._connection() as conn:
             rows = await conn.fetch(_CLAIM, owner, lease_seconds, kb_id, limit, *self._reads())
         jobs = [
-            Job(*r[:9], self._to_host(r[9]), r[10], self._to_host(r[11]) or 0.0, *r[12:])  # type: ignore[call-arg]
+            Job(  # type: ignore[call-arg]
+                *r[:9],
+                self._to_host(r[9]),
+                r[10],
+                self._to_host(r[11]) or 0.0,
+                *r[12:17],
+                self._to_host(r[17]),
+            )
             for r in rows
         ]
         jobs.sort(key=lambda j: j.id)
@@ -490,7 +497,9 @@ class PgQueue(Queue):
                 _SUPERSEDE_AT_DONE, owner, [job_id], [entry_id], [self._to_db(time.time())]
             )
 
-    async def begin_register(self, owner: str, jobs: Sequence[Job], since: float) -> set[int]:
+    async def begin_register(
+        self, owner: str, jobs: Sequence[Job], since: float, due: float | None = None
+    ) -> set[int]:
         async with self._connection() as conn:
             rows = await conn.fetch(
                 _BEGIN_REGISTER,
@@ -501,6 +510,7 @@ class PgQueue(Queue):
                 [j.filename for j in jobs],
                 [j.size for j in jobs],
                 [j.mtime_ns for j in jobs],
+                self._to_db(due),
             )
         return {r[0] for r in rows}
 

@@ -100,7 +100,7 @@ FOREIGN_CHUNK = 500  # paths per "queued by another host?" lookup (bound variabl
 
 JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
-    "filename, started_at, file_id, tags, parser, display_name, content_hash"
+    "filename, started_at, file_id, tags, parser, display_name, content_hash, register_due"
 )
 
 # The rows a run may take: its host's, shared ones, those of no recorded host, or any when
@@ -150,7 +150,7 @@ WHERE id = :id AND lease_owner = :owner"""
 
 _BEGIN_REGISTER = """
 UPDATE jobs SET step = 'uploaded', s3_key = :s3_key, filename = :filename, size = :size,
-       mtime_ns = :mtime_ns, unknown_since = :since
+       mtime_ns = :mtime_ns, unknown_since = :since, register_due = :due
 WHERE id = :id AND state = 'running' AND lease_owner = :owner AND lease_expires > :now
 RETURNING id"""
 
@@ -371,7 +371,9 @@ class JobsMixin(SqliteBase):
             (kb_id, content_hash, job_id),
         )
 
-    async def begin_register(self, owner: str, jobs: Sequence[Job], since: float) -> set[int]:
+    async def begin_register(
+        self, owner: str, jobs: Sequence[Job], since: float, due: float | None = None
+    ) -> set[int]:
         written: set[int] = set()
         now = time.time()
         async with self.transaction():
@@ -381,6 +383,7 @@ class JobsMixin(SqliteBase):
                     "owner": owner,
                     "now": now,
                     "since": since,
+                    "due": due,
                     "s3_key": j.s3_key,
                     "filename": j.filename,
                     "size": j.size,
