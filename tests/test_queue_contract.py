@@ -427,6 +427,29 @@ async def test_forget_counts_then_deletes_all_but_running_rows(queue_target: str
 
 
 @async_test
+async def test_forgettable_lists_what_forget_would_drop_in_relpath_order(
+    queue_target: str,
+) -> None:
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("d.pdf", "b.pdf", "c.txt", "a.pdf"))
+        await q.enqueue_batch("kb-other", rows("0.pdf"))
+        (held,) = await q.claim(OWNER, 1, LEASE, KB)  # d.pdf: running, never dropped
+
+        def pdfs(relpath: str) -> bool:
+            return relpath.endswith(".pdf")
+
+        listed = await q.forgettable(KB, pdfs, None)
+        first = await q.forgettable(KB, None, 2)
+
+        assert held.relpath == "d.pdf"
+        assert [(relpath, state) for relpath, state, _size in listed] == [
+            ("a.pdf", "pending"),
+            ("b.pdf", "pending"),
+        ]
+        assert [relpath for relpath, _state, _size in first] == ["a.pdf", "b.pdf"]
+
+
+@async_test
 async def test_entries_listed_with_other_tags_are_counted_and_taken_as_applied(
     queue_target: str,
 ) -> None:

@@ -109,6 +109,8 @@ def test_forget_is_a_dry_run_without_yes_and_never_calls_the_service(tmp_path: P
     assert dry.exit_code == 0, dry.output
     assert dry.stdout.splitlines() == [
         "would drop 2 rows of kb-nope from the queue (pending 2)",
+        "  pending       7 B  f0000.txt",
+        "  pending      14 B  f0001.txt",
         "dry run: add --yes to drop them",
     ]
     assert still == 8

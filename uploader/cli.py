@@ -2392,7 +2392,7 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
     except scan.PatternError as exc:
         raise UserError(str(exc)) from None
 
-    async def body(q: Queue) -> dict[str, int]:
+    async def body(q: Queue) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
         counts = await StatusStore(q.engine).state_counts()
         if kb_id not in counts:
             holds = (
@@ -2403,9 +2403,11 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
             raise UserError(
                 _("the queue has no rows for {kb} ({holds})").format(kb=kb_id, holds=holds)
             )
-        return await q.forget_jobs(kb_id, matches, yes)
+        dropped = await q.forget_jobs(kb_id, matches, yes)
+        shown = None if ctx.verbose else LIST_SHOWN
+        return dropped, [] if yes else await q.forgettable(kb_id, matches, shown)
 
-    counts = on_queue(ctx, body, create=False)
+    counts, listed = on_queue(ctx, body, create=False)
     running = counts.pop(JobState.RUNNING, 0)
     total = sum(counts.values())
     states = ", ".join(
@@ -2418,12 +2420,26 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
     )
     shown = f" ({states})" if total else ""
     click.echo(dropped.format(n=f"{total:,}", kb=kb_id) + shown)
+    if not yes:
+        _print_forgettable(listed, total)
     if running:
         click.echo(_("{n} files a run is uploading now were left alone").format(n=f"{running:,}"))
     if counts.get(JobState.DONE):
         click.echo(_("the uploaded files' entries stay in the knowledge base"))
     if total and not yes:
         click.echo(_("dry run: add --yes to drop them"))
+
+
+def _print_forgettable(rows: list[tuple[str, str, int]], total: int) -> None:
+    """The rows a dry run of forget would drop, one a line (state, size, relpath), the first
+    LIST_SHOWN of them unless -v: a count alone does not show a --match that catches more
+    than meant."""
+    words = [runner.state_word(JobState(state)) for _relpath, state, _size in rows]
+    width = max(map(_columns, words), default=0)
+    for word, (relpath, _state, size) in zip(words, rows, strict=True):
+        click.echo(f"  {_pad(word, width)}  {_human(size):>8}  {printable(relpath)}")
+    if total > len(rows):
+        click.echo(_("  ... and {n} more").format(n=f"{total - len(rows):,}"))
 
 
 # --- export-report ---------------------------------------------------------------------------

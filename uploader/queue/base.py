@@ -222,3 +222,10 @@ class Queue(abc.ABC):
         """The rows of `kb_id` (relpath satisfying `match`), counted by state; with `apply`,
         in the same transaction, deleted with their attempts, except running ones (a live run
         holds them). The knowledge base itself is never touched."""
+
+    @abc.abstractmethod
+    async def forgettable(
+        self, kb_id: str, match: Match | None, limit: int | None
+    ) -> list[tuple[str, str, int]]:
+        """What `forget_jobs` would delete, shown before it does (rclone's dry run names each
+        file): relpath, state and size of the first `limit` rows by relpath (all if None)."""

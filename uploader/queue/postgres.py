@@ -694,6 +694,19 @@ class PgQueue(Queue):
                 await conn.execute("DELETE FROM jobs WHERE id = ANY($1::int8[])", ids)
         return counts
 
+    async def forgettable(
+        self, kb_id: str, match: Callable[[str], bool] | None, limit: int | None
+    ) -> list[tuple[str, str, int]]:
+        """The pattern is applied here, to the rows read in relpath order."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT relpath, state, size FROM jobs WHERE kb_id = $1 AND state <> 'running'"
+                ' ORDER BY relpath COLLATE "C"',
+                kb_id,
+            )
+        chosen = [(r[0], r[1], r[2]) for r in rows if match is None or match(r[0])]
+        return chosen if limit is None else chosen[:limit]
+
 
 def _enqueue_args(rows: Sequence[ScanRow], host: str, shared: bool) -> list[Any]:
     """$2.. of the enqueue statements: the rows' columns as arrays, $7 host, $8 shared, then

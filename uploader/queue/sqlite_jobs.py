@@ -492,3 +492,16 @@ class JobsMixin(SqliteBase):
                     f"DELETE FROM jobs WHERE {where} AND state != 'running'", (kb_id,)
                 )
         return {state: count for state, count in rows}
+
+    async def forgettable(
+        self, kb_id: str, match: Callable[[str], bool] | None, limit: int | None
+    ) -> list[tuple[str, str, int]]:
+        await self._conn.create_function(
+            "uploader_match", 1, match or (lambda _: True), deterministic=True
+        )
+        rows = await self._conn.execute_fetchall(
+            "SELECT relpath, state, size FROM jobs WHERE kb_id = ? AND uploader_match(relpath)"
+            " AND state != 'running' ORDER BY relpath LIMIT ?",
+            (kb_id, -1 if limit is None else limit),
+        )
+        return [(relpath, state, size) for relpath, state, size in rows]
