@@ -1,8 +1,10 @@
 """A database that goes away in the middle of a run: PostgreSQL restarted (a maintenance
 window, a failover), its connections terminated (a DBA, a pooler restart), or out of reach
-for longer than --db-timeout; a task of the pool that dies. The run, a child process, waits
-for the database and goes on; past --db-timeout it stops in one line (exit 4), and the next
-run closes its record and takes its rows back at once. Never a traceback, never a hang."""
+for longer than --db-timeout; a SQLite database whose folder goes away (a network share that
+vanishes, a disk unmounted: renamed away here, which SQLite's open file does not notice); a
+task of the pool that dies. The run, a child process, waits for the database and goes on;
+past --db-timeout it stops in one line (exit 4), and the next run closes its record and takes
+its rows back at once. Never a traceback, never a hang."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import KB, invoke, make_flat_files, run_args, spawn
+from tests.helpers import KB, enqueue, invoke, make_flat_files, rows, run_args, spawn
 from tests.pg_server import PASSWORD, PgServer
 from tests.test_postgres_cli import pg_rows
 from uploader.localserver import MaiAgentServer
@@ -165,3 +167,77 @@ def test_a_pool_task_that_dies_takes_the_run_down(tmp_path: Path, maiagent: MaiA
     assert proc.returncode != 0
     assert "the writer broke" in err
     assert maiagent.entries(KB) == []
+
+
+def sqlite_done(db: Path, count: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while len(rows(db, "SELECT id FROM jobs WHERE state = 'done'")) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.02)
+
+
+def sqlite_run_a_fifth(
+    tmp_path: Path, server: MaiAgentServer, *extra: str
+) -> tuple[Path, list[str], subprocess.Popen[str]]:
+    """SQLITE_FILES enqueued into share/queue.db and a run of them in a process of its own,
+    a fifth of them done."""
+    db = tmp_path / "share" / "queue.db"
+    db.parent.mkdir()
+    names = make_flat_files(tmp_path / "data", SQLITE_FILES)
+    enqueue(db, tmp_path / "data")
+    proc = start_run(str(db), server, tmp_path, "--lease", LONG_LEASE, *extra)
+    sqlite_done(db, SQLITE_FILES // 5, proc)
+    return db, names, proc
+
+
+def assert_sqlite_finished(
+    proc: subprocess.Popen[str], server: MaiAgentServer, db: Path, names: list[str]
+) -> None:
+    out, err = proc.communicate(timeout=NEXT_RUN_TIMEOUT)
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in out + err
+    assert rows(db, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+    assert sorted(e["filename"] for e in server.entries(KB)) == sorted(names)
+    assert Counter(j["state"] for j in rows(db)) == {"done": len(names)}
+
+
+SQLITE_FILES = 150
+
+
+@pytest.mark.posix_only("renames a folder holding open files (refused on Windows)")
+def test_a_sqlite_folder_gone_past_db_timeout_stops_the_run_in_one_line_and_the_next_finishes(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Before, the run went on writing into a file no path led to, and ended with exit 0:
+    had the folder been a share unmounted for good, every row it wrote was lost."""
+    server = maiagent_factory(latency=0.02)
+    db, names, proc = sqlite_run_a_fifth(tmp_path, server, "--db-timeout", "2")
+
+    away = tmp_path / "share-away"
+    db.parent.rename(away)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 4, out + err
+    assert "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "gone" in errors[0] and "--db-timeout" in errors[0], err
+    away.rename(db.parent)  # the share is back
+    # its rows, leased to it for a minute, are taken back at once (its lock proves it dead)
+    again = start_run(str(db), server, tmp_path, "--lease", LONG_LEASE)
+    assert_sqlite_finished(again, server, db, names)
+
+
+@pytest.mark.posix_only("renames a folder holding open files (refused on Windows)")
+def test_a_sqlite_folder_gone_for_a_moment_is_waited_for_and_the_run_goes_on(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    server = maiagent_factory(latency=0.02)
+    db, names, proc = sqlite_run_a_fifth(tmp_path, server)
+
+    away = tmp_path / "share-away"
+    db.parent.rename(away)
+    time.sleep(1.0)
+    away.rename(db.parent)
+
+    assert_sqlite_finished(proc, server, db, names)

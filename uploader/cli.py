@@ -118,9 +118,16 @@ class Context:
 
 
 class DatabaseGone(click.ClickException):
-    """The database stayed out of reach for --db-timeout: one line, exit 4."""
+    """The database stayed out of reach for --db-timeout (or its file cannot be read or
+    written any more): one line, exit 4."""
 
     exit_code = exit_code(Ending(error=queue.DatabaseUnreachable()))
+
+
+class NoSpace(click.ClickException):
+    """The disk holding the database is full: one line naming it, exit 6."""
+
+    exit_code = exit_code(Ending(error=queue.DiskFull()))
 
 
 class Interrupted(click.ClickException):
@@ -139,8 +146,10 @@ def run_async(coro: Awaitable[T]) -> T:
     group's exit 130 (`_Uploader`)."""
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
-    except queue.DatabaseUnreachable as exc:
+    except (queue.DatabaseUnreachable, queue.DatabaseLost) as exc:
         raise DatabaseGone(str(exc)) from None
+    except queue.DiskFull as exc:
+        raise NoSpace(str(exc)) from None
     except queue.QueueError as exc:
         raise UserError(str(exc)) from None
     finally:

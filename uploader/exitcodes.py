@@ -11,7 +11,8 @@ from enum import IntEnum
 
 from .errors import ApiError, Unreachable
 from .model import ErrorKind
-from .store.reach import DatabaseUnreachable
+from .store.reach import DatabaseLost, DatabaseUnreachable
+from .store.space import DiskFull
 
 
 class ExitCode(IntEnum):
@@ -27,6 +28,8 @@ class ExitCode(IntEnum):
     # --delete-removed refused: more files gone than --max-delete allows, or a folder that
     # holds no file at all (an unmounted share) where the job had uploaded files
     DELETIONS_REFUSED = 5
+    # the disk holding the database is full: nothing more could be recorded (no row lost)
+    DISK_FULL = 6
     NOTHING_TO_DO = 9  # nothing pending, with --error-on-nothing-to-do (rclone's 9)
     INTERRUPTED = 130  # Ctrl+C or SIGTERM (128 + SIGINT, as shells report it)
     CLOSED_PIPE = 141  # stdout's reader went away (`export-report -o - | head`): 128 + SIGPIPE
@@ -63,9 +66,11 @@ def _fatal(ending: Ending) -> bool:
 RULES: tuple[tuple[ExitCode, Callable[[Ending], bool]], ...] = (
     # this process ran out of file descriptors (--workers beyond the limit): bad input
     (ExitCode.USAGE, lambda e: _error_kind(e) is ErrorKind.OPEN_FILES),
+    # told apart from an outage: the service may be fine
+    (ExitCode.DISK_FULL, lambda e: isinstance(e.error, DiskFull)),
     (ExitCode.UNREACHABLE, lambda e: isinstance(e.error, Unreachable) or e.unreachable),
-    # the database stayed out of reach past --db-timeout
-    (ExitCode.UNREACHABLE, lambda e: isinstance(e.error, DatabaseUnreachable)),
+    # the database stayed out of reach past --db-timeout (or its file cannot be read any more)
+    (ExitCode.UNREACHABLE, lambda e: isinstance(e.error, (DatabaseUnreachable, DatabaseLost))),
     (ExitCode.REFUSED, _fatal),
     (ExitCode.INTERRUPTED, lambda e: e.interrupted),
     (ExitCode.REFUSED, lambda e: e.refused),

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from .liveness import RunLock
 from .model import LeaseOwner
-from .queue import DatabaseUnreachable, Queue
+from .queue import DatabaseFatal, Queue
 
 log = logging.getLogger("uploader.run")
 
@@ -64,15 +64,15 @@ class Leases:
     async def keep(self) -> None:
         """Renew our leases every third of a lease while long uploads run; give back rows of
         dead processes. A database error skips one round (the next comes a third of a lease
-        later); a database out of reach past --db-timeout ends the keeper, and with it the
-        run."""
+        later); a database out of reach past --db-timeout, or its disk full, ends the keeper,
+        and with it the run."""
         while True:
             await asyncio.sleep(self.lease / 3)
             renewing = time.time()
             try:
                 renewed = await self.queue.renew_leases(self.owner, self.lease)
                 await self.reclaim()
-            except DatabaseUnreachable:
+            except DatabaseFatal:
                 raise
             except self.queue.errors as exc:
                 log.warning("leases not renewed this time: %s", exc)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import processes, replace
+from . import logs, processes, replace
 from .attempt import Attempt, Shared
 from .client import MaiAgentClient
 from .errors import ApiError
@@ -30,7 +30,7 @@ from .liveness import RunLock
 from .model import ErrorKind, Job, Outcome, OutcomeKind, Severity
 from .options import Plan, RunOptions
 from .outage import GateState, OnChange, Outage, OutageGate, ServiceUnreachable, classify
-from .queue import DatabaseUnreachable, Queue, QueueError
+from .queue import DatabaseFatal, Queue, QueueError
 from .reconcile import delete_copies
 from .retrying import Retry, retrying
 from .store.parse import ParseStore
@@ -246,8 +246,8 @@ class Writer:
         not cancelled: a cancel arriving just after a COMMIT would put committed results back
         for a second write. A database error only delays the results (they stay in memory,
         the rows leased to us); a write-ahead it hit is not sent. A database out of reach past
-        --db-timeout ends the loop, and with it the run; a write-ahead asked after that is
-        not sent."""
+        --db-timeout, or its disk full, ends the loop, and with it the run; a write-ahead
+        asked after that is not sent."""
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -256,7 +256,7 @@ class Writer:
                 try:
                     await self._write_fences()
                     await self.flush()
-                except DatabaseUnreachable:
+                except DatabaseFatal:
                     raise
                 except self._queue.errors as exc:
                     log.warning("results not written yet: %s", exc)
@@ -453,8 +453,8 @@ class Pool:
     async def _supervised(
         self, feed: Coroutine[Any, Any, None], helpers: tuple[asyncio.Task[None], ...]
     ) -> None:
-        """`feed` to its end, unless one of `helpers` (which end only when stopped) ends
-        first: then the run goes down with that task's error."""
+        """`feed` to its end, unless it fails or one of `helpers` (which end only when
+        stopped) ends first: then the run goes down with that task's error."""
         feeder = asyncio.create_task(feed, name="feeder")
         try:
             await asyncio.wait({feeder, *helpers}, return_when=asyncio.FIRST_COMPLETED)
@@ -463,7 +463,11 @@ class Pool:
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
         if feeder.done() and not feeder.cancelled() and self._died is None:
-            feeder.result()  # its error, if it failed
+            error = feeder.exception()
+            if error is not None:
+                # a claim that failed (a full disk): the attempts in flight are stopped
+                # first, not left to fail on the run's closed session as a service outage
+                self._down(error)
             return
         ended = next((t for t in helpers if t.done()), None)
         if ended is not None:
@@ -477,7 +481,8 @@ class Pool:
         if self._died is None:
             self._died = error
             if isinstance(error, QueueError):
-                log.error("stopping: %s", error)
+                # the command's one "Error: ..." line says it on the terminal
+                log.error("stopping: %s", error, extra=logs.FILE_ONLY)
         self._halt()
 
     async def _delete_copies(self, since: float) -> None:
@@ -590,7 +595,7 @@ class Pool:
         error = task.exception()
         if error is not None:
             self.writer.put(attempt.released())
-            if isinstance(error, DatabaseUnreachable):
+            if isinstance(error, DatabaseFatal):
                 self._down(error)
             elif isinstance(error, QueueError):
                 # a database error the engine did not try again (inside a transaction): the

@@ -11,12 +11,17 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ..model import EnqueueCounts, HostScope, Job, Outcome, ScanRow
-from ..store.reach import DEFAULT_TIMEOUT, DatabaseUnreachable
+from ..store.engine import DatabaseFatal
+from ..store.reach import DEFAULT_TIMEOUT, DatabaseLost, DatabaseUnreachable
+from ..store.space import DiskFull
 from .base import Queue, QueueError
 from .target import anchor, is_url, redact
 
 __all__ = [
+    "DatabaseFatal",
+    "DatabaseLost",
     "DatabaseUnreachable",
+    "DiskFull",
     "EnqueueCounts",
     "HostScope",
     "Job",

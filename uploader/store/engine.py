@@ -36,6 +36,11 @@ class QueueError(Exception):
     (and never holds a password)."""
 
 
+class DatabaseFatal(QueueError):
+    """A database problem no later try of this run gets past (the database out of reach past
+    --db-timeout, its disk full): the run stops, every task of it, instead of waiting."""
+
+
 @dataclass(frozen=True)
 class Pair:
     """One statement whose two dialects differ, both spellings kept together."""

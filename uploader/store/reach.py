@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ..i18n import _
-from .engine import QueueError
+from .engine import DatabaseFatal, QueueError
 
 log = logging.getLogger("uploader.queue")
 
@@ -38,7 +38,7 @@ class DatabaseLost(QueueError):
     """The connection to the database broke or cannot be made: tried again (`Reach`)."""
 
 
-class DatabaseUnreachable(QueueError):
+class DatabaseUnreachable(DatabaseFatal):
     """The database stayed out of reach for --db-timeout seconds: the command stops (exit 4)."""
 
 

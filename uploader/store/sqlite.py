@@ -26,7 +26,9 @@ from ..liveness import runs_dir
 from ..retrying import Growth, Retry, retrying
 from .engine import Dialect, Engine, QueueError, Sql
 from .migrations import has_statements, latest, series
-from .reach import DEFAULT_TIMEOUT, Reach
+from .reach import DEFAULT_TIMEOUT, DatabaseUnreachable, Reach
+from .space import disk_full, is_full
+from .sqlite_file import FileIdentity, io_lost, is_io_error
 
 log = logging.getLogger("uploader.queue")
 
@@ -136,6 +138,7 @@ class SqliteEngine(Engine):
         self._conn = conn
         self.path = path
         self.reach = Reach(db_timeout)
+        self._file = FileIdentity(path)
         self._lock = asyncio.Lock()
         self._holder: asyncio.Task[Any] | None = None  # the task inside the transaction
         self._savepoints = 0
@@ -242,6 +245,10 @@ class SqliteEngine(Engine):
         one-line QueueError as at the opening, never a traceback."""
         await self.close()
         if isinstance(exc, sqlite3.DatabaseError):
+            if is_full(exc):
+                raise disk_full(self.path) from None
+            if is_io_error(exc):
+                raise DatabaseUnreachable(str(io_lost(self.path, exc))) from None
             raise QueueError(explain(self.path, exc)) from None
 
     # --- transactions ----------------------------------------------------------------------
@@ -289,8 +296,12 @@ class SqliteEngine(Engine):
 
     @contextlib.asynccontextmanager
     async def _begin_immediate(self) -> AsyncIterator[None]:
-        """Wait out another process's lock (busy timeout, then a few retries), then say so."""
+        """Wait while the database file is away from its path (sqlite_file.py: up to
+        --db-timeout), then out another process's lock (busy timeout, then a few retries),
+        then say so."""
         conn = self._conn
+        if not self._file.in_place():
+            await self.reach.run(self._file.check)
         try:
             await retrying(lambda: _to_completion(conn, "BEGIN IMMEDIATE"), LOCKED, _locked, _said)
         except sqlite3.OperationalError as exc:
@@ -304,12 +315,25 @@ class SqliteEngine(Engine):
             ) from None
         try:
             yield
-        except BaseException:
-            if conn.in_transaction:
-                await _to_completion(conn, "ROLLBACK")
+        except BaseException as exc:
+            await self._rolled_back(exc)
             raise
-        else:
+        try:
             await _to_completion(conn, "COMMIT")
+        except sqlite3.Error as exc:
+            await self._rolled_back(exc)
+            raise
+
+    async def _rolled_back(self, exc: BaseException) -> None:
+        """The transaction `exc` broke, rolled back (unless SQLite did so itself, as it does
+        after some errors); a full disk is said as such (space.py), never as one more error
+        to wait out; a file that cannot be read or written any more is out of reach."""
+        if self._conn.in_transaction:
+            await _to_completion(self._conn, "ROLLBACK")
+        if is_full(exc):
+            raise disk_full(self.path) from None
+        if is_io_error(exc):
+            raise io_lost(self.path, exc) from None
 
     # --- statements ------------------------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""A full disk under the database, told apart from every other failure: SQLite says only
+"database or disk is full", which a run took for one more error to wait out (its writer
+warning every few milliseconds, its claims failing, the run's uploads cut off and the cut-off
+requests taken for a service outage). No later try gets past it until someone frees space,
+so the command stops at once in one line that names the disk and the database (exit 6), and
+the rows stay as the last transaction left them (SQLite rolls a failed one back whole)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+
+from ..i18n import _
+from .engine import DatabaseFatal
+
+# out of space, or out of the user's quota on it
+_NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+SQLITE_FULL = 13  # sqlite3.SQLITE_FULL from Python 3.11 on
+
+
+class DiskFull(DatabaseFatal):
+    """The disk holding the database is full: the command stops (exit 6)."""
+
+
+def is_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL (its text on Python 3.10, which lacks the code), or ENOSPC."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return bool(code & 0xFF == SQLITE_FULL)
+        return "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
+
+
+def disk_full(path: str) -> DiskFull:
+    """The error for the database at `path`, naming the disk it is on and what is free."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return DiskFull(
+        _(
+            "the disk is full: database {path} cannot be written ({disk} has {free} free); "
+            "free some space, then run the command again (no row was lost)"
+        ).format(path=path, disk=mount_point(folder), free=_free(folder))
+    )
+
+
+def mount_point(folder: str) -> str:
+    """The mount point (POSIX) or drive (Windows) `folder` is on: the disk to free."""
+    path = os.path.realpath(folder)
+    while not os.path.ismount(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def _free(folder: str) -> str:
+    try:
+        size = float(shutil.disk_usage(folder).free)
+    except OSError:
+        return "?"
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    power = 0
+    while size >= 1024 and power < len(units) - 1:
+        size /= 1024
+        power += 1
+    return f"{size:.0f} B" if power == 0 else f"{size:.1f} {units[power]}"
