@@ -18,7 +18,7 @@ import sys
 import time
 import unicodedata
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -293,7 +293,22 @@ def _ca_bundle(ctx: click.Context, _param: click.Parameter, value: str | None) -
     ctx.call_on_close(lambda: network.use(network.Network()))
 
 
-def service_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def stacked(options: Sequence[Decorator]) -> Decorator:
+    """A group of options as one decorator, as if written one above the other (the first on
+    top: first in --help)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def service_options() -> Decorator:
     """--api-key, --base-url, --allow-http: how every command that calls the service reaches
     it (the command gets api_key, base_url, allow_http; `_check_service` insists on a key, so
     that its absence is one line naming MAIAGENT_API_KEY rather than click's "Missing
@@ -346,13 +361,7 @@ def service_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             "inspects TLS.",
         ),
     ]
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
+    return stacked(options)
 
 
 def _db_target(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -698,7 +707,7 @@ def _max_delete(_ctx: click.Context, _param: click.Parameter, value: str) -> gua
         raise click.BadParameter(str(exc)) from None
 
 
-def deletion_guard_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def deletion_guard_options() -> Decorator:
     """--max-delete and --allow-empty-source: how far --delete-removed may go."""
     options = [
         click.option(
@@ -717,13 +726,7 @@ def deletion_guard_options() -> Callable[[Callable[..., Any]], Callable[..., Any
             "entries (refused by default: an unmounted share looks like that).",
         ),
     ]
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
+    return stacked(options)
 
 
 def _judge(found: int, limit: guard.MaxDelete, allow_empty: bool) -> guard.Judge:
@@ -1402,7 +1405,7 @@ def _show_outage(state: outage.GateState, what: outage.Outage) -> None:
         progress.write(_("resumed: the service answers again"))
 
 
-def wait_parsed_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def wait_parsed_options() -> Decorator:
     """--wait-parsed, --parse-timeout, --stuck-after: what `run` (and `sync`) take to wait,
     after uploading, until the files are parsed (`ParseWait`)."""
     options = [
@@ -1428,13 +1431,7 @@ def wait_parsed_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             "reported as stuck (`retry-failed --remote` reparses it).",
         ),
     ]
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
+    return stacked(options)
 
 
 def _refer(_ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -1451,7 +1448,7 @@ def _refer(_ctx: click.Context, param: click.Parameter, value: Any) -> None:
         raise UserError(said.format(option=param.opts[0], instead=instead))
 
 
-def reference_names() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def reference_names() -> Decorator:
     """The reference script's setting names, hidden: given, they say which option does the
     same here instead of click's bare "No such option"."""
 
@@ -1635,7 +1632,7 @@ async def _auto_report(q: Queue, ctx: Context) -> str | None:
     help="Do not write the JSON report at the end (reports/ beside the database).",
 )
 @wait_parsed_options()
-@cli_existing.options()
+@stacked(cli_existing.OPTIONS)
 @click.option(
     "--dry-run",
     is_flag=True,

@@ -29,37 +29,29 @@ class ExistingEntries(click.ClickException):
     exit_code = ExitCode.USAGE
 
 
-def options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """run's (and so sync's) options for a knowledge base that holds the files already."""
-    decorators = [
-        click.option(
-            "--adopt-existing",
-            is_flag=True,
-            help="Before this database's first upload to the knowledge base: a file whose name "
-            "and size match exactly one entry no file of this database has is done with that "
-            "entry (not uploaded again); ambiguous ones are listed and uploaded.",
-        ),
-        click.option(
-            "--from-checkpoint",
-            type=click.Path(dir_okay=False),
-            metavar="FILE",
-            help="With --adopt-existing: the reference script's upload_checkpoint.json; its "
-            "completed_files are the files adopted.",
-        ),
-        click.option(
-            "--upload-anyway",
-            is_flag=True,
-            help="Upload even though the knowledge base holds entries like the files (a second "
-            "copy of each).",
-        ),
-    ]
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(decorators):
-            fn = option(fn)
-        return fn
-
-    return decorate
+# run's (and so sync's) options for a knowledge base that holds the files already
+OPTIONS = [
+    click.option(
+        "--adopt-existing",
+        is_flag=True,
+        help="Before this database's first upload to the knowledge base: a file whose name "
+        "and size match exactly one entry no file of this database has is done with that "
+        "entry (not uploaded again); ambiguous ones are listed and uploaded.",
+    ),
+    click.option(
+        "--from-checkpoint",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="With --adopt-existing: the reference script's upload_checkpoint.json; its "
+        "completed_files are the files adopted.",
+    ),
+    click.option(
+        "--upload-anyway",
+        is_flag=True,
+        help="Upload even though the knowledge base holds entries like the files (a second "
+        "copy of each).",
+    ),
+]
 
 
 def check(service: Service, options: RunOptions, echo: Callable[[str], None]) -> None:
