@@ -72,3 +72,18 @@ def test_sync_dry_run_lists_and_changes_nothing(tmp_path: Path, maiagent: MaiAge
     assert _changing(maiagent) == dict.fromkeys(CHANGING, 0)
     assert maiagent.entries(KB) == entries
     assert _database(db) == before
+
+
+def test_sync_dry_run_walks_as_the_sync_would(tmp_path: Path, maiagent: MaiAgentServer) -> None:
+    data = make_tree(tmp_path / "share", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+
+    young = invoke(db, "sync", str(data), "--kb", KB, "--dry-run", "--min-age", "1h",
+                   "--base-url", maiagent.base_url)  # fmt: skip
+    empty = invoke(db, "sync", str(data), "--kb", KB, "--dry-run", "--exclude", "",
+                   "--base-url", maiagent.base_url)  # fmt: skip
+
+    assert young.exit_code == 0, young.output
+    assert "dry run: 0 to upload" in young.stdout  # a.txt was just written: left for later
+    assert empty.exit_code == 2, empty.output
+    assert empty.stderr.strip() == "Error: --exclude '': an empty pattern matches nothing"

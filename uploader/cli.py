@@ -772,6 +772,29 @@ def _min_age(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 YOUNG_LEFT_OUT = "uploader.young_left_out"
 
 
+def walk_filters(
+    include: Sequence[str],
+    exclude: Sequence[str],
+    max_size: int | None,
+    filename_encoding: str | None,
+    ignore_case: bool | None,
+    min_age: float | None,
+) -> scan.Filters:
+    """What enqueue's walk leaves out, from its options (and `sync --dry-run`'s, which must
+    walk as the sync would); a bad pattern is one line."""
+    try:
+        return scan.Filters(
+            include,
+            exclude,
+            max_size,
+            filename_encoding,
+            ignore_case=scan.IGNORE_CASE_DEFAULT if ignore_case is None else ignore_case,
+            newer_than_ns=None if not min_age else time.time_ns() - int(min_age * 1e9),
+        )
+    except scan.PatternError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
     if refused is None:
         return None
@@ -953,18 +976,7 @@ def enqueue(
             else _("{path} is not a folder")
         )
         raise UserError(what.format(path=directory))
-    try:
-        filters = scan.Filters(
-            include,
-            exclude,
-            max_size,
-            filename_encoding,
-            ignore_case=scan.IGNORE_CASE_DEFAULT if ignore_case is None else ignore_case,
-            newer_than_ns=None if not min_age else time.time_ns() - int(min_age * 1e9),
-        )
-    except scan.PatternError as exc:
-        raise UserError(str(exc)) from None
-
+    filters = walk_filters(include, exclude, max_size, filename_encoding, ignore_case, min_age)
     asked = tags.TagOptions(labels, labels_from_path, metadata, parser, manifest is not None)
     if dry_run:
         # The same walk as the real one (queueing nothing): what it cannot read, it must not list.

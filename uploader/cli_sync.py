@@ -35,6 +35,7 @@ from .cli import (
     on_queue,
     pass_ctx,
     run,
+    walk_filters,
 )
 from .exitcodes import ExitCode, worst
 from .i18n import _
@@ -337,12 +338,13 @@ async def _dry(q: Queue, ctx: Context, job: _Job, opts: dict[str, Any]) -> dryru
     o = {**opts, **job.options}
     if o.get("manifest"):
         raise UserError(_("sync --dry-run of a job with --manifest: not yet; use enqueue and run"))
-    filters = scan.Filters(
+    filters = walk_filters(
         o.get("include") or (),
         o.get("exclude") or (),
         o.get("max_size"),
         o.get("filename_encoding"),
-        ignore_case=scan.IGNORE_CASE_DEFAULT if o.get("ignore_case") is None else o["ignore_case"],
+        o.get("ignore_case"),
+        o.get("min_age"),
     )
     if not o.get("any_type"):
         accepted = await filetypes.known(q, opts["base_url"], job.kb_id)
