@@ -161,6 +161,39 @@ def test_a_host_clock_off_the_service_by_minutes_still_uploads_each_file_once(
 
 
 @BOTH
+def test_a_refresh_does_not_stop_at_entries_another_run_stored(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Two runs on one queue (hosts sharing a PostgreSQL queue, or two runs of one SQLite
+    file) store what their listings read in the same table. A run's refresh stops where its
+    own previous one began, not at an entry another run stored: that run read only down to
+    its own, newer doubt, and below its block lies the entry of ours that landed after our
+    last refresh (a slow commit of a register another run sent: we waited for its deadline).
+    It was taken for a register that did not happen and sent again."""
+    server = maiagent_factory(page_size_max=100)
+    doubt = time.time() - 1
+    ours = Job(1, KB, b"/data/a.txt", "a.txt", 5, 0, 2, Step.UPLOADED, "k/a", doubt, "a.txt", doubt)
+    db = tmp_path / "queue.db"
+
+    async def scenario() -> tuple[str | None, str]:
+        async with remote_index(db, server) as index, remote_index(db, server) as other:
+            assert await index.adopt(ours, "a.txt") == Adoption(None, covered=True)
+            landed = server.add_entry(KB, "a.txt", 5, key="k/a")  # the slow commit
+            server.fill(KB, 250)  # others' registers meanwhile: page 1 holds none of ours
+            later = time.time() + 10  # the other run's doubt, newer than ours by far
+            theirs = Job(
+                2, KB, b"/data/b.txt", "b.txt", 5, 0, 2, Step.UPLOADED, "k/b", later,
+                "b.txt", later,
+            )  # fmt: skip
+            await other.adopt(theirs, "b.txt")  # stores page 1 only
+            ours.started_at = time.time()  # a listing begun now is needed
+            return (await index.adopt(ours, "a.txt")).file_id, landed["id"]
+
+    found, entry = asyncio.run(scenario())
+    assert found == entry
+
+
+@BOTH
 def test_a_listing_whose_count_is_absurd_ends_where_its_pages_end(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:

@@ -67,6 +67,10 @@ FULL_READ_GAP = 10.0
 class _Coverage:
     started: float  # when the last refresh began (our clock)
     floor: float  # every entry created (service clock) between floor and then is stored
+    # the entries on page 1 of that refresh: the next one that meets one of them has reached
+    # what this one read. An entry merely stored proves nothing of the kind: another run (a
+    # host sharing the queue) stores what its listings read, down to its own doubts only.
+    top: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -136,28 +140,31 @@ class RemoteIndex:
             if whole and not force and time.time() < look.full_after:
                 return False
             started = time.time()
-            # Below an entry the last refresh stored, everything down to its floor is known.
+            # Below an entry the last refresh began with, everything down to its floor is known.
             contiguous = cov is not None and cov.floor <= stop_at
-            to_end = await self._read_newest(kb_id, stop_at, started, contiguous, look)
+            known = cov.top if cov is not None and contiguous else frozenset()
+            to_end, top = await self._read_newest(kb_id, stop_at, started, known, look)
             if to_end:
                 stop_at = -math.inf
             if to_end and (look.unordered or whole):
                 look.full_after = time.time() + max(FULL_READ_GAP, time.time() - started)
             new_floor = min(cov.floor, stop_at) if cov is not None and contiguous else stop_at
-            self._coverage[kb_id] = _Coverage(started, new_floor)
+            self._coverage[kb_id] = _Coverage(started, new_floor, top)
             return True
 
     async def _read_newest(
-        self, kb_id: str, stop_at: float, seen_at: float, stop_at_known: bool, look: _Look
-    ) -> bool:
-        """Read from page 1 down to `stop_at` (service clock), or to the end where the pages
-        read so far do not prove newest first; True when it read to the end. Pages shift
-        while they are read (this run registers at the top meanwhile), so an entry already
-        seen on an earlier page is no evidence of disorder; one not seen before that is
+        self, kb_id: str, stop_at: float, seen_at: float, known: frozenset[str], look: _Look
+    ) -> tuple[bool, frozenset[str]]:
+        """Read from page 1 down to `stop_at` (service clock), or to one of the `known`
+        entries (where the previous refresh began), or to the end where the pages read so far
+        do not prove newest first; True when it read to the end, and the entries of page 1.
+        Pages shift while they are read (this run registers at the top meanwhile), so an entry
+        already seen on an earlier page is no evidence of disorder; one not seen before that is
         newer than the previous page's oldest is."""
         page = 1
         previous: float | None = None  # the oldest createdAt of the page before
         seen: set[str] = set()
+        top: frozenset[str] = frozenset()
         look.unordered = False
         while True:
             data = await _call(self._client.list_files, kb_id, page, PAGE_SIZE)
@@ -175,22 +182,20 @@ class RemoteIndex:
                     )
             look.keyless = look.keyless or any(e.key is None for e in results)
             ordered = not look.unordered
-            known = False
+            if page == 1:
+                top = frozenset(e.id for e in results)
+            # an entry this listing showed already is on this page because pages shifted
+            reached = ordered and any(e.id in known and e.id not in seen for e in results)
             if results:
-                if stop_at_known and ordered:
-                    # only an entry an earlier listing stored proves that it read on from
-                    # there: one this listing stored is on this page because pages shifted
-                    earlier = [e.id for e in results if e.id not in seen]
-                    known = await self._listing.any_remote_known(kb_id, earlier)
                 await self._listing.store_listed(listed_rows(kb_id, results, seen_at, seen))
             times = [e.created_at for e in results if e.created_at is not None]
             previous = min(times) if times else previous
             oldest = (results[-1].created_at or 0.0) if results else 0.0
-            early = ordered and (known or oldest < stop_at)
+            early = reached or (ordered and oldest < stop_at)
             if not data.next or not results:
-                return True
+                return True, top
             if early:
-                return False
+                return False, top
             page += 1
 
     async def recheck(self, kb_id: str, began: float) -> None:
