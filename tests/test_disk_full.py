@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import KB, enqueue, make_flat_files, rows, run_args, spawn
+from tests.helpers import KB, enqueue, invoke, make_flat_files, rows, run_args, spawn
 from uploader.exitcodes import ExitCode
 from uploader.localserver import MaiAgentServer
 
 FILES = 150
+# the registers the stopped run left in doubt are settled by the next one after the timeout
+SHORT = ("--timeout", "3")
 pytestmark = pytest.mark.posix_only("mounts a small tmpfs (Linux, as root)")
 
 
@@ -93,7 +95,7 @@ def test_a_full_disk_under_the_database_stops_the_run_in_one_line_and_keeps_ever
     names = make_flat_files(tmp_path / "data", FILES)
     enqueue(db, tmp_path / "data")
     # not quiet: a pause for an outage would be said
-    loud = [arg for arg in run_args(server) if arg != "-q"]
+    loud = [arg for arg in run_args(server, *SHORT) if arg != "-q"]
     proc = spawn(db, *loud, text=True, cwd=tmp_path)
     wait_for_done(db, FILES // 5, proc)
 
@@ -108,7 +110,7 @@ def test_a_full_disk_under_the_database_stops_the_run_in_one_line_and_keeps_ever
     assert "full" in errors[0] and str(db) in errors[0] and str(small_disk) in errors[0], err
     filler.unlink()
     assert rows(db, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
-    again = spawn(db, *run_args(server), text=True, cwd=tmp_path)
+    again = spawn(db, *run_args(server, *SHORT), text=True, cwd=tmp_path)
     out, err = again.communicate(timeout=60)
     assert again.returncode == 0, out + err
     assert_every_file_once(server, db, names)
@@ -131,3 +133,26 @@ def test_a_full_disk_under_the_log_costs_the_run_its_log_only(
     assert "Traceback" not in out + err and "unreachable" not in out + err
     assert err.count(str(log)) == 1 and "cannot be written" in err, err
     assert_every_file_once(maiagent, db, names)
+
+
+def test_a_command_opening_a_database_on_a_full_disk_says_the_disk_is_full(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """SQLite says 'disk I/O error' there (its shared-memory file cannot grow): every
+    command gave that, exit 2, as if the disk were broken."""
+    db = small_disk / "queue.db"
+    make_flat_files(tmp_path / "data", 20)
+    enqueue(db, tmp_path / "data")
+    make_flat_files(tmp_path / "more", 40)
+    filler = fill(small_disk)
+
+    added = invoke(db, "enqueue", str(tmp_path / "more"), "--kb", KB)
+    status = invoke(db, "status")
+
+    for result in (added, status):
+        assert result.exit_code == ExitCode.DISK_FULL, result.output
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("Error: the disk is full") and str(small_disk) in line, line
+    filler.unlink()
+    assert enqueue(db, tmp_path / "more")["new"] == 40
+    assert len(rows(db)) == 60

@@ -64,6 +64,8 @@ def _create_private(path: str) -> None:
     except FileExistsError:
         pass
     except OSError as exc:
+        if is_full(exc, path):
+            raise disk_full(path) from None
         raise QueueError(
             _("cannot create database {path}: {why}").format(path=path, why=exc.strerror)
         ) from None
@@ -179,9 +181,11 @@ class SqliteEngine(Engine):
             await conn.execute("PRAGMA foreign_keys = ON")
             await engine._migrate()
         except sqlite3.DatabaseError as exc:
-            if _read_only(exc):
+            if _read_only(exc) and not is_full(exc, path):
                 return await cls._open_read_only(conn, path)
             await conn.close()
+            if is_full(exc, path):
+                raise disk_full(path) from None
             raise QueueError(explain(path, exc)) from None
         except BaseException:
             await conn.close()
@@ -245,7 +249,7 @@ class SqliteEngine(Engine):
         one-line QueueError as at the opening, never a traceback."""
         await self.close()
         if isinstance(exc, sqlite3.DatabaseError):
-            if is_full(exc):
+            if is_full(exc, self.path):
                 raise disk_full(self.path) from None
             if is_io_error(exc):
                 raise DatabaseUnreachable(str(io_lost(self.path, exc))) from None
@@ -330,7 +334,7 @@ class SqliteEngine(Engine):
         to wait out; a file that cannot be read or written any more is out of reach."""
         if self._conn.in_transaction:
             await _to_completion(self._conn, "ROLLBACK")
-        if is_full(exc):
+        if is_full(exc, self.path):
             raise disk_full(self.path) from None
         if is_io_error(exc):
             raise io_lost(self.path, exc) from None
