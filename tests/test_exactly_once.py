@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import signal
 import sqlite3
 import time
@@ -237,3 +238,19 @@ def test_two_concurrent_runs_on_one_database(
     uploaded = [json.loads(r["counts"])["uploaded"] for r in runs]
     assert sum(uploaded) == 2000
     assert min(uploaded) > 0, "one run did everything: they never overlapped"
+    # each says who did the rest (issue 23: both ended at about half, as if stopped half-way)
+    said = [_uploaded_and_by_others(out.decode()) for out, _err in outputs]
+    (mine, theirs), (other_mine, other_theirs) = said
+    assert 0 < theirs <= other_mine and 0 < other_theirs <= mine, said
+
+
+def _uploaded_and_by_others(stdout: str) -> tuple[int, int]:
+    """A run's summary: files it uploaded, and files another run uploaded meanwhile."""
+    uploaded = re.search(r"^uploaded ([\d,]+), ", stdout, re.M)
+    others = re.search(
+        r"^([\d,]+) more files? (?:was|were) uploaded by another run at the same time$",
+        stdout,
+        re.M,
+    )
+    assert uploaded and others, stdout
+    return int(uploaded.group(1).replace(",", "")), int(others.group(1).replace(",", ""))

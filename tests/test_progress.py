@@ -239,3 +239,22 @@ def test_a_run_as_a_library_draws_nothing(
 
     assert result.uploaded == 12 and exit_code(result.ending()) == 0
     assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.posix_only("draws on a pseudo-terminal (pty)")
+def test_the_bar_ticks_on_a_slow_service_before_a_file_is_done(
+    tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """Issue 23: each request answered after 0.7 s, a file done after three of them; the bar
+    at 0/3 all that time is drawn again every second, its elapsed time going on (it stood at
+    00:00 until the first file was done, as if the run hung)."""
+    server = maiagent_factory(latency=0.7)
+    db = _queued_files(tmp_path, 3)
+    terminal = _Terminal()
+
+    proc = spawn(db, "run", *service(server), *FAST, stderr=terminal.slave, text=True)
+    proc.communicate(timeout=_WAIT)
+    shown = terminal.text()
+
+    assert proc.returncode == 0, shown
+    assert len(set(re.findall(r"\| 0/3 \[(\d\d:\d\d)<", shown))) >= 2, shown

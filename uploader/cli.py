@@ -1888,6 +1888,7 @@ def _run_json(
         "failed_in_queue": result.failed_in_queue,
         "first_failed": failed,
         "pending_elsewhere": outcome.elsewhere,
+        "uploaded_by_others": result.by_others,
         "unknown_kbs": {kb: str(error) for kb, error in result.unknown_kbs.items()},
         "states": outcome.states,
         "report": report,
@@ -1917,6 +1918,8 @@ def _print_run(
         click.echo(printable(_("Error: {message}").format(message=result.fatal)), err=True)
     else:
         click.echo(runner.summary(result, outcome.skipped))
+        if result.by_others:
+            click.echo(runner.by_others(result.by_others))
         _print_replaced(result.replaced)
         if result.failed_in_queue:
             click.echo(_("{n} files failed:").format(n=result.failed_in_queue))

@@ -6,13 +6,16 @@ per poll). Only cli.py makes these; the library sees the protocols it reports to
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from tqdm import tqdm
 
-from .i18n import _
+from .i18n import _, ngettext
 from .reconcile import UNSETTLED
 
 
@@ -52,6 +55,40 @@ def rate_text(bytes_per_second: float) -> str:
     raise AssertionError("unreachable")
 
 
+TICK = 1.0  # seconds between two drawings of the bar when nothing else redraws it
+
+
+def settle_wait(seconds: float, registers: int) -> str:
+    return ngettext(
+        "waiting {seconds} s to settle {n} register whose answer was lost",
+        "waiting {seconds} s to settle {n} registers whose answers were lost",
+        registers,
+    ).format(seconds=math.ceil(seconds), n=registers)
+
+
+class _RunBar(tqdm):  # type: ignore[type-arg]
+    """tqdm's bar whose time left is at least `wait_until - now` (a wait the run is in, which
+    the rate of the uploads before it knows nothing of)."""
+
+    # tqdm's own layout, spelled out so that its time left is the one given below
+    FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.wait_until = 0.0  # time.monotonic()
+        super().__init__(*args, bar_format=self.FORMAT, **kwargs)
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        shown = super().format_dict
+        wait = self.wait_until - time.monotonic()
+        if wait > 0 and shown.get("total") and shown["n"] < shown["total"]:
+            rate = shown.get("rate")
+            uploads = (shown["total"] - shown["n"]) / rate if rate else 0.0
+            # passed on to format_meter, where it stands for the time left it computes
+            shown["remaining"] = tqdm.format_interval(max(wait, uploads))
+        return shown
+
+
 class Progress:
     """A run's progress (a worker.RunProgress): counts what the writer has committed and
     draws it. The CLI makes one only where it is to be drawn (not with -q or --json)."""
@@ -67,13 +104,18 @@ class Progress:
         self._interval = interval
         self._last_line = self.started
         self._last_printed = -1
-        self._bar: tqdm | None = None  # None: plain lines
+        self._wait_until = 0.0  # time.monotonic() when the wait the run is in ends
+        self._bar: _RunBar | None = None  # None: plain lines
         # The bar goes to stderr, so stderr decides: `uploader run 2>err` on a terminal gets
         # plain lines, not a file of bar frames.
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
         if sys.stderr.isatty():
-            self._bar = tqdm(
+            self._bar = _RunBar(
                 total=total, unit=_("file"), dynamic_ncols=True, smoothing=0.1, file=sys.stderr
             )
+            self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+            self._ticker.start()
 
     def add(self, done: int = 0, failed: int = 0, nbytes: int = 0) -> None:
         self.done += done
@@ -97,6 +139,26 @@ class Progress:
         else:
             self.print_line()
 
+    def _tick(self) -> None:
+        """Drawn again every second, files finishing or not: on a slow service the first
+        file takes many seconds, and a bar whose elapsed time stands still looks hung. A
+        thread, so that it ticks while the run's loop is busy too."""
+        while not self._stop.wait(TICK):
+            bar = self._bar
+            if bar is None:
+                return
+            bar.set_postfix_str(self._postfix(), refresh=False)
+            bar.refresh()
+
+    def settling(self, seconds: float, registers: int) -> None:
+        """The run waits for registers whose answers were lost: said above the bar (or on
+        stderr), and the time left is at least that wait."""
+        self._wait_until = time.monotonic() + seconds
+        write(settle_wait(seconds, registers))
+        if self._bar is not None:
+            self._bar.wait_until = self._wait_until
+            self._bar.refresh()
+
     def _postfix(self) -> str:
         after = paused() if self.paused else rate_text(self.bytes_per_s())
         return _("failed={n} {after}").format(n=self.failed, after=after)
@@ -119,6 +181,7 @@ class Progress:
         pct = 100.0 * finished / self.total if self.total else 100.0
         rate = self.rate()
         eta = (self.total - finished) / rate if rate > 0 else 0.0
+        eta = max(eta, self._wait_until - time.monotonic())
         tail = (
             paused()
             if self.paused
@@ -141,6 +204,9 @@ class Progress:
         )
 
     def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         if self._bar is not None:
             self._bar.close()
         elif self.total and self._last_printed != self.done + self.failed:

@@ -20,7 +20,7 @@ from . import checkup, filetypes, logs, replace, walkwait
 from .bandwidth import Bandwidth
 from .client import MaiAgentClient, RateLimiter, make_session
 from .exitcodes import exit_code
-from .i18n import _, in_english
+from .i18n import _, in_english, ngettext
 from .interrupts import Interrupts
 from .limits import raise_open_files_limit
 from .liveness import LockError, RunLock, make_owner
@@ -87,6 +87,8 @@ async def run(
     may take. `until`: how long an enqueue started beside this run is waited for
     (walkwait; from now by default). Raises RunRefused on bad input."""
     hooks = hooks or Hooks()
+    runs = RunsStore(queue.engine)
+    mark = await runs.last_attempt()  # before anything: another run may start uploading now
     await walkwait.wait_for_enqueue(
         queue, options.kb_id, walkwait.deadline() if until is None else until
     )
@@ -107,15 +109,18 @@ async def run(
     with _run_lock(queue, owner) as lock, Interrupts() as signals:
         if lock is not None:
             await _end_dead_runs(queue, lock)
-        run_id = await RunsStore(queue.engine).start_run(owner, options.recorded())
+        run_id = await runs.start_run(owner, options.recorded())
         if hooks.start is not None:
             hooks.start(run_id)
         result = await _upload(queue, options, plan, kbs, hooks, owner, run_id, lock, signals)
+        result.by_others = await runs.done_by_others(run_id, mark, options.kb_id, queue.scope)
         await _record(queue, run_id, result)
     await checkup.learned_from_run(queue, options.base_url, result.batch_proved)
     outcome = await _after(queue, options, result, run_id)
     with in_english():  # the log's words, whatever the user reads
         said = summary(result, outcome.skipped)
+        if result.by_others:
+            said += "; " + by_others(result.by_others)
     if result.interrupted:
         log.warning(
             "run interrupted (Ctrl+C, SIGTERM or the terminal closed): %s; %d files "
@@ -189,7 +194,7 @@ async def _upload(
                     plan,
                     owner,
                     run_id,
-                    shown.add,
+                    shown,
                     probe_kb,
                     outage_seen,
                     lock,
@@ -320,6 +325,16 @@ async def nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | No
             n=f"{elsewhere:,}"
         )
     return line
+
+
+def by_others(files: int) -> str:
+    """What another run uploaded while this one ran (two runs on one queue each end with part
+    of it, which read as a run that stopped half-way)."""
+    return ngettext(
+        "{n} more file was uploaded by another run at the same time",
+        "{n} more files were uploaded by another run at the same time",
+        files,
+    ).format(n=f"{files:,}")
 
 
 def state_word(state: JobState) -> str:

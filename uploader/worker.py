@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import logs, processes, replace
-from .attempt import Attempt, Shared
+from .attempt import SETTLE_MARGIN, Attempt, Shared
 from .client import MaiAgentClient
 from .errors import ApiError
 from .exitcodes import Ending, ExitCode
@@ -64,6 +64,10 @@ class RunProgress(Protocol):
     def pause(self, paused: bool) -> None:
         """The pool paused for an outage (True) or resumed (False)."""
 
+    def settling(self, seconds: float, registers: int) -> None:
+        """The pool has nothing to do for `seconds` but wait for `registers` registers whose
+        answers were lost to settle (the listing then shows whether they landed)."""
+
     def close(self) -> None:
         """The pool ended."""
 
@@ -80,6 +84,9 @@ class Untold:
 
     def pause(self, paused: bool) -> None:
         """Nobody to tell."""
+
+    def settling(self, seconds: float, registers: int) -> None:
+        """Nobody to tell (the run's log has it)."""
 
     def close(self) -> None:
         """Nothing drawn, nothing to close."""
@@ -101,6 +108,7 @@ class RunResult:
     batch_proved: dict[str, bool] = field(default_factory=dict)  # see Registrar.proved
     replaced: replace.Replaced = field(default_factory=replace.Replaced)
     copies_deleted: int = 0  # second entries of one upload deleted at the end (the safety net)
+    by_others: int = 0  # files this run could have taken that another run uploaded meanwhile
     # knowledge bases the service does not know (a typo at enqueue): their rows left alone
     unknown_kbs: dict[str, ApiError] = field(default_factory=dict)
 
@@ -316,14 +324,14 @@ class Pool:
         plan: Plan,
         owner: str,
         run_id: int,
-        on_progress: Callable[[int, int, int], None],
+        shown: RunProgress,
         probe_kb: str,
         on_outage: OnChange | None = None,
         lock: RunLock | None = None,
     ) -> None:
-        """`on_progress(done, failed, bytes)` hears of every batch of results committed;
-        `on_outage(state, outage)` of every pause and resume (the gate probes by listing
-        `probe_kb`); `lock`, this run's liveness lock (the judge of other owners,
+        """`shown` hears of every batch of results committed and of every wait for doubtful
+        registers to settle; `on_outage(state, outage)` of every pause and resume (the gate
+        probes by listing `probe_kb`); `lock`, this run's liveness lock (the judge of other owners,
         liveness.py), is its `Leases`'."""
         self.gate = OutageGate(
             lambda: self.client.probe(probe_kb),
@@ -336,7 +344,7 @@ class Pool:
         self.client = client
         self.s = options
         self.owner = owner
-        self._on_progress = on_progress
+        self._shown = shown
         self.result = RunResult()
         self.writer = Writer(queue, owner, self._committed, options.timeout)
         self._wake = asyncio.Event()
@@ -356,6 +364,10 @@ class Pool:
         # jobs whose final outcome waits in the writer: still leased to us until it is written
         self._unwritten: set[int] = set()
         self._doubted: set[str] = set()  # knowledge bases with a register in doubt this run
+        # job id -> when the register of its row whose answer was lost has had time to land
+        # (the row waits until then, unclaimed); and until when such a wait was said
+        self._settling: dict[int, float] = {}
+        self._wait_said_until = 0.0
         self._claim_after = 0.0
         self._finished_at = time.monotonic()  # when a file last came to an end (done, failed)
         self._on_outage = on_outage
@@ -404,18 +416,17 @@ class Pool:
         self.result.failed += failed
         self.result.bytes += nbytes
         self.result.released += sum(1 for o in outcomes if o.outcome == OutcomeKind.RELEASED)
-        retries = [
-            o.next_attempt_at
-            for o in outcomes
-            if o.outcome in (OutcomeKind.RETRY, OutcomeKind.RELEASED)
-        ]
+        retries = [o for o in outcomes if o.outcome in (OutcomeKind.RETRY, OutcomeKind.RELEASED)]
         if retries:
-            self._claim_after = min(self._claim_after, *retries)
+            self._claim_after = min(self._claim_after, *(o.next_attempt_at for o in retries))
+        self._settling.update(
+            (o.job.id, o.next_attempt_at) for o in retries if o.unknown_since is not None
+        )
         # committed ids are excluded from adoption by the database itself
         self.index.taken.difference_update(o.file_id for o in done)
         if done or failed:
             self._finished_at = time.monotonic()
-            self._on_progress(len(done), failed, nbytes)
+            self._shown.add(len(done), failed, nbytes)
         self._wake.set()
 
     # --- the main loop ---------------------------------------------------------------------
@@ -528,9 +539,28 @@ class Pool:
                     await self._sleep(expiring - time.time() + 0.1)
                     await self.leases.reclaim()
                     continue
+                self._tell_wait()
                 await self._sleep(due - time.time())
             else:
                 await self._sleep(1.0)
+
+    def _tell_wait(self) -> None:
+        """Nothing in flight, nothing due: where rows wait for registers whose answers were
+        lost to settle, the run says so once per wait, with how many and how long (a run
+        silent for --timeout and a margin, its rate falling, looked stuck)."""
+        now = time.time()
+        waits = [t for t in self._settling.values() if t > now]
+        if not waits or now < self._wait_said_until or max(waits) - now <= SETTLE_MARGIN:
+            return
+        seconds = max(waits) - now
+        self._wait_said_until = max(waits)
+        log.info(
+            "waiting %d s to settle %d registers whose answers were lost",
+            math.ceil(seconds),
+            len(waits),
+            extra=logs.FILE_ONLY,
+        )
+        self._shown.settling(seconds, len(waits))
 
     async def _scan_in_progress(self) -> bool:
         return await scan_in_progress(self.queue, self.s.kb_id, self.owner)
@@ -557,6 +587,7 @@ class Pool:
         under the new lease, and no second one uploads the file again (its register under a
         second key would be a second entry no service refuses)."""
         expires = job.started_at + self.s.lease
+        self._settling.pop(job.id, None)
         if self.leases.holds(job.id):
             log.info("%s claimed back while its attempt goes on: kept", job.relpath)
             self.leases.hold(job.id, expires)

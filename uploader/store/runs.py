@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..model import HostScope
 from .engine import Engine
 
 _RUN_COLUMNS = "SELECT id, started_at, ended_at, options, counts, exit_code FROM runs"
@@ -58,6 +59,28 @@ class RunsStore:
             }
             for run_id, started, ended, options, counts, code in rows
         ]
+
+    async def last_attempt(self) -> int:
+        """The id of the latest attempt recorded (0: none): what `done_by_others` counts after."""
+        return int(await self._db.fetchval("SELECT COALESCE(MAX(id), 0) FROM attempts") or 0)
+
+    async def done_by_others(
+        self, run_id: int, after: int, kb_id: str | None, scope: HostScope
+    ) -> int:
+        """Files of `kb_id` (every knowledge base with None) that run `run_id` could have
+        taken and another run uploaded, in the attempts recorded after `after`: two runs on
+        one queue share its files, and each tells its user who did the rest. Counted by
+        attempt ids, not times, so no two hosts' clocks are compared."""
+        return int(
+            await self._db.fetchval(
+                "SELECT COUNT(DISTINCT a.job_id) FROM attempts a JOIN jobs j ON j.id = a.job_id"
+                " WHERE a.id > ? AND a.outcome = 'done' AND a.run_id <> ? AND j.state = 'done'"
+                " AND (j.kb_id = ? OR CAST(? AS TEXT) IS NULL)"
+                " AND (j.shared OR j.host IN ('', ?) OR ?)",
+                (after, run_id, kb_id, kb_id, scope.host, scope.shared),
+            )
+            or 0
+        )
 
     async def set_run_fatal(self, run_id: int, reason: str) -> None:
         """The one line saying why run `run_id` stopped (a refused key, a service out of
