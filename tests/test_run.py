@@ -24,6 +24,7 @@ from tests.helpers import (
     API_KEY,
     FAST,
     KB,
+    TIMEOUT,
     invoke,
     rows,
     spawn,
@@ -407,7 +408,9 @@ def start_slow_run(
 ) -> tuple[subprocess.Popen[str], dict[str, bytes]]:
     files = make_files(ws.data, 300)
     ws.enqueue(server)
-    process = ws.spawn(server, "--name", "relpath", "--workers", "4", "--grace", "5", *FAST)
+    process = ws.spawn(
+        server, "--name", "relpath", "--workers", "4", "--grace", "5", *FAST, *TIMEOUT
+    )
     processes.append(process)
     wait_for(lambda: len(server.entries(KB)) >= 5, 20, "the first uploads")
     return process, files
@@ -461,7 +464,8 @@ def test_a_second_ctrl_c_quits_at_once_and_the_next_run_still_uploads_exactly_on
 
     time.sleep(slow + 0.5)  # requests the dead process left behind reach the server first
     server.faults.latency = 0
-    result = ws.run(server, "--name", "relpath", *FAST)
+    # the registers cut off are settled by the listing once --timeout (and a margin) has passed
+    result = ws.run(server, "--name", "relpath", *FAST, *TIMEOUT)
     assert result.exit_code == 0, result.output
     assert_exactly_once(ws, server, files)
 
