@@ -13,8 +13,9 @@ import pytest
 
 from tests.helpers import async_test
 from tests.pg_server import PASSWORD, PgServer
-from uploader.model import Outcome, OutcomeKind, ScanRow
+from uploader.model import ListedRow, Outcome, OutcomeKind, ScanRow
 from uploader.queue import QueueError, open_queue, redact
+from uploader.store.listing import ListingStore
 from uploader.store.migrations import series
 from uploader.store.postgres import VERSION_TABLE
 from uploader.store.status import StatusStore
@@ -116,6 +117,33 @@ async def test_leases_follow_the_database_clock_not_the_hosts(
         await asyncio.sleep(1.5)
         assert await q.reclaim([]) == 2  # expired by the database's clock
         assert sorted(await q.renew_leases(OWNER, 60.0)) == [long.id]
+
+
+@async_test
+async def test_what_a_host_whose_clock_is_off_listed_is_kept_by_the_databases_clock(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts store what their listings read in one table, each row with the time of the
+    listing that saw it. A host ten minutes behind stored its rows ten minutes "old": a verify
+    on another host, ending, forgot an entry that host had just listed (after the verify
+    began) as one no longer there, and that host's doubt, its listing read, found nothing and
+    registered the file again."""
+    real = time.time
+    shift = {"now": -600.0}
+    monkeypatch.setattr(time, "time", lambda: real() + shift["now"])
+    async with await open_queue(pg_url) as behind:
+        shift["now"] = 0.0
+        async with await open_queue(pg_url) as right:
+            verify = ListingStore(right.engine)
+            began = time.time()
+            await verify.store_listed([ListedRow(KB, "e1", "a", 1, None, 0.0, began, "k/a")])
+            shift["now"] = -600.0
+            run = ListingStore(behind.engine)
+            await run.store_listed([ListedRow(KB, "e2", "b", 1, None, 0.0, time.time(), "k/b")])
+            shift["now"] = 0.0
+            await verify.forget_unseen(KB, began)
+            assert await verify.any_remote_known(KB, ["e2"])
+            assert await verify.remote_status_counts(KB, began) == {"unknown": 2}
 
 
 @async_test

@@ -7,7 +7,6 @@ and what verify, dedupe and the tag check read and record. Tables: `remote_files
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -154,8 +153,18 @@ _RECORD_ITEM = f"INSERT INTO verification_items ({_ITEM_COLUMNS}) VALUES (?, ?, 
 
 
 class ListingStore:
+    """Each stored entry keeps the time of the listing that saw it (`seen_at`), and a listing
+    is known by the time it began (`since`): by the database's clock, as every host keeps
+    its times there. Hosts share the table; one whose clock is off stored its entries as seen
+    minutes before or after the others' listings, and a verify forgot the entries it had just
+    listed, or kept gone ones as seen."""
+
     def __init__(self, engine: Engine) -> None:
         self._db = engine
+
+    def _on_db(self, t: float) -> float:
+        """A time of this host's clock (a listing's start) as the database keeps it."""
+        return self._db.to_db(t) or t
 
     # --- the listing -----------------------------------------------------------------------
 
@@ -164,7 +173,9 @@ class ListingStore:
         stored as last seen."""
         last = {(r.kb_id, r.id): r for r in rows}
         if last:
-            await self._db.executemany(_STORE_LISTED, list(last.values()))
+            on_db = {seen: self._on_db(seen) for seen in {r.seen_at for r in last.values()}}
+            stored = [r._replace(seen_at=on_db[r.seen_at]) for r in last.values()]
+            await self._db.executemany(_STORE_LISTED, stored)
 
     async def any_remote_known(self, kb_id: str, ids: Sequence[str]) -> bool:
         """Whether an earlier listing stored one of these entry ids."""
@@ -179,7 +190,7 @@ class ListingStore:
     async def forget_unseen(self, kb_id: str, since: float) -> None:
         """Delete stored entries of `kb_id` not seen by the listing begun at `since`."""
         await self._db.execute(
-            "DELETE FROM remote_files WHERE kb_id = ? AND seen_at < ?", (kb_id, since)
+            "DELETE FROM remote_files WHERE kb_id = ? AND seen_at < ?", (kb_id, self._on_db(since))
         )
 
     async def forget_remote(self, kb_id: str, ids: Sequence[str]) -> None:
@@ -194,7 +205,7 @@ class ListingStore:
         rows = await self._db.fetch(
             "SELECT COALESCE(status, 'unknown'), COUNT(*) FROM remote_files"
             " WHERE kb_id = ? AND seen_at >= ? GROUP BY 1",
-            (kb_id, since),
+            (kb_id, self._on_db(since)),
         )
         return {status: n for status, n in rows}
 
@@ -222,7 +233,9 @@ class ListingStore:
     async def unowned_keyed(self, kb_id: str, since: float) -> list[Listed]:
         """Entries of the listing begun at `since` that no job points to and whose S3 key the
         listing showed, ordered by created_at, then id: the candidates for provable copies."""
-        return [Listed(*r) for r in await self._db.fetch(_UNOWNED_KEYED, (kb_id, since))]
+        return [
+            Listed(*r) for r in await self._db.fetch(_UNOWNED_KEYED, (kb_id, self._on_db(since)))
+        ]
 
     # --- what the listing shows of our jobs --------------------------------------------------
 
@@ -230,7 +243,7 @@ class ListingStore:
         """One transaction: each done job with a file_id takes its entry's status in the
         listing begun at `since` ('unknown' when none given), or 'missing'; rows whose
         status does not change are not written."""
-        await self._db.execute(_MATCH_REMOTE, (since, kb_id))
+        await self._db.execute(_MATCH_REMOTE, (self._on_db(since), kb_id))
 
     async def set_remote_status(self, statuses: Sequence[RemoteStatus]) -> None:
         """One transaction: the remote status reading an entry back showed."""
@@ -239,7 +252,9 @@ class ListingStore:
 
     async def unseen_job_entries(self, kb_id: str, since: float) -> list[str]:
         """file_ids of done jobs the listing begun at `since` did not show."""
-        return [r[0] for r in await self._db.fetch(_UNSEEN_JOB_ENTRIES, (kb_id, since))]
+        return [
+            r[0] for r in await self._db.fetch(_UNSEEN_JOB_ENTRIES, (kb_id, self._on_db(since)))
+        ]
 
     async def job_remote_counts(self, kb_id: str) -> dict[str, int]:
         """Done jobs per remote status ('unknown' for none)."""
@@ -267,6 +282,7 @@ class ListingStore:
         begun at `since`, showed other ones (entries listed without them are not compared):
         what the entry showed becomes the job's `tags_applied` (so an enqueue asking the
         same again sends update-metadata); how many, and the first `limit` in id order."""
+        since = self._on_db(since)
         await self._db.execute(_TAGS_SEEN, (kb_id, since))
         count = await self._db.fetchval("SELECT COUNT(*)" + _TAG_MISMATCHES, (kb_id, since))
         rows = await self._db.fetch(
@@ -283,13 +299,15 @@ class ListingStore:
         """Entries of the listing begun at `since` whose filename is not unique, with the job
         pointing to each (its size when the listing gives none), ordered by filename, then
         created_at, then id."""
+        since = self._on_db(since)
         rows = await self._db.fetch(_DUPLICATE_CANDIDATES, (kb_id, since, kb_id, since))
         return [Entry(*r) for r in rows]
 
     async def extra_count(self, kb_id: str, since: float, ours: Sequence[str]) -> int:
         """Entries of that listing no job points to, `ours` left out."""
         sql = Pair.of("SELECT COUNT(*) {where}", where=_EXTRA_WHERE)
-        return int(await self._db.fetchval(sql, (kb_id, since, self._db.array(ours))))
+        params = (kb_id, self._on_db(since), self._db.array(ours))
+        return int(await self._db.fetchval(sql, params))
 
     async def record_verification(
         self,
@@ -304,11 +322,12 @@ class ListingStore:
         the done jobs whose remote status is failed or missing, the extra entries (as
         `extra_count`), `duplicates` and `superseded` (kept_id: the entry replacing it); the
         previous verify of `kb_id` loses its items. Returns the verification id."""
+        since = self._on_db(since)
         async with self._db.transaction():
             [(vid,)] = await self._db.returning(
                 "INSERT INTO verifications (kb_id, started_at, ended_at, counts)"
                 " VALUES (?, ?, ?, ?) RETURNING id",
-                (kb_id, since, time.time(), json.dumps(counts)),
+                (kb_id, since, self._db.now(), json.dumps(counts)),
             )
             await self._db.execute(
                 "DELETE FROM verification_items WHERE verification_id IN"

@@ -188,7 +188,13 @@ class StatusStore:
         """The newest verification per knowledge base, by kb_id: id, kb_id, started_at,
         ended_at, counts."""
         return [
-            {"id": vid, "kb_id": kb, "started_at": s, "ended_at": e, "counts": json.loads(c)}
+            {
+                "id": vid,
+                "kb_id": kb,
+                "started_at": self._db.to_host(s),
+                "ended_at": self._db.to_host(e),
+                "counts": json.loads(c),
+            }
             for vid, kb, s, e, c in await self._db.fetch(_LAST_VERIFICATIONS)
         ]
 

@@ -91,7 +91,7 @@ class SupersededStore:
     async def superseded_listed(self, kb_id: str, since: float) -> list[SupersededEntry]:
         """Superseded entries (kept or not) that the listing begun at `since` shows and no
         job points to, oldest first."""
-        rows = await self._db.fetch(_LISTED, (since, kb_id))
+        rows = await self._db.fetch(_LISTED, (self._db.to_db(since), kb_id))
         return [SupersededEntry(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     async def settle_superseded(
