@@ -6,13 +6,17 @@ the folder repeats its filters and labels."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows, service, spawn
 from uploader.exitcodes import ExitCode
@@ -122,6 +126,32 @@ def test_a_second_sync_repeats_the_filters_and_labels_for_a_new_file(
         "a.txt": {"匯入-2024", "合約"},
         "new-contract.txt": {"匯入-2024", "合約"},
     }
+
+
+@pytest.mark.skipif(
+    sys.platform in ("win32", "darwin"), reason="the file system there stores names as Unicode"
+)
+def test_a_second_sync_reads_names_and_names_entries_as_the_first(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """A Big5-named file added to an old Samba share after the first sync is read as the first
+    sync was told (cp950), and named as it named its files (folders, its separator)."""
+    data = tmp_path / "share"
+    (data / "2024").mkdir(parents=True)
+    big5 = os.path.join(os.fsencode(data), b"2024", "合約.txt".encode("cp950"))
+    with open(big5, "wb") as f:
+        f.write(b"first\n")
+    db = tmp_path / "uploader.db"
+    first = sync(db, maiagent, str(data), "--kb", KB, "--filename-encoding", "cp950",
+                 "--name", "folders", "--name-separator", " - ")  # fmt: skip
+    assert first.exit_code == 0, first.output
+
+    with open(os.path.join(os.fsencode(data), b"2024", "章程.txt".encode("cp950")), "wb") as f:
+        f.write(b"added later\n")
+    again = sync(db, maiagent, str(data))
+
+    assert again.exit_code == 0, again.output
+    assert sorted(_names(maiagent)) == ["2024 - 合約.txt", "2024 - 章程.txt"]
 
 
 def test_sync_alone_repeats_every_saved_job(tmp_path: Path, maiagent: MaiAgentServer) -> None:

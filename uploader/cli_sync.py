@@ -309,9 +309,10 @@ def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) 
         # which is no error for a watch's cycle
         return ExitCode.DELETIONS_REFUSED if refused else ExitCode.OK
     run_opts = {name: opts[name] for name in _names(run) if name in opts}
+    run_opts.update({k: v for k, v in job.options.items() if k in run_opts})
     run_opts.update(
         kb_id=job.kb_id,
-        name=job.options.get("name") or "basename",
+        name=run_opts.get("name") or "basename",
         shared=False,  # enqueue --shared made the folder's rows any host's already
         as_json=False,
         no_report=opts["no_report"] or not last,

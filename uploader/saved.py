@@ -19,16 +19,22 @@ from .guard import MaxDelete
 JOB_OPTIONS: Mapping[str, str] = {
     "include": "--include",
     "exclude": "--exclude",
+    "ignore_case": "--ignore-case",
     "max_size": "--max-size",
     "follow_symlinks": "--follow-symlinks",
+    "any_type": "--any-type",
+    "filename_encoding": "--filename-encoding",
     "shared": "--shared",
     "labels": "--label",
     "labels_from_path": "--labels-from-path",
     "metadata": "--metadata",
     "manifest": "--manifest",
+    "manifest_encoding": "--manifest-encoding",
     "parser": "--parser",
     "name": "--name",
+    "name_separator": "--name-separator",
     "delete_removed": "--delete-removed",
+    "keep_old_versions": "--keep-old-versions",
     "max_delete": "--max-delete",
     "allow_empty_source": "--allow-empty-source",
 }
@@ -37,12 +43,15 @@ JOB_OPTIONS: Mapping[str, str] = {
 SCAN_OPTIONS = (
     "include",
     "exclude",
+    "ignore_case",
     "max_size",
     "follow_symlinks",
+    "filename_encoding",
     "labels",
     "labels_from_path",
     "metadata",
     "manifest",
+    "manifest_encoding",
     "parser",
 )
 
