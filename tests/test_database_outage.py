@@ -8,10 +8,13 @@ its rows back at once. Never a traceback, never a hang."""
 
 from __future__ import annotations
 
+import os
+import struct
 import subprocess
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -183,7 +186,7 @@ def sqlite_run_a_fifth(
     """SQLITE_FILES enqueued into share/queue.db and a run of them in a process of its own,
     a fifth of them done."""
     db = tmp_path / "share" / "queue.db"
-    db.parent.mkdir()
+    db.parent.mkdir(exist_ok=True)
     names = make_flat_files(tmp_path / "data", SQLITE_FILES)
     enqueue(db, tmp_path / "data")
     proc = start_run(str(db), server, tmp_path, "--lease", LONG_LEASE, *extra)
@@ -241,3 +244,72 @@ def test_a_sqlite_folder_gone_for_a_moment_is_waited_for_and_the_run_goes_on(
     away.rename(db.parent)
 
     assert_sqlite_finished(proc, server, db, names)
+
+
+# EXT4_IOC_SHUTDOWN (_IOR('X', 125, __u32)) with EXT4_GOING_FLAGS_DEFAULT: the file system's
+# data is synced, then every read and write on it fails with EIO, as on a disk or share gone
+EXT4_IOC_SHUTDOWN = 0x8004587D
+
+
+class LoopDisk:
+    """A small ext4 file system in an image, mounted at `path` (Linux, as root)."""
+
+    def __init__(self, image: Path, path: Path) -> None:
+        self.image, self.path = image, path
+
+    def mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+    def fail(self) -> None:
+        import fcntl  # POSIX only
+
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", 0))
+        finally:
+            os.close(fd)
+
+
+@pytest.fixture
+def loop_disk(tmp_path: Path) -> Iterator[LoopDisk]:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting an ext4 image needs root on Linux")
+    image, path = tmp_path / "disk.img", tmp_path / "share"
+    path.mkdir()
+    with open(image, "wb") as out:
+        out.truncate(32 << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, check=False)
+    disk = LoopDisk(image, path)
+    try:
+        disk.mount()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount an ext4 image here ({made.returncode}): {exc}")
+    try:
+        yield disk
+    finally:
+        disk.unmount()
+
+
+@pytest.mark.posix_only("mounts an ext4 image and shuts it down (Linux, as root)")
+def test_a_sqlite_disk_failing_mid_run_stops_the_run_in_one_line_and_the_next_finishes(
+    tmp_path: Path, loop_disk: LoopDisk, maiagent_factory: Callable[..., MaiAgentServer]
+) -> None:
+    """'disk I/O error' (SQLITE_IOERR) on every write: before, a traceback of the pool's
+    claim and exit 2, the writer warning every few milliseconds meanwhile."""
+    server = maiagent_factory(latency=0.02)
+    db, names, proc = sqlite_run_a_fifth(tmp_path, server, "--timeout", "3")
+
+    loop_disk.fail()
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 4, out + err
+    assert "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "cannot be read or written" in errors[0], err
+    loop_disk.unmount()  # the disk comes back
+    loop_disk.mount()
+    again = start_run(str(db), server, tmp_path, "--lease", LONG_LEASE, "--timeout", "3")
+    assert_sqlite_finished(again, server, db, names)

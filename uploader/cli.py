@@ -146,7 +146,7 @@ def run_async(coro: Awaitable[T]) -> T:
     group's exit 130 (`_Uploader`)."""
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
-    except (queue.DatabaseUnreachable, queue.DatabaseLost) as exc:
+    except queue.DatabaseUnreachable as exc:
         raise DatabaseGone(str(exc)) from None
     except queue.DiskFull as exc:
         raise NoSpace(str(exc)) from None

@@ -11,7 +11,7 @@ from enum import IntEnum
 
 from .errors import ApiError, Unreachable
 from .model import ErrorKind
-from .store.reach import DatabaseLost, DatabaseUnreachable
+from .store.reach import DatabaseUnreachable
 from .store.space import DiskFull
 
 
@@ -70,7 +70,7 @@ RULES: tuple[tuple[ExitCode, Callable[[Ending], bool]], ...] = (
     (ExitCode.DISK_FULL, lambda e: isinstance(e.error, DiskFull)),
     (ExitCode.UNREACHABLE, lambda e: isinstance(e.error, Unreachable) or e.unreachable),
     # the database stayed out of reach past --db-timeout (or its file cannot be read any more)
-    (ExitCode.UNREACHABLE, lambda e: isinstance(e.error, (DatabaseUnreachable, DatabaseLost))),
+    (ExitCode.UNREACHABLE, lambda e: isinstance(e.error, DatabaseUnreachable)),
     (ExitCode.REFUSED, _fatal),
     (ExitCode.INTERRUPTED, lambda e: e.interrupted),
     (ExitCode.REFUSED, lambda e: e.refused),

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator
 
 from ..model import EnqueueCounts, HostScope, Job, Outcome, ScanRow
 from ..store.engine import DatabaseFatal
-from ..store.reach import DEFAULT_TIMEOUT, DatabaseLost, DatabaseUnreachable
+from ..store.reach import DEFAULT_TIMEOUT, DatabaseUnreachable
 from ..store.space import DiskFull
 from .base import Queue, QueueError
 from .target import anchor, is_url, redact
 
 __all__ = [
     "DatabaseFatal",
-    "DatabaseLost",
     "DatabaseUnreachable",
     "DiskFull",
     "EnqueueCounts",

@@ -26,9 +26,9 @@ from ..liveness import runs_dir
 from ..retrying import Growth, Retry, retrying
 from .engine import Dialect, Engine, QueueError, Sql
 from .migrations import has_statements, latest, series
-from .reach import DEFAULT_TIMEOUT, DatabaseUnreachable, Reach
+from .reach import DEFAULT_TIMEOUT, Reach
 from .space import disk_full, is_full
-from .sqlite_file import FileIdentity, io_lost, is_io_error
+from .sqlite_file import FileIdentity, io_lost, is_io_error, unreadable
 
 log = logging.getLogger("uploader.queue")
 
@@ -78,9 +78,26 @@ def _read_only(exc: sqlite3.DatabaseError) -> bool:
     return "readonly" in text or "read-only" in text or "unable to open" in text
 
 
+def _damaged(exc: BaseException) -> bool:
+    return "not a database" in str(exc) or "malformed" in str(exc)
+
+
+def stopping(path: str, exc: BaseException) -> QueueError | None:
+    """What `exc` is when the database's surroundings, not its rows, are at fault: its disk
+    full (space.py), or its file unreadable: an I/O error, or damage where the file cannot be
+    read at all (a disk failing under SQLite reads as a malformed image; the file is intact
+    once the disk is back, so never 'move it aside')."""
+    if is_full(exc, path):
+        return disk_full(path)
+    if is_io_error(exc):
+        return io_lost(path, exc)
+    failing = unreadable(path) if _damaged(exc) else None
+    return None if failing is None else io_lost(path, failing)
+
+
 def explain(path: str, exc: sqlite3.DatabaseError) -> str:
     text = str(exc)
-    if "not a database" in text or "malformed" in text:
+    if _damaged(exc):
         return _(
             "{path} is not a usable uploader database ({why}); move it aside and run "
             "`uploader enqueue DIR` again to start a new one"
@@ -184,9 +201,7 @@ class SqliteEngine(Engine):
             if _read_only(exc) and not is_full(exc, path):
                 return await cls._open_read_only(conn, path)
             await conn.close()
-            if is_full(exc, path):
-                raise disk_full(path) from None
-            raise QueueError(explain(path, exc)) from None
+            raise stopping(path, exc) or QueueError(explain(path, exc)) from None
         except BaseException:
             await conn.close()
             raise
@@ -249,11 +264,7 @@ class SqliteEngine(Engine):
         one-line QueueError as at the opening, never a traceback."""
         await self.close()
         if isinstance(exc, sqlite3.DatabaseError):
-            if is_full(exc, self.path):
-                raise disk_full(self.path) from None
-            if is_io_error(exc):
-                raise DatabaseUnreachable(str(io_lost(self.path, exc))) from None
-            raise QueueError(explain(self.path, exc)) from None
+            raise stopping(self.path, exc) or QueueError(explain(self.path, exc)) from None
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -332,12 +343,15 @@ class SqliteEngine(Engine):
         """The transaction `exc` broke, rolled back (unless SQLite did so itself, as it does
         after some errors); a full disk is said as such (space.py), never as one more error
         to wait out; a file that cannot be read or written any more is out of reach."""
-        if self._conn.in_transaction:
-            await _to_completion(self._conn, "ROLLBACK")
-        if is_full(exc, self.path):
-            raise disk_full(self.path) from None
-        if is_io_error(exc):
-            raise io_lost(self.path, exc) from None
+        stop = stopping(self.path, exc)
+        try:
+            if self._conn.in_transaction:
+                await _to_completion(self._conn, "ROLLBACK")
+        except sqlite3.Error:
+            if stop is None:
+                raise  # a ROLLBACK that fails on a disk that has failed is no news
+        if stop is not None:
+            raise stop from None
 
     # --- statements ------------------------------------------------------------------------
 

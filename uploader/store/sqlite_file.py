@@ -8,7 +8,9 @@ Before each write transaction the engine checks that its path still leads to the
 opened (one stat); while it does not, the database is out of reach (reach.py): waited for
 with backoff up to --db-timeout, the run going on if the file comes back, else stopping in
 one line (exit 4) with its rows left leased to it, given back by the next run once the
-database is there again (its run lock, beside the database, proves the run dead)."""
+database is there again (its run lock, beside the database, proves the run dead). A "disk
+I/O error" stops the run the same way at once: SQLite's handles stay broken even when a share
+comes back."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import os
 import sqlite3
 
 from ..i18n import _
-from .reach import DatabaseLost
+from .reach import DatabaseLost, DatabaseUnreachable
 
 # SQLite's primary codes of a file that cannot be read, written or opened any more
 SQLITE_CANTOPEN = 14
@@ -75,9 +77,23 @@ def is_io_error(exc: BaseException) -> bool:
     return "disk I/O error" in str(exc)
 
 
-def io_lost(path: str, exc: BaseException) -> DatabaseLost:
-    return DatabaseLost(
+def unreadable(path: str) -> str | None:
+    """Why the database file cannot even be opened and read (its disk or share failing), or
+    None when it can."""
+    try:
+        with open(path, "rb") as db:
+            db.read(100)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def io_lost(path: str, why: object) -> DatabaseUnreachable:
+    """A file SQLite can no longer read or write through its handle: no later try of this
+    run gets past that (its handles stay broken when a share comes back), so the run stops at
+    once, its rows left to the next run."""
+    return DatabaseUnreachable(
         _("database {path} cannot be read or written ({why}): its disk or share gone?").format(
-            path=path, why=exc
+            path=path, why=why
         )
     )
