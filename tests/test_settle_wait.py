@@ -115,3 +115,19 @@ def test_the_eta_counts_the_wait_down_instead_of_the_upload_rate(
     lines.settling(60.0, 4)
     lines.print_line()
     assert re.search(r"Progress: 6/10 .* ETA: (59|60)s$", capsys.readouterr().out, re.M)
+
+
+def test_the_eta_counts_rows_settling_while_other_files_upload(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the run has nothing else to do, rows settling a minute from now already bound
+    its time left (a run cannot end before them), without a line about a wait not begun."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    lines = progress.Progress(10, 1000)
+    lines.add(done=6, nbytes=600)
+
+    lines.not_before(60.0)
+    lines.print_line()
+
+    assert re.search(r"Progress: 6/10 .* ETA: (59|60)s$", capsys.readouterr().out, re.M)
+    assert sys.stderr.getvalue() == ""

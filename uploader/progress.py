@@ -150,13 +150,18 @@ class Progress:
             bar.set_postfix_str(self._postfix(), refresh=False)
             bar.refresh()
 
+    def not_before(self, seconds: float) -> None:
+        """The time left is at least `seconds` (rows wait that long to settle)."""
+        self._wait_until = time.monotonic() + seconds
+        if self._bar is not None:
+            self._bar.wait_until = self._wait_until
+
     def settling(self, seconds: float, registers: int) -> None:
         """The run waits for registers whose answers were lost: said above the bar (or on
         stderr), and the time left is at least that wait."""
-        self._wait_until = time.monotonic() + seconds
+        self.not_before(seconds)
         write(settle_wait(seconds, registers))
         if self._bar is not None:
-            self._bar.wait_until = self._wait_until
             self._bar.refresh()
 
     def _postfix(self) -> str:

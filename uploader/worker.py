@@ -64,6 +64,10 @@ class RunProgress(Protocol):
     def pause(self, paused: bool) -> None:
         """The pool paused for an outage (True) or resumed (False)."""
 
+    def not_before(self, seconds: float) -> None:
+        """The pool cannot end within `seconds`: rows wait that long for registers whose
+        answers were lost to settle, whatever the rate of the other files."""
+
     def settling(self, seconds: float, registers: int) -> None:
         """The pool has nothing to do for `seconds` but wait for `registers` registers whose
         answers were lost to settle (the listing then shows whether they landed)."""
@@ -83,6 +87,9 @@ class Untold:
         """Nobody to tell."""
 
     def pause(self, paused: bool) -> None:
+        """Nobody to tell."""
+
+    def not_before(self, seconds: float) -> None:
         """Nobody to tell."""
 
     def settling(self, seconds: float, registers: int) -> None:
@@ -419,9 +426,10 @@ class Pool:
         retries = [o for o in outcomes if o.outcome in (OutcomeKind.RETRY, OutcomeKind.RELEASED)]
         if retries:
             self._claim_after = min(self._claim_after, *(o.next_attempt_at for o in retries))
-        self._settling.update(
-            (o.job.id, o.next_attempt_at) for o in retries if o.unknown_since is not None
-        )
+        settling = {o.job.id: o.next_attempt_at for o in retries if o.unknown_since is not None}
+        if settling:
+            self._settling.update(settling)
+            self._shown.not_before(max(self._settling.values()) - time.time())
         # committed ids are excluded from adoption by the database itself
         self.index.taken.difference_update(o.file_id for o in done)
         if done or failed:
