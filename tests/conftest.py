@@ -93,8 +93,13 @@ def s3() -> Iterator[Any]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`@pytest.mark.posix_only("why")`: skipped where the system is not POSIX (Windows),
+    """The tests marked slow run first, so the two test processes of `make test` end on short
+    tests together instead of one waiting for the other's last long scenario (the order is the
+    same in every process, as pytest-xdist requires).
+
+    `@pytest.mark.posix_only("why")`: skipped where the system is not POSIX (Windows),
     with the reason the test gives."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     if os.name == "posix":
         return
     for item in items:
