@@ -13,6 +13,8 @@ row with no key committed never registered.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import itertools
 import os
 import shutil
@@ -70,12 +72,29 @@ class Entry:
     key: str
 
 
+@functools.cache
+def _migrated() -> str:
+    """An empty queue file migrated once per process: every example opens a copy of it, as
+    migrating a new file took longer than most examples' steps."""
+    folder = tempfile.mkdtemp(prefix="job-states-migrated-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "queue.db")
+
+    async def migrate() -> None:
+        await (await open_queue(path)).close()
+
+    asyncio.run(migrate())
+    return path
+
+
 class JobLife(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.folder = tempfile.mkdtemp(prefix="job-states-")
         self.loop = asyncio.new_event_loop()
-        self.queue = self.run(open_queue(os.path.join(self.folder, "queue.db")))
+        path = os.path.join(self.folder, "queue.db")
+        shutil.copy2(_migrated(), path)
+        self.queue = self.run(open_queue(path))
         self.pids = itertools.count(1000)
         self.alive: list[Process] = []
         self.dead: list[str] = []  # owners whose process died, their rows not yet reclaimed
