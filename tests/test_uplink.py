@@ -87,7 +87,7 @@ def test_a_run_that_finishes_nothing_for_long_says_why_and_what_to_change(
 ) -> None:
     """Ten uploads sharing an uplink that carries none of them to its end for more than
     five --timeout periods: the run says so once per period, naming --workers and --bwlimit."""
-    rate, workers, size, timeout = MIB, 10, 2 * MIB, 3.0
+    rate, workers, size, timeout = MIB, 10, 5 * MIB // 4, 1.5
     assert size / (rate / workers) > 5 * timeout  # every file outlives the notice
     server = maiagent_factory(s3_bandwidth=rate)
     data = tmp_path / "data"
