@@ -245,10 +245,10 @@ def test_a_run_as_a_library_draws_nothing(
 def test_the_bar_ticks_on_a_slow_service_before_a_file_is_done(
     tmp_path: Path, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:
-    """Issue 23: each request answered after 0.7 s, a file done after three of them; the bar
+    """Issue 23: each request answered after 0.5 s, a file done after three of them; the bar
     at 0/3 all that time is drawn again every second, its elapsed time going on (it stood at
     00:00 until the first file was done, as if the run hung)."""
-    server = maiagent_factory(latency=0.7)
+    server = maiagent_factory(latency=0.5)
     db = _queued_files(tmp_path, 3)
     terminal = _Terminal()
 
