@@ -1,8 +1,9 @@
 """A disk that fills up under a run: the database's (a run stops in one line naming the disk
 and the database, exit 6, never "paused: service unreachable" while the service answers
 fine; its rows intact, every file once after space is freed and the run is started again),
-and the log's (the run goes on without its log). The disk is a small tmpfs mounted for the
-test, which needs root on Linux."""
+a PostgreSQL server's (its tables in a tablespace on the small disk), and the log's (the run
+goes on without its log). The disk is a small tmpfs mounted for the test, which needs root
+on Linux."""
 
 from __future__ import annotations
 
@@ -20,10 +21,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import KB, enqueue, invoke, make_flat_files, rows, run_args, spawn
+from tests.pg_server import PASSWORD, PgServer
+from tests.test_postgres_cli import pg_rows
 from uploader.exitcodes import ExitCode
 from uploader.localserver import MaiAgentServer
 
 FILES = 150
+PG_FILES = 60
 # the registers the stopped run left in doubt are settled by the next one after the timeout
 SHORT = ("--timeout", "3")
 pytestmark = pytest.mark.posix_only("mounts a small tmpfs (Linux, as root)")
@@ -35,6 +39,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     ~4 MiB), unmounted after the test."""
     disk = tmp_path / "disk"
     disk.mkdir()
+    with tmpfs(disk):
+        yield disk
+
+
+@contextlib.contextmanager
+def tmpfs(disk: Path) -> Iterator[None]:
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root on Linux")
     mounted = subprocess.run(
@@ -46,7 +56,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        yield disk
+        yield
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
@@ -156,3 +166,60 @@ def test_a_command_opening_a_database_on_a_full_disk_says_the_disk_is_full(
     filler.unlink()
     assert enqueue(db, tmp_path / "more")["new"] == 40
     assert len(rows(db)) == 60
+
+
+@pytest.fixture
+def small_pg_disk(
+    pg_server: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Path]]:
+    """A PostgreSQL database whose tables live on a small disk (a tablespace there, in the
+    server's own folder, which its user can reach): its URL and the disk."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the runs' locks
+    name = f"small_{tmp_path.name.lower().replace('-', '_')}"
+    disk = pg_server.data.parent / name
+    disk.mkdir()
+    admin = pg_server.url()
+    with tmpfs(disk):
+        server_user = os.stat(pg_server.data)
+        os.chown(disk, server_user.st_uid, server_user.st_gid)
+        pg_rows(admin, f"CREATE TABLESPACE {name} LOCATION '{disk}'")
+        pg_rows(admin, f"CREATE DATABASE {name} TEMPLATE template0 TABLESPACE {name}")
+        try:
+            yield pg_server.url(name), disk
+        finally:
+            pg_rows(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            pg_rows(admin, f"DROP TABLESPACE IF EXISTS {name}")
+
+
+def test_a_full_disk_under_a_postgresql_database_stops_the_run_in_one_line(
+    tmp_path: Path,
+    small_pg_disk: tuple[str, Path],
+    maiagent_factory: Callable[..., MaiAgentServer],
+) -> None:
+    full_pg_url, small_disk = small_pg_disk
+    server = maiagent_factory(latency=0.05)
+    names = make_flat_files(tmp_path / "data", PG_FILES)
+    queued = invoke(full_pg_url, "enqueue", str(tmp_path / "data"), "--kb", KB)  # type: ignore[arg-type]
+    assert queued.exit_code == 0, queued.output
+    loud = [arg for arg in run_args(server, *SHORT) if arg != "-q"]
+    proc = spawn(full_pg_url, *loud, text=True, cwd=tmp_path)
+    done = "SELECT count(*) AS n FROM jobs WHERE state = 'done'"
+    deadline = time.monotonic() + 60
+    while pg_rows(full_pg_url, done)[0]["n"] < PG_FILES // 5:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+
+    filler = fill(small_disk)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == ExitCode.DISK_FULL, out + err
+    assert "Traceback" not in out + err and PASSWORD not in out + err
+    assert "unreachable" not in out + err and "paused" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "full" in errors[0], err
+    filler.unlink()
+    again = spawn(full_pg_url, *run_args(server, *SHORT), text=True, cwd=tmp_path)
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, out + err
+    assert sorted(e["filename"] for e in server.entries(KB)) == sorted(names)
+    assert Counter(r["state"] for r in pg_rows(full_pg_url)) == {"done": PG_FILES}

@@ -34,6 +34,7 @@ from ..queue.target import HIDDEN, password_of, redact
 from .engine import Dialect, Engine, QueueError, Sql
 from .migrations import LEGACY_POSTGRESQL, has_statements, latest, series
 from .reach import DEFAULT_TIMEOUT, DatabaseLost, Reach
+from .space import server_disk_full
 
 log = logging.getLogger("uploader.queue")
 
@@ -209,6 +210,9 @@ class PgEngine(Engine):
     async def translated(self) -> AsyncIterator[None]:
         try:
             yield
+        except asyncpg.DiskFullError as exc:
+            # no later try gets past it: the command stops (exit 6), not one more error
+            raise server_disk_full(self.shown, scrub(reason(exc), self._password)) from None
         except LOST_ERRORS as exc:
             raise DatabaseLost(self.explain(exc)) from None
         except DRIVER_ERRORS as exc:

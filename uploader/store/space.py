@@ -30,7 +30,8 @@ NEARLY_FULL = 1 << 20
 
 
 class DiskFull(DatabaseFatal):
-    """The disk holding the database is full: the command stops (exit 6)."""
+    """The disk holding the database is full (SQLite's, or a PostgreSQL server's): the
+    command stops (exit 6)."""
 
 
 def is_full(exc: BaseException, path: str) -> bool:
@@ -61,6 +62,17 @@ def disk_full(path: str) -> DiskFull:
             "the disk is full: database {path} cannot be written ({disk} has {free} free); "
             "free some space, then run the command again (no row was lost)"
         ).format(path=path, disk=mount_point(folder), free=_shown(_free_bytes(folder)))
+    )
+
+
+def server_disk_full(db: str, why: str) -> DiskFull:
+    """The error for a database server whose disk is full (PostgreSQL's SQLSTATE 53100):
+    its disk is the server's, named by the server's own words."""
+    return DiskFull(
+        _(
+            "the disk is full: database {db} cannot be written ({why}); free some space on "
+            "the database server, then run the command again (no row was lost)"
+        ).format(db=db, why=why)
     )
 
 
