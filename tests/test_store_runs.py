@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +18,7 @@ from tests.helpers import async_test
 from tests.queue_backends import queue_target
 from uploader.store import open_engine
 from uploader.store.runs import RunsStore
+from uploader.store.sqlite import SqliteEngine
 
 __all__ = ["queue_target"]  # the fixture, imported for pytest
 
@@ -106,3 +112,38 @@ async def test_scans_in_progress_are_listed_until_they_end(queue_target: str) ->
         assert await q.scans(KB) == []
         await q.end_scan(second)
         assert await q.scans(None) == []
+
+
+@async_test
+async def test_a_one_hop_sqlite_transaction_is_whole_and_outlives_a_cancel(tmp_path: Path) -> None:
+    """SqliteEngine.atomically, the run's claims and outcomes: its statements commit together
+    or not at all, inside a transaction it is a savepoint, and a task cancelled while it runs
+    hears of it only once it has committed, the connection outside any transaction."""
+    insert = "INSERT INTO runs (started_at, owner, options) VALUES (1, ?, '{}')"
+
+    def add(*owners: str, fail: bool = False, wait: float = 0.0) -> Callable[[Any], None]:
+        def body(conn: sqlite3.Connection) -> None:
+            for owner in owners:
+                conn.execute(insert, (owner,))
+            time.sleep(wait)
+            if fail:
+                raise KeyError("half-way")
+
+        return body
+
+    async with await SqliteEngine.open(str(tmp_path / "queue.db")) as db:
+        await db.atomically(add("a", "b"))
+        with pytest.raises(KeyError):
+            await db.atomically(add("lost", "lost", fail=True))
+        async with db.transaction():
+            with contextlib.suppress(KeyError):
+                await db.atomically(add("lost", fail=True))
+            await db.atomically(add("c"))
+        slow = asyncio.create_task(db.atomically(add("d", wait=0.3)))
+        await asyncio.sleep(0.1)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert not db.connection.in_transaction
+        owners = [owner for (owner,) in await db.fetch("SELECT owner FROM runs ORDER BY id")]
+        assert owners == ["a", "b", "c", "d"]

@@ -7,6 +7,7 @@ A mixin of `SqliteQueue`, which owns `_conn`, `transaction()` and `_fetchval()`.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -332,8 +333,8 @@ class JobsMixin(SqliteBase):
             "kb": kb_id,
             **self._reads(),
         }
-        async with self.transaction():
-            rows = await self._conn.execute_fetchall(CLAIM, {**params, "limit": limit})
+        params["limit"] = limit
+        rows = await self._engine.atomically(lambda conn: conn.execute(CLAIM, params).fetchall())
         jobs = [Job(*row) for row in rows]
         jobs.sort(key=lambda j: j.id)
         return jobs
@@ -356,13 +357,16 @@ class JobsMixin(SqliteBase):
             if o.outcome != OutcomeKind.UPLOADED:
                 attempts.append(params)
         superseding = [p for p in by_kind.get(OutcomeKind.DONE, []) if p["supersedes"]]
-        async with self.transaction():
+
+        def write(conn: sqlite3.Connection) -> None:
             if attempts:
-                await self._conn.executemany(_ATTEMPT, attempts)
+                conn.executemany(_ATTEMPT, attempts)
             if superseding:
-                await self._conn.executemany(_SUPERSEDE_AT_DONE, superseding)
+                conn.executemany(_SUPERSEDE_AT_DONE, superseding)
             for kind, batch in by_kind.items():
-                await self._conn.executemany(_STATEMENTS[kind], batch)
+                conn.executemany(_STATEMENTS[kind], batch)
+
+        await self._engine.atomically(write)
 
     async def uploaded_as(self, kb_id: str, content_hash: str, job_id: int) -> str | None:
         return await self._fetchval(
@@ -374,25 +378,26 @@ class JobsMixin(SqliteBase):
     async def begin_register(
         self, owner: str, jobs: Sequence[Job], since: float, due: float | None = None
     ) -> set[int]:
-        written: set[int] = set()
         now = time.time()
-        async with self.transaction():
-            for j in jobs:
-                params = {
-                    "id": j.id,
-                    "owner": owner,
-                    "now": now,
-                    "since": since,
-                    "due": due,
-                    "s3_key": j.s3_key,
-                    "filename": j.filename,
-                    "size": j.size,
-                    "mtime_ns": j.mtime_ns,
-                }
-                written.update(
-                    r[0] for r in await self._conn.execute_fetchall(_BEGIN_REGISTER, params)
-                )
-        return written
+        batch = [
+            {
+                "id": j.id,
+                "owner": owner,
+                "now": now,
+                "since": since,
+                "due": due,
+                "s3_key": j.s3_key,
+                "filename": j.filename,
+                "size": j.size,
+                "mtime_ns": j.mtime_ns,
+            }
+            for j in jobs
+        ]
+
+        def write(conn: sqlite3.Connection) -> set[int]:
+            return {r[0] for p in batch for r in conn.execute(_BEGIN_REGISTER, p)}
+
+        return await self._engine.atomically(write)
 
     async def record_superseded(self, owner: str, job_id: int, entry_id: str) -> None:
         params = {"id": job_id, "owner": owner, "supersedes": entry_id, "ended": time.time()}

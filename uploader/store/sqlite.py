@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -46,6 +46,37 @@ def _locked(exc: Exception) -> bool:
 
 def _said(_exc: Exception, retry: int) -> None:
     log.warning("database is locked by another process; retrying (%d)", retry)
+
+
+T = TypeVar("T")
+# What runs inside the database thread with the raw connection (`SqliteEngine.atomically`).
+Body = Callable[[sqlite3.Connection], T]
+
+
+def _whole(conn: sqlite3.Connection, body: Body[T]) -> T:
+    """BEGIN IMMEDIATE, `body`, COMMIT, in the database thread; rolled back there on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _savepoint(conn: sqlite3.Connection, body: Body[T]) -> T:
+    """`body` in a savepoint of the transaction already open, in the database thread."""
+    conn.execute("SAVEPOINT uploader_atomically")
+    try:
+        result = body(conn)
+    except BaseException:
+        conn.execute("ROLLBACK TO uploader_atomically")
+        conn.execute("RELEASE uploader_atomically")
+        raise
+    conn.execute("RELEASE uploader_atomically")
+    return result
 
 
 def _create_private(path: str) -> None:
@@ -322,12 +353,7 @@ class SqliteEngine(Engine):
         except sqlite3.OperationalError as exc:
             if not _locked(exc):
                 raise
-            raise QueueError(
-                _(
-                    "the database is locked by another process beyond the busy timeout; "
-                    "try again when it has finished"
-                )
-            ) from None
+            raise _locked_out() from None
         try:
             yield
         except BaseException as exc:
@@ -352,6 +378,49 @@ class SqliteEngine(Engine):
                 raise  # a ROLLBACK that fails on a disk that has failed is no news
         if stop is not None:
             raise stop from None
+
+    async def atomically(self, body: Body[T]) -> T:
+        """`body(connection)` as one write transaction, from BEGIN IMMEDIATE to COMMIT in a
+        single hop to the database thread (a savepoint of the caller's transaction when it is
+        inside one). For the run's hot path (claims, write-aheads, outcomes): each hop costs
+        about 60 µs of CPU (a thread switch, a wake-up of the loop), and `transaction()`
+        takes one per statement plus two. `body` runs in that thread: sqlite3 calls on the
+        connection it is given, nothing of the event loop. As with `transaction()`, tasks take
+        turns, a file away from its path and another process's lock are waited out, a full
+        disk or a lost file is said as such, and a cancelled task hears of it once the
+        transaction is over (committed or rolled back), never half-way."""
+        if self._inside():
+            return await self._hop(_savepoint, body)
+        async with self._lock:
+            if not self._file.in_place():
+                await self.reach.run(self._file.check)
+            try:
+                return await retrying(lambda: self._hop(_whole, body), LOCKED, _locked, _said)
+            except sqlite3.Error as exc:
+                if _locked(exc):
+                    raise _locked_out() from None
+                # where the ROLLBACK failed too, what broke the transaction is its context
+                broke = exc.__context__ if exc.__context__ is not None else exc
+                stop = stopping(self.path, exc) or stopping(self.path, broke)
+                if stop is not None:
+                    raise stop from None
+                raise
+
+    async def _hop(self, run: Callable[[sqlite3.Connection, Body[T]], T], body: Body[T]) -> T:
+        """`run(connection, body)` in the database thread, let finish whatever happens to the
+        calling task (its cancel is raised once it is over)."""
+        # aiosqlite's own way of running a call in its thread, on its own sqlite3 connection
+        hop = asyncio.ensure_future(self._conn._execute(run, self._conn._conn, body))
+        cancelled = False
+        while not hop.done():
+            try:
+                await asyncio.shield(hop)
+            except asyncio.CancelledError:
+                cancelled = True
+        result = hop.result()
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
     # --- statements ------------------------------------------------------------------------
 
@@ -411,6 +480,15 @@ class SqliteEngine(Engine):
                     for statement in _statements(migration.sqlite):
                         await conn.execute(statement)
                     await conn.execute(f"PRAGMA user_version = {migration.number}")
+
+
+def _locked_out() -> QueueError:
+    return QueueError(
+        _(
+            "the database is locked by another process beyond the busy timeout; "
+            "try again when it has finished"
+        )
+    )
 
 
 async def _connect(path: str, uri: bool = False) -> aiosqlite.Connection:
