@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import content_disposition_header
 
 from . import network, osfiles
 from .bandwidth import SLICE, Bandwidth, Progress, idle_watch
@@ -1581,26 +1583,53 @@ async def _form(
     filename: str,
     progress: Progress,
     bandwidth: Bandwidth | None,
-) -> tuple[aiohttp.Payload, aiohttp.Payload]:
-    """The form body and its file part: the policy fields first, the file last (S3 ignores
-    whatever follows the file).
+) -> tuple[aiohttp.Payload, _FilePart | None]:
+    """The form body and its streamed file part (None for a small file, read whole): the
+    policy fields first, the file last (S3 ignores whatever follows the file).
 
     A small form goes as one buffer: written part by part it costs a send() per piece.
     """
+    # A non-UTF-8 name arrives with surrogates, which cannot be quoted into a header.
+    shown = filename.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(content, bytes):
+        boundary = uuid.uuid4().hex
+        body = small_form(boundary, fields, content, shown)
+        return _FormBody(body, _FORM_TYPE + boundary, progress, bandwidth), None
     form = aiohttp.MultipartWriter("form-data")
     for name, value in fields.items():
         form.append(value).set_content_disposition("form-data", name=name)
-    if isinstance(content, bytes):
-        part: aiohttp.Payload = aiohttp.BytesPayload(content)
-    else:
-        part = _FilePart(content, size, progress, bandwidth)
-    # A non-UTF-8 name arrives with surrogates, which cannot be quoted into a header.
-    shown = filename.encode("utf-8", "replace").decode("utf-8")
+    part = _FilePart(content, size, progress, bandwidth)
     part.set_content_disposition("form-data", name="file", filename=shown)
     form.append_payload(part)
-    if isinstance(content, bytes):
-        return _FormBody(await form.as_bytes(), form.content_type, progress, bandwidth), part
     return form, part
+
+
+_FORM_TYPE = "multipart/form-data; boundary="
+
+
+def small_form(boundary: str, fields: Mapping[str, str], content: bytes, filename: str) -> bytes:
+    """A small upload's whole form, the bytes aiohttp's MultipartWriter makes of it
+    (tests/test_client.py compares them), joined at once: the writer's parts, payload
+    lookups and header encoding were an eighth of a run's CPU at 0 ms latency."""
+    dash = b"--" + boundary.encode("ascii")
+    pieces: list[bytes] = []
+    for name, value in fields.items():
+        pieces += (dash, _field_head(name), value.encode("utf-8"), b"\r\n")
+    disposition = content_disposition_header("form-data", name="file", filename=filename)
+    pieces += (dash, _FILE_HEAD, disposition.encode("utf-8"), b"\r\n\r\n", content, b"\r\n")
+    pieces += (dash, b"--\r\n")
+    return b"".join(pieces)
+
+
+_FILE_HEAD = b"\r\nContent-Type: application/octet-stream\r\nContent-Disposition: "
+
+
+@functools.lru_cache(maxsize=64)
+def _field_head(name: str) -> bytes:
+    """The headers of a form field: the presign names the same few fields every time."""
+    disposition = content_disposition_header("form-data", name=name)
+    head = f"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Disposition: {disposition}"
+    return head.encode("utf-8") + b"\r\n\r\n"
 
 
 def _default_pause(attempt: int) -> float:
