@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -279,6 +280,21 @@ def test_a_signal_right_after_start_is_exit_130_in_one_line(
         assert states <= {"pending", "done"}, (later, states)
 
 
+@pytest.fixture(scope="module")
+def all_failed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A queue whose 2,000 files all failed (missing), made once for the module: the commands
+    given it only read it, each from a copy of its own."""
+    root = tmp_path_factory.mktemp("all-failed")
+    names = make_flat_files(root / "data", 2000)
+    db = root / "queue.db"
+    enqueue(db, root / "data")
+    for name in names:
+        (root / "data" / name).unlink()
+    with MaiAgentServer(dialect="docs").run_in_thread() as server:
+        assert invoke(db, *run_args(server)).exit_code == 1  # 2,000 failed: missing
+    return db
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -288,14 +304,10 @@ def test_a_signal_right_after_start_is_exit_130_in_one_line(
     ],
 )
 def test_every_command_to_a_closed_pipe_ends_quietly_with_141(
-    tmp_path: Path, maiagent: MaiAgentServer, args: list[str]
+    tmp_path: Path, all_failed: Path, args: list[str]
 ) -> None:
-    names = make_flat_files(tmp_path / "data", 2000)
     db = tmp_path / "queue.db"
-    enqueue(db, tmp_path / "data")
-    for name in names:
-        (tmp_path / "data" / name).unlink()
-    assert invoke(db, *run_args(maiagent)).exit_code == 1  # 2,000 failed: missing
+    shutil.copyfile(all_failed, db)
 
     pipeline = _into_head(db, *args)
 
