@@ -111,7 +111,7 @@ def test_three_hosts_on_shared_storage_upload_every_file_once(
     tmp_path: Path, pg_url: str, maiagent_factory: Callable[..., MaiAgentServer]
 ) -> None:
     server = maiagent_factory(latency=0.01, lost_register_rate=0.05, seed=15)
-    relpaths = make_files(tmp_path / "nas", 3000)
+    relpaths = make_files(tmp_path / "nas", 1200)
     enqueue(pg_url, tmp_path / "nas", "host-a", "--shared")
 
     procs = [host_run(pg_url, server, f"host-{h}", cwd=tmp_path) for h in "abc"]
@@ -121,9 +121,9 @@ def test_three_hosts_on_shared_storage_upload_every_file_once(
     assert_exactly_once(server, pg_url, relpaths)
     runs = pg_rows(pg_url, "SELECT owner, counts FROM runs ORDER BY id")
     uploaded = {r["owner"].split(":")[0]: json.loads(r["counts"])["uploaded"] for r in runs}
-    assert sum(uploaded.values()) == 3000 and set(uploaded) == {"host-a", "host-b", "host-c"}
+    assert sum(uploaded.values()) == 1200 and set(uploaded) == {"host-a", "host-b", "host-c"}
     adopted = sum(json.loads(r["counts"])["adopted"] for r in runs)
-    assert adopted >= 50  # the knob did lose answers, and their entries were adopted
+    assert adopted >= 20  # the knob did lose answers (about 60), and their entries were adopted
     assert PASSWORD not in "".join(out for _, out in results)
 
 
