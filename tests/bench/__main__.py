@@ -1,4 +1,4 @@
-from . import listing_lost  # noqa: F401  (registers its case)
+from . import beside_walk, listing_lost  # noqa: F401  (register their cases)
 from .cases import main
 
 main()

@@ -63,6 +63,7 @@ COMMON = (
 class Options:
     quick: bool = False
     repeat: int = 1  # latency and big-file cases: best of N alternating runs
+    files: int | None = None  # case 12: this many files instead of its own count
 
 
 @dataclass(frozen=True)
@@ -654,8 +655,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="cases 1, 2 and 5: best of N alternating runs"
     )
+    parser.add_argument(
+        "--files", type=int, help="case 12: this many files (a million unless --quick)"
+    )
     args = parser.parse_args(argv)
-    opts = Options(args.quick, max(args.repeat, 1))
+    opts = Options(args.quick, max(args.repeat, 1), args.files)
     results, crashed = [], False
     for case_id in args.case or list(CASES):
         figures, failed = run_case(CASES[case_id], opts)

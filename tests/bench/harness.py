@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,8 +60,10 @@ def measure(
     cwd: str | None = None,
     timeout: float = 3600.0,
     sampler: DoneSampler | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> Measured:
-    """Run argv to completion; wall time from spawn to reap, rusage from the reap itself."""
+    """Run argv to completion; wall time from spawn to reap, rusage from the reap itself.
+    `on_start` hears the child's pid, for a case that signals it while it runs."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env, cwd=cwd or REPO)
@@ -69,6 +71,8 @@ def measure(
         killer.start()
         if sampler is not None:
             sampler.start(proc.pid)
+        if on_start is not None:
+            on_start(proc.pid)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
@@ -296,7 +300,11 @@ class Uploader:
         return _checked(self.measure("enqueue", folder, "--kb", KB), "enqueue")
 
     def run(
-        self, *options: str, api_key: str | None = None, sampler: DoneSampler | None = None
+        self,
+        *options: str,
+        api_key: str | None = None,
+        sampler: DoneSampler | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> tuple[Measured, Traffic]:
         assert self.server is not None
         # the run's own report is left out: the rates are the upload's (case 4 times the report);
@@ -306,7 +314,9 @@ class Uploader:
             "run", "--base-url", self.server.base_url, "--no-report", "--upload-anyway", *options
         )
         env = self.env if api_key is None else {**self.env, "MAIAGENT_API_KEY": api_key}
-        return measure_against(self.server, argv, env=env, cwd=self.root, sampler=sampler)
+        return measure_against(
+            self.server, argv, env=env, cwd=self.root, sampler=sampler, on_start=on_start
+        )
 
     def states(self) -> dict[str, int]:
         with contextlib.closing(sqlite3.connect(self.db)) as conn:
