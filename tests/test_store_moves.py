@@ -31,6 +31,9 @@ async def test_an_uploaded_file_moves_to_a_new_path_with_its_entry(queue_target:
         ]
         assert await store.uploaded_of_sizes(KB, [99]) == []
         assert await store.uploaded_of_sizes("kb-other", [10]) == []
+        assert await store.any_of_sizes(KB, [10, 99])
+        assert not await store.any_of_sizes(KB, [99])
+        assert not await store.any_of_sizes("kb-other", [10])
         [a, b] = found
 
         assert await store.move(a, b"/moved/a", "moved/a", 7)

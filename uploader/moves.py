@@ -59,6 +59,8 @@ class Moves:
         uploaded files of their size and name are stat'ed: a re-enqueue of files already
         queued costs a lookup of their paths, not a read of every uploaded file of their sizes."""
         readable = [r for r in batch if r.skip is None]
+        if not await self._store.any_of_sizes(self._kb, sorted({r.size for r in readable})):
+            return 0  # no file of the batch can be a move: its paths need no lookup
         queued = await self._store.queued(self._kb, [r.path for r in readable])
         new = [r for r in readable if r.path not in queued]
         if not new:

@@ -31,6 +31,16 @@ ORDER BY id""",
     sizes=in_array("size"),
 )
 
+# Whether any is: most batches of a walk are of a folder never uploaded before.
+_ANY_OF_SIZES = Pair.of(
+    """
+SELECT 1 FROM jobs
+WHERE kb_id = ? AND {sizes} AND state = 'done' AND content_hash IS NOT NULL
+  AND file_id IS NOT NULL AND (shared OR host IN ('', ?) OR ?)
+LIMIT 1""",
+    sizes=in_array("size"),
+)
+
 _CHUNK = 500  # paths per lookup (bound variables)
 
 # The row takes the new path only while it is still the uploaded file at the old one and no
@@ -54,6 +64,14 @@ class MovesStore:
         params = (kb_id, self._db.array(list(sizes)), self._scope.host, self._scope.shared)
         rows = await self._db.fetch(_OF_SIZES, params)
         return [Uploaded(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    async def any_of_sizes(self, kb_id: str, sizes: Sequence[int]) -> bool:
+        """Whether the knowledge base has an uploaded file of one of these sizes whose bytes
+        are known (rows of this scope only): one probe of an index."""
+        if not sizes:
+            return False
+        params = (kb_id, self._db.array(list(sizes)), self._scope.host, self._scope.shared)
+        return await self._db.fetchval(_ANY_OF_SIZES, params) is not None
 
     async def queued(self, kb_id: str, paths: Sequence[bytes]) -> set[bytes]:
         """Which of these paths a row of the knowledge base holds (any host's)."""
