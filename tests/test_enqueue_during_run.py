@@ -14,12 +14,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from tests.helpers import FAST, KB, enqueue, execute, make_files, rows, service, spawn
 from tests.test_progress import _Terminal
+from uploader import scan
 from uploader.localserver import MaiAgentServer
+from uploader.store import turns
 
 _WAIT = 600.0
 
@@ -52,6 +55,20 @@ def _reaped(*procs: subprocess.Popen[str]) -> Iterator[None]:
                 proc.wait()
 
 
+def _a_write_in_progress(db: Path) -> BinaryIO:
+    """As a writer does, the writers' lock held shared (uploader/store/turns.py) until the
+    file returned is closed: an enqueue waits before each batch (up to turns.BULK_WAIT),
+    which leaves the time to stop it between its scan's record and its first rows (a batch
+    takes milliseconds)."""
+    import fcntl  # POSIX only, as the test that uses it
+
+    folder = Path(f"{db}.scans")
+    folder.mkdir(exist_ok=True)
+    lock = open(folder / turns.NAME, "ab")  # noqa: SIM115 (closed by the caller)
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    return lock
+
+
 def _stop_after_scan_started(proc: subprocess.Popen[str], db: Path) -> None:
     """SIGSTOP the enqueue once its scan is recorded, before its first rows are committed
     and outside any write transaction: a run now sees an empty queue and a live scan."""
@@ -81,9 +98,11 @@ def test_a_run_started_during_an_enqueue_uploads_every_file_of_it_in_one_go(
     files = 5_000
     make_files(tmp_path / "data", files)
     db = tmp_path / "queue.db"
+    turn = _a_write_in_progress(db)
     walker = spawn(db, "enqueue", str(tmp_path / "data"), "--kb", KB, text=True)
     with _reaped(walker):
-        _stop_after_scan_started(walker, db)
+        with turn:
+            _stop_after_scan_started(walker, db)
         runner = spawn(
             db,
             "-q",
@@ -153,6 +172,6 @@ def test_enqueue_shows_its_progress_on_a_terminal(tmp_path: Path) -> None:
     shown = terminal.text()
 
     assert proc.returncode == 0, shown
-    assert "scanning: 2,000 files (" in shown, shown
+    assert f"scanning: {scan.WALK_BATCH:,} files (" in shown, shown  # after the first batch
     assert out.startswith("scanned 5000: 5000 new")
     assert os.path.exists(tmp_path / "q.db")

@@ -770,6 +770,7 @@ def _min_age(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 # What the last enqueue left out for --min-age, for `sync --watch` (click's meta is shared by
 # the commands sync calls).
 YOUNG_LEFT_OUT = "uploader.young_left_out"
+SCAN_TOUCH = 5.0  # seconds between an enqueue's "still walking" in the scans table
 
 
 def walk_filters(
@@ -1025,8 +1026,15 @@ def enqueue(
         scan_id = await RunsStore(q.engine).start_scan(make_owner(q.scope.host), kb_id)
         walkwait.announced()
 
+        touched = time.monotonic()
+
         async def batch_done(counts: EnqueueCounts) -> None:
-            await RunsStore(q.engine).touch_scan(scan_id)
+            nonlocal touched
+            # Alive is said every few seconds, not at every batch: a transaction each, which a
+            # run beside the walk would wait for (a scan is taken for dead after 10 minutes).
+            if time.monotonic() - touched >= SCAN_TOUCH:
+                await RunsStore(q.engine).touch_scan(scan_id)
+                touched = time.monotonic()
             meter.update(counts.scanned)
 
         try:

@@ -622,6 +622,12 @@ def batches(rows: Iterator[ScanRow], size: int) -> Iterator[list[ScanRow]]:
         yield batch
 
 
+# Rows per transaction of a walk: a batch of 500 holds the write lock for a few milliseconds,
+# which is what a run beside the walk waits at most for each of its claims and outcomes
+# (store/turns.py); 2,000 held it up to 90 ms, for no gain in the walk's speed.
+WALK_BATCH = 500
+
+
 async def enqueue(
     q: queue.Queue,
     root: str,
@@ -629,7 +635,7 @@ async def enqueue(
     filters: Filters,
     follow_symlinks: bool,
     own: OwnState | None = None,
-    batch_size: int = 2000,
+    batch_size: int = WALK_BATCH,
     tags: TagOptions | None = None,
     on_batch: Callable[[EnqueueCounts], Awaitable[None]] | None = None,
     any_type: bool = False,

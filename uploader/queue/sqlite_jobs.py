@@ -290,11 +290,12 @@ class JobsMixin(SqliteBase):
     async def enqueue_batch(self, kb_id: str, rows: Sequence[ScanRow]) -> EnqueueCounts:
         """Insert new files and re-queue changed ones, one transaction per batch of the scan;
         every statement is a lookup on the (kb_id, path) index, so a batch costs the same at the
-        millionth file as at the first."""
+        millionth file as at the first. Other writers (a run beside the walk) go first."""
         now = time.time()
         host, shared = self.scope.host, int(self.scope.shared)
         readable = [r for r in rows if r.skip is None]
         skipped = [r for r in rows if r.skip is not None]
+        await self._engine.wait_for_writers()
         async with self.transaction():
             # A path not queued yet needs its insert only: the five statements that compare
             # a queued row with the file run for the queued ones (a first enqueue of a

@@ -29,6 +29,7 @@ from .migrations import has_statements, latest, series
 from .reach import DEFAULT_TIMEOUT, Reach
 from .space import disk_full, is_full
 from .sqlite_file import FileIdentity, io_lost, is_io_error, unreadable
+from .turns import Turns
 
 log = logging.getLogger("uploader.queue")
 
@@ -193,6 +194,7 @@ class SqliteEngine(Engine):
         self._holder: asyncio.Task[Any] | None = None  # the task inside the transaction
         self._savepoints = 0
         self._closed = False
+        self._turns: Turns | None = None  # writers' turns at the write lock (turns.py)
 
     @classmethod
     async def open(
@@ -228,6 +230,7 @@ class SqliteEngine(Engine):
             await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             await conn.execute("PRAGMA foreign_keys = ON")
             await engine._migrate()
+            engine._turns = Turns.beside(path)
         except sqlite3.DatabaseError as exc:
             if _read_only(exc) and not is_full(exc, path):
                 return await cls._open_read_only(conn, path)
@@ -283,6 +286,8 @@ class SqliteEngine(Engine):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._turns is not None:
+                self._turns.close()
             await self._conn.close()
 
     async def __aexit__(
@@ -310,7 +315,7 @@ class SqliteEngine(Engine):
             async with self._savepoint():
                 yield self._conn
             return
-        async with self._lock, self._begin_immediate():
+        async with self._lock, self._writing(), self._begin_immediate():
             self._holder = task
             try:
                 yield self._conn
@@ -319,6 +324,16 @@ class SqliteEngine(Engine):
 
     def inside_transaction(self) -> bool:
         return self._inside()
+
+    async def wait_for_writers(self) -> None:
+        """Before a bulk writer's transaction (an enqueue's batch): the other writers first,
+        a run's claims and outcomes among them (turns.py)."""
+        if self._turns is not None and not self._inside():
+            await self._turns.wait_for_writers()
+
+    def _writing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """This write transaction's turn (turns.py): a bulk writer waits while it lasts."""
+        return self._turns.writing() if self._turns is not None else contextlib.nullcontext()
 
     def _inside(self) -> bool:
         task = asyncio.current_task()
@@ -391,7 +406,7 @@ class SqliteEngine(Engine):
         transaction is over (committed or rolled back), never half-way."""
         if self._inside():
             return await self._hop(_savepoint, body)
-        async with self._lock:
+        async with self._lock, self._writing():
             if not self._file.in_place():
                 await self.reach.run(self._file.check)
             try:
