@@ -492,17 +492,27 @@ def test_disk_full_while_writing_the_report(tmp_path: Path, tiny_disk: Path) -> 
     assert len(json.loads((tiny_disk / "report.json").read_text())["skipped_files"]) == 600
 
 
-@pytest.fixture
-def used_db(tmp_path: Path, maiagent: MaiAgentServer) -> Path:
-    """A database after a real enqueue and run of 300 files."""
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def used_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database after a real enqueue and run of 300 files, made once for the module."""
+    root = tmp_path_factory.mktemp("used")
+    data = root / "data"
     data.mkdir()
     for i in range(300):
         (data / f"f{i:03d}.txt").write_text(f"file {i}" * 20)
-    db = tmp_path / "queue.db"
+    db = root / "queue.db"
     enqueue(db, data)
-    result = invoke(db, *run_args(maiagent))
+    with MaiAgentServer(dialect="docs").run_in_thread() as server:
+        result = invoke(db, *run_args(server))
     assert result.exit_code == 0, result.output
+    return db
+
+
+@pytest.fixture
+def used_db(tmp_path: Path, used_once: Path) -> Path:
+    """A copy of `used_once` for the test to break."""
+    db = tmp_path / "queue.db"
+    shutil.copy2(used_once, db)
     return db
 
 
