@@ -1,7 +1,8 @@
 """Writers take turns at SQLite's write lock (uploader/store/turns.py, issue 24: a run beside a
 big walk). An enqueue writes batch after batch; a run's claim or outcome wanting the lock
 meanwhile is written after the batch in progress, not after however many batches SQLite's
-busy handler sleeps through (a run beside a walk of a million files made 30 files/s)."""
+busy handler sleeps through (a run beside a walk of a million files made 30 files/s), and
+while the run writes the walk's transactions are short."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.queue_backends import KB
 from uploader import scan
 from uploader.model import ScanRow
 from uploader.queue import open_queue
+from uploader.queue.sqlite_jobs import CROWDED_ROWS
 from uploader.store.sqlite import SqliteEngine
 from uploader.store.turns import Turns
 
@@ -69,6 +71,8 @@ async def test_a_write_beside_a_walk_waits_for_one_batch_at_most(tmp_path: Path)
     assert len(passed) >= RUN_WRITES // 2, "the walk ended before the run wrote: too fast?"
     # the batch in progress, and one that began as the run asked
     assert max(passed) <= 2 * scan.WALK_BATCH, passed
+    # once the walk has seen the run write, it writes in short transactions
+    assert sorted(passed)[len(passed) // 2] <= 2 * CROWDED_ROWS, passed
     assert await _rows(db) == BATCHES * scan.WALK_BATCH
 
 

@@ -6,6 +6,7 @@ A mixin of `SqliteQueue`, which owns `_conn`, `transaction()` and `_fetchval()`.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -104,6 +105,9 @@ WHERE kb_id = :kb AND path = :path AND state IN ('pending', 'failed', 'skipped')
 _MAKE_SHARED = "UPDATE jobs SET shared = 1 WHERE kb_id = :kb AND path = :path AND NOT shared"
 
 FOREIGN_CHUNK = 500  # paths per "queued by another host?" lookup (bound variables)
+# Rows per transaction of an enqueue while other writers are about: a millisecond or two of
+# the write lock, the longest a run beside the walk waits for each of its claims and outcomes.
+CROWDED_ROWS = 100
 
 
 JOB_COLUMNS = (
@@ -284,79 +288,101 @@ def _new(r: ScanRow, kb_id: str, now: float, host: str, shared: int) -> tuple[An
     )
 
 
+def _write_rows(
+    conn: sqlite3.Connection,
+    kb_id: str,
+    rows: Sequence[ScanRow],
+    now: float,
+    host: str,
+    shared: int,
+) -> EnqueueCounts:
+    """One part of a batch into the queue, in the database thread, inside its transaction."""
+    readable = [r for r in rows if r.skip is None]
+    skipped = [r for r in rows if r.skip is not None]
+    # A path not queued yet needs its insert only: the five statements that compare a queued
+    # row with the file run for the queued ones (a first enqueue of a million files then
+    # costs one lookup per file instead of six).
+    queued = _queued(conn, kb_id, host, [r.path for r in rows])
+    known = [_named(r, kb_id, now, host, shared) for r in readable if r.path in queued]
+    known_skipped = [_named(r, kb_id, now, host, shared) for r in skipped if r.path in queued]
+    counts = EnqueueCounts(scanned=len(rows), skipped=len(skipped))
+    if known or known_skipped:
+        if shared:
+            conn.executemany(_MAKE_SHARED, known + known_skipped)
+        if not shared:
+            counts.foreign = sum(queued[path] for path in {p["path"] for p in known})
+        counts.changed = conn.executemany(_RECHECK, known).rowcount
+        conn.executemany(_SUPERSEDE, known)
+        counts.changed += conn.executemany(_REQUEUE_CHANGED, known).rowcount
+        counts.relabel = conn.executemany(_RELABEL, known).rowcount
+        conn.executemany(_RETAG, known + known_skipped)
+    fresh = [r for r in readable if r.path not in queued]
+    if fresh:
+        counts.new = _insert_new(conn, kb_id, fresh, now, host, shared)
+    if skipped:
+        conn.executemany(_MARK_SKIPPED, known_skipped)
+        fresh_skipped = [_new(r, kb_id, now, host, shared) for r in skipped if r.path not in queued]
+        conn.executemany(_INSERT, fresh_skipped)
+    counts.unchanged = len(readable) - counts.new - counts.changed - counts.foreign
+    return counts
+
+
+def _insert_new(
+    conn: sqlite3.Connection,
+    kb_id: str,
+    rows: list[ScanRow],
+    now: float,
+    host: str,
+    shared: int,
+) -> int:
+    """The pending rows of paths not queued yet; how many were inserted."""
+    if all(r.tags is None and r.parser is None and r.display_name is None for r in rows):
+        plain = [(kb_id, r.path, r.relpath, r.size, r.mtime_ns, now, host, shared) for r in rows]
+        return conn.executemany(_INSERT_PLAIN, plain).rowcount
+    asked = [_new(r, kb_id, now, host, shared) for r in rows]
+    return conn.executemany(_INSERT, asked).rowcount
+
+
+def _queued(
+    conn: sqlite3.Connection, kb_id: str, host: str, paths: list[bytes]
+) -> dict[bytes, bool]:
+    """Which of these paths the knowledge base's queue holds (any host's), each with whether
+    another host queued it, not shared (its file, not ours): one lookup per FOREIGN_CHUNK
+    paths answers both."""
+    found: dict[bytes, bool] = {}
+    for start in range(0, len(paths), FOREIGN_CHUNK):
+        chunk = paths[start : start + FOREIGN_CHUNK]
+        rows = conn.execute(
+            "SELECT path, NOT shared AND host NOT IN ('', ?) FROM jobs"
+            f" WHERE kb_id = ? AND path IN ({','.join('?' * len(chunk))})",
+            [host, kb_id, *chunk],
+        )
+        found.update((path, bool(foreign)) for path, foreign in rows)
+    return found
+
+
 class JobsMixin(SqliteBase):
     """Jobs, runs and attempts."""
 
     async def enqueue_batch(self, kb_id: str, rows: Sequence[ScanRow]) -> EnqueueCounts:
-        """Insert new files and re-queue changed ones, one transaction per batch of the scan;
-        every statement is a lookup on the (kb_id, path) index, so a batch costs the same at the
-        millionth file as at the first. Other writers (a run beside the walk) go first."""
+        """Insert new files and re-queue changed ones; every statement is a lookup on the
+        (kb_id, path) index, so a batch costs the same at the millionth file as at the first.
+        Each transaction is one hop to the database thread, after the other writers' (turns.py);
+        while others write (a run beside the walk), in parts of CROWDED_ROWS, the longest a
+        run's claim or outcome then waits."""
         now = time.time()
         host, shared = self.scope.host, int(self.scope.shared)
-        readable = [r for r in rows if r.skip is None]
-        skipped = [r for r in rows if r.skip is not None]
-        await self._engine.wait_for_writers()
-        async with self.transaction():
-            # A path not queued yet needs its insert only: the five statements that compare
-            # a queued row with the file run for the queued ones (a first enqueue of a
-            # million files then costs one lookup per file instead of six).
-            queued = await self._queued(kb_id, [r.path for r in rows])
-            known = [_named(r, kb_id, now, host, shared) for r in readable if r.path in queued]
-            known_skipped = [
-                _named(r, kb_id, now, host, shared) for r in skipped if r.path in queued
-            ]
-            if shared:
-                await self._conn.executemany(_MAKE_SHARED, known + known_skipped)
-            foreign = 0 if shared else sum(queued[path] for path in {p["path"] for p in known})
-            touched = (await self._conn.executemany(_RECHECK, known)).rowcount
-            await self._conn.executemany(_SUPERSEDE, known)
-            changed = touched + (await self._conn.executemany(_REQUEUE_CHANGED, known)).rowcount
-            relabel = (await self._conn.executemany(_RELABEL, known)).rowcount
-            await self._conn.executemany(_RETAG, known + known_skipped)
-            fresh = [r for r in readable if r.path not in queued]
-            new = await self._insert_new(kb_id, fresh, now, host, shared)
-            if skipped:
-                await self._conn.executemany(_MARK_SKIPPED, known_skipped)
-                fresh_skipped = [
-                    _new(r, kb_id, now, host, shared) for r in skipped if r.path not in queued
-                ]
-                await self._conn.executemany(_INSERT, fresh_skipped)
-        return EnqueueCounts(
-            scanned=len(rows),
-            new=new,
-            changed=changed,
-            unchanged=len(readable) - new - changed - foreign,
-            skipped=len(skipped),
-            foreign=foreign,
-            relabel=relabel,
-        )
-
-    async def _insert_new(
-        self, kb_id: str, rows: list[ScanRow], now: float, host: str, shared: int
-    ) -> int:
-        """The pending rows of paths not queued yet; how many were inserted."""
-        if all(r.tags is None and r.parser is None and r.display_name is None for r in rows):
-            plain = [
-                (kb_id, r.path, r.relpath, r.size, r.mtime_ns, now, host, shared) for r in rows
-            ]
-            return (await self._conn.executemany(_INSERT_PLAIN, plain)).rowcount
-        asked = [_new(r, kb_id, now, host, shared) for r in rows]
-        return (await self._conn.executemany(_INSERT, asked)).rowcount
-
-    async def _queued(self, kb_id: str, paths: list[bytes]) -> dict[bytes, bool]:
-        """Which of these paths the knowledge base's queue holds (any host's), each with
-        whether another host queued it, not shared (its file, not ours): one lookup per
-        FOREIGN_CHUNK paths answers both."""
-        found: dict[bytes, bool] = {}
-        for start in range(0, len(paths), FOREIGN_CHUNK):
-            chunk = paths[start : start + FOREIGN_CHUNK]
-            rows = await self._conn.execute_fetchall(
-                "SELECT path, NOT shared AND host NOT IN ('', ?) FROM jobs"
-                f" WHERE kb_id = ? AND path IN ({','.join('?' * len(chunk))})",
-                [self.scope.host, kb_id, *chunk],
+        counts = EnqueueCounts()
+        start = 0
+        while start < len(rows):
+            crowded = await self._engine.wait_for_writers()
+            part = rows[start : start + (CROWDED_ROWS if crowded else len(rows))]
+            write = functools.partial(
+                _write_rows, kb_id=kb_id, rows=part, now=now, host=host, shared=shared
             )
-            found.update((path, bool(foreign)) for path, foreign in rows)
-        return found
+            counts.add(await self._engine.atomically(write))
+            start += len(part)
+        return counts
 
     def _reads(self) -> dict[str, Any]:
         """The parameters of MAY_READ."""

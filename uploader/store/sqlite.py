@@ -325,11 +325,12 @@ class SqliteEngine(Engine):
     def inside_transaction(self) -> bool:
         return self._inside()
 
-    async def wait_for_writers(self) -> None:
+    async def wait_for_writers(self) -> bool:
         """Before a bulk writer's transaction (an enqueue's batch): the other writers first,
-        a run's claims and outcomes among them (turns.py)."""
-        if self._turns is not None and not self._inside():
-            await self._turns.wait_for_writers()
+        a run's claims and outcomes among them; whether others are about (turns.py)."""
+        if self._turns is None or self._inside():
+            return False
+        return await self._turns.wait_for_writers()
 
     def _writing(self) -> contextlib.AbstractAsyncContextManager[None]:
         """This write transaction's turn (turns.py): a bulk writer waits while it lasts."""

@@ -11,7 +11,8 @@ So writers say when they write, through a file lock beside the database (`<db>.s
 waiting included. Before each of its batches a bulk writer (the enqueue) waits until nobody
 holds it (an exclusive lock taken and let go at once): a run that wants the write lock then
 has it after the batch in progress, and the walk goes on once the run has committed. The run
-waits at most one batch, the walk at most a transaction of each writer.
+waits at most one batch, the walk at most a transaction of each writer; and while others
+write, the walk's transactions are short (`sqlite_jobs.CROWDED_ROWS`).
 
 Bounded on both sides, since the turns are a courtesy and never correctness (SQLite's own
 lock still orders every write): a bulk writer waits for its turn at most BULK_WAIT (runs
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -39,6 +41,7 @@ log = logging.getLogger("uploader.queue")
 NAME = "writers"  # in `<db>.scans/`, the folder of enqueue announcements (never queued)
 BULK_WAIT = 1.0  # the longest a bulk writer waits for the others before each batch
 POLL = 0.001  # how often a waiting bulk writer looks again
+CROWDED_FOR = 1.0  # seconds after another writer was seen that a bulk writer keeps it short
 _SHARED_TRIES = 3  # a bulk writer's test holds the exclusive lock for a system call only
 
 
@@ -72,6 +75,7 @@ class Turns:
     def __init__(self, shared_fd: int, test_fd: int) -> None:
         self._shared = shared_fd
         self._test = test_fd
+        self._seen = -math.inf  # when another writer was last seen (monotonic)
 
     @classmethod
     def beside(cls, db_path: str) -> Turns | None:
@@ -116,19 +120,22 @@ class Turns:
                 with contextlib.suppress(OSError):
                     _unlock(self._shared)
 
-    async def wait_for_writers(self) -> None:
+    async def wait_for_writers(self) -> bool:
         """Before a bulk transaction: until no other transaction is in progress or waiting
-        (at most BULK_WAIT)."""
+        (at most BULK_WAIT). Whether other writers are about (one was seen in the last
+        CROWDED_FOR seconds): the bulk writer then writes in short transactions."""
         deadline = time.monotonic() + BULK_WAIT
         while True:
             try:
                 free = _try(self._test, exclusive=True)
             except OSError:
-                return
+                break
             if free:
                 with contextlib.suppress(OSError):
                     _unlock(self._test)
-                return
-            if time.monotonic() >= deadline:
-                return
+                break
+            self._seen = time.monotonic()
+            if self._seen >= deadline:
+                break
             await asyncio.sleep(POLL)
+        return time.monotonic() - self._seen < CROWDED_FOR
