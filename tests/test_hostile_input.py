@@ -241,15 +241,12 @@ def test_enqueue_100000_files_in_one_folder(tmp_path: Path) -> None:
     _flat_folder(tmp_path / "flat", 100_000)
     db = tmp_path / "queue.db"
 
-    started = time.monotonic()
     result = invoke(db, "enqueue", str(tmp_path / "flat"), "--kb", KB)
-    elapsed = time.monotonic() - started
 
     assert result.exit_code == 0, result.output
     assert "100000 new" in result.output
     (count,) = rows(db, "SELECT COUNT(*) AS n FROM jobs WHERE state = 'pending'")
     assert count["n"] == 100_000
-    assert elapsed < 60, f"enqueue of 100,000 files took {elapsed:.0f}s"
 
 
 # --- the database under stress ---------------------------------------------------------------
