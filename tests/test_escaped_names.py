@@ -81,3 +81,20 @@ def test_printable_escapes_controls_and_keeps_every_other_character() -> None:
     assert printable("a\x1b[2Jb\rc\nd\te\x07\x7f\x9b") == "a\\x1b[2Jb\\rc\\nd\\te\\x07\\x7f\\x9b"
     assert printable("合約 › 二〇二四 › 租賃合約.pdf") == "合約 › 二〇二四 › 租賃合約.pdf"
     assert printable("évite\u2028x\u202ey") == "évite\\u2028x\\u202ey"
+
+
+def test_the_skipped_and_pending_lists_escape_names(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in HOSTILE:
+        (data / name).write_bytes(b"x" * 2048)  # over --max-size: skipped
+        (data / f"small-{name}").write_bytes(b"x")  # pending
+    db = tmp_path / "queue.db"
+    enqueue(db, data, "--max-size", "1K")
+
+    for flag in ("--skipped", "--pending"):
+        shown = _uploader(db, "status", flag)
+
+        assert shown.returncode == 0, shown.stderr
+        assert _controls(shown.stdout) == [], (flag, shown.stdout)
+        assert printable(HOSTILE[0]).encode() in shown.stdout, (flag, shown.stdout)

@@ -2182,6 +2182,24 @@ async def _failed(q: Queue, kb_id: str | None, limit: int | None = None) -> list
     return found
 
 
+def _show_list(
+    items: list[dict[str, Any]], as_json: bool, empty: str, line: Callable[[dict[str, Any]], str]
+) -> None:
+    """One of status's file lists: as JSON, or a line per file, each made printable (a name
+    may hold control characters)."""
+    if as_json:
+        click.echo(json.dumps(items, indent=2, ensure_ascii=False))
+        return
+    if not items:
+        click.echo(empty)
+    for item in items:
+        click.echo(printable(line(item)))
+
+
+def _skipped_line(item: dict[str, Any]) -> str:
+    return f"{item['path']}  {item['reason'] or ''}".rstrip()
+
+
 async def _skipped(q: Queue, kb_id: str | None) -> list[dict[str, Any]]:
     """The skipped files (of --kb), oldest row first, with why each is not uploaded."""
     found: list[dict[str, Any]] = []
@@ -2284,23 +2302,11 @@ def status(
         raise UserError(_("--failed, --skipped and --pending are separate lists: ask for one"))
     if pending:
         items = on_queue(ctx, lambda q: _pending(q, kb_id), create=False)
-        if as_json:
-            click.echo(json.dumps(items, indent=2, ensure_ascii=False))
-            return
-        if not items:
-            click.echo(_("no file pending"))
-        for item in items:
-            click.echo(printable(_pending_line(item)))
+        _show_list(items, as_json, _("no file pending"), _pending_line)
         return
     if skipped:
         items = on_queue(ctx, lambda q: _skipped(q, kb_id), create=False)
-        if as_json:
-            click.echo(json.dumps(items, indent=2, ensure_ascii=False))
-            return
-        if not items:
-            click.echo(_("no file skipped"))
-        for item in items:
-            click.echo(f"{item['path']}  {item['reason'] or ''}".rstrip())
+        _show_list(items, as_json, _("no file skipped"), _skipped_line)
         return
     if failed:
 
@@ -2308,13 +2314,7 @@ def status(
             return await _failed(q, kb_id) + await _parse_failures(q, kb_id)
 
         items = on_queue(ctx, both, create=False)
-        if as_json:
-            click.echo(json.dumps(items, indent=2, ensure_ascii=False))
-            return
-        if not items:
-            click.echo(_("no file failed"))
-        for item in items:
-            click.echo(printable(_failed_line(item)))
+        _show_list(items, as_json, _("no file failed"), _failed_line)
         return
     data = on_queue(ctx, _status, create=False)
     if kb_id is not None:  # that knowledge base only
