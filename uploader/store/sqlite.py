@@ -14,7 +14,15 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -159,18 +167,24 @@ def _statements(script: str) -> Iterator[str]:
         raise sqlite3.DatabaseError(f"incomplete statement in migration: {buffer[:60]!r}")
 
 
+async def _finished(work: Awaitable[T]) -> tuple[T, bool]:
+    """`work` let finish in the database thread whatever happens to the calling task: its
+    result, and whether a cancel came meanwhile (for the caller to raise once it is safe)."""
+    future = asyncio.ensure_future(work)
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+    return future.result(), cancelled
+
+
 async def _to_completion(conn: aiosqlite.Connection, sql: str) -> None:
     """BEGIN, COMMIT and ROLLBACK run in the database thread whatever happens to our task;
     a cancel is let through only once the statement is over (rolling back a BEGIN it
     interrupted), so the connection is never left inside a transaction nobody owns."""
-    statement = asyncio.ensure_future(conn.execute(sql))
-    cancelled = False
-    while not statement.done():
-        try:
-            await asyncio.shield(statement)
-        except asyncio.CancelledError:
-            cancelled = True
-    statement.result()
+    _, cancelled = await _finished(conn.execute(sql))
     if cancelled:
         if sql.startswith("BEGIN") and conn.in_transaction:
             await _to_completion(conn, "ROLLBACK")
@@ -426,14 +440,7 @@ class SqliteEngine(Engine):
         """`run(connection, body)` in the database thread, let finish whatever happens to the
         calling task (its cancel is raised once it is over)."""
         # aiosqlite's own way of running a call in its thread, on its own sqlite3 connection
-        hop = asyncio.ensure_future(self._conn._execute(run, self._conn._conn, body))
-        cancelled = False
-        while not hop.done():
-            try:
-                await asyncio.shield(hop)
-            except asyncio.CancelledError:
-                cancelled = True
-        result = hop.result()
+        result, cancelled = await _finished(self._conn._execute(run, self._conn._conn, body))
         if cancelled:
             raise asyncio.CancelledError
         return result
