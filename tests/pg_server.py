@@ -204,21 +204,11 @@ class PgServer:
         shutil.rmtree(self._base, ignore_errors=True)
 
     def restart(self) -> None:
-        """`pg_ctl restart -m fast`, what a maintenance window or a failover does: every
-        connection is closed, the server is away for a moment and comes back on its port."""
-        self._run(
-            self.bin / "pg_ctl",
-            "-D",
-            self._data,
-            "-l",
-            self._base / "server.log",
-            "-m",
-            "fast",
-            "-w",
-            "-t",
-            "60",
-            "restart",
-        )
+        """What `pg_ctl restart -m fast`, a maintenance window or a failover does: every
+        connection is closed, the server is away for a moment and comes back on its port
+        (a fast stop, then the start `resume` makes)."""
+        self.pause()
+        self.resume()
 
     def pause(self) -> None:
         """Stop the server (`pg_ctl stop -m fast`); `resume` starts it again on its port."""
