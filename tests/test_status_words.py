@@ -30,3 +30,16 @@ def test_the_last_run_line_is_in_plain_words(tmp_path: Path, maiagent: MaiAgentS
     assert "exit 0: uploaded 3, failed 0 in " in line, line
     for jargon in ("adopted", "superseded_deleted", "seconds", "released"):
         assert jargon not in line, line
+
+
+def test_status_of_a_knowledge_base_the_queue_does_not_hold_is_bad_input(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    db, _names = upload(tmp_path, maiagent, 3)
+
+    result = invoke(db, "status", "--kb", "kb-typo")
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "Error: the queue has no rows for kb-typo (the queue holds: kb-test)"
+    )

@@ -18,7 +18,7 @@ import sys
 import time
 import unicodedata
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -2317,6 +2317,8 @@ def status(
         _show_list(items, as_json, _("no file failed"), _failed_line)
         return
     data = on_queue(ctx, _status, create=False)
+    if kb_id is not None and kb_id not in data["knowledge_bases"]:
+        raise UserError(_no_rows(kb_id, data["knowledge_bases"]))
     if kb_id is not None:  # that knowledge base only
         for part in ("knowledge_bases", "remote", "content"):
             data[part] = {kb: v for kb, v in data[part].items() if kb == kb_id}
@@ -2404,6 +2406,13 @@ def retry_failed(  # type: ignore[no-untyped-def]
 # --- forget ----------------------------------------------------------------------------------
 
 
+def _no_rows(kb_id: str, held: Iterable[str]) -> str:
+    """A --kb the queue holds no row of (a typo, most likely): the ones it does hold."""
+    kbs = sorted(held)
+    holds = _("the queue holds: {kbs}").format(kbs=", ".join(kbs)) if kbs else _("it is empty")
+    return _("the queue has no rows for {kb} ({holds})").format(kb=kb_id, holds=holds)
+
+
 @cli.command()
 @kb_option(required=True)
 @click.option("--match", multiple=True, metavar="GLOB", help="Only relative paths matching.")
@@ -2424,14 +2433,7 @@ def forget(ctx: Context, kb_id: str, match: tuple[str, ...], yes: bool) -> None:
     async def body(q: Queue) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
         counts = await StatusStore(q.engine).state_counts()
         if kb_id not in counts:
-            holds = (
-                _("the queue holds: {kbs}").format(kbs=", ".join(sorted(counts)))
-                if counts
-                else _("it is empty")
-            )
-            raise UserError(
-                _("the queue has no rows for {kb} ({holds})").format(kb=kb_id, holds=holds)
-            )
+            raise UserError(_no_rows(kb_id, counts))
         dropped = await q.forget_jobs(kb_id, matches, yes)
         shown = None if ctx.verbose else LIST_SHOWN
         return dropped, [] if yes else await q.forgettable(kb_id, matches, shown)
