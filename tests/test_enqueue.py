@@ -413,6 +413,12 @@ def test_a_folder_matched_only_in_part_is_still_entered(tmp_path: Path) -> None:
         ("--exclude", "./build/**", "can match nothing"),
         ("--exclude", "a//b", "can match nothing"),
         ("--include", "{1..2000}", "alternatives"),
+        ("--include", "[", "unbalanced ["),
+        ("--exclude", "*.[pdf", "unbalanced ["),
+        ("--include", "[]", "unbalanced ["),
+        ("--include", "[!]*", "unbalanced ["),
+        ("--include", "{a,[b}", "unbalanced ["),
+        ("--exclude", "x[/]y", "unbalanced ["),
     ],
 )
 def test_an_invalid_pattern_is_a_one_line_error_and_nothing_is_queued(

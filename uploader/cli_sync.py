@@ -23,12 +23,16 @@ from typing import Any
 
 import click
 
-from . import cli_dryrun, dryrun, filetypes, replace, saved, scan, watch
+from . import cli_dryrun, client, dryrun, filetypes, replace, saved, scan, watch
 from .cli import (
+    ENQUEUE_CHECK_TIMEOUT,
     YOUNG_LEFT_OUT,
     Context,
     DeletionsRefused,
+    ServiceError,
     UserError,
+    _check_service,
+    ask_service,
     cli,
     enqueue,
     given,
@@ -37,7 +41,7 @@ from .cli import (
     run,
     walk_filters,
 )
-from .exitcodes import ExitCode, worst
+from .exitcodes import ExitCode, exit_code, worst
 from .i18n import _
 from .printable import printable
 from .queue import Queue
@@ -81,6 +85,8 @@ class _Job:
     folder: str
     kb_id: str
     options: dict[str, Any]
+    job_id: int | None = None  # the saved job's, once it is saved
+    unsaved: dict[str, Any] | None = None  # a first sync's: saved once the service accepts it
 
 
 async def _jobs(
@@ -124,12 +130,9 @@ async def _jobs(
                 ).format(folder=directory)
             )
         first = saved.to_saved(opts)
-        if save:
-            await store.save(folder, kb_id, first)
-        note = _(
-            "saved the job {folder} -> {kb}: `uploader sync {folder}` repeats it with these options"
-        ).format(folder=directory, kb=kb_id)
-        return [_Job(directory, kb_id, saved.from_saved(first))], [note]
+        return [
+            _Job(directory, kb_id, saved.from_saved(first), unsaved=first if save else None)
+        ], []
     jobs: list[_Job] = []
     notes: list[str] = []
     for job in found:
@@ -144,12 +147,39 @@ async def _jobs(
                     folder=directory, kb=job.kb_id, changes="; ".join(map(str, differs))
                 )
             )
-        jobs.append(_Job(directory, job.kb_id, saved.from_saved(options)))
+        jobs.append(_Job(directory, job.kb_id, saved.from_saved(options), job.id))
     return jobs, notes
 
 
 def _job(job: SavedJob) -> _Job:
-    return _Job(os.fsdecode(job.folder), job.kb_id, saved.from_saved(job.options))
+    return _Job(os.fsdecode(job.folder), job.kb_id, saved.from_saved(job.options), job.id)
+
+
+def _save_first(ctx: Context, job: _Job, opts: dict[str, Any]) -> None:
+    """A folder's first sync saves its job only once the service has accepted its knowledge
+    base and the key: a mistyped --kb saved anyway was tried again by every later `uploader
+    sync`, which stopped at it with exit 3 before the jobs after it. A refusal queues nothing
+    either. A service that does not answer is no refusal: the job is saved, and the run says
+    what it finds."""
+    if job.unsaved is None:
+        return
+    _check_service(opts["api_key"], opts["base_url"], opts["allow_http"], "sync")
+    try:
+        ask_service(
+            opts["base_url"],
+            opts["api_key"],
+            lambda api: api.check_kb(job.kb_id),
+            min(opts["timeout"], ENQUEUE_CHECK_TIMEOUT),
+        )
+    except client.ApiError as exc:
+        if exit_code(exc) is ExitCode.REFUSED:
+            raise ServiceError(exc) from None
+    folder = os.path.realpath(os.fsencode(job.folder))
+    on_queue(ctx, lambda q: SavedJobsStore(q.engine).save(folder, job.kb_id, job.unsaved or {}))
+    note = _(
+        "saved the job {folder} -> {kb}: `uploader sync {folder}` repeats it with these options"
+    ).format(folder=job.folder, kb=job.kb_id)
+    ctx.echo(printable(note))
 
 
 def _sync(
@@ -185,6 +215,8 @@ def _sync(
     if directory is not None and not os.path.isdir(directory):
         what = _("does not exist") if not os.path.exists(directory) else _("is not a folder")
         raise UserError(f"{directory} {what}")
+    # a bad pattern is said before a job is saved or changed with it
+    walk_filters(opts["include"], opts["exclude"], None, None, opts["ignore_case"], None)
     jobs, notes = on_queue(
         ctx, lambda q: _jobs(q, directory, opts["kb_id"], opts, asked, save=not dry_run)
     )
@@ -198,6 +230,8 @@ def _sync(
         return
     for note in notes:
         ctx.echo(printable(note))
+    for job in jobs:
+        _save_first(ctx, job, opts)
     if watching:
         if "min_age" not in asked:
             opts["min_age"] = watch.SETTLE  # a file still being written waits for a later cycle
@@ -214,10 +248,38 @@ def _cycle(click_ctx: click.Context, ctx: Context, jobs: list[_Job], opts: dict[
     for n, job in enumerate(jobs):
         if len(jobs) > 1:
             ctx.echo(printable(_("sync {folder} -> {kb}").format(folder=job.folder, kb=job.kb_id)))
-        codes.append(_one(click_ctx, job, opts, last=n + 1 == len(jobs)))
+        try:
+            codes.append(_one(click_ctx, job, opts, last=n + 1 == len(jobs)))
+        except (ServiceError, UserError) as exc:
+            if len(jobs) == 1 or exc.exit_code not in _ONE_JOBS:
+                raise
+            codes.append(_went_on(exc, job))
         if codes[-1] == ExitCode.INTERRUPTED:
             break
     return worst(codes)
+
+
+# What stops one job of several and not the others (rclone's sync of many remotes goes on
+# past one that fails): its knowledge base refused (deleted, or the key lost its access),
+# its folder gone, a filter it was saved with that is bad today.
+_ONE_JOBS = (ExitCode.REFUSED, ExitCode.USAGE)
+
+
+def _went_on(exc: click.ClickException, job: _Job) -> ExitCode:
+    """Say why this job stopped and how to drop it; the other jobs go on, and the sync ends
+    with this code (or a worse one)."""
+    exc.show()
+    if job.job_id is not None:
+        click.echo(
+            printable(
+                _(
+                    "sync {folder} -> {kb} stopped; the other jobs go on "
+                    "(`uploader jobs --remove {id}` forgets this one)"
+                ).format(folder=job.folder, kb=job.kb_id, id=job.job_id)
+            ),
+            err=True,
+        )
+    return ExitCode(exc.exit_code)
 
 
 # A watch stops on what another cycle cannot fix: bad input, a refused key or knowledge base.

@@ -111,6 +111,28 @@ def _unmatchable(segments: list[str], hidden_too: bool) -> bool:
     return any(s in ("", ".", "..") or (hidden_too and s.startswith(".")) for s in segments)
 
 
+def _unclosed_bracket(pattern: str) -> bool:
+    """An unescaped `[` that opens no class (no `]` before the next `/`): wcmatch would match
+    it as a literal bracket, so `--include '['` silently matched nothing where rclone says
+    the pattern is bad. A `]` right after `[` or `[!` is the class's own, as in every glob."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            i += 2
+            continue
+        if pattern[i] == "[":
+            j = i + 1
+            j += pattern.startswith(("!", "^"), j)
+            j += pattern.startswith("]", j)
+            while j < len(pattern) and pattern[j] not in "]/":
+                j += 2 if pattern[j] == "\\" else 1
+            if j >= len(pattern) or pattern[j] == "/":
+                return True
+            i = j
+        i += 1
+    return False
+
+
 def _check(pattern: str, role: str) -> str:
     """The pattern to compile (an exclude `dir/` as rclone's `dir/**`), or a PatternError
     saying what is wrong with it."""
@@ -142,6 +164,13 @@ def _check(pattern: str, role: str) -> str:
             _(
                 "{pattern}: unbalanced {{ }} or a {{group}} without a comma (\\{{ for a literal "
                 "brace)"
+            ).format(pattern=shown)
+        )
+    if any(_unclosed_bracket(e) for e in expanded):
+        raise PatternError(
+            _(
+                "{pattern}: unbalanced [ ] (a [class] closes before any /; \\[ for a literal "
+                "bracket)"
             ).format(pattern=shown)
         )
     hidden_too = role != "exclude"

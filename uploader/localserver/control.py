@@ -55,6 +55,15 @@ class Control(ServerState):
     def delete_entry(self, entry_id: str) -> bool:
         return self._on_loop(self._remove_id, entry_id)
 
+    def drop_kb(self, kb: str) -> None:
+        """The knowledge base deleted in the web interface: every call naming it is a 404."""
+
+        def drop() -> None:
+            for table in (self._kb_names, self._lists, self._labels):
+                table.pop(kb, None)
+
+        self._on_loop(drop)
+
     def add_label(self, kb: str, name: str) -> dict[str, str]:
         """A label made as if in the web interface (not counted as a request)."""
         return self._on_loop(self._new_label, kb, name)
