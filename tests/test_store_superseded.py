@@ -71,6 +71,28 @@ async def test_a_changed_uploaded_file_remembers_its_entry_until_it_is_replaced(
 
 
 @async_test
+async def test_an_entry_two_runs_deleted_is_recorded_and_counted_by_one(
+    queue_target: str,
+) -> None:
+    """Two runs at once find the same entry due and both delete it: the first to settle
+    records the deletion, the other is told it recorded none."""
+    async with await open_queue(queue_target) as q:
+        [a] = await done_jobs(q, "a")
+        await q.enqueue_batch(KB, rows("a", size=11))
+        [again] = await q.claim(OWNER, 5, LEASE, KB)
+        await q.record_outcomes(OWNER, [outcome(again, OutcomeKind.DONE, file_id="file-a2")])
+        store = SupersededStore(q.engine)
+        gone = Deletion(KB, "file-a", "a", "superseded", "replaced by file-a2", "run", 1.0, a.id)
+
+        first = await store.settle_superseded([gone], [])
+        second = await store.settle_superseded([gone], [SupersedeFailure(KB, "file-a", "409")])
+
+        assert (first, second) == ([gone], [])
+        assert [d.entry_id async for d in StatusStore(q.engine).deletion_rows()] == ["file-a"]
+        assert await store.superseded_due(KB) == []
+
+
+@async_test
 async def test_a_superseded_entry_another_job_points_to_is_never_due(queue_target: str) -> None:
     async with await open_queue(queue_target) as q:
         await done_jobs(q, "a", "b")

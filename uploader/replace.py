@@ -113,7 +113,7 @@ async def drain(
     except ApiError as err:
         result.fatal = err
     finally:
-        await SupersededStore(q.engine).settle_superseded(deleted, failed)
+        deleted = await SupersededStore(q.engine).settle_superseded(deleted, failed)
     result.removed = sum(1 for d in deleted if d.reason == DeletionReason.REMOVED)
     result.superseded = len(deleted) - result.removed
     result.errors = [f"{f.entry_id}: {f.error}" for f in failed]

@@ -96,25 +96,34 @@ class SupersededStore:
 
     async def settle_superseded(
         self, deleted: Sequence[Deletion], failed: Sequence[SupersedeFailure]
-    ) -> None:
+    ) -> list[Deletion]:
         """One transaction: the `deleted` entries leave the superseded record and the stored
-        listing and join the deletions; each `failed` one counts an attempt and its error."""
-        gone = [(d.kb_id, d.entry_id) for d in deleted]
+        listing and join the deletions; each `failed` one counts an attempt and its error.
+        Returns the deletions recorded here: two runs at once find the same entries due and
+        both delete them, and only the one that takes an entry out of the record records (and
+        counts) its deletion, so that the runs' counts add up to what was deleted."""
+        mine: list[Deletion] = []
         async with self._db.transaction():
-            if gone:
-                await self._db.executemany(
-                    "DELETE FROM superseded WHERE kb_id = ? AND entry_id = ?", gone
+            for d in deleted:
+                taken = await self._db.execute(
+                    "DELETE FROM superseded WHERE kb_id = ? AND entry_id = ?", (d.kb_id, d.entry_id)
                 )
+                if taken:
+                    mine.append(d)
+            if deleted:
                 await self._db.executemany(
-                    "DELETE FROM remote_files WHERE kb_id = ? AND id = ?", gone
+                    "DELETE FROM remote_files WHERE kb_id = ? AND id = ?",
+                    [(d.kb_id, d.entry_id) for d in deleted],
                 )
-                await self._db.executemany(_RECORD_DELETION, deleted)
+            if mine:
+                await self._db.executemany(_RECORD_DELETION, mine)
             if failed:
                 await self._db.executemany(
                     "UPDATE superseded SET attempts = attempts + 1, last_error = ?"
                     " WHERE kb_id = ? AND entry_id = ?",
                     [(f.error, f.kb_id, f.entry_id) for f in failed],
                 )
+        return mine
 
     async def keep_superseded(self, entries: Sequence[Superseded]) -> None:
         """One transaction: mark these kept (run --keep-old-versions): never due again."""
