@@ -27,6 +27,9 @@ from uploader.model import (
     DuplicateItem,
     EnqueueCounts,
     ErrorKind,
+    HostCount,
+    HostScope,
+    JobState,
     ListedRow,
     OutcomeKind,
     RemoteStatus,
@@ -474,3 +477,49 @@ async def test_entries_listed_with_other_tags_are_counted_and_taken_as_applied(
         assert mismatch == TagMismatch("a", "file-a", hr, encode(["x"], {}))
         again = await q.enqueue_batch(KB, [tagged("a", hr), tagged("b", hr)])
         assert again.relabel == 1, "a's entry does not carry what it asks: sent again"
+
+
+@async_test
+async def test_the_counts_per_knowledge_base_host_and_entry_status_agree(
+    queue_target: str,
+) -> None:
+    """`status` and the end of a run read the counts per knowledge base, per host and per
+    entry status from one tally of the rows: each view sums the same rows."""
+    other = "kb-two"
+    async with await open_queue(queue_target, scope=HostScope("host-a")) as a:
+        await a.enqueue_batch(KB, rows("a1", "a2", "a3", size=3))
+        await a.enqueue_batch(other, rows("a4", size=5))
+        a1, a2, _a3 = await a.claim(OWNER, 3, LEASE, KB)
+        await a.record_outcomes(
+            OWNER,
+            [
+                outcome(a1, OutcomeKind.DONE, file_id="file-a1", filename="a1"),
+                outcome(a2, OutcomeKind.FAILED, error_kind=ErrorKind.HTTP_4XX, error="HTTP 400"),
+            ],
+        )
+    async with await open_queue(queue_target, scope=HostScope("host-b", shared=True)) as b:
+        await b.enqueue_batch(KB, rows("b1", "b2", size=7))
+        await b.enqueue_batch(other, rows("b3", size=11))
+    async with await open_queue(queue_target, scope=HostScope("host-b")) as b:
+        [b3] = await b.claim(OWNER, 1, LEASE, other)
+        await b.record_outcomes(OWNER, [outcome(b3, OutcomeKind.DONE, file_id="file-b3")])
+        await ListingStore(b.engine).set_remote_status([RemoteStatus("done", b3.id)])
+        reads = StatusStore(b.engine)
+        tally = await reads.tally()
+        assert tally.states() == await reads.state_counts()
+        assert tally.states() == {
+            KB: {"done": (1, 3), "failed": (1, 3), "running": (1, 3), "pending": (2, 14)},
+            other: {"pending": (1, 5), "done": (1, 11)},
+        }
+        assert tally.hosts() == await reads.host_counts()
+        assert tally.hosts() == [
+            HostCount("host-a", False, "done", 1),
+            HostCount("host-a", False, "failed", 1),
+            HostCount("host-a", False, "pending", 1),
+            HostCount("host-a", False, "running", 1),
+            HostCount("host-b", True, "done", 1),
+            HostCount("host-b", True, "pending", 2),
+        ]
+        assert tally.parsed() == {KB: {"unseen": 1}, other: {"done": 1}}
+        assert (tally.files_in(JobState.DONE), tally.files_in(JobState.PENDING)) == (2, 3)
+        assert await reads.error_kind_counts() == {"http_4xx": 1}

@@ -7,6 +7,7 @@ from tests.queue_backends import queue_target
 from uploader import queue
 from uploader.model import ScanRow
 from uploader.store.parse import ParseStore
+from uploader.store.status import StatusStore
 
 __all__ = ["queue_target"]  # the fixture, imported for pytest
 
@@ -30,7 +31,7 @@ async def test_seen_reasons_counts_and_reparse(queue_target: str) -> None:
     async with queue.opened(queue_target) as q:
         a, b, c = await _done(q, ["a.txt", "b.txt", "c.txt"])
         store = ParseStore(q.engine)
-        assert await store.counts() == {KB: {"unseen": 3}}
+        assert (await StatusStore(q.engine).tally()).parsed() == {KB: {"unseen": 3}}
         for job, status in ((a, "failed"), (b, "processing"), (c, "done")):
             await q.engine.execute("UPDATE jobs SET remote_status = ? WHERE id = ?", (status, job))
         await store.seen(KB, 200.0)
@@ -40,7 +41,8 @@ async def test_seen_reasons_counts_and_reparse(queue_target: str) -> None:
         assert rows[b].since == 100.0 and rows[b].relpath == "b.txt"
         assert [r.job_id for r in await store.rows(KB, ("failed",))] == [a]
         assert [r.job_id for r in await store.rows(job_ids=[b, c])] == [b, c]
-        assert await store.counts() == {KB: {"failed": 1, "processing": 1, "done": 1}}
+        parsed = (await StatusStore(q.engine).tally()).parsed()
+        assert parsed == {KB: {"failed": 1, "processing": 1, "done": 1}}
 
         await store.reparsing([(a, "e-a.txt"), (b, "not-its-entry")], 300.0)
         rows = {r.job_id: r for r in await store.rows(KB)}

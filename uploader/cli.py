@@ -2002,21 +2002,22 @@ def _print_replaced(replaced: Any) -> None:
 
 async def _status(q: Queue) -> dict[str, Any]:
     reads = StatusStore(q.engine)
-    counts = await reads.state_counts()
+    tally = await reads.tally()
     runs = RunsStore(q.engine)
     last = await runs.runs(last=1)
     if last:
         last[0]["fatal"] = await runs.run_fatal(last[0]["id"])
+    failed = await reads.error_kind_counts() if tally.files_in(JobState.FAILED) else {}
     return {
-        "knowledge_bases": {kb: _every_state(states) for kb, states in counts.items()},
-        "failed_by_kind": await reads.error_kind_counts(),
+        "knowledge_bases": {kb: _every_state(states) for kb, states in tally.states().items()},
+        "failed_by_kind": failed,
         # uploaded files per their entry's status as last seen (verify, run --wait-parsed)
-        "parsed": await ParseStore(q.engine).counts(),
+        "parsed": tally.parsed(),
         "last_run": report.with_iso_times(last[0]) if last else None,
         "remote": {v["kb_id"]: report.with_iso_times(v) for v in await reads.last_verifications()},
         "hosts": {
             label: {state.value: states.get(state, 0) for state in JobState}
-            for label, states in _hosts(await reads.host_counts()).items()
+            for label, states in _hosts(tally.hosts()).items()
         },
         # what is known of the bytes behind the entries (their hash, as uploaded) and the entries
         # of changed or removed files' old versions still to delete

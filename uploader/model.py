@@ -176,6 +176,59 @@ class HostCount(NamedTuple):
     files: int
 
 
+class TallyGroup(NamedTuple):
+    """Rows of one knowledge base, state, host, shared flag and entry status (None: not
+    listed yet, or not uploaded)."""
+
+    kb_id: str
+    state: str
+    host: str
+    shared: bool
+    remote_status: str | None
+    files: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Tally:
+    """The queue's rows counted in one read: `status` and the end of a run want them per
+    knowledge base, per host and per entry status at once, and each of those is a sum of
+    these groups (a million rows cost one scan, not one per view)."""
+
+    groups: list[TallyGroup]
+
+    def states(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """{kb_id: {state: (files, bytes)}}; states without rows are absent."""
+        result: dict[str, dict[str, tuple[int, int]]] = {}
+        for g in self.groups:
+            states = result.setdefault(g.kb_id, {})
+            files, size = states.get(g.state, (0, 0))
+            states[g.state] = (files + g.files, size + g.size)
+        return result
+
+    def hosts(self) -> list[HostCount]:
+        """Rows per (host, shared, state), ordered by host, shared, state."""
+        files: dict[tuple[str, bool, str], int] = {}
+        for g in self.groups:
+            key = (g.host, g.shared, g.state)
+            files[key] = files.get(key, 0) + g.files
+        return [HostCount(*key, n) for key, n in sorted(files.items())]
+
+    def parsed(self) -> dict[str, dict[str, int]]:
+        """Per knowledge base, done files per their entry's last seen status ('unseen': never
+        listed)."""
+        result: dict[str, dict[str, int]] = {}
+        for g in self.groups:
+            if g.state == JobState.DONE:
+                seen = result.setdefault(g.kb_id, {})
+                status = g.remote_status or "unseen"
+                seen[status] = seen.get(status, 0) + g.files
+        return result
+
+    def files_in(self, state: JobState) -> int:
+        return sum(g.files for g in self.groups if g.state == state)
+
+
 @dataclass
 class Job:
     """A claimed row; the attempt updates `size`, `step`, `s3_key`, `filename` and

@@ -240,11 +240,11 @@ async def _record(queue: Queue, run_id: int, result: RunResult) -> None:
 
 async def _after(queue: Queue, options: RunOptions, result: RunResult, run_id: int) -> RunOutcome:
     """Where the queue stands after the run."""
-    status = StatusStore(queue.engine)
-    after = await status.state_counts()
+    tally = await StatusStore(queue.engine).tally()
+    after = tally.states()
     elsewhere = 0
     if not options.shared:
-        elsewhere = pending_elsewhere(await status.host_counts(), options.host_id)
+        elsewhere = pending_elsewhere(tally.hosts(), options.host_id)
     return RunOutcome(
         result,
         run_id,
@@ -294,7 +294,8 @@ async def nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | No
         return None
     if await scan_in_progress(q, kb_id, make_owner(q.scope.host)):
         return None  # an enqueue is still walking: the run waits for its rows
-    counts = await StatusStore(q.engine).state_counts()
+    tally = await StatusStore(q.engine).tally()
+    counts = tally.states()
     if kb_id is not None and kb_id not in counts:
         holds = (
             _("the queue holds: {kbs}").format(kbs=", ".join(sorted(counts)))
@@ -317,7 +318,7 @@ async def nothing_pending(q: Queue, kb_id: str | None, host_id: str) -> str | No
         if kb_id
         else _("nothing pending ({held})").format(held=held)
     )
-    hosts = await StatusStore(q.engine).host_counts()
+    hosts = tally.hosts()
     elsewhere = pending_elsewhere(hosts, host_id)
     if elsewhere:
         _left_to_no_one(await _pending_by_host(q, hosts, host_id, kb_id), host_id)

@@ -37,10 +37,6 @@ SELECT id, kb_id, path, relpath, file_id, remote_status, remote_error, remote_se
        COALESCE(parse_since, finished_at)
 FROM jobs WHERE state = 'done' AND file_id IS NOT NULL"""
 
-_COUNTS = """
-SELECT kb_id, COALESCE(remote_status, 'unseen'), COUNT(*) FROM jobs
-WHERE state = 'done' GROUP BY kb_id, COALESCE(remote_status, 'unseen')"""
-
 _REPARSING = """
 UPDATE jobs SET remote_status = 'initial', remote_error = NULL, parse_since = ?,
        remote_seen_at = ?
@@ -93,13 +89,6 @@ class ParseStore:
         await self._db.executemany(
             "UPDATE jobs SET remote_error = ? WHERE id = ?", [(r, i) for i, r in reasons]
         )
-
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """Per knowledge base, done files per last seen status ('unseen': never listed)."""
-        counts: dict[str, dict[str, int]] = {}
-        for kb_id, status, n in await self._db.fetch(_COUNTS):
-            counts.setdefault(kb_id, {})[status] = n
-        return counts
 
     async def reparsing(self, entries: Sequence[tuple[int, str]], at: float) -> None:
         """(job id, entry id) whose entry was asked to parse again `at`: parsing anew from

@@ -17,6 +17,8 @@ from ..model import (
     PendingRow,
     ReportRow,
     SkippedRow,
+    Tally,
+    TallyGroup,
     VerificationItem,
 )
 from .engine import Engine, Pair
@@ -63,12 +65,25 @@ SELECT COUNT(*),
        AVG(CASE WHEN state = 'done' THEN duration END)
 FROM jobs"""
 
-_CONTENT_COUNTS = """
-SELECT kb_id, 'hashed', COUNT(*) FROM jobs
+# Grouped in the order of SQLite's index jobs_counts (migration 0024): one read of the index
+# alone, its groups met in order (no sort). PostgreSQL reads the table once and hashes the
+# groups (the estimate of their number stays small: one column of unknown spread).
+_TALLY = """
+SELECT kb_id, state, host, shared, remote_status, COUNT(*), COALESCE(SUM(size), 0) FROM jobs
+GROUP BY kb_id, state, host, shared, remote_status"""
+
+# The uploaded files with a content hash are the rows of the partial index jobs_content:
+# SQLite's planner reads them through the claim index's state = 'done' instead, a lookup in
+# the table for each done row (a million: 0.5 s of CPU against 0.1 s for the index).
+_CONTENT_COUNTS = Pair.of(
+    """
+SELECT kb_id, 'hashed', COUNT(*) FROM jobs{hashed}
 WHERE state = 'done' AND content_hash IS NOT NULL GROUP BY kb_id
 UNION ALL
 SELECT kb_id, CASE WHEN kept THEN 'old_versions_kept' ELSE 'superseded' END, COUNT(*)
-FROM superseded GROUP BY 1, 2"""
+FROM superseded GROUP BY 1, 2""",
+    hashed=Pair(sqlite=" INDEXED BY jobs_content", postgresql=""),
+)
 
 _DELETION_ROWS = """
 SELECT d.kb_id, d.entry_id, d.filename, d.reason, d.detail, d.command, d.deleted_at, j.path
@@ -107,13 +122,19 @@ class StatusStore:
             result.setdefault(kb, {})[state] = (count, int(size))
         return result
 
+    async def tally(self) -> Tally:
+        """Every row counted per knowledge base, state, host, shared and entry status, in one
+        read: what `status` and the end of a run show of the queue."""
+        return Tally(
+            [
+                TallyGroup(kb, state, host, bool(shared), seen, n, int(size))
+                for kb, state, host, shared, seen, n, size in await self._db.fetch(_TALLY)
+            ]
+        )
+
     async def host_counts(self) -> list[HostCount]:
         """Rows per (host, shared, state), ordered by host, shared, state."""
-        rows = await self._db.fetch(
-            "SELECT host, shared, state, COUNT(*) FROM jobs GROUP BY host, shared, state"
-            " ORDER BY host, shared, state"
-        )
-        return [HostCount(host, bool(shared), state, n) for host, shared, state, n in rows]
+        return (await self.tally()).hosts()
 
     async def content_counts(self) -> dict[str, dict[str, int]]:
         """{kb_id: {"hashed": done jobs with a content hash, "superseded": entries waiting to

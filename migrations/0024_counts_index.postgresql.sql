@@ -1,0 +1,7 @@
+-- Nothing to do on PostgreSQL. SQLite's 0024 replaces an index; PostgreSQL dropped its twin
+-- in 0004, so that a claim and a completion maintain fewer indexes (every change of a row's
+-- state writes a new entry into each index over the row). An index for the counts would cost
+-- the enqueue's insert, the claim and the completion an entry each, and serve the counts from
+-- the index alone only where VACUUM has marked the table's pages all-visible, rarely so on a
+-- queue being worked: the tally of uploader/store/status.py reads the table once instead
+-- (a parallel scan, its groups hashed).
