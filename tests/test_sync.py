@@ -369,3 +369,27 @@ def test_watch_uploads_a_file_once_it_stopped_changing(
     (slow,) = [e for e in maiagent.entries(KB) if e["filename"] == "slow.txt"]
     assert maiagent.entry_content(slow["id"]) == first + b"." * 12 + rest
     assert maiagent.stats()["register"] == 2  # a.txt, then slow.txt once: never its first half
+
+
+def test_an_edit_that_keeps_size_and_time_is_seen_only_once_the_time_moves(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """Change detection is size plus modification time, as rclone's default (the README says
+    so): an edit that keeps both is not seen; `touch` makes the next sync compare the bytes
+    with the uploaded ones and replace the entry."""
+    data = make_tree(tmp_path / "share", {"a.txt": 0})
+    (data / "a.txt").write_bytes(b"version 1\n")
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(data), "--kb", KB).exit_code == 0
+    before = os.stat(data / "a.txt")
+    (data / "a.txt").write_bytes(b"version 2\n")
+    os.utime(data / "a.txt", ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    unseen = sync(db, maiagent, str(data))
+    os.utime(data / "a.txt")
+    seen = sync(db, maiagent, str(data))
+
+    assert unseen.exit_code == 0 and "1 unchanged" in unseen.stdout, unseen.output
+    assert seen.exit_code == 0, seen.output
+    [entry] = maiagent.entries(KB)
+    assert maiagent.entry_content(entry["id"]) == b"version 2\n"
