@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.helpers import async_test
 from tests.queue_backends import KB, LEASE, OWNER, outcome, queue_target, rows
-from uploader.model import OutcomeKind
+from uploader.model import OutcomeKind, ScanRow
 from uploader.queue import open_queue
 from uploader.store.moves import MovesStore
 
@@ -24,13 +24,13 @@ async def test_an_uploaded_file_moves_to_a_new_path_with_its_entry(queue_target:
         )
         store = MovesStore(q.engine, q.scope)
 
-        found = await store.uploaded_of_sizes(KB, [10, 99])
+        found = await store.uploaded_like(KB, [(10, "a"), (10, "b"), (10, "c"), (99, "a")])
         assert [(u.path, u.relpath, u.content_hash) for u in found] == [
             (b"/data/a", "a", "hash-a"),
             (b"/data/b", "b", "hash-b"),
         ]
-        assert await store.uploaded_of_sizes(KB, [99]) == []
-        assert await store.uploaded_of_sizes("kb-other", [10]) == []
+        assert await store.uploaded_like(KB, [(99, "a")]) == []
+        assert await store.uploaded_like("kb-other", [(10, "a")]) == []
         assert await store.any_of_sizes(KB, [10, 99])
         assert not await store.any_of_sizes(KB, [99])
         assert not await store.any_of_sizes("kb-other", [10])
@@ -44,3 +44,49 @@ async def test_an_uploaded_file_moves_to_a_new_path_with_its_entry(queue_target:
             "SELECT relpath, file_id, state FROM jobs WHERE path = ?", (b"/moved/a",)
         )
         assert moved == ("moved/a", "file-a", "done")
+
+
+@async_test
+async def test_uploaded_files_are_found_by_size_and_their_own_name_only(queue_target: str) -> None:
+    """The lookup compares the last part of the path, literally: a folder's name, a longer name
+    ending the same, and LIKE's wildcards or escape (% _ \\) in a name never match another."""
+    uploaded = [
+        "a/b/x.txt",
+        "x.txt",
+        "a/bx.txt",
+        "x.txt/y",
+        "c/d/x.txt.bak",
+        "p/100%_\\.txt",
+        "p/100ab\\.txt",
+        "p/100%_\\\\.txt",
+        "報告/報告 ü.txt",
+        "報告 ü.txt",
+        "q/報告 u.txt",
+    ]
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(
+            KB,
+            [ScanRow(f"/data/{n}".encode(), n, 10, 1000) for n in uploaded]
+            + [ScanRow(b"/data/big/x.txt", "big/x.txt", 11, 1000)]
+            + [ScanRow(b"/data/later/x.txt", "later/x.txt", 10, 1000)],
+        )
+        jobs = await q.claim(OWNER, len(uploaded) + 2, LEASE, KB)
+        done = [j for j in jobs if j.relpath != "later/x.txt"]  # stays running: not uploaded
+        for j in done:
+            j.content_hash = f"hash-{j.relpath}"
+        await q.record_outcomes(
+            OWNER, [outcome(j, OutcomeKind.DONE, file_id=f"file-{j.relpath}") for j in done]
+        )
+        store = MovesStore(q.engine, q.scope)
+
+        async def like(*wanted: tuple[int, str]) -> list[str]:
+            return [u.relpath for u in await store.uploaded_like(KB, list(wanted))]
+
+        assert await like((10, "x.txt")) == ["a/b/x.txt", "x.txt"]
+        assert await like((11, "x.txt")) == ["big/x.txt"]
+        assert await like((10, "x.txt"), (11, "x.txt")) == ["a/b/x.txt", "x.txt", "big/x.txt"]
+        assert await like((10, "100%_\\.txt")) == ["p/100%_\\.txt"]
+        assert await like((10, "100__\\.txt"), (10, "100%.txt"), (10, "%")) == []
+        assert await like((10, "報告 ü.txt")) == ["報告/報告 ü.txt", "報告 ü.txt"]
+        assert await like((10, "報告 u.txt"), (10, "y")) == ["x.txt/y", "q/報告 u.txt"]
+        assert await like((10, "b/x.txt"), (10, "bx"), (10, "txt"), (10, "")) == []

@@ -56,8 +56,10 @@ class Moves:
         """Move the rows of the uploaded files this batch's new files are; how many moved.
         Runs before the batch is written, so a moved file is never queued as new (and never
         claimed by a run going on). Only the files no row holds are looked at, and only the
-        uploaded files of their size and name are stat'ed: a re-enqueue of files already
-        queued costs a lookup of their paths, not a read of every uploaded file of their sizes."""
+        uploaded files of their size and name are read and stat'ed: a re-enqueue of files
+        already queued costs a lookup of their paths, and a batch of new files one lookup per
+        (size, name), not a read of every uploaded file of their sizes (which grew with every
+        file a run beside the walk uploaded)."""
         readable = [r for r in batch if r.skip is None]
         if not await self._store.any_of_sizes(self._kb, sorted({r.size for r in readable})):
             return 0  # no file of the batch can be a move: its paths need no lookup
@@ -65,11 +67,11 @@ class Moves:
         new = [r for r in readable if r.path not in queued]
         if not new:
             return 0
-        wanted = {(r.size, _basename(r.relpath)) for r in new}
+        wanted = sorted({(r.size, _basename(r.relpath)) for r in new})
         candidates = [
             old
-            for old in await self._store.uploaded_of_sizes(self._kb, sorted({r.size for r in new}))
-            if old.id not in self._taken and (old.size, _basename(old.relpath)) in wanted
+            for old in await self._store.uploaded_like(self._kb, wanted)
+            if old.id not in self._taken
         ]
         unknown = [old for old in candidates if old.id not in self._gone]
         self._gone.update(await asyncio.to_thread(lambda: {o.id: _gone(o.path) for o in unknown}))

@@ -5,11 +5,12 @@ uploader/moves.py's."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..model import HostScope
-from .engine import Engine, Pair, in_array
+from .engine import Dialect, Engine, Pair
 
 
 class Uploaded(NamedTuple):
@@ -22,23 +23,41 @@ class Uploaded(NamedTuple):
     content_hash: str
 
 
-_OF_SIZES = Pair.of(
-    """
-SELECT id, path, relpath, size, content_hash FROM jobs
-WHERE kb_id = ? AND {sizes} AND state = 'done' AND content_hash IS NOT NULL
-  AND file_id IS NOT NULL AND (shared OR host IN ('', ?) OR ?)
-ORDER BY id""",
-    sizes=in_array("size"),
+# The wanted (size, own name) pairs joined to the uploaded files: one JSON array of pairs on
+# SQLite, two arrays on PostgreSQL. The name (the last part of relpath) is spelled exactly as
+# migration 0025's index spells it: any other spelling reads every uploaded file of the size.
+_WANTED = Pair(
+    sqlite="""json_each(?) AS w CROSS JOIN jobs AS j
+  ON j.size = json_extract(w.value, '$[0]')
+  AND substr(j.relpath, length(rtrim(j.relpath, replace(j.relpath, '/', ''))) + 1)
+    = json_extract(w.value, '$[1]')""",
+    postgresql="""unnest(?::bigint[], ?::text[]) AS w (size, name) JOIN jobs AS j
+  ON j.size = w.size AND regexp_replace(j.relpath, '^.*/', '') = w.name""",
 )
 
-# Whether any is: most batches of a walk are of a folder never uploaded before.
-_ANY_OF_SIZES = Pair.of(
+_LIKE = Pair.of(
     """
-SELECT 1 FROM jobs
-WHERE kb_id = ? AND {sizes} AND state = 'done' AND content_hash IS NOT NULL
-  AND file_id IS NOT NULL AND (shared OR host IN ('', ?) OR ?)
+SELECT j.id, j.path, j.relpath, j.size, j.content_hash FROM {wanted}
+WHERE j.kb_id = ? AND j.state = 'done' AND j.content_hash IS NOT NULL
+  AND j.file_id IS NOT NULL AND (j.shared OR j.host IN ('', ?) OR ?)
+ORDER BY j.id""",
+    wanted=_WANTED,
+)
+
+# Whether any is: most batches of a walk are of a folder never uploaded before. On SQLite one
+# probe per size, the sizes outside: with `size IN (...)` it walked the uploaded files by their
+# hash (jobs_content) until one was of a size asked, every one of them where none is.
+_ANY_OF_SIZES = Pair(
+    sqlite="""
+SELECT 1 FROM json_each(?) AS w CROSS JOIN jobs AS j ON j.size = w.value
+WHERE j.kb_id = ? AND j.state = 'done' AND j.content_hash IS NOT NULL
+  AND j.file_id IS NOT NULL AND (j.shared OR j.host IN ('', ?) OR ?)
 LIMIT 1""",
-    sizes=in_array("size"),
+    postgresql="""
+SELECT 1 FROM jobs AS j
+WHERE j.size = ANY(?) AND j.kb_id = ? AND j.state = 'done' AND j.content_hash IS NOT NULL
+  AND j.file_id IS NOT NULL AND (j.shared OR j.host IN ('', ?) OR ?)
+LIMIT 1""",
 )
 
 _CHUNK = 500  # paths per lookup (bound variables)
@@ -56,13 +75,19 @@ class MovesStore:
         self._db = engine
         self._scope = scope
 
-    async def uploaded_of_sizes(self, kb_id: str, sizes: Sequence[int]) -> list[Uploaded]:
-        """The uploaded files of the knowledge base, of these sizes, whose bytes are known
-        (rows of this scope only), by id."""
-        if not sizes:
+    async def uploaded_like(self, kb_id: str, wanted: Sequence[tuple[int, str]]) -> list[Uploaded]:
+        """The uploaded files of the knowledge base whose bytes are known and whose (size, own
+        name) is one of `wanted`, each pair once (rows of this scope only), by id: one probe of
+        an index per pair, however many files of those sizes were uploaded."""
+        if not wanted:
             return []
-        params = (kb_id, self._db.array(list(sizes)), self._scope.host, self._scope.shared)
-        rows = await self._db.fetch(_OF_SIZES, params)
+        pairs: tuple[object, ...]
+        if self._db.dialect is Dialect.SQLITE:
+            pairs = (json.dumps([list(w) for w in wanted]),)
+        else:
+            pairs = ([size for size, _name in wanted], [name for _size, name in wanted])
+        params = (*pairs, kb_id, self._scope.host, self._scope.shared)
+        rows = await self._db.fetch(_LIKE, params)
         return [Uploaded(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
 
     async def any_of_sizes(self, kb_id: str, sizes: Sequence[int]) -> bool:
@@ -70,7 +95,7 @@ class MovesStore:
         are known (rows of this scope only): one probe of an index."""
         if not sizes:
             return False
-        params = (kb_id, self._db.array(list(sizes)), self._scope.host, self._scope.shared)
+        params = (self._db.array(list(sizes)), kb_id, self._scope.host, self._scope.shared)
         return await self._db.fetchval(_ANY_OF_SIZES, params) is not None
 
     async def queued(self, kb_id: str, paths: Sequence[bytes]) -> set[bytes]:
