@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -439,6 +440,37 @@ def test_runs_as_a_process() -> None:
             assert time.monotonic() - started < 3
         finally:
             process.kill()
+
+
+@pytest.mark.posix_only("sends a POSIX signal to a child process")
+def test_a_client_that_goes_away_mid_request_is_one_line_not_a_traceback() -> None:
+    """A killed uploader leaves requests half sent (`make demo`, the adversarial passes): the
+    server said so with a traceback of aiohttp's internals for each."""
+    command = [sys.executable, "-m", "uploader.localserver", "--port", "0"]
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            line = process.stdout.readline() if process.stdout else ""
+            port = urllib.parse.urlsplit(line.split()[-1]).port
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", port or 0)) as half:
+                    half.sendall(
+                        b"POST /api/v1/knowledge-bases/kb-test/files/ HTTP/1.1\r\nHost: x\r\n"
+                        b"Authorization: Api-Key test-key\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n{"
+                    )
+                    time.sleep(0.2)  # the handler is reading the body
+            time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=10)
+        finally:
+            process.kill()
+    assert (
+        err.splitlines()
+        == ["POST /api/v1/knowledge-bases/kb-test/files/: the client went away (Connection lost)"]
+        * 2
+    )
 
 
 def test_a_bad_knob_value_on_the_command_line_is_one_line() -> None:

@@ -60,9 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve_forever(server, args.port))
-    else:
-        uvloop.run(_serve_forever(server, args.port))
+        uvloop = None  # served outside the except block: its error is no context of theirs
+    (asyncio.run if uvloop is None else uvloop.run)(_serve_forever(server, args.port))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -22,6 +23,21 @@ from uploader.localserver.state import running_loop
 from uploader.localserver.wire import API_PREFIX, answer, csv_set, detail, drop, read_json, s3_error
 
 _PADDING = b" " * CHUNK
+log = logging.getLogger("uploader.localserver")
+
+
+@web.middleware
+async def _went_away(
+    request: web.Request, handler: Callable[[web.Request], Any]
+) -> web.StreamResponse:
+    """A client killed mid-request (kill -9 of a run, a dropped connection) is said in one
+    line: aiohttp logged a traceback of its own internals for each, which buried what a demo
+    or a test printed. The answer goes nowhere: aiohttp drops a write to a closed connection."""
+    try:
+        return await handler(request)
+    except ConnectionError as exc:
+        log.warning("%s %s: the client went away (%s)", request.method, request.path, exc)
+        return web.Response(status=400)
 
 
 class MaiAgentServer(Control, KnowledgeBaseApi, S3Store):
@@ -34,7 +50,7 @@ class MaiAgentServer(Control, KnowledgeBaseApi, S3Store):
     def make_app(self) -> web.Application:
         # under s3_bandwidth a connection reads ahead little (see _narrow_socket)
         narrow = {"read_bufsize": PACED_CHUNK} if self.faults.s3_bandwidth > 0 else {}
-        app = web.Application(middlewares=[self._middleware], handler_args=narrow)
+        app = web.Application(middlewares=[_went_away, self._middleware], handler_args=narrow)
         kbs = API_PREFIX + "knowledge-bases/"
         files = kbs + "{kb}/files/"
         app.add_routes(
