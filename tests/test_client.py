@@ -36,8 +36,8 @@ from uploader.client import (
     _retry_after,
     check_base_url,
     make_session,
-    small_form,
 )
+from uploader.forms import small_form
 from uploader.model import ErrorKind, Severity
 from uploader.queue import open_queue
 from uploader.reconcile import RemoteIndex
@@ -610,7 +610,7 @@ async def test_upload_accepts_a_non_utf8_file_name(tmp_path: Any) -> None:
 async def test_a_small_form_is_the_bytes_aiohttps_multipart_writer_makes(
     fields: dict[str, str], filename: str
 ) -> None:
-    """The small upload's form is joined by hand (client.small_form) for its CPU: byte for
+    """The small upload's form is joined by hand (forms.small_form) for its CPU: byte for
     byte what aiohttp's writer makes of the same fields, file and name."""
     data = b"%PDF-1.7 \r\n--x--\r\n" + bytes(range(256))
     writer = aiohttp.MultipartWriter("form-data", boundary="0123abcd")

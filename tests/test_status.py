@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import execute, invoke, make_tree, one_line_error
+from tests.helpers import child_env, command, execute, invoke, make_tree, one_line_error
 
 EMPTY = {"files": 0, "bytes": 0}
 STATES = ("pending", "running", "done", "failed", "skipped")
@@ -144,3 +145,27 @@ def test_status_without_a_database_is_a_clear_error(tmp_path: Path) -> None:
         assert "no database" in line
         assert "missing.db" in line
     assert not db.exists()
+
+
+# Said by the child as it exits: which of the libraries only other commands need were imported.
+_IMPORTED = (
+    "import atexit, sys; atexit.register(lambda: print(sorted(m for m in ('aiohttp', "
+    "'asyncpg', 'openpyxl') if m in sys.modules), file=sys.stderr)); "
+)
+
+
+def test_status_imports_no_http_or_postgresql_library(tmp_path: Path) -> None:
+    """`status` never talks to the service: aiohttp (a sixth of a second to import), asyncpg
+    and openpyxl are left to the commands that use them, so that it starts at once."""
+    db = two_knowledge_bases(tmp_path)
+    for args in (["status"], ["status", "--json"]):
+        done = subprocess.run(
+            command(db, *args, boot=_IMPORTED),
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == "[]"

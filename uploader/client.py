@@ -22,26 +22,25 @@ import os
 import re
 import stat
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-import aiohttp
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.helpers import content_disposition_header
-
 from . import network, osfiles
-from .bandwidth import SLICE, Bandwidth, Progress, idle_watch
+from .bandwidth import Bandwidth, Progress, idle_watch
 from .clock import ServiceClock
-from .content import digest_of, new_digest
+from .content import digest_of
 from .errors import ApiError
 from .i18n import _
 from .limits import is_out_of_files, out_of_files_message
 from .model import ErrorKind, Severity
 from .transport import AiohttpTransport, Request, Timeout, TooLarge, Transport
+
+if TYPE_CHECKING:
+    # aiohttp is imported where a request is made (forms.py says why)
+    import aiohttp
 
 Method = Literal["PATCH", "POST"]
 LabelForm = Literal["objects", "ids"]
@@ -51,7 +50,6 @@ _log = logging.getLogger("uploader.http")
 
 MIB = 1024 * 1024
 SMALL_FILE = 256 * 1024  # read whole: one executor hop instead of a streamed payload
-_CHUNK = 256 * 1024  # large chunks: fewer executor hops per streamed file
 _CONNECT_TIMEOUT = 10.0  # separate from the total so a failed connect is known not to have sent
 _MAX_PAUSE = 300.0  # a silly Retry-After must not freeze the pool for hours
 _DETAIL_CHARS = 200
@@ -627,89 +625,6 @@ class _Gone:
 _GONE = _Gone()
 
 
-class _FilePart(aiohttp.Payload):
-    """A file streamed from disk whose length is fixed when it is opened.
-
-    aiohttp computes Content-Length from `size` before sending (S3 refuses chunked POSTs);
-    sending exactly that many bytes keeps the request well-formed even if the file grows
-    meanwhile, and a file that shrinks fails the request instead of stalling it.
-    """
-
-    def __init__(
-        self, file: io.FileIO, size: int, progress: Progress, bandwidth: Bandwidth | None
-    ) -> None:
-        super().__init__(file, content_type="application/octet-stream")
-        self._size = size
-        self._length = size  # _size, typed as never None
-        self._progress = progress
-        self._bandwidth = bandwidth
-        self.content_hash: str | None = None  # once every byte was written
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        # pread, not read: when an early answer lets the caller close the file while a read
-        # still runs in its thread, that read cannot move the position of whatever file
-        # reuses the descriptor number. Each chunk is hashed in the same thread hop, while
-        # the previous one is on the wire (the hash is cheap: content.py).
-        loop = asyncio.get_running_loop()
-        fd, offset = self._value.fileno(), 0
-        digest = new_digest()
-        self._progress.attach(getattr(writer, "transport", None))
-        while offset < self._length:
-            length = min(self._length - offset, _CHUNK)
-            chunk = await loop.run_in_executor(None, _read_hashed, fd, length, offset, digest)
-            if not chunk:
-                # not shown: said as _changed's message
-                raise _Shrank("file shrank while it was being uploaded")
-            await _write(writer, chunk, self._progress, self._bandwidth)
-            offset += len(chunk)
-        self.content_hash = digest.hexdigest()
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        raise TypeError("a streamed file part is never decoded")
-
-
-class _FormBody(aiohttp.Payload):
-    """A small upload's whole form, in one buffer: one send, unless --bwlimit paces it."""
-
-    def __init__(
-        self, body: bytes, content_type: str, progress: Progress, bandwidth: Bandwidth | None
-    ) -> None:
-        super().__init__(body, content_type=content_type)
-        self._size = len(body)
-        self._progress = progress
-        self._bandwidth = bandwidth
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        self._progress.attach(getattr(writer, "transport", None))
-        await _write(writer, self._value, self._progress, self._bandwidth)
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        raise TypeError("an upload form is never decoded")
-
-
-async def _write(
-    writer: AbstractStreamWriter, data: bytes, progress: Progress, bandwidth: Bandwidth | None
-) -> None:
-    """Bytes of an upload onto the wire, counted for the idle watch and, under --bwlimit,
-    no faster than the run's share allows."""
-    if bandwidth is None:
-        await writer.write(data)
-        progress.handed += len(data)
-        return
-    view = memoryview(data)
-    for start in range(0, len(view), SLICE):
-        piece = view[start : start + SLICE]
-        await bandwidth.take(len(piece))
-        await writer.write(piece)
-        progress.handed += len(piece)
-
-
-def _read_hashed(fd: int, length: int, offset: int, digest: Any) -> bytes:
-    chunk = osfiles.read_at(fd, length, offset)
-    digest.update(chunk)
-    return chunk
-
-
 class MaiAgentClient:
     """The MaiAgent API and the S3 POST, every request sent through one `Transport`
     (transport.py: aiohttp over one shared session, or a test's in-memory service).
@@ -737,6 +652,8 @@ class MaiAgentClient:
         when none of its bytes moved for that long (bandwidth.py); `bandwidth` (--bwlimit)
         paces every upload's bytes together; `gate`, the pool's outage gate, is waited on
         before every request and hears of every answer below 500 (`with_gate`)."""
+        import aiohttp
+
         if isinstance(transport, aiohttp.ClientSession):
             transport = AiohttpTransport(transport)
         self._transport = transport
@@ -801,6 +718,8 @@ class MaiAgentClient:
         upload is not one version of the file, and a transient `changed` tells the caller
         to stat again and upload what is there now, never to register this key.
         """
+        from . import forms
+
         if size <= SMALL_FILE:
             opened = _open_content(path, size, follow_symlinks)  # cheaper than a thread hop
         else:
@@ -812,15 +731,15 @@ class MaiAgentClient:
         try:
             try:
                 progress = Progress()
-                form, part = await _form(
+                form, part = await forms.form_of(
                     p.fields, content, size, filename, progress, self._bandwidth
                 )
                 status, body, retry_after = await self._post_watched(p.url, form, progress)
-            except (ApiError, _Shrank) as exc:
+            except (ApiError, forms.Shrank) as exc:
                 # A file cut short mid-stream shows up as a failed request: say what it was.
                 if not isinstance(content, bytes):
                     _same_file(content.fileno(), before)
-                if isinstance(exc, _Shrank):
+                if isinstance(exc, forms.Shrank):
                     raise _changed(size, _("it shrank while it was read")) from None
                 raise
             if not isinstance(content, bytes):
@@ -833,7 +752,7 @@ class MaiAgentClient:
         if isinstance(content, bytes):
             digest = digest_of(content)
         else:
-            assert isinstance(part, _FilePart) and part.content_hash is not None
+            assert isinstance(part, forms.FilePart) and part.content_hash is not None
             digest = part.content_hash
         return Uploaded(before.st_size, before.st_mtime_ns, digest)
 
@@ -1212,6 +1131,8 @@ class MaiAgentClient:
         A success body is read up to `max_body` and an error body up to 64 KiB, chunk by
         chunk: a proxy's 400 MB answer costs a closed connection, not the memory.
         """
+        import aiohttp
+
         gate = self._gate
         if gate is not None:
             await gate.wait_open()
@@ -1344,6 +1265,8 @@ class MaiAgentClient:
     def _network_error(
         self, op: str, exc: BaseException, seconds: float | None, unsafe: bool
     ) -> ApiError:
+        import aiohttp
+
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             return self._error(f"{op}: {_untrusted(exc)}", Severity.FATAL, ErrorKind.TLS)
         if isinstance(exc, aiohttp.ClientHttpProxyError) and exc.status < 500:
@@ -1441,6 +1364,8 @@ def _scrub_key(text: str, key: str) -> str:
 def make_session(workers: int) -> aiohttp.ClientSession:
     """One session for the whole run (call it inside the event loop), pooled to the workers;
     it trusts the CAs `network.current()` names (the proxy is chosen per request)."""
+    import aiohttp
+
     connector = aiohttp.TCPConnector(
         limit=workers * 2 + 4,
         ttl_dns_cache=300,
@@ -1480,10 +1405,6 @@ def _kb_path(kb_id: str) -> str:
 
 def _file_path(kb_id: str, file_id: str) -> str:
     return f"{_kb_path(kb_id)}{quote(str(file_id), safe='')}/"
-
-
-class _Shrank(OSError):
-    """The file ended before the length the request declared."""
 
 
 def _open_content(
@@ -1574,62 +1495,6 @@ def _changed(queued: int, now: str) -> ApiError:
         size=queued, now=now
     )
     return ApiError(message, kind=Severity.TRANSIENT, error_kind=ErrorKind.CHANGED)
-
-
-async def _form(
-    fields: dict[str, str],
-    content: bytes | io.FileIO,
-    size: int,
-    filename: str,
-    progress: Progress,
-    bandwidth: Bandwidth | None,
-) -> tuple[aiohttp.Payload, _FilePart | None]:
-    """The form body and its streamed file part (None for a small file, read whole): the
-    policy fields first, the file last (S3 ignores whatever follows the file).
-
-    A small form goes as one buffer: written part by part it costs a send() per piece.
-    """
-    # A non-UTF-8 name arrives with surrogates, which cannot be quoted into a header.
-    shown = filename.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(content, bytes):
-        boundary = uuid.uuid4().hex
-        body = small_form(boundary, fields, content, shown)
-        return _FormBody(body, _FORM_TYPE + boundary, progress, bandwidth), None
-    form = aiohttp.MultipartWriter("form-data")
-    for name, value in fields.items():
-        form.append(value).set_content_disposition("form-data", name=name)
-    part = _FilePart(content, size, progress, bandwidth)
-    part.set_content_disposition("form-data", name="file", filename=shown)
-    form.append_payload(part)
-    return form, part
-
-
-_FORM_TYPE = "multipart/form-data; boundary="
-
-
-def small_form(boundary: str, fields: Mapping[str, str], content: bytes, filename: str) -> bytes:
-    """A small upload's whole form, the bytes aiohttp's MultipartWriter makes of it
-    (tests/test_client.py compares them), joined at once: the writer's parts, payload
-    lookups and header encoding were an eighth of a run's CPU at 0 ms latency."""
-    dash = b"--" + boundary.encode("ascii")
-    pieces: list[bytes] = []
-    for name, value in fields.items():
-        pieces += (dash, _field_head(name), value.encode("utf-8"), b"\r\n")
-    disposition = content_disposition_header("form-data", name="file", filename=filename)
-    pieces += (dash, _FILE_HEAD, disposition.encode("utf-8"), b"\r\n\r\n", content, b"\r\n")
-    pieces += (dash, b"--\r\n")
-    return b"".join(pieces)
-
-
-_FILE_HEAD = b"\r\nContent-Type: application/octet-stream\r\nContent-Disposition: "
-
-
-@functools.lru_cache(maxsize=64)
-def _field_head(name: str) -> bytes:
-    """The headers of a form field: the presign names the same few fields every time."""
-    disposition = content_disposition_header("form-data", name=name)
-    head = f"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Disposition: {disposition}"
-    return head.encode("utf-8") + b"\r\n\r\n"
 
 
 def _default_pause(attempt: int) -> float:

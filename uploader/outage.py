@@ -49,13 +49,15 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from uploader import network
 from uploader.errors import ApiError, Unreachable
 from uploader.i18n import _
 from uploader.model import ErrorKind
+
+if TYPE_CHECKING:
+    import aiohttp  # imported where an error is judged (forms.py says why)
 
 log = logging.getLogger("uploader.outage")
 
@@ -125,6 +127,8 @@ OnChange = Callable[[GateState, Outage], None]
 
 def classify(error: BaseException) -> Evidence:
     """The uploader's own errors by their kind; raw aiohttp and socket errors by their type."""
+    import aiohttp
+
     if isinstance(error, ApiError):
         if error.unanswered:
             return Evidence.OUTAGE
@@ -140,6 +144,8 @@ def classify(error: BaseException) -> Evidence:
 
 def _connector_error(error: BaseException) -> aiohttp.ClientConnectorError | None:
     """The connection that could not be made, also behind the client's `ApiError`."""
+    import aiohttp
+
     cause = error.__cause__
     if isinstance(error, ApiError) and isinstance(cause, aiohttp.ClientConnectorError):
         return cause

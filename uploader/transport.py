@@ -15,11 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from . import network
+
+if TYPE_CHECKING:
+    # imported by the first request: a sixth of a second that commands which never make one
+    # would pay at their start (forms.py)
+    import aiohttp
 
 _READ_CHUNK = 64 * 1024
 
@@ -77,6 +80,8 @@ class AiohttpTransport:
         self._router = network.Router(network.current())
 
     async def __call__(self, request: Request) -> Response:
+        import aiohttp
+
         route = self._router.route(request.url)
         headers = request.headers
         if route.headers:
