@@ -84,6 +84,7 @@ def test_enqueue_json_has_every_count(tmp_path: Path) -> None:
         "removed": 0,
         "left_unread": 0,
         "left_for_later": 0,  # modified within --min-age: the next scan takes them
+        "checksum_compared": 0,  # --checksum: uploaded files queued to compare their bytes
         "unsupported_types": {},
         "deletions_refused": None,
     }

@@ -113,3 +113,31 @@ async def test_a_superseded_entry_another_job_points_to_is_never_due(queue_targe
         assert await StatusStore(q.engine).content_counts() == {
             KB: {"superseded": 1, "old_versions_kept": 1}
         }
+
+
+@async_test
+async def test_checksum_queues_the_uploaded_rows_with_a_hash_for_a_recheck(
+    queue_target: str,
+) -> None:
+    """enqueue --checksum: a done row whose upload left its content hash goes back to pending
+    at step recheck, keeping its entry and hash; one without a hash cannot be compared."""
+    async with await open_queue(queue_target) as q:
+        await q.enqueue_batch(KB, rows("a", "b"))
+        a, b = sorted(await q.claim(OWNER, 5, LEASE, KB), key=lambda j: j.relpath)
+        a.content_hash = "hash-a"
+        await q.record_outcomes(
+            OWNER,
+            [
+                outcome(a, OutcomeKind.DONE, file_id="file-a"),
+                outcome(b, OutcomeKind.DONE, file_id="file-b"),
+            ],
+        )
+
+        assert await SupersededStore(q.engine).mark_recheck([a.id, b.id]) == 1
+        [again] = await q.claim(OWNER, 5, LEASE, KB)
+        assert (again.id, again.step, again.file_id, again.content_hash) == (
+            a.id,
+            "recheck",
+            "file-a",
+            "hash-a",
+        )

@@ -902,6 +902,13 @@ def _refused_json(refused: guard.Refusal | None) -> dict[str, Any] | None:
 @deletion_guard_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON only.")
 @click.option(
+    "--checksum",
+    is_flag=True,
+    help="Also compare the bytes of every uploaded file still there with the uploaded ones "
+    "(the next run reads each once and replaces those that differ): finds an edit that kept "
+    "both size and modification time, which alone decide a change otherwise.",
+)
+@click.option(
     "--no-kb-check",
     is_flag=True,
     envvar="UPLOADER_NO_KB_CHECK",
@@ -934,6 +941,7 @@ def enqueue(
     max_delete: guard.MaxDelete,
     allow_empty_source: bool,
     as_json: bool,
+    checksum: bool,
     no_kb_check: bool,
     api_key: str | None,
     base_url: str,
@@ -1078,9 +1086,14 @@ def enqueue(
         "parser": parser,
     }
 
+    rechecked = 0
+
     async def removing(q: Queue) -> tuple[EnqueueCounts, scan.ScanStats, replace.Removed | None]:
+        nonlocal rechecked
         await _warn_saved_job(q, directory, kb_id, asked_now)
         counts, stats = (EnqueueCounts(), scan.ScanStats()) if gone_folder else await body(q)
+        if checksum and not gone_folder:
+            rechecked = await replace.recheck_all(q, kb_id, directory)
         if not delete_removed:
             return counts, stats, None
         unread = [f.path for f in stats.unreadable_folders]
@@ -1122,6 +1135,7 @@ def enqueue(
             "deletions_refused": _refused_json(removed.refused if removed is not None else None),
             "unsupported_types": dict(sorted(stats.unsupported.items())),
             "left_for_later": stats.young,
+            "checksum_compared": rechecked,
         }
         click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
     else:
@@ -1164,6 +1178,13 @@ def enqueue(
                     "{n} uploaded files get new labels or metadata on the next run "
                     "(update-metadata only, no upload)"
                 ).format(n=counts.relabel)
+            )
+        if checksum:
+            click.echo(
+                _(
+                    "--checksum: the next run compares the bytes of {n} uploaded files with "
+                    "their entries' and replaces those that differ"
+                ).format(n=f"{rechecked:,}")
             )
     # sync --watch comes back for them soon, not a whole --every later
     meta = click.get_current_context().meta

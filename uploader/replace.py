@@ -275,3 +275,41 @@ async def removed_files(
     if gone and not dry_run and result.refused is None:
         result.marked = await SupersededStore(q.engine).mark_removed(gone)
     return result
+
+
+# --- enqueue DIR --checksum -----------------------------------------------------------------
+
+
+async def recheck_all(q: Queue, kb_id: str, root: str) -> int:
+    """`enqueue --checksum`: every uploaded file under `root` that is still a regular file
+    goes back to pending for a recheck, as a file whose mtime moved does: the run compares its
+    bytes with the uploaded ones (one read, no request) and uploads only the files that differ,
+    their old entries superseded once the new ones are registered. Size and mtime miss an edit
+    that kept both; this does not. A file gone is left alone (--delete-removed's to judge).
+    Returns how many were queued."""
+    prefix = os.path.join(paths.canonical(os.fsencode(root)), b"")
+    there: list[int] = []
+    batch: list[QueuedFile] = []
+
+    async def settle() -> None:
+        there.extend(await asyncio.to_thread(_regular_files, batch))
+        batch.clear()
+
+    async for queued in SupersededStore(q.engine).queued_under(kb_id, prefix, q.scope):
+        if queued.uploaded:
+            batch.append(queued)
+            if len(batch) >= STAT_BATCH:
+                await settle()
+    await settle()
+    return await SupersededStore(q.engine).mark_recheck(there)
+
+
+def _regular_files(batch: Sequence[QueuedFile]) -> list[int]:
+    found = []
+    for f in batch:
+        try:
+            if stat.S_ISREG(os.lstat(f.path).st_mode):
+                found.append(f.job_id)
+        except OSError:
+            continue
+    return found

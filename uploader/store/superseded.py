@@ -74,6 +74,18 @@ WHERE {ids} AND state NOT IN ('running', 'removed')""",
     ids=in_array("id"),
 )
 
+# enqueue --checksum: an uploaded row goes back to pending for a comparison of its file's bytes
+# with the uploaded ones (step 'recheck', as a file whose mtime moved). Only a row with the
+# content hash of its upload can be compared.
+_RECHECK = Pair.of(
+    """
+UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = 0, step = 'recheck',
+       enqueued_at = ?, last_error = NULL, error_kind = NULL, started_at = NULL,
+       finished_at = NULL, duration = NULL
+WHERE {ids} AND state = 'done' AND content_hash IS NOT NULL AND file_id IS NOT NULL""",
+    ids=in_array("id"),
+)
+
 _RECORD_DELETION = """
 INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -158,3 +170,10 @@ class SupersededStore:
         async with self._db.transaction():
             await self._db.execute(_REMOVE_ENTRIES, (now, ids))
             return await self._db.execute(_MARK_REMOVED, (now, ids))
+
+    async def mark_recheck(self, job_ids: Sequence[int]) -> int:
+        """One transaction: these jobs, if done with an entry and its content hash, go back
+        to pending to have their bytes compared with the uploaded ones. Returns how many."""
+        if not job_ids:
+            return 0
+        return await self._db.execute(_RECHECK, (self._db.now(), self._db.array(job_ids)))
