@@ -103,3 +103,28 @@ def test_a_bad_pattern_in_a_sync_saves_and_changes_no_job(
         assert "unbalanced [" in one_line_error(result)
     saved = json.loads(invoke(db, "jobs", "--json").stdout)
     assert [(j["options"]["include"], j["options"]["exclude"]) for j in saved] == [([], [])]
+
+
+def test_a_plain_sync_writes_the_report_when_its_last_job_had_nothing_to_do(
+    tmp_path: Path, maiagent_factory: Any
+) -> None:
+    """The report covers the whole database, written once after the jobs: it was the last
+    job's run's, so a last job with nothing to do, or stopped, left the uploads of the jobs
+    before it without a report."""
+    server = maiagent_factory(kbs=[KB, GONE])
+    one = make_tree(tmp_path / "one", {"a.txt": 3})
+    two = make_tree(tmp_path / "two", {"b.txt": 3})
+    three = make_tree(tmp_path / "three", {"c.txt": 3})
+    db = tmp_path / "uploader.db"
+    for folder, kb in ((one, KB), (two, KB), (three, GONE)):
+        assert sync(db, server, str(folder), "--kb", kb, "--no-report").exit_code == 0
+    make_tree(one, {"a2.txt": 4})
+    server.drop_kb(GONE)
+
+    everything = sync(db, server, env=CHECKED)  # one uploads, two has nothing, three refused
+
+    assert everything.exit_code == ExitCode.REFUSED, everything.output
+    (report,) = (tmp_path / "reports").glob("upload_report_*.json")
+    assert everything.stdout.strip().splitlines()[-1] == f"report: {report}"
+    shown = json.loads(report.read_text())
+    assert "a2.txt" in {f["filename"] for f in shown["successful_files"]}

@@ -770,6 +770,9 @@ def _min_age(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 # What the last enqueue left out for --min-age, for `sync --watch` (click's meta is shared by
 # the commands sync calls).
 YOUNG_LEFT_OUT = "uploader.young_left_out"
+# Whether a run had work (not "nothing pending"), for `sync`, which writes one report after its
+# jobs when one of them did something.
+RUN_HAD_WORK = "uploader.run_had_work"
 SCAN_TOUCH = 5.0  # seconds between an enqueue's "still walking" in the scans table
 
 
@@ -1769,6 +1772,8 @@ def run(
     finally:
         for opened in run_log:
             logs.close(opened)
+    if outcome.idle is None:
+        click.get_current_context().meta[RUN_HAD_WORK] = True
     if outcome.idle is not None:
         code = ExitCode.NOTHING_TO_DO if error_on_nothing_to_do else ExitCode.OK
         if as_json:

@@ -26,11 +26,13 @@ import click
 from . import cli_dryrun, client, dryrun, filetypes, replace, saved, scan, watch
 from .cli import (
     ENQUEUE_CHECK_TIMEOUT,
+    RUN_HAD_WORK,
     YOUNG_LEFT_OUT,
     Context,
     DeletionsRefused,
     ServiceError,
     UserError,
+    _auto_report,
     _check_service,
     ask_service,
     cli,
@@ -243,19 +245,26 @@ def _sync(
 
 
 def _cycle(click_ctx: click.Context, ctx: Context, jobs: list[_Job], opts: dict[str, Any]) -> int:
-    """Every job once: its code, the worst of them (an interrupted one ends the cycle)."""
+    """Every job once: its code, the worst of them (an interrupted one ends the cycle); then
+    the report, which covers the whole database, when a job's run had work: written by the
+    last job's run, it was never written when that job had nothing to do or was refused."""
     codes: list[ExitCode] = []
-    for n, job in enumerate(jobs):
+    click_ctx.meta[RUN_HAD_WORK] = False
+    for job in jobs:
         if len(jobs) > 1:
             ctx.echo(printable(_("sync {folder} -> {kb}").format(folder=job.folder, kb=job.kb_id)))
         try:
-            codes.append(_one(click_ctx, job, opts, last=n + 1 == len(jobs)))
+            codes.append(_one(click_ctx, job, opts))
         except (ServiceError, UserError) as exc:
             if len(jobs) == 1 or exc.exit_code not in _ONE_JOBS:
                 raise
             codes.append(_went_on(exc, job))
         if codes[-1] == ExitCode.INTERRUPTED:
             break
+    if click_ctx.meta[RUN_HAD_WORK] and not opts["no_report"]:
+        report = on_queue(ctx, lambda q: _auto_report(q, ctx))
+        if report is not None:
+            click.echo(_("report: {path}").format(path=report))
     return worst(codes)
 
 
@@ -348,9 +357,8 @@ async def _counts(q: Queue) -> tuple[dict[str, dict[str, tuple[int, int]]], dict
     return await store.state_counts(), await store.error_kind_counts()
 
 
-def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) -> ExitCode:
-    """One job: its enqueue, then its run (the report only after the last job's run, as it
-    covers the whole database)."""
+def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any]) -> ExitCode:
+    """One job: its enqueue, then its run (without the report: `_cycle` writes it)."""
     scan_opts = {name: opts[name] for name in _names(enqueue) if name in opts}
     scan_opts.update({k: v for k, v in job.options.items() if k in scan_opts})
     refused = False
@@ -377,7 +385,7 @@ def _one(click_ctx: click.Context, job: _Job, opts: dict[str, Any], last: bool) 
         name=run_opts.get("name") or "basename",
         shared=False,  # enqueue --shared made the folder's rows any host's already
         as_json=False,
-        no_report=opts["no_report"] or not last,
+        no_report=True,
     )
     code = ExitCode.OK
     try:
