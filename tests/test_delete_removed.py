@@ -249,3 +249,19 @@ def test_a_folder_renamed_away_can_have_its_files_marked_removed(
     assert maiagent.entries(KB) == []
     typo = invoke(db, "enqueue", str(tmp_path / "dcos"), "--kb", KB, "--delete-removed")
     assert typo.exit_code == 2 and "does not exist" in typo.output
+
+
+def test_nothing_gone_is_not_a_line_of_every_sync(tmp_path: Path, maiagent: MaiAgentServer) -> None:
+    """A weekly `enqueue --delete-removed` (a saved sync job's) of a folder where nothing
+    vanished said "0 queued files of DIR are gone: marked removed; the next `uploader run`
+    deletes their entries" every time; as rclone, nothing to delete says nothing. The dry
+    run, which was asked for that list, still says 0."""
+    db, data, _entries = _uploaded(tmp_path, maiagent)
+    args = ("enqueue", str(data), "--kb", KB, "--delete-removed")
+
+    real = invoke(db, *args)
+    dry = invoke(db, *args, "--dry-run")
+
+    assert real.exit_code == 0, real.output
+    assert "are gone" not in real.output
+    assert "0 queued files" in dry.output

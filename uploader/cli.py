@@ -1292,7 +1292,7 @@ def _print_removed(gone: replace.Removed, directory: str, dry_run: bool) -> None
                 "nothing changed)"
             ).format(n=n, folder=directory)
         )
-    else:
+    elif n:
         click.echo(
             _(
                 "{n} queued files of {folder} are gone: marked removed; the next "
