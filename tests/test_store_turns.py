@@ -14,7 +14,6 @@ import pytest
 
 from tests.helpers import async_test
 from tests.queue_backends import KB
-from uploader import scan
 from uploader.model import ScanRow
 from uploader.queue import open_queue
 from uploader.queue.sqlite_jobs import CROWDED_ROWS
@@ -22,14 +21,13 @@ from uploader.store.sqlite import SqliteEngine
 from uploader.store.turns import Turns
 
 BATCHES = 40
+# rows per enqueue_batch here; a walk's batches are larger, the bound is one batch whatever its size
+BATCH = 500
 RUN_WRITES = 10
 
 
 def _batch(number: int) -> list[ScanRow]:
-    return [
-        ScanRow(f"/walk/{number}/{i}".encode(), f"{number}/{i}", 10, 1)
-        for i in range(scan.WALK_BATCH)
-    ]
+    return [ScanRow(f"/walk/{number}/{i}".encode(), f"{number}/{i}", 10, 1) for i in range(BATCH)]
 
 
 async def _count(engine: SqliteEngine) -> int:
@@ -70,10 +68,10 @@ async def test_a_write_beside_a_walk_waits_for_one_batch_at_most(tmp_path: Path)
 
     assert len(passed) >= RUN_WRITES // 2, "the walk ended before the run wrote: too fast?"
     # the batch in progress, and one that began as the run asked
-    assert max(passed) <= 2 * scan.WALK_BATCH, passed
+    assert max(passed) <= 2 * BATCH, passed
     # once the walk has seen the run write, it writes in short transactions
     assert sorted(passed)[len(passed) // 2] <= 2 * CROWDED_ROWS, passed
-    assert await _rows(db) == BATCHES * scan.WALK_BATCH
+    assert await _rows(db) == BATCHES * BATCH
 
 
 async def _rows(db: str) -> int:

@@ -658,10 +658,13 @@ def batches(rows: Iterator[ScanRow], size: int) -> Iterator[list[ScanRow]]:
         yield batch
 
 
-# Rows per transaction of a walk: a batch of 500 holds the write lock for a few milliseconds,
-# which is what a run beside the walk waits at most for each of its claims and outcomes
-# (store/turns.py); 2,000 held it up to 90 ms, for no gain in the walk's speed.
-WALK_BATCH = 500
+# Rows per batch of a walk. While other writers are about (a run beside the walk), a batch is
+# written in transactions of CROWDED_ROWS (queue/sqlite_jobs.py), the longest each of the run's
+# claims and outcomes waits; alone, in one transaction of 30-50 ms, which a run started beside
+# waits for once before the walk sees it (store/turns.py). Each batch costs the event loop
+# about a millisecond of CPU and a few thread wake-ups: a million files in batches of 500 spent
+# 1.8 CPU-s there, and 1.5 more in the database thread's commits.
+WALK_BATCH = 5000
 
 
 async def enqueue(
