@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,37 @@ def test_a_postgresql_database_made_before_saved_jobs_opens_with_its_rows(
     assert kept == [("up.txt", "done", "entry-1"), ("queued.txt", "pending", None)]
     assert saved == 0
     assert applied == [m.number for m in series()]
+
+
+def test_an_up_to_date_sqlite_database_opens_while_another_connection_writes(
+    tmp_path: Path,
+) -> None:
+    """Opening a database with nothing to migrate takes no write lock: a status, or a second
+    run, opens at once beside a long write (an enqueue's transaction) instead of waiting for
+    it. The lock is held until the open is over, or 4 s at most (SQLite's busy timeout is 5 s:
+    the open that waits for the lock then gets it)."""
+    db = str(tmp_path / "queue.db")
+
+    async def opened() -> None:
+        async with await open_queue(db):
+            pass
+
+    asyncio.run(opened())  # made and migrated
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    over = threading.Event()
+
+    def hold() -> None:
+        over.wait(4)
+        holder.execute("COMMIT")
+
+    releaser = threading.Thread(target=hold)
+    releaser.start()
+    try:
+        asyncio.run(opened())
+        held_throughout = holder.in_transaction
+    finally:
+        over.set()
+        releaser.join()
+        holder.close()
+    assert held_throughout, "the open waited for the other connection's write lock"

@@ -494,8 +494,12 @@ class SqliteEngine(Engine):
             )
 
     async def _migrate(self) -> None:
-        """Apply the missing migrations in one transaction; the version is read inside it, so
-        two processes opening a new database at once do not both create the tables."""
+        """Apply the missing migrations in one transaction. A database with none missing is
+        not written: opening it takes no write lock, so a status or a run opens at once beside
+        another process's long write. The version is read again inside the transaction, so two
+        processes opening a new database at once do not both create the tables."""
+        if await self.fetchval("PRAGMA user_version") >= latest():
+            return
         async with self.transaction() as conn:
             current = await self.fetchval("PRAGMA user_version")
             for migration in series():
