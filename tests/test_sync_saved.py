@@ -5,12 +5,25 @@ saved job refused later (its knowledge base deleted) is named while the other jo
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows
+from tests.helpers import (
+    FAST,
+    KB,
+    child_env,
+    command,
+    invoke,
+    make_tree,
+    one_line_error,
+    rows,
+    spawn,
+)
 from uploader.exitcodes import ExitCode
 from uploader.localserver import MaiAgentServer
 
@@ -128,3 +141,43 @@ def test_a_plain_sync_writes_the_report_when_its_last_job_had_nothing_to_do(
     assert everything.stdout.strip().splitlines()[-1] == f"report: {report}"
     shown = json.loads(report.read_text())
     assert "a2.txt" in {f["filename"] for f in shown["successful_files"]}
+
+
+def test_a_watch_of_every_job_goes_on_past_a_refused_one_and_stops_when_all_are(
+    tmp_path: Path, maiagent_factory: Any
+) -> None:
+    """A watch stops on what another cycle cannot fix; one job of several refused (its
+    knowledge base deleted) is not that: the others are still watched. A watch whose every
+    job is refused stops, with that code."""
+    server = maiagent_factory(kbs=[KB, GONE])
+    gone = make_tree(tmp_path / "gone", {"x.txt": 3})
+    good = make_tree(tmp_path / "good", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+    assert sync(db, server, str(gone), "--kb", GONE).exit_code == 0
+    assert sync(db, server, str(good), "--kb", KB).exit_code == 0
+    server.drop_kb(GONE)
+    watch = ("sync", "--base-url", server.base_url, *FAST, "--watch", "--every", "1s")
+
+    both = spawn(db, *watch, env=CHECKED, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        (good / "b.txt").write_bytes(b"new\n")
+        while len(server.entries(KB)) < 2:
+            assert both.poll() is None and time.monotonic() < deadline, both.communicate()
+            time.sleep(0.2)
+    finally:
+        both.send_signal(signal.SIGTERM)
+        out, err = both.communicate(timeout=60)
+    alone = subprocess.run(
+        command(db, *watch[:1], str(gone), *watch[1:]),
+        env=child_env(CHECKED),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert both.returncode == 0, (out, err)
+    assert "cycle 1 ended at" in out and "exit 3" in out and "stopped:" in out
+    assert f"knowledge base {GONE} not found" in err and "Traceback" not in err
+    assert alone.returncode == ExitCode.REFUSED, alone.stdout + alone.stderr
+    assert "cycle 2" not in alone.stdout

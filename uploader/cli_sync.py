@@ -239,13 +239,15 @@ def _sync(
             opts["min_age"] = watch.SETTLE  # a file still being written waits for a later cycle
         _watch(click_ctx, ctx, jobs, opts, every, metrics_addr)
         return
-    code = _cycle(click_ctx, ctx, jobs, opts)
+    code = worst(_cycle(click_ctx, ctx, jobs, opts))
     if code:
         sys.exit(code)
 
 
-def _cycle(click_ctx: click.Context, ctx: Context, jobs: list[_Job], opts: dict[str, Any]) -> int:
-    """Every job once: its code, the worst of them (an interrupted one ends the cycle); then
+def _cycle(
+    click_ctx: click.Context, ctx: Context, jobs: list[_Job], opts: dict[str, Any]
+) -> list[ExitCode]:
+    """Every job once: their codes (an interrupted one ends the cycle); then
     the report, which covers the whole database, when a job's run had work: written by the
     last job's run, it was never written when that job had nothing to do or was refused."""
     codes: list[ExitCode] = []
@@ -265,7 +267,7 @@ def _cycle(click_ctx: click.Context, ctx: Context, jobs: list[_Job], opts: dict[
         report = on_queue(ctx, lambda q: _auto_report(q, ctx))
         if report is not None:
             click.echo(_("report: {path}").format(path=report))
-    return worst(codes)
+    return codes
 
 
 # What stops one job of several and not the others (rclone's sync of many remotes goes on
@@ -291,8 +293,11 @@ def _went_on(exc: click.ClickException, job: _Job) -> ExitCode:
     return ExitCode(exc.exit_code)
 
 
-# A watch stops on what another cycle cannot fix: bad input, a refused key or knowledge base.
-_STOPS_A_WATCH = (ExitCode.USAGE, ExitCode.REFUSED, ExitCode.INTERRUPTED)
+def _stops_a_watch(codes: list[ExitCode]) -> bool:
+    """A watch stops on what another cycle cannot fix: bad input, a refused key or knowledge
+    base, for every job of the cycle (one job of several refused leaves the others watched:
+    each cycle names it); and on an interruption."""
+    return ExitCode.INTERRUPTED in codes or all(code in _ONE_JOBS for code in codes)
 
 
 def _watch(
@@ -305,8 +310,8 @@ def _watch(
 ) -> None:
     """Cycles until a signal: SIGTERM and Ctrl+C finish what is in flight (the run puts the
     rest back to pending) and end the watch with exit 0, the clean stop a service manager
-    expects; a cycle that cannot be fixed by another (bad input, a refused key) ends it with
-    its code."""
+    expects; a cycle that cannot be fixed by another (bad input, a refused key, for every
+    job) ends it with its code."""
     exporter = None
     if metrics_addr is not None:
         from .metrics import Metrics, parse_addr
@@ -325,7 +330,8 @@ def _watch(
             n += 1
             started = time.monotonic()
             click_ctx.meta[YOUNG_LEFT_OUT] = 0
-            code = ExitCode(_cycle(click_ctx, ctx, jobs, opts))
+            codes = _cycle(click_ctx, ctx, jobs, opts)
+            code = worst(codes)
             took = time.monotonic() - started
             if exporter is not None:
                 states, errors = on_queue(ctx, _counts)
@@ -335,7 +341,7 @@ def _watch(
                     n=n, at=time.strftime("%H:%M:%S"), code=int(code), took=took
                 )
             )
-            if code in _STOPS_A_WATCH:
+            if _stops_a_watch(codes):
                 break
             # files left out as still changing are looked at again once they may have settled
             young = click_ctx.meta.get(YOUNG_LEFT_OUT, 0)
