@@ -31,6 +31,7 @@ from .harness import (
     Traffic,
     Uploader,
     bare_client,
+    compile_bytecode,
     make_files,
     make_sparse,
     measure,
@@ -663,6 +664,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     opts = Options(args.quick, max(args.repeat, 1), args.files)
+    compile_bytecode()
     results, crashed = [], False
     for case_id in args.case or list(CASES):
         figures, failed = run_case(CASES[case_id], opts)

@@ -7,6 +7,7 @@ share a figure.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import json
 import os
@@ -27,6 +28,15 @@ API_KEY = "bench-key"
 KB = "kb-bench"
 KIB = 1024
 MIB = 1024 * KIB
+
+
+def compile_bytecode() -> None:
+    """The package and the bench's own programs compiled to bytecode, as an install from a
+    wheel leaves them. Where PYTHONDONTWRITEBYTECODE is set (a CI machine, this one) every
+    measured process would compile its 75 modules from source at its start, 0.1-0.15 CPU-s
+    that no user pays, and that a run started beside an enqueue pays while they both start."""
+    for folder in ("uploader", os.path.join("tests", "bench")):
+        compileall.compile_dir(os.path.join(REPO, folder), quiet=1)
 
 
 @dataclass
