@@ -287,6 +287,25 @@ def test_being_deleted_is_said_in_the_verdict(
     assert "1 being deleted (not present, not missing yet)" in result.output
 
 
+def test_files_not_uploaded_yet_are_said_with_what_to_do(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """A verify beside a run, or before one, counts files still queued: the verdict said
+    "NOT OK: 2 not uploaded" and nothing of what to do, as it does for every other problem."""
+    db, _names = upload(tmp_path, maiagent, 3)
+    (tmp_path / "data" / "new1.txt").write_bytes(b"new one\n")
+    (tmp_path / "data" / "new2.txt").write_bytes(b"new two\n")
+    assert invoke(db, "enqueue", str(tmp_path / "data"), "--kb", KB).exit_code == 0
+
+    result = invoke(db, "verify", *service(maiagent))
+
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "  NOT OK: 2 not uploaded; `uploader status --pending` and `--failed` list them; "
+        "`uploader run` uploads the pending ones, after `uploader retry-failed` the failed ones"
+    )
+
+
 def server_delete(server: MaiAgentServer, entry_id: str) -> int:
     """Someone deletes an entry through the API (the web interface, another tool)."""
     import urllib.request

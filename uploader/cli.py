@@ -2763,6 +2763,13 @@ def _verdict(c: dict[str, Any]) -> str:
         hints.append(_("`uploader dedupe` shows the copies it would delete"))
     if c["superseded"]:
         hints.append(_("`uploader run` deletes the old versions"))
+    if c["not_uploaded"]:
+        hints.append(
+            _(
+                "`uploader status --pending` and `--failed` list them; `uploader run` uploads "
+                "the pending ones, after `uploader retry-failed` the failed ones"
+            )
+        )
     if c["timed_out"]:
         hints.append(_("--wait timed out"))
     verdict = _("NOT OK: {problems}").format(problems=found or _("see above"))
