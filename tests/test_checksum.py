@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import FAST, KB, invoke, make_tree, rows
+from tests.helpers import FAST, KB, invoke, make_tree, one_line_error, rows
 from uploader.localserver import MaiAgentServer
 
 
@@ -56,3 +56,15 @@ def test_checksum_replaces_the_file_whose_edit_kept_size_and_time_and_no_other(
     assert again.exit_code == 0, again.output
     assert maiagent.stats()["presign"] == 1  # the second comparison finds the same bytes
     assert {r["relpath"]: r["state"] for r in rows(db)} == {f"f{i}.txt": "done" for i in range(5)}
+
+
+def test_a_dry_run_with_checksum_is_refused_rather_than_planning_without_it(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    share = make_tree(tmp_path / "share", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(share), "--kb", KB).exit_code == 0
+
+    dry = sync(db, maiagent, str(share), "--checksum", "--dry-run")
+
+    assert "--checksum" in one_line_error(dry)
