@@ -18,6 +18,7 @@ from tests.helpers import (
     KB,
     child_env,
     command,
+    execute,
     invoke,
     make_tree,
     one_line_error,
@@ -181,3 +182,20 @@ def test_a_watch_of_every_job_goes_on_past_a_refused_one_and_stops_when_all_are(
     assert f"knowledge base {GONE} not found" in err and "Traceback" not in err
     assert alone.returncode == ExitCode.REFUSED, alone.stdout + alone.stderr
     assert "cycle 2" not in alone.stdout
+
+
+def test_a_saved_job_with_a_pattern_bad_today_is_one_line_and_queues_nothing(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    """A job saved by an older uploader, which let `--include '['` through: its sync says the
+    pattern is bad, exit 2, before anything is queued."""
+    data = make_tree(tmp_path / "share", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(data), "--kb", KB).exit_code == 0
+    make_tree(data, {"b.txt": 3})
+    execute(db, "UPDATE saved_jobs SET options = json_set(options, '$.include', json('[\"[\"]'))")
+
+    again = sync(db, maiagent, str(data))
+
+    assert "--include '['" in one_line_error(again)
+    assert [r["relpath"] for r in rows(db)] == ["a.txt"]
