@@ -199,3 +199,18 @@ def test_a_saved_job_with_a_pattern_bad_today_is_one_line_and_queues_nothing(
 
     assert "--include '['" in one_line_error(again)
     assert [r["relpath"] for r in rows(db)] == ["a.txt"]
+
+
+@pytest.mark.parametrize("option", [("--every", "5s"), ("--metrics-addr", "127.0.0.1:0")])
+def test_an_option_of_watch_without_watch_is_bad_input(
+    tmp_path: Path, maiagent: MaiAgentServer, option: tuple[str, str]
+) -> None:
+    """`sync DIR --every 5s` without --watch synced once and exited 0: what was meant (a
+    watch) silently did not happen."""
+    data = make_tree(tmp_path / "share", {"a.txt": 3})
+    db = tmp_path / "uploader.db"
+
+    result = sync(db, maiagent, str(data), "--kb", KB, *option)
+
+    assert f"{option[0]} goes with --watch" in one_line_error(result)
+    assert not db.exists() or rows(db) == []

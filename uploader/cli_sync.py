@@ -214,6 +214,9 @@ def _sync(
     ctx = click_ctx.find_object(Context)
     assert ctx is not None
     asked = {name for name in opts if given(click_ctx, name)}
+    for name, option in (("every", "--every"), ("metrics_addr", "--metrics-addr")):
+        if given(click_ctx, name) and not watching:
+            raise UserError(_("{option} goes with --watch").format(option=option))
     if directory is not None and not os.path.isdir(directory):
         what = _("does not exist") if not os.path.exists(directory) else _("is not a folder")
         raise UserError(f"{directory} {what}")
