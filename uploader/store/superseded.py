@@ -86,6 +86,14 @@ WHERE {ids} AND state = 'done' AND content_hash IS NOT NULL AND file_id IS NOT N
     ids=in_array("id"),
 )
 
+# The deleted entries of one knowledge base leave the record in one statement, which names
+# those it took out: two runs at once delete the same entries, and only the run that takes an
+# entry out records (and counts) its deletion.
+_TAKE = Pair.of(
+    "DELETE FROM superseded WHERE kb_id = ? AND {entries} RETURNING entry_id",
+    entries=in_array("entry_id"),
+)
+
 _RECORD_DELETION = """
 INSERT INTO deletions (kb_id, entry_id, filename, reason, detail, command, deleted_at, job_id)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -114,14 +122,15 @@ class SupersededStore:
         Returns the deletions recorded here: two runs at once find the same entries due and
         both delete them, and only the one that takes an entry out of the record records (and
         counts) its deletion, so that the runs' counts add up to what was deleted."""
-        mine: list[Deletion] = []
+        by_kb: dict[str, list[str]] = {}
+        for d in deleted:
+            by_kb.setdefault(d.kb_id, []).append(d.entry_id)
+        taken: set[tuple[str, str]] = set()
         async with self._db.transaction():
-            for d in deleted:
-                taken = await self._db.execute(
-                    "DELETE FROM superseded WHERE kb_id = ? AND entry_id = ?", (d.kb_id, d.entry_id)
-                )
-                if taken:
-                    mine.append(d)
+            for kb_id, entries in by_kb.items():
+                rows = await self._db.fetch(_TAKE, (kb_id, self._db.array(entries)))
+                taken.update((kb_id, entry_id) for (entry_id,) in rows)
+            mine = [d for d in deleted if (d.kb_id, d.entry_id) in taken]
             if deleted:
                 await self._db.executemany(
                     "DELETE FROM remote_files WHERE kb_id = ? AND id = ?",
