@@ -35,7 +35,7 @@ async def test_a_run_claims_only_its_own_hosts_rows(queue_target: str) -> None:
     async with await open_queue(queue_target, scope=A) as a:
         assert await a.next_due(KB) == 0
         assert sorted(j.relpath for j in await a.claim("a:1:x", 10, LEASE, KB)) == ["a1", "a2"]
-        assert await StatusStore(a.engine).host_counts() == [
+        assert (await StatusStore(a.engine).tally()).hosts() == [
             HostCount("office-a", False, "running", 2),
             HostCount("office-b", False, "running", 1),
         ]
@@ -66,7 +66,7 @@ async def test_another_hosts_file_at_the_same_path_is_left_to_it(queue_target: s
     async with await open_queue(queue_target, scope=HostScope("office-b", shared=True)) as b:
         counts = await b.enqueue_batch(KB, rows("same", size=99))
         assert (counts.foreign, counts.changed) == (0, 1)
-        assert await StatusStore(b.engine).host_counts() == [
+        assert (await StatusStore(b.engine).tally()).hosts() == [
             HostCount("office-a", True, "pending", 1)
         ]
     async with await open_queue(queue_target, scope=B) as b:

@@ -55,7 +55,7 @@ async def test_counts_per_state_host_and_error_kind(queue_target: str) -> None:
             KB: {"failed": (2, 14), "pending": (1, 7)},
             "kb-other": {"pending": (1, 5)},
         }
-        assert await reads.host_counts() == [
+        assert (await reads.tally()).hosts() == [
             HostCount("host-a", False, "failed", 2),
             HostCount("host-a", False, "pending", 2),
         ]

@@ -354,11 +354,11 @@ def state_word(state: JobState) -> str:
 async def _pending_by_host(
     q: Queue, hosts: list[HostCount], host_id: str, kb_id: str | None
 ) -> dict[str, int]:
-    """Pending rows only another host may upload, per host (of `hosts`, the queue's
-    host_counts), of hosts with no run going on now (a queue shared by several hosts: those
-    rows are being taken)."""
+    """Pending rows only another host may upload, per host (of `hosts`, the queue's rows
+    per host as the tally counts them), of hosts with no run going on now (a queue shared by
+    several hosts: those rows are being taken)."""
     if kb_id is not None:
-        return {}  # host_counts are of the whole queue: said, not judged, for one --kb
+        return {}  # the counts per host are of the whole queue: said, not judged, for one --kb
     running = {
         run["options"].get("host_id")
         for run in await RunsStore(q.engine).runs(last=50)

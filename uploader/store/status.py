@@ -13,7 +13,6 @@ from ..model import (
     DeletionRow,
     DoneRow,
     FailedRow,
-    HostCount,
     PendingRow,
     ReportRow,
     SkippedRow,
@@ -131,10 +130,6 @@ class StatusStore:
                 for kb, state, host, shared, seen, n, size in await self._db.fetch(_TALLY)
             ]
         )
-
-    async def host_counts(self) -> list[HostCount]:
-        """Rows per (host, shared, state), ordered by host, shared, state."""
-        return (await self.tally()).hosts()
 
     async def content_counts(self) -> dict[str, dict[str, int]]:
         """{kb_id: {"hashed": done jobs with a content hash, "superseded": entries waiting to
