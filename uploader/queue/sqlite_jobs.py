@@ -368,7 +368,9 @@ def _insert_new(
             part = rows[start : start + PLAIN_ROWS]
             params: list[Any] = [kb_id, now, host, shared]
             for r in part:
-                params += (r.path, r.relpath, r.size, r.mtime_ns)
+                # the same BLOB: sqlite3 binds a bytes value only after looking for an adapter
+                # (0.8 µs, under the GIL), a bytearray at once
+                params += (bytearray(r.path), r.relpath, r.size, r.mtime_ns)
             inserted += conn.execute(_insert_plain(len(part)), params).rowcount
         return inserted
     asked = [_new(r, kb_id, now, host, shared) for r in rows]
