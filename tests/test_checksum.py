@@ -68,3 +68,23 @@ def test_a_dry_run_with_checksum_is_refused_rather_than_planning_without_it(
     dry = sync(db, maiagent, str(share), "--checksum", "--dry-run")
 
     assert "--checksum" in one_line_error(dry)
+
+
+def test_a_labelled_file_whose_bytes_are_the_same_costs_no_request(
+    tmp_path: Path, maiagent: MaiAgentServer
+) -> None:
+    share = tmp_path / "share"
+    make_tree(share, {f"f{i}.txt": 20 for i in range(3)})
+    db = tmp_path / "uploader.db"
+    assert sync(db, maiagent, str(share), "--kb", KB, "--label", "hr").exit_code == 0
+    os.utime(share / "f0.txt")  # touched: its bytes are compared, found the same
+    maiagent.reset_stats()
+
+    touched = sync(db, maiagent, str(share))
+    checked = sync(db, maiagent, str(share), "--checksum")
+
+    assert touched.exit_code == 0 and checked.exit_code == 0, touched.output + checked.output
+    assert "unchanged 3 (same content)" in checked.stdout, checked.stdout
+    stats = maiagent.stats()
+    assert stats["update_metadata"] == 0 and stats["presign"] == 0, stats
+    assert {r["relpath"]: r["state"] for r in rows(db)} == {f"f{i}.txt": "done" for i in range(3)}

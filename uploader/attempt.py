@@ -234,7 +234,7 @@ class Attempt:
         if job.step == Step.RECHECK:
             if not await same_content(job):
                 job.step = None  # new bytes: uploaded below, its entry superseded once done
-            elif job.tags is None:
+            elif job.tags is None or job.tags == job.tags_applied:
                 self.unchanged = True
                 return self._outcome(OutcomeKind.DONE, file_id=job.file_id)
             else:

@@ -256,6 +256,7 @@ class Job:
     # by when the register `unknown_since` is about is over: its sender's write-ahead plus that
     # run's --timeout (None: not kept, the row is older than the column)
     register_due: float | None = None
+    tags_applied: str | None = None  # what the entry was last given (a recheck compares)
 
     def __post_init__(self) -> None:
         if self.step is not None:

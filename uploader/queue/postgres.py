@@ -148,7 +148,8 @@ ON CONFLICT (kb_id, path) DO NOTHING"""
 
 _JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
-    "filename, started_at, file_id, tags, parser, display_name, content_hash, register_due"
+    "filename, started_at, file_id, tags, parser, display_name, content_hash, register_due, "
+    "tags_applied"
 )
 
 # The rows a run may take ($5 host, $6 any host): its host's, shared ones, those of no
@@ -419,6 +420,7 @@ class PgQueue(Queue):
                 self._to_host(r[11]) or 0.0,
                 *r[12:17],
                 self._to_host(r[17]),
+                r[18],
             )
             for r in rows
         ]

@@ -129,7 +129,8 @@ CROWDED_ROWS = 100
 
 JOB_COLUMNS = (
     "id, kb_id, path, relpath, size, mtime_ns, attempts, step, s3_key, unknown_since, "
-    "filename, started_at, file_id, tags, parser, display_name, content_hash, register_due"
+    "filename, started_at, file_id, tags, parser, display_name, content_hash, register_due, "
+    "tags_applied"
 )
 
 # The rows a run may take: its host's, shared ones, those of no recorded host, or any when
