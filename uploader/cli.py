@@ -2146,7 +2146,8 @@ _RUN_COUNT_WORDS = (
     ("unchanged", N_("unchanged {} (same content)")),
     ("relabelled", N_("relabelled {} (update-metadata, no upload)")),
     ("adopted", N_("{} found registered after a lost answer")),
-    ("released", N_("{} left pending")),
+    # attempts, not files: the same rows are often done later in that run
+    ("released", N_("{} attempts put back for later")),
     ("superseded_deleted", N_("{} old entries deleted (changed or removed files)")),
     ("copies_deleted", N_("{} second entries of one upload deleted")),
 )
