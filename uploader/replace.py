@@ -23,7 +23,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from . import osfiles, paths
@@ -229,6 +229,22 @@ def _sort(
     return gone, left
 
 
+async def _batches(
+    q: Queue, kb_id: str, prefix: bytes, *, uploaded_only: bool = False
+) -> AsyncIterator[list[QueuedFile]]:
+    """The queued files under `prefix` (only those uploaded, if asked), STAT_BATCH at a time:
+    each batch is lstat'ed in one thread hop, never the whole folder's list held at once."""
+    batch: list[QueuedFile] = []
+    async for queued in SupersededStore(q.engine).queued_under(kb_id, prefix, q.scope):
+        if queued.uploaded or not uploaded_only:
+            batch.append(queued)
+            if len(batch) >= STAT_BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
 def _unguarded(_deleting: int, _uploaded: int) -> Refusal | None:
     return None
 
@@ -254,23 +270,14 @@ async def removed_files(
     folders = frozenset(unread)  # as the walk named them, as it named the files it queued
     result = Removed()
     gone: list[int] = []
-    batch: list[QueuedFile] = []
-
-    async def settle() -> None:
+    async for batch in _batches(q, kb_id, prefix):
+        result.uploaded += sum(f.uploaded for f in batch)
         proven, left = await asyncio.to_thread(_sort, batch, folders, real_root)
         for f in proven:
             gone.append(f.job_id)
             result.relpaths.append(f.relpath)
             result.deleting += f.uploaded
         result.left += left
-        batch.clear()
-
-    async for queued in SupersededStore(q.engine).queued_under(kb_id, prefix, q.scope):
-        batch.append(queued)
-        result.uploaded += queued.uploaded
-        if len(batch) >= STAT_BATCH:
-            await settle()
-    await settle()
     result.refused = guard(result.deleting, result.uploaded)
     if gone and not dry_run and result.refused is None:
         result.marked = await SupersededStore(q.engine).mark_removed(gone)
@@ -289,18 +296,8 @@ async def recheck_all(q: Queue, kb_id: str, root: str) -> int:
     Returns how many were queued."""
     prefix = os.path.join(paths.canonical(os.fsencode(root)), b"")
     there: list[int] = []
-    batch: list[QueuedFile] = []
-
-    async def settle() -> None:
+    async for batch in _batches(q, kb_id, prefix, uploaded_only=True):
         there.extend(await asyncio.to_thread(_regular_files, batch))
-        batch.clear()
-
-    async for queued in SupersededStore(q.engine).queued_under(kb_id, prefix, q.scope):
-        if queued.uploaded:
-            batch.append(queued)
-            if len(batch) >= STAT_BATCH:
-                await settle()
-    await settle()
     return await SupersededStore(q.engine).mark_recheck(there)
 
 
