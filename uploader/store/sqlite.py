@@ -376,14 +376,7 @@ class SqliteEngine(Engine):
         --db-timeout), then out another process's lock (busy timeout, then a few retries),
         then say so."""
         conn = self._conn
-        if not self._file.in_place():
-            await self.reach.run(self._file.check)
-        try:
-            await retrying(lambda: _to_completion(conn, "BEGIN IMMEDIATE"), LOCKED, _locked, _said)
-        except sqlite3.OperationalError as exc:
-            if not _locked(exc):
-                raise
-            raise _locked_out() from None
+        await self._waited_out(lambda: _to_completion(conn, "BEGIN IMMEDIATE"))
         try:
             yield
         except BaseException as exc:
@@ -394,6 +387,18 @@ class SqliteEngine(Engine):
         except sqlite3.Error as exc:
             await self._rolled_back(exc)
             raise
+
+    async def _waited_out(self, begin: Callable[[], Awaitable[T]]) -> T:
+        """`begin` (what takes the write lock) once the database file is at its path again,
+        another process's lock waited out; beyond that, said as such."""
+        if not self._file.in_place():
+            await self.reach.run(self._file.check)
+        try:
+            return await retrying(begin, LOCKED, _locked, _said)
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc):
+                raise
+            raise _locked_out() from None
 
     async def _rolled_back(self, exc: BaseException) -> None:
         """The transaction `exc` broke, rolled back (unless SQLite did so itself, as it does
@@ -422,13 +427,9 @@ class SqliteEngine(Engine):
         if self._inside():
             return await self._hop(_savepoint, body)
         async with self._lock, self._writing():
-            if not self._file.in_place():
-                await self.reach.run(self._file.check)
             try:
-                return await retrying(lambda: self._hop(_whole, body), LOCKED, _locked, _said)
+                return await self._waited_out(lambda: self._hop(_whole, body))
             except sqlite3.Error as exc:
-                if _locked(exc):
-                    raise _locked_out() from None
                 # where the ROLLBACK failed too, what broke the transaction is its context
                 broke = exc.__context__ if exc.__context__ is not None else exc
                 stop = stopping(self.path, exc) or stopping(self.path, broke)
